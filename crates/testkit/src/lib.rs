@@ -1,0 +1,1 @@
+//! Starts real PostgreSQL and Redis servers for tests (being written).
