@@ -1,0 +1,518 @@
+//! A PostgreSQL primary with streaming replicas, started from the machine's own binaries.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use sqlx::Connection;
+
+use crate::error::{Error, Result};
+use crate::process::{self, RunAs, Server, Workspace};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A PostgreSQL primary plus N streaming replicas on free loopback ports, in a temp dir.
+///
+/// Trust authentication, user `postgres`, database `postgres`, `fsync=off`. Everything is stopped and
+/// the temp dir removed when the value is dropped (also when a test panics), and by a watchdog process
+/// if the test process dies without dropping it.
+///
+/// ```no_run
+/// # async fn demo() -> herd_testkit::Result<()> {
+/// let pg = herd_testkit::PgCluster::start(2).await?;
+/// let primary = sqlx::PgPool::connect(&pg.primary_url()).await.expect("connect");
+/// sqlx::query("CREATE TABLE t (id int)").execute(&primary).await.expect("create");
+/// pg.wait_for_replay().await?; // the table is now visible on every replica
+/// pg.replica(0).pause_replay().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgCluster {
+    primary: PgNode,
+    replicas: Vec<PgNode>,
+    ws: Arc<Workspace>,
+}
+
+/// One PostgreSQL server of a [`PgCluster`]: the primary or a replica.
+pub struct PgNode {
+    inner: Arc<NodeInner>,
+}
+
+#[derive(Debug)]
+struct NodeInner {
+    name: String,
+    port: u16,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    bindir: PathBuf,
+    run_as: Option<RunAs>,
+    server: Server,
+    ws: Arc<Workspace>,
+    /// `Some(primary port)` for a node started as a replica.
+    upstream_port: Option<u16>,
+}
+
+impl fmt::Debug for PgNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgNode")
+            .field("name", &self.inner.name)
+            .field("port", &self.inner.port)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl PgCluster {
+    /// Starts a primary and `replicas` streaming replicas; returns once every replica is streaming
+    /// (seen in the primary's `pg_stat_replication`).
+    ///
+    /// # Errors
+    /// [`Error::MissingBinary`] when PostgreSQL is not installed, [`Error::Startup`] with the server's
+    /// log when a node does not come up.
+    pub async fn start(replicas: usize) -> Result<PgCluster> {
+        let bindir = process::postgres_bindir()?;
+        let run_as = RunAs::for_postgres()?;
+        let ws = Arc::new(Workspace::new("herd-pg-")?);
+        let socket_dir = ws.path().join("sockets");
+        RunAs::private_dir(run_as, &socket_dir)?;
+
+        let primary = PgNode::new(&ws, "primary", &bindir, run_as, &socket_dir, None)?;
+        RunAs::private_dir(run_as, &primary.inner.data_dir)?;
+        let data = primary.inner.data_dir.to_string_lossy().into_owned();
+        process::run(
+            &bindir.join("initdb"),
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            run_as,
+            "primary",
+        )
+        .await?;
+        primary.launch().await?;
+
+        let mut nodes = Vec::with_capacity(replicas);
+        for i in 1..=replicas {
+            let node = PgNode::new(
+                &ws,
+                &format!("replica{i}"),
+                &bindir,
+                run_as,
+                &socket_dir,
+                Some(primary.port()),
+            )?;
+            RunAs::private_dir(run_as, &node.inner.data_dir)?;
+            nodes.push(node);
+        }
+        // Base backups run concurrently; each is a small, fresh cluster.
+        let backups = nodes.iter().map(|n| n.base_backup(primary.port()));
+        for r in futures::future::join_all(backups).await {
+            r?;
+        }
+        for node in &nodes {
+            node.launch().await?;
+        }
+        let cluster = PgCluster {
+            primary,
+            replicas: nodes,
+            ws,
+        };
+        cluster.wait_streaming().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_streaming(&self) -> Result<()> {
+        let want = self.replicas.len() as i64;
+        let primary = &self.primary;
+        process::wait_until(
+            || format!("{want} replicas streaming from the primary"),
+            START_TIMEOUT,
+            || async move {
+                let n: i64 = primary
+                    .query_scalar(
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                        "read pg_stat_replication",
+                    )
+                    .await?;
+                Ok((n >= want).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// The node started as the primary (it stays "primary" by name after a failover).
+    pub fn primary(&self) -> &PgNode {
+        &self.primary
+    }
+
+    /// The replicas, in start order (`replica1` is `replicas()[0]`).
+    pub fn replicas(&self) -> &[PgNode] {
+        &self.replicas
+    }
+
+    /// Replica `i` (0-based).
+    ///
+    /// # Panics
+    /// When `i` is out of range: a test's own mistake.
+    pub fn replica(&self, i: usize) -> &PgNode {
+        &self.replicas[i]
+    }
+
+    /// Every node, the primary first.
+    pub fn nodes(&self) -> impl Iterator<Item = &PgNode> {
+        std::iter::once(&self.primary).chain(&self.replicas)
+    }
+
+    /// The primary's connection URL.
+    pub fn primary_url(&self) -> String {
+        self.primary.url()
+    }
+
+    /// The replicas' connection URLs, in order.
+    pub fn replica_urls(&self) -> Vec<String> {
+        self.replicas.iter().map(PgNode::url).collect()
+    }
+
+    /// Per replica, how many bytes of WAL the primary has written that the replica has not replayed.
+    ///
+    /// # Errors
+    /// When the primary or a replica cannot be queried (a stopped node is an error, naming it).
+    pub async fn lag_bytes(&self) -> Result<Vec<u64>> {
+        let lsn = self.primary.current_lsn().await?;
+        let mut out = Vec::with_capacity(self.replicas.len());
+        for r in &self.replicas {
+            out.push(r.bytes_behind(&lsn).await?);
+        }
+        Ok(out)
+    }
+
+    /// Waits until every running replica has replayed everything the primary has written so far.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after 30 s, e.g. when a replica's replay is paused.
+    pub async fn wait_for_replay(&self) -> Result<()> {
+        let lsn = self.primary.current_lsn().await?;
+        for r in self.replicas.iter().filter(|r| r.is_running()) {
+            let lsn = &lsn;
+            process::wait_until(
+                || format!("{} to replay up to {lsn}", r.name()),
+                Duration::from_secs(30),
+                || async move { Ok((r.bytes_behind(lsn).await? == 0).then_some(())) },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The pids of every running server and of the cleanup watchdog (to prove nothing outlives a drop).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes()
+            .filter_map(PgNode::pid)
+            .chain(self.ws.watchdog_pid())
+            .collect()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        // Immediate shutdown: the postmaster stops its backends itself and exits, leaving no orphans.
+        for node in self.replicas.iter().chain(std::iter::once(&self.primary)) {
+            let _ =
+                node.inner
+                    .server
+                    .stop_blocking(&self.ws, Signal::SIGQUIT, Duration::from_secs(10));
+        }
+    }
+}
+
+impl PgNode {
+    fn new(
+        ws: &Arc<Workspace>,
+        name: &str,
+        bindir: &std::path::Path,
+        run_as: Option<RunAs>,
+        socket_dir: &std::path::Path,
+        upstream_port: Option<u16>,
+    ) -> Result<PgNode> {
+        Ok(PgNode {
+            inner: Arc::new(NodeInner {
+                name: name.to_owned(),
+                port: process::free_port(false)?,
+                data_dir: ws.path().join(name),
+                socket_dir: socket_dir.to_path_buf(),
+                bindir: bindir.to_path_buf(),
+                run_as,
+                server: Server::new(name),
+                ws: Arc::clone(ws),
+                upstream_port,
+            }),
+        })
+    }
+
+    async fn base_backup(&self, primary_port: u16) -> Result<()> {
+        let i = &self.inner;
+        process::run(
+            &i.bindir.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &i.data_dir.to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+            i.run_as,
+            &i.name,
+        )
+        .await
+    }
+
+    fn command(&self) -> Command {
+        let i = &self.inner;
+        let mut cmd = Command::new(i.bindir.join("postgres"));
+        cmd.arg("-D").arg(&i.data_dir);
+        cmd.arg("-p").arg(i.port.to_string());
+        let mut set = |kv: String| {
+            cmd.arg("-c").arg(kv);
+        };
+        set("listen_addresses=127.0.0.1".into());
+        set(format!(
+            "unix_socket_directories={}",
+            i.socket_dir.display()
+        ));
+        set("wal_level=replica".into());
+        set("hot_standby=on".into());
+        set("hot_standby_feedback=on".into());
+        set("fsync=off".into());
+        set("full_page_writes=off".into());
+        set("synchronous_commit=off".into());
+        set("max_wal_senders=10".into());
+        set("max_replication_slots=10".into());
+        set("wal_keep_size=256MB".into());
+        set("wal_receiver_status_interval=1s".into());
+        set("max_connections=200".into());
+        set("shared_buffers=32MB".into());
+        set("logging_collector=off".into());
+        if let Some(up) = i.upstream_port {
+            // Name the replica in pg_stat_replication; -R wrote the rest of the conninfo.
+            set(format!(
+                "primary_conninfo=host=127.0.0.1 port={up} user=postgres application_name={}",
+                i.name
+            ));
+        }
+        RunAs::apply(i.run_as, &mut cmd);
+        if i.run_as.is_some() {
+            cmd.current_dir("/tmp").env("HOME", "/tmp");
+        }
+        cmd.env("LC_ALL", "C");
+        cmd
+    }
+
+    /// Spawns the postmaster and waits until it accepts connections.
+    async fn launch(&self) -> Result<()> {
+        let i = &self.inner;
+        i.server.spawn(&i.ws, self.command())?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = i.server.exited() {
+                return Err(self.startup_error(format!("the server exited ({status})")));
+            }
+            if self.connect().await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = i.server.kill(&i.ws);
+                return Err(self
+                    .startup_error(format!("not accepting connections after {START_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn startup_error(&self, reason: String) -> Error {
+        Error::Startup {
+            node: self.inner.name.clone(),
+            reason,
+            log_tail: process::log_tail(&self.inner.ws.log_path(&self.inner.name), 30),
+        }
+    }
+
+    async fn connect(&self) -> Result<sqlx::PgConnection> {
+        sqlx::PgConnection::connect(&self.url())
+            .await
+            .map_err(|source| Error::Sql {
+                node: self.inner.name.clone(),
+                op: "connect",
+                source,
+            })
+    }
+
+    async fn query_scalar<T>(&self, sql: &'static str, op: &'static str) -> Result<T>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        let mut conn = self.connect().await?;
+        let v = sqlx::query_scalar::<_, T>(sql)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|source| self.sql_error(op, source))?;
+        let _ = conn.close().await;
+        Ok(v)
+    }
+
+    fn sql_error(&self, op: &'static str, source: sqlx::Error) -> Error {
+        Error::Sql {
+            node: self.inner.name.clone(),
+            op,
+            source,
+        }
+    }
+
+    async fn current_lsn(&self) -> Result<String> {
+        self.query_scalar(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+            "read the current WAL LSN",
+        )
+        .await
+    }
+
+    async fn bytes_behind(&self, lsn: &str) -> Result<u64> {
+        let mut conn = self.connect().await?;
+        let lag: Option<f64> = sqlx::query_scalar(
+            "SELECT pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn())::float8",
+        )
+        .bind(lsn)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| self.sql_error("read the replay LSN", e))?;
+        let _ = conn.close().await;
+        // NULL means the node is not in recovery (a primary): it is behind nobody.
+        Ok(lag.map_or(0, |l| l.max(0.0) as u64))
+    }
+
+    /// The node's name: `primary`, `replica1`, `replica2`, ...
+    pub fn name(&self) -> &str {
+        self.inner.server.name()
+    }
+
+    /// Its loopback port.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// Its connection URL (`postgres://postgres@127.0.0.1:PORT/postgres`).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.inner.port)
+    }
+
+    /// The postmaster's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.server.pid()
+    }
+
+    /// Whether the postmaster is running.
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// Promotes this replica (`pg_promote()`); returns once it answers `pg_is_in_recovery() = false`.
+    ///
+    /// # Errors
+    /// When the node is not a replica or cannot be reached.
+    pub async fn promote(&self) -> Result<()> {
+        let promoted: bool = self
+            .query_scalar("SELECT pg_promote(true, 60)", "pg_promote()")
+            .await?;
+        if !promoted {
+            return Err(Error::Timeout {
+                what: format!("{} to finish promotion", self.name()),
+                after: Duration::from_secs(60),
+            });
+        }
+        process::wait_until(
+            || format!("{} to leave recovery", self.name()),
+            Duration::from_secs(30),
+            || async {
+                let r: bool = self
+                    .query_scalar("SELECT pg_is_in_recovery()", "pg_is_in_recovery()")
+                    .await?;
+                Ok((!r).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Pauses WAL replay on this replica (`pg_wal_replay_pause()`): its lag grows with every write.
+    ///
+    /// # Errors
+    /// When the node is not a replica or cannot be reached.
+    pub async fn pause_replay(&self) -> Result<()> {
+        let mut conn = self.connect().await?;
+        sqlx::query("SELECT pg_wal_replay_pause()")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| self.sql_error("pg_wal_replay_pause()", e))?;
+        Ok(())
+    }
+
+    /// Resumes WAL replay (`pg_wal_replay_resume()`).
+    ///
+    /// # Errors
+    /// When the node is not a replica or cannot be reached.
+    pub async fn resume_replay(&self) -> Result<()> {
+        let mut conn = self.connect().await?;
+        sqlx::query("SELECT pg_wal_replay_resume()")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| self.sql_error("pg_wal_replay_resume()", e))?;
+        Ok(())
+    }
+
+    /// Fast shutdown (SIGINT): aborts open transactions, checkpoints, exits. Waits for the exit.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled or reaped.
+    pub async fn stop(&self) -> Result<()> {
+        let i = &self.inner;
+        i.server
+            .stop(&i.ws, Signal::SIGINT, Duration::from_secs(30))
+            .await
+    }
+
+    /// SIGKILL to the postmaster, as a crash. Waits for its exit; its backends follow on their own.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled or reaped.
+    pub fn kill(&self) -> Result<()> {
+        self.inner.server.kill(&self.inner.ws)
+    }
+
+    /// Starts the node again (after [`stop`](Self::stop) or [`kill`](Self::kill)) and waits until it
+    /// accepts connections.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] when it is running, [`Error::Startup`] when it does not come up.
+    pub async fn start(&self) -> Result<()> {
+        // After a SIGKILL the old backends may hold the port for a moment; launch() waits it out.
+        self.launch().await
+    }
+}

@@ -1,0 +1,581 @@
+//! Redis: a standalone server and a 6-node Redis Cluster (3 masters + 3 replicas).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+use crate::process::{self, Server, Workspace};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One redis-server process, standalone or a cluster node.
+pub struct RedisNode {
+    inner: Arc<NodeInner>,
+}
+
+#[derive(Debug)]
+struct NodeInner {
+    port: u16,
+    cluster_node_timeout: Option<Duration>,
+    program: PathBuf,
+    dir: PathBuf,
+    server: Server,
+    ws: Arc<Workspace>,
+}
+
+impl fmt::Debug for RedisNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisNode")
+            .field("name", &self.name())
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl RedisNode {
+    fn new(ws: &Arc<Workspace>, cluster_node_timeout: Option<Duration>) -> Result<RedisNode> {
+        let program = process::redis_program("redis-server")?;
+        let port = process::free_port(cluster_node_timeout.is_some())?;
+        let name = format!("redis-{port}");
+        let dir = ws.path().join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create dir of {name}"), e))?;
+        Ok(RedisNode {
+            inner: Arc::new(NodeInner {
+                port,
+                cluster_node_timeout,
+                program,
+                dir,
+                server: Server::new(name),
+                ws: Arc::clone(ws),
+            }),
+        })
+    }
+
+    fn command(&self) -> Command {
+        let i = &self.inner;
+        let mut cmd = Command::new(&i.program);
+        cmd.args(["--port", &i.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--protected-mode", "no"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&i.dir);
+        if let Some(t) = i.cluster_node_timeout {
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", &t.as_millis().to_string()]);
+        }
+        cmd
+    }
+
+    async fn launch(&self) -> Result<()> {
+        let i = &self.inner;
+        i.server.spawn(&i.ws, self.command())?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = i.server.exited() {
+                return Err(self.startup_error(format!("the server exited ({status})")));
+            }
+            if self.ping().await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = i.server.kill(&i.ws);
+                return Err(self.startup_error(format!("no PONG after {START_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn startup_error(&self, reason: String) -> Error {
+        Error::Startup {
+            node: self.name().to_owned(),
+            reason,
+            log_tail: process::log_tail(&self.inner.ws.log_path(self.name()), 30),
+        }
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let err = |source| Error::Redis {
+            node: self.name().to_owned(),
+            op: "connect",
+            source,
+        };
+        let client = redis::Client::open(self.url()).map_err(err)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(err)
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        op: &'static str,
+    ) -> Result<T> {
+        let mut conn = self.connection().await?;
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|source| Error::Redis {
+                node: self.name().to_owned(),
+                op,
+                source,
+            })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.query(&redis::cmd("PING"), "PING").await?;
+        Ok(())
+    }
+
+    /// `CLUSTER INFO` as key/value pairs.
+    async fn cluster_info(&self) -> Result<Vec<(String, String)>> {
+        let text: String = self
+            .query(redis::cmd("CLUSTER").arg("INFO"), "CLUSTER INFO")
+            .await?;
+        Ok(parse_info(&text))
+    }
+
+    async fn info_replication(&self) -> Result<Vec<(String, String)>> {
+        let text: String = self
+            .query(redis::cmd("INFO").arg("replication"), "INFO replication")
+            .await?;
+        Ok(parse_info(&text))
+    }
+
+    /// The node's name, `redis-PORT`.
+    pub fn name(&self) -> &str {
+        self.inner.server.name()
+    }
+
+    /// Its loopback port.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.inner.port)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.inner.port)
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.server.pid()
+    }
+
+    /// Whether the server is running.
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// SIGKILL, as a crash; waits for the exit.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled or reaped.
+    pub fn kill(&self) -> Result<()> {
+        self.inner.server.kill(&self.inner.ws)
+    }
+
+    /// Starts the node again after [`kill`](Self::kill) and waits for PONG. A cluster node rejoins with
+    /// its saved `nodes.conf` (as a replica, once a failover has replaced it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] when it is running, [`Error::Startup`] when it does not come up.
+    pub async fn start(&self) -> Result<()> {
+        self.launch().await
+    }
+}
+
+fn parse_info(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn field<'a>(info: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A standalone Redis server on a free loopback port, persistence off.
+///
+/// ```no_run
+/// # async fn demo() -> herd_testkit::Result<()> {
+/// let redis = herd_testkit::RedisServer::start().await?;
+/// let client = redis::Client::open(redis.url()).expect("url");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    node: RedisNode,
+    ws: Arc<Workspace>,
+}
+
+impl RedisServer {
+    /// Starts the server and waits until it answers PING.
+    ///
+    /// # Errors
+    /// [`Error::MissingBinary`] without `redis-server`, [`Error::Startup`] when it does not come up.
+    pub async fn start() -> Result<RedisServer> {
+        let ws = Arc::new(Workspace::new("herd-redis-")?);
+        let node = RedisNode::new(&ws, None)?;
+        node.launch().await?;
+        Ok(RedisServer { node, ws })
+    }
+
+    /// The server as a node (pid, kill, start).
+    pub fn node(&self) -> &RedisNode {
+        &self.node
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.node.url()
+    }
+
+    /// Its loopback port.
+    pub fn port(&self) -> u16 {
+        self.node.port()
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.node.addr()
+    }
+
+    /// SIGKILL, as a crash.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled or reaped.
+    pub fn kill(&self) -> Result<()> {
+        self.node.kill()
+    }
+
+    /// The pids of the server and the cleanup watchdog.
+    pub fn pids(&self) -> Vec<u32> {
+        self.node
+            .pid()
+            .into_iter()
+            .chain(self.ws.watchdog_pid())
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self
+            .node
+            .inner
+            .server
+            .stop_blocking(&self.ws, Signal::SIGKILL, Duration::ZERO);
+    }
+}
+
+/// How to build a [`RedisCluster`].
+#[derive(Debug, Clone)]
+pub struct RedisClusterBuilder {
+    masters: usize,
+    replicas_per_master: usize,
+    node_timeout: Duration,
+}
+
+impl Default for RedisClusterBuilder {
+    fn default() -> Self {
+        RedisClusterBuilder {
+            masters: 3,
+            replicas_per_master: 1,
+            node_timeout: Duration::from_millis(2000),
+        }
+    }
+}
+
+impl RedisClusterBuilder {
+    /// Number of masters (default 3; Redis needs at least 3).
+    pub fn masters(mut self, n: usize) -> Self {
+        self.masters = n;
+        self
+    }
+
+    /// Replicas per master (default 1).
+    pub fn replicas_per_master(mut self, n: usize) -> Self {
+        self.replicas_per_master = n;
+        self
+    }
+
+    /// `cluster-node-timeout` (default 2 s): how long a master must be unreachable before its replica
+    /// takes over.
+    pub fn node_timeout(mut self, t: Duration) -> Self {
+        self.node_timeout = t;
+        self
+    }
+
+    /// Starts the nodes, creates the cluster with `redis-cli --cluster create`, and waits until every node
+    /// reports `cluster_state:ok` with all 16384 slots covered and every replica is in sync.
+    ///
+    /// # Errors
+    /// [`Error::MissingBinary`] without `redis-server`/`redis-cli`, [`Error::Startup`],
+    /// [`Error::Command`] when `redis-cli` fails, [`Error::Timeout`] when the cluster does not settle.
+    pub async fn start(self) -> Result<RedisCluster> {
+        if self.masters < 3 {
+            return Err(Error::InvalidState {
+                node: "redis cluster".to_owned(),
+                op: "create",
+                reason: "Redis Cluster needs at least 3 masters",
+            });
+        }
+        let cli = process::redis_program("redis-cli")?;
+        let ws = Arc::new(Workspace::new("herd-redis-cluster-")?);
+        let count = self.masters * (1 + self.replicas_per_master);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
+            nodes.push(RedisNode::new(&ws, Some(self.node_timeout))?);
+        }
+        let cluster = RedisCluster {
+            nodes,
+            ws,
+            node_timeout: self.node_timeout,
+        };
+        for r in futures::future::join_all(cluster.nodes.iter().map(RedisNode::launch)).await {
+            r?;
+        }
+        let addrs = cluster.addrs();
+        let replicas = self.replicas_per_master.to_string();
+        let mut args: Vec<&str> = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
+        process::run(&cli, &args, None, "redis cluster").await?;
+        cluster.wait_settled(START_TIMEOUT).await?;
+        Ok(cluster)
+    }
+}
+
+/// A Redis Cluster of real redis-server processes on free loopback ports (3 masters + 3 replicas by
+/// default), persistence off. Stopped and cleaned up on drop.
+///
+/// ```no_run
+/// # async fn demo() -> herd_testkit::Result<()> {
+/// use redis::AsyncCommands;
+/// let rc = herd_testkit::RedisCluster::start().await?;
+/// let client = redis::cluster::ClusterClient::new(rc.urls()).expect("urls");
+/// let mut conn = client.get_async_connection().await.expect("connect");
+/// let _: () = conn.set("k", "v").await.expect("set");
+/// let master = rc.masters().await?[0];
+/// master.kill()?;
+/// let took = rc.wait_for_failover(std::time::Duration::from_secs(30)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisNode>,
+    ws: Arc<Workspace>,
+    node_timeout: Duration,
+}
+
+impl RedisCluster {
+    /// A 3-master, 3-replica cluster with a 2 s node timeout. See [`RedisCluster::builder`].
+    ///
+    /// # Errors
+    /// As [`RedisClusterBuilder::start`].
+    pub async fn start() -> Result<RedisCluster> {
+        Self::builder().start().await
+    }
+
+    /// Configures the node count and `cluster-node-timeout`.
+    pub fn builder() -> RedisClusterBuilder {
+        RedisClusterBuilder::default()
+    }
+
+    /// Every node, masters and replicas, in start order.
+    pub fn nodes(&self) -> &[RedisNode] {
+        &self.nodes
+    }
+
+    /// `redis://127.0.0.1:PORT` for every node (seed list for a cluster client).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisNode::url).collect()
+    }
+
+    /// `127.0.0.1:PORT` for every node.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisNode::addr).collect()
+    }
+
+    /// The configured `cluster-node-timeout`.
+    pub fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+
+    /// The running masters that serve slots, as the cluster sees them now.
+    ///
+    /// # Errors
+    /// When no running node answers `CLUSTER NODES`.
+    pub async fn masters(&self) -> Result<Vec<&RedisNode>> {
+        let view = self.topology().await?;
+        Ok(self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.is_running()
+                    && view
+                        .iter()
+                        .any(|e| e.port == n.port() && e.is_master && e.has_slots && !e.failed)
+            })
+            .collect())
+    }
+
+    /// Waits until the cluster has recovered from a fault: every running node reports
+    /// `cluster_state:ok`, and every slot is served by a running master. Returns how long it took.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when that does not happen within `timeout`.
+    pub async fn wait_for_failover(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        self.wait_settled(timeout).await?;
+        Ok(start.elapsed())
+    }
+
+    async fn wait_settled(&self, timeout: Duration) -> Result<()> {
+        process::wait_until(
+            || "the Redis Cluster to report cluster_state:ok with every slot on a running master and replicas in sync".to_owned(),
+            timeout,
+            || async { Ok(self.is_settled().await.then_some(())) },
+        )
+        .await
+    }
+
+    async fn is_settled(&self) -> bool {
+        let running: Vec<&RedisNode> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        for n in &running {
+            let Ok(info) = n.cluster_info().await else {
+                return false;
+            };
+            if field(&info, "cluster_state") != Some("ok")
+                || field(&info, "cluster_slots_ok") != Some("16384")
+            {
+                return false;
+            }
+        }
+        let Ok(view) = self.topology().await else {
+            return false;
+        };
+        // Every slot-holding master is one of ours that runs; every running replica is linked.
+        let masters_ok = view
+            .iter()
+            .filter(|e| e.is_master && e.has_slots)
+            .all(|e| !e.failed && running.iter().any(|n| n.port() == e.port));
+        if !masters_ok {
+            return false;
+        }
+        for n in &running {
+            let Ok(info) = n.info_replication().await else {
+                return false;
+            };
+            if field(&info, "role") == Some("slave")
+                && field(&info, "master_link_status") != Some("up")
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `CLUSTER NODES` as seen by the first running node that answers.
+    async fn topology(&self) -> Result<Vec<TopologyEntry>> {
+        let mut last = None;
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            match n
+                .query::<String>(redis::cmd("CLUSTER").arg("NODES"), "CLUSTER NODES")
+                .await
+            {
+                Ok(text) => return Ok(text.lines().filter_map(TopologyEntry::parse).collect()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(Error::InvalidState {
+            node: "redis cluster".to_owned(),
+            op: "read CLUSTER NODES",
+            reason: "no node is running",
+        }))
+    }
+
+    /// The pids of every running node and of the cleanup watchdog.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(RedisNode::pid)
+            .chain(self.ws.watchdog_pid())
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            let _ = n
+                .inner
+                .server
+                .stop_blocking(&self.ws, Signal::SIGKILL, Duration::ZERO);
+        }
+    }
+}
+
+/// One line of `CLUSTER NODES`: `<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>...`
+#[derive(Debug)]
+struct TopologyEntry {
+    port: u16,
+    is_master: bool,
+    failed: bool,
+    has_slots: bool,
+}
+
+impl TopologyEntry {
+    fn parse(line: &str) -> Option<TopologyEntry> {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let addr = parts.get(1)?.split('@').next()?;
+        let port = addr.rsplit_once(':')?.1.parse().ok()?;
+        let flags = parts.get(2)?;
+        Some(TopologyEntry {
+            port,
+            is_master: flags.split(',').any(|f| f == "master"),
+            failed: flags.split(',').any(|f| f == "fail" || f == "fail?"),
+            has_slots: parts.len() > 8,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_nodes_lines() {
+        let master = "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,hostname4 master - 0 1426238317239 4 connected 0-5460";
+        let replica = "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,slave 07c37dfeb235213a872192d90877d0cd55635b91 0 0 1 connected";
+        let failed = "292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail - 1426238316232 1426238316232 3 disconnected";
+        let m = TopologyEntry::parse(master).unwrap();
+        assert_eq!(
+            (m.port, m.is_master, m.failed, m.has_slots),
+            (30004, true, false, true)
+        );
+        let r = TopologyEntry::parse(replica).unwrap();
+        assert_eq!((r.port, r.is_master, r.has_slots), (30001, false, false));
+        let f = TopologyEntry::parse(failed).unwrap();
+        assert!(f.failed && !f.has_slots);
+        assert!(TopologyEntry::parse("garbage").is_none());
+    }
+}
