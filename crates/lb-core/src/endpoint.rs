@@ -1,0 +1,619 @@
+//! Per-endpoint load and health state, shared through `Arc`s so it survives membership changes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::ewma::{EwmaConfig, EwmaEstimate};
+use crate::health::{OutlierDetection, SlowStart};
+use crate::rng::SharedRng;
+
+const EJECTED: u8 = 1;
+const ACTIVE_DOWN: u8 = 2;
+const DRAINING: u8 = 4;
+const SLOW_START: u8 = 8;
+
+/// Settings shared by every endpoint of one [`EndpointSet`](crate::EndpointSet).
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) outlier: OutlierDetection,
+    pub(crate) slow_start: Option<SlowStart>,
+    pub(crate) ewma: EwmaConfig,
+    pub(crate) rng: SharedRng,
+    /// Members currently ejected by outlier detection (for `max_ejection_percent`).
+    pub(crate) ejected: AtomicUsize,
+    /// Members of the current snapshot.
+    pub(crate) size: AtomicUsize,
+    /// Callers waiting for any endpoint to free a slot.
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) released: Notify,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        outlier: OutlierDetection,
+        slow_start: Option<SlowStart>,
+        ewma: EwmaConfig,
+        rng: SharedRng,
+    ) -> Self {
+        Self {
+            outlier,
+            slow_start,
+            ewma,
+            rng,
+            ejected: AtomicUsize::new(0),
+            size: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            released: Notify::new(),
+        }
+    }
+
+    /// Reserves an ejection slot if `max_ejection_percent` allows one more.
+    fn try_reserve_ejection(&self) -> bool {
+        let size = self.size.load(Ordering::Relaxed);
+        let cap = (size * usize::from(self.outlier.max_ejection_percent.min(100)) / 100).max(1);
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Where an endpoint stands, as shown by [`EndpointInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointStatus {
+    /// Takes requests.
+    Healthy,
+    /// Takes requests with a reduced weight while its slow-start window lasts.
+    SlowStart,
+    /// Ejected by outlier detection (passive health); see [`EndpointInfo::ejected_until`].
+    Ejected,
+    /// Failed its active health checks.
+    Unhealthy,
+    /// Draining: takes no new requests, waits for in-flight ones.
+    Draining,
+}
+
+/// Load, latency and health of one endpoint.
+///
+/// Created by an [`EndpointSet`](crate::EndpointSet) and kept in an `Arc` that every snapshot
+/// containing the endpoint shares, so counters survive inserts, removals and weight changes of
+/// other endpoints. Reads are lock-free except [`ewma`](Self::ewma) and
+/// [`ejected_until`](Self::ejected_until).
+pub struct EndpointState {
+    label: Arc<str>,
+    pool: Arc<Pool>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    weight_bits: AtomicU64,
+    flags: AtomicU8,
+    member: AtomicBool,
+    consecutive_failures: AtomicU32,
+    ewma: EwmaEstimate,
+    passive: Mutex<Passive>,
+    slow_start_since: Mutex<Option<Instant>>,
+    idle: Notify,
+    /// Current weight of smooth weighted round robin; lives here so it survives updates.
+    pub(crate) swrr_current: AtomicI64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    metrics: EndpointMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Passive {
+    window_start: Option<Instant>,
+    window_failures: u32,
+    /// Ejections in a row (drives the exponential backoff).
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    returned_at: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+struct EndpointMetrics {
+    success: metrics::Counter,
+    failure: metrics::Counter,
+    in_flight: metrics::Gauge,
+    latency: metrics::Histogram,
+    ejections: metrics::Counter,
+    healthy: metrics::Gauge,
+}
+
+impl EndpointMetrics {
+    fn new(label: &Arc<str>) -> Self {
+        let l = metrics::SharedString::from(Arc::clone(label));
+        Self {
+            success: metrics::counter!("herd_lb_requests_total", "endpoint" => l.clone(), "outcome" => "success"),
+            failure: metrics::counter!("herd_lb_requests_total", "endpoint" => l.clone(), "outcome" => "failure"),
+            in_flight: metrics::gauge!("herd_lb_in_flight", "endpoint" => l.clone()),
+            latency: metrics::histogram!("herd_lb_latency_seconds", "endpoint" => l.clone()),
+            ejections: metrics::counter!("herd_lb_ejections_total", "endpoint" => l.clone()),
+            healthy: metrics::gauge!("herd_lb_endpoint_healthy", "endpoint" => l),
+        }
+    }
+}
+
+impl fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("endpoint", &self.label)
+            .field("weight", &self.weight())
+            .field("in_flight", &self.in_flight())
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a pick may use an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Availability {
+    Ready,
+    /// Ejection time is over: one probe request may go.
+    Probe,
+    No,
+}
+
+impl EndpointState {
+    pub(crate) fn new(label: Arc<str>, weight: f64, max_in_flight: usize, pool: Arc<Pool>) -> Self {
+        let metrics = EndpointMetrics::new(&label);
+        metrics.healthy.set(1.0);
+        let ewma = EwmaEstimate::new(&pool.ewma);
+        Self {
+            label,
+            pool,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(max_in_flight),
+            weight_bits: AtomicU64::new(weight.to_bits()),
+            flags: AtomicU8::new(0),
+            member: AtomicBool::new(true),
+            consecutive_failures: AtomicU32::new(0),
+            ewma,
+            passive: Mutex::new(Passive::default()),
+            slow_start_since: Mutex::new(None),
+            idle: Notify::new(),
+            swrr_current: AtomicI64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The endpoint's name in metrics, spans and errors (its key's `Display`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Requests currently in flight on this endpoint.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Concurrency cap (`None`: unlimited).
+    pub fn max_in_flight(&self) -> Option<usize> {
+        match self.max_in_flight.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Configured weight.
+    #[inline]
+    pub fn weight(&self) -> f64 {
+        f64::from_bits(self.weight_bits.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_weight(&self, weight: f64) {
+        self.weight_bits.store(weight.to_bits(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_max_in_flight(&self, max: usize) {
+        self.max_in_flight.store(max, Ordering::Relaxed);
+    }
+
+    /// Weight after slow start: lower than [`weight`](Self::weight) while the endpoint ramps up.
+    #[inline]
+    pub fn effective_weight(&self) -> f64 {
+        let weight = self.weight();
+        if self.flags.load(Ordering::Relaxed) & SLOW_START == 0 {
+            return weight;
+        }
+        weight * self.slow_start_factor()
+    }
+
+    /// Slow-start factor in `(0, 1]` (1 when not ramping).
+    pub(crate) fn slow_start_factor(&self) -> f64 {
+        let Some(config) = &self.pool.slow_start else {
+            return 1.0;
+        };
+        let since = *self.slow_start_since.lock();
+        let Some(since) = since else { return 1.0 };
+        let factor = config.factor(Instant::now().saturating_duration_since(since));
+        if factor >= 1.0 {
+            self.flags.fetch_and(!SLOW_START, Ordering::Relaxed);
+        }
+        factor
+    }
+
+    #[inline]
+    pub(crate) fn in_slow_start(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & SLOW_START != 0
+    }
+
+    /// Starts the slow-start ramp now, if the set has one configured.
+    pub(crate) fn begin_slow_start(&self) {
+        if self.pool.slow_start.is_some() {
+            *self.slow_start_since.lock() = Some(Instant::now());
+            self.flags.fetch_or(SLOW_START, Ordering::Relaxed);
+        }
+    }
+
+    /// Peak-EWMA latency estimate.
+    pub fn ewma(&self) -> Duration {
+        Duration::from_nanos(self.ewma.estimate_ns() as u64)
+    }
+
+    pub(crate) fn ewma_decayed_ns(&self, now: Instant) -> f64 {
+        self.ewma.decayed_ns(now)
+    }
+
+    /// Requests completed since the endpoint was added, and how many of them failed.
+    pub fn completed(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Where the endpoint stands now.
+    pub fn status(&self) -> EndpointStatus {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & DRAINING != 0 {
+            EndpointStatus::Draining
+        } else if flags & EJECTED != 0 {
+            EndpointStatus::Ejected
+        } else if flags & ACTIVE_DOWN != 0 {
+            EndpointStatus::Unhealthy
+        } else if flags & SLOW_START != 0 {
+            EndpointStatus::SlowStart
+        } else {
+            EndpointStatus::Healthy
+        }
+    }
+
+    /// Neither ejected nor failing active checks (draining endpoints count as healthy).
+    pub fn is_healthy(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & (EJECTED | ACTIVE_DOWN) == 0
+    }
+
+    /// When the current ejection ends (`None` when not ejected).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        if self.flags.load(Ordering::Relaxed) & EJECTED == 0 {
+            return None;
+        }
+        self.passive.lock().ejected_until
+    }
+
+    /// Whether a pick may use this endpoint. `ignore_health` is the panic mode.
+    #[inline]
+    pub(crate) fn availability(&self, ignore_health: bool) -> Availability {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & DRAINING != 0 {
+            return Availability::No;
+        }
+        let max = self.max_in_flight.load(Ordering::Relaxed);
+        if max != 0 && self.in_flight() >= max {
+            return Availability::No;
+        }
+        if ignore_health || flags & (EJECTED | ACTIVE_DOWN) == 0 {
+            return Availability::Ready;
+        }
+        if flags & ACTIVE_DOWN != 0 {
+            return Availability::No;
+        }
+        let passive = self.passive.lock();
+        match passive.ejected_until {
+            Some(until) if until <= Instant::now() && !passive.probe_in_flight => {
+                Availability::Probe
+            }
+            _ => Availability::No,
+        }
+    }
+
+    /// Takes an in-flight slot (and the probe slot of an ejected endpoint whose time is up).
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        index: usize,
+        ignore_health: bool,
+    ) -> Option<InFlightGuard> {
+        let max = self.max_in_flight.load(Ordering::Relaxed);
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if max != 0 && before >= max {
+            self.release_slot();
+            return None;
+        }
+        let flags = self.flags.load(Ordering::Relaxed);
+        let mut probe = false;
+        if flags & DRAINING != 0 || (!ignore_health && flags & ACTIVE_DOWN != 0) {
+            self.release_slot();
+            return None;
+        }
+        if !ignore_health && flags & EJECTED != 0 {
+            let mut passive = self.passive.lock();
+            match passive.ejected_until {
+                Some(until) if until <= Instant::now() && !passive.probe_in_flight => {
+                    passive.probe_in_flight = true;
+                    probe = true;
+                }
+                _ => {
+                    drop(passive);
+                    self.release_slot();
+                    return None;
+                }
+            }
+        }
+        self.metrics.in_flight.increment(1.0);
+        Some(InFlightGuard {
+            state: Arc::clone(self),
+            index,
+            start: Instant::now(),
+            probe,
+            recorded: false,
+        })
+    }
+
+    fn release_slot(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 && self.flags.load(Ordering::Relaxed) & DRAINING != 0 {
+            self.idle.notify_waiters();
+        }
+        if self.pool.waiting.load(Ordering::Acquire) != 0 {
+            self.pool.released.notify_waiters();
+        }
+    }
+
+    fn on_success(&self, probe: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.success.increment(1);
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if probe {
+            let mut passive = self.passive.lock();
+            passive.probe_in_flight = false;
+            if self.flags.fetch_and(!EJECTED, Ordering::AcqRel) & EJECTED != 0 {
+                passive.ejected_until = None;
+                passive.returned_at = Some(Instant::now());
+                passive.window_failures = 0;
+                if self.member.load(Ordering::Relaxed) {
+                    self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
+                }
+                drop(passive);
+                self.metrics.healthy.set(1.0);
+                self.begin_slow_start();
+                tracing::info!(endpoint = %self.label, "endpoint returned after a successful probe");
+            }
+        }
+    }
+
+    fn on_failure(&self, probe: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failure.increment(1);
+        let consecutive = self
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let outlier = &self.pool.outlier;
+        let now = Instant::now();
+        let mut passive = self.passive.lock();
+        if probe {
+            passive.probe_in_flight = false;
+            if self.flags.load(Ordering::Relaxed) & EJECTED != 0 {
+                passive.ejections = passive.ejections.saturating_add(1);
+                let until = now + self.jittered(outlier.ejection_time(passive.ejections));
+                passive.ejected_until = Some(until);
+                self.metrics.ejections.increment(1);
+                tracing::warn!(endpoint = %self.label, ejections = passive.ejections, "probe failed; endpoint ejected again");
+                return;
+            }
+        }
+        if self.flags.load(Ordering::Relaxed) & EJECTED != 0 {
+            return;
+        }
+        let window_expired = passive
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) > outlier.fail_timeout);
+        if window_expired {
+            passive.window_start = Some(now);
+            passive.window_failures = 0;
+        }
+        passive.window_failures = passive.window_failures.saturating_add(1);
+        let by_consecutive = outlier
+            .consecutive_failures
+            .is_some_and(|n| consecutive >= n.max(1));
+        let by_window = outlier
+            .max_fails
+            .is_some_and(|n| passive.window_failures >= n.max(1));
+        if !(by_consecutive || by_window) || !self.member.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.pool.try_reserve_ejection() {
+            tracing::debug!(endpoint = %self.label, "not ejected: max_ejection_percent reached");
+            return;
+        }
+        // Ejections in a row back off exponentially; a long healthy spell resets the count.
+        if passive
+            .returned_at
+            .is_some_and(|t| now.saturating_duration_since(t) > outlier.max_ejection)
+        {
+            passive.ejections = 0;
+        }
+        passive.ejections = passive.ejections.saturating_add(1);
+        let duration = self.jittered(outlier.ejection_time(passive.ejections));
+        passive.ejected_until = Some(now + duration);
+        passive.window_failures = 0;
+        passive.window_start = None;
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.flags.fetch_or(EJECTED, Ordering::AcqRel);
+        drop(passive);
+        self.metrics.ejections.increment(1);
+        self.metrics.healthy.set(0.0);
+        tracing::warn!(endpoint = %self.label, ?duration, consecutive, "endpoint ejected by outlier detection");
+    }
+
+    fn jittered(&self, base: Duration) -> Duration {
+        let jitter = self.pool.outlier.jitter.clamp(0.0, 10.0);
+        base.mul_f64(1.0 + jitter * self.pool.rng.unit_f64())
+    }
+
+    /// Records the result of an active health check (after rise/fall thresholds).
+    pub(crate) fn set_active_healthy(&self, healthy: bool) {
+        let before = if healthy {
+            self.flags.fetch_and(!ACTIVE_DOWN, Ordering::AcqRel)
+        } else {
+            self.flags.fetch_or(ACTIVE_DOWN, Ordering::AcqRel)
+        };
+        let was_down = before & ACTIVE_DOWN != 0;
+        if healthy && was_down {
+            self.metrics
+                .healthy
+                .set(if before & EJECTED == 0 { 1.0 } else { 0.0 });
+            self.begin_slow_start();
+            tracing::info!(endpoint = %self.label, "active health check: endpoint up");
+        } else if !healthy && !was_down {
+            self.metrics.healthy.set(0.0);
+            tracing::warn!(endpoint = %self.label, "active health check: endpoint down");
+        }
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.flags.fetch_or(DRAINING, Ordering::AcqRel);
+    }
+
+    /// Resolves when no request is in flight (used by drain).
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Called when the endpoint leaves the set: frees its ejection slot.
+    pub(crate) fn leave(&self) {
+        let _passive = self.passive.lock();
+        if self.member.swap(false, Ordering::AcqRel)
+            && self.flags.load(Ordering::Relaxed) & EJECTED != 0
+        {
+            self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// What a finished request means for the endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered well.
+    Success,
+    /// Counts towards ejection (transport error, 5xx, timeout ...).
+    Failure,
+}
+
+/// An in-flight slot on one endpoint; dropping it ends the request.
+///
+/// Call [`record`](Self::record) (or [`success`](Self::success) / [`failure`](Self::failure)) to
+/// feed latency and the outcome into Peak-EWMA and outlier detection. A guard dropped without a
+/// record (e.g. a cancelled request) only frees the slot.
+#[must_use = "the slot is released when the guard is dropped"]
+pub struct InFlightGuard {
+    state: Arc<EndpointState>,
+    index: usize,
+    start: Instant,
+    probe: bool,
+    recorded: bool,
+}
+
+impl fmt::Debug for InFlightGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlightGuard")
+            .field("endpoint", &self.state.label)
+            .field("index", &self.index)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl InFlightGuard {
+    /// Index of the endpoint in the snapshot it was picked from.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The endpoint's shared state.
+    pub fn state(&self) -> &Arc<EndpointState> {
+        &self.state
+    }
+
+    /// Whether this request is the single probe of an endpoint whose ejection ended.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// When the slot was taken.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// Records the outcome and the latency since the slot was taken, then frees the slot.
+    pub fn record(mut self, outcome: Outcome) {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(self.start);
+        self.state.metrics.latency.record(latency.as_secs_f64());
+        match outcome {
+            Outcome::Success => {
+                self.state.ewma.observe(latency, now);
+                self.state.on_success(self.probe);
+            }
+            Outcome::Failure => {
+                // A failure says nothing good about latency: count it as at least the estimate.
+                self.state.ewma.observe(latency, now);
+                self.state.on_failure(self.probe);
+            }
+        }
+        self.recorded = true;
+    }
+
+    /// Same as `record(Outcome::Success)`.
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    /// Same as `record(Outcome::Failure)`.
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            self.state.passive.lock().probe_in_flight = false;
+        }
+        self.state.metrics.in_flight.decrement(1.0);
+        self.state.release_slot();
+    }
+}

@@ -1,0 +1,447 @@
+//! [`EndpointSet`]: the membership, snapshots and shared state that a balancer picks from.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::endpoint::{EndpointState, InFlightGuard, Pool};
+use crate::error::{Error, PickError};
+use crate::ewma::EwmaConfig;
+use crate::health::{OutlierDetection, SlowStart};
+use crate::policy::Pick;
+use crate::rng::SharedRng;
+use crate::snapshot::{Endpoint, EndpointInfo, PickContext, Snapshot};
+
+/// What a key needs to be: cloneable, comparable, hashable (for consistent hashing) and
+/// printable (for metrics labels and errors). `SocketAddr`, `String` and `http::Uri` qualify.
+pub trait EndpointKey:
+    Clone + Eq + Hash + fmt::Display + fmt::Debug + Send + Sync + 'static
+{
+}
+impl<T> EndpointKey for T where
+    T: Clone + Eq + Hash + fmt::Display + fmt::Debug + Send + Sync + 'static
+{
+}
+
+/// A successful pick: the in-flight slot and a clone of the endpoint's service.
+#[derive(Debug)]
+pub struct Picked<S> {
+    /// The slot; record the outcome on it when the request ends.
+    pub guard: InFlightGuard,
+    /// The endpoint's service (or payload).
+    pub service: S,
+}
+
+/// A set of endpoints with per-endpoint load and health, changed at runtime without locking pickers.
+///
+/// Readers load the current [`Snapshot`] (an `ArcSwap`, no lock); writers build a new snapshot
+/// under a mutex and swap it in. An endpoint's [`EndpointState`] is carried over into every new
+/// snapshot, so in-flight counts, latency estimates and ejections survive any update.
+///
+/// `S` is each endpoint's service or payload (a `tower::Service`, a connection pool, or `()`).
+/// This type is usable without tower: pick with [`pick`](Self::pick) and record the outcome on the
+/// returned guard.
+///
+/// ```
+/// use herd_lb_core::{EndpointSet, P2c, PickContext};
+///
+/// let set: EndpointSet<&str> = EndpointSet::new();
+/// set.insert("replica-a", (), 1.0).unwrap();
+/// set.insert("replica-b", (), 1.0).unwrap();
+/// let policy = P2c::seeded(1);
+/// let picked = set.pick(&policy, &PickContext::new()).unwrap();
+/// assert_eq!(picked.guard.state().in_flight(), 1);
+/// picked.guard.success();
+/// assert!(set.endpoints().iter().all(|e| e.in_flight == 0));
+/// ```
+pub struct EndpointSet<K, S = ()> {
+    inner: Arc<SetInner<K, S>>,
+}
+
+struct SetInner<K, S> {
+    current: ArcSwap<Snapshot<K, S>>,
+    pool: Arc<Pool>,
+    write: Mutex<()>,
+    max_in_flight: Option<usize>,
+}
+
+impl<K, S> Clone for EndpointSet<K, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for EndpointSet<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSet")
+            .field("snapshot", &*self.inner.current.load())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of an [`EndpointSet`]; see [`EndpointSet::builder`].
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSetBuilder {
+    outlier: OutlierDetection,
+    slow_start: Option<SlowStart>,
+    ewma: EwmaConfig,
+    max_in_flight: Option<usize>,
+    seed: Option<u64>,
+}
+
+impl EndpointSetBuilder {
+    /// Passive health rules (default: eject after 5 consecutive failures).
+    pub fn outlier_detection(mut self, outlier: OutlierDetection) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Ramp up new and recovered endpoints (default: off).
+    pub fn slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// Peak-EWMA settings (default: 30 ms seed, 10 s decay).
+    pub fn ewma(mut self, ewma: EwmaConfig) -> Self {
+        self.ewma = ewma;
+        self
+    }
+
+    /// Default per-endpoint concurrency cap for inserted endpoints (default: unlimited).
+    pub fn max_in_flight(mut self, max: Option<usize>) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// Fixed seed for ejection jitter (default: OS entropy).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Builds an empty set.
+    pub fn build<K: EndpointKey, S>(self) -> EndpointSet<K, S> {
+        let rng = self.seed.map_or_else(SharedRng::new, SharedRng::seeded);
+        let pool = Pool::new(self.outlier, self.slow_start, self.ewma, rng);
+        EndpointSet {
+            inner: Arc::new(SetInner {
+                current: ArcSwap::from_pointee(Snapshot::new(Vec::new())),
+                pool: Arc::new(pool),
+                write: Mutex::new(()),
+                max_in_flight: self.max_in_flight,
+            }),
+        }
+    }
+}
+
+pub(crate) fn check_weight(endpoint: &dyn fmt::Display, weight: f64) -> Result<(), Error> {
+    if weight.is_finite() && weight > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidWeight {
+            endpoint: endpoint.to_string(),
+            weight,
+        })
+    }
+}
+
+impl<K: EndpointKey, S> Default for EndpointSet<K, S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: EndpointKey, S> EndpointSet<K, S> {
+    /// An empty set with default settings.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Settings for a new set.
+    pub fn builder() -> EndpointSetBuilder {
+        EndpointSetBuilder::default()
+    }
+
+    /// The current snapshot (a cheap `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot<K, S>> {
+        self.inner.current.load_full()
+    }
+
+    /// Borrow of the current snapshot without touching its reference count (fastest for one pick).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot<K, S>>> {
+        self.inner.current.load()
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.inner.current.load().len()
+    }
+
+    /// Whether the set has no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every endpoint's key, weight, health, ejection, in-flight count and latency estimate.
+    pub fn endpoints(&self) -> Vec<EndpointInfo<K>> {
+        self.inner
+            .current
+            .load()
+            .iter()
+            .map(EndpointInfo::of)
+            .collect()
+    }
+
+    /// Shared state of the endpoint with `key`.
+    pub fn state(&self, key: &K) -> Option<Arc<EndpointState>> {
+        let snapshot = self.inner.current.load();
+        snapshot
+            .iter()
+            .find(|e| e.key() == key)
+            .map(|e| Arc::clone(e.state()))
+    }
+
+    fn update(
+        &self,
+        change: impl FnOnce(&[Endpoint<K, S>]) -> Result<Vec<Endpoint<K, S>>, Error>,
+    ) -> Result<(), Error> {
+        let _writer = self.inner.write.lock();
+        let current = self.inner.current.load_full();
+        let next = change(current.entries())?;
+        self.inner.pool.size.store(next.len(), Ordering::Relaxed);
+        self.inner.current.store(Arc::new(Snapshot::new(next)));
+        Ok(())
+    }
+
+    /// Adds an endpoint, or replaces the service and weight of an existing one (keeping its state).
+    /// A weight that is not finite and > 0 is refused with an error naming the endpoint.
+    pub fn insert(&self, key: K, service: S, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        check_weight(&key, weight)?;
+        let pool = &self.inner.pool;
+        let max = self.inner.max_in_flight.unwrap_or(0);
+        self.update(|entries| {
+            let mut next: Vec<Endpoint<K, S>> = entries.to_vec();
+            if let Some(existing) = next.iter_mut().find(|e| e.key() == &key) {
+                existing.state().set_weight(weight);
+                *existing = existing.with_service(service);
+            } else {
+                let state = Arc::new(EndpointState::new(
+                    key.to_string().into(),
+                    weight,
+                    max,
+                    Arc::clone(pool),
+                ));
+                if !entries.is_empty() {
+                    state.begin_slow_start();
+                }
+                tracing::info!(endpoint = %key, weight, "endpoint added");
+                next.push(Endpoint::new(key, service, state));
+            }
+            Ok(next)
+        })
+    }
+
+    /// Removes an endpoint at once (in-flight requests finish on their own). Returns whether it
+    /// was present. See [`drain`](Self::drain) for a graceful removal.
+    pub fn remove(&self, key: &K) -> bool
+    where
+        S: Clone,
+    {
+        let mut removed = false;
+        let _ = self.update(|entries| {
+            let mut next = Vec::with_capacity(entries.len());
+            for e in entries {
+                if e.key() == key {
+                    e.state().leave();
+                    removed = true;
+                } else {
+                    next.push(e.clone());
+                }
+            }
+            Ok(next)
+        });
+        if removed {
+            tracing::info!(endpoint = %key, "endpoint removed");
+        }
+        removed
+    }
+
+    /// Changes an endpoint's weight.
+    pub fn set_weight(&self, key: &K, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        check_weight(key, weight)?;
+        self.update(|entries| {
+            let e =
+                entries
+                    .iter()
+                    .find(|e| e.key() == key)
+                    .ok_or_else(|| Error::UnknownEndpoint {
+                        endpoint: key.to_string(),
+                    })?;
+            e.state().set_weight(weight);
+            // Rebuild so samplers and the hash ring see the new weight.
+            Ok(entries.to_vec())
+        })
+    }
+
+    /// Sets an endpoint's concurrency cap (`None`: unlimited).
+    pub fn set_max_in_flight(&self, key: &K, max: Option<usize>) -> Result<(), Error> {
+        let state = self.state(key).ok_or_else(|| Error::UnknownEndpoint {
+            endpoint: key.to_string(),
+        })?;
+        state.set_max_in_flight(max.unwrap_or(0));
+        Ok(())
+    }
+
+    /// Stops sending new requests to an endpoint at once; the returned future resolves when its
+    /// in-flight requests have finished, and then removes it from the set.
+    pub fn drain(&self, key: &K) -> Result<impl Future<Output = ()> + Send + 'static, Error>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let state = self.state(key).ok_or_else(|| Error::UnknownEndpoint {
+            endpoint: key.to_string(),
+        })?;
+        state.start_draining();
+        tracing::info!(endpoint = %key, in_flight = state.in_flight(), "draining endpoint");
+        let set = self.clone();
+        let key = key.clone();
+        Ok(async move {
+            state.wait_idle().await;
+            // Remove only the drained endpoint, not a re-inserted one with the same key.
+            let still_ours = set.state(&key).is_some_and(|s| Arc::ptr_eq(&s, &state));
+            if still_ours {
+                set.remove(&key);
+            }
+        })
+    }
+
+    /// Picks an endpoint with `policy` and takes an in-flight slot on it.
+    ///
+    /// Falls back to ignoring health (panic mode) when no healthy endpoint is available, and to
+    /// ignoring `ctx`'s exclusions when they rule out everything. Fails with
+    /// [`PickError::NoEndpoints`] or [`PickError::Overloaded`] (without waiting; see
+    /// [`pick_wait`](Self::pick_wait)).
+    #[inline]
+    pub fn pick<P: Pick + ?Sized>(
+        &self,
+        policy: &P,
+        ctx: &PickContext<'_>,
+    ) -> Result<Picked<S>, PickError>
+    where
+        S: Clone,
+    {
+        let snapshot = self.inner.current.load();
+        // A pick races with other requests for the last slot; a few rounds settle it.
+        for _ in 0..4 {
+            let Some((index, ignore_health)) = choose(&snapshot, policy, ctx) else {
+                break;
+            };
+            let Some(endpoint) = snapshot.get(index) else {
+                break;
+            };
+            if let Some(guard) = endpoint.state().acquire(index, ignore_health) {
+                return Ok(Picked {
+                    guard,
+                    service: endpoint.service().clone(),
+                });
+            }
+        }
+        Err(classify_failure(&snapshot, Duration::ZERO))
+    }
+
+    /// Like [`pick`](Self::pick), but when every endpoint is at its concurrency cap, waits up to
+    /// `max_wait` for a slot before failing with [`PickError::Overloaded`].
+    pub async fn pick_wait<P: Pick + ?Sized>(
+        &self,
+        policy: &P,
+        ctx: &PickContext<'_>,
+        max_wait: Duration,
+    ) -> Result<Picked<S>, PickError>
+    where
+        S: Clone,
+    {
+        match self.pick(policy, ctx) {
+            Err(PickError::Overloaded { .. }) if !max_wait.is_zero() => {}
+            other => return other,
+        }
+        let pool = &self.inner.pool;
+        let started = Instant::now();
+        let deadline = started + max_wait;
+        pool.waiting.fetch_add(1, Ordering::AcqRel);
+        let result = loop {
+            let released = pool.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.pick(policy, ctx) {
+                Err(PickError::Overloaded { .. }) => {}
+                other => break other,
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                break match self.pick(policy, ctx) {
+                    Err(PickError::Overloaded { endpoints, .. }) => Err(PickError::Overloaded {
+                        endpoints,
+                        waited: started.elapsed(),
+                    }),
+                    other => other,
+                };
+            }
+        };
+        pool.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+}
+
+/// Runs the policy, then in panic mode, then without exclusions.
+#[inline]
+fn choose<K, S, P: Pick + ?Sized>(
+    snapshot: &Snapshot<K, S>,
+    policy: &P,
+    ctx: &PickContext<'_>,
+) -> Option<(usize, bool)> {
+    let c = snapshot.candidates();
+    if let Some(i) = policy.pick(c, ctx) {
+        return Some((i, ctx.ignore_health()));
+    }
+    if c.is_empty() {
+        return None;
+    }
+    let panic = ctx.ignoring_health(true);
+    if let Some(i) = policy.pick(c, &panic) {
+        tracing::debug!("no healthy endpoint available: ignoring health (panic mode)");
+        return Some((i, true));
+    }
+    let unrestricted = PickContext::new().with_key(ctx.key()).ignoring_health(true);
+    policy.pick(c, &unrestricted).map(|i| (i, true))
+}
+
+fn classify_failure<K, S>(snapshot: &Snapshot<K, S>, waited: Duration) -> PickError {
+    let serving = snapshot
+        .iter()
+        .filter(|e| e.state().status() != crate::EndpointStatus::Draining)
+        .count();
+    if serving == 0 {
+        PickError::NoEndpoints
+    } else {
+        PickError::Overloaded {
+            endpoints: snapshot.len(),
+            waited,
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Immutable endpoint snapshots that policies pick from.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rand::distr::Distribution;
+use rand::distr::weighted::WeightedIndex;
+use tokio::time::Instant;
+
+use crate::endpoint::{Availability, EndpointState, EndpointStatus};
+use crate::rng::SharedRng;
+
+/// A hashed request key for consistent hashing (client IP, header, cookie ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestKey(pub u64);
+
+impl RequestKey {
+    /// Hashes any value with a fixed-key hasher, so the same value maps to the same endpoint
+    /// in every process of the fleet built with the same herd version.
+    pub fn of<T: Hash + ?Sized>(value: &T) -> Self {
+        Self(stable_hash(value))
+    }
+}
+
+pub(crate) fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    // `DefaultHasher::new()` is SipHash with fixed zero keys: stable within a build, unlike
+    // `RandomState`, so the ring is the same in every gateway process.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What a pick should take into account besides load and health.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickContext<'a> {
+    key: Option<RequestKey>,
+    exclude: &'a [usize],
+    ignore_health: bool,
+}
+
+impl<'a> PickContext<'a> {
+    /// No key, nothing excluded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the request key used by consistent hashing.
+    pub fn with_key(mut self, key: Option<RequestKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Endpoint indices not to pick (already tried by this request).
+    pub fn excluding(mut self, exclude: &'a [usize]) -> Self {
+        self.exclude = exclude;
+        self
+    }
+
+    /// Panic mode: pick among endpoints regardless of health.
+    pub fn ignoring_health(mut self, ignore: bool) -> Self {
+        self.ignore_health = ignore;
+        self
+    }
+
+    /// The request key, if any.
+    pub fn key(&self) -> Option<RequestKey> {
+        self.key
+    }
+
+    /// Whether health is being ignored (panic mode).
+    pub fn ignore_health(&self) -> bool {
+        self.ignore_health
+    }
+
+    /// Whether `index` was excluded by the caller.
+    #[inline]
+    pub fn is_excluded(&self, index: usize) -> bool {
+        !self.exclude.is_empty() && self.exclude.contains(&index)
+    }
+}
+
+/// The endpoints of one snapshot as policies see them: shared state, weights at snapshot time,
+/// and helpers for weighted sampling. Indices are positions in the snapshot.
+pub struct Candidates {
+    states: Vec<Arc<EndpointState>>,
+    weights: Vec<f64>,
+    key_hashes: Vec<u64>,
+    total_weight: f64,
+    max_weight: f64,
+    sampler: Option<WeightedIndex<f64>>,
+    ring: OnceLock<Ring>,
+}
+
+impl fmt::Debug for Candidates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Candidates")
+            .field("len", &self.states.len())
+            .field("uniform_weights", &self.sampler.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Attempts of rejection sampling before scanning all endpoints.
+const SAMPLE_TRIES: usize = 8;
+
+impl Candidates {
+    pub(crate) fn new(states: Vec<Arc<EndpointState>>, key_hashes: Vec<u64>) -> Self {
+        let weights: Vec<f64> = states.iter().map(|s| s.weight()).collect();
+        let total_weight = weights.iter().sum();
+        let max_weight = weights.iter().copied().fold(0.0, f64::max);
+        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        let sampler = if uniform {
+            None
+        } else {
+            WeightedIndex::new(weights.iter().copied()).ok()
+        };
+        Self {
+            states,
+            weights,
+            key_hashes,
+            total_weight,
+            max_weight,
+            sampler,
+            ring: OnceLock::new(),
+        }
+    }
+
+    /// Number of endpoints.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Whether there are no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// Shared state of endpoint `index`.
+    #[inline]
+    pub fn state(&self, index: usize) -> Option<&Arc<EndpointState>> {
+        self.states.get(index)
+    }
+
+    /// Iterates over every endpoint's shared state, in index order.
+    pub fn states(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
+        self.states.iter()
+    }
+
+    /// Weight of endpoint `index` when the snapshot was built (0 when out of range).
+    pub fn weight(&self, index: usize) -> f64 {
+        self.weights.get(index).copied().unwrap_or(0.0)
+    }
+
+    /// Sum of all weights.
+    pub fn total_weight(&self) -> f64 {
+        self.total_weight
+    }
+
+    /// Whether all endpoints have the same weight.
+    pub fn uniform_weights(&self) -> bool {
+        self.sampler.is_none()
+    }
+
+    /// Whether endpoint `index` may be picked under `ctx` (not excluded, not draining, below its
+    /// concurrency cap, and healthy unless `ctx` ignores health).
+    #[inline]
+    pub fn is_available(&self, index: usize, ctx: &PickContext<'_>) -> bool {
+        if ctx.is_excluded(index) {
+            return false;
+        }
+        self.states
+            .get(index)
+            .is_some_and(|s| s.availability(ctx.ignore_health) != Availability::No)
+    }
+
+    /// One index drawn with probability proportional to the weights (availability not checked).
+    #[inline]
+    pub fn sample(&self, rng: &SharedRng) -> usize {
+        match &self.sampler {
+            None => rng.below(self.states.len()),
+            Some(dist) => dist.sample(&mut rng.as_rng()),
+        }
+    }
+
+    /// One available index drawn with probability proportional to the effective weights
+    /// (weights reduced by slow start), or `None` when nothing is available.
+    ///
+    /// Draws by the static weights and rejects unavailable or ramping endpoints, which keeps a
+    /// pick O(1) (O(log n) with unequal weights); after a few rejections it scans all endpoints.
+    #[inline]
+    pub fn sample_available(&self, rng: &SharedRng, ctx: &PickContext<'_>) -> Option<usize> {
+        if self.states.is_empty() {
+            return None;
+        }
+        for _ in 0..SAMPLE_TRIES {
+            let i = self.sample(rng);
+            if !self.is_available(i, ctx) {
+                continue;
+            }
+            if let Some(state) = self.states.get(i)
+                && state.in_slow_start()
+                && rng.unit_f64() >= state.slow_start_factor()
+            {
+                continue;
+            }
+            return Some(i);
+        }
+        self.scan_weighted(rng, ctx, |_| 0.0)
+    }
+
+    /// Weighted reservoir scan: among available endpoints with the lowest `cost`, one drawn with
+    /// probability proportional to its effective weight. O(n).
+    pub fn scan_weighted(
+        &self,
+        rng: &SharedRng,
+        ctx: &PickContext<'_>,
+        cost: impl Fn(&EndpointState) -> f64,
+    ) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut best_cost = f64::INFINITY;
+        let mut tied_weight = 0.0;
+        for (i, state) in self.states.iter().enumerate() {
+            if !self.is_available(i, ctx) {
+                continue;
+            }
+            let c = cost(state);
+            let w = state.effective_weight().max(f64::MIN_POSITIVE);
+            if best.is_none() || c < best_cost {
+                best = Some(i);
+                best_cost = c;
+                tied_weight = w;
+            } else if c == best_cost {
+                tied_weight += w;
+                if rng.unit_f64() * tied_weight < w {
+                    best = Some(i);
+                }
+            }
+        }
+        best
+    }
+
+    /// Hash of endpoint `index`'s key.
+    pub fn key_hash(&self, index: usize) -> u64 {
+        self.key_hashes.get(index).copied().unwrap_or(0)
+    }
+
+    /// The consistent-hash ring (built on first use, once per snapshot).
+    pub(crate) fn ring(&self) -> &Ring {
+        self.ring.get_or_init(|| Ring::build(self))
+    }
+}
+
+/// Points per endpoint of the heaviest weight on the hash ring (ketama uses 160).
+const RING_POINTS: f64 = 160.0;
+
+/// A consistent-hash ring: sorted points, each owned by an endpoint index.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    points: Vec<(u64, u32)>,
+}
+
+impl Ring {
+    fn build(c: &Candidates) -> Self {
+        let mut points = Vec::new();
+        for (i, &weight) in c.weights.iter().enumerate() {
+            let Ok(owner) = u32::try_from(i) else { break };
+            let share = if c.max_weight > 0.0 {
+                weight / c.max_weight
+            } else {
+                1.0
+            };
+            let count = (share * RING_POINTS).round().max(1.0) as u32;
+            let key_hash = c.key_hash(i);
+            for replica in 0..count {
+                points.push((stable_hash(&(key_hash, replica)), owner));
+            }
+        }
+        points.sort_unstable();
+        Self { points }
+    }
+
+    /// Endpoint indices clockwise from `hash`, one per ring point (an endpoint repeats).
+    pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let start = self.points.partition_point(|&(p, _)| p < hash);
+        let (after, before) = self.points.split_at(start.min(self.points.len()));
+        before.iter().chain(after).map(|&(_, i)| i as usize)
+    }
+}
+
+/// One endpoint of a snapshot: its key, its service (or any per-endpoint payload), its state.
+pub struct Endpoint<K, S = ()> {
+    key: K,
+    service: S,
+    state: Arc<EndpointState>,
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("key", &self.key)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Clone, S: Clone> Clone for Endpoint<K, S> {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            service: self.service.clone(),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<K, S> Endpoint<K, S> {
+    pub(crate) fn new(key: K, service: S, state: Arc<EndpointState>) -> Self {
+        Self {
+            key,
+            service,
+            state,
+        }
+    }
+
+    /// The endpoint's key.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The endpoint's service (or payload).
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The endpoint's shared load and health state.
+    pub fn state(&self) -> &Arc<EndpointState> {
+        &self.state
+    }
+
+    pub(crate) fn with_service(&self, service: S) -> Self
+    where
+        K: Clone,
+    {
+        Self {
+            key: self.key.clone(),
+            service,
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// An immutable set of endpoints; membership changes build a new one and swap it in atomically.
+pub struct Snapshot<K, S = ()> {
+    entries: Vec<Endpoint<K, S>>,
+    candidates: Candidates,
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for Snapshot<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("endpoints", &self.entries)
+            .finish()
+    }
+}
+
+impl<K: Hash, S> Snapshot<K, S> {
+    pub(crate) fn new(entries: Vec<Endpoint<K, S>>) -> Self {
+        let states = entries.iter().map(|e| Arc::clone(&e.state)).collect();
+        let hashes = entries.iter().map(|e| stable_hash(&e.key)).collect();
+        Self {
+            candidates: Candidates::new(states, hashes),
+            entries,
+        }
+    }
+}
+
+impl<K, S> Snapshot<K, S> {
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the snapshot has no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Endpoint at `index`.
+    pub fn get(&self, index: usize) -> Option<&Endpoint<K, S>> {
+        self.entries.get(index)
+    }
+
+    /// All endpoints in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &Endpoint<K, S>> {
+        self.entries.iter()
+    }
+
+    /// The policy-facing view.
+    pub fn candidates(&self) -> &Candidates {
+        &self.candidates
+    }
+
+    /// Index of the endpoint with `key`.
+    pub fn position(&self, key: &K) -> Option<usize>
+    where
+        K: PartialEq,
+    {
+        self.entries.iter().position(|e| &e.key == key)
+    }
+
+    pub(crate) fn entries(&self) -> &[Endpoint<K, S>] {
+        &self.entries
+    }
+}
+
+/// A point-in-time view of one endpoint, returned by
+/// [`EndpointSet::endpoints`](crate::EndpointSet::endpoints) and
+/// [`Balancer::endpoints`](crate::Balancer::endpoints) (for health reporting and admin pages).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointInfo<K> {
+    /// The endpoint's key.
+    pub key: K,
+    /// Configured weight.
+    pub weight: f64,
+    /// Weight after slow start.
+    pub effective_weight: f64,
+    /// Where it stands (healthy, ejected, draining ...).
+    pub status: EndpointStatus,
+    /// Neither ejected nor failing active checks.
+    pub healthy: bool,
+    /// When the current ejection ends.
+    pub ejected_until: Option<Instant>,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Peak-EWMA latency estimate.
+    pub ewma: Duration,
+    /// Requests completed since the endpoint joined.
+    pub requests: u64,
+    /// Of those, failures.
+    pub failures: u64,
+}
+
+impl<K: Clone> EndpointInfo<K> {
+    pub(crate) fn of(endpoint: &Endpoint<K, impl Sized>) -> Self {
+        let s = &endpoint.state;
+        let (requests, failures) = s.completed();
+        Self {
+            key: endpoint.key.clone(),
+            weight: s.weight(),
+            effective_weight: s.effective_weight(),
+            status: s.status(),
+            healthy: s.is_healthy(),
+            ejected_until: s.ejected_until(),
+            in_flight: s.in_flight(),
+            ewma: s.ewma(),
+            requests,
+            failures,
+        }
+    }
+}

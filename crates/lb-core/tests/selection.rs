@@ -1,0 +1,273 @@
+//! Seeded distribution and membership tests of the selection API (no tower involved).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use herd_lb_core::{
+    ConsistentHash, EndpointSet, Error, LeastOutstanding, P2c, PeakEwma, Pick, PickContext,
+    PickError, RequestKey, RoundRobin, WeightedRandom,
+};
+
+const PICKS: usize = 100_000;
+
+fn set_with(weights: &[f64]) -> EndpointSet<String> {
+    let set = EndpointSet::<String>::builder().seed(1).build();
+    for (i, w) in weights.iter().enumerate() {
+        set.insert(format!("ep{i}"), (), *w).unwrap();
+    }
+    set
+}
+
+/// Shares of `PICKS` sequential picks (each request finishes before the next).
+fn shares(set: &EndpointSet<String>, policy: &dyn Pick) -> Vec<f64> {
+    let mut counts = vec![0usize; set.len()];
+    for _ in 0..PICKS {
+        let picked = set.pick(policy, &PickContext::new()).unwrap();
+        counts[picked.guard.index()] += 1;
+        picked.guard.success();
+    }
+    counts.iter().map(|&c| c as f64 / PICKS as f64).collect()
+}
+
+fn assert_shares(name: &str, got: &[f64], weights: &[f64]) {
+    let total: f64 = weights.iter().sum();
+    for (i, (g, w)) in got.iter().zip(weights).enumerate() {
+        let want = w / total;
+        assert!(
+            (g - want).abs() <= 0.02,
+            "{name}: endpoint {i} got {g:.4}, want {want:.4} ± 0.02 ({got:?})"
+        );
+    }
+}
+
+#[test]
+fn weighted_shares_hold_for_every_weighted_policy() {
+    for weights in [vec![3.0, 2.0, 1.0], vec![0.99, 0.005, 0.005], vec![1.0; 8]] {
+        let policies: Vec<(&str, Box<dyn Pick>)> = vec![
+            ("p2c", Box::new(P2c::seeded(7))),
+            ("round_robin", Box::new(RoundRobin::seeded(7))),
+            ("weighted_random", Box::new(WeightedRandom::seeded(7))),
+            ("least_outstanding", Box::new(LeastOutstanding::seeded(7))),
+        ];
+        for (name, policy) in policies {
+            let set = set_with(&weights);
+            let got = shares(&set, policy.as_ref());
+            assert_shares(name, &got, &weights);
+        }
+    }
+}
+
+#[test]
+fn p2c_prefers_the_less_loaded_of_two() {
+    let set = set_with(&[1.0, 1.0]);
+    let busy = set
+        .pick(&|_: &_, _: &PickContext<'_>| Some(0), &PickContext::new())
+        .unwrap();
+    let policy = P2c::seeded(3);
+    let mut to_idle = 0;
+    for _ in 0..1000 {
+        let p = set.pick(&policy, &PickContext::new()).unwrap();
+        if p.guard.index() == 1 {
+            to_idle += 1;
+        }
+    }
+    // Only a draw of endpoint 0 twice (1/4) sends a request to the busy endpoint.
+    assert!((700..=800).contains(&to_idle), "{to_idle}");
+    drop(busy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_avoids_a_slow_endpoint() {
+    let set = set_with(&[1.0, 1.0]);
+    let slow = set
+        .pick(&|_: &_, _: &PickContext<'_>| Some(0), &PickContext::new())
+        .unwrap();
+    tokio::time::advance(std::time::Duration::from_millis(500)).await;
+    slow.guard.success();
+    let infos = set.endpoints();
+    assert_eq!(
+        infos[0].ewma.as_millis(),
+        500,
+        "peak: the slow sample is taken at once"
+    );
+    assert_eq!(
+        infos[1].ewma.as_millis(),
+        30,
+        "unsampled endpoints start at 30 ms"
+    );
+    let policy = PeakEwma::seeded(9);
+    let mut to_fast = 0;
+    for _ in 0..1000 {
+        let p = set.pick(&policy, &PickContext::new()).unwrap();
+        to_fast += usize::from(p.guard.index() == 1);
+    }
+    // The slow endpoint only wins when both draws are it (1/4).
+    assert!((700..=800).contains(&to_fast), "{to_fast}");
+}
+
+#[test]
+fn smooth_round_robin_interleaves_like_nginx() {
+    let set = set_with(&[5.0, 1.0, 1.0]);
+    let policy = RoundRobin::seeded(1);
+    let order: Vec<usize> = (0..7)
+        .map(|_| {
+            set.pick(&policy, &PickContext::new())
+                .unwrap()
+                .guard
+                .index()
+        })
+        .collect();
+    assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
+}
+
+#[test]
+fn round_robin_keeps_its_rotation_across_updates() {
+    let set = set_with(&[2.0, 1.0]);
+    let policy = RoundRobin::seeded(1);
+    let first = set
+        .pick(&policy, &PickContext::new())
+        .unwrap()
+        .guard
+        .index();
+    // An unrelated membership change must not restart the rotation (pingora does).
+    set.insert("other".to_string(), (), 1.0).unwrap();
+    set.remove(&"other".to_string());
+    let next: Vec<usize> = (0..2)
+        .map(|_| {
+            set.pick(&policy, &PickContext::new())
+                .unwrap()
+                .guard
+                .index()
+        })
+        .collect();
+    assert_eq!((first, next), (0, vec![1, 0]));
+}
+
+fn keys_owner(set: &EndpointSet<String>, policy: &ConsistentHash, keys: usize) -> Vec<String> {
+    let snapshot = set.snapshot();
+    (0..keys)
+        .map(|k| {
+            let ctx = PickContext::new().with_key(Some(RequestKey::of(&k)));
+            let picked = set.pick(policy, &ctx).unwrap();
+            snapshot.get(picked.guard.index()).unwrap().key().clone()
+        })
+        .collect()
+}
+
+#[test]
+fn consistent_hashing_moves_about_one_nth_of_keys() {
+    let n = 10;
+    let set = set_with(&vec![1.0; n]);
+    let policy = ConsistentHash::seeded(1.25, 1).unwrap();
+    let before = keys_owner(&set, &policy, 20_000);
+    // Every endpoint owns a fair part of the keys.
+    let mut per: HashMap<&String, usize> = HashMap::new();
+    for k in &before {
+        *per.entry(k).or_default() += 1;
+    }
+    assert_eq!(per.len(), n);
+    assert!(per.values().all(|&c| c > 1_000 && c < 3_000), "{per:?}");
+
+    set.remove(&"ep3".to_string());
+    let after = keys_owner(&set, &policy, 20_000);
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let moved_not_from_removed = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a && b.as_str() != "ep3")
+        .count();
+    assert_eq!(
+        moved_not_from_removed, 0,
+        "only the removed endpoint's keys move"
+    );
+    assert!(moved as f64 <= 20_000.0 / n as f64 * 1.3, "moved {moved}");
+}
+
+#[test]
+fn bounded_load_never_exceeds_its_factor() {
+    let factor = 1.25;
+    let weights = [1.0, 1.0, 2.0, 1.0];
+    let set = set_with(&weights);
+    let policy = ConsistentHash::seeded(factor, 5).unwrap();
+    let total_weight: f64 = weights.iter().sum();
+    let mut held = Vec::new();
+    // A few hot keys: without the bound they would pile onto two endpoints.
+    for r in 0..400 {
+        let ctx = PickContext::new().with_key(Some(RequestKey::of(&(r % 3))));
+        held.push(set.pick(&policy, &ctx).unwrap().guard);
+        let total = held.len() as f64;
+        for (i, e) in set.endpoints().iter().enumerate() {
+            let bound = (factor * total * weights[i] / total_weight).ceil();
+            assert!(
+                e.in_flight as f64 <= bound,
+                "request {r}: {} has {} > {bound}",
+                e.key,
+                e.in_flight
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_hash_key_falls_back_to_p2c() {
+    let set = set_with(&[1.0, 1.0, 1.0]);
+    let policy = ConsistentHash::seeded(1.5, 2).unwrap();
+    let got = shares(&set, &policy);
+    assert_shares("hash without key", &got, &[1.0, 1.0, 1.0]);
+}
+
+#[test]
+fn bad_input_is_refused_with_the_endpoint_named() {
+    let set: EndpointSet<String> = EndpointSet::new();
+    for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = set.insert("api-1".into(), (), w).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidWeight { endpoint, .. } if endpoint == "api-1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("api-1"));
+    }
+    for f in [1.0, 0.5, f64::NAN, -2.0] {
+        assert!(matches!(
+            ConsistentHash::new(f),
+            Err(Error::InvalidBalanceFactor { .. })
+        ));
+    }
+    assert_eq!(
+        set.pick(&P2c::seeded(1), &PickContext::new()).unwrap_err(),
+        PickError::NoEndpoints
+    );
+    let err = set.set_weight(&"nope".into(), 1.0).unwrap_err();
+    assert!(err.to_string().contains("nope"));
+}
+
+#[test]
+fn endpoint_state_survives_membership_changes() {
+    let set = set_with(&[1.0, 1.0]);
+    let picked = set
+        .pick(&|_: &_, _: &PickContext<'_>| Some(1), &PickContext::new())
+        .unwrap();
+    set.insert("ep2".into(), (), 1.0).unwrap();
+    set.set_weight(&"ep0".into(), 4.0).unwrap();
+    let infos = set.endpoints();
+    assert_eq!(infos[1].in_flight, 1, "in-flight count kept across updates");
+    assert_eq!(infos[0].weight, 4.0);
+    drop(picked);
+    assert_eq!(set.endpoints()[1].in_flight, 0);
+}
+
+#[test]
+fn concurrency_cap_gives_overloaded() {
+    let set: EndpointSet<String> = EndpointSet::<String>::builder()
+        .max_in_flight(Some(1))
+        .build();
+    set.insert("a".into(), (), 1.0).unwrap();
+    let policy = P2c::seeded(1);
+    let held = set.pick(&policy, &PickContext::new()).unwrap();
+    assert!(matches!(
+        set.pick(&policy, &PickContext::new()),
+        Err(PickError::Overloaded { .. })
+    ));
+    drop(held);
+    assert!(set.pick(&policy, &PickContext::new()).is_ok());
+}
