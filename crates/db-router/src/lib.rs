@@ -1,1 +1,3 @@
-//! PostgreSQL read/write splitting over sqlx: lag-aware replica routing, read-your-writes by LSN, failover detection.
+//! PostgreSQL read/write splitting over sqlx.
+pub mod classify;
+pub use classify::{Classifier, FunctionPolicy, Reason, Route, classify};
