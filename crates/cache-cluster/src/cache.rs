@@ -1,0 +1,752 @@
+//! `Cache`: typed get/set over L1 + backend, single-flight loads, locks, early refresh, fail-open.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::Backend;
+use crate::circuit::Circuit;
+use crate::codec::{self, DecodeError, Header};
+use crate::config::CacheConfig;
+use crate::error::{BoxError, Error};
+use crate::flight::Flights;
+use crate::invalidation::{self, Invalidation};
+use crate::l1::L1;
+use crate::stats::{CacheStats, Counters, Outcome, Tier};
+use crate::task::AbortOnDrop;
+
+/// A typed cache over a [`Backend`], with an optional L1, one load per key, fail-open behaviour
+/// and cross-instance invalidation. Cloning is cheap and shares everything.
+///
+/// Values are serialized with serde (postcard) behind a small format header: a value written by
+/// something else, or by an incompatible version, reads as a miss and counts in
+/// `herd_cache_errors_total{kind="decode"}`, never as an error or a panic.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    config: CacheConfig,
+    /// `namespace:vVERSION:`
+    prefix: String,
+    l1: Option<L1>,
+    flights: Arc<Flights>,
+    refreshing: Mutex<HashSet<String>>,
+    circuit: Circuit,
+    counters: Counters,
+    rng: Mutex<StdRng>,
+    /// This instance's id in invalidation messages.
+    origin: u64,
+    channel: String,
+    _invalidation: Option<AbortOnDrop>,
+}
+
+/// Builds a [`Cache`].
+#[derive(Debug)]
+pub struct CacheBuilder {
+    backend: Backend,
+    config: CacheConfig,
+    seed: Option<u64>,
+}
+
+impl CacheBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Key prefix; see [`CacheConfig::namespace`].
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
+        self
+    }
+
+    /// Schema version in every key; see [`CacheConfig::version`].
+    pub fn version(mut self, version: u32) -> Self {
+        self.config.version = version;
+        self
+    }
+
+    /// Turns the L1 off (every read goes to the backend).
+    pub fn without_l1(mut self) -> Self {
+        self.config.l1 = None;
+        self
+    }
+
+    /// Seeds the random parts (lock tokens, early-refresh draws, instance id) for deterministic
+    /// tests and benchmarks. Without it they come from OS entropy.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates the configuration and, when the L1 is on, subscribes to invalidations.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unusable namespace or L1 size, [`Error::Backend`] when the
+    /// invalidation subscription cannot be made.
+    pub async fn build(self) -> Result<Cache, Error> {
+        let Self { backend, config, seed } = self;
+        if config.namespace.is_empty() || config.namespace.contains(['{', '}', ':']) {
+            return Err(Error::Config {
+                field: "namespace",
+                reason: format!("{:?} must be non-empty without '{{', '}}' or ':'", config.namespace),
+            });
+        }
+        if config.l1.as_ref().is_some_and(|l1| l1.max_entries == 0) {
+            return Err(Error::Config { field: "l1.max_entries", reason: "must be at least 1".into() });
+        }
+        if !config.early_refresh_beta.is_finite() || config.early_refresh_beta < 0.0 {
+            return Err(Error::Config { field: "early_refresh_beta", reason: "must be a finite number >= 0".into() });
+        }
+        let mut rng = match seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => rand::make_rng::<StdRng>(),
+        };
+        let origin = rng.random::<u64>();
+        let prefix = format!("{}:v{}:", config.namespace, config.version);
+        let channel = format!("{prefix}invalidate");
+        let l1 = config.l1.as_ref().map(L1::new);
+        let invalidation = match &l1 {
+            Some(l1) => {
+                let channel = config.invalidation.then_some(channel.as_str());
+                Some(invalidation::start(&backend, channel, origin, l1.clone()).await?)
+            }
+            None => None,
+        };
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                circuit: Circuit::new(&config.circuit),
+                backend,
+                config,
+                prefix,
+                l1,
+                flights: Arc::default(),
+                refreshing: Mutex::default(),
+                counters: Counters::default(),
+                rng: Mutex::new(rng),
+                origin,
+                channel,
+                _invalidation: invalidation,
+            }),
+        })
+    }
+}
+
+impl Cache {
+    /// A builder over `backend` with [`CacheConfig::default`].
+    pub fn builder(backend: Backend) -> CacheBuilder {
+        CacheBuilder { backend, config: CacheConfig::default(), seed: None }
+    }
+
+    /// A cache over `backend` with `config`.
+    ///
+    /// # Errors
+    /// As [`CacheBuilder::build`].
+    pub async fn new(backend: Backend, config: CacheConfig) -> Result<Self, Error> {
+        Self::builder(backend).config(config).build().await
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// Hit/miss counts and the hit ratio since the cache was built.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Whether backend calls are currently skipped after consecutive failures.
+    pub fn circuit_open(&self) -> bool {
+        self.inner.circuit.is_open()
+    }
+
+    /// Number of entries in the L1 (0 without one).
+    pub fn l1_entry_count(&self) -> u64 {
+        self.inner.l1.as_ref().map_or(0, L1::entry_count)
+    }
+
+    /// The backend key of `key`: `namespace:vVERSION:k:key`. A `{hash tag}` in `key` still
+    /// chooses the cluster slot, so related keys can be kept together.
+    pub fn backend_key(&self, key: &str) -> String {
+        self.inner.data_key(key)
+    }
+
+    /// The value of `key`, from the L1 or the backend. A missing, stale, undecodable value, or
+    /// an unreachable backend, is `None` (fail-open); the metrics say which.
+    pub async fn get<T>(&self, key: &str) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = self.inner.l1_get::<T>(key) {
+            return value;
+        }
+        match self.inner.read::<T>(key).await {
+            Read::Fresh(value, _) => value,
+            Read::Stale(..) => {
+                self.inner.counters.record(Tier::L2, Outcome::Miss);
+                None
+            }
+            Read::Missing | Read::Failed => None,
+        }
+    }
+
+    /// Values of `keys`, in order. Keys are grouped by hash slot and each node gets one pipeline.
+    /// Fail-open like [`get`](Self::get): a failed backend gives `None`s.
+    pub async fn get_many<T, K>(&self, keys: &[K]) -> Vec<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+        K: AsRef<str>,
+    {
+        let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.inner.l1_get::<T>(key.as_ref()) {
+                Some(value) => out.push(value),
+                None => {
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return out;
+        }
+        let inner = &self.inner;
+        if !inner.circuit.allows() {
+            inner.skipped(missing.len());
+            return out;
+        }
+        let full_keys: Vec<String> =
+            missing.iter().filter_map(|&i| keys.get(i)).map(|k| inner.data_key(k.as_ref())).collect();
+        match inner.backend.get_many(&full_keys).await {
+            Ok(values) => {
+                inner.circuit.record_success();
+                for (&i, bytes) in missing.iter().zip(values) {
+                    let key = keys.get(i).map(AsRef::as_ref).unwrap_or_default();
+                    if let (Read::Fresh(value, _), Some(place)) = (inner.decode::<T>(key, bytes), out.get_mut(i)) {
+                        *place = value;
+                    }
+                }
+            }
+            Err(error) => {
+                for _ in &missing {
+                    inner.backend_failed(&error);
+                }
+            }
+        }
+        out
+    }
+
+    /// Stores `value` under `key` for `ttl` (plus `stale_ttl` in the backend) and invalidates
+    /// the key in other instances' L1s.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], [`Error::Backend`], or [`Error::CircuitOpen`] while the backend is skipped.
+    pub async fn set<T>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), Error>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        self.set_with_tags(key, value, ttl, &[] as &[&str]).await
+    }
+
+    /// [`set`](Self::set), and records `key` under each tag so
+    /// [`invalidate_tag`](Self::invalidate_tag) can remove it later.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub async fn set_with_tags<T, S>(&self, key: &str, value: &T, ttl: Duration, tags: &[S]) -> Result<(), Error>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+        S: AsRef<str>,
+    {
+        let inner = &self.inner;
+        let bytes = codec::encode(Some(value), Header::new(false, ttl, Duration::ZERO))
+            .map_err(|source| Error::Encode { key: key.to_owned(), source })?;
+        inner.guard("SET")?;
+        let full = inner.data_key(key);
+        let stored_ttl = ttl.saturating_add(inner.config.stale_ttl);
+        inner.checked(inner.backend.set(&full, &bytes, stored_ttl).await)?;
+        for tag in tags {
+            let members = [full.clone()];
+            inner.checked(inner.backend.tag_add(&inner.tag_key(tag.as_ref()), &members, stored_ttl).await)?;
+        }
+        if let Some(l1) = &inner.l1 {
+            l1.insert(key, Some(value.clone()), ttl);
+        }
+        inner.publish(vec![key.to_owned()]).await;
+        Ok(())
+    }
+
+    /// Stores several values with one pipeline per node.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub async fn set_many<T, K>(&self, items: &[(K, T)], ttl: Duration) -> Result<(), Error>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+        K: AsRef<str>,
+    {
+        let inner = &self.inner;
+        let header = Header::new(false, ttl, Duration::ZERO);
+        let encoded = items
+            .iter()
+            .map(|(key, value)| {
+                codec::encode(Some(value), header)
+                    .map(|bytes| (inner.data_key(key.as_ref()), bytes))
+                    .map_err(|source| Error::Encode { key: key.as_ref().to_owned(), source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        inner.guard("SET")?;
+        inner.checked(inner.backend.set_many(&encoded, ttl.saturating_add(inner.config.stale_ttl)).await)?;
+        if let Some(l1) = &inner.l1 {
+            for (key, value) in items {
+                l1.insert(key.as_ref(), Some(value.clone()), ttl);
+            }
+        }
+        inner.publish(items.iter().map(|(k, _)| k.as_ref().to_owned()).collect()).await;
+        Ok(())
+    }
+
+    /// Removes `key` here, in the backend, and in other instances' L1s.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] or [`Error::CircuitOpen`]; the local L1 entry is removed regardless.
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        if let Some(l1) = &inner.l1 {
+            l1.invalidate(key);
+        }
+        inner.guard("DEL")?;
+        inner.checked(inner.backend.delete(&[inner.data_key(key)]).await)?;
+        inner.publish(vec![key.to_owned()]).await;
+        Ok(())
+    }
+
+    /// Removes every key stored with `tag` (here, in the backend and in other instances' L1s)
+    /// and returns how many there were.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] or [`Error::CircuitOpen`].
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, Error> {
+        let inner = &self.inner;
+        inner.guard("invalidate_tag")?;
+        let tag_key = inner.tag_key(tag);
+        let members = inner.checked(inner.backend.tag_members(&tag_key).await)?;
+        let data_prefix = format!("{}k:", inner.prefix);
+        let keys: Vec<String> =
+            members.iter().filter_map(|m| m.strip_prefix(&data_prefix)).map(str::to_owned).collect();
+        if let Some(l1) = &inner.l1 {
+            for key in &keys {
+                l1.invalidate(key);
+            }
+        }
+        let mut doomed = members;
+        doomed.push(tag_key);
+        inner.checked(inner.backend.delete(&doomed).await)?;
+        if !keys.is_empty() {
+            inner.publish(keys.clone()).await;
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// The value of `key`, or the loader's result, stored for `ttl`.
+    ///
+    /// - Concurrent calls for one key in this instance share one loader call; an error is
+    ///   returned to all of them and not cached.
+    /// - With [`CacheConfig::lock`], instances race for `SET NX PX` on a lock key: the winner
+    ///   loads, the others wait for its value (up to `lock.wait`, then load themselves).
+    /// - A fresh value may be refreshed early in the background (XFetch), a stale one within
+    ///   `stale_ttl` is returned while one background load replaces it.
+    /// - `Ok(None)` from the loader is cached for `negative_ttl` when that is set.
+    /// - Fail-open: when the backend is down or slow, the loader's value is returned.
+    ///
+    /// The loader is `'static` because the load runs as its own task: it completes, and stores
+    /// its value, even if the caller that started it is cancelled.
+    ///
+    /// # Errors
+    /// Only [`Error::Load`], when the loader failed (and no stale value could stand in).
+    pub async fn get_or_load<T, F, Fut, E>(&self, key: &str, ttl: Duration, loader: F) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        if let Some(value) = self.inner.l1_get::<T>(key) {
+            return Ok(value);
+        }
+        let mut loader = Some(loader);
+        let inner = Arc::clone(&self.inner);
+        let owned_key = key.to_owned();
+        let (flight, _) = self.inner.flights.join_or_start(key, || {
+            let loader = loader.take();
+            async move {
+                let Some(loader) = loader else {
+                    return Err(Error::Load { key: owned_key, source: Arc::new("loader already used".into()) });
+                };
+                let value = inner.resolve::<T, _, _, _>(owned_key, ttl, loader).await?;
+                Ok(Arc::new(value) as Arc<dyn Any + Send + Sync>)
+            }
+            .boxed()
+        });
+        let shared = flight.await?;
+        if let Some(value) = shared.downcast_ref::<Option<T>>() {
+            return Ok(value.clone());
+        }
+        // We joined a load of the same key for another type: load our own.
+        match loader {
+            Some(loader) => Arc::clone(&self.inner).load_and_store(key.to_owned(), ttl, loader, LockMode::Wait).await,
+            None => Err(Error::Load { key: key.to_owned(), source: Arc::new("loader already used".into()) }),
+        }
+    }
+}
+
+/// What a backend read found.
+enum Read<T> {
+    Fresh(Option<T>, Header),
+    Stale(Option<T>),
+    Missing,
+    Failed,
+}
+
+/// What a loader does when another instance holds the lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockMode {
+    /// Wait for the holder's value (a caller is waiting for one).
+    Wait,
+    /// Give up (a background refresh: the holder is refreshing already).
+    Skip,
+}
+
+impl Inner {
+    fn data_key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.prefix.len() + 2 + key.len());
+        full.push_str(&self.prefix);
+        full.push_str("k:");
+        full.push_str(key);
+        full
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.prefix)
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.prefix)
+    }
+
+    /// `Some(value)` on an L1 hit of type `T`.
+    fn l1_get<T: Clone + 'static>(&self, key: &str) -> Option<Option<T>> {
+        let l1 = self.l1.as_ref()?;
+        match l1.get(key).and_then(|entry| entry.get::<T>()) {
+            Some(value) => {
+                self.counters.record(Tier::L1, Outcome::Hit);
+                Some(value)
+            }
+            None => {
+                self.counters.record(Tier::L1, Outcome::Miss);
+                None
+            }
+        }
+    }
+
+    fn guard(&self, operation: &'static str) -> Result<(), Error> {
+        if self.circuit.allows() {
+            Ok(())
+        } else {
+            let error = Error::CircuitOpen { operation };
+            metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
+            Err(error)
+        }
+    }
+
+    fn skipped(&self, lookups: usize) {
+        metrics::counter!("herd_cache_errors_total", "kind" => "circuit_open").increment(lookups as u64);
+        for _ in 0..lookups {
+            self.counters.record(Tier::L2, Outcome::Error);
+        }
+    }
+
+    /// Feeds a backend result to the circuit and the error metrics.
+    fn checked<R>(&self, result: Result<R, Error>) -> Result<R, Error> {
+        match &result {
+            Ok(_) => self.circuit.record_success(),
+            Err(error) => {
+                self.circuit.record_failure();
+                metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
+                tracing::debug!(%error, "cache backend call failed");
+            }
+        }
+        result
+    }
+
+    fn backend_failed(&self, error: &Error) {
+        self.circuit.record_failure();
+        self.counters.record(Tier::L2, Outcome::Error);
+        metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
+        tracing::debug!(%error, "cache backend read failed; treating as a miss");
+    }
+
+    async fn read<T>(&self, key: &str) -> Read<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if !self.circuit.allows() {
+            self.skipped(1);
+            return Read::Failed;
+        }
+        match self.backend.get(&self.data_key(key)).await {
+            Ok(bytes) => {
+                self.circuit.record_success();
+                self.decode(key, bytes)
+            }
+            Err(error) => {
+                self.backend_failed(&error);
+                Read::Failed
+            }
+        }
+    }
+
+    /// Classifies stored bytes, counts the outcome and fills the L1 with fresh values.
+    fn decode<T>(&self, key: &str, bytes: Option<Vec<u8>>) -> Read<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let Some(bytes) = bytes else {
+            self.counters.record(Tier::L2, Outcome::Miss);
+            return Read::Missing;
+        };
+        match codec::decode::<T>(&bytes) {
+            Ok((header, value)) if header.is_fresh() => {
+                self.counters.record(Tier::L2, Outcome::Hit);
+                if let Some(l1) = &self.l1 {
+                    l1.insert(key, value.clone(), header.remaining());
+                }
+                Read::Fresh(value, header)
+            }
+            Ok((_, value)) => Read::Stale(value),
+            Err(error) => {
+                let kind = match error {
+                    DecodeError::Foreign => "decode_foreign",
+                    DecodeError::Payload => "decode_payload",
+                };
+                metrics::counter!("herd_cache_errors_total", "kind" => "decode", "detail" => kind).increment(1);
+                tracing::debug!(key, ?error, "stored value is not readable by this cache; treating as a miss");
+                self.counters.record(Tier::L2, Outcome::Error);
+                Read::Missing
+            }
+        }
+    }
+
+    /// XFetch: refresh before expiry with a probability that grows as expiry nears and with
+    /// the cost of the last load (`delta`): refresh when `now - delta * beta * ln(rand) >= expiry`.
+    fn should_refresh_early(&self, header: &Header) -> bool {
+        let beta = self.config.early_refresh_beta;
+        if beta <= 0.0 || header.delta_ms == 0 {
+            return false;
+        }
+        // 1 - [0, 1) is (0, 1], so ln() is finite and <= 0.
+        let draw: f64 = 1.0 - self.rng.lock().random::<f64>();
+        let gap_ms = -(f64::from(header.delta_ms)) * beta * draw.ln();
+        codec::now_ms() as f64 + gap_ms >= header.fresh_until_ms as f64
+    }
+
+    async fn resolve<T, F, Fut, E>(self: Arc<Self>, key: String, ttl: Duration, loader: F) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        match self.read::<T>(&key).await {
+            Read::Fresh(value, header) => {
+                if self.should_refresh_early(&header) {
+                    metrics::counter!("herd_cache_early_refreshes_total").increment(1);
+                    self.spawn_refresh(key, ttl, loader);
+                }
+                Ok(value)
+            }
+            Read::Stale(value) if !self.config.stale_ttl.is_zero() => {
+                self.counters.record(Tier::L2, Outcome::Stale);
+                self.spawn_refresh(key, ttl, loader);
+                Ok(value)
+            }
+            Read::Stale(..) => {
+                self.counters.record(Tier::L2, Outcome::Miss);
+                self.load_and_store(key, ttl, loader, LockMode::Wait).await
+            }
+            Read::Missing | Read::Failed => self.load_and_store(key, ttl, loader, LockMode::Wait).await,
+        }
+    }
+
+    /// One background load replacing a stale or nearly stale value; at most one per key.
+    fn spawn_refresh<T, F, Fut, E>(self: &Arc<Self>, key: String, ttl: Duration, loader: F)
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        if !self.refreshing.lock().insert(key.clone()) {
+            return;
+        }
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = inner.clone().load_and_store(key.clone(), ttl, loader, LockMode::Skip).await;
+            if let Err(error) = result {
+                // The old value stays in place (fail-safe).
+                tracing::debug!(%error, "background refresh failed; the previous value stays");
+            } else {
+                inner.publish(vec![key.clone()]).await;
+            }
+            inner.refreshing.lock().remove(&key);
+        });
+    }
+
+    async fn load_and_store<T, F, Fut, E>(
+        self: Arc<Self>,
+        key: String,
+        ttl: Duration,
+        loader: F,
+        lock_mode: LockMode,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let lock = match self.acquire_lock::<T>(&key, lock_mode).await {
+            LockOutcome::Held(token) => Some(token),
+            LockOutcome::NotUsed => None,
+            LockOutcome::ValueArrived(value) => return Ok(value),
+            LockOutcome::Skipped => {
+                return Err(Error::Load { key, source: Arc::new("another instance is refreshing".into()) });
+            }
+        };
+        let started = Instant::now();
+        self.counters.record_load();
+        let loaded = loader().await;
+        let load_time = started.elapsed();
+        metrics::histogram!("herd_cache_load_seconds").record(load_time.as_secs_f64());
+        let result = match loaded {
+            Ok(value) => {
+                self.store(&key, value.as_ref(), ttl, load_time).await;
+                Ok(value)
+            }
+            Err(error) => {
+                metrics::counter!("herd_cache_errors_total", "kind" => "loader").increment(1);
+                Err(Error::Load { key: key.clone(), source: Arc::new(error.into()) })
+            }
+        };
+        if let Some(token) = lock {
+            let lock_key = self.lock_key(&key);
+            // A failed release only delays the next load until the lock expires.
+            let _ = self.checked(self.backend.delete_if_equals(&lock_key, token.as_bytes()).await);
+        }
+        result
+    }
+
+    /// Writes a loaded value to the backend and the L1 (a `None` only with `negative_ttl`).
+    async fn store<T>(&self, key: &str, value: Option<&T>, ttl: Duration, load_time: Duration)
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        let ttl = match (value, self.config.negative_ttl) {
+            (Some(_), _) => ttl,
+            (None, Some(negative_ttl)) => negative_ttl,
+            (None, None) => return,
+        };
+        if let Some(l1) = &self.l1 {
+            l1.insert(key, value.cloned(), ttl);
+        }
+        let bytes = match codec::encode(value, Header::new(value.is_none(), ttl, load_time)) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                metrics::counter!("herd_cache_errors_total", "kind" => "encode").increment(1);
+                tracing::warn!(key, %error, "loaded value cannot be serialized; not stored");
+                return;
+            }
+        };
+        if self.circuit.allows() {
+            let stored_ttl = ttl.saturating_add(self.config.stale_ttl);
+            let _ = self.checked(self.backend.set(&self.data_key(key), &bytes, stored_ttl).await);
+        }
+    }
+
+    async fn acquire_lock<T>(&self, key: &str, mode: LockMode) -> LockOutcome<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let Some(lock) = &self.config.lock else { return LockOutcome::NotUsed };
+        if !self.circuit.allows() {
+            return LockOutcome::NotUsed;
+        }
+        let token = format!("{:016x}", self.rng.lock().random::<u64>());
+        let lock_key = self.lock_key(key);
+        match self.checked(self.backend.set_nx(&lock_key, token.as_bytes(), lock.ttl).await) {
+            Ok(true) => return LockOutcome::Held(token),
+            Ok(false) if mode == LockMode::Skip => return LockOutcome::Skipped,
+            Ok(false) => {}
+            Err(_) => return LockOutcome::NotUsed,
+        }
+        // Another instance is loading: wait for its value rather than load it again.
+        let deadline = Instant::now() + lock.wait;
+        while Instant::now() < deadline {
+            tokio::time::sleep(lock.poll_interval).await;
+            if !self.circuit.allows() {
+                break;
+            }
+            match self.backend.get(&self.data_key(key)).await {
+                Ok(Some(bytes)) => {
+                    if let Ok((header, value)) = codec::decode::<T>(&bytes)
+                        && header.is_fresh()
+                    {
+                        if let Some(l1) = &self.l1 {
+                            l1.insert(key, value.clone(), header.remaining());
+                        }
+                        return LockOutcome::ValueArrived(value);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        metrics::counter!("herd_cache_lock_wait_expired_total").increment(1);
+        LockOutcome::NotUsed
+    }
+
+    /// Tells other instances to drop `keys` from their L1s. Failures are counted, not returned:
+    /// the write itself succeeded, and L1 entries expire within `l1.max_ttl` anyway.
+    async fn publish(&self, keys: Vec<String>) {
+        if self.l1.is_none() || !self.config.invalidation || !self.circuit.allows() {
+            return;
+        }
+        let payload = Invalidation { origin: self.origin, keys }.encode();
+        if let Err(error) = self.backend.publish(&self.channel, &payload).await {
+            metrics::counter!("herd_cache_errors_total", "kind" => "invalidation_publish").increment(1);
+            tracing::debug!(%error, "publishing a cache invalidation failed");
+        }
+    }
+}
+
+enum LockOutcome<T> {
+    Held(String),
+    NotUsed,
+    ValueArrived(Option<T>),
+    Skipped,
+}

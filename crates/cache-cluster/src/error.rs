@@ -1,0 +1,80 @@
+//! The crate's error type.
+
+use std::sync::Arc;
+
+/// A boxed error, as returned by loaders and by the HTTP layer's inner services.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of this crate. Each names the operation and, where known, the node or key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is unusable.
+    #[error("invalid cache configuration: {field}: {reason}")]
+    Config {
+        /// The configuration field.
+        field: &'static str,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// A backend command failed or timed out.
+    #[error("{backend} {operation} on {target} failed: {source}")]
+    Backend {
+        /// `"redis-cluster"`, `"redis"` or `"memory"`.
+        backend: &'static str,
+        /// The command, e.g. `"GET"`, `"MGET"`, `"CLUSTER SLOTS"`.
+        operation: &'static str,
+        /// The node address when known, else the key or `"cluster"`.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
+    /// The backend was skipped because the circuit is open after consecutive failures.
+    #[error("{operation} skipped: cache backend circuit is open after consecutive failures")]
+    CircuitOpen {
+        /// The skipped operation.
+        operation: &'static str,
+    },
+    /// A value could not be serialized.
+    #[error("cannot serialize the value for key {key:?}: {source}")]
+    Encode {
+        /// The caller's key.
+        key: String,
+        /// The serializer's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The loader passed to `get_or_load` failed (shared by every caller that waited for it).
+    #[error("loader for key {key:?} failed: {source}")]
+    Load {
+        /// The caller's key.
+        key: String,
+        /// The loader's error.
+        #[source]
+        source: Arc<BoxError>,
+    },
+}
+
+impl Error {
+    /// A short label for the `kind` label of `herd_cache_errors_total`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Config { .. } => "config",
+            Self::Backend { source, .. } if source.is_timeout() => "timeout",
+            Self::Backend { .. } => "backend",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::Encode { .. } => "encode",
+            Self::Load { .. } => "loader",
+        }
+    }
+
+    pub(crate) fn backend(
+        backend: &'static str,
+        operation: &'static str,
+        target: impl Into<String>,
+        source: redis::RedisError,
+    ) -> Self {
+        Self::Backend { backend, operation, target: target.into(), source: Arc::new(source) }
+    }
+}
