@@ -1,0 +1,219 @@
+//! A tower layer recording `herd_http_requests_total{method,route,status}` and
+//! `herd_http_request_duration_seconds{method,route,status}` for every request.
+//!
+//! The `route` label is the route template that matched (axum's `MatchedPath`, e.g.
+//! `/users/{id}`), never the raw path, so the number of series stays bounded however many ids
+//! clients send. Requests that matched no route are labelled `unmatched`. Add the layer with
+//! `Router::layer` (it then sees `MatchedPath`) or wrap any tower service with a
+//! [`route_fn`](HttpMetricsLayer::route_fn) that names its routes.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use herd_health::HttpMetricsLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "user" }))
+//!     .layer(HttpMetricsLayer::new());
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+type RouteFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
+
+/// Layer that applies [`HttpMetrics`].
+#[derive(Clone, Default)]
+pub struct HttpMetricsLayer {
+    route_fn: Option<Arc<RouteFn>>,
+}
+
+impl fmt::Debug for HttpMetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMetricsLayer")
+            .field("route_fn", &self.route_fn.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+impl HttpMetricsLayer {
+    /// Labels routes with axum's `MatchedPath` (with the `axum` feature), else `unmatched`.
+    pub fn new() -> Self {
+        HttpMetricsLayer::default()
+    }
+
+    /// Names routes with `f` when `MatchedPath` is absent (plain hyper or tower stacks). `f`
+    /// must return a bounded set of names (templates, not raw paths); `None` means
+    /// `unmatched`.
+    pub fn route_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.route_fn = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetrics {
+            inner,
+            route_fn: self.route_fn.clone(),
+        }
+    }
+}
+
+/// Records request count and duration by method, matched route and status; see the
+/// [module docs](self). Adds no failure mode: the inner service's errors pass through
+/// (counted with status `error`).
+#[derive(Clone)]
+pub struct HttpMetrics<S> {
+    inner: S,
+    route_fn: Option<Arc<RouteFn>>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for HttpMetrics<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMetrics")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> HttpMetrics<S> {
+    /// Wraps `inner`, labelling routes with axum's `MatchedPath`.
+    pub fn new(inner: S) -> Self {
+        HttpMetrics {
+            inner,
+            route_fn: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn route_of<B>(&self, request: Request<B>) -> (Request<B>, String) {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+            let route = matched.as_str().to_owned();
+            return (request, route);
+        }
+        let Some(route_fn) = &self.route_fn else {
+            return (request, UNMATCHED.to_owned());
+        };
+        let (parts, body) = request.into_parts();
+        let route = route_fn(&parts).unwrap_or_else(|| UNMATCHED.to_owned());
+        (Request::from_parts(parts, body), route)
+    }
+}
+
+const UNMATCHED: &str = "unmatched";
+
+/// Bounded method label: the standard methods by name, anything else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for HttpMetrics<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let method = method_label(request.method());
+        let (request, route) = self.route_of(request);
+        ResponseFuture {
+            inner: self.inner.call(request),
+            method,
+            route: Some(route),
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`HttpMetrics`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        method: &'static str,
+        route: Option<String>,
+        started: Instant,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .field("method", &self.method)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        let status = match &output {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        let route = this.route.take().unwrap_or_else(|| UNMATCHED.to_owned());
+        let labels = [
+            ("method", this.method.to_string()),
+            ("route", route),
+            ("status", status),
+        ];
+        metrics::counter!("herd_http_requests_total", &labels).increment(1);
+        metrics::histogram!("herd_http_request_duration_seconds", &labels)
+            .record(this.started.elapsed().as_secs_f64());
+        Poll::Ready(output)
+    }
+}

@@ -1,0 +1,173 @@
+//! `/metrics`: the Prometheus recorder from metrics-exporter-prometheus, with histogram buckets
+//! and the upkeep task run for the user.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Configuration of the Prometheus recorder.
+///
+/// ```
+/// let config: herd_health::MetricsConfig = toml::from_str(r#"
+///     upkeep_interval = "10s"
+///     global_labels = { service = "api" }
+/// "#).unwrap();
+/// assert_eq!(config.buckets.len(), 14);
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Upper bounds (seconds) of the histogram buckets. Every histogram is rendered as a true
+    /// Prometheus histogram with these buckets, never as a summary, so it can be aggregated
+    /// across instances. Default: 1 ms to 10 s, the Prometheus client defaults plus 1 ms and
+    /// 2.5 ms, fit for request and query latencies.
+    pub buckets: Vec<f64>,
+    /// How often the upkeep task drains histogram data and prunes idle metrics. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub upkeep_interval: Duration,
+    /// Metrics not updated for this long disappear from the output until updated again.
+    /// Default: unset (metrics never expire).
+    #[serde(with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
+    /// Labels added to every metric (e.g. `service`, `instance`). Default: none.
+    pub global_labels: BTreeMap<String, String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            buckets: vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ],
+            upkeep_interval: Duration::from_secs(5),
+            idle_timeout: None,
+            global_labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// A handle to the Prometheus recorder that renders `/metrics`.
+///
+/// [`install`](Self::install) is the one-liner: it installs the global `metrics` recorder
+/// (so every `herd_` metric from herd's crates lands in it) and spawns the upkeep task.
+#[derive(Debug, Clone)]
+pub struct PrometheusMetrics {
+    handle: PrometheusHandle,
+}
+
+impl PrometheusMetrics {
+    /// Builds the recorder, installs it as the global `metrics` recorder and spawns the upkeep
+    /// task on the current Tokio runtime (it runs for the life of the process).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoRuntime`] outside a Tokio runtime, [`Error::Prometheus`] when the buckets
+    /// are empty or a global recorder is already installed, [`Error::ZeroDuration`] for a zero
+    /// upkeep interval.
+    pub fn install(config: &MetricsConfig) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            operation: "PrometheusMetrics::install",
+        })?;
+        let (metrics, recorder) = Self::build(config)?;
+        metrics::set_global_recorder(recorder)
+            .map_err(|error| Error::Prometheus(error.into()))?;
+        describe();
+        let upkeep = metrics.clone();
+        let interval = config.upkeep_interval;
+        runtime.spawn(async move { upkeep.run_upkeep_every(interval).await });
+        Ok(metrics)
+    }
+
+    /// Builds the recorder without installing it, for applications that combine recorders or
+    /// install it locally (`metrics::with_local_recorder`). The caller runs upkeep, e.g. with
+    /// [`run_upkeep_every`](Self::run_upkeep_every).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Prometheus`] when the buckets are empty, [`Error::ZeroDuration`] for a zero
+    /// upkeep interval.
+    pub fn build(config: &MetricsConfig) -> Result<(Self, PrometheusRecorder), Error> {
+        if config.upkeep_interval.is_zero() {
+            return Err(Error::ZeroDuration {
+                field: "upkeep_interval",
+                value: config.upkeep_interval,
+            });
+        }
+        let mut builder = PrometheusBuilder::new()
+            .set_buckets(&config.buckets)?
+            .upkeep_timeout(config.upkeep_interval);
+        if let Some(idle) = config.idle_timeout {
+            builder = builder.idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle));
+        }
+        for (key, value) in &config.global_labels {
+            builder = builder.add_global_label(key, value);
+        }
+        let recorder = builder.build_recorder();
+        Ok((
+            PrometheusMetrics {
+                handle: recorder.handle(),
+            },
+            recorder,
+        ))
+    }
+
+    /// Wraps a handle built elsewhere; the caller runs its upkeep.
+    pub fn from_handle(handle: PrometheusHandle) -> Self {
+        PrometheusMetrics { handle }
+    }
+
+    /// The underlying handle.
+    pub fn handle(&self) -> &PrometheusHandle {
+        &self.handle
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Runs upkeep forever at `interval` (drains histograms so memory stays bounded).
+    pub async fn run_upkeep_every(&self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.handle.run_upkeep();
+        }
+    }
+}
+
+/// Describes herd-health's own metrics, so `/metrics` carries HELP lines and units.
+fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(
+        "herd_http_requests_total",
+        "HTTP requests by method, matched route and status."
+    );
+    metrics::describe_histogram!(
+        "herd_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request duration by method, matched route and status."
+    );
+    metrics::describe_histogram!(
+        "herd_health_check_duration_seconds",
+        Unit::Seconds,
+        "Duration of each health check run."
+    );
+    metrics::describe_counter!(
+        "herd_health_check_runs_total",
+        "Health check runs by check and status."
+    );
+    metrics::describe_gauge!(
+        "herd_health_check_status",
+        "Last status of each health check: 0 pass, 1 warn, 2 fail."
+    );
+    metrics::describe_gauge!(
+        "herd_health_draining",
+        "1 once the instance is draining (readiness fails)."
+    );
+}

@@ -1,0 +1,254 @@
+//! One registered check with its cached outcome: timeouts, panics and single-flight refresh.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use tracing::Instrument;
+
+use crate::check::{CheckResult, ComponentType, HealthCheck, Status};
+use crate::options::CheckOptions;
+
+/// One run of a check: its result, how long it took and when it ran.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// What the check found (a timeout or panic is a `fail` saying so).
+    pub result: CheckResult,
+    /// How long the run took (up to the timeout).
+    pub duration: Duration,
+    /// Wall-clock time the run started, for the draft's `time` field.
+    pub time: SystemTime,
+    /// Monotonic start of the run, for cache freshness.
+    started: Instant,
+}
+
+/// A check plus its options, its last outcome and the lock that makes refreshes single-flight.
+pub(crate) struct Registered {
+    pub(crate) check: Arc<dyn HealthCheck>,
+    pub(crate) name: Arc<str>,
+    pub(crate) component_type: ComponentType,
+    pub(crate) options: CheckOptions,
+    timeout: Duration,
+    ttl: Duration,
+    latest: ArcSwapOption<Outcome>,
+    /// Held while a run is in flight; waiters share that run's outcome.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Number of runs stored so far, to tell whether one finished while waiting.
+    completed: AtomicU64,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("name", &self.name)
+            .field("component_type", &self.component_type)
+            .field("options", &self.options)
+            .field("timeout", &self.timeout)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registered {
+    pub(crate) fn new(
+        check: Arc<dyn HealthCheck>,
+        options: CheckOptions,
+        default_timeout: Duration,
+        default_ttl: Duration,
+    ) -> Self {
+        Registered {
+            name: Arc::from(check.name()),
+            component_type: check.component_type(),
+            timeout: options.timeout.unwrap_or(default_timeout),
+            ttl: options.cache_ttl.unwrap_or(default_ttl),
+            options,
+            check,
+            latest: ArcSwapOption::empty(),
+            refreshing: tokio::sync::Mutex::new(()),
+            completed: AtomicU64::new(0),
+        }
+    }
+
+    /// The last outcome if it is younger than the TTL.
+    fn fresh(&self) -> Option<Arc<Outcome>> {
+        self.latest
+            .load_full()
+            .filter(|outcome| outcome.started.elapsed() < self.ttl)
+    }
+
+    /// The cached outcome if fresh, else the outcome of a run. Callers that arrive while a run
+    /// is in flight wait for it and share its outcome whatever the TTL (single flight), so even
+    /// a zero TTL turns a storm of probes into one run.
+    pub(crate) async fn current(self: &Arc<Self>) -> Arc<Outcome> {
+        if let Some(outcome) = self.fresh() {
+            return outcome;
+        }
+        self.run_or_join(false).await
+    }
+
+    /// Runs the check now (the background refresher's entry point), unless a run is already in
+    /// flight, in which case its outcome is returned.
+    pub(crate) async fn refresh(self: &Arc<Self>) -> Arc<Outcome> {
+        self.run_or_join(true).await
+    }
+
+    async fn run_or_join(self: &Arc<Self>, force: bool) -> Arc<Outcome> {
+        let seen = self.completed.load(Ordering::Acquire);
+        let _refreshing = self.refreshing.lock().await;
+        if self.completed.load(Ordering::Acquire) != seen {
+            // A run finished while we waited for the lock: share it.
+            if let Some(outcome) = self.latest.load_full() {
+                return outcome;
+            }
+        }
+        if !force {
+            if let Some(outcome) = self.fresh() {
+                return outcome;
+            }
+        }
+        self.run().await
+    }
+
+    /// Runs the check in its own task under the timeout and stores the outcome. The task stores
+    /// it even if the caller goes away, and a panic inside the check becomes a `fail`.
+    async fn run(self: &Arc<Self>) -> Arc<Outcome> {
+        let started = Instant::now();
+        let time = SystemTime::now();
+        let this = Arc::clone(self);
+        let span = tracing::debug_span!("health_check", check = %self.name);
+        let task = tokio::spawn(
+            async move {
+                let result = match tokio::time::timeout(this.timeout, this.check.check()).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => {
+                        CheckResult::fail(format!("timed out after {:?}", this.timeout))
+                    }
+                };
+                this.store(result, started, time)
+            }
+            .instrument(span),
+        );
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(join_error) => {
+                let reason = if join_error.is_panic() {
+                    "check panicked"
+                } else {
+                    "check task was cancelled"
+                };
+                self.store(CheckResult::fail(reason), started, time)
+            }
+        }
+    }
+
+    fn store(&self, result: CheckResult, started: Instant, time: SystemTime) -> Arc<Outcome> {
+        let duration = started.elapsed();
+        let status = result.status();
+        if status != Status::Pass {
+            tracing::warn!(
+                check = %self.name,
+                status = status.as_str(),
+                output = result.output().unwrap_or(""),
+                "health check not passing"
+            );
+        }
+        let name = self.name.to_string();
+        metrics::histogram!("herd_health_check_duration_seconds", "check" => name.clone())
+            .record(duration.as_secs_f64());
+        metrics::counter!(
+            "herd_health_check_runs_total",
+            "check" => name.clone(),
+            "status" => status.as_str()
+        )
+        .increment(1);
+        // 0 pass, 1 warn, 2 fail: alert on `> 0` or `== 2`.
+        metrics::gauge!("herd_health_check_status", "check" => name).set(match status {
+            Status::Pass => 0.0,
+            Status::Warn => 1.0,
+            Status::Fail => 2.0,
+        });
+        let outcome = Arc::new(Outcome {
+            result,
+            duration,
+            time,
+            started,
+        });
+        self.latest.store(Some(Arc::clone(&outcome)));
+        self.completed.fetch_add(1, Ordering::AcqRel);
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::from_fn;
+    use std::sync::atomic::AtomicUsize;
+
+    fn counting(
+        ttl: Duration,
+        delay: Duration,
+    ) -> (Arc<Registered>, Arc<AtomicUsize>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&runs);
+        let check = from_fn("db", move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                CheckResult::pass()
+            }
+        });
+        let registered = Registered::new(
+            Arc::new(check),
+            CheckOptions::new(),
+            Duration::from_secs(5),
+            ttl,
+        );
+        (Arc::new(registered), runs)
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_run_even_with_zero_ttl() {
+        let (registered, runs) = counting(Duration::ZERO, Duration::from_millis(50));
+        let calls = (0..100).map(|_| {
+            let registered = Arc::clone(&registered);
+            tokio::spawn(async move { registered.current().await })
+        });
+        for call in futures_util::future::join_all(calls).await {
+            assert_eq!(call.unwrap().result.status(), Status::Pass);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_results_are_rerun() {
+        let (registered, runs) = counting(Duration::from_millis(20), Duration::ZERO);
+        registered.current().await;
+        registered.current().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        registered.current().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_check_fails_instead_of_taking_the_caller_down() {
+        let check = from_fn("boom", || async {
+            if std::hint::black_box(true) {
+                panic!("check bug");
+            }
+            CheckResult::pass()
+        });
+        let registered = Arc::new(Registered::new(
+            Arc::new(check),
+            CheckOptions::new(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ));
+        let outcome = registered.current().await;
+        assert_eq!(outcome.result.status(), Status::Fail);
+        assert_eq!(outcome.result.output(), Some("check panicked"));
+    }
+}
