@@ -12,7 +12,7 @@
 //! When the process runs as root, PostgreSQL (which refuses root) runs as the `postgres` system user.
 //! Missing binaries give an error naming the program and the package to install.
 //!
-//! ```no_run
+//! ```
 //! use herd_testkit::{PgCluster, RedisCluster};
 //!
 //! # #[tokio::main] async fn main() -> herd_testkit::Result<()> {

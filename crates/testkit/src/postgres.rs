@@ -304,7 +304,6 @@ impl PgNode {
         set("hot_standby_feedback=on".into());
         set("fsync=off".into());
         set("full_page_writes=off".into());
-        set("synchronous_commit=off".into());
         set("max_wal_senders=10".into());
         set("max_replication_slots=10".into());
         set("wal_keep_size=256MB".into());

@@ -66,10 +66,23 @@ impl RunAs {
 
 /// Finds the directory holding PostgreSQL's server programs: `PATH`, then `pg_config --bindir`, then the
 /// newest `/usr/lib/postgresql/*/bin`. All of `initdb`, `postgres` and `pg_basebackup` must be there.
+/// `HERD_PG_BINDIR`, when set, names the directory and nothing else is searched.
 pub(crate) fn postgres_bindir() -> Result<PathBuf> {
     const NEEDED: [&str; 3] = ["initdb", "postgres", "pg_basebackup"];
     let has_all = |dir: &Path| NEEDED.iter().all(|p| is_executable(&dir.join(p)));
 
+    if let Some(dir) = std::env::var_os("HERD_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        return match NEEDED.iter().find(|p| !is_executable(&dir.join(p))) {
+            None => Ok(dir),
+            Some(program) => Err(Error::MissingBinary {
+                program,
+                searched: format!("HERD_PG_BINDIR={}", dir.display()),
+                apt: "postgresql",
+                brew: "postgresql",
+            }),
+        };
+    }
     let mut searched = Vec::new();
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
@@ -359,17 +372,14 @@ impl Server {
     pub(crate) fn stop_blocking(&self, ws: &Workspace, sig: Signal, grace: Duration) -> Result<()> {
         {
             let mut slot = lock(&self.child);
-            if let Some(child) = slot.as_mut() {
-                if matches!(child.try_wait(), Ok(None)) {
-                    let pid = Pid::from_raw(child.id() as i32);
-                    let _ = signal::kill(pid, sig);
-                    let deadline = Instant::now() + grace;
-                    while Instant::now() < deadline {
-                        if !matches!(child.try_wait(), Ok(None)) {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+            if let Some(child) = slot.as_mut()
+                && matches!(child.try_wait(), Ok(None))
+            {
+                let pid = Pid::from_raw(child.id() as i32);
+                let _ = signal::kill(pid, sig);
+                let deadline = Instant::now() + grace;
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
         }
@@ -466,4 +476,29 @@ pub(crate) async fn run(
         status: out.status.to_string(),
         output: lines[lines.len().saturating_sub(20)..].join("\n"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_program_names_it_and_the_package() {
+        let err = redis_program("herd-no-such-redis-server").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`herd-no-such-redis-server` was not found"),
+            "{msg}"
+        );
+        assert!(msg.contains("apt-get install -y redis-server"), "{msg}");
+        assert!(msg.contains("brew install redis"), "{msg}");
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_leave_room_for_the_bus() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port(true).unwrap()).collect();
+        let unique: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len());
+        assert!(ports.iter().all(|p| *p <= 65_535 - 10_000));
+    }
 }
