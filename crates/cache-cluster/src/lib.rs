@@ -60,6 +60,8 @@ mod task;
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 mod health;
+#[cfg(feature = "health")]
+pub use health::CacheHealth;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
