@@ -1,1 +1,99 @@
-//! Shared sessions for horizontally scaled services: a tower layer over Redis Cluster with signed cookies and no lost updates.
+//! Shared sessions for horizontally scaled services: a tower layer over Redis Cluster with
+//! signed cookies and no lost updates.
+//!
+//! Run N copies of a service behind a balancer and any copy can serve any request: the
+//! session lives in a shared store (Redis Cluster, standalone Redis, or for development an
+//! in-process [`MemoryStore`]), and the browser holds only a signed cookie naming it. With the
+//! `cookie-store` feature the whole session can live in an encrypted cookie instead.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use herd_session::{MemoryStore, Session, SessionError, SessionLayer, SigningKeys};
+//!
+//! async fn visits(session: Session) -> Result<String, SessionError> {
+//!     let n: u64 = session.get("visits").await?.unwrap_or(0) + 1;
+//!     session.insert("visits", n).await?;
+//!     Ok(format!("visit number {n}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Every instance must share the keys: load them from configuration in production.
+//! let keys = SigningKeys::generate()?;
+//! let layer = SessionLayer::builder(MemoryStore::new(), keys)
+//!     .secure(false) // plain-HTTP localhost only
+//!     .build()?;
+//! let app: Router = Router::new().route("/", get(visits)).layer(layer);
+//! # use tower::ServiceExt as _;
+//! # let response = app.clone().oneshot(http::Request::new(axum::body::Body::empty())).await?;
+//! # assert!(response.headers().contains_key("set-cookie"));
+//! # Ok(()) }
+//! ```
+//!
+//! What it does for you:
+//!
+//! * **Lazy.** The store is read only when a handler first touches the session and written
+//!   only when something changed, or, with a rolling expiry, touched at most once per half
+//!   idle timeout. Sessions that never get data are never stored.
+//! * **No lost updates.** Every save is a check-and-set on a version (a Lua script on one key
+//!   in Redis). When another request saved first, changes to different fields merge and the
+//!   save retries; a field changed on both sides is settled by [`ConflictRule`] and counted.
+//!   A slow request cannot bring back a session that was destroyed or cycled meanwhile.
+//! * **Secure defaults.** 256-bit ids from the OS CSPRNG; cookie signed with HMAC-SHA256 under
+//!   rotating [`SigningKeys`]; `HttpOnly; Secure; SameSite=Lax; Path=/`; Max-Age kept in step
+//!   with the store's expiry; idle (30 min) and absolute (12 h) timeouts; stores see only a
+//!   SHA-256 of the id. [`Session::cycle_id`] on log-in, [`Session::destroy`] on log-out.
+//! * **Bad input is not an error page.** A malformed, forged, expired or unknown cookie gives
+//!   a fresh empty session. Data over the size limit (64 KiB) is a typed
+//!   [`SessionError::TooLarge`]. An unreachable store answers `503` by default
+//!   ([`OnStoreError`]).
+//!
+//! Metrics (through the `metrics` facade): `herd_session_loads_total`,
+//! `herd_session_saves_total`, `herd_session_conflicts_total`,
+//! `herd_session_store_errors_total`, `herd_session_cookies_rejected_total`.
+//!
+//! For plain hyper/tower services, the session is a request extension:
+//! `request.extensions().get::<Session>()`.
+//!
+//! # Features
+//!
+//! `axum` (default), `memory` (default), `redis` (default), `cookie-store`, `health`,
+//! `db-router`, and `full` for all of them.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod cookies;
+mod error;
+mod id;
+mod keys;
+mod metrics;
+mod persist;
+mod record;
+mod service;
+mod session;
+pub mod store;
+
+#[cfg(feature = "axum")]
+mod extract;
+
+pub use config::{
+    ConflictRule, CookieConfig, OnStoreError, SameSite, SessionConfig, TtlExtension,
+};
+pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
+pub use id::{SessionId, SessionIdGenerator, StoreKey};
+pub use keys::{Key, MIN_KEY_LEN, SigningKeys};
+pub use record::SessionRecord;
+pub use service::{SessionLayer, SessionLayerBuilder, SessionService, future};
+pub use session::Session;
+pub use store::{SaveOutcome, SessionStore, Stored};
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use extract::MissingSessionLayer;
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use store::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::{RedisStore, RedisStoreConfig};

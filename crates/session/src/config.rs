@@ -1,0 +1,315 @@
+//! Session settings: cookie attributes, timeouts, limits and policies.
+//!
+//! Every type here deserializes with serde; a missing field takes the default documented on
+//! it, so a service can load `SessionConfig` from TOML or the environment:
+//!
+//! ```
+//! let config: herd_session::SessionConfig = toml::from_str(r#"
+//!     idle_timeout = "20m"
+//!     absolute_timeout = "8h"
+//!     [cookie]
+//!     name = "__Host-sid"
+//! "#).unwrap();
+//! assert_eq!(config.idle_timeout, std::time::Duration::from_secs(20 * 60));
+//! assert!(config.cookie.secure);
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Everything the [`SessionLayer`](crate::SessionLayer) can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// The session cookie's name and attributes.
+    pub cookie: CookieConfig,
+    /// A session unused for this long expires. Default 30 minutes (OWASP ASVS level 2).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session expires this long after it was created, however active; `None` for no limit.
+    /// Default 12 hours (OWASP ASVS level 2).
+    #[serde(with = "humantime_serde")]
+    pub absolute_timeout: Option<Duration>,
+    /// What extends the idle timeout. Default [`TtlExtension::OnEveryRequest`].
+    pub ttl_extension: TtlExtension,
+    /// Largest session data accepted at save, in bytes of field names plus their JSON values.
+    /// Default 64 KiB.
+    pub max_size: usize,
+    /// What a request gets when the store cannot be reached. Default
+    /// [`OnStoreError::ServiceUnavailable`].
+    pub on_store_error: OnStoreError,
+    /// How a field changed both by this request and by another one since this request loaded
+    /// the session is settled. Default [`ConflictRule::LastWriteWins`].
+    pub conflict_rule: ConflictRule,
+    /// Check-and-set attempts per save before giving up with
+    /// [`SessionError::Conflict`](crate::SessionError::Conflict). Each failed attempt means
+    /// another request's save landed, so this many concurrent writers to one session always
+    /// succeed. Default 64.
+    pub max_save_attempts: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie: CookieConfig::default(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            absolute_timeout: Some(Duration::from_secs(12 * 60 * 60)),
+            ttl_extension: TtlExtension::OnEveryRequest,
+            max_size: 64 * 1024,
+            on_store_error: OnStoreError::ServiceUnavailable,
+            conflict_rule: ConflictRule::LastWriteWins,
+            max_save_attempts: 64,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks the settings; the layer builder calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cookie.validate()?;
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::Zero("idle_timeout"));
+        }
+        if let Some(absolute) = self.absolute_timeout {
+            if absolute < self.idle_timeout {
+                return Err(ConfigError::AbsoluteBelowIdle {
+                    absolute,
+                    idle: self.idle_timeout,
+                });
+            }
+        }
+        if self.max_size == 0 {
+            return Err(ConfigError::Zero("max_size"));
+        }
+        if self.max_save_attempts == 0 {
+            return Err(ConfigError::Zero("max_save_attempts"));
+        }
+        Ok(())
+    }
+}
+
+/// The session cookie's name and attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CookieConfig {
+    /// Cookie name. Default `"sid"`. A `__Host-` prefix (recommended when the service owns its
+    /// host) makes the browser insist on Secure, Path=/ and no Domain, which is checked here.
+    pub name: String,
+    /// Send the cookie over HTTPS only. Default `true`; turn off only for plain-HTTP localhost
+    /// development.
+    pub secure: bool,
+    /// Hide the cookie from JavaScript. Default `true`.
+    pub http_only: bool,
+    /// SameSite attribute. Default [`SameSite::Lax`].
+    pub same_site: SameSite,
+    /// Path attribute. Default `"/"`.
+    pub path: String,
+    /// Domain attribute; `None` (the default) keeps the cookie on the exact host.
+    pub domain: Option<String>,
+    /// Give the cookie a Max-Age in step with the store's expiry (default `true`). When
+    /// `false` it is a browser-session cookie, gone when the browser closes.
+    pub persistent: bool,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        Self {
+            name: "sid".to_owned(),
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            path: "/".to_owned(),
+            domain: None,
+            persistent: true,
+        }
+    }
+}
+
+impl CookieConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let is_token_char = |b: u8| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        };
+        if self.name.is_empty() || !self.name.bytes().all(is_token_char) {
+            return Err(ConfigError::CookieName(self.name.clone()));
+        }
+        let is_attribute_char = |b: u8| b.is_ascii_graphic() && b != b';' && b != b',';
+        if !self.path.starts_with('/') || !self.path.bytes().all(is_attribute_char) {
+            return Err(ConfigError::CookieAttribute {
+                attribute: "path",
+                value: self.path.clone(),
+            });
+        }
+        if let Some(domain) = &self.domain {
+            if domain.is_empty() || !domain.bytes().all(is_attribute_char) {
+                return Err(ConfigError::CookieAttribute {
+                    attribute: "domain",
+                    value: domain.clone(),
+                });
+            }
+        }
+        let prefix_error = |rule| ConfigError::CookiePrefix {
+            name: self.name.clone(),
+            rule,
+        };
+        if self.name.starts_with("__Host-") {
+            if !self.secure {
+                return Err(prefix_error("a __Host- cookie must be Secure"));
+            }
+            if self.path != "/" {
+                return Err(prefix_error("a __Host- cookie must have Path=/"));
+            }
+            if self.domain.is_some() {
+                return Err(prefix_error("a __Host- cookie must not have a Domain"));
+            }
+        }
+        if self.name.starts_with("__Secure-") && !self.secure {
+            return Err(prefix_error("a __Secure- cookie must be Secure"));
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(prefix_error("SameSite=None requires Secure"));
+        }
+        Ok(())
+    }
+}
+
+/// The cookie's SameSite attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSite {
+    /// Sent on same-site requests and top-level navigations (the default).
+    Lax,
+    /// Sent on same-site requests only.
+    Strict,
+    /// Sent on cross-site requests too; requires Secure.
+    None,
+}
+
+impl From<SameSite> for cookie::SameSite {
+    fn from(value: SameSite) -> Self {
+        match value {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::None => cookie::SameSite::None,
+        }
+    }
+}
+
+/// What extends a session's idle timeout (actix-session's `TtlExtensionPolicy`,
+/// express-session's `rolling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlExtension {
+    /// Any request that reads the session keeps it alive. To spare the store, a read-only
+    /// request touches it only once less than half the idle timeout is left, so a busy session
+    /// costs at most one touch per half idle timeout.
+    OnEveryRequest,
+    /// Only requests that change the session keep it alive.
+    OnStateChanges,
+}
+
+/// What a request gets when the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Answer `503 Service Unavailable` with a plain-text body naming the failed operation,
+    /// whatever the handler returned (the default). Failing open would silently log users out.
+    ServiceUnavailable,
+    /// Carry on: a failed load gives the handler a fresh empty session, a failed save is
+    /// logged and counted and the handler's response goes out unchanged.
+    FailOpen,
+}
+
+/// How a field changed both by this request and, meanwhile, by another is settled. Changes to
+/// different fields always merge. Every such clash is counted in
+/// `herd_session_conflicts_total{kind="same_field"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictRule {
+    /// The save that lands last wins the field (the default; what a single store would do).
+    LastWriteWins,
+    /// The value already stored stays; this request's change to that field is dropped.
+    FirstWriteWins,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let config = SessionConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(config.max_size, 65_536);
+        assert_eq!(config.cookie.name, "sid");
+        assert!(config.cookie.secure && config.cookie.http_only);
+        assert_eq!(config.cookie.same_site, SameSite::Lax);
+        assert_eq!(config.cookie.path, "/");
+    }
+
+    #[test]
+    fn deserializes_with_defaults_and_humantime() {
+        let config: SessionConfig = serde_json::from_str(
+            r#"{"idle_timeout": "5m", "absolute_timeout": null, "ttl_extension": "on_state_changes",
+                "on_store_error": "fail_open", "conflict_rule": "first_write_wins",
+                "cookie": {"secure": false, "same_site": "strict"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.absolute_timeout, None);
+        assert_eq!(config.ttl_extension, TtlExtension::OnStateChanges);
+        assert_eq!(config.on_store_error, OnStoreError::FailOpen);
+        assert_eq!(config.conflict_rule, ConflictRule::FirstWriteWins);
+        assert!(!config.cookie.secure);
+        assert_eq!(config.cookie.same_site, SameSite::Strict);
+        assert_eq!(config.max_size, 65_536);
+        assert!(serde_json::from_str::<SessionConfig>(r#"{"idle_timout": "5m"}"#).is_err());
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let with = |f: fn(&mut SessionConfig)| {
+            let mut config = SessionConfig::default();
+            f(&mut config);
+            config.validate().unwrap_err()
+        };
+        assert_eq!(with(|c| c.idle_timeout = Duration::ZERO), ConfigError::Zero("idle_timeout"));
+        assert!(matches!(
+            with(|c| c.absolute_timeout = Some(Duration::from_secs(60))),
+            ConfigError::AbsoluteBelowIdle { .. }
+        ));
+        assert_eq!(with(|c| c.max_size = 0), ConfigError::Zero("max_size"));
+        assert_eq!(with(|c| c.max_save_attempts = 0), ConfigError::Zero("max_save_attempts"));
+        assert!(matches!(with(|c| c.cookie.name = "a b".into()), ConfigError::CookieName(_)));
+        assert!(matches!(with(|c| c.cookie.name = String::new()), ConfigError::CookieName(_)));
+        assert!(matches!(
+            with(|c| c.cookie.path = "/a;b".into()),
+            ConfigError::CookieAttribute { attribute: "path", .. }
+        ));
+        assert!(matches!(
+            with(|c| {
+                c.cookie.name = "__Host-sid".into();
+                c.cookie.domain = Some("example.com".into());
+            }),
+            ConfigError::CookiePrefix { .. }
+        ));
+        assert!(matches!(
+            with(|c| {
+                c.cookie.name = "__Secure-sid".into();
+                c.cookie.secure = false;
+            }),
+            ConfigError::CookiePrefix { .. }
+        ));
+        assert!(matches!(
+            with(|c| {
+                c.cookie.same_site = SameSite::None;
+                c.cookie.secure = false;
+            }),
+            ConfigError::CookiePrefix { .. }
+        ));
+    }
+}

@@ -1,0 +1,129 @@
+//! Reading the session cookie from a request and writing `Set-Cookie` on the response.
+
+use std::time::Duration;
+
+use cookie::Cookie;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::CookieConfig;
+
+/// Every value the request carries for cookie `name`, in header order (a browser sends the
+/// most specific path first when several cookies share a name).
+pub(crate) fn request_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|header| header.to_str().ok())
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key.trim_end() == name).then(|| {
+                let value = value.trim_start();
+                value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value)
+            })
+        })
+}
+
+/// What the response must do with the session cookie.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    /// Leave the browser's cookie as it is.
+    #[default]
+    Keep,
+    /// Send this value, expiring with the session after `ttl`.
+    Set { value: String, ttl: Duration },
+    /// Tell the browser to drop the cookie.
+    Remove,
+}
+
+impl CookieAction {
+    pub(crate) fn apply(&self, config: &CookieConfig, headers: &mut HeaderMap) {
+        let header = match self {
+            CookieAction::Keep => return,
+            CookieAction::Set { value, ttl } => {
+                set_cookie(config, value.as_str(), config.persistent.then_some(*ttl))
+            }
+            CookieAction::Remove => set_cookie(config, "", Some(Duration::ZERO)),
+        };
+        match HeaderValue::try_from(header) {
+            Ok(value) => {
+                headers.append(SET_COOKIE, value);
+            }
+            // Config validation and our own values (base64url) rule this out.
+            Err(error) => tracing::error!(%error, "session cookie is not a valid header value"),
+        }
+    }
+}
+
+/// The `Set-Cookie` text for `value`, with every configured attribute.
+pub(crate) fn set_cookie(config: &CookieConfig, value: &str, max_age: Option<Duration>) -> String {
+    let mut cookie = Cookie::build((config.name.as_str(), value))
+        .http_only(config.http_only)
+        .secure(config.secure)
+        .same_site(config.same_site.into())
+        .path(config.path.as_str());
+    if let Some(domain) = &config.domain {
+        cookie = cookie.domain(domain.as_str());
+    }
+    if let Some(max_age) = max_age {
+        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+        cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
+    }
+    cookie.build().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SameSite;
+
+    #[test]
+    fn finds_every_value_of_the_named_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1; sid=first;b=2"));
+        headers.append(COOKIE, HeaderValue::from_static("sid=\"second\"; sidx=no"));
+        let values: Vec<_> = request_values(&headers, "sid").collect();
+        assert_eq!(values, ["first", "second"]);
+        assert_eq!(request_values(&headers, "missing").count(), 0);
+    }
+
+    #[test]
+    fn set_cookie_carries_every_attribute() {
+        let mut config = CookieConfig::default();
+        config.domain = Some("example.com".into());
+        config.same_site = SameSite::Strict;
+        let text = set_cookie(&config, "v.s", Some(Duration::from_secs(90)));
+        for part in ["sid=v.s", "HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Domain=example.com", "Max-Age=90"] {
+            assert!(text.contains(part), "{text} lacks {part}");
+        }
+        config.secure = false;
+        config.domain = None;
+        let mut headers = HeaderMap::new();
+        CookieAction::Remove.apply(&config, &mut headers);
+        let removal = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
+        assert!(removal.starts_with("sid=;") && removal.contains("Max-Age=0"), "{removal}");
+        assert!(!removal.contains("Secure") && !removal.contains("Domain"));
+    }
+
+    #[test]
+    fn browser_session_cookies_have_no_max_age() {
+        let config = CookieConfig {
+            persistent: false,
+            ..CookieConfig::default()
+        };
+        let mut headers = HeaderMap::new();
+        CookieAction::Set {
+            value: "x".into(),
+            ttl: Duration::from_secs(5),
+        }
+        .apply(&config, &mut headers);
+        assert!(!headers.get(SET_COOKIE).unwrap().to_str().unwrap().contains("Max-Age"));
+    }
+}

@@ -1,0 +1,275 @@
+//! Errors: configuration, store operations and session use.
+
+use std::fmt;
+
+use http::StatusCode;
+
+/// A session setting or key that cannot work; returned when the layer or a key is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A secret key shorter than the minimum.
+    #[error("session key is {len} bytes; at least {min} are required")]
+    KeyTooShort {
+        /// Length given.
+        len: usize,
+        /// Minimum length.
+        min: usize,
+    },
+    /// A key list without any key.
+    #[error("no session signing key configured")]
+    NoKeys,
+    /// A key in configuration that is not standard base64.
+    #[error("session key is not valid base64: {0}")]
+    KeyNotBase64(String),
+    /// The OS random source failed while generating a key.
+    #[error("OS random source failed while generating a session key: {0}")]
+    Random(String),
+    /// A cookie name that is empty or not an RFC 6265 token.
+    #[error("invalid session cookie name {0:?}: it must be a non-empty RFC 6265 token")]
+    CookieName(String),
+    /// A cookie path or domain with characters a cookie attribute cannot carry.
+    #[error("invalid session cookie {attribute} {value:?}")]
+    CookieAttribute {
+        /// `path` or `domain`.
+        attribute: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A `__Host-`/`__Secure-` cookie name whose attributes break the prefix rules, which
+    /// browsers would enforce by silently dropping the cookie.
+    #[error("session cookie {name:?}: {rule}")]
+    CookiePrefix {
+        /// The cookie name.
+        name: String,
+        /// The rule broken.
+        rule: &'static str,
+    },
+    /// A setting that must be positive is zero.
+    #[error("session setting `{0}` must be greater than zero")]
+    Zero(&'static str),
+    /// The absolute timeout is shorter than the idle timeout.
+    #[error("session absolute_timeout ({absolute:?}) is shorter than idle_timeout ({idle:?})")]
+    AbsoluteBelowIdle {
+        /// The absolute timeout.
+        absolute: std::time::Duration,
+        /// The idle timeout.
+        idle: std::time::Duration,
+    },
+}
+
+/// The store operation that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOperation {
+    /// Creating a new session (only if absent).
+    Create,
+    /// Reading a session.
+    Load,
+    /// Check-and-set write of a session.
+    Save,
+    /// Deleting a session.
+    Delete,
+    /// Extending a session's expiry.
+    Touch,
+    /// Health probe.
+    Ping,
+    /// Connecting to the store.
+    Connect,
+}
+
+impl StoreOperation {
+    /// Lower-case name, as used in metric labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOperation::Create => "create",
+            StoreOperation::Load => "load",
+            StoreOperation::Save => "save",
+            StoreOperation::Delete => "delete",
+            StoreOperation::Touch => "touch",
+            StoreOperation::Ping => "ping",
+            StoreOperation::Connect => "connect",
+        }
+    }
+}
+
+impl fmt::Display for StoreOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session store failed: which store, which operation, which node if known, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("session store `{store}` failed to {operation}{}: {message}", node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default())]
+pub struct StoreError {
+    store: &'static str,
+    operation: StoreOperation,
+    node: Option<String>,
+    timed_out: bool,
+    message: String,
+}
+
+impl StoreError {
+    /// A failure of `operation` in the store named `store` (e.g. `"redis"`).
+    pub fn new(store: &'static str, operation: StoreOperation, message: impl Into<String>) -> Self {
+        Self {
+            store,
+            operation,
+            node: None,
+            timed_out: false,
+            message: message.into(),
+        }
+    }
+
+    /// The operation did not finish within the store's timeout.
+    pub fn timeout(store: &'static str, operation: StoreOperation, after: std::time::Duration) -> Self {
+        Self {
+            timed_out: true,
+            ..Self::new(store, operation, format!("timed out after {after:?}"))
+        }
+    }
+
+    /// Names the node (address) the operation went to.
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// The store's name.
+    pub fn store(&self) -> &'static str {
+        self.store
+    }
+
+    /// The operation that failed.
+    pub fn operation(&self) -> StoreOperation {
+        self.operation
+    }
+
+    /// The node the operation went to, when known.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Whether the operation timed out (rather than failing outright).
+    pub fn is_timeout(&self) -> bool {
+        self.timed_out
+    }
+}
+
+/// Using or saving a session failed.
+///
+/// With the `axum` feature this is an axum response, so handlers can use `?`: store failures
+/// and exhausted save retries answer `503 Service Unavailable`, everything else `500`. The
+/// body names the failure without internal addresses; details go to the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The session store failed (unreachable, timed out, bad reply).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The session's data is larger than the configured limit; nothing was saved.
+    #[error("session data is {size} bytes, over the limit of {limit} bytes; nothing was saved")]
+    TooLarge {
+        /// Size of the data (field names plus JSON values), or of the cookie for the cookie store.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Other requests kept changing the session: the save gave up after this many attempts.
+    #[error("session changed concurrently on each of {attempts} save attempts; gave up")]
+    Conflict {
+        /// Save attempts made.
+        attempts: u32,
+    },
+    /// A value could not be serialized to JSON.
+    #[error("session field `{field}` could not be serialized: {source}")]
+    Encode {
+        /// The field.
+        field: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// A stored value does not deserialize into the requested type.
+    #[error("session field `{field}` does not hold the requested type: {source}")]
+    Decode {
+        /// The field.
+        field: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The OS random source failed while making a session id.
+    #[error("OS random source failed while making a session id: {0}")]
+    Random(String),
+}
+
+impl SessionError {
+    /// The HTTP status this error answers with when a handler returns it, or when the layer
+    /// meets it while saving.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SessionError::Store(_) | SessionError::Conflict { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response body: what failed, without internal addresses or data.
+    pub fn public_message(&self) -> String {
+        match self {
+            SessionError::Store(error) => format!(
+                "session store unavailable ({}); please retry",
+                error.operation()
+            ),
+            SessionError::Conflict { .. } => {
+                "session is being changed by other requests; please retry".to_owned()
+            }
+            SessionError::TooLarge { size, limit } => {
+                format!("session data is {size} bytes, over the limit of {limit}; nothing was saved")
+            }
+            SessionError::Encode { field, .. } => {
+                format!("session field `{field}` could not be serialized")
+            }
+            SessionError::Decode { field, .. } => {
+                format!("session field `{field}` does not hold the requested type")
+            }
+            SessionError::Random(_) => "could not create a session id".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_error_names_store_operation_and_node() {
+        let error = StoreError::new("redis", StoreOperation::Save, "connection refused")
+            .with_node("127.0.0.1:7000");
+        assert_eq!(
+            error.to_string(),
+            "session store `redis` failed to save on 127.0.0.1:7000: connection refused"
+        );
+        let timeout = StoreError::timeout("memory", StoreOperation::Load, std::time::Duration::from_millis(5));
+        assert!(timeout.is_timeout());
+        assert_eq!(timeout.to_string(), "session store `memory` failed to load: timed out after 5ms");
+    }
+
+    #[test]
+    fn statuses_and_public_messages() {
+        let store = SessionError::from(
+            StoreError::new("redis", StoreOperation::Load, "down").with_node("10.0.0.1:6379"),
+        );
+        assert_eq!(store.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!store.public_message().contains("10.0.0.1"));
+        assert!(store.public_message().contains("load"));
+        let big = SessionError::TooLarge { size: 70_000, limit: 65_536 };
+        assert_eq!(big.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(big.public_message().contains("70000"));
+        assert_eq!(
+            SessionError::Conflict { attempts: 3 }.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

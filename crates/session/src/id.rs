@@ -1,0 +1,188 @@
+//! Session ids and the store keys derived from them.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use parking_lot::Mutex;
+use rand::rngs::{StdRng, SysRng};
+use rand::{Rng as _, SeedableRng as _, TryRng as _};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::SessionError;
+
+/// Bytes of entropy in a session id: 256 bits, twice what OWASP asks for (128).
+const ID_BYTES: usize = 32;
+/// Length of an id in its text form: unpadded base64url of [`ID_BYTES`].
+pub(crate) const ID_TEXT_LEN: usize = 43;
+
+/// A session id: 256 random bits, shown as 43 characters of unpadded base64url.
+///
+/// The id only ever travels inside the signed cookie; stores see its [`StoreKey`]
+/// (a SHA-256 hash), so a leaked list of store keys cannot be replayed as cookies.
+/// `Debug` prints only a short prefix so that ids do not end up whole in logs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; ID_BYTES]);
+
+impl SessionId {
+    /// The id's text form (unpadded base64url), as carried in the cookie.
+    pub fn to_text(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Parses the text form; `None` unless it is exactly 43 base64url characters.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != ID_TEXT_LEN {
+            return None;
+        }
+        let mut bytes = [0_u8; ID_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
+            Ok(ID_BYTES) => Some(Self(bytes)),
+            _ => None,
+        }
+    }
+
+    /// The key a store files this session under: SHA-256 of the id.
+    pub fn store_key(&self) -> StoreKey {
+        StoreKey(Sha256::digest(self.0).into())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.to_text();
+        write!(f, "SessionId({}…)", text.get(..6).unwrap_or(""))
+    }
+}
+
+/// Where a store keeps a session: the SHA-256 hash of its [`SessionId`].
+///
+/// `Display` gives the 64-character lower-case hex form that the Redis store puts after its
+/// key prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// The raw 32 hash bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreKey({self})")
+    }
+}
+
+/// Makes new session ids.
+///
+/// [`new`](Self::new) reads every id straight from the operating system's CSPRNG; that is
+/// what production must use. [`from_seed`](Self::from_seed) gives a reproducible sequence
+/// for tests and benchmarks only: anyone who knows the seed can predict every id.
+#[derive(Debug)]
+pub struct SessionIdGenerator {
+    source: IdSource,
+}
+
+#[derive(Debug)]
+enum IdSource {
+    Os,
+    Seeded(Mutex<StdRng>),
+}
+
+impl SessionIdGenerator {
+    /// Ids from the OS CSPRNG (`getrandom`).
+    pub fn new() -> Self {
+        Self {
+            source: IdSource::Os,
+        }
+    }
+
+    /// A deterministic generator (ChaCha12 seeded with `seed`) for tests and benchmarks.
+    pub fn from_seed(seed: u64) -> Self {
+        Self {
+            source: IdSource::Seeded(Mutex::new(StdRng::seed_from_u64(seed))),
+        }
+    }
+
+    /// A new id; fails only if the operating system's random source does.
+    pub fn generate(&self) -> Result<SessionId, SessionError> {
+        let mut bytes = [0_u8; ID_BYTES];
+        match &self.source {
+            IdSource::Os => SysRng
+                .try_fill_bytes(&mut bytes)
+                .map_err(|error| SessionError::Random(error.to_string()))?,
+            IdSource::Seeded(rng) => rng.lock().fill_bytes(&mut bytes),
+        }
+        Ok(SessionId(bytes))
+    }
+}
+
+impl Default for SessionIdGenerator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_form_round_trips_and_is_url_safe() {
+        let id = SessionIdGenerator::new().generate().unwrap();
+        let text = id.to_text();
+        assert_eq!(text.len(), ID_TEXT_LEN);
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(SessionId::parse(&text), Some(id));
+    }
+
+    #[test]
+    fn parse_rejects_wrong_length_and_alphabet() {
+        assert_eq!(SessionId::parse(""), None);
+        assert_eq!(SessionId::parse(&"A".repeat(42)), None);
+        assert_eq!(SessionId::parse(&"A".repeat(44)), None);
+        assert_eq!(SessionId::parse(&format!("{}+", "A".repeat(42))), None);
+        assert_eq!(SessionId::parse(&format!("{}.", "A".repeat(42))), None);
+    }
+
+    #[test]
+    fn os_ids_differ_and_seeded_ids_repeat() {
+        let os = SessionIdGenerator::new();
+        assert_ne!(os.generate().unwrap(), os.generate().unwrap());
+        let a = SessionIdGenerator::from_seed(7);
+        let b = SessionIdGenerator::from_seed(7);
+        let first = a.generate().unwrap();
+        assert_eq!(first, b.generate().unwrap());
+        assert_ne!(first, a.generate().unwrap());
+    }
+
+    #[test]
+    fn store_key_is_sha256_of_the_id_not_the_id() {
+        let id = SessionIdGenerator::from_seed(1).generate().unwrap();
+        let key = id.store_key().to_string();
+        assert_eq!(key.len(), 64);
+        assert!(!key.contains(&id.to_text()));
+        let expected: [u8; 32] = Sha256::digest(id.0).into();
+        assert_eq!(id.store_key().as_bytes(), &expected);
+    }
+
+    #[test]
+    fn debug_does_not_print_the_whole_id() {
+        let id = SessionIdGenerator::from_seed(3).generate().unwrap();
+        assert!(!format!("{id:?}").contains(&id.to_text()));
+    }
+}

@@ -1,0 +1,389 @@
+//! Writing a session back: create, check-and-set with field-level merge, touch, cookie.
+//!
+//! The merge rule: this request's changes are re-applied on top of whatever another request
+//! saved meanwhile, so changes to different fields both survive. A field changed on both
+//! sides (its stored value differs from the one this request loaded) is settled by
+//! [`ConflictRule`] and counted in `herd_session_conflicts_total{kind="same_field"}`. A save
+//! that finds the session gone (destroyed, cycled, expired) drops its changes and leaves the
+//! browser's cookie alone: the request that ended the session has already sent the cookie the
+//! browser should keep.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use tracing::Instrument as _;
+
+use crate::config::{ConflictRule, OnStoreError, TtlExtension};
+use crate::cookies::CookieAction;
+use crate::error::{SessionError, StoreError};
+use crate::id::SessionId;
+use crate::metrics;
+use crate::record::SessionRecord;
+use crate::session::{Backend, Presented, Session, State, apply_changes};
+use crate::store::{SaveOutcome, SessionStore, Stored};
+
+/// New ids tried when `create` finds its key taken (a 256-bit collision: never in practice).
+const CREATE_ATTEMPTS: u32 = 3;
+
+/// What a save has to do, decided under the state lock.
+enum Plan {
+    Nothing,
+    /// Store a new session (first save, or `cycle_id`), deleting `old` afterwards.
+    Create {
+        record: SessionRecord,
+        old: Option<SessionId>,
+    },
+    /// Check-and-set the stored session.
+    Update { id: SessionId, base: Stored },
+    /// Extend the expiry of an unchanged session.
+    Touch { id: SessionId, ttl: Duration },
+}
+
+impl Session {
+    /// Called by the layer once the handler's response is ready: saves and sets the cookie,
+    /// or turns the response into an error response when the store failed.
+    pub(crate) async fn finish<B: From<String>>(&self, response: &mut Response<B>) {
+        let shared = self.shared();
+        let fail_closed = shared.config.on_store_error == OnStoreError::ServiceUnavailable;
+        if !self.is_loaded() {
+            // The handler never looked at the session: nothing to save or touch. A cookie that
+            // failed its signature check is dropped so the browser stops sending it.
+            if matches!(self.presented_ref(), Presented::Rejected) {
+                CookieAction::Remove.apply(&shared.config.cookie, response.headers_mut());
+            }
+            return;
+        }
+        if let Some(error) = self.state().failure.clone() {
+            if fail_closed {
+                *response = error_response(&SessionError::Store(error));
+            }
+            return;
+        }
+        match self.persist().await {
+            Ok(()) => {
+                let action = std::mem::take(&mut self.state().cookie);
+                action.apply(&shared.config.cookie, response.headers_mut());
+            }
+            Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. })) if !fail_closed => {
+                tracing::warn!(%error, "session save failed; response sent without it (fail open)");
+            }
+            Err(error) => {
+                tracing::error!(%error, "session save failed");
+                *response = error_response(&error);
+            }
+        }
+    }
+
+    /// Saves whatever the request changed (or touches an unchanged session that needs it).
+    pub(crate) async fn persist(&self) -> Result<(), SessionError> {
+        #[cfg(feature = "cookie-store")]
+        if let Backend::Cookie(cookie_store) = &self.shared().backend {
+            return crate::cookie_store::persist(self, cookie_store);
+        }
+        let store = match &self.shared().backend {
+            Backend::Store(store) => Arc::clone(store),
+            #[cfg(feature = "cookie-store")]
+            Backend::Cookie(_) => return Ok(()),
+        };
+        match self.plan() {
+            Plan::Nothing => Ok(()),
+            Plan::Create { record, old } => self.create(&*store, record, old).await,
+            Plan::Update { id, base } => self.update(&*store, id, base).await,
+            Plan::Touch { id, ttl } => self.touch(&*store, id, ttl).await,
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        let config = &self.shared().config;
+        let mut state = self.state();
+        let Some(base) = state.base.clone() else {
+            // Not stored yet: store it only once it has content (express' saveUninitialized
+            // = false), so anonymous traffic costs the store nothing.
+            let record = apply_changes(None, &state.changes, false, config.absolute_timeout);
+            if record.is_empty() {
+                if matches!(self.presented_ref(), Presented::Id { .. } | Presented::Rejected)
+                    && state.cookie == CookieAction::Keep
+                {
+                    // Forged, unknown or expired cookie: the browser can drop it.
+                    state.cookie = CookieAction::Remove;
+                }
+                return Plan::Nothing;
+            }
+            return Plan::Create { record, old: None };
+        };
+        let Some(id) = state.id.clone() else {
+            return Plan::Nothing;
+        };
+        if state.cycle {
+            let mut record = apply_changes(
+                Some(&base.record),
+                &state.changes,
+                state.cleared,
+                config.absolute_timeout,
+            );
+            // The absolute timeout restarts with the new id (typically at log-in).
+            let fresh = SessionRecord::new(config.absolute_timeout);
+            record.restart_clock_from(&fresh);
+            return Plan::Create {
+                record,
+                old: Some(id),
+            };
+        }
+        if state.is_modified_fields() {
+            return Plan::Update { id, base };
+        }
+        let Some(ttl) = base.record.ttl(config.idle_timeout) else {
+            return Plan::Nothing;
+        };
+        let half = config.idle_timeout / 2;
+        if config.ttl_extension == TtlExtension::OnEveryRequest && ttl.saturating_sub(base.ttl) >= half {
+            return Plan::Touch { id, ttl };
+        }
+        if matches!(self.presented_ref(), Presented::Id { resign: true, .. })
+            && state.cookie == CookieAction::Keep
+        {
+            // Signed with a retired key: re-sign with the newest one.
+            state.cookie = self.signed_cookie(&id, base.ttl);
+        }
+        Plan::Nothing
+    }
+
+    async fn create(
+        &self,
+        store: &dyn SessionStore,
+        record: SessionRecord,
+        old: Option<SessionId>,
+    ) -> Result<(), SessionError> {
+        let shared = self.shared();
+        let config = &shared.config;
+        let size = record.data_len();
+        if size > config.max_size {
+            metrics::save(store.name(), "too_large");
+            return Err(SessionError::TooLarge {
+                size,
+                limit: config.max_size,
+            });
+        }
+        // Validated config guarantees absolute >= idle, so a new record has time left.
+        let ttl = record.ttl(config.idle_timeout).unwrap_or(config.idle_timeout);
+        let record = Arc::new(record);
+        let span = tracing::debug_span!("session.create", store = store.name());
+        let mut created = None;
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = shared.ids.generate()?;
+            let done = store
+                .create(&id.store_key(), Arc::clone(&record), ttl)
+                .instrument(span.clone())
+                .await
+                .map_err(|error| store_failure(store, error))?;
+            if done {
+                created = Some(id);
+                break;
+            }
+        }
+        let Some(id) = created else {
+            return Err(StoreError::new(
+                store.name(),
+                crate::StoreOperation::Create,
+                "every new session id was already taken",
+            )
+            .into());
+        };
+        if let Some(old) = old {
+            // Fixation defence: the old id must stop working. If that fails, report it rather
+            // than hand out the new id with the old one still live.
+            store
+                .delete(&old.store_key())
+                .instrument(span)
+                .await
+                .map_err(|error| store_failure(store, error))?;
+        }
+        metrics::save(store.name(), "created");
+        let mut state = self.state();
+        state.cookie = self.signed_cookie(&id, ttl);
+        state.id = Some(id);
+        state.base = Some(Stored {
+            record,
+            version: 1,
+            ttl,
+        });
+        state.cycle = false;
+        clear_changes(&mut state);
+        Ok(())
+    }
+
+    async fn update(
+        &self,
+        store: &dyn SessionStore,
+        id: SessionId,
+        loaded: Stored,
+    ) -> Result<(), SessionError> {
+        let config = &self.shared().config;
+        let key = id.store_key();
+        let (mut changes, cleared) = {
+            let mut state = self.state();
+            let changes = std::mem::take(&mut state.changes);
+            let cleared = std::mem::replace(&mut state.cleared, false);
+            (changes, cleared)
+        };
+        let restore = |session: &Session, changes, cleared| {
+            let mut state = session.state();
+            // Changes made while we were saving win over the ones we put back.
+            let newer = std::mem::replace(&mut state.changes, changes);
+            state.changes.extend(newer);
+            state.cleared |= cleared;
+        };
+        let span = tracing::debug_span!("session.save", store = store.name());
+        let mut current = loaded.clone();
+        let mut same_field_counted = HashSet::new();
+        for attempt in 1..=config.max_save_attempts {
+            let record = apply_changes(Some(&current.record), &changes, cleared, None);
+            let size = record.data_len();
+            if size > config.max_size {
+                metrics::save(store.name(), "too_large");
+                restore(self, changes, cleared);
+                return Err(SessionError::TooLarge {
+                    size,
+                    limit: config.max_size,
+                });
+            }
+            let Some(ttl) = record.ttl(config.idle_timeout) else {
+                // The absolute deadline passed while the request ran: the session is over.
+                metrics::save(store.name(), "gone");
+                self.forget();
+                return Ok(());
+            };
+            let record = Arc::new(record);
+            let outcome = store
+                .save(&key, current.version, Arc::clone(&record), ttl)
+                .instrument(span.clone())
+                .await;
+            match outcome {
+                Ok(SaveOutcome::Saved { version }) => {
+                    metrics::save(store.name(), "saved");
+                    let mut state = self.state();
+                    state.base = Some(Stored {
+                        record,
+                        version,
+                        ttl,
+                    });
+                    state.cookie = self.signed_cookie(&id, ttl);
+                    return Ok(());
+                }
+                Ok(SaveOutcome::Conflict(latest)) => {
+                    metrics::conflict(store.name(), "merged", 1);
+                    let clashes: Vec<String> = changes
+                        .keys()
+                        .filter(|name| {
+                            latest.record.field(name).map(|v| v.get())
+                                != loaded.record.field(name).map(|v| v.get())
+                        })
+                        .cloned()
+                        .collect();
+                    for name in clashes {
+                        if config.conflict_rule == ConflictRule::FirstWriteWins {
+                            changes.remove(&name);
+                        }
+                        if same_field_counted.insert(name) {
+                            metrics::conflict(store.name(), "same_field", 1);
+                        }
+                    }
+                    tracing::debug!(attempt, version = latest.version, "session changed concurrently; merging");
+                    current = latest;
+                }
+                Ok(SaveOutcome::Gone) => {
+                    metrics::save(store.name(), "gone");
+                    tracing::debug!("session was ended by another request; changes dropped");
+                    self.forget();
+                    return Ok(());
+                }
+                Err(error) => {
+                    restore(self, changes, cleared);
+                    return Err(store_failure(store, error));
+                }
+            }
+        }
+        metrics::save(store.name(), "gave_up");
+        restore(self, changes, cleared);
+        Err(SessionError::Conflict {
+            attempts: config.max_save_attempts,
+        })
+    }
+
+    async fn touch(
+        &self,
+        store: &dyn SessionStore,
+        id: SessionId,
+        ttl: Duration,
+    ) -> Result<(), SessionError> {
+        let touched = store
+            .touch(&id.store_key(), ttl)
+            .instrument(tracing::debug_span!("session.touch", store = store.name()))
+            .await
+            .map_err(|error| store_failure(store, error))?;
+        if !touched {
+            metrics::save(store.name(), "gone");
+            self.forget();
+            return Ok(());
+        }
+        metrics::save(store.name(), "touched");
+        let mut state = self.state();
+        if let Some(base) = &mut state.base {
+            base.ttl = ttl;
+        }
+        state.cookie = self.signed_cookie(&id, ttl);
+        Ok(())
+    }
+
+    /// The session ended elsewhere: drop it (and its changes) without touching the cookie.
+    fn forget(&self) {
+        let mut state = self.state();
+        *state = State {
+            cookie: std::mem::take(&mut state.cookie),
+            ..State::default()
+        };
+    }
+
+    fn signed_cookie(&self, id: &SessionId, ttl: Duration) -> CookieAction {
+        let shared = self.shared();
+        CookieAction::Set {
+            value: shared.keys.sign(&shared.config.cookie.name, id),
+            ttl,
+        }
+    }
+}
+
+impl State {
+    fn is_modified_fields(&self) -> bool {
+        self.cleared || !self.changes.is_empty()
+    }
+}
+
+fn clear_changes(state: &mut State) {
+    state.changes.clear();
+    state.cleared = false;
+}
+
+fn store_failure(store: &dyn SessionStore, error: StoreError) -> SessionError {
+    metrics::store_error(store.name(), error.operation().as_str());
+    tracing::warn!(%error, "session store operation failed");
+    SessionError::Store(error)
+}
+
+/// The plain-text response for a session failure met by the layer.
+pub(crate) fn error_response<B: From<String>>(error: &SessionError) -> Response<B> {
+    let mut response = Response::new(B::from(error.public_message()));
+    *response.status_mut() = error.status();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

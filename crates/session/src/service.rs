@@ -1,0 +1,302 @@
+//! [`SessionLayer`] and the [`SessionService`] it wraps around an HTTP service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{ConflictRule, OnStoreError, SameSite, SessionConfig, TtlExtension};
+use crate::error::ConfigError;
+use crate::id::SessionIdGenerator;
+use crate::keys::SigningKeys;
+use crate::session::{Backend, Session, Shared};
+use crate::store::SessionStore;
+
+/// Gives every request a [`Session`], loaded lazily and saved after the handler.
+///
+/// The session goes into the request's extensions (and is an axum extractor with the
+/// `axum` feature). Store failures are answered by the layer itself with an HTTP status, as
+/// tower-http layers do, so the wrapped service's error type passes through unchanged:
+/// `503 Service Unavailable` when the store cannot be reached (unless
+/// [`OnStoreError::FailOpen`] is configured), `500` when the session is over its size limit.
+///
+/// Build one with [`SessionLayer::new`] (defaults) or [`SessionLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct SessionLayer {
+    shared: Arc<Shared>,
+}
+
+impl SessionLayer {
+    /// A layer over `store` with the default [`SessionConfig`], signing cookies with `keys`.
+    pub fn new(store: impl SessionStore, keys: SigningKeys) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                backend: Backend::Store(Arc::new(store)),
+                config: SessionConfig::default(),
+                keys,
+                ids: SessionIdGenerator::new(),
+            }),
+        }
+    }
+
+    /// A builder over `store`, for settings other than the defaults.
+    pub fn builder(store: impl SessionStore, keys: SigningKeys) -> SessionLayerBuilder {
+        SessionLayerBuilder {
+            backend: Backend::Store(Arc::new(store)),
+            config: SessionConfig::default(),
+            keys,
+            ids: SessionIdGenerator::new(),
+        }
+    }
+
+    /// A builder keeping the whole session in an encrypted cookie instead of a store.
+    #[cfg(feature = "cookie-store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cookie-store")))]
+    pub fn cookie_store_builder(keys: SigningKeys) -> SessionLayerBuilder {
+        let mut config = SessionConfig::default();
+        config.max_size = crate::cookie_store::MAX_COOKIE_LEN;
+        SessionLayerBuilder {
+            backend: Backend::Cookie(crate::cookie_store::CookieStore::new(&keys)),
+            config,
+            keys,
+            ids: SessionIdGenerator::new(),
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &SessionConfig {
+        &self.shared.config
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Builds a [`SessionLayer`]; [`build`](Self::build) checks the settings.
+#[derive(Debug)]
+pub struct SessionLayerBuilder {
+    backend: Backend,
+    config: SessionConfig,
+    keys: SigningKeys,
+    ids: SessionIdGenerator,
+}
+
+impl SessionLayerBuilder {
+    /// Replaces every setting at once (e.g. with a config loaded from a file).
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Cookie name (default `"sid"`).
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.config.cookie.name = name.into();
+        self
+    }
+
+    /// Secure attribute (default `true`; `false` only for plain-HTTP localhost).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.config.cookie.secure = secure;
+        self
+    }
+
+    /// HttpOnly attribute (default `true`).
+    pub fn http_only(mut self, http_only: bool) -> Self {
+        self.config.cookie.http_only = http_only;
+        self
+    }
+
+    /// SameSite attribute (default Lax).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.config.cookie.same_site = same_site;
+        self
+    }
+
+    /// Path attribute (default `/`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.config.cookie.path = path.into();
+        self
+    }
+
+    /// Domain attribute (default none: the exact host).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.config.cookie.domain = Some(domain.into());
+        self
+    }
+
+    /// Persistent cookie with Max-Age (default) or browser-session cookie.
+    pub fn persistent_cookie(mut self, persistent: bool) -> Self {
+        self.config.cookie.persistent = persistent;
+        self
+    }
+
+    /// Idle timeout (default 30 minutes).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Absolute timeout (default 12 hours; `None` for none).
+    pub fn absolute_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.absolute_timeout = timeout;
+        self
+    }
+
+    /// What extends the idle timeout (default every request).
+    pub fn ttl_extension(mut self, extension: TtlExtension) -> Self {
+        self.config.ttl_extension = extension;
+        self
+    }
+
+    /// Size limit of the session data in bytes (default 64 KiB).
+    pub fn max_size(mut self, bytes: usize) -> Self {
+        self.config.max_size = bytes;
+        self
+    }
+
+    /// What requests get when the store fails (default 503).
+    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+        self.config.on_store_error = policy;
+        self
+    }
+
+    /// How a field changed on both sides of a concurrent save is settled (default last write
+    /// wins).
+    pub fn conflict_rule(mut self, rule: ConflictRule) -> Self {
+        self.config.conflict_rule = rule;
+        self
+    }
+
+    /// Check-and-set attempts per save (default 64).
+    pub fn max_save_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_save_attempts = attempts;
+        self
+    }
+
+    /// Where new ids come from (default: the OS CSPRNG). A seeded generator is for tests and
+    /// benchmarks only.
+    pub fn id_generator(mut self, ids: SessionIdGenerator) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+        self.config.validate()?;
+        Ok(SessionLayer {
+            shared: Arc::new(Shared {
+                backend: self.backend,
+                config: self.config,
+                keys: self.keys,
+                ids: self.ids,
+            }),
+        })
+    }
+}
+
+/// The service made by [`SessionLayer`].
+#[derive(Debug, Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> SessionService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = future::ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let session = Session::from_headers(Arc::clone(&self.shared), request.headers());
+        request.extensions_mut().insert(session.clone());
+        // The clone that was driven to readiness serves this call; a fresh clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        future::ResponseFuture::new(async move {
+            let mut response = inner.call(request).await?;
+            session.finish(&mut response).await;
+            Ok(response)
+        })
+    }
+}
+
+pub mod future {
+    //! The response future of [`SessionService`](super::SessionService).
+
+    use std::fmt;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http::Response;
+
+    type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+    /// Runs the inner service, then saves the session and sets its cookie.
+    pub struct ResponseFuture<B, E> {
+        inner: BoxedResponse<B, E>,
+    }
+
+    impl<B, E> ResponseFuture<B, E> {
+        pub(crate) fn new(
+            future: impl Future<Output = Result<Response<B>, E>> + Send + 'static,
+        ) -> Self {
+            Self {
+                inner: Box::pin(future),
+            }
+        }
+    }
+
+    impl<B, E> Future for ResponseFuture<B, E> {
+        type Output = Result<Response<B>, E>;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The [`Session`] handle a request works with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use tokio::sync::OnceCell;
+
+use crate::config::{OnStoreError, SessionConfig};
+use crate::cookies::{self, CookieAction};
+use crate::error::{SessionError, StoreError};
+use crate::id::{SessionId, SessionIdGenerator};
+use crate::keys::SigningKeys;
+use crate::metrics;
+use crate::record::SessionRecord;
+use crate::store::{SessionStore, Stored};
+
+/// What the layer shares with every request.
+pub(crate) struct Shared {
+    pub(crate) backend: Backend,
+    pub(crate) config: SessionConfig,
+    pub(crate) keys: SigningKeys,
+    pub(crate) ids: SessionIdGenerator,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .field("keys", &self.keys)
+            .field("ids", &self.ids)
+            .finish()
+    }
+}
+
+/// Where sessions are kept.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    /// Server side, under a hashed id carried in a signed cookie.
+    Store(Arc<dyn SessionStore>),
+    /// Client side, the whole session encrypted in the cookie.
+    #[cfg(feature = "cookie-store")]
+    Cookie(crate::cookie_store::CookieStore),
+}
+
+impl Backend {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Backend::Store(store) => store.name(),
+            #[cfg(feature = "cookie-store")]
+            Backend::Cookie(_) => "cookie",
+        }
+    }
+}
+
+/// What the request's cookie said.
+#[derive(Debug)]
+pub(crate) enum Presented {
+    /// No session cookie.
+    Nothing,
+    /// A cookie that is malformed or carries a bad signature (or cannot be decrypted).
+    Rejected,
+    /// A correctly signed id; `resign` when an older key signed it.
+    Id { id: SessionId, resign: bool },
+    /// The cookie store's sealed session, opened lazily.
+    #[cfg(feature = "cookie-store")]
+    Sealed(String),
+}
+
+/// The session of the current request.
+///
+/// The layer puts one into every request's extensions; with the `axum` feature it is also an
+/// extractor. It is a cheap handle (clone it freely) and it is lazy: the store is read the
+/// first time a method needs the data, and written once after the handler returns, only if
+/// something changed (or a rolling expiry needs a touch).
+///
+/// Values are stored as JSON, one field at a time:
+///
+/// ```
+/// # async fn demo(session: herd_session::Session) -> Result<(), herd_session::SessionError> {
+/// let visits: u64 = session.get("visits").await?.unwrap_or(0);
+/// session.insert("visits", visits + 1).await?;
+/// session.remove("flash").await?;
+/// # Ok(()) }
+/// ```
+///
+/// Log in with [`cycle_id`](Self::cycle_id) (a new id against fixation) and log out with
+/// [`destroy`](Self::destroy). Every method that may read the store returns
+/// [`SessionError`], which with the `axum` feature is a response: `?` in a handler answers
+/// `503` when the store is down.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    presented: Presented,
+    loaded: OnceCell<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// The id the session is stored under; `None` until it is stored.
+    pub(crate) id: Option<SessionId>,
+    /// The stored session as last read or written; `None` for a session not stored yet.
+    pub(crate) base: Option<Stored>,
+    /// Changes not saved yet: `None` removes the field.
+    pub(crate) changes: HashMap<String, Option<Box<RawValue>>>,
+    /// `clear()` was called: fields not in `changes` are gone.
+    pub(crate) cleared: bool,
+    /// `cycle_id()` was called: the next save moves the session to a new id.
+    pub(crate) cycle: bool,
+    /// A store failure this request met (load, destroy); with
+    /// [`OnStoreError::ServiceUnavailable`] the response becomes a 503.
+    pub(crate) failure: Option<StoreError>,
+    /// What the response must do with the cookie.
+    pub(crate) cookie: CookieAction,
+}
+
+impl State {
+    fn is_modified(&self) -> bool {
+        self.cleared || self.cycle || !self.changes.is_empty()
+    }
+
+    fn field(&self, name: &str) -> Option<&RawValue> {
+        match self.changes.get(name) {
+            Some(change) => change.as_deref(),
+            None if self.cleared => None,
+            None => self.base.as_ref().and_then(|base| base.record.field(name)),
+        }
+    }
+}
+
+impl Session {
+    /// The session for a request with these headers.
+    pub(crate) fn from_headers(shared: Arc<Shared>, headers: &HeaderMap) -> Self {
+        let presented = Self::presented(&shared, headers);
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                presented,
+                loaded: OnceCell::new(),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    fn presented(shared: &Shared, headers: &HeaderMap) -> Presented {
+        let name = shared.config.cookie.name.as_str();
+        let mut values = cookies::request_values(headers, name).peekable();
+        if values.peek().is_none() {
+            return Presented::Nothing;
+        }
+        match &shared.backend {
+            Backend::Store(_) => {
+                for value in values {
+                    if let Some(verified) = shared.keys.verify(name, value) {
+                        return Presented::Id {
+                            id: verified.id,
+                            resign: verified.signed_with_old_key,
+                        };
+                    }
+                }
+                metrics::cookie_rejected("forged");
+                Presented::Rejected
+            }
+            #[cfg(feature = "cookie-store")]
+            Backend::Cookie(_) => values
+                .next()
+                .map_or(Presented::Nothing, |value| Presented::Sealed(value.to_owned())),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    pub(crate) fn presented_ref(&self) -> &Presented {
+        &self.inner.presented
+    }
+
+    pub(crate) fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.inner.state.lock()
+    }
+
+    /// Whether a method has needed the stored data yet.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.inner.loaded.initialized()
+    }
+
+    /// Reads the session from the store, once per request.
+    pub(crate) async fn ensure_loaded(&self) -> Result<(), SessionError> {
+        self.inner.loaded.get_or_init(|| self.load()).await;
+        match &self.state().failure {
+            Some(error) => Err(SessionError::Store(error.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn load(&self) {
+        let shared = self.shared();
+        let store_name = shared.backend.name();
+        let loaded = match (&self.inner.presented, &shared.backend) {
+            (Presented::Id { id, .. }, Backend::Store(store)) => {
+                match store.load(&id.store_key()).await {
+                    Ok(stored) => Ok(stored.map(|stored| (id.clone(), stored))),
+                    Err(error) => Err(error),
+                }
+            }
+            #[cfg(feature = "cookie-store")]
+            (Presented::Sealed(value), Backend::Cookie(cookie_store)) => {
+                let opened = cookie_store.open(&shared.config.cookie.name, value);
+                if opened.is_none() {
+                    metrics::cookie_rejected("forged");
+                }
+                Ok(opened.map(|stored| (crate::cookie_store::placeholder_id(), stored)))
+            }
+            _ => return,
+        };
+        let mut state = self.state();
+        match loaded {
+            Ok(Some((id, stored))) => {
+                if stored.record.ttl(shared.config.idle_timeout).is_some() {
+                    metrics::load(store_name, "hit");
+                    state.id = Some(id);
+                    state.base = Some(stored);
+                } else {
+                    // Past its absolute deadline: treat as gone; a new session gets a new id.
+                    metrics::load(store_name, "expired");
+                }
+            }
+            Ok(None) => {
+                metrics::load(store_name, "miss");
+                metrics::cookie_rejected("unknown");
+            }
+            Err(error) => {
+                metrics::load(store_name, "error");
+                metrics::store_error(store_name, error.operation().as_str());
+                tracing::warn!(%error, "session load failed");
+                if shared.config.on_store_error == OnStoreError::ServiceUnavailable {
+                    state.failure = Some(error);
+                }
+            }
+        }
+    }
+
+    /// The value of `field`, deserialized; `None` if the session has no such field.
+    pub async fn get<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>, SessionError> {
+        self.ensure_loaded().await?;
+        let state = self.state();
+        state
+            .field(field)
+            .map(|raw| serde_json::from_str(raw.get()))
+            .transpose()
+            .map_err(|source| SessionError::Decode {
+                field: field.to_owned(),
+                source,
+            })
+    }
+
+    /// Sets `field` to `value` (stored as JSON). Fails at once with
+    /// [`SessionError::TooLarge`] when this one value is over the size limit; the whole
+    /// session is checked again at save.
+    pub async fn insert<T: Serialize>(&self, field: &str, value: T) -> Result<(), SessionError> {
+        let json = serde_json::to_string(&value).map_err(|source| SessionError::Encode {
+            field: field.to_owned(),
+            source,
+        })?;
+        let limit = self.shared().config.max_size;
+        let size = field.len() + json.len();
+        if size > limit {
+            return Err(SessionError::TooLarge { size, limit });
+        }
+        let raw = RawValue::from_string(json).map_err(|source| SessionError::Encode {
+            field: field.to_owned(),
+            source,
+        })?;
+        self.ensure_loaded().await?;
+        let mut state = self.state();
+        // Writing the value that is already there changes nothing and costs no save.
+        if state.field(field).map(RawValue::get) == Some(raw.get()) {
+            return Ok(());
+        }
+        state.changes.insert(field.to_owned(), Some(raw));
+        Ok(())
+    }
+
+    /// Removes `field`.
+    pub async fn remove(&self, field: &str) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        let mut state = self.state();
+        if state.field(field).is_some() {
+            state.changes.insert(field.to_owned(), None);
+        }
+        Ok(())
+    }
+
+    /// Removes `field` and returns its value.
+    pub async fn take<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>, SessionError> {
+        let value = self.get(field).await?;
+        self.remove(field).await?;
+        Ok(value)
+    }
+
+    /// Whether the session has `field`.
+    pub async fn contains(&self, field: &str) -> Result<bool, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().field(field).is_some())
+    }
+
+    /// The names of all fields.
+    pub async fn fields(&self) -> Result<Vec<String>, SessionError> {
+        self.ensure_loaded().await?;
+        let state = self.state();
+        let mut names: Vec<String> = match (&state.base, state.cleared) {
+            (Some(base), false) => base
+                .record
+                .fields()
+                .filter(|(name, _)| !state.changes.contains_key(*name))
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+            _ => Vec::new(),
+        };
+        names.extend(
+            state
+                .changes
+                .iter()
+                .filter(|(_, change)| change.is_some())
+                .map(|(name, _)| name.clone()),
+        );
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Whether the session has no fields.
+    pub async fn is_empty(&self) -> Result<bool, SessionError> {
+        Ok(self.fields().await?.is_empty())
+    }
+
+    /// Removes every field; the session itself (its id and cookie) stays.
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        let mut state = self.state();
+        state.changes.clear();
+        state.cleared = true;
+        Ok(())
+    }
+
+    /// Moves the session to a new id when it is saved, removing the record under the old id:
+    /// call it whenever privileges change (log-in, sudo) so an id planted or seen before
+    /// cannot ride along (session fixation). The absolute timeout restarts from the new id.
+    pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        self.state().cycle = true;
+        Ok(())
+    }
+
+    /// Ends the session now: deletes it from the store and tells the browser to drop the
+    /// cookie. A request still holding the old session cannot save it back. Writing to the
+    /// session afterwards starts a new one with a new id.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        // Nothing stored yet means nothing to read: mark the session loaded (and empty).
+        let _ = self.inner.loaded.set(());
+        let id = match &self.inner.presented {
+            Presented::Id { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        let id = self.state().id.clone().or(id);
+        if let (Some(id), Backend::Store(store)) = (id, &self.shared().backend) {
+            if let Err(error) = store.delete(&id.store_key()).await {
+                metrics::store_error(store.name(), error.operation().as_str());
+                if self.shared().config.on_store_error == OnStoreError::ServiceUnavailable {
+                    self.state().failure = Some(error.clone());
+                }
+                return Err(error.into());
+            }
+        }
+        let mut state = self.state();
+        *state = State {
+            cookie: CookieAction::Remove,
+            failure: state.failure.take(),
+            ..State::default()
+        };
+        Ok(())
+    }
+
+    /// Saves now instead of after the handler, so the handler sees errors such as
+    /// [`SessionError::TooLarge`] itself. The layer's own save afterwards then only writes
+    /// what changed since.
+    pub async fn save(&self) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        self.persist().await
+    }
+
+    /// Whether the session has changes not saved yet.
+    pub fn is_modified(&self) -> bool {
+        self.state().is_modified()
+    }
+
+    /// When the session was created, once it is stored.
+    pub async fn created_at(&self) -> Result<Option<std::time::SystemTime>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().base.as_ref().map(|base| base.record.created_at()))
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Session")
+            .field("id", &state.id)
+            .field("loaded", &self.is_loaded())
+            .field("modified", &state.is_modified())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new record holding `base` (if any) with `changes` applied.
+pub(crate) fn apply_changes(
+    base: Option<&SessionRecord>,
+    changes: &HashMap<String, Option<Box<RawValue>>>,
+    cleared: bool,
+    absolute_timeout: Option<std::time::Duration>,
+) -> SessionRecord {
+    let mut record = match base {
+        Some(base) => base.clone(),
+        None => SessionRecord::new(absolute_timeout),
+    };
+    if cleared {
+        record.clear_fields();
+    }
+    for (name, change) in changes {
+        match change {
+            Some(value) => record.set_field(name.clone(), value.clone()),
+            None => record.remove_field(name),
+        }
+    }
+    record
+}

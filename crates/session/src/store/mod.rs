@@ -1,0 +1,131 @@
+//! Where sessions live between requests: the [`SessionStore`] trait and its implementations.
+//!
+//! A store files each session under its [`StoreKey`] (the SHA-256 of the session id, never the
+//! id itself) together with a version number. Saves are check-and-set on that version, so the
+//! layer can notice a concurrent change, merge and retry instead of overwriting it; a save to a
+//! key that is gone fails, so a slow request can never bring back a destroyed session.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::id::StoreKey;
+use crate::record::SessionRecord;
+
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisStore, RedisStoreConfig};
+
+/// A session as a store holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The session's content.
+    pub record: Arc<SessionRecord>,
+    /// Its version: 1 when created, one more on every save.
+    pub version: u64,
+    /// How long until the store expires it.
+    pub ttl: Duration,
+}
+
+/// What a check-and-set [`SessionStore::save`] did.
+#[derive(Debug, Clone)]
+pub enum SaveOutcome {
+    /// Written; the session now has this version.
+    Saved {
+        /// The new version (`expected_version + 1`).
+        version: u64,
+    },
+    /// Not written: another save changed the session first. Carries what is stored now, so
+    /// the caller can merge without another round trip.
+    Conflict(Stored),
+    /// Not written: the session no longer exists (destroyed, cycled or expired).
+    Gone,
+}
+
+/// Storage for sessions. Object safe: the layer holds an `Arc<dyn SessionStore>`.
+///
+/// Implementations must make [`create`](Self::create) and [`save`](Self::save) atomic per key
+/// (a Lua script in Redis, an entry lock in memory) and apply the TTL they are given.
+#[async_trait]
+pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
+    /// Short name for metrics labels and errors, e.g. `"redis"`.
+    fn name(&self) -> &'static str;
+
+    /// Stores a new session as version 1 unless `key` already exists (NX). Returns whether
+    /// it was created.
+    async fn create(
+        &self,
+        key: &StoreKey,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Reads a session; `None` if absent or expired.
+    async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError>;
+
+    /// Replaces the session if its version is still `expected_version`, as version
+    /// `expected_version + 1` with expiry `ttl` from now.
+    async fn save(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError>;
+
+    /// Removes a session; removing an absent one is not an error.
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError>;
+
+    /// Sets the expiry of an existing session to `ttl` from now without changing it. Returns
+    /// `false` if the session is gone (it is not recreated).
+    async fn touch(&self, key: &StoreKey, ttl: Duration) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    async fn create(
+        &self,
+        key: &StoreKey,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        (**self).create(key, record, ttl).await
+    }
+
+    async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError> {
+        (**self).load(key).await
+    }
+
+    async fn save(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        (**self).save(key, expected_version, record, ttl).await
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+
+    async fn touch(&self, key: &StoreKey, ttl: Duration) -> Result<bool, StoreError> {
+        (**self).touch(key, ttl).await
+    }
+}
