@@ -65,6 +65,8 @@ impl RedisNode {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--daemonize", "no"])
+            // Replicas sync at once instead of after Redis' default 5 s wait for more replicas.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&i.dir);
         if let Some(t) = i.cluster_node_timeout {
