@@ -6,6 +6,8 @@
 
 #[cfg(feature = "disk")]
 mod disk;
+#[cfg(feature = "lb-core")]
+mod lb;
 #[cfg(feature = "system")]
 mod system;
 
@@ -15,3 +17,6 @@ pub use disk::{DiskSpaceCheck, DiskThresholds};
 #[cfg(feature = "system")]
 #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
 pub use system::{SystemCheck, SystemThresholds};
+#[cfg(feature = "lb-core")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lb-core")))]
+pub use lb::{EndpointThresholds, EndpointsCheck};
