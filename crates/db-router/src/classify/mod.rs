@@ -112,6 +112,8 @@ pub enum Reason {
     MultipleStatements,
     /// A string, quoted identifier or comment that never ends.
     Unterminated,
+    /// Sent to the primary by an [`on_primary`](crate::on_primary) scope, not by the classifier.
+    Forced,
 }
 
 impl Reason {
@@ -131,6 +133,7 @@ impl Reason {
             Reason::UnknownFunction => "unknown_function",
             Reason::MultipleStatements => "multiple_statements",
             Reason::Unterminated => "unterminated",
+            Reason::Forced => "forced",
         }
     }
 }

@@ -1,0 +1,436 @@
+//! Router configuration: nodes, pools, lag bounds, selection, read-your-writes.
+//!
+//! Every type deserializes with serde (durations as humantime strings such as `"1s"` or
+//! `"250ms"`), with the defaults documented on each field.
+//!
+//! ```
+//! use herd_db_router::RouterConfig;
+//!
+//! let config: RouterConfig = toml::from_str(r#"
+//!     max_lag_bytes = 1048576
+//!     max_lag = "2s"
+//!
+//!     [primary]
+//!     url = "postgres://app@db-1/app"
+//!     pool = { max_connections = 20 }
+//!
+//!     [[replicas]]
+//!     url = "postgres://app@db-2/app"
+//!     weight = 2.0
+//! "#).unwrap();
+//! assert_eq!(config.check_interval, std::time::Duration::from_secs(1));
+//! assert_eq!(config.nodes().unwrap().len(), 2);
+//! ```
+
+use std::time::Duration;
+
+use herd_lb_core::PolicyConfig;
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::classify::FunctionPolicy;
+use crate::error::Error;
+
+/// What a node is configured to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Always the write node (and never read from as a replica).
+    Primary,
+    /// Only ever read from, and only while it is in recovery.
+    Replica,
+    /// Whatever the monitor finds: the writable node takes writes, nodes in recovery take
+    /// reads. Follows failovers. The default for entries of `nodes`.
+    #[default]
+    Auto,
+}
+
+impl Role {
+    /// `"primary"`, `"replica"` or `"auto"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Auto => "auto",
+        }
+    }
+
+    pub(crate) fn may_write(self) -> bool {
+        matches!(self, Role::Primary | Role::Auto)
+    }
+
+    pub(crate) fn may_read(self) -> bool {
+        matches!(self, Role::Replica | Role::Auto)
+    }
+}
+
+/// What to do when a read finds no eligible replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Read from the primary (the default), counted in `herd_db_fallback_to_primary_total`.
+    #[default]
+    Primary,
+    /// Fail with [`Error::NoEligibleReplica`].
+    Error,
+}
+
+/// One PostgreSQL node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name used in metrics, logs, errors and status. Default: `primary`, `replica1`, ... in the
+    /// `primary`/`replicas` form and `node1`, `node2`, ... in the `nodes` form.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Connection URL, `postgres://user:password@host:port/database?options`.
+    pub url: String,
+    /// Configured role. In `nodes` the default is [`Role::Auto`]; under `primary` and
+    /// `replicas` the role is implied and a different one is an error.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Share of reads relative to other replicas (default 1.0; finite and > 0).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Connection pool settings.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+impl NodeConfig {
+    /// A node with default settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { name: None, url: url.into(), role: None, weight: default_weight(), pool: PoolConfig::default() }
+    }
+
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the role.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = Some(role);
+        self
+    }
+
+    /// Sets the read weight.
+    pub fn weight(mut self, weight: f64) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the pool settings.
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+/// A node's sqlx pool settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Most connections open at once (default 10).
+    pub max_connections: u32,
+    /// Connections kept open when idle (default 0).
+    pub min_connections: u32,
+    /// Longest wait for a connection, including connecting (default 5 s). Also bounds how long
+    /// a write waits on a primary that stopped answering before the monitor notices.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Close connections idle this long (default 10 min; `null` keeps them).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Close connections this old (default 30 min; `null` keeps them).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+    /// Ping a pooled connection before handing it out (default true, as in sqlx).
+    pub test_before_acquire: bool,
+    /// Server-side `statement_timeout` for every connection (default none).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    /// `application_name` reported to the server (default `herd-db-router`).
+    pub application_name: Option<String>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            test_before_acquire: true,
+            statement_timeout: None,
+            application_name: None,
+        }
+    }
+}
+
+/// Read-your-writes settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadYourWritesConfig {
+    /// How long a read with a token waits for a replica to replay up to it before going to the
+    /// primary (default 100 ms; 0 goes to the primary at once).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Pause between two replay-position checks while waiting (default 5 ms).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ReadYourWritesConfig {
+    fn default() -> Self {
+        Self { max_wait: Duration::from_millis(100), poll_interval: Duration::from_millis(5) }
+    }
+}
+
+/// The whole router configuration.
+///
+/// Nodes are given either as `primary` + `replicas` (roles fixed), or as `nodes` with a
+/// `role` each (default `auto`: the monitor finds the writable node and follows failovers),
+/// or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// The write node (role `primary`).
+    pub primary: Option<NodeConfig>,
+    /// Read nodes (role `replica`).
+    pub replicas: Vec<NodeConfig>,
+    /// Nodes with explicit or `auto` roles.
+    pub nodes: Vec<NodeConfig>,
+    /// How often the monitor checks every node's role, WAL positions and lag (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Bound on one node's check, connecting included (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// A replica more than this many bytes of WAL behind the primary takes no reads
+    /// (default 16 MiB; Pgpool-II's `delay_threshold`).
+    pub max_lag_bytes: u64,
+    /// A replica whose last replayed transaction is older than this, while it is behind,
+    /// takes no reads (default 5 s; Pgpool-II's `delay_threshold_by_time`, ProxySQL's
+    /// `max_replication_lag`).
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// Replica selection policy from herd-lb-core (default `least_outstanding`).
+    pub selection: PolicyConfig,
+    /// Among eligible replicas, read from the one with the least lag instead of balancing
+    /// (default false; Pgpool-II's `prefer_lower_delay_standby`).
+    pub prefer_lower_lag: bool,
+    /// What a read does when no replica is eligible (default: use the primary).
+    pub fallback: Fallback,
+    /// Retry once on the primary a statement that a replica refused as a write
+    /// (SQLSTATE 25006), counting it in `herd_db_misroutes_total` (default true).
+    pub retry_misrouted: bool,
+    /// Functions that write: calls to them go to the primary. Bare names match any schema,
+    /// `schema.name` only that schema (default empty).
+    pub write_functions: Vec<String>,
+    /// Whether calls to functions not known to be read-only go to the primary
+    /// (default [`FunctionPolicy::WriteList`]).
+    pub function_policy: FunctionPolicy,
+    /// Read-your-writes settings.
+    pub read_your_writes: ReadYourWritesConfig,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            primary: None,
+            replicas: Vec::new(),
+            nodes: Vec::new(),
+            check_interval: Duration::from_secs(1),
+            check_timeout: Duration::from_secs(1),
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag: Duration::from_secs(5),
+            selection: PolicyConfig::LeastOutstanding,
+            prefer_lower_lag: false,
+            fallback: Fallback::Primary,
+            retry_misrouted: true,
+            write_functions: Vec::new(),
+            function_policy: FunctionPolicy::WriteList,
+            read_your_writes: ReadYourWritesConfig::default(),
+        }
+    }
+}
+
+/// A validated node: name, role and ready-to-use connect options.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec {
+    pub(crate) name: String,
+    pub(crate) role: Role,
+    pub(crate) weight: f64,
+    pub(crate) connect: PgConnectOptions,
+    pub(crate) pool: PoolConfig,
+}
+
+impl RouterConfig {
+    /// Validates the nodes and returns them in order (`primary`, `replicas`, then `nodes`)
+    /// with their resolved names and roles. Errors name the node and the field.
+    pub fn nodes(&self) -> Result<Vec<(String, Role)>, Error> {
+        Ok(self.node_specs()?.into_iter().map(|n| (n.name, n.role)).collect())
+    }
+
+    pub(crate) fn node_specs(&self) -> Result<Vec<NodeSpec>, Error> {
+        self.check_settings()?;
+        let mut specs = Vec::new();
+        let groups = [
+            (self.primary.as_slice(), Some(Role::Primary), "primary"),
+            (self.replicas.as_slice(), Some(Role::Replica), "replica"),
+            (self.nodes.as_slice(), None, "node"),
+        ];
+        for (group, implied, prefix) in groups {
+            for (i, node) in group.iter().enumerate() {
+                let default_name = if implied == Some(Role::Primary) { prefix.to_string() } else { format!("{prefix}{}", i + 1) };
+                let name = node.name.clone().unwrap_or(default_name);
+                specs.push(node_spec(node, name, implied)?);
+            }
+        }
+        if specs.is_empty() {
+            return Err(Error::config(None, "nodes", "no node configured: set `primary`/`replicas` or `nodes`"));
+        }
+        for (i, a) in specs.iter().enumerate() {
+            if specs.iter().skip(i + 1).any(|b| b.name == a.name) {
+                return Err(Error::config(Some(&a.name), "name", "two nodes have this name"));
+            }
+        }
+        if specs.iter().filter(|n| n.role == Role::Primary).count() > 1 {
+            return Err(Error::config(None, "role", "more than one node has role `primary`"));
+        }
+        if !specs.iter().any(|n| n.role.may_write()) {
+            return Err(Error::config(None, "role", "no node may take writes: add a `primary` or an `auto` node"));
+        }
+        Ok(specs)
+    }
+
+    fn check_settings(&self) -> Result<(), Error> {
+        if self.check_interval.is_zero() {
+            return Err(Error::config(None, "check_interval", "must be greater than zero"));
+        }
+        if self.check_timeout.is_zero() {
+            return Err(Error::config(None, "check_timeout", "must be greater than zero"));
+        }
+        if self.read_your_writes.poll_interval.is_zero() && !self.read_your_writes.max_wait.is_zero() {
+            return Err(Error::config(None, "read_your_writes.poll_interval", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+fn node_spec(node: &NodeConfig, name: String, implied: Option<Role>) -> Result<NodeSpec, Error> {
+    if name.trim().is_empty() {
+        return Err(Error::config(None, "name", "a node name may not be empty"));
+    }
+    let role = match (implied, node.role) {
+        (Some(implied), Some(given)) if implied != given => {
+            return Err(Error::config(
+                Some(&name),
+                "role",
+                format!("is `{}` but the node is listed as a {}", given.as_str(), implied.as_str()),
+            ));
+        }
+        (Some(implied), _) => implied,
+        (None, given) => given.unwrap_or_default(),
+    };
+    if !(node.weight.is_finite() && node.weight > 0.0) {
+        return Err(Error::config(Some(&name), "weight", format!("must be finite and > 0, got {}", node.weight)));
+    }
+    let pool = &node.pool;
+    if pool.max_connections == 0 {
+        return Err(Error::config(Some(&name), "pool.max_connections", "must be at least 1"));
+    }
+    if pool.min_connections > pool.max_connections {
+        return Err(Error::config(Some(&name), "pool.min_connections", "is greater than pool.max_connections"));
+    }
+    if pool.acquire_timeout.is_zero() {
+        return Err(Error::config(Some(&name), "pool.acquire_timeout", "must be greater than zero"));
+    }
+    let mut connect: PgConnectOptions = node
+        .url
+        .parse()
+        .map_err(|e: sqlx::Error| Error::config(Some(&name), "url", e.to_string()))?;
+    connect = connect.application_name(pool.application_name.as_deref().unwrap_or("herd-db-router"));
+    if let Some(timeout) = pool.statement_timeout {
+        connect = connect.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
+    }
+    Ok(NodeSpec { name, role, weight: node.weight, connect, pool: pool.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> RouterConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = RouterConfig::default();
+        assert_eq!(c.check_interval, Duration::from_secs(1));
+        assert_eq!(c.max_lag_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.max_lag, Duration::from_secs(5));
+        assert_eq!(c.selection, PolicyConfig::LeastOutstanding);
+        assert_eq!(c.fallback, Fallback::Primary);
+        assert!(c.retry_misrouted);
+        assert_eq!(c.read_your_writes.max_wait, Duration::from_millis(100));
+        assert_eq!(PoolConfig::default().max_connections, 10);
+    }
+
+    #[test]
+    fn nodes_form_with_auto_roles_and_names() {
+        let c = parse(
+            r#"
+            check_interval = "250ms"
+            selection = "round_robin"
+            [[nodes]]
+            url = "postgres://a@h1/db"
+            [[nodes]]
+            name = "east"
+            url = "postgres://a@h2/db"
+            role = "replica"
+            "#,
+        );
+        assert_eq!(c.check_interval, Duration::from_millis(250));
+        assert_eq!(c.selection, PolicyConfig::RoundRobin);
+        assert_eq!(c.nodes().unwrap(), vec![("node1".to_string(), Role::Auto), ("east".to_string(), Role::Replica)]);
+    }
+
+    #[test]
+    fn errors_name_the_node_and_field() {
+        let bad_url = parse("[primary]\nurl = \"mysql://x\"");
+        let err = bad_url.nodes().unwrap_err().to_string();
+        assert!(err.contains("`primary`") && err.contains("url"), "{err}");
+
+        let bad_weight = parse("[primary]\nurl = \"postgres://h/db\"\n[[replicas]]\nurl = \"postgres://h/db\"\nweight = -1.0");
+        let err = bad_weight.nodes().unwrap_err().to_string();
+        assert!(err.contains("`replica1`") && err.contains("weight"), "{err}");
+
+        let conflict = parse("[[replicas]]\nurl = \"postgres://h/db\"\nrole = \"primary\"");
+        let err = conflict.nodes().unwrap_err().to_string();
+        assert!(err.contains("role"), "{err}");
+
+        let no_writer = parse("[[replicas]]\nurl = \"postgres://h/db\"");
+        assert!(no_writer.nodes().unwrap_err().to_string().contains("no node may take writes"));
+
+        let empty = RouterConfig::default();
+        assert!(empty.nodes().unwrap_err().to_string().contains("no node configured"));
+
+        let dup = parse("[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"\n[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"");
+        assert!(dup.nodes().unwrap_err().to_string().contains("`a`"));
+
+        let pool = parse("[primary]\nurl = \"postgres://h/db\"\npool = { max_connections = 0 }");
+        assert!(pool.nodes().unwrap_err().to_string().contains("pool.max_connections"));
+
+        assert!(toml::from_str::<RouterConfig>("[primary]\nurl = \"postgres://h/db\"\nbogus = 1").is_err());
+        assert!(toml::from_str::<RouterConfig>("check_interval = \"soon\"").is_err());
+    }
+}

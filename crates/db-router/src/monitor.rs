@@ -1,0 +1,242 @@
+//! The background monitor: every `check_interval`, each node's role, WAL positions and lag;
+//! then the write node, each replica's eligibility, and the gauges.
+//!
+//! It uses one dedicated connection per node (not the pools), so a saturated pool never
+//! delays a check, and it runs off the request path: requests only read what it wrote.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::Notify;
+use tokio::time::MissedTickBehavior;
+
+use crate::lsn::Lsn;
+use crate::metrics;
+use crate::node::Node;
+use crate::router::Shared;
+
+/// One query that works on a primary and on a standby.
+const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
+    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+    pg_last_wal_replay_lsn()::text, \
+    pg_last_wal_receive_lsn()::text, \
+    EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8, \
+    CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
+
+type CheckRow = (bool, Option<String>, Option<String>, Option<String>, Option<f64>, Option<String>);
+
+/// What one check saw.
+#[derive(Debug, Default)]
+struct Observation {
+    in_recovery: bool,
+    current_lsn: Option<Lsn>,
+    replay_lsn: Option<Lsn>,
+    receive_lsn: Option<Lsn>,
+    /// Seconds since the last replayed transaction (replicas).
+    replay_age: Option<f64>,
+    timeline: Option<u32>,
+}
+
+/// The monitor's connections, one slot per node.
+#[derive(Debug)]
+pub(crate) struct Connections(Vec<Option<PgConnection>>);
+
+impl Connections {
+    pub(crate) fn new(nodes: usize) -> Self {
+        Self((0..nodes).map(|_| None).collect())
+    }
+}
+
+/// The loop; ends when the router is dropped.
+pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections: Connections) {
+    let Some(interval) = shared.upgrade().map(|s| s.config.check_interval) else { return };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; the builder already checked once
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = wake.notified() => {}
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        check_all(&shared, &mut connections).await;
+    }
+}
+
+/// Checks every node at once, then recomputes the write node, lag and eligibility.
+pub(crate) async fn check_all(shared: &Shared, connections: &mut Connections) {
+    let timeout = shared.config.check_timeout;
+    let checks = shared
+        .nodes
+        .iter()
+        .zip(connections.0.iter_mut())
+        .map(|(node, slot)| check_node(node, slot, timeout));
+    let observations = join_all(checks).await;
+    for (node, observation) in shared.nodes.iter().zip(&observations) {
+        record(node, observation);
+    }
+    choose_writer(shared, &observations);
+    update_eligibility(shared, &observations);
+}
+
+async fn check_node(node: &Node, slot: &mut Option<PgConnection>, timeout: Duration) -> Result<Observation, String> {
+    let outcome = tokio::time::timeout(timeout, async {
+        if slot.is_none() {
+            let conn = node.connect.connect().await.map_err(|e| format!("connect: {e}"))?;
+            *slot = Some(conn);
+        }
+        let Some(conn) = slot.as_mut() else { return Err("no connection".to_string()) };
+        sqlx::query_as::<_, CheckRow>(CHECK_SQL).fetch_one(conn).await.map_err(|e| format!("check query: {e}"))
+    })
+    .await;
+    let row = match outcome {
+        Ok(Ok(row)) => row,
+        Ok(Err(e)) => {
+            drop_connection(slot).await;
+            return Err(e);
+        }
+        Err(_) => {
+            drop_connection(slot).await;
+            return Err(format!("check timed out after {timeout:?}"));
+        }
+    };
+    let (in_recovery, current, replay, receive, replay_age, timeline) = row;
+    let lsn = |text: Option<String>| text.and_then(|t| t.parse::<Lsn>().ok());
+    Ok(Observation {
+        in_recovery,
+        current_lsn: lsn(current),
+        replay_lsn: lsn(replay),
+        receive_lsn: lsn(receive),
+        replay_age,
+        timeline: timeline.and_then(|t| u32::from_str_radix(&t, 16).ok()),
+    })
+}
+
+async fn drop_connection(slot: &mut Option<PgConnection>) {
+    if let Some(conn) = slot.take() {
+        // The connection may be broken; don't wait for a polite goodbye.
+        let _ = tokio::time::timeout(Duration::from_millis(100), conn.close()).await;
+    }
+}
+
+fn record(node: &Node, observation: &Result<Observation, String>) {
+    let s = &node.state;
+    match observation {
+        Ok(o) => {
+            s.in_recovery.store(o.in_recovery, Ordering::Release);
+            if let Some(lsn) = o.current_lsn {
+                s.current_lsn.store(lsn.as_u64(), Ordering::Release);
+            }
+            if let Some(lsn) = o.replay_lsn {
+                s.observe_replay(lsn);
+            }
+            if let Some(lsn) = o.receive_lsn {
+                s.receive_lsn.store(lsn.as_u64(), Ordering::Release);
+            }
+            if let Some(tli) = o.timeline {
+                s.timeline.store(tli, Ordering::Release);
+            }
+            s.checked.store(true, Ordering::Release);
+            let was_unreachable = !s.reachable.swap(true, Ordering::AcqRel);
+            let was_marked_down = s.passive_down.swap(false, Ordering::AcqRel);
+            if was_unreachable || was_marked_down {
+                tracing::info!(node = %node.name, in_recovery = o.in_recovery, "node reachable");
+            }
+            *s.last_error.lock() = None;
+            metrics::gauge(metrics::NODE_UP, &node.name, 1.0);
+        }
+        Err(e) => {
+            if s.reachable.swap(false, Ordering::AcqRel) {
+                tracing::warn!(node = %node.name, error = %e, "node unreachable");
+            }
+            s.eligible.store(false, Ordering::Release);
+            *s.last_error.lock() = Some(e.clone());
+            node.down.notify_waiters();
+            metrics::gauge(metrics::NODE_UP, &node.name, 0.0);
+        }
+    }
+    let size = node.pool.size();
+    let idle = u32::try_from(node.pool.num_idle()).unwrap_or(u32::MAX);
+    metrics::gauge(metrics::POOL_SIZE, &node.name, f64::from(size));
+    metrics::gauge(metrics::POOL_IDLE, &node.name, f64::from(idle));
+    metrics::gauge(metrics::POOL_IN_USE, &node.name, f64::from(size.saturating_sub(idle)));
+    metrics::gauge(metrics::POOL_MAX, &node.name, f64::from(node.max_connections));
+}
+
+/// The write node: among reachable, writable nodes that may take writes, the one on the
+/// highest timeline (a promoted replica beats a returning old primary that still thinks it
+/// is one); on a tie the current writer stays, else the first in configuration order.
+fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) {
+    let current = shared.writer.load(Ordering::Acquire);
+    let mut best: Option<(usize, u32)> = None;
+    for (i, (node, observation)) in shared.nodes.iter().zip(observations).enumerate() {
+        let Ok(o) = observation else { continue };
+        if !node.role.may_write() || o.in_recovery || !node.state.is_up() {
+            continue;
+        }
+        let tli = o.timeline.unwrap_or(0);
+        best = match best {
+            None => Some((i, tli)),
+            Some((_, best_tli)) if tli > best_tli => Some((i, tli)),
+            Some((b, best_tli)) if tli == best_tli && i == current && b != current => Some((i, tli)),
+            keep => keep,
+        };
+    }
+    let next = best.map_or(usize::MAX, |(i, _)| i);
+    if next != current {
+        match shared.nodes.get(next) {
+            Some(node) => tracing::warn!(node = %node.name, "write node is now `{}`", node.name),
+            None => tracing::error!("no writable primary reachable: writes fail until one is"),
+        }
+        shared.writer.store(next, Ordering::Release);
+        if let Some(old) = shared.nodes.get(current) {
+            // Requests still waiting on the old write node give up now.
+            old.down.notify_waiters();
+        }
+    }
+    for (i, node) in shared.nodes.iter().enumerate() {
+        metrics::gauge(metrics::NODE_PRIMARY, &node.name, if i == next { 1.0 } else { 0.0 });
+    }
+    if let Some(Ok(o)) = observations.get(next) {
+        if let Some(lsn) = o.current_lsn {
+            shared.primary_lsn.fetch_max(lsn.as_u64(), Ordering::AcqRel);
+        }
+    }
+}
+
+/// Lag = primary LSN - replay LSN (time lag only while bytes are behind, so an idle primary
+/// does not make replicas look late); eligible = reachable, in recovery, within both bounds.
+fn update_eligibility(shared: &Shared, observations: &[Result<Observation, String>]) {
+    let primary_lsn = Lsn::new(shared.primary_lsn.load(Ordering::Acquire));
+    let max_lag = shared.config.max_lag.as_secs_f64();
+    let mut excluded = Vec::new();
+    for (node, observation) in shared.nodes.iter().zip(observations) {
+        let Some(slot) = node.read_slot else { continue };
+        let s = &node.state;
+        let eligible = match observation {
+            Ok(o) if o.in_recovery && s.is_up() => {
+                let lag_bytes = primary_lsn.bytes_since(s.replay_lsn());
+                let lag_seconds = if lag_bytes > 0 { o.replay_age.unwrap_or(0.0).max(0.0) } else { 0.0 };
+                s.lag_bytes.store(lag_bytes, Ordering::Release);
+                s.lag_micros.store((lag_seconds * 1e6) as u64, Ordering::Release);
+                metrics::gauge(metrics::REPLICA_LAG_BYTES, &node.name, lag_bytes as f64);
+                metrics::gauge(metrics::REPLICA_LAG_SECONDS, &node.name, lag_seconds);
+                let within = lag_bytes <= shared.config.max_lag_bytes && lag_seconds <= max_lag;
+                if !within && s.eligible.load(Ordering::Acquire) {
+                    tracing::warn!(node = %node.name, lag_bytes, lag_seconds, "replica lags beyond the bounds: no reads until it catches up");
+                }
+                within
+            }
+            _ => false,
+        };
+        s.eligible.store(eligible, Ordering::Release);
+        metrics::gauge(metrics::REPLICA_ELIGIBLE, &node.name, if eligible { 1.0 } else { 0.0 });
+        if !eligible {
+            excluded.push(slot);
+        }
+    }
+    shared.excluded.store(Arc::new(excluded));
+}
