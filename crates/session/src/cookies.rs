@@ -73,7 +73,9 @@ pub(crate) fn set_cookie(config: &CookieConfig, value: &str, max_age: Option<Dur
         cookie = cookie.domain(domain.as_str());
     }
     if let Some(max_age) = max_age {
-        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+        // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
+        let seconds = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
+        let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
         cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
     }
     cookie.build().to_string()
@@ -109,6 +111,8 @@ mod tests {
         CookieAction::Remove.apply(&config, &mut headers);
         let removal = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
         assert!(removal.starts_with("sid=;") && removal.contains("Max-Age=0"), "{removal}");
+        let almost_gone = set_cookie(&config, "v", Some(Duration::from_millis(300)));
+        assert!(almost_gone.contains("Max-Age=1"), "{almost_gone}");
         assert!(!removal.contains("Secure") && !removal.contains("Domain"));
     }
 

@@ -1,0 +1,159 @@
+//! The layer over the in-process `MemoryStore`: every shared scenario, plus what only needs
+//! one process (laziness, key rotation).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herd_session::{
+    ConflictRule, Key, MemoryStore, SaveOutcome, SessionLayer, SessionRecord, SessionStore,
+    SigningKeys, StoreError, StoreKey, Stored,
+};
+
+use common::scenarios;
+use common::{Browser, app, keys, serve};
+
+#[tokio::test]
+async fn two_instances_share_sessions() {
+    scenarios::two_instances_share_sessions(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn logout_race_keeps_session_gone() {
+    scenarios::logout_race_keeps_session_gone(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_merge_fields() {
+    scenarios::concurrent_requests_merge_fields(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn same_field_conflict_last_write_wins() {
+    scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::LastWriteWins).await;
+}
+
+#[tokio::test]
+async fn same_field_conflict_first_write_wins() {
+    scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::FirstWriteWins).await;
+}
+
+#[tokio::test]
+async fn forged_cookie_gives_new_session() {
+    scenarios::forged_cookie_gives_new_session(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn idle_expiry_rolling_touch_and_absolute_timeout() {
+    scenarios::idle_expiry_rolling_touch_and_absolute_timeout(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn cookie_attributes_on_real_responses() {
+    scenarios::cookie_attributes_on_real_responses(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn oversized_data_is_rejected() {
+    scenarios::oversized_data_is_rejected(MemoryStore::new()).await;
+}
+
+/// A real `MemoryStore` that counts the calls reaching it.
+#[derive(Debug, Clone, Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    loads: Arc<AtomicUsize>,
+    writes: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl SessionStore for CountingStore {
+    fn name(&self) -> &'static str {
+        "counting-memory"
+    }
+
+    async fn create(&self, key: &StoreKey, record: Arc<SessionRecord>, ttl: Duration) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(key, record, ttl).await
+    }
+
+    async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(key).await
+    }
+
+    async fn save(&self, key: &StoreKey, version: u64, record: Arc<SessionRecord>, ttl: Duration) -> Result<SaveOutcome, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.save(key, version, record, ttl).await
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(key).await
+    }
+
+    async fn touch(&self, key: &StoreKey, ttl: Duration) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.touch(key, ttl).await
+    }
+}
+
+/// The store is read only when a handler touches the session, written only on change, and
+/// anonymous sessions without data are never stored.
+#[tokio::test]
+async fn store_is_used_lazily() {
+    let store = CountingStore::default();
+    let addr = serve(app(scenarios::builder(&store).build().unwrap(), Arc::default())).await;
+    let counts = || (store.loads.load(Ordering::SeqCst), store.writes.load(Ordering::SeqCst));
+
+    let anonymous = Browser::new();
+    assert_eq!(anonymous.get(addr, "/whoami").await.body, "anonymous");
+    assert_eq!(counts(), (0, 0), "no cookie: nothing to load, nothing to store");
+
+    let browser = Browser::new();
+    browser.post(addr, "/count").await;
+    assert_eq!(counts(), (0, 1), "first write creates");
+    assert_eq!(browser.get(addr, "/untouched").await.status, 200);
+    assert_eq!(counts(), (0, 1), "a handler that ignores the session costs nothing");
+    assert_eq!(browser.get(addr, "/peek").await.body, "1");
+    assert_eq!(counts(), (1, 1), "a read loads once and writes nothing");
+    browser.post(addr, "/count").await;
+    assert_eq!(counts(), (2, 2), "a change loads and saves once");
+    assert_eq!(store.inner.len(), 1);
+}
+
+/// A cookie signed with a retired key still works after rotation and is re-signed with the
+/// newest key; once the old key is dropped the old cookie no longer works.
+#[tokio::test]
+async fn signing_key_rotation() {
+    let store = MemoryStore::new();
+    let old = Key::from_bytes(&[1; 32]).unwrap();
+    let new = Key::from_bytes(&[2; 32]).unwrap();
+    let layer = |keys| SessionLayer::builder(store.clone(), keys).secure(false).build().unwrap();
+    let before = serve(app(layer(SigningKeys::new(old.clone())), Arc::default())).await;
+    let rotated = serve(app(
+        layer(SigningKeys::with_rotation(vec![new.clone(), old]).unwrap()),
+        Arc::default(),
+    ))
+    .await;
+    let after = serve(app(layer(SigningKeys::new(new)), Arc::default())).await;
+
+    let browser = Browser::new();
+    browser.post(before, "/login/kim").await;
+    let old_cookie = browser.cookie_value().unwrap();
+    let reply = browser.get(rotated, "/whoami").await;
+    assert_eq!(reply.body, "kim");
+    let resigned = reply.cookie("sid").expect("re-signed with the newest key");
+    assert_ne!(resigned, old_cookie);
+    assert_eq!(resigned.split('.').next(), old_cookie.split('.').next(), "same id");
+    assert_eq!(browser.get(after, "/whoami").await.body, "kim");
+
+    let stale = Browser::new();
+    stale.set_cookie_value(Some(old_cookie));
+    assert_eq!(stale.get(after, "/whoami").await.body, "anonymous");
+    let _ = keys();
+}
