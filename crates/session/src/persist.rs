@@ -103,9 +103,8 @@ impl Session {
             // = false), so anonymous traffic costs the store nothing.
             let record = apply_changes(None, &state.changes, false, config.absolute_timeout);
             if record.is_empty() {
-                if matches!(self.presented_ref(), Presented::Id { .. } | Presented::Rejected)
-                    && state.cookie == CookieAction::Keep
-                {
+                let rejected = matches!(self.presented_ref(), Presented::Rejected);
+                if (rejected || state.stale_cookie) && state.cookie == CookieAction::Keep {
                     // Forged, unknown or expired cookie: the browser can drop it.
                     state.cookie = CookieAction::Remove;
                 }

@@ -123,6 +123,9 @@ pub(crate) struct State {
     pub(crate) failure: Option<StoreError>,
     /// What the response must do with the cookie.
     pub(crate) cookie: CookieAction,
+    /// The cookie named a session the store does not have (unknown or expired): the browser
+    /// can drop it unless a new session replaces it.
+    pub(crate) stale_cookie: bool,
 }
 
 impl State {
@@ -235,11 +238,13 @@ impl Session {
                 } else {
                     // Past its absolute deadline: treat as gone; a new session gets a new id.
                     metrics::load(store_name, "expired");
+                    state.stale_cookie = true;
                 }
             }
             Ok(None) => {
                 metrics::load(store_name, "miss");
                 metrics::cookie_rejected("unknown");
+                state.stale_cookie = true;
             }
             Err(error) => {
                 metrics::load(store_name, "error");
