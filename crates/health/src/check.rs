@@ -92,10 +92,11 @@ impl fmt::Display for Status {
 }
 
 /// What kind of thing a check looks at (the draft's `componentType`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ComponentType {
     /// A software component of the service or one it calls (the default).
+    #[default]
     Component,
     /// A database, cache or other data store.
     Datastore,
@@ -114,12 +115,6 @@ impl ComponentType {
             ComponentType::System => "system",
             ComponentType::Other(other) => other,
         }
-    }
-}
-
-impl Default for ComponentType {
-    fn default() -> Self {
-        ComponentType::Component
     }
 }
 
@@ -296,7 +291,7 @@ impl<E: std::error::Error + 'static> From<E> for CheckResult {
 
 /// A health check: one named probe of one component.
 ///
-/// The trait is object safe (`Arc<dyn HealthCheck>`) through [`async_trait`], re-exported as
+/// The trait is object safe (`Arc<dyn HealthCheck>`) through `#[async_trait]`, re-exported as
 /// `herd_health::async_trait`. `check` should not apply its own overall timeout or catch
 /// panics: the registry runs every check concurrently in its own task under the timeout given
 /// at registration, and reports a timeout or panic as `fail` with an output saying so. Whether

@@ -192,7 +192,10 @@ fn validate(config: &HealthConfig) -> Result<(), Error> {
             value: config.check_timeout,
         });
     }
-    if let Some(interval) = config.refresh_interval.filter(|interval| interval.is_zero()) {
+    if let Some(interval) = config
+        .refresh_interval
+        .filter(|interval| interval.is_zero())
+    {
         return Err(Error::ZeroDuration {
             field: "refresh_interval",
             value: interval,
@@ -336,11 +339,7 @@ impl Health {
         let group_tags = self.inner.groups.get(name)?;
         let report = self
             .evaluate(
-                |registered| {
-                    group_tags
-                        .iter()
-                        .any(|tag| registered.options.has_tag(tag))
-                },
+                |registered| group_tags.iter().any(|tag| registered.options.has_tag(tag)),
                 details,
             )
             .await;
@@ -349,7 +348,11 @@ impl Health {
 
     /// Runs every check now, concurrently, ignoring cached results (background refresh).
     pub async fn refresh_all(&self) {
-        let runs = self.inner.checks.iter().map(|registered| registered.refresh());
+        let runs = self
+            .inner
+            .checks
+            .iter()
+            .map(|registered| registered.refresh());
         futures_util::future::join_all(runs).await;
     }
 
@@ -361,9 +364,7 @@ impl Health {
     /// # Errors
     ///
     /// [`Error::NoRuntime`] outside a Tokio runtime.
-    pub fn spawn_background_refresh(
-        &self,
-    ) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    pub fn spawn_background_refresh(&self) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
         let Some(interval) = self.inner.config.refresh_interval else {
             return Ok(None);
         };
@@ -409,9 +410,8 @@ impl Health {
         let mut report = self.identified(status, details);
         if details {
             report.output = broken.map(|reason| reason.to_string());
-            let time =
-                humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now())
-                    .to_string();
+            let time = humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now())
+                .to_string();
             report.checks.insert(
                 "uptime".to_owned(),
                 vec![CheckEntry::system(
@@ -452,11 +452,7 @@ impl Health {
 
     /// Runs (or reads the cache of) the selected checks concurrently and aggregates them: the
     /// worst status of the critical checks, and at most `warn` from the others.
-    async fn evaluate(
-        &self,
-        select: impl Fn(&Registered) -> bool,
-        details: bool,
-    ) -> HealthReport {
+    async fn evaluate(&self, select: impl Fn(&Registered) -> bool, details: bool) -> HealthReport {
         let selected: Vec<&Arc<Registered>> = self
             .inner
             .checks
@@ -504,7 +500,10 @@ mod tests {
     use std::time::Duration;
 
     fn fixed(name: &'static str, status: Status) -> impl HealthCheck {
-        from_fn(name, move || async move { CheckResult::with_status(status) })
+        from_fn(
+            name,
+            move || async move { CheckResult::with_status(status) },
+        )
     }
 
     #[tokio::test]
@@ -512,7 +511,10 @@ mod tests {
         let health = Health::builder()
             .started(true)
             .check(fixed("db", Status::Pass))
-            .check_with(fixed("search", Status::Fail), CheckOptions::new().non_critical())
+            .check_with(
+                fixed("search", Status::Fail),
+                CheckOptions::new().non_critical(),
+            )
             .build()
             .unwrap();
         // Readiness ignores the non-critical check entirely.

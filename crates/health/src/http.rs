@@ -156,7 +156,10 @@ impl Health {
         let mut router = axum::Router::new()
             .route(root, endpoint(Route::Probe(Probe::Deep)))
             .route(&format!("{base}/live"), endpoint(Route::Probe(Probe::Live)))
-            .route(&format!("{base}/ready"), endpoint(Route::Probe(Probe::Ready)))
+            .route(
+                &format!("{base}/ready"),
+                endpoint(Route::Probe(Probe::Ready)),
+            )
             .route(
                 &format!("{base}/startup"),
                 endpoint(Route::Probe(Probe::Startup)),

@@ -1,20 +1,4 @@
-//! A tower layer recording `herd_http_requests_total{method,route,status}` and
-//! `herd_http_request_duration_seconds{method,route,status}` for every request.
-//!
-//! The `route` label is the route template that matched (axum's `MatchedPath`, e.g.
-//! `/users/{id}`), never the raw path, so the number of series stays bounded however many ids
-//! clients send. Requests that matched no route are labelled `unmatched`. Add the layer with
-//! `Router::layer` (it then sees `MatchedPath`) or wrap any tower service with a
-//! [`route_fn`](HttpMetricsLayer::route_fn) that names its routes.
-//!
-//! ```
-//! use axum::{Router, routing::get};
-//! use herd_health::HttpMetricsLayer;
-//!
-//! let app: Router = Router::new()
-//!     .route("/users/{id}", get(|| async { "user" }))
-//!     .layer(HttpMetricsLayer::new());
-//! ```
+//! A tower layer counting and timing HTTP requests by method, matched route and status.
 
 use std::fmt;
 use std::future::Future;
@@ -30,7 +14,23 @@ use tower_service::Service;
 
 type RouteFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 
-/// Layer that applies [`HttpMetrics`].
+/// Layer that applies [`HttpMetrics`]: `herd_http_requests_total{method,route,status}` and
+/// `herd_http_request_duration_seconds{method,route,status}` for every request.
+///
+/// The `route` label is the route template that matched (axum's `MatchedPath`, e.g.
+/// `/users/{id}`), never the raw path, so the number of series stays bounded however many ids
+/// clients send. Requests that matched no route are labelled `unmatched`. Add the layer with
+/// `Router::layer` (it then sees `MatchedPath`) or wrap any tower service with a
+/// [`route_fn`](HttpMetricsLayer::route_fn) that names its routes.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use herd_health::HttpMetricsLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/users/{id}", get(|| async { "user" }))
+///     .layer(HttpMetricsLayer::new());
+/// ```
 #[derive(Clone, Default)]
 pub struct HttpMetricsLayer {
     route_fn: Option<Arc<RouteFn>>,
@@ -73,8 +73,8 @@ impl<S> Layer<S> for HttpMetricsLayer {
     }
 }
 
-/// Records request count and duration by method, matched route and status; see the
-/// [module docs](self). Adds no failure mode: the inner service's errors pass through
+/// Records request count and duration by method, matched route and status; see
+/// [`HttpMetricsLayer`]. Adds no failure mode: the inner service's errors pass through
 /// (counted with status `error`).
 #[derive(Clone)]
 pub struct HttpMetrics<S> {

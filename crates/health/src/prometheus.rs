@@ -73,8 +73,7 @@ impl PrometheusMetrics {
             operation: "PrometheusMetrics::install",
         })?;
         let (metrics, recorder) = Self::build(config)?;
-        metrics::set_global_recorder(recorder)
-            .map_err(|error| Error::Prometheus(error.into()))?;
+        metrics::set_global_recorder(recorder).map_err(|error| Error::Prometheus(error.into()))?;
         describe();
         let upkeep = metrics.clone();
         let interval = config.upkeep_interval;

@@ -102,10 +102,8 @@ impl Registered {
                 return outcome;
             }
         }
-        if !force {
-            if let Some(outcome) = self.fresh() {
-                return outcome;
-            }
+        if !force && let Some(outcome) = self.fresh() {
+            return outcome;
         }
         self.run().await
     }
@@ -186,10 +184,7 @@ mod tests {
     use crate::check::from_fn;
     use std::sync::atomic::AtomicUsize;
 
-    fn counting(
-        ttl: Duration,
-        delay: Duration,
-    ) -> (Arc<Registered>, Arc<AtomicUsize>) {
+    fn counting(ttl: Duration, delay: Duration) -> (Arc<Registered>, Arc<AtomicUsize>) {
         let runs = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&runs);
         let check = from_fn("db", move || {

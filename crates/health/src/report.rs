@@ -85,7 +85,11 @@ impl HealthReport {
             self.checks
                 .entry(format!("{}:{}", registered.name, measurement.name))
                 .or_default()
-                .push(CheckEntry::from_measurement(measurement, component_type, &time));
+                .push(CheckEntry::from_measurement(
+                    measurement,
+                    component_type,
+                    &time,
+                ));
         }
     }
 }
@@ -122,7 +126,10 @@ impl CheckEntry {
             component_id: measurement.component_id.clone(),
             component_type: component_type.to_owned(),
             observed_value: measurement.observed_value.clone(),
-            observed_unit: measurement.observed_unit.as_ref().map(|unit| unit.to_string()),
+            observed_unit: measurement
+                .observed_unit
+                .as_ref()
+                .map(|unit| unit.to_string()),
             status: measurement.status,
             time: Some(time.to_owned()),
             output: measurement.output.clone(),

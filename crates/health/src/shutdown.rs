@@ -39,7 +39,10 @@ impl Health {
             signal.await;
             health.drain();
             let delay = health.config().drain_delay;
-            tracing::info!(?delay, "shutdown requested; waiting before refusing connections");
+            tracing::info!(
+                ?delay,
+                "shutdown requested; waiting before refusing connections"
+            );
             tokio::time::sleep(delay).await;
         }
     }

@@ -56,7 +56,9 @@ async fn axum_endpoints_answer_draft_bodies_with_the_right_codes() {
             CheckOptions::new().tags([tags::DATASTORE, tags::REPLICATION]),
         )
         .check_with(
-            check::from_fn("search", || async { CheckResult::fail("connection refused by 127.0.0.1:9200") }),
+            check::from_fn("search", || async {
+                CheckResult::fail("connection refused by 127.0.0.1:9200")
+            }),
             CheckOptions::new().non_critical(),
         )
         .build()
@@ -67,7 +69,10 @@ async fn axum_endpoints_answer_draft_bodies_with_the_right_codes() {
     // Not started: startup and readiness fail, liveness passes.
     let startup = get(&client, addr, "/health/startup").await;
     assert_eq!(startup.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(get(&client, addr, "/health/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&client, addr, "/health/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let live = get(&client, addr, "/health/live").await;
     assert_eq!(live.status, StatusCode::OK);
     assert_eq!(live.headers["content-type"], "application/health+json");
@@ -87,7 +92,11 @@ async fn axum_endpoints_answer_draft_bodies_with_the_right_codes() {
 
     // Deep, with the token: every check, keyed component:measurement, per-replica entries.
     let deep = request(&client, Method::GET, addr, "/health", Some("let-me-see")).await;
-    assert_eq!(deep.status, StatusCode::OK, "non-critical failure only warns");
+    assert_eq!(
+        deep.status,
+        StatusCode::OK,
+        "non-critical failure only warns"
+    );
     let body = deep.json();
     assert_draft_body(&body);
     assert_eq!(body["status"], "warn");
@@ -99,7 +108,10 @@ async fn axum_endpoints_answer_draft_bodies_with_the_right_codes() {
     assert_eq!(lag[1]["observedValue"], 20_000_000);
     assert_eq!(lag[1]["observedUnit"], "bytes");
     assert_eq!(lag[1]["status"], "warn");
-    assert_eq!(body["checks"]["postgres:role"][0]["observedValue"], "primary");
+    assert_eq!(
+        body["checks"]["postgres:role"][0]["observedValue"],
+        "primary"
+    );
     let search = &body["checks"]["search:responseTime"][0];
     assert_eq!(search["status"], "fail");
     assert_eq!(search["observedUnit"], "ms");
@@ -110,18 +122,37 @@ async fn axum_endpoints_answer_draft_bodies_with_the_right_codes() {
     assert!(wrong.json().get("checks").is_none());
 
     // The replication group only has checks tagged `replication`.
-    let replication =
-        request(&client, Method::GET, addr, "/health/replication", Some("let-me-see")).await;
+    let replication = request(
+        &client,
+        Method::GET,
+        addr,
+        "/health/replication",
+        Some("let-me-see"),
+    )
+    .await;
     let body = replication.json();
     assert_draft_body(&body);
     let keys: Vec<&String> = body["checks"].as_object().unwrap().keys().collect();
-    assert!(keys.iter().all(|key| key.starts_with("postgres:")), "{keys:?}");
+    assert!(
+        keys.iter().all(|key| key.starts_with("postgres:")),
+        "{keys:?}"
+    );
 
     // Unknown groups are 404.
-    assert_eq!(get(&client, addr, "/health/nope").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&client, addr, "/health/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Liveness with details shows the process uptime, as the draft's example does.
-    let live = request(&client, Method::GET, addr, "/health/live", Some("let-me-see")).await;
+    let live = request(
+        &client,
+        Method::GET,
+        addr,
+        "/health/live",
+        Some("let-me-see"),
+    )
+    .await;
     let body = live.json();
     assert_eq!(body["checks"]["uptime"][0]["observedUnit"], "s");
     assert_eq!(body["checks"]["uptime"][0]["componentType"], "system");
@@ -139,7 +170,10 @@ async fn a_failing_critical_check_is_503_and_a_timeout_says_so() {
             ..HealthConfig::default()
         })
         .started(true)
-        .check_with(slow, CheckOptions::new().timeout(Duration::from_millis(100)))
+        .check_with(
+            slow,
+            CheckOptions::new().timeout(Duration::from_millis(100)),
+        )
         .build()
         .unwrap();
     let addr = serve(health.router()).await;
@@ -244,15 +278,27 @@ async fn drain_fails_readiness_at_once_and_shutdown_waits_the_delay() {
             .await
     });
     let client = client();
-    assert_eq!(get(&client, addr, "/health/ready").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client, addr, "/health/ready").await.status,
+        StatusCode::OK
+    );
 
     trigger.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Within the delay the server still answers: not ready, but alive.
     assert!(health.is_draining());
-    assert_eq!(get(&client, addr, "/health/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(get(&client, addr, "/health/live").await.status, StatusCode::OK);
-    assert!(!server.is_finished(), "server stopped before the drain delay");
+    assert_eq!(
+        get(&client, addr, "/health/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(&client, addr, "/health/live").await.status,
+        StatusCode::OK
+    );
+    assert!(
+        !server.is_finished(),
+        "server stopped before the drain delay"
+    );
 
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
@@ -295,14 +341,23 @@ async fn the_plain_tower_service_serves_hyper() {
     let ready = get(&client, addr, "/internal/health/ready").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_draft_body(&ready.json());
-    assert_eq!(get(&client, addr, "/internal/health/live").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client, addr, "/internal/health/live").await.status,
+        StatusCode::OK
+    );
     let head = request(&client, Method::HEAD, addr, "/internal/health/live", None).await;
     assert_eq!(head.status, StatusCode::OK);
     assert!(head.body.is_empty());
     let post = request(&client, Method::POST, addr, "/internal/health/live", None).await;
     assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(post.headers["allow"], "GET, HEAD");
-    assert_eq!(get(&client, addr, "/health/live").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&client, addr, "/health/live").await.status,
+        StatusCode::NOT_FOUND
+    );
     // No recorder configured: /metrics is not served.
-    assert_eq!(get(&client, addr, "/metrics").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&client, addr, "/metrics").await.status,
+        StatusCode::NOT_FOUND
+    );
 }

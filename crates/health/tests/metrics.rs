@@ -130,7 +130,9 @@ async fn metrics_endpoint_renders_prometheus_text_with_herd_metrics() {
 
     // herd-lb-core records herd_lb_* through the same facade.
     let replicas: EndpointSet<String> = EndpointSet::new();
-    replicas.insert("10.0.0.1:5432".to_owned(), (), 1.0).unwrap();
+    replicas
+        .insert("10.0.0.1:5432".to_owned(), (), 1.0)
+        .unwrap();
     for _ in 0..3 {
         let picked = replicas.pick(&P2c::new(), &PickContext::new()).unwrap();
         picked.guard.record(Outcome::Success);
@@ -151,7 +153,10 @@ async fn metrics_endpoint_renders_prometheus_text_with_herd_metrics() {
     for path in ["/users/1", "/users/2", "/users/3", "/health/ready"] {
         assert_eq!(http_get(&client, addr, path).await.status, StatusCode::OK);
     }
-    assert_eq!(http_get(&client, addr, "/no/such/page").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        http_get(&client, addr, "/no/such/page").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let scrape = http_get(&client, addr, "/metrics").await;
     assert_eq!(scrape.status, StatusCode::OK);
@@ -167,14 +172,18 @@ async fn metrics_endpoint_renders_prometheus_text_with_herd_metrics() {
     let users = find(
         &samples,
         "herd_http_requests_total",
-        &[("method", "GET"), ("route", "/users/{id}"), ("status", "200")],
+        &[
+            ("method", "GET"),
+            ("route", "/users/{id}"),
+            ("status", "200"),
+        ],
     );
     assert_eq!(users.len(), 1, "{}", scrape.body);
     assert_eq!(users[0].2, 3.0);
     assert!(
-        samples
-            .iter()
-            .all(|(_, labels, _)| labels.get("route").is_none_or(|r| !r.starts_with("/users/1"))),
+        samples.iter().all(|(_, labels, _)| labels
+            .get("route")
+            .is_none_or(|r| !r.starts_with("/users/1"))),
         "raw paths leaked into labels"
     );
     let unmatched = find(
@@ -193,15 +202,24 @@ async fn metrics_endpoint_renders_prometheus_text_with_herd_metrics() {
         &[("route", "/users/{id}")],
     );
     let bounds: BTreeSet<&str> = buckets.iter().map(|(_, l, _)| l["le"].as_str()).collect();
-    assert!(bounds.contains("0.001") && bounds.contains("+Inf"), "{bounds:?}");
+    assert!(
+        bounds.contains("0.001") && bounds.contains("+Inf"),
+        "{bounds:?}"
+    );
     let counts: Vec<f64> = buckets.iter().map(|(_, _, v)| *v).collect();
-    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "buckets not cumulative: {counts:?}");
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "buckets not cumulative: {counts:?}"
+    );
     assert_eq!(counts.last().copied(), Some(3.0));
 
     // herd-health's own check metrics and herd-lb-core's.
     assert_eq!(
-        find(&samples, "herd_health_check_runs_total", &[("check", "postgres"), ("status", "pass")])
-            [0]
+        find(
+            &samples,
+            "herd_health_check_runs_total",
+            &[("check", "postgres"), ("status", "pass")]
+        )[0]
         .2,
         1.0
     );

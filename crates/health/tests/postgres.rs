@@ -42,7 +42,9 @@ impl HealthCheck for Postgres {
                     .component_id("primary")
                     .value(if in_recovery { "replica" } else { "primary" }),
             ),
-            Err(error) => CheckResult::fail(format!("primary: SELECT pg_is_in_recovery(): {error}")),
+            Err(error) => {
+                CheckResult::fail(format!("primary: SELECT pg_is_in_recovery(): {error}"))
+            }
         }
     }
 }
@@ -60,7 +62,10 @@ async fn wait_for_status(
             return answer;
         }
         // Liveness never follows the database.
-        assert_eq!(get(client, addr, "/health/live").await.status, StatusCode::OK);
+        assert_eq!(
+            get(client, addr, "/health/live").await.status,
+            StatusCode::OK
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -91,13 +96,25 @@ async fn readiness_follows_the_primary_and_liveness_does_not() {
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
     let body = ready.json();
     assert_draft_body(&body);
-    assert_eq!(body["checks"]["postgres:role"][0]["observedValue"], "primary");
+    assert_eq!(
+        body["checks"]["postgres:role"][0]["observedValue"],
+        "primary"
+    );
 
     pg.primary().kill().expect("SIGKILL the primary");
-    let down =
-        wait_for_status(&client, addr, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(15))
-            .await;
-    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE, "{}", down.body);
+    let down = wait_for_status(
+        &client,
+        addr,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.body
+    );
     let body = down.json();
     assert_draft_body(&body);
     assert_eq!(body["status"], "fail");
@@ -105,8 +122,14 @@ async fn readiness_follows_the_primary_and_liveness_does_not() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(output.starts_with("primary: SELECT pg_is_in_recovery()"), "{output}");
-    assert_eq!(get(&client, addr, "/health/live").await.status, StatusCode::OK);
+    assert!(
+        output.starts_with("primary: SELECT pg_is_in_recovery()"),
+        "{output}"
+    );
+    assert_eq!(
+        get(&client, addr, "/health/live").await.status,
+        StatusCode::OK
+    );
 
     pg.primary().start().await.expect("restart the primary");
     let back = wait_for_status(&client, addr, StatusCode::OK, Duration::from_secs(20)).await;

@@ -202,6 +202,12 @@ mod tests {
         assert_eq!(result.status(), Status::Fail);
         let missing = &result.measurements()[1];
         assert_eq!(missing.component_id.as_deref(), Some("/no/such/dir"));
-        assert!(missing.output.as_deref().unwrap().starts_with("cannot resolve /no/such/dir"));
+        assert!(
+            missing
+                .output
+                .as_deref()
+                .unwrap()
+                .starts_with("cannot resolve /no/such/dir")
+        );
     }
 }

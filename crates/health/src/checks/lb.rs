@@ -194,10 +194,7 @@ mod tests {
         let _drained = set.drain(&"a:80".to_owned()).unwrap();
         let result = check.check().await;
         assert_eq!(result.status(), Status::Fail, "{result:?}");
-        assert_eq!(
-            result.output(),
-            Some("1 of 2 endpoints usable (minimum 2)")
-        );
+        assert_eq!(result.output(), Some("1 of 2 endpoints usable (minimum 2)"));
 
         let empty: EndpointSet<String> = EndpointSet::new();
         let result = EndpointsCheck::for_set("none", empty, EndpointThresholds::default())

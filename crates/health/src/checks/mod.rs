@@ -14,9 +14,9 @@ mod system;
 #[cfg(feature = "disk")]
 #[cfg_attr(docsrs, doc(cfg(feature = "disk")))]
 pub use disk::{DiskSpaceCheck, DiskThresholds};
-#[cfg(feature = "system")]
-#[cfg_attr(docsrs, doc(cfg(feature = "system")))]
-pub use system::{SystemCheck, SystemThresholds};
 #[cfg(feature = "lb-core")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lb-core")))]
 pub use lb::{EndpointThresholds, EndpointsCheck};
+#[cfg(feature = "system")]
+#[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+pub use system::{SystemCheck, SystemThresholds};

@@ -163,7 +163,11 @@ impl HealthCheck for SystemCheck {
             Some(memory) => result.push(
                 Measurement::new(
                     "memoryUtilization",
-                    grade(memory, limits.memory_warn_percent, limits.memory_fail_percent),
+                    grade(
+                        memory,
+                        limits.memory_warn_percent,
+                        limits.memory_fail_percent,
+                    ),
                 )
                 .observed(round1(memory), "percent"),
             ),

@@ -101,7 +101,10 @@ pub fn assert_draft_body(body: &Value) {
     let status = top["status"].as_str().expect("status is a string");
     assert!(STATUSES.contains(&status), "status {status}");
     for (field, value) in top {
-        assert!(TOP_LEVEL.contains(&field.as_str()), "unknown top-level field {field}");
+        assert!(
+            TOP_LEVEL.contains(&field.as_str()),
+            "unknown top-level field {field}"
+        );
         match field.as_str() {
             "version" | "releaseId" | "output" | "serviceId" | "description" => {
                 assert!(value.is_string(), "{field} must be a string")
@@ -117,14 +120,20 @@ pub fn assert_draft_body(body: &Value) {
         let mut parts = key.split(':');
         let component = parts.next().unwrap();
         assert!(!component.is_empty(), "empty component in {key}");
-        assert!(parts.next().is_none_or(|m| !m.is_empty()), "empty measurement in {key}");
+        assert!(
+            parts.next().is_none_or(|m| !m.is_empty()),
+            "empty measurement in {key}"
+        );
         assert!(parts.next().is_none(), "more than one ':' in {key}");
         let entries = entries.as_array().expect("check values are arrays");
         assert!(!entries.is_empty(), "{key} has no entries");
         for entry in entries {
             let entry = entry.as_object().expect("check entries are objects");
             for (field, value) in entry {
-                assert!(CHECK_FIELDS.contains(&field.as_str()), "unknown field {field} in {key}");
+                assert!(
+                    CHECK_FIELDS.contains(&field.as_str()),
+                    "unknown field {field} in {key}"
+                );
                 match field.as_str() {
                     "componentId" | "componentType" | "observedUnit" | "output" => {
                         assert!(value.is_string(), "{key}.{field} must be a string")
@@ -139,7 +148,10 @@ pub fn assert_draft_body(body: &Value) {
             }
             assert!(entry.contains_key("status"), "{key} entry without status");
             if entry.contains_key("observedUnit") {
-                assert!(entry.contains_key("observedValue"), "{key}: unit without value");
+                assert!(
+                    entry.contains_key("observedValue"),
+                    "{key}: unit without value"
+                );
             }
         }
     }
