@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::ewma::{EwmaConfig, EwmaEstimate};
+use crate::ewma::{EwmaConfig, EwmaEstimate, clock};
 use crate::health::{OutlierDetection, SlowStart};
 use crate::rng::SharedRng;
 
@@ -262,8 +262,9 @@ impl EndpointState {
         Duration::from_nanos(self.ewma.estimate_ns() as u64)
     }
 
-    pub(crate) fn ewma_decayed_ns(&self, now: Instant) -> f64 {
-        self.ewma.decayed_ns(now)
+    #[inline]
+    pub(crate) fn ewma_decayed_ns(&self, now_ns: u64) -> f64 {
+        self.ewma.decayed_ns(now_ns)
     }
 
     /// Requests completed since the endpoint was added, and how many of them failed.
@@ -330,6 +331,7 @@ impl EndpointState {
     }
 
     /// Takes an in-flight slot (and the probe slot of an ejected endpoint whose time is up).
+    #[inline]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         index: usize,
@@ -365,12 +367,13 @@ impl EndpointState {
         Some(InFlightGuard {
             state: Arc::clone(self),
             index,
-            start: Instant::now(),
+            start: clock::now(),
             probe,
             recorded: false,
         })
     }
 
+    #[inline]
     fn release_slot(&self) {
         let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if before == 1 && self.flags.load(Ordering::Relaxed) & DRAINING != 0 {
@@ -381,6 +384,7 @@ impl EndpointState {
         }
     }
 
+    #[inline]
     fn on_success(&self, probe: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.success.increment(1);
@@ -542,7 +546,7 @@ pub enum Outcome {
 pub struct InFlightGuard {
     state: Arc<EndpointState>,
     index: usize,
-    start: Instant,
+    start: quanta::Instant,
     probe: bool,
     recorded: bool,
 }
@@ -573,26 +577,21 @@ impl InFlightGuard {
         self.probe
     }
 
-    /// When the slot was taken.
-    pub fn started(&self) -> Instant {
-        self.start
+    /// Time since the slot was taken.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     /// Records the outcome and the latency since the slot was taken, then frees the slot.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
-        let now = Instant::now();
+        let now = clock::now();
         let latency = now.saturating_duration_since(self.start);
         self.state.metrics.latency.record(latency.as_secs_f64());
+        self.state.ewma.observe(latency, clock::ns_at(now));
         match outcome {
-            Outcome::Success => {
-                self.state.ewma.observe(latency, now);
-                self.state.on_success(self.probe);
-            }
-            Outcome::Failure => {
-                // A failure says nothing good about latency: count it as at least the estimate.
-                self.state.ewma.observe(latency, now);
-                self.state.on_failure(self.probe);
-            }
+            Outcome::Success => self.state.on_success(self.probe),
+            Outcome::Failure => self.state.on_failure(self.probe),
         }
         self.recorded = true;
     }
@@ -609,6 +608,7 @@ impl InFlightGuard {
 }
 
 impl Drop for InFlightGuard {
+    #[inline]
     fn drop(&mut self) {
         if self.probe && !self.recorded {
             self.state.passive.lock().probe_in_flight = false;

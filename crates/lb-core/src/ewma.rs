@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::Deserialize;
-use tokio::time::Instant;
 
 /// Settings of the Peak-EWMA latency estimate (the estimator of Finagle and `tower::load::PeakEwma`).
 ///
@@ -36,60 +36,109 @@ impl Default for EwmaConfig {
 /// Per-endpoint latency estimate: jumps up to a slower sample at once ("peak"), and decays
 /// towards faster samples exponentially with time, so a slow endpoint is avoided immediately and
 /// regains traffic gradually.
+///
+/// Lock-free: two relaxed atomics. Concurrent samples may overwrite each other, which only loses a
+/// sample of an estimate; it keeps the request path free of locks.
 #[derive(Debug)]
 pub(crate) struct EwmaEstimate {
-    inner: Mutex<EwmaInner>,
-}
-
-#[derive(Debug)]
-struct EwmaInner {
-    cost_ns: f64,
-    stamp: Instant,
+    cost_bits: AtomicU64,
+    stamp_ns: AtomicU64,
     decay_ns: f64,
 }
 
 impl EwmaEstimate {
     pub(crate) fn new(config: &EwmaConfig) -> Self {
         Self {
-            inner: Mutex::new(EwmaInner {
-                cost_ns: config.default_rtt.as_nanos() as f64,
-                stamp: Instant::now(),
-                decay_ns: (config.decay.as_nanos() as f64).max(1.0),
-            }),
+            cost_bits: AtomicU64::new(nanos(config.default_rtt).to_bits()),
+            stamp_ns: AtomicU64::new(clock::now_ns()),
+            decay_ns: nanos(config.decay).max(1.0),
         }
     }
 
-    /// Adds one round-trip sample.
-    pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
-        let rtt_ns = rtt.as_nanos() as f64;
-        let mut inner = self.inner.lock();
-        let elapsed = now.saturating_duration_since(inner.stamp).as_nanos() as f64;
-        inner.stamp = now;
-        if rtt_ns > inner.cost_ns {
-            inner.cost_ns = rtt_ns;
+    /// Adds one round-trip sample taken at `now_ns` (see [`clock::now_ns`]).
+    #[inline]
+    pub(crate) fn observe(&self, rtt: Duration, now_ns: u64) {
+        let rtt_ns = nanos(rtt);
+        let cost = f64::from_bits(self.cost_bits.load(Ordering::Relaxed));
+        let stamp = self.stamp_ns.load(Ordering::Relaxed);
+        self.stamp_ns.store(now_ns, Ordering::Relaxed);
+        let next = if rtt_ns > cost {
+            rtt_ns
         } else {
-            let w = (-elapsed / inner.decay_ns).exp();
-            inner.cost_ns = inner.cost_ns * w + rtt_ns * (1.0 - w);
-        }
+            let w = decay_weight(now_ns.saturating_sub(stamp) as f64 / self.decay_ns);
+            cost * w + rtt_ns * (1.0 - w)
+        };
+        self.cost_bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
     /// The estimate in nanoseconds as of the last sample.
     pub(crate) fn estimate_ns(&self) -> f64 {
-        self.inner.lock().cost_ns
+        f64::from_bits(self.cost_bits.load(Ordering::Relaxed))
     }
 
-    /// The estimate decayed to `now` as if a zero-latency sample arrived, so an endpoint that
+    /// The estimate decayed to `now_ns` as if a zero-latency sample arrived, so an endpoint that
     /// got no traffic since a slow answer is tried again eventually (as `tower::load` does).
-    pub(crate) fn decayed_ns(&self, now: Instant) -> f64 {
-        let inner = self.inner.lock();
-        let elapsed = now.saturating_duration_since(inner.stamp).as_nanos() as f64;
-        inner.cost_ns * (-elapsed / inner.decay_ns).exp()
+    #[inline]
+    pub(crate) fn decayed_ns(&self, now_ns: u64) -> f64 {
+        let stamp = self.stamp_ns.load(Ordering::Relaxed);
+        self.estimate_ns() * decay_weight(now_ns.saturating_sub(stamp) as f64 / self.decay_ns)
+    }
+}
+
+/// The latency clock: `quanta` (TSC-based, a few ns per read instead of a `clock_gettime` call),
+/// since every request reads it twice.
+pub(crate) mod clock {
+    use std::sync::OnceLock;
+
+    static EPOCH: OnceLock<quanta::Instant> = OnceLock::new();
+
+    /// Now.
+    #[inline]
+    pub(crate) fn now() -> quanta::Instant {
+        quanta::Instant::now()
+    }
+
+    /// Nanoseconds from a process-wide epoch to `at`.
+    #[inline]
+    pub(crate) fn ns_at(at: quanta::Instant) -> u64 {
+        let epoch = *EPOCH.get_or_init(quanta::Instant::now);
+        u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Nanoseconds from a process-wide epoch to now.
+    #[inline]
+    pub(crate) fn now_ns() -> u64 {
+        ns_at(now())
+    }
+}
+
+/// Nanoseconds as `f64` without a 128-bit conversion.
+#[inline]
+fn nanos(d: Duration) -> f64 {
+    d.as_secs() as f64 * 1e9 + f64::from(d.subsec_nanos())
+}
+
+/// `e^-x` for `x >= 0`; samples usually arrive far apart from the decay time, where a short
+/// series is exact to 1e-12 and much cheaper than `exp`.
+#[inline]
+fn decay_weight(x: f64) -> f64 {
+    if x < 1e-3 {
+        1.0 - x + x * x * 0.5 - x * x * x / 6.0
+    } else {
+        (-x).exp()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decay_weight_matches_exp() {
+        for x in [0.0, 1e-9, 1e-6, 5e-4, 9.9e-4, 1e-3, 0.5, 3.0] {
+            assert!((decay_weight(x) - (-x as f64).exp()).abs() < 1e-12, "{x}");
+        }
+    }
 
     #[test]
     fn peaks_at_once_and_decays_slowly() {

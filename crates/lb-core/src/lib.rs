@@ -26,6 +26,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod balancer;
 mod endpoint;
 pub mod error;
 mod ewma;
@@ -35,6 +36,10 @@ mod rng;
 mod set;
 mod snapshot;
 
+pub use balancer::{
+    Balancer, BalancerBuilder, BoxError, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures, ResponseFuture,
+    RetryConfig, RetryPolicy,
+};
 pub use endpoint::{EndpointState, EndpointStatus, InFlightGuard, Outcome};
 pub use error::{Error, PickError};
 pub use ewma::EwmaConfig;

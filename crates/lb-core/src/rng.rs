@@ -10,8 +10,9 @@ use rand::TryRng;
 /// Policies are shared by `&self` across threads, so a `Mutex<SmallRng>` would serialise every
 /// pick. Instead the state is one atomic counter advanced by a fixed odd step, and each draw is the
 /// SplitMix64 finaliser of the counter (the generator `rand` itself uses to expand `u64` seeds).
-/// Draws are lock-free, deterministic for a seed when used from one thread, and statistically good
-/// enough for load balancing (not for cryptography).
+/// The counter is advanced with a relaxed load and store, not a locked read-modify-write: two
+/// threads racing may draw the same number, which is harmless for load balancing and keeps a
+/// draw to a few cycles. Deterministic for a seed when used from one thread; not for cryptography.
 #[derive(Debug)]
 pub struct SharedRng {
     state: AtomicU64,
@@ -35,10 +36,8 @@ impl SharedRng {
     /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&self) -> u64 {
-        let mut z = self
-            .state
-            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
-            .wrapping_add(GOLDEN_GAMMA);
+        let mut z = self.state.load(Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA);
+        self.state.store(z, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)

@@ -1,5 +1,3 @@
-use tokio::time::Instant;
-
 use super::Pick;
 use crate::rng::SharedRng;
 use crate::snapshot::{Candidates, PickContext};
@@ -76,7 +74,7 @@ impl Pick for PeakEwma {
         if a == b {
             return Some(a);
         }
-        let now = Instant::now();
+        let now = crate::ewma::clock::now_ns();
         let cost = |i| {
             c.state(i).map_or(f64::INFINITY, |s| {
                 s.ewma_decayed_ns(now).max(1.0) * (s.in_flight() as f64 + 1.0)

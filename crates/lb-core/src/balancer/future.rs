@@ -1,0 +1,165 @@
+//! The response future of [`Balancer`](crate::Balancer).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{BoxError, Classifier};
+use crate::endpoint::InFlightGuard;
+
+type BoxedResponse<Res> = Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>;
+
+pin_project! {
+    /// Response future of [`Balancer`](crate::Balancer).
+    ///
+    /// A request without retries that found an endpoint at once is driven here without boxing
+    /// (drive the endpoint to readiness, call it, record the outcome); retries and the wait for a
+    /// free slot run in a boxed future.
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Ready {
+            service: S,
+            req: Option<Req>,
+            guard: Option<InFlightGuard>,
+            classify: Option<Classifier<S::Response, S::Error>>,
+            span: tracing::Span,
+        },
+        Called {
+            #[pin]
+            fut: S::Future,
+            guard: Option<InFlightGuard>,
+            classify: Option<Classifier<S::Response, S::Error>>,
+            span: tracing::Span,
+        },
+        Boxed {
+            fut: BoxedResponse<S::Response>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
+    pub(super) fn ready(
+        service: S,
+        req: Req,
+        guard: InFlightGuard,
+        classify: Classifier<S::Response, S::Error>,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            state: State::Ready {
+                service,
+                req: Some(req),
+                guard: Some(guard),
+                classify: Some(classify),
+                span,
+            },
+        }
+    }
+
+    pub(super) fn boxed(fut: BoxedResponse<S::Response>) -> Self {
+        Self {
+            state: State::Boxed { fut },
+        }
+    }
+
+    pub(super) fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+/// Polled again after it completed.
+#[derive(Debug)]
+struct PolledAfterCompletion;
+
+impl fmt::Display for PolledAfterCompletion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("balancer response future polled after completion")
+    }
+}
+
+impl std::error::Error for PolledAfterCompletion {}
+
+impl<S, Req> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Ready {
+                    service,
+                    req,
+                    guard,
+                    classify,
+                    span,
+                } => {
+                    let entered = span.enter();
+                    let ready = ready!(service.poll_ready(cx));
+                    let (Some(req), Some(guard_taken), Some(inner_taken)) = (req.take(), guard.take(), classify.take())
+                    else {
+                        return Poll::Ready(Err(PolledAfterCompletion.into()));
+                    };
+                    if let Err(error) = ready {
+                        guard_taken.record(inner_taken.classify(Err(&error)));
+                        drop(entered);
+                        state.set(State::Failed { error: None });
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    let fut = service.call(req);
+                    drop(entered);
+                    let span = std::mem::replace(span, tracing::Span::none());
+                    state.set(State::Called {
+                        fut,
+                        guard: Some(guard_taken),
+                        classify: Some(inner_taken),
+                        span,
+                    });
+                }
+                StateProj::Called { fut, guard, classify, span } => {
+                    let _entered = span.enter();
+                    let result = ready!(fut.poll(cx));
+                    if let (Some(guard), Some(classify)) = (guard.take(), classify.take()) {
+                        guard.record(classify.classify(result.as_ref()));
+                    }
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Boxed { fut } => return fut.as_mut().poll(cx),
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(|| PolledAfterCompletion.into())));
+                }
+            }
+        }
+    }
+}

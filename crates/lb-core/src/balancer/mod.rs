@@ -1,0 +1,459 @@
+//! [`Balancer`]: a `tower::Service` that spreads requests over an [`EndpointSet`].
+
+mod future;
+mod retry;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use tower::discover::{Change, Discover};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower_service::Service;
+use tracing::Instrument;
+
+pub use future::ResponseFuture;
+pub use retry::{Classify, ErrorsAreFailures, RetryConfig, RetryPolicy};
+
+use crate::error::{Error, PickError};
+use crate::ewma::EwmaConfig;
+use crate::health::{OutlierDetection, SlowStart};
+use crate::policy::Policy;
+use crate::set::{EndpointKey, EndpointSet};
+use crate::snapshot::{EndpointInfo, PickContext, RequestKey};
+
+/// Boxed error, as tower layers that add failure modes return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type KeyFn<Req> = dyn Fn(&Req) -> Option<RequestKey> + Send + Sync;
+
+/// Load balancer over endpoint services, shared by `&self`: clone it freely (one `Arc`), no
+/// `Buffer` needed. Each call picks an endpoint with the [`Policy`], clones that endpoint's service,
+/// drives it to readiness and calls it; the in-flight slot, latency and outcome feed the
+/// endpoint's state. Failures of the pick are [`PickError`](crate::PickError)s (boxed).
+///
+/// Endpoint services must be `Clone` (as hyper clients and axum routers are): cloning is how
+/// many concurrent callers use one endpoint without `&mut` access.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use herd_lb_core::{Balancer, P2c};
+/// use tower::{service_fn, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let echo = |name: &'static str| service_fn(move |req: u32| async move { Ok::<_, Infallible>((name, req)) });
+/// let balancer = Balancer::builder().policy(P2c::seeded(1)).build().unwrap();
+/// balancer.insert("a", echo("a"), 1.0).unwrap();
+/// balancer.insert("b", echo("b"), 1.0).unwrap();
+/// let (name, n) = balancer.clone().oneshot(7).await.unwrap();
+/// assert!(name == "a" || name == "b");
+/// assert_eq!(n, 7);
+/// # }
+/// ```
+pub struct Balancer<K, S, Req>
+where
+    S: Service<Req>,
+{
+    inner: Arc<Inner<K, S, Req>>,
+}
+
+struct Inner<K, S, Req>
+where
+    S: Service<Req>,
+{
+    set: EndpointSet<K, S>,
+    policy: Policy,
+    queue_timeout: Duration,
+    key: Option<Box<KeyFn<Req>>>,
+    classify: Classifier<S::Response, S::Error>,
+    retry: Option<Retry<Req, S::Response, S::Error>>,
+}
+
+/// The default classifier costs nothing to carry into a response future; a custom one is shared.
+pub(crate) enum Classifier<Res, E> {
+    Default,
+    Custom(Arc<dyn Classify<Res, E>>),
+}
+
+impl<Res, E> Clone for Classifier<Res, E> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Default => Self::Default,
+            Self::Custom(c) => Self::Custom(Arc::clone(c)),
+        }
+    }
+}
+
+impl<Res, E> Classifier<Res, E> {
+    #[inline]
+    pub(crate) fn classify(&self, result: Result<&Res, &E>) -> crate::Outcome {
+        match self {
+            Self::Default => ErrorsAreFailures.classify(result),
+            Self::Custom(c) => c.classify(result),
+        }
+    }
+}
+
+struct Retry<Req, Res, E> {
+    max_attempts: u32,
+    policy: Box<dyn RetryPolicy<Req, Res, E>>,
+    budget: TpsBudget,
+}
+
+impl<K, S: Service<Req>, Req> Clone for Balancer<K, S, Req> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K: fmt::Debug, S: Service<Req>, Req> fmt::Debug for Balancer<K, S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("policy", &self.inner.policy)
+            .field("set", &self.inner.set)
+            .field("queue_timeout", &self.inner.queue_timeout)
+            .field("retries", &self.inner.retry.as_ref().map(|r| r.max_attempts))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`Balancer`]; from [`Balancer::builder`].
+pub struct BalancerBuilder<Req, Res, E> {
+    policy: Policy,
+    outlier: OutlierDetection,
+    slow_start: Option<SlowStart>,
+    ewma: EwmaConfig,
+    max_in_flight: Option<usize>,
+    queue_timeout: Duration,
+    seed: Option<u64>,
+    key: Option<Box<KeyFn<Req>>>,
+    classify: Classifier<Res, E>,
+    retry: Option<(RetryConfig, Box<dyn RetryPolicy<Req, Res, E>>)>,
+}
+
+impl<Req, Res, E> fmt::Debug for BalancerBuilder<Req, Res, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancerBuilder")
+            .field("policy", &self.policy)
+            .field("outlier", &self.outlier)
+            .field("slow_start", &self.slow_start)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("queue_timeout", &self.queue_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default bounded wait for a free endpoint slot before [`PickError::Overloaded`](crate::PickError).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl<Req, Res, E> Default for BalancerBuilder<Req, Res, E> {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            outlier: OutlierDetection::default(),
+            slow_start: None,
+            ewma: EwmaConfig::default(),
+            max_in_flight: None,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            seed: None,
+            key: None,
+            classify: Classifier::Default,
+            retry: None,
+        }
+    }
+}
+
+impl<Req, Res, E> BalancerBuilder<Req, Res, E> {
+    /// Selection policy (default: [`P2c`](crate::P2c)).
+    pub fn policy(mut self, policy: impl Into<Policy>) -> Self {
+        self.policy = policy.into();
+        self
+    }
+
+    /// Passive health (default: eject after 5 consecutive failures).
+    pub fn outlier_detection(mut self, outlier: OutlierDetection) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Slow start for new and recovered endpoints (default: off).
+    pub fn slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// Peak-EWMA settings.
+    pub fn ewma(mut self, ewma: EwmaConfig) -> Self {
+        self.ewma = ewma;
+        self
+    }
+
+    /// Per-endpoint concurrency cap for inserted endpoints (default: unlimited).
+    pub fn max_in_flight(mut self, max: Option<usize>) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// How long a request waits for a slot when every endpoint is at its cap (default 1 s).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Fixed seed for ejection jitter (policies take their own seeds).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Request key for consistent hashing (client IP, header, cookie, any closure).
+    pub fn key(mut self, key: impl Fn(&Req) -> Option<RequestKey> + Send + Sync + 'static) -> Self {
+        self.key = Some(Box::new(key));
+        self
+    }
+
+    /// What counts as a failure (default: [`ErrorsAreFailures`]).
+    pub fn classify(mut self, classify: impl Classify<Res, E> + 'static) -> Self {
+        self.classify = Classifier::Custom(Arc::new(classify));
+        self
+    }
+
+    /// Retries on another endpoint, for the requests `policy` allows, within `config`'s budget.
+    pub fn retry(mut self, config: RetryConfig, policy: impl RetryPolicy<Req, Res, E> + 'static) -> Self {
+        self.retry = Some((config, Box::new(policy)));
+        self
+    }
+
+    /// Builds an empty balancer; add endpoints with [`Balancer::insert`] or
+    /// [`Balancer::discover`]. Invalid retry settings are refused with the field named.
+    pub fn build<K, S>(self) -> Result<Balancer<K, S, Req>, Error>
+    where
+        K: EndpointKey,
+        S: Service<Req, Response = Res, Error = E>,
+    {
+        if let Some((config, _)) = &self.retry {
+            config.validate()?;
+        }
+        let mut set = EndpointSet::<K, S>::builder()
+            .outlier_detection(self.outlier)
+            .slow_start(self.slow_start)
+            .ewma(self.ewma)
+            .max_in_flight(self.max_in_flight);
+        if let Some(seed) = self.seed {
+            set = set.seed(seed);
+        }
+        let retry = self.retry.and_then(|(config, policy)| {
+            (config.max_attempts > 1).then(|| Retry {
+                max_attempts: config.max_attempts,
+                policy,
+                budget: TpsBudget::new(
+                    config.budget_window,
+                    config.min_retries_per_second,
+                    config.budget_percent / 100.0,
+                ),
+            })
+        });
+        Ok(Balancer {
+            inner: Arc::new(Inner {
+                set: set.build(),
+                policy: self.policy,
+                queue_timeout: self.queue_timeout,
+                key: self.key,
+                classify: self.classify,
+                retry,
+            }),
+        })
+    }
+}
+
+impl<K, S, Req> Balancer<K, S, Req>
+where
+    K: EndpointKey,
+    S: Service<Req>,
+{
+    /// Settings for a new balancer.
+    pub fn builder() -> BalancerBuilder<Req, S::Response, S::Error> {
+        BalancerBuilder::default()
+    }
+
+    /// The endpoint set (membership, snapshots, per-endpoint state).
+    pub fn set(&self) -> &EndpointSet<K, S> {
+        &self.inner.set
+    }
+
+    /// The selection policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// Every endpoint's key, weight, health, ejection, in-flight count and latency estimate.
+    pub fn endpoints(&self) -> Vec<EndpointInfo<K>> {
+        self.inner.set.endpoints()
+    }
+
+    /// Adds an endpoint or replaces its service and weight (keeping its state).
+    pub fn insert(&self, key: K, service: S, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        self.inner.set.insert(key, service, weight)
+    }
+
+    /// Removes an endpoint at once; see [`drain`](Self::drain) for a graceful removal.
+    pub fn remove(&self, key: &K) -> bool
+    where
+        S: Clone,
+    {
+        self.inner.set.remove(key)
+    }
+
+    /// Changes an endpoint's weight.
+    pub fn set_weight(&self, key: &K, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        self.inner.set.set_weight(key, weight)
+    }
+
+    /// No new requests to `key`; the future resolves once its in-flight requests finish, and
+    /// removes it.
+    pub fn drain(&self, key: &K) -> Result<impl Future<Output = ()> + Send + 'static, Error>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        self.inner.set.drain(key)
+    }
+
+    /// Follows a `tower::discover::Discover` stream: inserts (weight 1) and removes endpoints as
+    /// it reports them. Spawn the returned future; it ends when the stream ends or fails
+    /// (returning the stream's error), or when the balancer is dropped.
+    pub fn discover<D>(&self, discover: D) -> impl Future<Output = Result<(), D::Error>> + Send + 'static
+    where
+        D: Discover<Key = K, Service = S> + Send + 'static,
+        S: Clone + Send + Sync + 'static,
+        Req: 'static,
+        S::Response: 'static,
+        S::Error: 'static,
+    {
+        let weak = Arc::downgrade(&self.inner);
+        async move {
+            let mut discover = std::pin::pin!(discover);
+            loop {
+                let change = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await;
+                let Some(inner) = weak.upgrade() else { return Ok(()) };
+                match change {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(Change::Insert(key, service))) => {
+                        if let Err(err) = inner.set.insert(key, service, 1.0) {
+                            tracing::warn!(%err, "discovery: insert refused");
+                        }
+                    }
+                    Some(Ok(Change::Remove(key))) => {
+                        inner.set.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<K, S, Req> Service<Req> for Balancer<K, S, Req>
+where
+    K: EndpointKey,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req>;
+
+    /// Always ready: readiness is decided per endpoint inside the call, so one slow endpoint
+    /// never blocks the balancer (a pick that finds none fails with a typed error instead).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let inner = &self.inner;
+        if inner.retry.is_none() {
+            // Fast path: pick now; only a full set needs the boxed, waiting path.
+            let key = inner.key.as_ref().and_then(|f| f(&req));
+            let ctx = PickContext::new().with_key(key);
+            match inner.set.pick(&inner.policy, &ctx) {
+                Ok(picked) => {
+                    let span = tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt = 1u32);
+                    return ResponseFuture::ready(picked.service, req, picked.guard, inner.classify.clone(), span);
+                }
+                Err(PickError::Overloaded { .. }) if !inner.queue_timeout.is_zero() => {}
+                Err(error) => return ResponseFuture::failed(error.into()),
+            }
+        }
+        let inner = Arc::clone(inner);
+        ResponseFuture::boxed(Box::pin(async move { inner.route(req).await }))
+    }
+}
+
+impl<K, S, Req> Inner<K, S, Req>
+where
+    K: EndpointKey,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    Req: Send + 'static,
+{
+    async fn route(&self, mut req: Req) -> Result<S::Response, BoxError> {
+        let key = self.key.as_ref().and_then(|f| f(&req));
+        if let Some(retry) = &self.retry {
+            retry.budget.deposit();
+        }
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempt: u32 = 1;
+        loop {
+            let spare = match &self.retry {
+                Some(r) if attempt < r.max_attempts => r.policy.clone_request(&req),
+                _ => None,
+            };
+            let ctx = PickContext::new().with_key(key).excluding(&tried);
+            // The common case picks synchronously; only a full set waits (bounded) for a slot.
+            let picked = match self.set.pick(&self.policy, &ctx) {
+                Err(PickError::Overloaded { .. }) if !self.queue_timeout.is_zero() => {
+                    self.set.pick_wait(&self.policy, &ctx, self.queue_timeout).await?
+                }
+                other => other?,
+            };
+            let index = picked.guard.index();
+            let span = tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt);
+            let mut service = picked.service;
+            let result = async {
+                poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(req).await
+            }
+            .instrument(span)
+            .await;
+            picked.guard.record(self.classify.classify(result.as_ref()));
+            if let (Some(retry), Some(next)) = (&self.retry, spare)
+                && retry.policy.should_retry(&next, result.as_ref())
+            {
+                if retry.budget.withdraw() {
+                    tracing::debug!(attempt, "retrying on another endpoint");
+                    tried.push(index);
+                    attempt += 1;
+                    req = next;
+                    continue;
+                }
+                tracing::debug!(attempt, "retry budget exhausted");
+            }
+            return result.map_err(Into::into);
+        }
+    }
+}
