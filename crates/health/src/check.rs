@@ -267,6 +267,15 @@ impl CheckResult {
         self.status = self.status.max(status);
     }
 
+    /// Replaces the overall status and output (flap damping in the registry).
+    pub(crate) fn override_status(&mut self, status: Status, output: String) {
+        self.status = status;
+        self.output = Some(match self.output.take() {
+            Some(original) => format!("{original} ({output})"),
+            None => output,
+        });
+    }
+
     /// The overall status: the worst of the initial status and every measurement.
     pub fn status(&self) -> Status {
         self.status

@@ -35,6 +35,12 @@ pub struct HealthConfig {
     /// Default 1 s.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Consecutive failing runs before a check reports `fail` (earlier ones report `warn`),
+    /// unless its registration sets one. Default 1 (fail at once).
+    pub failure_threshold: u32,
+    /// Consecutive passing runs before a failed check reports healthy again, unless its
+    /// registration sets one. Default 1 (recover at once).
+    pub success_threshold: u32,
     /// When set, [`Health::spawn_background_refresh`](crate::Health::spawn_background_refresh)
     /// re-runs every check at this interval, so probes never wait for a check. Default: unset
     /// (checks run when a probe finds the cached result older than the TTL).
@@ -73,6 +79,8 @@ impl Default for HealthConfig {
         HealthConfig {
             check_timeout: Duration::from_millis(500),
             cache_ttl: Duration::from_secs(1),
+            failure_threshold: 1,
+            success_threshold: 1,
             refresh_interval: None,
             show_details: ShowDetails::Never,
             details_token: None,

@@ -43,6 +43,8 @@ struct Inner {
     draining: AtomicBool,
     broken: ArcSwapOption<String>,
     booted: Instant,
+    /// The deep report after each background refresh (ASP.NET Core's health publishers).
+    published: tokio::sync::watch::Sender<Option<Arc<HealthReport>>>,
     #[cfg(feature = "prometheus")]
     metrics: Option<crate::prometheus::PrometheusMetrics>,
 }
@@ -147,12 +149,7 @@ impl HealthBuilder {
                     name: check.name().to_owned(),
                 });
             }
-            checks.push(Arc::new(Registered::new(
-                check,
-                options,
-                config.check_timeout,
-                config.cache_ttl,
-            )));
+            checks.push(Arc::new(Registered::new(check, options, &config)));
         }
         let mut groups = config.groups.clone();
         groups
@@ -167,6 +164,7 @@ impl HealthBuilder {
                 draining: AtomicBool::new(false),
                 broken: ArcSwapOption::empty(),
                 booted: Instant::now(),
+                published: tokio::sync::watch::Sender::new(None),
                 #[cfg(feature = "prometheus")]
                 metrics: self.metrics,
             }),
@@ -199,6 +197,14 @@ fn validate(config: &HealthConfig) -> Result<(), Error> {
         return Err(Error::ZeroDuration {
             field: "refresh_interval",
             value: interval,
+        });
+    }
+    if config.show_details == crate::config::ShowDetails::WhenAuthorized
+        && config.details_token.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(Error::InvalidConfig {
+            field: "details_token",
+            reason: "show_details = when-authorized needs a non-empty token".to_owned(),
         });
     }
     for name in config.groups.keys() {
@@ -356,10 +362,28 @@ impl Health {
         futures_util::future::join_all(runs).await;
     }
 
+    /// The last outcome of the check called `name`, however old, or `None` if it never ran
+    /// (or no such check exists). Does not run the check.
+    pub fn last_outcome(&self, name: &str) -> Option<Arc<crate::registry::Outcome>> {
+        self.inner
+            .checks
+            .iter()
+            .find(|registered| &*registered.name == name)
+            .and_then(|registered| registered.last())
+    }
+
+    /// Receives the deep report (with details) after every background refresh, to publish it
+    /// elsewhere (logs, a status page, a message bus), like ASP.NET Core's health check
+    /// publishers. Holds `None` until the first refresh.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<HealthReport>>> {
+        self.inner.published.subscribe()
+    }
+
     /// Spawns a task that re-runs every check each `refresh_interval` (from the config), so
-    /// probes are answered from results at most one interval old without waiting for a check.
-    /// The task stops when the last clone of this `Health` is dropped. Returns `None` when
-    /// `refresh_interval` is not configured.
+    /// probes are answered from results at most one interval old without waiting for a check,
+    /// and publishes the deep report to [`subscribe`](Self::subscribe)rs, logging each change
+    /// of the overall status. The task stops when the last clone of this `Health` is dropped.
+    /// Returns `None` when `refresh_interval` is not configured.
     ///
     /// # Errors
     ///
@@ -380,9 +404,24 @@ impl Health {
                 let Some(inner) = weak.upgrade() else {
                     break;
                 };
-                Health { inner }.refresh_all().await;
+                let health = Health { inner };
+                health.refresh_all().await;
+                health.publish().await;
             }
         })))
+    }
+
+    async fn publish(&self) {
+        let report = Arc::new(self.report(Probe::Deep, true).await);
+        let previous = self.inner.published.send_replace(Some(Arc::clone(&report)));
+        let before = previous.map(|previous| previous.status);
+        if before != Some(report.status) {
+            tracing::info!(
+                from = before.map_or("none", Status::as_str),
+                to = report.status.as_str(),
+                "overall health changed"
+            );
+        }
     }
 
     #[cfg(feature = "prometheus")]
@@ -614,6 +653,19 @@ mod tests {
             bad_path,
             Err(Error::InvalidConfig {
                 field: "base_path",
+                ..
+            })
+        ));
+        let tokenless = Health::builder()
+            .config(HealthConfig {
+                show_details: crate::config::ShowDetails::WhenAuthorized,
+                ..HealthConfig::default()
+            })
+            .build();
+        assert!(matches!(
+            tokenless,
+            Err(Error::InvalidConfig {
+                field: "details_token",
                 ..
             })
         ));

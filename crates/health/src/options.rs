@@ -6,8 +6,9 @@ use std::time::Duration;
 
 /// How a registered check takes part in the endpoints.
 ///
-/// Defaults: critical, no tags, timeout and cache TTL taken from
-/// [`HealthConfig`](crate::HealthConfig) (`check_timeout`, 500 ms; `cache_ttl`, 1 s).
+/// Defaults: critical, no tags, timeout, cache TTL and thresholds taken from
+/// [`HealthConfig`](crate::HealthConfig) (`check_timeout`, 500 ms; `cache_ttl`, 1 s;
+/// `failure_threshold` and `success_threshold`, 1).
 ///
 /// - A **critical** check that fails makes `/health/ready` and `/health` fail (503). A
 ///   non-critical one only ever makes them `warn` (200), like ASP.NET Core's
@@ -20,6 +21,8 @@ pub struct CheckOptions {
     pub(crate) tags: BTreeSet<Cow<'static, str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cache_ttl: Option<Duration>,
+    pub(crate) failure_threshold: Option<u32>,
+    pub(crate) success_threshold: Option<u32>,
 }
 
 impl Default for CheckOptions {
@@ -36,6 +39,8 @@ impl CheckOptions {
             tags: BTreeSet::new(),
             timeout: None,
             cache_ttl: None,
+            failure_threshold: None,
+            success_threshold: None,
         }
     }
 
@@ -77,6 +82,23 @@ impl CheckOptions {
     /// Sets how long this check's last result is served before the check runs again.
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = Some(ttl);
+        self
+    }
+
+    /// Sets how many consecutive failing runs it takes before the check reports `fail`
+    /// (earlier failures report `warn`), like a load balancer's unhealthy threshold or a
+    /// Docker health check's `retries`: one slow query does not take the instance out.
+    /// Values below 1 count as 1.
+    pub fn failure_threshold(mut self, runs: u32) -> Self {
+        self.failure_threshold = Some(runs.max(1));
+        self
+    }
+
+    /// Sets how many consecutive passing runs a failed check needs before it reports healthy
+    /// again (until then it keeps reporting `fail`), like a load balancer's healthy threshold:
+    /// a flapping dependency does not flap readiness. Values below 1 count as 1.
+    pub fn success_threshold(mut self, runs: u32) -> Self {
+        self.success_threshold = Some(runs.max(1));
         self
     }
 

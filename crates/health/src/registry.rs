@@ -31,6 +31,10 @@ pub(crate) struct Registered {
     pub(crate) options: CheckOptions,
     timeout: Duration,
     ttl: Duration,
+    failure_threshold: u32,
+    success_threshold: u32,
+    /// Consecutive failures/successes, for the thresholds.
+    streak: std::sync::Mutex<Streak>,
     latest: ArcSwapOption<Outcome>,
     /// Held while a run is in flight; waiters share that run's outcome.
     refreshing: tokio::sync::Mutex<()>,
@@ -50,18 +54,71 @@ impl std::fmt::Debug for Registered {
     }
 }
 
+/// Where a check stands against its failure and success thresholds.
+#[derive(Debug, Default)]
+struct Streak {
+    failures: u32,
+    successes: u32,
+    /// Reporting `fail` until `success_threshold` passes in a row.
+    failed: bool,
+}
+
+impl Streak {
+    /// Applies the thresholds to a run's result: early failures are reported as `warn`, and
+    /// passes right after a failure keep reporting `fail` until enough of them in a row.
+    fn damp(&mut self, result: &mut CheckResult, failure_threshold: u32, success_threshold: u32) {
+        if result.status() == Status::Fail {
+            self.failures = self.failures.saturating_add(1);
+            self.successes = 0;
+            if self.failures >= failure_threshold {
+                self.failed = true;
+            } else {
+                result.override_status(
+                    Status::Warn,
+                    format!(
+                        "failure {} of {} before the check fails",
+                        self.failures, failure_threshold
+                    ),
+                );
+            }
+        } else {
+            self.successes = self.successes.saturating_add(1);
+            self.failures = 0;
+            if self.failed && self.successes >= success_threshold {
+                self.failed = false;
+            } else if self.failed {
+                result.override_status(
+                    Status::Fail,
+                    format!(
+                        "recovering: {} of {} passing runs",
+                        self.successes, success_threshold
+                    ),
+                );
+            }
+        }
+    }
+}
+
 impl Registered {
     pub(crate) fn new(
         check: Arc<dyn HealthCheck>,
         options: CheckOptions,
-        default_timeout: Duration,
-        default_ttl: Duration,
+        defaults: &crate::config::HealthConfig,
     ) -> Self {
         Registered {
             name: Arc::from(check.name()),
             component_type: check.component_type(),
-            timeout: options.timeout.unwrap_or(default_timeout),
-            ttl: options.cache_ttl.unwrap_or(default_ttl),
+            timeout: options.timeout.unwrap_or(defaults.check_timeout),
+            ttl: options.cache_ttl.unwrap_or(defaults.cache_ttl),
+            failure_threshold: options
+                .failure_threshold
+                .unwrap_or(defaults.failure_threshold)
+                .max(1),
+            success_threshold: options
+                .success_threshold
+                .unwrap_or(defaults.success_threshold)
+                .max(1),
+            streak: std::sync::Mutex::new(Streak::default()),
             options,
             check,
             latest: ArcSwapOption::empty(),
@@ -140,8 +197,17 @@ impl Registered {
         }
     }
 
-    fn store(&self, result: CheckResult, started: Instant, time: SystemTime) -> Arc<Outcome> {
+    /// The last outcome, whatever its age.
+    pub(crate) fn last(&self) -> Option<Arc<Outcome>> {
+        self.latest.load_full()
+    }
+
+    fn store(&self, mut result: CheckResult, started: Instant, time: SystemTime) -> Arc<Outcome> {
         let duration = started.elapsed();
+        self.streak
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .damp(&mut result, self.failure_threshold, self.success_threshold);
         let status = result.status();
         if status != Status::Pass {
             tracing::warn!(
@@ -197,9 +263,8 @@ mod tests {
         });
         let registered = Registered::new(
             Arc::new(check),
-            CheckOptions::new(),
-            Duration::from_secs(5),
-            ttl,
+            CheckOptions::new().cache_ttl(ttl),
+            &crate::config::HealthConfig::default(),
         );
         (Arc::new(registered), runs)
     }
@@ -239,11 +304,36 @@ mod tests {
         let registered = Arc::new(Registered::new(
             Arc::new(check),
             CheckOptions::new(),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
+            &crate::config::HealthConfig::default(),
         ));
         let outcome = registered.current().await;
         assert_eq!(outcome.result.status(), Status::Fail);
         assert_eq!(outcome.result.output(), Some("check panicked"));
+    }
+
+    #[test]
+    fn thresholds_damp_flapping() {
+        let mut streak = Streak::default();
+        let mut run = |status: Status| {
+            let mut result = CheckResult::with_status(status);
+            streak.damp(&mut result, 3, 2);
+            result
+        };
+        let first = run(Status::Fail);
+        assert_eq!(first.status(), Status::Warn);
+        assert_eq!(
+            first.output(),
+            Some("failure 1 of 3 before the check fails")
+        );
+        assert_eq!(run(Status::Fail).status(), Status::Warn);
+        assert_eq!(run(Status::Fail).status(), Status::Fail);
+        let recovering = run(Status::Pass);
+        assert_eq!(recovering.status(), Status::Fail);
+        assert_eq!(recovering.output(), Some("recovering: 1 of 2 passing runs"));
+        assert_eq!(run(Status::Pass).status(), Status::Pass);
+        // A pass resets the failure count.
+        assert_eq!(run(Status::Fail).status(), Status::Warn);
+        assert_eq!(run(Status::Pass).status(), Status::Pass);
+        assert_eq!(run(Status::Fail).status(), Status::Warn);
     }
 }

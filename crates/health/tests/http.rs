@@ -244,10 +244,17 @@ async fn background_refresh_keeps_results_fresh_without_probes() {
         }))
         .build()
         .unwrap();
+    let mut published = health.subscribe();
     let refresher = health.spawn_background_refresh().unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refreshed = runs.load(Ordering::SeqCst);
     assert!(refreshed >= 3, "only {refreshed} background runs");
+    // Each refresh publishes the deep report.
+    published.changed().await.unwrap();
+    let report = published.borrow_and_update().clone().unwrap();
+    assert_eq!(report.status, Status::Warn, "not started yet: deep warns");
+    assert!(report.checks.contains_key("queue:responseTime"));
+    assert!(health.last_outcome("queue").is_some());
     // Dropping the last Health stops the task.
     drop(health);
     tokio::time::timeout(Duration::from_secs(2), refresher)
