@@ -18,6 +18,16 @@
 //! - [`Health::shutdown_signal`]: on SIGTERM, readiness fails at once, and the server stops
 //!   accepting only after a delay, so balancers stop sending first.
 //!
+//! Checks of herd's other crates plug in the same way (they depend on this crate, not the
+//! other way round): herd-db-router's `health::RouterCheck` (nodes, roles, replica lag, pools;
+//! tag it [`tags::REPLICATION`] to serve it on `/health/replication`), herd-cache-cluster's
+//! check (PING per master, `cluster_state`, hit ratio) and herd-session's store check, each
+//! behind that crate's `health` feature.
+//!
+//! Features: `axum` (the router and `MatchedPath` labels), `prometheus` (`/metrics`),
+//! `system` and `disk` (sysinfo checks), all on by default; `lb-core` (the
+//! [`EndpointsCheck`](checks) over a herd-lb-core balancer); `full` for all.
+//!
 //! ```
 //! use std::time::Duration;
 //! use axum::Router;
