@@ -63,6 +63,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+#[cfg(feature = "cookie-store")]
+mod cookie_store;
 mod cookies;
 mod error;
 mod id;
@@ -88,6 +90,9 @@ pub use service::{SessionLayer, SessionLayerBuilder, SessionService, future};
 pub use session::Session;
 pub use store::{SaveOutcome, SessionStore, Stored};
 
+#[cfg(feature = "cookie-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cookie-store")))]
+pub use cookie_store::MAX_COOKIE_LEN;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::MissingSessionLayer;

@@ -52,7 +52,26 @@ impl SessionLayer {
         }
     }
 
-    /// A builder keeping the whole session in an encrypted cookie instead of a store.
+    /// A builder keeping the whole session in an encrypted cookie instead of a store (the
+    /// `CookieStore` mode: no server state).
+    ///
+    /// The cookie value is the session and its idle deadline sealed with AES-256-GCM, the
+    /// cookie name bound in. Encryption keys are derived from `keys` under a label of their
+    /// own, so they rotate the same way as signing: seal with the newest, open with any.
+    /// What a cookie cannot give, plainly:
+    /// * no revocation: [`Session::destroy`] clears the browser's cookie, but a copy taken
+    ///   earlier stays valid until its own idle or absolute deadline (both sealed inside it);
+    /// * no merge: concurrent requests each send back their own cookie and the browser keeps
+    ///   the last;
+    /// * size: the data limit defaults to [`MAX_COOKIE_LEN`](crate::MAX_COOKIE_LEN) and the
+    ///   sealed `name=value` may not exceed it either (browsers keep about 4 KiB per cookie):
+    ///   [`SessionError::TooLarge`](crate::SessionError::TooLarge) otherwise.
+    ///
+    /// ```
+    /// use herd_session::{SessionLayer, SigningKeys};
+    /// let layer = SessionLayer::cookie_store_builder(SigningKeys::generate()?).build()?;
+    /// # Ok::<(), herd_session::ConfigError>(())
+    /// ```
     #[cfg(feature = "cookie-store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cookie-store")))]
     pub fn cookie_store_builder(keys: SigningKeys) -> SessionLayerBuilder {

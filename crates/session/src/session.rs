@@ -212,19 +212,13 @@ impl Session {
         let shared = self.shared();
         let store_name = shared.backend.name();
         let loaded = match (&self.inner.presented, &shared.backend) {
-            (Presented::Id { id, .. }, Backend::Store(store)) => {
-                match store.load(&id.store_key()).await {
-                    Ok(stored) => Ok(stored.map(|stored| (id.clone(), stored))),
-                    Err(error) => Err(error),
-                }
-            }
+            (Presented::Id { id, .. }, Backend::Store(store)) => store
+                .load(&id.store_key())
+                .await
+                .map(|stored| stored.map(|stored| (Some(id.clone()), stored))),
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(value), Backend::Cookie(cookie_store)) => {
-                let opened = cookie_store.open(&shared.config.cookie.name, value);
-                if opened.is_none() {
-                    metrics::cookie_rejected("forged");
-                }
-                Ok(opened.map(|stored| (crate::cookie_store::placeholder_id(), stored)))
+                Ok(cookie_store.open(&shared.config.cookie.name, value).map(|s| (None, s)))
             }
             _ => return,
         };
@@ -233,7 +227,7 @@ impl Session {
             Ok(Some((id, stored))) => {
                 if stored.record.ttl(shared.config.idle_timeout).is_some() {
                     metrics::load(store_name, "hit");
-                    state.id = Some(id);
+                    state.id = id;
                     state.base = Some(stored);
                 } else {
                     // Past its absolute deadline: treat as gone; a new session gets a new id.
