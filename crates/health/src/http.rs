@@ -153,6 +153,7 @@ impl Health {
             )
         };
         let root = if base.is_empty() { "/" } else { base };
+        #[cfg_attr(not(feature = "prometheus"), allow(unused_mut))]
         let mut router = axum::Router::new()
             .route(root, endpoint(Route::Probe(Probe::Deep)))
             .route(&format!("{base}/live"), endpoint(Route::Probe(Probe::Live)))
