@@ -500,6 +500,10 @@ impl EndpointState {
         }
     }
 
+    pub(crate) fn is_active_down(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & ACTIVE_DOWN != 0
+    }
+
     pub(crate) fn start_draining(&self) {
         self.flags.fetch_or(DRAINING, Ordering::AcqRel);
     }

@@ -37,8 +37,8 @@ mod set;
 mod snapshot;
 
 pub use balancer::{
-    Balancer, BalancerBuilder, BoxError, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures, ResponseFuture,
-    RetryConfig, RetryPolicy,
+    Balancer, BalancerBuilder, BoxError, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures,
+    ResponseFuture, RetryConfig, RetryPolicy,
 };
 pub use endpoint::{EndpointState, EndpointStatus, InFlightGuard, Outcome};
 pub use error::{Error, PickError};

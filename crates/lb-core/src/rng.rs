@@ -36,7 +36,10 @@ impl SharedRng {
     /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&self) -> u64 {
-        let mut z = self.state.load(Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA);
+        let mut z = self
+            .state
+            .load(Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA);
         self.state.store(z, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

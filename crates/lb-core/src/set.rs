@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::endpoint::{EndpointState, InFlightGuard, Pool};
 use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
-use crate::health::{OutlierDetection, SlowStart};
+use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
 use crate::policy::Pick;
 use crate::rng::SharedRng;
 use crate::snapshot::{Endpoint, EndpointInfo, PickContext, Snapshot};
@@ -65,8 +65,8 @@ pub struct EndpointSet<K, S = ()> {
     inner: Arc<SetInner<K, S>>,
 }
 
-struct SetInner<K, S> {
-    current: ArcSwap<Snapshot<K, S>>,
+pub(crate) struct SetInner<K, S> {
+    pub(crate) current: ArcSwap<Snapshot<K, S>>,
     pool: Arc<Pool>,
     write: Mutex<()>,
     max_in_flight: Option<usize>,
@@ -170,6 +170,30 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     /// Settings for a new set.
     pub fn builder() -> EndpointSetBuilder {
         EndpointSetBuilder::default()
+    }
+
+    /// Starts active health checks of every endpoint in a background task (needs a tokio
+    /// runtime). Endpoints failing `fall` probes in a row stop getting traffic until they pass
+    /// `rise` in a row. The task ends when the set is dropped or [`ActiveHealth::stop`] is called.
+    ///
+    /// [`ActiveHealth::stop`]: crate::health::ActiveHealth::stop
+    pub fn spawn_active_health<C>(
+        &self,
+        check: C,
+        config: ActiveHealthConfig,
+    ) -> Result<ActiveHealth, Error>
+    where
+        C: HealthCheck<K>,
+        S: Send + Sync + 'static,
+    {
+        config.validate()?;
+        let seed = self.inner.pool.rng.next_u64();
+        Ok(crate::health::active::spawn(
+            Arc::downgrade(&self.inner),
+            check,
+            config,
+            SharedRng::seeded(seed),
+        ))
     }
 
     /// The current snapshot (a cheap `Arc` clone).

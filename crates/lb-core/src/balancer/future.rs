@@ -127,7 +127,8 @@ where
                 } => {
                     let entered = span.enter();
                     let ready = ready!(service.poll_ready(cx));
-                    let (Some(req), Some(guard_taken), Some(inner_taken)) = (req.take(), guard.take(), classify.take())
+                    let (Some(req), Some(guard_taken), Some(inner_taken)) =
+                        (req.take(), guard.take(), classify.take())
                     else {
                         return Poll::Ready(Err(PolledAfterCompletion.into()));
                     };
@@ -147,7 +148,12 @@ where
                         span,
                     });
                 }
-                StateProj::Called { fut, guard, classify, span } => {
+                StateProj::Called {
+                    fut,
+                    guard,
+                    classify,
+                    span,
+                } => {
                     let _entered = span.enter();
                     let result = ready!(fut.poll(cx));
                     if let (Some(guard), Some(classify)) = (guard.take(), classify.take()) {
@@ -157,7 +163,9 @@ where
                 }
                 StateProj::Boxed { fut } => return fut.as_mut().poll(cx),
                 StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or_else(|| PolledAfterCompletion.into())));
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| PolledAfterCompletion.into())));
                 }
             }
         }

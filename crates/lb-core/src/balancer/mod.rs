@@ -20,7 +20,7 @@ pub use retry::{Classify, ErrorsAreFailures, RetryConfig, RetryPolicy};
 
 use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
-use crate::health::{OutlierDetection, SlowStart};
+use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
 use crate::policy::Policy;
 use crate::set::{EndpointKey, EndpointSet};
 use crate::snapshot::{EndpointInfo, PickContext, RequestKey};
@@ -117,13 +117,19 @@ impl<K: fmt::Debug, S: Service<Req>, Req> fmt::Debug for Balancer<K, S, Req> {
             .field("policy", &self.inner.policy)
             .field("set", &self.inner.set)
             .field("queue_timeout", &self.inner.queue_timeout)
-            .field("retries", &self.inner.retry.as_ref().map(|r| r.max_attempts))
+            .field(
+                "retries",
+                &self.inner.retry.as_ref().map(|r| r.max_attempts),
+            )
             .finish_non_exhaustive()
     }
 }
 
 /// Settings of a [`Balancer`]; from [`Balancer::builder`].
-pub struct BalancerBuilder<Req, Res, E> {
+pub struct BalancerBuilder<K, S, Req>
+where
+    S: Service<Req>,
+{
     policy: Policy,
     outlier: OutlierDetection,
     slow_start: Option<SlowStart>,
@@ -132,11 +138,15 @@ pub struct BalancerBuilder<Req, Res, E> {
     queue_timeout: Duration,
     seed: Option<u64>,
     key: Option<Box<KeyFn<Req>>>,
-    classify: Classifier<Res, E>,
-    retry: Option<(RetryConfig, Box<dyn RetryPolicy<Req, Res, E>>)>,
+    classify: Classifier<S::Response, S::Error>,
+    retry: Option<(
+        RetryConfig,
+        Box<dyn RetryPolicy<Req, S::Response, S::Error>>,
+    )>,
+    _key: std::marker::PhantomData<fn() -> K>,
 }
 
-impl<Req, Res, E> fmt::Debug for BalancerBuilder<Req, Res, E> {
+impl<K, S: Service<Req>, Req> fmt::Debug for BalancerBuilder<K, S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancerBuilder")
             .field("policy", &self.policy)
@@ -151,7 +161,7 @@ impl<Req, Res, E> fmt::Debug for BalancerBuilder<Req, Res, E> {
 /// Default bounded wait for a free endpoint slot before [`PickError::Overloaded`](crate::PickError).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
-impl<Req, Res, E> Default for BalancerBuilder<Req, Res, E> {
+impl<K, S: Service<Req>, Req> Default for BalancerBuilder<K, S, Req> {
     fn default() -> Self {
         Self {
             policy: Policy::default(),
@@ -164,11 +174,12 @@ impl<Req, Res, E> Default for BalancerBuilder<Req, Res, E> {
             key: None,
             classify: Classifier::Default,
             retry: None,
+            _key: std::marker::PhantomData,
         }
     }
 }
 
-impl<Req, Res, E> BalancerBuilder<Req, Res, E> {
+impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
     /// Selection policy (default: [`P2c`](crate::P2c)).
     pub fn policy(mut self, policy: impl Into<Policy>) -> Self {
         self.policy = policy.into();
@@ -218,24 +229,24 @@ impl<Req, Res, E> BalancerBuilder<Req, Res, E> {
     }
 
     /// What counts as a failure (default: [`ErrorsAreFailures`]).
-    pub fn classify(mut self, classify: impl Classify<Res, E> + 'static) -> Self {
+    pub fn classify(mut self, classify: impl Classify<S::Response, S::Error> + 'static) -> Self {
         self.classify = Classifier::Custom(Arc::new(classify));
         self
     }
 
     /// Retries on another endpoint, for the requests `policy` allows, within `config`'s budget.
-    pub fn retry(mut self, config: RetryConfig, policy: impl RetryPolicy<Req, Res, E> + 'static) -> Self {
+    pub fn retry(
+        mut self,
+        config: RetryConfig,
+        policy: impl RetryPolicy<Req, S::Response, S::Error> + 'static,
+    ) -> Self {
         self.retry = Some((config, Box::new(policy)));
         self
     }
 
     /// Builds an empty balancer; add endpoints with [`Balancer::insert`] or
     /// [`Balancer::discover`]. Invalid retry settings are refused with the field named.
-    pub fn build<K, S>(self) -> Result<Balancer<K, S, Req>, Error>
-    where
-        K: EndpointKey,
-        S: Service<Req, Response = Res, Error = E>,
-    {
+    pub fn build(self) -> Result<Balancer<K, S, Req>, Error> {
         if let Some((config, _)) = &self.retry {
             config.validate()?;
         }
@@ -277,7 +288,7 @@ where
     S: Service<Req>,
 {
     /// Settings for a new balancer.
-    pub fn builder() -> BalancerBuilder<Req, S::Response, S::Error> {
+    pub fn builder() -> BalancerBuilder<K, S, Req> {
         BalancerBuilder::default()
     }
 
@@ -329,10 +340,27 @@ where
         self.inner.set.drain(key)
     }
 
+    /// Starts active health checks in a background task that ends when the balancer is dropped;
+    /// see [`EndpointSet::spawn_active_health`].
+    pub fn spawn_active_health<C>(
+        &self,
+        check: C,
+        config: ActiveHealthConfig,
+    ) -> Result<ActiveHealth, Error>
+    where
+        C: HealthCheck<K>,
+        S: Send + Sync + 'static,
+    {
+        self.inner.set.spawn_active_health(check, config)
+    }
+
     /// Follows a `tower::discover::Discover` stream: inserts (weight 1) and removes endpoints as
     /// it reports them. Spawn the returned future; it ends when the stream ends or fails
     /// (returning the stream's error), or when the balancer is dropped.
-    pub fn discover<D>(&self, discover: D) -> impl Future<Output = Result<(), D::Error>> + Send + 'static
+    pub fn discover<D>(
+        &self,
+        discover: D,
+    ) -> impl Future<Output = Result<(), D::Error>> + Send + 'static
     where
         D: Discover<Key = K, Service = S> + Send + 'static,
         S: Clone + Send + Sync + 'static,
@@ -345,7 +373,9 @@ where
             let mut discover = std::pin::pin!(discover);
             loop {
                 let change = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await;
-                let Some(inner) = weak.upgrade() else { return Ok(()) };
+                let Some(inner) = weak.upgrade() else {
+                    return Ok(());
+                };
                 match change {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e),
@@ -391,7 +421,13 @@ where
             match inner.set.pick(&inner.policy, &ctx) {
                 Ok(picked) => {
                     let span = tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt = 1u32);
-                    return ResponseFuture::ready(picked.service, req, picked.guard, inner.classify.clone(), span);
+                    return ResponseFuture::ready(
+                        picked.service,
+                        req,
+                        picked.guard,
+                        inner.classify.clone(),
+                        span,
+                    );
                 }
                 Err(PickError::Overloaded { .. }) if !inner.queue_timeout.is_zero() => {}
                 Err(error) => return ResponseFuture::failed(error.into()),
@@ -427,12 +463,15 @@ where
             // The common case picks synchronously; only a full set waits (bounded) for a slot.
             let picked = match self.set.pick(&self.policy, &ctx) {
                 Err(PickError::Overloaded { .. }) if !self.queue_timeout.is_zero() => {
-                    self.set.pick_wait(&self.policy, &ctx, self.queue_timeout).await?
+                    self.set
+                        .pick_wait(&self.policy, &ctx, self.queue_timeout)
+                        .await?
                 }
                 other => other?,
             };
             let index = picked.guard.index();
-            let span = tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt);
+            let span =
+                tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt);
             let mut service = picked.service;
             let result = async {
                 poll_fn(|cx| service.poll_ready(cx)).await?;

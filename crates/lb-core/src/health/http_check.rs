@@ -1,0 +1,75 @@
+//! HTTP GET health check.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::active::{CheckError, CheckFuture, HealthCheck};
+use crate::set::EndpointKey;
+
+/// Healthy when `GET http://{key}{path}` answers 2xx (nginx Plus `health_check uri=...`).
+///
+/// The key's `Display` must be the endpoint's `host:port`. Connections are pooled between rounds.
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    path: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl HttpCheck {
+    /// Checks `path` (e.g. `/health`).
+    pub fn new(path: impl Into<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1)
+            .build(connector);
+        let mut path = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        Self { path, client }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("GET {uri}: status {status}, expected 2xx")]
+struct UnexpectedStatus {
+    uri: String,
+    status: http::StatusCode,
+}
+
+impl<K: EndpointKey> HealthCheck<K> for HttpCheck {
+    fn check(&self, key: &K) -> CheckFuture {
+        let uri = format!("http://{key}{}", self.path);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let parsed: Uri = uri
+                .parse()
+                .map_err(|e| -> CheckError { format!("health check URI {uri}: {e}").into() })?;
+            let req = Request::get(parsed)
+                .header(http::header::USER_AGENT, "herd-lb-health-check")
+                .body(Empty::new())?;
+            let res = client
+                .request(req)
+                .await
+                .map_err(|e| -> CheckError { format!("GET {uri}: {e}").into() })?;
+            if res.status().is_success() {
+                Ok(())
+            } else {
+                Err(UnexpectedStatus {
+                    uri,
+                    status: res.status(),
+                }
+                .into())
+            }
+        })
+    }
+}
