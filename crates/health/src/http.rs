@@ -34,9 +34,12 @@ impl Health {
         if path == config.metrics_path {
             return Some(Route::Metrics);
         }
-        let rest = path.strip_prefix(config.base_path.as_str())?;
+        // A base path of "/" serves `/`, `/live`, `/ready`...
+        let base = config.base_path.trim_end_matches('/');
+        let rest = path.strip_prefix(base)?;
         match rest {
             "" => Some(Route::Probe(Probe::Deep)),
+            "/" if base.is_empty() => Some(Route::Probe(Probe::Deep)),
             "/live" => Some(Route::Probe(Probe::Live)),
             "/ready" => Some(Route::Probe(Probe::Ready)),
             "/startup" => Some(Route::Probe(Probe::Startup)),
@@ -250,5 +253,72 @@ impl<B> tower_service::Service<Request<B>> for HealthService {
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HealthConfig;
+
+    fn health(base_path: &str) -> Health {
+        Health::builder()
+            .config(HealthConfig {
+                base_path: base_path.to_owned(),
+                ..HealthConfig::default()
+            })
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn paths_map_to_endpoints_under_any_base() {
+        let default = health("/health");
+        assert_eq!(default.route("/health"), Some(Route::Probe(Probe::Deep)));
+        assert_eq!(
+            default.route("/health/ready"),
+            Some(Route::Probe(Probe::Ready))
+        );
+        assert_eq!(
+            default.route("/health/replication"),
+            Some(Route::Group("replication".to_owned()))
+        );
+        assert_eq!(default.route("/health/other"), None);
+        assert_eq!(default.route("/healthz"), None);
+        assert_eq!(default.route("/metrics"), Some(Route::Metrics));
+
+        let root = health("/");
+        assert_eq!(root.route("/"), Some(Route::Probe(Probe::Deep)));
+        assert_eq!(root.route("/live"), Some(Route::Probe(Probe::Live)));
+        assert_eq!(root.route("/startup"), Some(Route::Probe(Probe::Startup)));
+    }
+
+    #[test]
+    fn details_need_the_exact_bearer_token() {
+        let health = Health::builder()
+            .config(HealthConfig {
+                show_details: ShowDetails::WhenAuthorized,
+                details_token: Some("t0ken".to_owned()),
+                ..HealthConfig::default()
+            })
+            .build()
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(!health.details_allowed(&headers));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0ke"),
+        );
+        assert!(!health.details_allowed(&headers));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic t0ken"),
+        );
+        assert!(!health.details_allowed(&headers));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0ken"),
+        );
+        assert!(health.details_allowed(&headers));
     }
 }

@@ -217,3 +217,61 @@ where
         Poll::Ready(output)
     }
 }
+
+#[cfg(all(test, feature = "prometheus"))]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn route_fn_names_routes_for_plain_tower_stacks() {
+        let (metrics, recorder) =
+            crate::PrometheusMetrics::build(&crate::MetricsConfig::default()).unwrap();
+        let inner = tower::service_fn(|request: Request<()>| async move {
+            let status = if request.uri().path().starts_with("/items/") {
+                200
+            } else {
+                404
+            };
+            let mut response = Response::new(());
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = HttpMetricsLayer::new()
+            .route_fn(|parts| {
+                parts
+                    .uri
+                    .path()
+                    .starts_with("/items/")
+                    .then(|| "/items/{id}".to_owned())
+            })
+            .layer(inner);
+        metrics::with_local_recorder(&recorder, || {
+            for path in ["/items/1", "/items/2", "/elsewhere"] {
+                let request = Request::builder()
+                    .method(Method::PATCH)
+                    .uri(path)
+                    .body(())
+                    .unwrap();
+                service.call(request).now_or_never().unwrap().unwrap();
+            }
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"herd_http_requests_total{method="PATCH",route="/items/{id}",status="200"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"herd_http_requests_total{method="PATCH",route="unmatched",status="404"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("herd_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
