@@ -67,10 +67,14 @@ mod config;
 mod cookie_store;
 mod cookies;
 mod error;
+#[cfg(feature = "health")]
+mod health;
 mod id;
 mod keys;
 mod metrics;
 mod persist;
+#[cfg(feature = "db-router")]
+mod read_your_writes;
 mod record;
 mod service;
 mod session;
@@ -99,6 +103,9 @@ pub use extract::MissingSessionLayer;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use store::MemoryStore;
+#[cfg(feature = "db-router")]
+#[cfg_attr(docsrs, doc(cfg(feature = "db-router")))]
+pub use read_your_writes::READ_YOUR_WRITES_FIELD;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::{RedisStore, RedisStoreConfig};

@@ -282,7 +282,7 @@ impl Session {
                         .cloned()
                         .collect();
                     for name in clashes {
-                        if config.conflict_rule == ConflictRule::FirstWriteWins {
+                        if keep_stored(config.conflict_rule, &name, &changes, &latest) {
                             changes.remove(&name);
                         }
                         if same_field_counted.insert(name) {
@@ -358,6 +358,28 @@ impl State {
     fn is_modified_fields(&self) -> bool {
         self.cleared || !self.changes.is_empty()
     }
+}
+
+/// Whether a field changed on both sides keeps the stored value (drops this request's change).
+fn keep_stored(
+    rule: ConflictRule,
+    name: &str,
+    changes: &std::collections::HashMap<String, Option<Box<serde_json::value::RawValue>>>,
+    latest: &Stored,
+) -> bool {
+    #[cfg(feature = "db-router")]
+    if name == crate::READ_YOUR_WRITES_FIELD {
+        // The read-your-writes token only moves forward: keep the higher LSN.
+        let ours = changes.get(name).and_then(|v| v.as_deref()).map(|v| v.get());
+        let theirs = latest.record.field(name).map(|v| v.get());
+        if let (Some(ours), Some(theirs)) = (ours, theirs) {
+            if let Some(ours_is_higher) = crate::read_your_writes::merge(ours, theirs) {
+                return !ours_is_higher;
+            }
+        }
+    }
+    let _ = (name, changes, latest);
+    rule == ConflictRule::FirstWriteWins
 }
 
 fn clear_changes(state: &mut State) {

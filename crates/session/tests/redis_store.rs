@@ -205,7 +205,19 @@ async fn unreachable_store_answers_503_or_fails_open() {
     browser.post(strict, "/login/ann").await;
     assert_eq!(browser.get(open, "/whoami").await.body, "ann");
 
+    #[cfg(feature = "health")]
+    {
+        use herd_health::{HealthCheck as _, Status};
+        assert_eq!(store.check().await.status(), Status::Pass);
+    }
     server.kill().unwrap();
+    #[cfg(feature = "health")]
+    {
+        use herd_health::{HealthCheck as _, Status};
+        let result = store.check().await;
+        assert_eq!(result.status(), Status::Fail);
+        assert!(result.output().unwrap().contains("ping"), "{:?}", result.output());
+    }
     let error = store.ping().await.unwrap_err();
     assert_eq!(error.operation(), StoreOperation::Ping);
     assert!(error.node().unwrap().starts_with("127.0.0.1:"), "{error}");

@@ -31,7 +31,7 @@ pub struct Holds {
 }
 
 impl Holds {
-    async fn pair(&self, name: &str) -> (Arc<Notify>, Arc<Notify>) {
+    pub async fn pair(&self, name: &str) -> (Arc<Notify>, Arc<Notify>) {
         let loaded = self.loaded.lock().await.entry(name.into()).or_default().clone();
         let release = self.release.lock().await.entry(name.into()).or_default().clone();
         (loaded, release)
