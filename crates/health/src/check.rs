@@ -303,7 +303,8 @@ impl<E: std::error::Error + 'static> From<E> for CheckResult {
 /// The trait is object safe (`Arc<dyn HealthCheck>`) through `#[async_trait]`, re-exported as
 /// `herd_health::async_trait`. `check` should not apply its own overall timeout or catch
 /// panics: the registry runs every check concurrently in its own task under the timeout given
-/// at registration, and reports a timeout or panic as `fail` with an output saying so. Whether
+/// at registration, and reports a timeout or panic as `fail` with an output saying so (a
+/// non-passing result without output gets one naming its non-passing measurements). Whether
 /// the check is critical and which tags it carries are registration options too
 /// ([`CheckOptions`](crate::CheckOptions)), so the same check can be critical in one service and
 /// informational in another.

@@ -183,6 +183,26 @@ fn validate(config: &HealthConfig) -> Result<(), Error> {
                 reason: format!("{path:?} must start with '/' and not end with '/'"),
             });
         }
+        if path.contains(['{', '}', '*']) {
+            return Err(Error::InvalidConfig {
+                field,
+                reason: format!("{path:?} must not contain route parameters ('{{', '}}', '*')"),
+            });
+        }
+    }
+    let base = config.base_path.trim_end_matches('/');
+    let taken = ["", "/live", "/ready", "/startup"]
+        .iter()
+        .map(|endpoint| format!("{base}{endpoint}"))
+        .any(|path| path == config.metrics_path || (path.is_empty() && config.metrics_path == "/"));
+    if taken {
+        return Err(Error::InvalidConfig {
+            field: "metrics_path",
+            reason: format!(
+                "{:?} is already a health endpoint under {:?}",
+                config.metrics_path, config.base_path
+            ),
+        });
     }
     if config.check_timeout.is_zero() {
         return Err(Error::ZeroDuration {
@@ -666,6 +686,19 @@ mod tests {
             tokenless,
             Err(Error::InvalidConfig {
                 field: "details_token",
+                ..
+            })
+        ));
+        let clash = Health::builder()
+            .config(HealthConfig {
+                metrics_path: "/health/live".to_owned(),
+                ..HealthConfig::default()
+            })
+            .build();
+        assert!(matches!(
+            clash,
+            Err(Error::InvalidConfig {
+                field: "metrics_path",
                 ..
             })
         ));

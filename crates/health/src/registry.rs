@@ -61,6 +61,8 @@ struct Streak {
     successes: u32,
     /// Reporting `fail` until `success_threshold` passes in a row.
     failed: bool,
+    /// The status reported by the last run, to log changes only.
+    reported: Option<Status>,
 }
 
 impl Streak {
@@ -204,18 +206,39 @@ impl Registered {
 
     fn store(&self, mut result: CheckResult, started: Instant, time: SystemTime) -> Arc<Outcome> {
         let duration = started.elapsed();
-        self.streak
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .damp(&mut result, self.failure_threshold, self.success_threshold);
+        if result.status() != Status::Pass && result.output().is_none() {
+            // Say which measurements are the problem, so the check's own entry explains itself.
+            let culprits: Vec<String> = result
+                .measurements()
+                .iter()
+                .filter(|measurement| measurement.status != Status::Pass)
+                .map(|measurement| match &measurement.component_id {
+                    Some(id) => format!("{} of {} ({})", measurement.name, id, measurement.status),
+                    None => format!("{} ({})", measurement.name, measurement.status),
+                })
+                .collect();
+            if !culprits.is_empty() {
+                result = result.with_output(format!("not passing: {}", culprits.join(", ")));
+            }
+        }
+        let previous = {
+            let mut streak = self
+                .streak
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            streak.damp(&mut result, self.failure_threshold, self.success_threshold);
+            streak.reported.replace(result.status())
+        };
         let status = result.status();
-        if status != Status::Pass {
-            tracing::warn!(
-                check = %self.name,
-                status = status.as_str(),
-                output = result.output().unwrap_or(""),
-                "health check not passing"
-            );
+        // Log changes only: a check refreshed every few seconds must not flood the logs.
+        if previous != Some(status) {
+            let output = result.output().unwrap_or("");
+            let from = previous.map_or("none", Status::as_str);
+            if status == Status::Pass {
+                tracing::info!(check = %self.name, from, to = "pass", "health check passing");
+            } else {
+                tracing::warn!(check = %self.name, from, to = status.as_str(), output, "health check not passing");
+            }
         }
         let name = self.name.to_string();
         metrics::histogram!("herd_health_check_duration_seconds", "check" => name.clone())
