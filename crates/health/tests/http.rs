@@ -112,6 +112,11 @@ async fn axum_endpoints_answer_draft_bodies_with_the_right_codes() {
         body["checks"]["postgres:role"][0]["observedValue"],
         "primary"
     );
+    // The check's own entry names the measurement that is not passing.
+    assert_eq!(
+        body["checks"]["postgres:responseTime"][0]["output"],
+        "not passing: replayLag of replica2 (warn)"
+    );
     let search = &body["checks"]["search:responseTime"][0];
     assert_eq!(search["status"], "fail");
     assert_eq!(search["observedUnit"], "ms");
