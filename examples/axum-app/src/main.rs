@@ -1,8 +1,259 @@
 //! Run with: `cargo run -p axum-app`
 //!
-//! The demo application is not built yet (issue 8); this binary says so and exits.
+//! With no arguments (`all`): starts a throwaway PostgreSQL primary + replica and a 6-node Redis
+//! Cluster (or uses `DATABASE_URL`, `REPLICA_URLS`, `REDIS_CLUSTER_NODES`/`REDIS_URL`), 3 app
+//! instances on 127.0.0.1:3001-3003 and the gateway on 127.0.0.1:8080, and cleans up on Ctrl-C.
+//! `axum-app instance --port 3001` and `axum-app gateway --backend ... --backend ...` run the
+//! pieces as separate processes, as the deployment guides do.
+#![allow(clippy::print_stdout)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("axum-app: the demo topology is not built yet; see issue 8. Run the tests with `cargo test --workspace`.");
-    std::process::ExitCode::FAILURE
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum_app::gateway::{GatewayConfig, Policy};
+use axum_app::instance::{self, InstanceConfig};
+use axum_app::topology::{RedisTarget, Topology};
+use clap::{Parser, Subcommand};
+use herd_session::SigningKeys;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "herd's demo: a gateway, 3 stateless instances, PostgreSQL primary/replica, Redis Cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything on this machine (the default).
+    All {
+        /// Gateway port.
+        #[arg(long, default_value_t = 8080)]
+        gateway_port: u16,
+        /// First instance port; the 3 instances use it and the next two.
+        #[arg(long, default_value_t = 3001)]
+        first_instance_port: u16,
+        /// Balancing policy of the gateway.
+        #[arg(long, value_enum, default_value_t = Policy::P2c)]
+        policy: Policy,
+    },
+    /// One app instance; back ends from DATABASE_URL, REPLICA_URLS, REDIS_CLUSTER_NODES or REDIS_URL.
+    Instance {
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+        /// Name shown by /api/whoami (default instance-PORT).
+        #[arg(long)]
+        name: Option<String>,
+        /// Session signing key shared by all instances (base64, at least 32 bytes);
+        /// without one, a fresh key is used and sessions work on this instance only.
+        #[arg(long, env = "SESSION_KEY", hide_env_values = true)]
+        session_key: Option<String>,
+    },
+    /// The gateway in front of running instances.
+    Gateway {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// A backend base URL (repeat for each instance), e.g. http://127.0.0.1:3001.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
+        /// Balancing policy.
+        #[arg(long, value_enum, default_value_t = Policy::P2c)]
+        policy: Policy,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,axum_app=info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::All {
+        gateway_port: 8080,
+        first_instance_port: 3001,
+        policy: Policy::P2c,
+    }) {
+        Command::All {
+            gateway_port,
+            first_instance_port,
+            policy,
+        } => run_all(gateway_port, first_instance_port, policy).await,
+        Command::Instance {
+            port,
+            name,
+            session_key,
+        } => run_instance(port, name, session_key).await,
+        Command::Gateway {
+            listen,
+            backends,
+            policy,
+        } => run_gateway(listen, backends, policy).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("axum-app: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+async fn run_all(gateway_port: u16, first: u16, policy: Policy) -> Result<(), String> {
+    println!(
+        "starting PostgreSQL primary + replica and a 6-node Redis Cluster (or using the environment)..."
+    );
+    let topology = Topology::from_env_or_start(1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let keys = SigningKeys::generate().map_err(|e| e.to_string())?;
+    let mut instances = Vec::new();
+    for i in 0..3u16 {
+        let port = first + i;
+        let config = InstanceConfig {
+            name: format!("instance-{}", i + 1),
+            database_url: topology.database_url.clone(),
+            replica_urls: topology.replica_urls.clone(),
+            redis: topology.redis.clone(),
+            session_keys: keys.clone(),
+            secure_cookies: false,
+        };
+        instances.push(instance::spawn(config, localhost(port)).await?);
+    }
+    let backends: Vec<String> = instances.iter().map(|i| i.server.url()).collect();
+    let gateway = axum_app::gateway::spawn(
+        GatewayConfig::new(backends.clone()).policy(policy),
+        localhost(gateway_port),
+    )
+    .await?;
+    print_banner(&topology, &backends, &gateway.server.url(), policy);
+
+    shutdown_signal().await;
+    println!("\nshutting down: instances report not-ready, then stop; the topology is removed");
+    for i in &instances {
+        i.health.drain();
+    }
+    // Give the gateway's active checks time to see the drain before instances stop accepting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(gateway);
+    for mut i in instances {
+        i.server.stop();
+    }
+    drop(topology);
+    Ok(())
+}
+
+fn print_banner(topology: &Topology, backends: &[String], gateway: &str, policy: Policy) {
+    println!();
+    println!("herd demo is up (gateway policy: {policy:?})");
+    println!("  gateway     {gateway}        (admin page {gateway}/admin, {gateway}/lb-health)");
+    for (i, b) in backends.iter().enumerate() {
+        println!(
+            "  instance-{}  {b}   (health {b}/health, metrics {b}/metrics)",
+            i + 1
+        );
+    }
+    println!("  postgres    primary {}", topology.database_url);
+    for r in &topology.replica_urls {
+        println!("              replica {r}");
+    }
+    match &topology.redis {
+        RedisTarget::Cluster(nodes) => println!("  redis       cluster {}", nodes.join(",")),
+        RedisTarget::Standalone(url) => println!("  redis       {url}"),
+    }
+    println!();
+    println!("try:");
+    println!("  open {gateway}/ in a browser");
+    println!("  curl -s {gateway}/api/whoami");
+    println!(
+        "  curl -s -c /tmp/herd.jar -H 'content-type: application/json' -d '{{\"username\":\"ada\",\"password\":\"lovelace1\"}}' {gateway}/api/auth/signup"
+    );
+    println!(
+        "  curl -s -b /tmp/herd.jar -H 'content-type: application/json' -d '{{\"body\":\"hello\"}}' {gateway}/api/notes"
+    );
+    println!("  curl -s -b /tmp/herd.jar {gateway}/api/notes");
+    println!("  curl -s {gateway}/api/stats -i | grep -i x-cache");
+    println!(
+        "  curl -s {}/health | jq .",
+        backends.first().map_or(gateway, String::as_str)
+    );
+    println!();
+    println!("Ctrl-C stops everything and removes the local databases.");
+}
+
+async fn run_instance(port: u16, name: Option<String>, key: Option<String>) -> Result<(), String> {
+    let topology = Topology::from_env_or_start(1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let keys = match key {
+        Some(text) => herd_session::Key::from_base64(&text)
+            .map(SigningKeys::new)
+            .map_err(|e| format!("SESSION_KEY: {e}"))?,
+        None => {
+            eprintln!(
+                "axum-app: no SESSION_KEY: sessions made here will not be accepted by other instances"
+            );
+            SigningKeys::generate().map_err(|e| e.to_string())?
+        }
+    };
+    let config = InstanceConfig {
+        name: name.unwrap_or_else(|| format!("instance-{port}")),
+        database_url: topology.database_url.clone(),
+        replica_urls: topology.replica_urls.clone(),
+        redis: topology.redis.clone(),
+        session_keys: keys,
+        secure_cookies: false,
+    };
+    let mut running = instance::spawn(config, localhost(port)).await?;
+    println!(
+        "{} listening on {}",
+        running.server.name(),
+        running.server.url()
+    );
+    shutdown_signal().await;
+    running.health.drain();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.server.stop();
+    drop(topology);
+    Ok(())
+}
+
+async fn run_gateway(
+    listen: SocketAddr,
+    backends: Vec<String>,
+    policy: Policy,
+) -> Result<(), String> {
+    let gateway =
+        axum_app::gateway::spawn(GatewayConfig::new(backends).policy(policy), listen).await?;
+    println!("gateway listening on {}", gateway.server.url());
+    shutdown_signal().await;
+    drop(gateway);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

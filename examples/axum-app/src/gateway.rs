@@ -1,0 +1,278 @@
+//! The gateway: herd-lb-core's HTTP upstream in front of the instances, with active health checks
+//! on `/health/ready`, retries, per-IP rate limits, a response cache for the cacheable route,
+//! `/lb-health` and an admin page.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use herd_cache_cluster::http::HttpCacheLayer;
+use herd_cache_cluster::{Backend, Cache};
+use herd_lb_core::health::ActiveHealthConfig;
+use herd_lb_core::http::{HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, TrustedProxies};
+use herd_lb_core::{EndpointConfig, PolicyConfig};
+use tower::ServiceExt as _;
+
+use crate::server::ServerThread;
+
+/// The gateway's balancing policy (`--policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Power of two choices over least outstanding requests (the default).
+    P2c,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Weighted random.
+    Weighted,
+    /// Least outstanding requests.
+    LeastOutstanding,
+    /// Peak-EWMA latency.
+    Ewma,
+    /// Consistent hashing on the client IP, with bounded load.
+    IpHash,
+}
+
+impl Policy {
+    fn config(self) -> PolicyConfig {
+        match self {
+            Policy::P2c => PolicyConfig::P2c,
+            Policy::RoundRobin => PolicyConfig::RoundRobin,
+            Policy::Weighted => PolicyConfig::WeightedRandom,
+            Policy::LeastOutstanding => PolicyConfig::LeastOutstanding,
+            Policy::Ewma => PolicyConfig::PeakEwma,
+            Policy::IpHash => PolicyConfig::ConsistentHash {
+                balance_factor: 1.25,
+            },
+        }
+    }
+}
+
+/// What the gateway balances over and how.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    backends: Vec<String>,
+    policy: Policy,
+    trusted_proxies: Vec<String>,
+    rate_limits: bool,
+    response_cache: bool,
+}
+
+impl GatewayConfig {
+    /// Backends as base URLs (`http://127.0.0.1:3001`) or `host:port`; P2C, rate limits and the
+    /// response cache on, no trusted proxies.
+    pub fn new(backends: Vec<String>) -> Self {
+        GatewayConfig {
+            backends,
+            policy: Policy::P2c,
+            trusted_proxies: Vec::new(),
+            rate_limits: true,
+            response_cache: true,
+        }
+    }
+
+    /// The balancing policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed for the client IP.
+    pub fn trusted_proxies(mut self, proxies: Vec<String>) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Per-IP rate limits (100 r/s on `/api`, 5 r/min on `/api/auth/login`); on by default.
+    pub fn rate_limits(mut self, on: bool) -> Self {
+        self.rate_limits = on;
+        self
+    }
+
+    /// The response cache on `/api/stats`; on by default.
+    pub fn response_cache(mut self, on: bool) -> Self {
+        self.response_cache = on;
+        self
+    }
+
+    fn upstream_config(&self) -> Result<HttpUpstreamConfig, String> {
+        let mut config = HttpUpstreamConfig::default();
+        config.balancer.policy = self.policy.config();
+        config.balancer.endpoints = self
+            .backends
+            .iter()
+            .map(|b| EndpointConfig {
+                address: authority(b),
+                weight: 1.0,
+                max_in_flight: None,
+            })
+            .collect();
+        config.connect_timeout = Duration::from_secs(1);
+        config.request_timeout = Duration::from_secs(10);
+        config.trusted_proxies = TrustedProxies::new(&self.trusted_proxies)
+            .map_err(|e| format!("trusted proxies: {e}"))?;
+        config.active_health = Some(HttpActiveHealth {
+            path: Some("/health/ready".to_owned()),
+            check: ActiveHealthConfig {
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 2,
+                ..ActiveHealthConfig::default()
+            },
+        });
+        Ok(config)
+    }
+}
+
+/// `http://host:port/` -> `host:port`.
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.trim_end_matches('/').to_owned()
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Its server thread.
+    pub server: ServerThread,
+}
+
+/// Builds the gateway's router (call inside the runtime that will serve it: the upstream's
+/// connection pool and health checks run there).
+///
+/// # Errors
+/// A message naming the configuration problem.
+pub async fn router(config: &GatewayConfig) -> Result<Router, String> {
+    let upstream = HttpUpstream::from_config(&config.upstream_config()?)
+        .map_err(|e| format!("upstream: {e}"))?;
+    let proxy = upstream
+        .clone()
+        .map_request(|req: Request| req.map(Body::new));
+
+    let mut api = Router::new().fallback_service(proxy.clone());
+    if config.response_cache {
+        let cache = Cache::builder(Backend::memory())
+            .namespace("gateway")
+            .build()
+            .await
+            .map_err(|e| format!("response cache: {e}"))?;
+        let cached = Router::new()
+            .route_service("/api/stats", proxy.clone())
+            .layer(HttpCacheLayer::new(cache).default_ttl(Duration::from_secs(5)));
+        api = api.merge(cached);
+    }
+
+    Ok(Router::new()
+        .route("/lb-health", get(lb_health))
+        .route("/admin", get(admin))
+        .with_state(upstream)
+        .merge(api))
+}
+
+/// Builds the gateway on its own thread and runtime and serves it on `bind`.
+///
+/// # Errors
+/// A message naming what failed.
+pub async fn spawn(config: GatewayConfig, bind: SocketAddr) -> Result<RunningGateway, String> {
+    let server = ServerThread::start(
+        "gateway",
+        bind,
+        move || async move { router(&config).await },
+    )
+    .await?;
+    Ok(RunningGateway { server })
+}
+
+#[derive(serde::Serialize)]
+struct BackendState {
+    address: String,
+    healthy: bool,
+    status: String,
+    in_flight: usize,
+    ewma_ms: f64,
+    requests: u64,
+    failures: u64,
+    ejected_for_ms: Option<u128>,
+}
+
+fn backends(upstream: &HttpUpstream) -> Vec<BackendState> {
+    let now = Instant::now();
+    upstream
+        .endpoints()
+        .into_iter()
+        .map(|e| BackendState {
+            address: e.key.to_string(),
+            healthy: e.healthy,
+            status: format!("{:?}", e.status),
+            in_flight: e.in_flight,
+            ewma_ms: e.ewma.as_secs_f64() * 1000.0,
+            requests: e.requests,
+            failures: e.failures,
+            ejected_for_ms: e
+                .ejected_until
+                .map(|t| t.saturating_duration_since(now).as_millis()),
+        })
+        .collect()
+}
+
+/// The gateway's own health: 200 while at least one backend is healthy.
+async fn lb_health(State(upstream): State<HttpUpstream>) -> Response {
+    let list = backends(&upstream);
+    let healthy = list.iter().filter(|b| b.healthy).count();
+    let status = if healthy > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if healthy > 0 { "pass" } else { "fail" },
+        "healthy": healthy,
+        "backends": list,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// A page listing the backends and their state.
+async fn admin(State(upstream): State<HttpUpstream>) -> Html<String> {
+    let mut rows = String::new();
+    for b in backends(&upstream) {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            b.address,
+            if b.healthy { "healthy" } else { "unhealthy" },
+            b.status,
+            b.in_flight,
+            b.ewma_ms,
+            b.requests,
+            b.failures
+        );
+    }
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>herd gateway</title>\
+         <meta http-equiv=refresh content=2>\
+         <h1>Backends</h1><table border=1 cellpadding=4>\
+         <tr><th>address</th><th>health</th><th>state</th><th>in flight</th><th>EWMA ms</th>\
+         <th>requests</th><th>failures</th></tr>{rows}</table>"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls_become_authorities() {
+        assert_eq!(authority("http://127.0.0.1:3001"), "127.0.0.1:3001");
+        assert_eq!(authority("http://127.0.0.1:3001/"), "127.0.0.1:3001");
+        assert_eq!(authority("127.0.0.1:3001"), "127.0.0.1:3001");
+    }
+}
