@@ -155,6 +155,7 @@ impl HealthBuilder {
         groups
             .entry(tags::REPLICATION.to_owned())
             .or_insert_with(|| vec![tags::REPLICATION.to_owned()]);
+        metrics::gauge!("herd_health_draining").set(0.0);
         Ok(Health {
             inner: Arc::new(Inner {
                 config,
