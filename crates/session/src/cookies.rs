@@ -44,21 +44,60 @@ pub(crate) enum CookieAction {
 }
 
 impl CookieAction {
-    pub(crate) fn apply(&self, config: &CookieConfig, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, template: &SetCookieTemplate, headers: &mut HeaderMap) {
         let header = match self {
             CookieAction::Keep => return,
-            CookieAction::Set { value, ttl } => {
-                set_cookie(config, value.as_str(), config.persistent.then_some(*ttl))
-            }
-            CookieAction::Remove => set_cookie(config, "", Some(Duration::ZERO)),
+            CookieAction::Set { value, ttl } => template.render(value, Some(*ttl)),
+            CookieAction::Remove => template.render("", Some(Duration::ZERO)),
         };
         match HeaderValue::try_from(header) {
             Ok(value) => {
                 headers.append(SET_COOKIE, value);
             }
-            // Config validation and our own values (base64url) rule this out.
+            // Config validation and our own values (base64) rule this out.
             Err(error) => tracing::error!(%error, "session cookie is not a valid header value"),
         }
+    }
+}
+
+/// The session's `Set-Cookie` with its attributes rendered once (by the `cookie` crate) when
+/// the layer is built; each response only adds the value and Max-Age.
+#[derive(Debug, Clone)]
+pub(crate) struct SetCookieTemplate {
+    name: String,
+    /// `; HttpOnly; SameSite=Lax; Secure; Path=/...`
+    attributes: String,
+    persistent: bool,
+}
+
+impl SetCookieTemplate {
+    pub(crate) fn new(config: &CookieConfig) -> Self {
+        let empty = set_cookie(config, "", None);
+        let attributes = empty
+            .strip_prefix(&format!("{}=", config.name))
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            name: config.name.clone(),
+            attributes,
+            persistent: config.persistent,
+        }
+    }
+
+    fn render(&self, value: &str, max_age: Option<Duration>) -> String {
+        let mut header = String::with_capacity(self.name.len() + value.len() + self.attributes.len() + 24);
+        header.push_str(&self.name);
+        header.push('=');
+        header.push_str(value);
+        header.push_str(&self.attributes);
+        // A removal always carries Max-Age=0; a browser-session cookie has no Max-Age.
+        if let Some(max_age) = max_age.filter(|age| age.is_zero() || self.persistent) {
+            // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
+            let seconds = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
+            header.push_str("; Max-Age=");
+            header.push_str(&seconds.to_string());
+        }
+        header
     }
 }
 
@@ -73,9 +112,7 @@ pub(crate) fn set_cookie(config: &CookieConfig, value: &str, max_age: Option<Dur
         cookie = cookie.domain(domain.as_str());
     }
     if let Some(max_age) = max_age {
-        // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
-        let seconds = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
-        let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
         cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
     }
     cookie.build().to_string()
@@ -108,11 +145,13 @@ mod tests {
         config.secure = false;
         config.domain = None;
         let mut headers = HeaderMap::new();
-        CookieAction::Remove.apply(&config, &mut headers);
+        CookieAction::Remove.apply(&SetCookieTemplate::new(&config), &mut headers);
         let removal = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
         assert!(removal.starts_with("sid=;") && removal.contains("Max-Age=0"), "{removal}");
-        let almost_gone = set_cookie(&config, "v", Some(Duration::from_millis(300)));
+        let almost_gone = SetCookieTemplate::new(&config).render("v", Some(Duration::from_millis(300)));
         assert!(almost_gone.contains("Max-Age=1"), "{almost_gone}");
+        let template = SetCookieTemplate::new(&CookieConfig::default()).render("a.b", Some(Duration::from_secs(60)));
+        assert_eq!(template, "sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60");
         assert!(!removal.contains("Secure") && !removal.contains("Domain"));
     }
 
@@ -127,7 +166,7 @@ mod tests {
             value: "x".into(),
             ttl: Duration::from_secs(5),
         }
-        .apply(&config, &mut headers);
+        .apply(&SetCookieTemplate::new(&config), &mut headers);
         assert!(!headers.get(SET_COOKIE).unwrap().to_str().unwrap().contains("Max-Age"));
     }
 }

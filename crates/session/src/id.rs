@@ -59,8 +59,16 @@ impl fmt::Debug for SessionId {
 ///
 /// `Display` gives the 64-character lower-case hex form that the Redis store puts after its
 /// key prefix.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct StoreKey([u8; 32]);
+
+impl std::hash::Hash for StoreKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // A SHA-256 output: any 8 of its bytes are already uniformly distributed.
+        let [a, b, c, d, e, f, g, h, ..] = self.0;
+        state.write_u64(u64::from_le_bytes([a, b, c, d, e, f, g, h]));
+    }
+}
 
 impl StoreKey {
     /// The raw 32 hash bytes.

@@ -51,7 +51,7 @@ impl Session {
             // The handler never looked at the session: nothing to save or touch. A cookie that
             // failed its signature check is dropped so the browser stops sending it.
             if matches!(self.presented_ref(), Presented::Rejected) {
-                CookieAction::Remove.apply(&shared.config.cookie, response.headers_mut());
+                CookieAction::Remove.apply(&shared.set_cookie, response.headers_mut());
             }
             return;
         }
@@ -64,7 +64,7 @@ impl Session {
         match self.persist().await {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
-                action.apply(&shared.config.cookie, response.headers_mut());
+                action.apply(&shared.set_cookie, response.headers_mut());
             }
             Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. })) if !fail_closed => {
                 tracing::warn!(%error, "session save failed; response sent without it (fail open)");
@@ -347,10 +347,16 @@ impl Session {
 
     fn signed_cookie(&self, id: &SessionId, ttl: Duration) -> CookieAction {
         let shared = self.shared();
-        CookieAction::Set {
-            value: shared.keys.sign(&shared.config.cookie.name, id),
-            ttl,
-        }
+        // The cookie the request came with is already this id signed by the newest key.
+        let value = match self.presented_ref() {
+            Presented::Id {
+                id: presented,
+                resign: false,
+                value,
+            } if presented == id => value.to_string(),
+            _ => shared.keys.sign(&shared.config.cookie.name, id),
+        };
+        CookieAction::Set { value, ttl }
     }
 }
 

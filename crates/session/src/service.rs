@@ -8,6 +8,7 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::cookies::SetCookieTemplate;
 use crate::config::{ConflictRule, OnStoreError, SameSite, SessionConfig, TtlExtension};
 use crate::error::ConfigError;
 use crate::id::SessionIdGenerator;
@@ -32,10 +33,12 @@ pub struct SessionLayer {
 impl SessionLayer {
     /// A layer over `store` with the default [`SessionConfig`], signing cookies with `keys`.
     pub fn new(store: impl SessionStore, keys: SigningKeys) -> Self {
+        let config = SessionConfig::default();
         Self {
             shared: Arc::new(Shared {
                 backend: Backend::Store(Arc::new(store)),
-                config: SessionConfig::default(),
+                set_cookie: SetCookieTemplate::new(&config.cookie),
+                config,
                 keys,
                 ids: SessionIdGenerator::new(),
             }),
@@ -216,6 +219,7 @@ impl SessionLayerBuilder {
         Ok(SessionLayer {
             shared: Arc::new(Shared {
                 backend: self.backend,
+                set_cookie: SetCookieTemplate::new(&self.config.cookie),
                 config: self.config,
                 keys: self.keys,
                 ids: self.ids,

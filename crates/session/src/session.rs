@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
 use crate::config::{OnStoreError, SessionConfig};
-use crate::cookies::{self, CookieAction};
+use crate::cookies::{self, CookieAction, SetCookieTemplate};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionIdGenerator};
 use crate::keys::SigningKeys;
@@ -26,6 +26,7 @@ pub(crate) struct Shared {
     pub(crate) config: SessionConfig,
     pub(crate) keys: SigningKeys,
     pub(crate) ids: SessionIdGenerator,
+    pub(crate) set_cookie: SetCookieTemplate,
 }
 
 impl fmt::Debug for Shared {
@@ -66,8 +67,13 @@ pub(crate) enum Presented {
     Nothing,
     /// A cookie that is malformed or carries a bad signature (or cannot be decrypted).
     Rejected,
-    /// A correctly signed id; `resign` when an older key signed it.
-    Id { id: SessionId, resign: bool },
+    /// A correctly signed id (`value` is the cookie as sent); `resign` when an older key
+    /// signed it.
+    Id {
+        id: SessionId,
+        resign: bool,
+        value: Box<str>,
+    },
     /// The cookie store's sealed session, opened lazily.
     #[cfg(feature = "cookie-store")]
     Sealed(String),
@@ -169,6 +175,7 @@ impl Session {
                         return Presented::Id {
                             id: verified.id,
                             resign: verified.signed_with_old_key,
+                            value: value.into(),
                         };
                     }
                 }
@@ -269,19 +276,15 @@ impl Session {
     /// [`SessionError::TooLarge`] when this one value is over the size limit; the whole
     /// session is checked again at save.
     pub async fn insert<T: Serialize>(&self, field: &str, value: T) -> Result<(), SessionError> {
-        let json = serde_json::to_string(&value).map_err(|source| SessionError::Encode {
+        let raw = serde_json::value::to_raw_value(&value).map_err(|source| SessionError::Encode {
             field: field.to_owned(),
             source,
         })?;
         let limit = self.shared().config.max_size;
-        let size = field.len() + json.len();
+        let size = field.len() + raw.get().len();
         if size > limit {
             return Err(SessionError::TooLarge { size, limit });
         }
-        let raw = RawValue::from_string(json).map_err(|source| SessionError::Encode {
-            field: field.to_owned(),
-            source,
-        })?;
         self.ensure_loaded().await?;
         let mut state = self.state();
         // Writing the value that is already there changes nothing and costs no save.

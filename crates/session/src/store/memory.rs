@@ -1,12 +1,17 @@
-//! `MemoryStore`: sessions in this process, on a moka cache with per-entry expiry.
+//! `MemoryStore`: sessions in this process, on a moka cache.
+//!
+//! moka holds one slot per session and does eviction (capacity) and expiry; the session itself
+//! sits behind a small lock in its slot, so the per-request check-and-set is a cache read plus
+//! a lock, not a cache write (moka's write path is far slower than its read path).
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::Expiry;
-use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
+use parking_lot::Mutex;
 
 use super::{SaveOutcome, SessionStore, Stored};
 use crate::error::StoreError;
@@ -21,43 +26,110 @@ use crate::record::SessionRecord;
 /// [`RedisStore`](crate::RedisStore) for that. Cloning shares the same sessions.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
-    cache: Cache<StoreKey, Entry>,
+    cache: Cache<StoreKey, Arc<Slot>, BuildHasherDefault<StoreKeyHasher>>,
 }
+
+/// One session's place in the cache. `None` once deleted, so a request still holding the slot
+/// sees the session as gone.
+#[derive(Debug, Default)]
+struct Slot(Mutex<Option<Entry>>);
 
 #[derive(Debug, Clone)]
 struct Entry {
     record: Arc<SessionRecord>,
     version: u64,
     expires_at: Instant,
+    /// The TTL last given; moka keeps the slot at least this long after each read.
+    ttl: Duration,
 }
 
 impl Entry {
-    fn stored(&self) -> Option<Stored> {
-        let ttl = self.expires_at.checked_duration_since(Instant::now())?;
-        Some(Stored {
-            record: Arc::clone(&self.record),
-            version: self.version,
+    fn new(record: Arc<SessionRecord>, version: u64, ttl: Duration) -> Self {
+        Self {
+            record,
+            version,
+            expires_at: Instant::now() + ttl,
             ttl,
-        })
+        }
+    }
+
+    fn live(&self, now: Instant) -> Option<Duration> {
+        self.expires_at
+            .checked_duration_since(now)
+            .filter(|left| !left.is_zero())
     }
 }
 
-/// Tells moka when each entry expires: at the `expires_at` it carries.
-struct EntryExpiry;
+impl Slot {
+    /// The live entry, clearing an expired one.
+    fn live(&self) -> Option<parking_lot::MappedMutexGuard<'_, Entry>> {
+        let mut guard = self.0.lock();
+        if guard.as_ref().is_some_and(|entry| entry.live(Instant::now()).is_none()) {
+            *guard = None;
+        }
+        parking_lot::MutexGuard::try_map(guard, Option::as_mut).ok()
+    }
 
-impl Expiry<StoreKey, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &StoreKey, entry: &Entry, now: Instant) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(now))
+    /// Time until moka may drop the slot: never before the session expires, and after a read
+    /// at least one more TTL (a save right after the read moves the expiry by about that).
+    fn keep_for(&self, now: Instant, after_read: bool) -> Option<Duration> {
+        let guard = self.0.lock();
+        let entry = guard.as_ref()?;
+        let left = entry.expires_at.saturating_duration_since(now);
+        Some(if after_read { left.max(entry.ttl) } else { left })
+    }
+}
+
+/// Tells moka how long to keep each slot (see [`Slot::keep_for`]).
+struct SlotExpiry;
+
+impl Expiry<StoreKey, Arc<Slot>> for SlotExpiry {
+    fn expire_after_create(&self, _: &StoreKey, slot: &Arc<Slot>, now: Instant) -> Option<Duration> {
+        Some(slot.keep_for(now, false).unwrap_or(Duration::ZERO))
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &StoreKey,
+        slot: &Arc<Slot>,
+        now: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(slot.keep_for(now, true).unwrap_or(Duration::ZERO))
     }
 
     fn expire_after_update(
         &self,
         _: &StoreKey,
-        entry: &Entry,
+        slot: &Arc<Slot>,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.expires_at.saturating_duration_since(now))
+        Some(slot.keep_for(now, false).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// A [`StoreKey`] is already a SHA-256 of a random id: its first bytes are a good hash, and
+/// SipHash over all 32 bytes would only cost time. (Keys are never chosen by clients: an
+/// unknown cookie id only ever looks up, never inserts.)
+#[derive(Debug, Default)]
+struct StoreKeyHasher(u64);
+
+impl Hasher for StoreKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `StoreKey` (which writes one u64); FNV-1a keeps other input correct.
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 ^= value;
     }
 }
 
@@ -76,8 +148,8 @@ impl MemoryStore {
             cache: Cache::builder()
                 .name("herd-session")
                 .max_capacity(max_capacity)
-                .expire_after(EntryExpiry)
-                .build(),
+                .expire_after(SlotExpiry)
+                .build_with_hasher(BuildHasherDefault::default()),
         }
     }
 
@@ -90,6 +162,13 @@ impl MemoryStore {
     /// Whether no session is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Makes moka re-read the slot's expiry after it was extended beyond what moka assumed.
+    fn refresh_expiry(&self, key: &StoreKey, old_ttl: Duration, new_ttl: Duration) {
+        if new_ttl > old_ttl {
+            let _ = self.cache.get(key);
+        }
     }
 }
 
@@ -111,23 +190,37 @@ impl SessionStore for MemoryStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let entry = Entry {
-            record,
-            version: 1,
-            expires_at: Instant::now() + ttl,
-        };
-        let result = self
-            .cache
-            .entry(*key)
-            .and_compute_with(|current| match current {
-                Some(_) => Op::Nop,
-                None => Op::Put(entry),
-            });
-        Ok(matches!(result, CompResult::Inserted(_)))
+        let entry = Entry::new(record, 1, ttl);
+        let slot = self.cache.entry(*key).or_insert_with(|| {
+            Arc::new(Slot(Mutex::new(Some(entry.clone()))))
+        });
+        if slot.is_fresh() {
+            return Ok(true);
+        }
+        // An existing slot may hold an expired or deleted session: reuse it under its lock.
+        let mut guard = slot.value().0.lock();
+        if guard.as_ref().is_some_and(|e| e.live(Instant::now()).is_some()) {
+            return Ok(false);
+        }
+        let old_ttl = guard.as_ref().map_or(Duration::ZERO, |e| e.ttl);
+        *guard = Some(entry);
+        drop(guard);
+        self.refresh_expiry(key, old_ttl, ttl);
+        Ok(true)
     }
 
     async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError> {
-        Ok(self.cache.get(key).and_then(|entry| entry.stored()))
+        let Some(slot) = self.cache.get(key) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        Ok(slot.live().and_then(|entry| {
+            Some(Stored {
+                record: Arc::clone(&entry.record),
+                version: entry.version,
+                ttl: entry.live(now)?,
+            })
+        }))
     }
 
     async fn save(
@@ -137,45 +230,48 @@ impl SessionStore for MemoryStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
+        let Some(slot) = self.cache.get(key) else {
+            return Ok(SaveOutcome::Gone);
+        };
+        let Some(mut entry) = slot.live() else {
+            return Ok(SaveOutcome::Gone);
+        };
+        if entry.version != expected_version {
+            let now = Instant::now();
+            return Ok(SaveOutcome::Conflict(Stored {
+                record: Arc::clone(&entry.record),
+                version: entry.version,
+                ttl: entry.live(now).unwrap_or(Duration::from_millis(1)),
+            }));
+        }
         let version = expected_version.saturating_add(1);
-        let result = self
-            .cache
-            .entry(*key)
-            .and_compute_with(|current| match current {
-                Some(current) if current.value().version == expected_version => Op::Put(Entry {
-                    record,
-                    version,
-                    expires_at: Instant::now() + ttl,
-                }),
-                _ => Op::Nop,
-            });
-        Ok(match result {
-            CompResult::ReplacedWith(_) | CompResult::Inserted(_) => SaveOutcome::Saved { version },
-            CompResult::Unchanged(current) => match current.value().stored() {
-                Some(stored) => SaveOutcome::Conflict(stored),
-                None => SaveOutcome::Gone,
-            },
-            CompResult::StillNone(_) | CompResult::Removed(_) => SaveOutcome::Gone,
-        })
+        let old_ttl = entry.ttl;
+        *entry = Entry::new(record, version, ttl);
+        drop(entry);
+        self.refresh_expiry(key, old_ttl, ttl);
+        Ok(SaveOutcome::Saved { version })
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        self.cache.invalidate(key);
+        if let Some(slot) = self.cache.remove(key) {
+            *slot.0.lock() = None;
+        }
         Ok(())
     }
 
     async fn touch(&self, key: &StoreKey, ttl: Duration) -> Result<bool, StoreError> {
-        let result = self
-            .cache
-            .entry(*key)
-            .and_compute_with(|current| match current {
-                Some(current) => Op::Put(Entry {
-                    expires_at: Instant::now() + ttl,
-                    ..current.into_value()
-                }),
-                None => Op::Nop,
-            });
-        Ok(matches!(result, CompResult::ReplacedWith(_)))
+        let Some(slot) = self.cache.get(key) else {
+            return Ok(false);
+        };
+        let Some(mut entry) = slot.live() else {
+            return Ok(false);
+        };
+        let old_ttl = entry.ttl;
+        entry.expires_at = Instant::now() + ttl;
+        entry.ttl = ttl;
+        drop(entry);
+        self.refresh_expiry(key, old_ttl, ttl);
+        Ok(true)
     }
 }
 
