@@ -14,7 +14,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use herd_cache_cluster::{Backend, Cache, RedisConfig};
 use herd_db_router::{Consistency, DbRouter, NodeConfig, Role, RouterConfig};
-use herd_health::{CheckOptions, Health, HttpMetricsLayer, PrometheusMetrics};
+use herd_health::{
+    CheckOptions, Health, HealthConfig, HttpMetricsLayer, PrometheusMetrics, ShowDetails,
+};
 use herd_session::{
     RedisStore, RedisStoreConfig, Session, SessionError, SessionLayer, SigningKeys,
 };
@@ -148,7 +150,15 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
         .await?;
 
     let health = Health::builder()
-        .check(herd_db_router::health::RouterCheck::new(db.clone()))
+        // A demo shows everything; a production service would use `WhenAuthorized` + a token.
+        .config(HealthConfig {
+            show_details: ShowDetails::Always,
+            ..HealthConfig::default()
+        })
+        .check_with(
+            herd_db_router::health::RouterCheck::new(db.clone()),
+            CheckOptions::new().tag(herd_health::tags::REPLICATION),
+        )
         .check_with(cache.health_check(), CheckOptions::new().non_critical())
         .check(store.clone())
         .metrics(metrics()?)
