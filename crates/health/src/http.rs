@@ -192,6 +192,10 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
     response
 }
 
+/// Response future of [`HealthService`].
+pub(crate) type HealthFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
 /// The health endpoints as a plain tower `Service` (see [`Health::service`]): routes by path,
 /// answers 404 for other paths and 405 for methods other than `GET` and `HEAD`. It never
 /// fails; every outcome is a status code.
@@ -230,7 +234,7 @@ impl HealthService {
 impl<B> tower_service::Service<Request<B>> for HealthService {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = HealthFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

@@ -11,7 +11,8 @@
 //!   background. Liveness never looks at dependencies; readiness fails while draining.
 //! - Endpoints as an axum [`Router`](Health::router) or a plain tower
 //!   [`Service`](Health::service): `/health/live`, `/health/ready`, `/health/startup`,
-//!   `/health`, `/health/replication` (and other groups), `/metrics`. Bodies follow the IETF
+//!   `/health`, `/health/replication` (and other groups), `/metrics`; or a
+//!   [`HealthLayer`] in front of any HTTP service. Bodies follow the IETF
 //!   draft "Health Check Response Format for HTTP APIs"; 200 for pass and warn, 503 for fail.
 //! - [`PrometheusMetrics`]: the `metrics` recorder rendered at `/metrics`, with histogram
 //!   buckets and the upkeep task; [`HttpMetricsLayer`] counts requests by matched route.
@@ -67,6 +68,7 @@ mod error;
 mod health;
 mod http;
 mod http_metrics;
+mod layer;
 mod options;
 #[cfg(feature = "prometheus")]
 mod prometheus;
@@ -83,6 +85,7 @@ pub use error::Error;
 pub use health::{Health, HealthBuilder, Probe};
 pub use http::HealthService;
 pub use http_metrics::{HttpMetrics, HttpMetricsLayer, ResponseFuture};
+pub use layer::{HealthLayer, WithHealth, WithHealthFuture};
 pub use options::{CheckOptions, tags};
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]

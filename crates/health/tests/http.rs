@@ -373,3 +373,49 @@ async fn the_plain_tower_service_serves_hyper() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_layer_answers_probes_in_front_of_a_hyper_app() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+    use tower::Layer;
+
+    let health = Health::builder().started(true).build().unwrap();
+    let app = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let body = format!("app saw {}", request.uri().path());
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+    });
+    let service = health.layer().layer(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let client = client();
+    let ready = get(&client, addr, "/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.headers["content-type"], "application/health+json");
+    let orders = get(&client, addr, "/orders/7").await;
+    assert_eq!(orders.status, StatusCode::OK);
+    assert_eq!(orders.body, "app saw /orders/7");
+    health.drain();
+    assert_eq!(
+        get(&client, addr, "/health/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(&client, addr, "/orders/8").await.body,
+        "app saw /orders/8"
+    );
+}
