@@ -98,18 +98,31 @@ impl CacheBuilder {
     /// [`Error::Config`] for an unusable namespace or L1 size, [`Error::Backend`] when the
     /// invalidation subscription cannot be made.
     pub async fn build(self) -> Result<Cache, Error> {
-        let Self { backend, config, seed } = self;
+        let Self {
+            backend,
+            config,
+            seed,
+        } = self;
         if config.namespace.is_empty() || config.namespace.contains(['{', '}', ':']) {
             return Err(Error::Config {
                 field: "namespace",
-                reason: format!("{:?} must be non-empty without '{{', '}}' or ':'", config.namespace),
+                reason: format!(
+                    "{:?} must be non-empty without '{{', '}}' or ':'",
+                    config.namespace
+                ),
             });
         }
         if config.l1.as_ref().is_some_and(|l1| l1.max_entries == 0) {
-            return Err(Error::Config { field: "l1.max_entries", reason: "must be at least 1".into() });
+            return Err(Error::Config {
+                field: "l1.max_entries",
+                reason: "must be at least 1".into(),
+            });
         }
         if !config.early_refresh_beta.is_finite() || config.early_refresh_beta < 0.0 {
-            return Err(Error::Config { field: "early_refresh_beta", reason: "must be a finite number >= 0".into() });
+            return Err(Error::Config {
+                field: "early_refresh_beta",
+                reason: "must be a finite number >= 0".into(),
+            });
         }
         let mut rng = match seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -148,7 +161,11 @@ impl CacheBuilder {
 impl Cache {
     /// A builder over `backend` with [`CacheConfig::default`].
     pub fn builder(backend: Backend) -> CacheBuilder {
-        CacheBuilder { backend, config: CacheConfig::default(), seed: None }
+        CacheBuilder {
+            backend,
+            config: CacheConfig::default(),
+            seed: None,
+        }
     }
 
     /// A cache over `backend` with `config`.
@@ -230,14 +247,19 @@ impl Cache {
             inner.skipped(missing.len());
             return out;
         }
-        let full_keys: Vec<String> =
-            missing.iter().filter_map(|&i| keys.get(i)).map(|k| inner.data_key(k.as_ref())).collect();
+        let full_keys: Vec<String> = missing
+            .iter()
+            .filter_map(|&i| keys.get(i))
+            .map(|k| inner.data_key(k.as_ref()))
+            .collect();
         match inner.backend.get_many(&full_keys).await {
             Ok(values) => {
                 inner.circuit.record_success();
                 for (&i, bytes) in missing.iter().zip(values) {
                     let key = keys.get(i).map(AsRef::as_ref).unwrap_or_default();
-                    if let (Read::Fresh(value, _), Some(place)) = (inner.decode::<T>(key, bytes), out.get_mut(i)) {
+                    if let (Read::Fresh(value, _), Some(place)) =
+                        (inner.decode::<T>(key, bytes), out.get_mut(i))
+                    {
                         *place = value;
                     }
                 }
@@ -268,21 +290,36 @@ impl Cache {
     ///
     /// # Errors
     /// As [`set`](Self::set).
-    pub async fn set_with_tags<T, S>(&self, key: &str, value: &T, ttl: Duration, tags: &[S]) -> Result<(), Error>
+    pub async fn set_with_tags<T, S>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        tags: &[S],
+    ) -> Result<(), Error>
     where
         T: Serialize + Clone + Send + Sync + 'static,
         S: AsRef<str>,
     {
         let inner = &self.inner;
-        let bytes = codec::encode(Some(value), Header::new(false, ttl, Duration::ZERO))
-            .map_err(|source| Error::Encode { key: key.to_owned(), source })?;
+        let bytes = codec::encode(Some(value), Header::new(false, ttl, Duration::ZERO)).map_err(
+            |source| Error::Encode {
+                key: key.to_owned(),
+                source,
+            },
+        )?;
         inner.guard("SET")?;
         let full = inner.data_key(key);
         let stored_ttl = ttl.saturating_add(inner.config.stale_ttl);
         inner.checked(inner.backend.set(&full, &bytes, stored_ttl).await)?;
         for tag in tags {
             let members = [full.clone()];
-            inner.checked(inner.backend.tag_add(&inner.tag_key(tag.as_ref()), &members, stored_ttl).await)?;
+            inner.checked(
+                inner
+                    .backend
+                    .tag_add(&inner.tag_key(tag.as_ref()), &members, stored_ttl)
+                    .await,
+            )?;
         }
         if let Some(l1) = &inner.l1 {
             l1.insert(key, Some(value.clone()), ttl);
@@ -307,17 +344,27 @@ impl Cache {
             .map(|(key, value)| {
                 codec::encode(Some(value), header)
                     .map(|bytes| (inner.data_key(key.as_ref()), bytes))
-                    .map_err(|source| Error::Encode { key: key.as_ref().to_owned(), source })
+                    .map_err(|source| Error::Encode {
+                        key: key.as_ref().to_owned(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         inner.guard("SET")?;
-        inner.checked(inner.backend.set_many(&encoded, ttl.saturating_add(inner.config.stale_ttl)).await)?;
+        inner.checked(
+            inner
+                .backend
+                .set_many(&encoded, ttl.saturating_add(inner.config.stale_ttl))
+                .await,
+        )?;
         if let Some(l1) = &inner.l1 {
             for (key, value) in items {
                 l1.insert(key.as_ref(), Some(value.clone()), ttl);
             }
         }
-        inner.publish(items.iter().map(|(k, _)| k.as_ref().to_owned()).collect()).await;
+        inner
+            .publish(items.iter().map(|(k, _)| k.as_ref().to_owned()).collect())
+            .await;
         Ok(())
     }
 
@@ -347,8 +394,11 @@ impl Cache {
         let tag_key = inner.tag_key(tag);
         let members = inner.checked(inner.backend.tag_members(&tag_key).await)?;
         let data_prefix = format!("{}k:", inner.prefix);
-        let keys: Vec<String> =
-            members.iter().filter_map(|m| m.strip_prefix(&data_prefix)).map(str::to_owned).collect();
+        let keys: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.strip_prefix(&data_prefix))
+            .map(str::to_owned)
+            .collect();
         if let Some(l1) = &inner.l1 {
             for key in &keys {
                 l1.invalidate(key);
@@ -379,7 +429,12 @@ impl Cache {
     ///
     /// # Errors
     /// Only [`Error::Load`], when the loader failed (and no stale value could stand in).
-    pub async fn get_or_load<T, F, Fut, E>(&self, key: &str, ttl: Duration, loader: F) -> Result<Option<T>, Error>
+    pub async fn get_or_load<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Option<T>, Error>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
@@ -396,7 +451,10 @@ impl Cache {
             let loader = loader.take();
             async move {
                 let Some(loader) = loader else {
-                    return Err(Error::Load { key: owned_key, source: Arc::new("loader already used".into()) });
+                    return Err(Error::Load {
+                        key: owned_key,
+                        source: Arc::new("loader already used".into()),
+                    });
                 };
                 let value = inner.resolve::<T, _, _, _>(owned_key, ttl, loader).await?;
                 Ok(Arc::new(value) as Arc<dyn Any + Send + Sync>)
@@ -409,8 +467,15 @@ impl Cache {
         }
         // We joined a load of the same key for another type: load our own.
         match loader {
-            Some(loader) => Arc::clone(&self.inner).load_and_store(key.to_owned(), ttl, loader, LockMode::Wait).await,
-            None => Err(Error::Load { key: key.to_owned(), source: Arc::new("loader already used".into()) }),
+            Some(loader) => {
+                Arc::clone(&self.inner)
+                    .load_and_store(key.to_owned(), ttl, loader, LockMode::Wait)
+                    .await
+            }
+            None => Err(Error::Load {
+                key: key.to_owned(),
+                source: Arc::new("loader already used".into()),
+            }),
         }
     }
 }
@@ -452,7 +517,7 @@ impl Inner {
     /// `Some(value)` on an L1 hit of type `T`.
     fn l1_get<T: Clone + 'static>(&self, key: &str) -> Option<Option<T>> {
         let l1 = self.l1.as_ref()?;
-        match l1.get(key).and_then(|entry| entry.get::<T>()) {
+        match l1.get::<T>(key) {
             Some(value) => {
                 self.counters.record(Tier::L1, Outcome::Hit);
                 Some(value)
@@ -475,7 +540,8 @@ impl Inner {
     }
 
     fn skipped(&self, lookups: usize) {
-        metrics::counter!("herd_cache_errors_total", "kind" => "circuit_open").increment(lookups as u64);
+        metrics::counter!("herd_cache_errors_total", "kind" => "circuit_open")
+            .increment(lookups as u64);
         for _ in 0..lookups {
             self.counters.record(Tier::L2, Outcome::Error);
         }
@@ -544,8 +610,13 @@ impl Inner {
                     DecodeError::Foreign => "decode_foreign",
                     DecodeError::Payload => "decode_payload",
                 };
-                metrics::counter!("herd_cache_errors_total", "kind" => "decode", "detail" => kind).increment(1);
-                tracing::debug!(key, ?error, "stored value is not readable by this cache; treating as a miss");
+                metrics::counter!("herd_cache_errors_total", "kind" => "decode", "detail" => kind)
+                    .increment(1);
+                tracing::debug!(
+                    key,
+                    ?error,
+                    "stored value is not readable by this cache; treating as a miss"
+                );
                 self.counters.record(Tier::L2, Outcome::Error);
                 Read::Missing
             }
@@ -565,7 +636,12 @@ impl Inner {
         codec::now_ms() as f64 + gap_ms >= header.fresh_until_ms as f64
     }
 
-    async fn resolve<T, F, Fut, E>(self: Arc<Self>, key: String, ttl: Duration, loader: F) -> Result<Option<T>, Error>
+    async fn resolve<T, F, Fut, E>(
+        self: Arc<Self>,
+        key: String,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Option<T>, Error>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
@@ -589,7 +665,9 @@ impl Inner {
                 self.counters.record(Tier::L2, Outcome::Miss);
                 self.load_and_store(key, ttl, loader, LockMode::Wait).await
             }
-            Read::Missing | Read::Failed => self.load_and_store(key, ttl, loader, LockMode::Wait).await,
+            Read::Missing | Read::Failed => {
+                self.load_and_store(key, ttl, loader, LockMode::Wait).await
+            }
         }
     }
 
@@ -606,7 +684,10 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         tokio::spawn(async move {
-            let result = inner.clone().load_and_store(key.clone(), ttl, loader, LockMode::Skip).await;
+            let result = inner
+                .clone()
+                .load_and_store(key.clone(), ttl, loader, LockMode::Skip)
+                .await;
             if let Err(error) = result {
                 // The old value stays in place (fail-safe).
                 tracing::debug!(%error, "background refresh failed; the previous value stays");
@@ -635,7 +716,10 @@ impl Inner {
             LockOutcome::NotUsed => None,
             LockOutcome::ValueArrived(value) => return Ok(value),
             LockOutcome::Skipped => {
-                return Err(Error::Load { key, source: Arc::new("another instance is refreshing".into()) });
+                return Err(Error::Load {
+                    key,
+                    source: Arc::new("another instance is refreshing".into()),
+                });
             }
         };
         let started = Instant::now();
@@ -650,13 +734,20 @@ impl Inner {
             }
             Err(error) => {
                 metrics::counter!("herd_cache_errors_total", "kind" => "loader").increment(1);
-                Err(Error::Load { key: key.clone(), source: Arc::new(error.into()) })
+                Err(Error::Load {
+                    key: key.clone(),
+                    source: Arc::new(error.into()),
+                })
             }
         };
         if let Some(token) = lock {
             let lock_key = self.lock_key(&key);
             // A failed release only delays the next load until the lock expires.
-            let _ = self.checked(self.backend.delete_if_equals(&lock_key, token.as_bytes()).await);
+            let _ = self.checked(
+                self.backend
+                    .delete_if_equals(&lock_key, token.as_bytes())
+                    .await,
+            );
         }
         result
     }
@@ -684,7 +775,11 @@ impl Inner {
         };
         if self.circuit.allows() {
             let stored_ttl = ttl.saturating_add(self.config.stale_ttl);
-            let _ = self.checked(self.backend.set(&self.data_key(key), &bytes, stored_ttl).await);
+            let _ = self.checked(
+                self.backend
+                    .set(&self.data_key(key), &bytes, stored_ttl)
+                    .await,
+            );
         }
     }
 
@@ -692,13 +787,19 @@ impl Inner {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let Some(lock) = &self.config.lock else { return LockOutcome::NotUsed };
+        let Some(lock) = &self.config.lock else {
+            return LockOutcome::NotUsed;
+        };
         if !self.circuit.allows() {
             return LockOutcome::NotUsed;
         }
         let token = format!("{:016x}", self.rng.lock().random::<u64>());
         let lock_key = self.lock_key(key);
-        match self.checked(self.backend.set_nx(&lock_key, token.as_bytes(), lock.ttl).await) {
+        match self.checked(
+            self.backend
+                .set_nx(&lock_key, token.as_bytes(), lock.ttl)
+                .await,
+        ) {
             Ok(true) => return LockOutcome::Held(token),
             Ok(false) if mode == LockMode::Skip => return LockOutcome::Skipped,
             Ok(false) => {}
@@ -736,9 +837,14 @@ impl Inner {
         if self.l1.is_none() || !self.config.invalidation || !self.circuit.allows() {
             return;
         }
-        let payload = Invalidation { origin: self.origin, keys }.encode();
+        let payload = Invalidation {
+            origin: self.origin,
+            keys,
+        }
+        .encode();
         if let Err(error) = self.backend.publish(&self.channel, &payload).await {
-            metrics::counter!("herd_cache_errors_total", "kind" => "invalidation_publish").increment(1);
+            metrics::counter!("herd_cache_errors_total", "kind" => "invalidation_publish")
+                .increment(1);
             tracing::debug!(%error, "publishing a cache invalidation failed");
         }
     }

@@ -59,10 +59,16 @@ impl Circuit {
         if self.threshold == 0 {
             return;
         }
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let half_open = self.open_until_ms.load(Ordering::Relaxed) != 0;
         if failures >= self.threshold || half_open {
-            let until = self.now_ms().saturating_add(u64::try_from(self.open_for.as_millis()).unwrap_or(u64::MAX)).max(1);
+            let until = self
+                .now_ms()
+                .saturating_add(u64::try_from(self.open_for.as_millis()).unwrap_or(u64::MAX))
+                .max(1);
             self.open_until_ms.store(until, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);
             metrics::counter!("herd_cache_circuit_opened_total").increment(1);
@@ -76,7 +82,10 @@ mod tests {
     use super::*;
 
     fn circuit(threshold: u32, open_for_ms: u64) -> Circuit {
-        Circuit::new(&CircuitConfig { failure_threshold: threshold, open_for: Duration::from_millis(open_for_ms) })
+        Circuit::new(&CircuitConfig {
+            failure_threshold: threshold,
+            open_for: Duration::from_millis(open_for_ms),
+        })
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! Anything else under a cache key (another format, another program's value, truncation) decodes
 //! to [`DecodeError`], which the cache turns into a miss plus a metric.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -70,7 +70,11 @@ pub(crate) fn encode<T: Serialize>(
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     out.extend_from_slice(MAGIC);
     out.push(FORMAT_VERSION);
-    out.push(if header.negative { KIND_NONE } else { KIND_VALUE });
+    out.push(if header.negative {
+        KIND_NONE
+    } else {
+        KIND_VALUE
+    });
     out.extend_from_slice(&header.fresh_until_ms.to_le_bytes());
     out.extend_from_slice(&header.delta_ms.to_le_bytes());
     match value {
@@ -114,11 +118,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
     Ok((header, Some(value)))
 }
 
+/// Unix milliseconds (coarse: see [`crate::clock`]).
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::clock::unix_now_ms()
 }
 
 #[cfg(test)]
@@ -133,7 +135,10 @@ mod tests {
 
     #[test]
     fn round_trips_values_and_negative_entries() {
-        let user = User { id: 7, name: "ada".into() };
+        let user = User {
+            id: 7,
+            name: "ada".into(),
+        };
         let header = Header::new(false, Duration::from_secs(60), Duration::from_millis(12));
         let bytes = encode(Some(&user), header).unwrap();
         let (h, v) = decode::<User>(&bytes).unwrap();
@@ -150,9 +155,15 @@ mod tests {
     #[test]
     fn foreign_or_corrupt_bytes_are_errors_not_panics() {
         assert_eq!(decode::<u64>(b""), Err(DecodeError::Foreign));
-        assert_eq!(decode::<u64>(b"hello world, not ours"), Err(DecodeError::Foreign));
-        let good = encode(Some(&5u64), Header::new(false, Duration::from_secs(1), Duration::ZERO))
-            .unwrap();
+        assert_eq!(
+            decode::<u64>(b"hello world, not ours"),
+            Err(DecodeError::Foreign)
+        );
+        let good = encode(
+            Some(&5u64),
+            Header::new(false, Duration::from_secs(1), Duration::ZERO),
+        )
+        .unwrap();
         let mut other_version = good.clone();
         other_version[2] = 9;
         assert_eq!(decode::<u64>(&other_version), Err(DecodeError::Foreign));
@@ -160,10 +171,18 @@ mod tests {
         other_kind[3] = 7;
         assert_eq!(decode::<u64>(&other_kind), Err(DecodeError::Foreign));
         // Our header, a payload of another type.
-        assert_eq!(decode::<String>(&good[..HEADER_LEN + 1]).map(|(_, v)| v), Err(DecodeError::Payload));
-        let truncated =
-            encode(Some(&"long string".to_owned()), Header::new(false, Duration::ZERO, Duration::ZERO))
-                .unwrap();
-        assert_eq!(decode::<String>(&truncated[..truncated.len() - 3]).map(|(_, v)| v), Err(DecodeError::Payload));
+        assert_eq!(
+            decode::<String>(&good[..HEADER_LEN + 1]).map(|(_, v)| v),
+            Err(DecodeError::Payload)
+        );
+        let truncated = encode(
+            Some(&"long string".to_owned()),
+            Header::new(false, Duration::ZERO, Duration::ZERO),
+        )
+        .unwrap();
+        assert_eq!(
+            decode::<String>(&truncated[..truncated.len() - 3]).map(|(_, v)| v),
+            Err(DecodeError::Payload)
+        );
     }
 }

@@ -76,7 +76,10 @@ pub struct L1Config {
 
 impl Default for L1Config {
     fn default() -> Self {
-        Self { max_entries: 10_000, max_ttl: Duration::from_secs(30) }
+        Self {
+            max_entries: 10_000,
+            max_ttl: Duration::from_secs(30),
+        }
     }
 }
 
@@ -120,7 +123,10 @@ pub struct CircuitConfig {
 
 impl Default for CircuitConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, open_for: Duration::from_secs(1) }
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(1),
+        }
     }
 }
 
@@ -178,6 +184,9 @@ impl RedisConfig {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { urls: urls.into_iter().map(Into::into).collect(), ..Self::default() }
+        Self {
+            urls: urls.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
     }
 }

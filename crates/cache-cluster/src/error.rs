@@ -75,6 +75,11 @@ impl Error {
         target: impl Into<String>,
         source: redis::RedisError,
     ) -> Self {
-        Self::Backend { backend, operation, target: target.into(), source: Arc::new(source) }
+        Self::Backend {
+            backend,
+            operation,
+            target: target.into(),
+            source: Arc::new(source),
+        }
     }
 }

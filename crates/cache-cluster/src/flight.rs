@@ -24,7 +24,9 @@ pub(crate) struct Flights {
 
 impl std::fmt::Debug for Flights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flights").field("running", &self.running.lock().len()).finish()
+        f.debug_struct("Flights")
+            .field("running", &self.running.lock().len())
+            .finish()
     }
 }
 
@@ -51,7 +53,10 @@ impl Flights {
         let key_for_error = key.to_owned();
         let flight = async move {
             task.await.unwrap_or_else(|join_error| {
-                Err(Error::Load { key: key_for_error, source: Arc::new(join_error.to_string().into()) })
+                Err(Error::Load {
+                    key: key_for_error,
+                    source: Arc::new(join_error.to_string().into()),
+                })
             })
         }
         .boxed()
@@ -105,7 +110,8 @@ mod tests {
         });
         assert!(started);
         assert!(failed.await.is_err());
-        let (_, started_again) = flights.join_or_start("k", || async { Ok(Arc::new(()) as _) }.boxed());
+        let (_, started_again) =
+            flights.join_or_start("k", || async { Ok(Arc::new(()) as _) }.boxed());
         assert!(started_again, "a failed load is not kept");
     }
 }

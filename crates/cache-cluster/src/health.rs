@@ -38,7 +38,11 @@ impl Cache {
     /// A [`HealthCheck`] for this cache.
     #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
     pub fn health_check(&self) -> CacheHealth {
-        CacheHealth { cache: self.clone(), name: "cache".into(), min_hit_ratio: None }
+        CacheHealth {
+            cache: self.clone(),
+            name: "cache".into(),
+            min_hit_ratio: None,
+        }
     }
 }
 
@@ -66,11 +70,16 @@ impl HealthCheck for CacheHealth {
         }
         match backend.cluster_state().await {
             Ok(Some(state)) => {
-                let status = if state == "ok" { Status::Pass } else { Status::Fail };
+                let status = if state == "ok" {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                };
                 result.push(Measurement::new("clusterState", status).value(state));
             }
             Ok(None) => {}
-            Err(error) => result.push(Measurement::new("clusterState", Status::Fail).output(error.to_string())),
+            Err(error) => result
+                .push(Measurement::new("clusterState", Status::Fail).output(error.to_string())),
         }
         if let Some(ratio) = self.cache.stats().hit_ratio() {
             let status = match self.min_hit_ratio {

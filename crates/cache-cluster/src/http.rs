@@ -73,7 +73,9 @@ struct Settings {
 
 impl fmt::Debug for HttpCacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpCacheLayer").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("HttpCacheLayer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +117,11 @@ impl<S> Layer<S> for HttpCacheLayer {
     type Service = HttpCache<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpCache { inner, cache: self.cache.clone(), settings: Arc::clone(&self.settings) }
+        HttpCache {
+            inner,
+            cache: self.cache.clone(),
+            settings: Arc::clone(&self.settings),
+        }
     }
 }
 
@@ -129,7 +135,10 @@ pub struct HttpCache<S> {
 
 impl<S: fmt::Debug> fmt::Debug for HttpCache<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpCache").field("inner", &self.inner).field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("HttpCache")
+            .field("inner", &self.inner)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,17 +192,19 @@ where
         let settings = Arc::clone(&self.settings);
         Box::pin(async move {
             let request_cc = CacheControl::parse(req.headers());
-            if !(req.method() == Method::GET || req.method() == Method::HEAD) || request_cc.no_store {
+            if !(req.method() == Method::GET || req.method() == Method::HEAD) || request_cc.no_store
+            {
                 return inner.call(req).await.map(|res| res.map(Either::Right));
             }
             let base = base_key(&req, &settings.key_headers);
             let vary_key = format!("http-vary:{base}");
-            if !request_cc.no_cache {
-                if let Some(vary) = cache.get::<Vec<String>>(&vary_key).await
-                    && let Some(stored) = cache.get::<StoredResponse>(&variant_key(&base, &vary, req.headers())).await
-                {
-                    return Ok(hit(stored));
-                }
+            if !request_cc.no_cache
+                && let Some(vary) = cache.get::<Vec<String>>(&vary_key).await
+                && let Some(stored) = cache
+                    .get::<StoredResponse>(&variant_key(&base, &vary, req.headers()))
+                    .await
+            {
+                return Ok(hit(stored));
             }
             let authorized = req.headers().contains_key(header::AUTHORIZATION);
             let request_headers = req.headers().clone();
@@ -201,7 +212,11 @@ where
             let Some((ttl, vary)) = storable(&response, authorized, &settings) else {
                 return Ok(miss(response.map(Either::Right)));
             };
-            let fits = response.body().size_hint().upper().is_some_and(|n| n <= settings.max_body_size as u64);
+            let fits = response
+                .body()
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= settings.max_body_size as u64);
             if !fits {
                 return Ok(miss(response.map(Either::Right)));
             }
@@ -227,8 +242,13 @@ where
             };
             // Fail-open: a failed store leaves the response as it is.
             let _ = cache.set(&vary_key, &vary, ttl).await;
-            let _ = cache.set(&variant_key(&base, &vary, &request_headers), &stored, ttl).await;
-            Ok(miss(Response::from_parts(parts, Either::Left(Full::new(body)))))
+            let _ = cache
+                .set(&variant_key(&base, &vary, &request_headers), &stored, ttl)
+                .await;
+            Ok(miss(Response::from_parts(
+                parts,
+                Either::Left(Full::new(body)),
+            )))
         })
     }
 }
@@ -237,7 +257,8 @@ fn hit<B>(stored: StoredResponse) -> Response<HttpCacheBody<B>> {
     let mut response = Response::new(Either::Left(Full::new(Bytes::from(stored.body))));
     let headers = response.headers_mut();
     for (name, value) in stored.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_bytes(&value)) {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_bytes(&value))
+        {
             headers.append(name, value);
         }
     }
@@ -248,7 +269,9 @@ fn hit<B>(stored: StoredResponse) -> Response<HttpCacheBody<B>> {
 }
 
 fn miss<B>(mut response: Response<B>) -> Response<B> {
-    response.headers_mut().insert(X_CACHE, HeaderValue::from_static("MISS"));
+    response
+        .headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static("MISS"));
     response
 }
 
@@ -286,7 +309,11 @@ fn append_values(key: &mut String, headers: &HeaderMap, name: &str) {
 }
 
 /// The TTL and `Vary` header names when the response may be stored.
-fn storable<B>(response: &Response<B>, authorized: bool, settings: &Settings) -> Option<(Duration, Vec<String>)> {
+fn storable<B>(
+    response: &Response<B>,
+    authorized: bool,
+    settings: &Settings,
+) -> Option<(Duration, Vec<String>)> {
     if response.status() != StatusCode::OK || response.headers().contains_key(header::SET_COOKIE) {
         return None;
     }
@@ -299,7 +326,13 @@ fn storable<B>(response: &Response<B>, authorized: bool, settings: &Settings) ->
     }
     let mut vary = Vec::new();
     for value in response.headers().get_all(header::VARY) {
-        for name in value.to_str().ok()?.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for name in value
+            .to_str()
+            .ok()?
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
             if name == "*" {
                 return None;
             }
@@ -308,7 +341,10 @@ fn storable<B>(response: &Response<B>, authorized: bool, settings: &Settings) ->
     }
     vary.sort();
     vary.dedup();
-    let lifetime = cc.s_maxage.or(cc.max_age).map_or(settings.default_ttl, Duration::from_secs);
+    let lifetime = cc
+        .s_maxage
+        .or(cc.max_age)
+        .map_or(settings.default_ttl, Duration::from_secs);
     let already = response
         .headers()
         .get(header::AGE)
@@ -353,7 +389,10 @@ impl CacheControl {
                 }
             }
         }
-        if headers.get(header::PRAGMA).is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")) {
+        if headers
+            .get(header::PRAGMA)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+        {
             cc.no_cache = true;
         }
         cc
@@ -367,15 +406,29 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            map.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         map
     }
 
     #[test]
     fn parses_cache_control() {
-        let cc = CacheControl::parse(&headers(&[("cache-control", "public, max-age=60"), ("cache-control", "s-maxage=\"120\"")]));
-        assert_eq!(cc, CacheControl { public: true, max_age: Some(60), s_maxage: Some(120), ..Default::default() });
+        let cc = CacheControl::parse(&headers(&[
+            ("cache-control", "public, max-age=60"),
+            ("cache-control", "s-maxage=\"120\""),
+        ]));
+        assert_eq!(
+            cc,
+            CacheControl {
+                public: true,
+                max_age: Some(60),
+                s_maxage: Some(120),
+                ..Default::default()
+            }
+        );
         let cc = CacheControl::parse(&headers(&[("cache-control", "No-Store, max-age=abc")]));
         assert!(cc.no_store);
         assert_eq!(cc.max_age, Some(0));
@@ -384,26 +437,64 @@ mod tests {
 
     #[test]
     fn storable_rules() {
-        let settings = Settings { default_ttl: Duration::from_secs(60), max_body_size: 10, key_headers: vec![] };
+        let settings = Settings {
+            default_ttl: Duration::from_secs(60),
+            max_body_size: 10,
+            key_headers: vec![],
+        };
         let response = |pairs: &[(&'static str, &'static str)]| {
             let mut r = Response::new(());
             *r.headers_mut() = headers(pairs);
             r
         };
-        assert_eq!(storable(&response(&[]), false, &settings), Some((Duration::from_secs(60), vec![])));
         assert_eq!(
-            storable(&response(&[("cache-control", "max-age=10, s-maxage=20"), ("age", "5")]), false, &settings),
+            storable(&response(&[]), false, &settings),
+            Some((Duration::from_secs(60), vec![]))
+        );
+        assert_eq!(
+            storable(
+                &response(&[("cache-control", "max-age=10, s-maxage=20"), ("age", "5")]),
+                false,
+                &settings
+            ),
             Some((Duration::from_secs(15), vec![]))
         );
         assert_eq!(
-            storable(&response(&[("vary", "Accept-Encoding, accept-language")]), false, &settings),
-            Some((Duration::from_secs(60), vec!["accept-encoding".into(), "accept-language".into()]))
+            storable(
+                &response(&[("vary", "Accept-Encoding, accept-language")]),
+                false,
+                &settings
+            ),
+            Some((
+                Duration::from_secs(60),
+                vec!["accept-encoding".into(), "accept-language".into()]
+            ))
         );
-        assert_eq!(storable(&response(&[("vary", "*")]), false, &settings), None);
-        assert_eq!(storable(&response(&[("set-cookie", "a=b")]), false, &settings), None);
-        assert_eq!(storable(&response(&[("cache-control", "private")]), false, &settings), None);
-        assert_eq!(storable(&response(&[("cache-control", "max-age=0")]), false, &settings), None);
-        assert_eq!(storable(&response(&[]), true, &settings), None, "authorized and not public");
+        assert_eq!(
+            storable(&response(&[("vary", "*")]), false, &settings),
+            None
+        );
+        assert_eq!(
+            storable(&response(&[("set-cookie", "a=b")]), false, &settings),
+            None
+        );
+        assert_eq!(
+            storable(&response(&[("cache-control", "private")]), false, &settings),
+            None
+        );
+        assert_eq!(
+            storable(
+                &response(&[("cache-control", "max-age=0")]),
+                false,
+                &settings
+            ),
+            None
+        );
+        assert_eq!(
+            storable(&response(&[]), true, &settings),
+            None,
+            "authorized and not public"
+        );
         assert!(storable(&response(&[("cache-control", "public")]), true, &settings).is_some());
         let mut not_ok = response(&[]);
         *not_ok.status_mut() = StatusCode::NOT_FOUND;

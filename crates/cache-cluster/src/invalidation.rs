@@ -85,7 +85,10 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_garbage_is_rejected() {
-        let msg = Invalidation { origin: 42, keys: vec!["a".into(), "b".into()] };
+        let msg = Invalidation {
+            origin: 42,
+            keys: vec!["a".into(), "b".into()],
+        };
         assert_eq!(Invalidation::decode(&msg.encode()), Some(msg));
         assert_eq!(Invalidation::decode(b"\xff\xff\xff"), None);
     }

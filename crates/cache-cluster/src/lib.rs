@@ -47,6 +47,7 @@
 mod backend;
 mod cache;
 mod circuit;
+mod clock;
 mod codec;
 mod config;
 mod error;

@@ -18,14 +18,47 @@ pub(crate) enum Tier {
     L2,
 }
 
+/// A counter split over cache-line-sized shards, so threads counting hits at the same time do
+/// not fight over one cache line.
+#[derive(Debug, Default)]
+pub(crate) struct ShardedCounter {
+    shards: [Shard; SHARDS],
+}
+
+const SHARDS: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(AtomicU64);
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS
+    };
+}
+
+impl ShardedCounter {
+    fn fetch_add(&self, n: u64, order: Ordering) {
+        let shard = SHARD.with(|s| *s);
+        if let Some(Shard(counter)) = self.shards.get(shard) {
+            counter.fetch_add(n, order);
+        }
+    }
+
+    fn load(&self, order: Ordering) -> u64 {
+        self.shards.iter().map(|Shard(c)| c.load(order)).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    l1_hits: AtomicU64,
-    l2_hits: AtomicU64,
-    misses: AtomicU64,
-    stale: AtomicU64,
-    errors: AtomicU64,
-    loads: AtomicU64,
+    l1_hits: ShardedCounter,
+    l2_hits: ShardedCounter,
+    misses: ShardedCounter,
+    stale: ShardedCounter,
+    errors: ShardedCounter,
+    loads: ShardedCounter,
 }
 
 impl Counters {
@@ -44,7 +77,8 @@ impl Counters {
         if !(tier == Tier::L1 && outcome == Outcome::Miss) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        metrics::counter!("herd_cache_requests_total", "tier" => tier_label, "result" => result).increment(1);
+        metrics::counter!("herd_cache_requests_total", "tier" => tier_label, "result" => result)
+            .increment(1);
     }
 
     pub(crate) fn record_load(&self) {

@@ -1,7 +1,6 @@
 //! Against a real 6-node Redis Cluster from herd-testkit (shared, read-mostly: no faults here).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,23 +9,41 @@ use herd_cache_cluster::{Backend, Cache, CacheConfig, LockConfig, RedisConfig};
 use herd_testkit::shared;
 
 async fn backend() -> Backend {
-    let rc = shared::redis_cluster().await.expect("testkit redis cluster");
-    Backend::cluster(RedisConfig::new(rc.urls())).await.expect("connect to the cluster")
+    let rc = shared::redis_cluster()
+        .await
+        .expect("testkit redis cluster");
+    Backend::cluster(RedisConfig::new(rc.urls()))
+        .await
+        .expect("connect to the cluster")
 }
 
 /// A namespace per test, so tests sharing the cluster do not see each other's keys.
 fn config(namespace: &str) -> CacheConfig {
-    CacheConfig { namespace: namespace.to_owned(), ..CacheConfig::default() }
+    CacheConfig {
+        namespace: namespace.to_owned(),
+        ..CacheConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_spread_over_all_masters_and_get_many_crosses_slots() {
     let rc = shared::redis_cluster().await.unwrap();
-    let cache = Cache::builder(backend().await).config(config("spread")).without_l1().build().await.unwrap();
+    let cache = Cache::builder(backend().await)
+        .config(config("spread"))
+        .without_l1()
+        .build()
+        .await
+        .unwrap();
 
     let items: Vec<(String, u32)> = (0..200).map(|i| (format!("item:{i}"), i)).collect();
-    cache.set_many(&items, Duration::from_secs(60)).await.unwrap();
-    cache.set("single", &"one value".to_string(), Duration::from_secs(60)).await.unwrap();
+    cache
+        .set_many(&items, Duration::from_secs(60))
+        .await
+        .unwrap();
+    cache
+        .set("single", &"one value".to_string(), Duration::from_secs(60))
+        .await
+        .unwrap();
 
     // Every master holds some of the keys.
     let masters = rc.masters().await.unwrap();
@@ -34,8 +51,17 @@ async fn keys_spread_over_all_masters_and_get_many_crosses_slots() {
     for master in masters {
         let client = redis::Client::open(master.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg("spread:v1:k:item:*").query_async(&mut conn).await.unwrap();
-        assert!(keys.len() > 20, "master {} holds only {} keys", master.addr(), keys.len());
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("spread:v1:k:item:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            keys.len() > 20,
+            "master {} holds only {} keys",
+            master.addr(),
+            keys.len()
+        );
     }
 
     // get_many over many slots (and nodes), with misses in between, keeps the order.
@@ -50,7 +76,10 @@ async fn keys_spread_over_all_masters_and_get_many_crosses_slots() {
             None => assert_eq!(*value, None, "{key}"),
         }
     }
-    assert_eq!(cache.get::<String>("single").await.as_deref(), Some("one value"));
+    assert_eq!(
+        cache.get::<String>("single").await.as_deref(),
+        Some("one value")
+    );
 
     cache.delete("item:7").await.unwrap();
     assert_eq!(cache.get::<u32>("item:7").await, None);
@@ -61,7 +90,11 @@ async fn keys_spread_over_all_masters_and_get_many_crosses_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_get_or_load_call_the_loader_once() {
-    let cache = Cache::builder(backend().await).config(config("flight")).build().await.unwrap();
+    let cache = Cache::builder(backend().await)
+        .config(config("flight"))
+        .build()
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..1000 {
@@ -101,7 +134,11 @@ async fn thousand_concurrent_get_or_load_call_the_loader_once() {
         assert!(error.to_string().contains("database down"), "{error}");
         assert!(error.to_string().contains("flaky"), "{error}");
     }
-    let value = cache.get_or_load("flaky", Duration::from_secs(60), || async { Ok::<_, std::io::Error>(Some(5u32)) }).await;
+    let value = cache
+        .get_or_load("flaky", Duration::from_secs(60), || async {
+            Ok::<_, std::io::Error>(Some(5u32))
+        })
+        .await;
     assert_eq!(value.unwrap(), Some(5));
 }
 
@@ -111,7 +148,11 @@ async fn three_instances_with_the_lock_make_one_load() {
     let mut instances = Vec::new();
     for _ in 0..3 {
         let config = CacheConfig {
-            lock: Some(LockConfig { ttl: Duration::from_secs(5), wait: Duration::from_secs(3), poll_interval: Duration::from_millis(10) }),
+            lock: Some(LockConfig {
+                ttl: Duration::from_secs(5),
+                wait: Duration::from_secs(3),
+                poll_interval: Duration::from_millis(10),
+            }),
             ..config("locked")
         };
         // Separate connections per instance, as separate processes would have.
@@ -141,19 +182,31 @@ async fn three_instances_with_the_lock_make_one_load() {
     for task in tasks {
         assert_eq!(task.await.unwrap().unwrap().as_deref(), Some("catalog v1"));
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load across three instances");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one load across three instances"
+    );
     // The lock was released (compare-and-delete), not left to expire.
     let rc = shared::redis_cluster().await.unwrap();
     let client = redis::cluster::ClusterClient::new(rc.urls()).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
-    let lock: Option<String> = redis::cmd("GET").arg("locked:v1:l:catalog").query_async(&mut conn).await.unwrap();
+    let lock: Option<String> = redis::cmd("GET")
+        .arg("locked:v1:l:catalog")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(lock, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_invalidation_reaches_another_instance_within_100ms() {
-    let a = Cache::new(backend().await, config("coherent")).await.unwrap();
-    let b = Cache::new(backend().await, config("coherent")).await.unwrap();
+    let a = Cache::new(backend().await, config("coherent"))
+        .await
+        .unwrap();
+    let b = Cache::new(backend().await, config("coherent"))
+        .await
+        .unwrap();
     for round in 0..5u32 {
         let key = format!("profile:{round}");
         a.set(&key, &round, Duration::from_secs(60)).await.unwrap();
@@ -164,34 +217,59 @@ async fn l1_invalidation_reaches_another_instance_within_100ms() {
         assert!(hits_before > 0);
 
         let changed = Instant::now();
-        a.set(&key, &(round + 100), Duration::from_secs(60)).await.unwrap();
+        a.set(&key, &(round + 100), Duration::from_secs(60))
+            .await
+            .unwrap();
         loop {
             if b.get::<u32>(&key).await == Some(round + 100) {
                 break;
             }
-            assert!(changed.elapsed() < Duration::from_millis(100), "b still serves the old value after 100 ms");
+            assert!(
+                changed.elapsed() < Duration::from_millis(100),
+                "b still serves the old value after 100 ms"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        println!("round {round}: invalidation seen by the other instance after {:?}", changed.elapsed());
+        println!(
+            "round {round}: invalidation seen by the other instance after {:?}",
+            changed.elapsed()
+        );
 
         let deleted = Instant::now();
         a.delete(&key).await.unwrap();
         while b.get::<u32>(&key).await.is_some() {
-            assert!(deleted.elapsed() < Duration::from_millis(100), "b still serves a deleted value after 100 ms");
+            assert!(
+                deleted.elapsed() < Duration::from_millis(100),
+                "b still serves a deleted value after 100 ms"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
     // Tags: invalidate_tag removes the tagged keys here, in Redis and in b's L1.
-    a.set_with_tags("p:1", &1u32, Duration::from_secs(60), &["products"]).await.unwrap();
-    a.set_with_tags("p:2", &2u32, Duration::from_secs(60), &["products", "featured"]).await.unwrap();
-    a.set_with_tags("u:1", &3u32, Duration::from_secs(60), &["users"]).await.unwrap();
+    a.set_with_tags("p:1", &1u32, Duration::from_secs(60), &["products"])
+        .await
+        .unwrap();
+    a.set_with_tags(
+        "p:2",
+        &2u32,
+        Duration::from_secs(60),
+        &["products", "featured"],
+    )
+    .await
+    .unwrap();
+    a.set_with_tags("u:1", &3u32, Duration::from_secs(60), &["users"])
+        .await
+        .unwrap();
     assert_eq!(b.get::<u32>("p:1").await, Some(1));
     assert_eq!(b.get::<u32>("p:2").await, Some(2));
     let started = Instant::now();
     assert_eq!(a.invalidate_tag("products").await.unwrap(), 2);
     while b.get::<u32>("p:1").await.is_some() || b.get::<u32>("p:2").await.is_some() {
-        assert!(started.elapsed() < Duration::from_millis(100), "tag invalidation not seen after 100 ms");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "tag invalidation not seen after 100 ms"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(a.get::<u32>("u:1").await, Some(3));
@@ -201,21 +279,42 @@ async fn l1_invalidation_reaches_another_instance_within_100ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_or_foreign_values_are_misses() {
     let rc = shared::redis_cluster().await.unwrap();
-    let cache = Cache::new(backend().await, config("corrupt")).await.unwrap();
+    let cache = Cache::new(backend().await, config("corrupt"))
+        .await
+        .unwrap();
     let client = redis::cluster::ClusterClient::new(rc.urls()).unwrap();
     let mut raw = client.get_async_connection().await.unwrap();
 
-    cache.set("good", &"fine".to_string(), Duration::from_secs(60)).await.unwrap();
-    let good: Vec<u8> = redis::cmd("GET").arg(cache.backend_key("good")).query_async(&mut raw).await.unwrap();
+    cache
+        .set("good", &"fine".to_string(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let good: Vec<u8> = redis::cmd("GET")
+        .arg(cache.backend_key("good"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
 
-    let foreign: &[&[u8]] = &[b"plain text another app wrote", b"", &good[..good.len() - 2], b"HC\x09\x00garbage-version"];
+    let foreign: &[&[u8]] = &[
+        b"plain text another app wrote",
+        b"",
+        &good[..good.len() - 2],
+        b"HC\x09\x00garbage-version",
+    ];
     for (i, bytes) in foreign.iter().enumerate() {
         let key = format!("bad:{i}");
-        let () = redis::cmd("SET").arg(cache.backend_key(&key)).arg(*bytes).query_async(&mut raw).await.unwrap();
+        let () = redis::cmd("SET")
+            .arg(cache.backend_key(&key))
+            .arg(*bytes)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
         assert_eq!(cache.get::<String>(&key).await, None, "value {i}");
         // get_or_load treats it as a miss, loads, and overwrites it.
         let loaded = cache
-            .get_or_load(&key, Duration::from_secs(60), || async { Ok::<_, std::io::Error>(Some("reloaded".to_string())) })
+            .get_or_load(&key, Duration::from_secs(60), || async {
+                Ok::<_, std::io::Error>(Some("reloaded".to_string()))
+            })
             .await
             .unwrap();
         assert_eq!(loaded.as_deref(), Some("reloaded"));
@@ -260,15 +359,42 @@ async fn negative_caching_and_stale_while_revalidate() {
         }
     };
     let ttl = Duration::from_millis(300);
-    assert_eq!(cache.get_or_load("swr", ttl, load(Arc::clone(&version))).await.unwrap(), Some(0));
+    assert_eq!(
+        cache
+            .get_or_load("swr", ttl, load(Arc::clone(&version)))
+            .await
+            .unwrap(),
+        Some(0)
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Stale: served at once while one background load replaces it.
     let started = Instant::now();
-    assert_eq!(cache.get_or_load("swr", ttl, load(Arc::clone(&version))).await.unwrap(), Some(0));
-    assert_eq!(cache.get_or_load("swr", ttl, load(Arc::clone(&version))).await.unwrap(), Some(0));
-    assert!(started.elapsed() < Duration::from_millis(100), "stale answers do not wait for the loader");
+    assert_eq!(
+        cache
+            .get_or_load("swr", ttl, load(Arc::clone(&version)))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        cache
+            .get_or_load("swr", ttl, load(Arc::clone(&version)))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "stale answers do not wait for the loader"
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(cache.get_or_load("swr", ttl, load(Arc::clone(&version))).await.unwrap(), Some(1));
+    assert_eq!(
+        cache
+            .get_or_load("swr", ttl, load(Arc::clone(&version)))
+            .await
+            .unwrap(),
+        Some(1)
+    );
     assert_eq!(version.load(Ordering::SeqCst), 2, "one background refresh");
     assert!(cache.stats().stale >= 2);
 }
@@ -282,13 +408,18 @@ async fn health_check_pings_every_master() {
     let _ = cache.get::<u8>("x").await;
     let result = cache.health_check().check().await;
     assert_eq!(result.status(), Status::Pass, "{result:?}");
-    let nodes: HashSet<_> = result
+    let nodes: std::collections::HashSet<_> = result
         .measurements()
         .iter()
         .filter(|m| m.name == "responseTime")
         .filter_map(|m| m.component_id.clone())
         .collect();
     assert_eq!(nodes.len(), 3, "{result:?}");
-    assert!(result.measurements().iter().any(|m| m.name == "clusterState" && m.observed_value == Some("ok".into())));
+    assert!(
+        result
+            .measurements()
+            .iter()
+            .any(|m| m.name == "clusterState" && m.observed_value == Some("ok".into()))
+    );
     assert!(result.measurements().iter().any(|m| m.name == "hitRatio"));
 }

@@ -11,30 +11,54 @@ use herd_testkit::RedisCluster;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
     let node_timeout = Duration::from_millis(1000);
-    let rc = RedisCluster::builder().node_timeout(node_timeout).start().await.unwrap();
+    let rc = RedisCluster::builder()
+        .node_timeout(node_timeout)
+        .start()
+        .await
+        .unwrap();
     let backend = Backend::cluster(RedisConfig::new(rc.urls())).await.unwrap();
     // No L1: every hit must come from the cluster, so the measurement is about Redis.
-    let config = CacheConfig { namespace: "failover".into(), l1: None, ..CacheConfig::default() };
+    let config = CacheConfig {
+        namespace: "failover".into(),
+        l1: None,
+        ..CacheConfig::default()
+    };
     let cache = Cache::new(backend, config).await.unwrap();
 
     let keys: Vec<String> = (0..60).map(|i| format!("key:{i}")).collect();
     for key in &keys {
-        cache.set(key, &format!("value of {key}"), Duration::from_secs(600)).await.unwrap();
+        cache
+            .set(key, &format!("value of {key}"), Duration::from_secs(600))
+            .await
+            .unwrap();
     }
     // The victim: the master serving keys[0]; watch the keys it serves.
     let client = redis::Client::open(rc.urls()[0].as_str()).unwrap();
     let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut admin).await.unwrap();
+    let slots: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let mut owners = Vec::new();
     for key in &keys {
-        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(cache.backend_key(key)).query_async(&mut admin).await.unwrap();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(cache.backend_key(key))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
         owners.push(master_port_for(&slots, slot).expect("slot owner"));
     }
     // The victim: the master serving keys[0]; watch the keys it serves.
     let victim_port = owners[0];
     let victim = rc.nodes().iter().find(|n| n.port() == victim_port).unwrap();
-    let watched: Vec<String> =
-        keys.iter().zip(&owners).filter(|(_, port)| **port == victim_port).map(|(k, _)| k.clone()).collect();
+    let watched: Vec<String> = keys
+        .iter()
+        .zip(&owners)
+        .filter(|(_, port)| **port == victim_port)
+        .map(|(k, _)| k.clone())
+        .collect();
     assert!(!watched.is_empty());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -42,8 +66,13 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
     let failed = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for worker in 0..8 {
-        let (cache, stop, calls, failed) = (cache.clone(), stop.clone(), calls.clone(), failed.clone());
-        let keys = if worker % 2 == 0 { watched.clone() } else { keys.clone() };
+        let (cache, stop, calls, failed) =
+            (cache.clone(), stop.clone(), calls.clone(), failed.clone());
+        let keys = if worker % 2 == 0 {
+            watched.clone()
+        } else {
+            keys.clone()
+        };
         workers.push(tokio::spawn(async move {
             let mut i = worker;
             while !stop.load(Ordering::Relaxed) {
@@ -51,7 +80,9 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
                 i += 1;
                 let value = format!("value of {key}");
                 let result = cache
-                    .get_or_load(key, Duration::from_secs(600), move || async move { Ok::<_, std::io::Error>(Some(value)) })
+                    .get_or_load(key, Duration::from_secs(600), move || async move {
+                        Ok::<_, std::io::Error>(Some(value))
+                    })
                     .await;
                 calls.fetch_add(1, Ordering::Relaxed);
                 match result {
@@ -75,7 +106,11 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
         tokio::spawn(async move {
             let mut j = 0;
             loop {
-                if cache.get::<String>(&watched[j % watched.len()]).await.is_some() {
+                if cache
+                    .get::<String>(&watched[j % watched.len()])
+                    .await
+                    .is_some()
+                {
                     return killed.elapsed();
                 }
                 j += 1;
@@ -102,8 +137,15 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
          {total} get_or_load calls ({before_kill} before the kill), {} failed",
         failed.load(Ordering::Relaxed)
     );
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "every call got its value (fail-open)");
-    assert!(total > before_kill + 100, "calls went on during the failover");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "every call got its value (fail-open)"
+    );
+    assert!(
+        total > before_kill + 100,
+        "calls went on during the failover"
+    );
     assert!(
         resumed <= failover_done + Duration::from_secs(2),
         "hits resumed {resumed:?} after the kill, more than 2 s after the failover ({failover_done:?})"
@@ -111,11 +153,18 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
 }
 
 fn master_port_for(slots: &redis::Value, slot: u16) -> Option<u16> {
-    let redis::Value::Array(ranges) = slots else { return None };
+    let redis::Value::Array(ranges) = slots else {
+        return None;
+    };
     for range in ranges {
-        let redis::Value::Array(parts) = range else { continue };
-        let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end)), Some(redis::Value::Array(master))) =
-            (parts.first(), parts.get(1), parts.get(2))
+        let redis::Value::Array(parts) = range else {
+            continue;
+        };
+        let (
+            Some(redis::Value::Int(start)),
+            Some(redis::Value::Int(end)),
+            Some(redis::Value::Array(master)),
+        ) = (parts.first(), parts.get(1), parts.get(2))
         else {
             continue;
         };

@@ -13,7 +13,9 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_read_routing::RandomReplicaStrategy;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use redis::{
+    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::topology::Topology;
@@ -28,7 +30,8 @@ pub(super) const NAME: &str = "redis-cluster";
 /// Least time between two topology reads, however many errors ask for one.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
 
-static DELETE_IF_EQUALS_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELETE_IF_EQUALS));
+static DELETE_IF_EQUALS_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(DELETE_IF_EQUALS));
 
 /// A Redis Cluster backend.
 ///
@@ -69,7 +72,10 @@ impl ClusterBackend {
     /// [`Error::Config`] for no or unparsable URLs, [`Error::Backend`] when no seed answers.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
         if config.urls.is_empty() {
-            return Err(Error::Config { field: "urls", reason: "at least one seed node is required".into() });
+            return Err(Error::Config {
+                field: "urls",
+                reason: "at least one seed node is required".into(),
+            });
         }
         let seeds = config
             .urls
@@ -77,7 +83,10 @@ impl ClusterBackend {
             .map(|url| {
                 url.as_str()
                     .into_connection_info()
-                    .map_err(|e| Error::Config { field: "urls", reason: format!("{url}: {e}") })
+                    .map_err(|e| Error::Config {
+                        field: "urls",
+                        reason: format!("{url}: {e}"),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let conn = connect(&config, seeds.clone(), None).await?;
@@ -95,7 +104,10 @@ impl ClusterBackend {
             inner.topology.store(Arc::new(topology));
         }
         let watcher = tokio::spawn(watch_topology(Arc::clone(&inner)));
-        Ok(Self { inner, _watcher: Arc::new(AbortOnDrop(watcher)) })
+        Ok(Self {
+            inner,
+            _watcher: Arc::new(AbortOnDrop(watcher)),
+        })
     }
 
     /// Current masters as `host:port`, from the last topology read.
@@ -123,7 +135,11 @@ impl ClusterBackend {
     }
 
     fn read_addr(&self) -> SlotAddr {
-        if self.inner.config.read_from_replicas { SlotAddr::ReplicaOptional } else { SlotAddr::Master }
+        if self.inner.config.read_from_replicas {
+            SlotAddr::ReplicaOptional
+        } else {
+            SlotAddr::Master
+        }
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -145,7 +161,12 @@ impl ClusterBackend {
             .map_err(|e| self.fail("SET", self.target(key), e))
     }
 
-    pub(super) async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, Error> {
+    pub(super) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         redis::cmd("SET")
             .arg(key)
             .arg(value)
@@ -175,9 +196,17 @@ impl ClusterBackend {
             for &i in &indices {
                 cmd.arg(keys.get(i).map(String::as_str).unwrap_or_default());
             }
-            let first = indices.first().and_then(|&i| keys.get(i)).cloned().unwrap_or_default();
+            let first = indices
+                .first()
+                .and_then(|&i| keys.get(i))
+                .cloned()
+                .unwrap_or_default();
             let mut conn = self.conn();
-            async move { cmd.query_async::<u64>(&mut conn).await.map_err(|e| self.fail("DEL", self.target(&first), e)) }
+            async move {
+                cmd.query_async::<u64>(&mut conn)
+                    .await
+                    .map_err(|e| self.fail("DEL", self.target(&first), e))
+            }
         });
         Ok(try_join_all(deletes).await?.into_iter().sum())
     }
@@ -201,7 +230,10 @@ impl ClusterBackend {
                 }
                 let first_slot = slots.first().copied().unwrap_or_default();
                 let route = SingleNodeRoutingInfo::SpecificNode(Route::new(first_slot, read_addr));
-                let piped = self.conn().route_pipeline(pipe, 0, slots.len(), route).await;
+                let piped = self
+                    .conn()
+                    .route_pipeline(pipe, 0, slots.len(), route)
+                    .await;
                 let values = match piped.map(|replies| {
                     replies
                         .into_iter()
@@ -237,15 +269,27 @@ impl ClusterBackend {
             for &i in indices {
                 cmd.arg(keys.get(i).map(String::as_str).unwrap_or_default());
             }
-            let first = indices.first().and_then(|&i| keys.get(i)).cloned().unwrap_or_default();
+            let first = indices
+                .first()
+                .and_then(|&i| keys.get(i))
+                .cloned()
+                .unwrap_or_default();
             let mut conn = self.conn();
-            async move { cmd.query_async(&mut conn).await.map_err(|e| self.fail("MGET", self.target(&first), e)) }
+            async move {
+                cmd.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail("MGET", self.target(&first), e))
+            }
         });
         try_join_all(reads).await
     }
 
     /// One pipeline of `SET key value PX ttl` per node.
-    pub(super) async fn set_many(&self, items: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Error> {
+    pub(super) async fn set_many(
+        &self,
+        items: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
         let by_slot = group_by_slot(&keys);
         let by_node = self.group_slots_by_node(by_slot.keys().copied());
@@ -255,12 +299,18 @@ impl ClusterBackend {
             let mut count = 0;
             for &i in slots.iter().filter_map(|s| by_slot.get(s)).flatten() {
                 if let Some((key, value)) = items.get(i) {
-                    pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms(ttl)).ignore();
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ttl_ms(ttl))
+                        .ignore();
                     count += 1;
                 }
             }
             let first_slot = slots.first().copied().unwrap_or_default();
-            let route = SingleNodeRoutingInfo::SpecificNode(Route::new(first_slot, SlotAddr::Master));
+            let route =
+                SingleNodeRoutingInfo::SpecificNode(Route::new(first_slot, SlotAddr::Master));
             let mut conn = self.conn();
             async move {
                 match conn.route_pipeline(pipe, 0, count, route).await {
@@ -276,7 +326,12 @@ impl ClusterBackend {
                     }
                 }
                 .map_err(|e| match e {
-                    Error::Backend { source, .. } => Error::Backend { backend: NAME, operation: "SET (pipeline)", target: node, source },
+                    Error::Backend { source, .. } => Error::Backend {
+                        backend: NAME,
+                        operation: "SET (pipeline)",
+                        target: node,
+                        source,
+                    },
                     other => other,
                 })
             }
@@ -284,13 +339,29 @@ impl ClusterBackend {
         try_join_all(writes).await.map(drop)
     }
 
-    pub(super) async fn tag_add(&self, tag_key: &str, members: &[String], ttl: Duration) -> Result<(), Error> {
+    pub(super) async fn tag_add(
+        &self,
+        tag_key: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         let ms = ttl_ms(ttl);
         // NX sets a first expiry, GT only ever extends it: the tag outlives its longest member.
         redis::pipe()
-            .cmd("SADD").arg(tag_key).arg(members).ignore()
-            .cmd("PEXPIRE").arg(tag_key).arg(ms).arg("NX").ignore()
-            .cmd("PEXPIRE").arg(tag_key).arg(ms).arg("GT").ignore()
+            .cmd("SADD")
+            .arg(tag_key)
+            .arg(members)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(tag_key)
+            .arg(ms)
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(tag_key)
+            .arg(ms)
+            .arg("GT")
+            .ignore()
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| self.fail("SADD tag", self.target(tag_key), e))
@@ -318,7 +389,10 @@ impl ClusterBackend {
     /// `SSUBSCRIBE channel` on a RESP3 connection of its own. The connection is rebuilt after a
     /// disconnection or a topology change (the channel's shard may have moved), and each rebuild
     /// is reported as [`PubSubEvent::Interrupted`].
-    pub(super) async fn subscribe(&self, channel: &str) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
+    pub(super) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
         let (events, rx) = mpsc::unbounded_channel();
         let first = subscribe_once(&self.inner, channel).await?;
         let inner = Arc::clone(&self.inner);
@@ -383,14 +457,29 @@ impl ClusterBackend {
             masters = topology.masters();
         }
         let pings = masters.into_iter().map(|node| async move {
-            let Some((host, port)) = node.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?))) else {
-                return NodeHealth { node, latency: None, error: Some("unparsable node address".into()) };
+            let Some((host, port)) = node
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+            else {
+                return NodeHealth {
+                    node,
+                    latency: None,
+                    error: Some("unparsable node address".into()),
+                };
             };
             let started = Instant::now();
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
             match self.conn().route_command(redis::cmd("PING"), routing).await {
-                Ok(_) => NodeHealth { node, latency: Some(started.elapsed()), error: None },
-                Err(e) => NodeHealth { node, latency: None, error: Some(e.to_string()) },
+                Ok(_) => NodeHealth {
+                    node,
+                    latency: Some(started.elapsed()),
+                    error: None,
+                },
+                Err(e) => NodeHealth {
+                    node,
+                    latency: None,
+                    error: Some(e.to_string()),
+                },
             }
         });
         join_all(pings).await
@@ -416,7 +505,10 @@ impl ClusterBackend {
         let mut by_node: HashMap<String, Vec<u16>> = HashMap::new();
         for slot in slots {
             // Unknown owner: a group of its own, routed by slot.
-            let node = topology.master_for(slot).map(str::to_owned).unwrap_or_else(|| format!("slot {slot}"));
+            let node = topology
+                .master_for(slot)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("slot {slot}"));
             by_node.entry(node).or_default().push(slot);
         }
         by_node
@@ -454,7 +546,8 @@ impl Inner {
                 }
             }
         }
-        let source = last_error.unwrap_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no node answered")));
+        let source = last_error
+            .unwrap_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no node answered")));
         Err(Error::backend(NAME, "CLUSTER SLOTS", "cluster", source))
     }
 
@@ -466,7 +559,10 @@ impl Inner {
             && matches!(first.addr(), ConnectionAddr::Tcp(..))
         {
             for node in self.topology.load().nodes() {
-                if let Some((host, port)) = node.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?))) {
+                if let Some((host, port)) = node
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+                {
                     seeds.push(first.clone().set_addr(ConnectionAddr::Tcp(host, port)));
                 }
             }
@@ -481,9 +577,13 @@ async fn connect(
     push: Option<mpsc::UnboundedSender<PushInfo>>,
 ) -> Result<ClusterConnection, Error> {
     let target = config.urls.join(",");
-    let client = client(config, seeds, push).map_err(|e| Error::backend(NAME, "connect", target.clone(), e))?;
+    let client = client(config, seeds, push)
+        .map_err(|e| Error::backend(NAME, "connect", target.clone(), e))?;
     // The client's own connect timeout is per node; this bounds discovery as a whole.
-    let bound = config.connect_timeout.saturating_mul(2).max(Duration::from_secs(1));
+    let bound = config
+        .connect_timeout
+        .saturating_mul(2)
+        .max(Duration::from_secs(1));
     match tokio::time::timeout(bound, client.get_async_connection()).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(Error::backend(NAME, "connect", target, e)),
@@ -491,7 +591,10 @@ async fn connect(
             NAME,
             "connect",
             target,
-            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "cluster connect timed out")),
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "cluster connect timed out",
+            )),
         )),
     }
 }
@@ -526,7 +629,10 @@ async fn subscribe_once(
     tokio::time::timeout(inner.config.operation_timeout, conn.ssubscribe(channel))
         .await
         .map_err(|_| {
-            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "SSUBSCRIBE timed out"))
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "SSUBSCRIBE timed out",
+            ))
         })
         .and_then(|r| r)
         .map_err(|e| Error::backend(NAME, "SSUBSCRIBE", channel.to_owned(), e))?;
@@ -551,7 +657,9 @@ async fn watch_topology(inner: Arc<Inner>) {
                         metrics::counter!("herd_cache_topology_changes_total").increment(1);
                         match connect(&inner.config, inner.current_seeds(), None).await {
                             Ok(conn) => inner.conn.store(Arc::new(conn)),
-                            Err(error) => tracing::warn!(%error, "reconnect after topology change failed"),
+                            Err(error) => {
+                                tracing::warn!(%error, "reconnect after topology change failed")
+                            }
                         }
                         inner.resets.send_modify(|n| *n += 1);
                     }

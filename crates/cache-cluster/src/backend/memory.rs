@@ -39,7 +39,9 @@ struct State {
 
 impl fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryBackend").field("entries", &self.inner.state.lock().values.len()).finish()
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.inner.state.lock().values.len())
+            .finish()
     }
 }
 
@@ -54,7 +56,13 @@ impl MemoryBackend {
     pub fn new() -> Self {
         let (bus, _) = broadcast::channel(1024);
         let (resets, _) = watch::channel(0);
-        Self { inner: Arc::new(Inner { state: Mutex::new(State::default()), bus, resets }) }
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                bus,
+                resets,
+            }),
+        }
     }
 
     /// Replaces the stored bytes of `key` as they are (no encoding), e.g. to test that foreign
@@ -68,7 +76,7 @@ impl MemoryBackend {
         let now = Instant::now();
         state.values.insert(key, (value, now + ttl));
         state.writes = state.writes.wrapping_add(1);
-        if state.writes % SWEEP_EVERY == 0 {
+        if state.writes.is_multiple_of(SWEEP_EVERY) {
             state.values.retain(|_, (_, until)| *until > now);
             state.tags.retain(|_, (_, until)| *until > now);
         }
@@ -76,7 +84,11 @@ impl MemoryBackend {
 
     fn read(&self, key: &str) -> Option<Vec<u8>> {
         let state = self.inner.state.lock();
-        state.values.get(key).filter(|(_, until)| *until > Instant::now()).map(|(v, _)| v.clone())
+        state
+            .values
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v.clone())
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -88,13 +100,20 @@ impl MemoryBackend {
         Ok(())
     }
 
-    pub(super) async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, Error> {
+    pub(super) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         let mut state = self.inner.state.lock();
         let now = Instant::now();
         if state.values.get(key).is_some_and(|(_, until)| *until > now) {
             return Ok(false);
         }
-        state.values.insert(key.to_owned(), (value.to_vec(), now + ttl));
+        state
+            .values
+            .insert(key.to_owned(), (value.to_vec(), now + ttl));
         Ok(true)
     }
 
@@ -112,7 +131,12 @@ impl MemoryBackend {
         let now = Instant::now();
         let removed = keys
             .iter()
-            .filter(|k| state.values.remove(k.as_str()).is_some_and(|(_, until)| until > now))
+            .filter(|k| {
+                state
+                    .values
+                    .remove(k.as_str())
+                    .is_some_and(|(_, until)| until > now)
+            })
             .count();
         for key in keys {
             state.tags.remove(key.as_str());
@@ -124,17 +148,29 @@ impl MemoryBackend {
         Ok(keys.iter().map(|k| self.read(k)).collect())
     }
 
-    pub(super) async fn set_many(&self, items: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Error> {
+    pub(super) async fn set_many(
+        &self,
+        items: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         for (key, value) in items {
             self.write(key.clone(), value.clone(), ttl);
         }
         Ok(())
     }
 
-    pub(super) async fn tag_add(&self, tag_key: &str, members: &[String], ttl: Duration) -> Result<(), Error> {
+    pub(super) async fn tag_add(
+        &self,
+        tag_key: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         let mut state = self.inner.state.lock();
         let until = Instant::now() + ttl;
-        let (set, expiry) = state.tags.entry(tag_key.to_owned()).or_insert_with(|| (HashSet::new(), until));
+        let (set, expiry) = state
+            .tags
+            .entry(tag_key.to_owned())
+            .or_insert_with(|| (HashSet::new(), until));
         set.extend(members.iter().cloned());
         *expiry = (*expiry).max(until);
         Ok(())
@@ -156,7 +192,10 @@ impl MemoryBackend {
         Ok(())
     }
 
-    pub(super) async fn subscribe(&self, channel: &str) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
+    pub(super) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
         let (events, rx) = mpsc::unbounded_channel();
         let mut bus = self.inner.bus.subscribe();
         let channel = channel.to_owned();
@@ -184,6 +223,10 @@ impl MemoryBackend {
     }
 
     pub(super) async fn ping_nodes(&self) -> Vec<NodeHealth> {
-        vec![NodeHealth { node: NAME.into(), latency: Some(Duration::ZERO), error: None }]
+        vec![NodeHealth {
+            node: NAME.into(),
+            latency: Some(Duration::ZERO),
+            error: None,
+        }]
     }
 }

@@ -94,7 +94,12 @@ impl Backend {
     }
 
     /// `SET key value NX PX ttl`: `true` when the key was set.
-    pub(crate) async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, Error> {
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         dispatch!(self, b => b.set_nx(key, value, ttl).await)
     }
 
@@ -118,7 +123,11 @@ impl Backend {
         dispatch!(self, b => b.get_many(keys).await)
     }
 
-    pub(crate) async fn set_many(&self, items: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Error> {
+    pub(crate) async fn set_many(
+        &self,
+        items: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         if items.is_empty() {
             return Ok(());
         }
@@ -126,7 +135,12 @@ impl Backend {
     }
 
     /// Adds `members` to the set `tag_key` and makes it live at least `ttl`.
-    pub(crate) async fn tag_add(&self, tag_key: &str, members: &[String], ttl: Duration) -> Result<(), Error> {
+    pub(crate) async fn tag_add(
+        &self,
+        tag_key: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         dispatch!(self, b => b.tag_add(tag_key, members, ttl).await)
     }
 
@@ -139,7 +153,10 @@ impl Backend {
     }
 
     /// Subscribes to `channel` on a connection of its own.
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
+    pub(crate) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
         dispatch!(self, b => b.subscribe(channel).await)
     }
 
@@ -169,5 +186,4 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 /// Lua for the lock release: delete only if we still own the lock.
-pub(crate) const DELETE_IF_EQUALS: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+pub(crate) const DELETE_IF_EQUALS: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";

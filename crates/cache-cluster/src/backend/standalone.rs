@@ -15,7 +15,8 @@ use crate::error::Error;
 
 pub(super) const NAME: &str = "redis";
 
-static DELETE_IF_EQUALS_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DELETE_IF_EQUALS));
+static DELETE_IF_EQUALS_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(DELETE_IF_EQUALS));
 
 /// A standalone Redis backend (one server, or a proxy in front of many).
 #[derive(Clone)]
@@ -33,7 +34,9 @@ struct Inner {
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBackend").field("addr", &self.inner.addr).finish_non_exhaustive()
+        f.debug_struct("RedisBackend")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,16 +47,20 @@ impl RedisBackend {
     /// [`Error::Config`] for a missing or unparsable URL, [`Error::Backend`] when the server does
     /// not answer within the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
-        let url = config
-            .urls
-            .first()
-            .ok_or_else(|| Error::Config { field: "urls", reason: "the server URL is required".into() })?;
+        let url = config.urls.first().ok_or_else(|| Error::Config {
+            field: "urls",
+            reason: "the server URL is required".into(),
+        })?;
         let info = url
             .as_str()
             .into_connection_info()
-            .map_err(|e| Error::Config { field: "urls", reason: format!("{url}: {e}") })?;
+            .map_err(|e| Error::Config {
+                field: "urls",
+                reason: format!("{url}: {e}"),
+            })?;
         let addr = info.addr().to_string();
-        let client = Client::open(info).map_err(|e| Error::backend(NAME, "connect", addr.clone(), e))?;
+        let client =
+            Client::open(info).map_err(|e| Error::backend(NAME, "connect", addr.clone(), e))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -67,7 +74,15 @@ impl RedisBackend {
         .and_then(|r| r)
         .map_err(|e| Error::backend(NAME, "connect", addr.clone(), e))?;
         let (resets, _) = watch::channel(0);
-        Ok(Self { inner: Arc::new(Inner { config, addr, client, conn, resets }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                addr,
+                client,
+                conn,
+                resets,
+            }),
+        })
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -91,65 +106,123 @@ impl RedisBackend {
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.bounded("GET", redis::cmd("GET").arg(key).query_async(&mut self.conn())).await
+        self.bounded(
+            "GET",
+            redis::cmd("GET").arg(key).query_async(&mut self.conn()),
+        )
+        .await
     }
 
     pub(super) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value).arg("PX").arg(ttl_ms(ttl));
-        self.bounded("SET", cmd.query_async::<()>(&mut self.conn())).await
+        self.bounded("SET", cmd.query_async::<()>(&mut self.conn()))
+            .await
     }
 
-    pub(super) async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, Error> {
+    pub(super) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms(ttl));
-        self.bounded("SET NX", cmd.query_async::<Option<String>>(&mut self.conn())).await.map(|r| r.is_some())
+        self.bounded(
+            "SET NX",
+            cmd.query_async::<Option<String>>(&mut self.conn()),
+        )
+        .await
+        .map(|r| r.is_some())
     }
 
     pub(super) async fn delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, Error> {
         let mut conn = self.conn();
-        let fut = async move { DELETE_IF_EQUALS_SCRIPT.key(key).arg(value).invoke_async::<i64>(&mut conn).await };
-        self.bounded("EVAL delete-if-equals", fut).await.map(|n| n > 0)
+        let fut = async move {
+            DELETE_IF_EQUALS_SCRIPT
+                .key(key)
+                .arg(value)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        };
+        self.bounded("EVAL delete-if-equals", fut)
+            .await
+            .map(|n| n > 0)
     }
 
     pub(super) async fn delete(&self, keys: &[String]) -> Result<u64, Error> {
-        self.bounded("DEL", redis::cmd("DEL").arg(keys).query_async(&mut self.conn())).await
+        self.bounded(
+            "DEL",
+            redis::cmd("DEL").arg(keys).query_async(&mut self.conn()),
+        )
+        .await
     }
 
     pub(super) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        self.bounded("MGET", redis::cmd("MGET").arg(keys).query_async(&mut self.conn())).await
+        self.bounded(
+            "MGET",
+            redis::cmd("MGET").arg(keys).query_async(&mut self.conn()),
+        )
+        .await
     }
 
-    pub(super) async fn set_many(&self, items: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Error> {
+    pub(super) async fn set_many(
+        &self,
+        items: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         let mut pipe = redis::pipe();
         for (key, value) in items {
-            pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms(ttl)).ignore();
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .ignore();
         }
-        self.bounded("SET (pipeline)", pipe.query_async::<()>(&mut self.conn())).await
+        self.bounded("SET (pipeline)", pipe.query_async::<()>(&mut self.conn()))
+            .await
     }
 
-    pub(super) async fn tag_add(&self, tag_key: &str, members: &[String], ttl: Duration) -> Result<(), Error> {
+    pub(super) async fn tag_add(
+        &self,
+        tag_key: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), Error> {
         let ms = ttl_ms(ttl);
         let mut pipe = redis::pipe();
         pipe.cmd("SADD").arg(tag_key).arg(members).ignore();
         pipe.cmd("PEXPIRE").arg(tag_key).arg(ms).arg("NX").ignore();
         pipe.cmd("PEXPIRE").arg(tag_key).arg(ms).arg("GT").ignore();
-        self.bounded("SADD tag", pipe.query_async::<()>(&mut self.conn())).await
+        self.bounded("SADD tag", pipe.query_async::<()>(&mut self.conn()))
+            .await
     }
 
     pub(super) async fn tag_members(&self, tag_key: &str) -> Result<Vec<String>, Error> {
-        self.bounded("SMEMBERS", redis::cmd("SMEMBERS").arg(tag_key).query_async(&mut self.conn())).await
+        self.bounded(
+            "SMEMBERS",
+            redis::cmd("SMEMBERS")
+                .arg(tag_key)
+                .query_async(&mut self.conn()),
+        )
+        .await
     }
 
     pub(super) async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), Error> {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
-        self.bounded("PUBLISH", cmd.query_async::<i64>(&mut self.conn())).await.map(drop)
+        self.bounded("PUBLISH", cmd.query_async::<i64>(&mut self.conn()))
+            .await
+            .map(drop)
     }
 
     /// `SUBSCRIBE channel` on a connection of its own, re-established (and reported as
     /// [`PubSubEvent::Interrupted`]) whenever it drops.
-    pub(super) async fn subscribe(&self, channel: &str) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
+    pub(super) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<mpsc::UnboundedReceiver<PubSubEvent>, Error> {
         let (events, rx) = mpsc::unbounded_channel();
         let first = self.subscribe_once(channel).await?;
         let this = self.clone();
@@ -210,9 +283,23 @@ impl RedisBackend {
     pub(super) async fn ping_nodes(&self) -> Vec<NodeHealth> {
         let started = Instant::now();
         let node = self.inner.addr.clone();
-        match self.bounded("PING", redis::cmd("PING").query_async::<String>(&mut self.conn())).await {
-            Ok(_) => vec![NodeHealth { node, latency: Some(started.elapsed()), error: None }],
-            Err(e) => vec![NodeHealth { node, latency: None, error: Some(e.to_string()) }],
+        match self
+            .bounded(
+                "PING",
+                redis::cmd("PING").query_async::<String>(&mut self.conn()),
+            )
+            .await
+        {
+            Ok(_) => vec![NodeHealth {
+                node,
+                latency: Some(started.elapsed()),
+                error: None,
+            }],
+            Err(e) => vec![NodeHealth {
+                node,
+                latency: None,
+                error: Some(e.to_string()),
+            }],
         }
     }
 }

@@ -20,16 +20,25 @@ pub(crate) struct Topology {
 impl Topology {
     /// Parses a `CLUSTER SLOTS` reply; `None` when it is not shaped like one.
     pub(crate) fn from_cluster_slots(reply: &Value) -> Option<Self> {
-        let Value::Array(entries) = reply else { return None };
+        let Value::Array(entries) = reply else {
+            return None;
+        };
         let mut ranges = Vec::with_capacity(entries.len());
         for entry in entries {
-            let Value::Array(parts) = entry else { return None };
+            let Value::Array(parts) = entry else {
+                return None;
+            };
             let mut parts = parts.iter();
             let start = as_slot(parts.next()?)?;
             let end = as_slot(parts.next()?)?;
             let master = node_addr(parts.next()?)?;
             let replicas = parts.filter_map(node_addr).collect();
-            ranges.push(SlotRange { start, end, master, replicas });
+            ranges.push(SlotRange {
+                start,
+                end,
+                master,
+                replicas,
+            });
         }
         ranges.sort_by_key(|r| r.start);
         Some(Self { ranges })
@@ -41,7 +50,10 @@ impl Topology {
 
     /// The master serving `slot`, when the slot is covered.
     pub(crate) fn master_for(&self, slot: u16) -> Option<&str> {
-        let idx = self.ranges.partition_point(|r| r.start <= slot).checked_sub(1)?;
+        let idx = self
+            .ranges
+            .partition_point(|r| r.start <= slot)
+            .checked_sub(1)?;
         let range = self.ranges.get(idx)?;
         (slot <= range.end).then_some(range.master.as_str())
     }
@@ -80,13 +92,17 @@ fn as_slot(value: &Value) -> Option<u16> {
 
 /// `[host, port, id, ...]` as `host:port`.
 fn node_addr(value: &Value) -> Option<String> {
-    let Value::Array(parts) = value else { return None };
+    let Value::Array(parts) = value else {
+        return None;
+    };
     let host = match parts.first()? {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok()?,
         Value::SimpleString(s) => s.clone(),
         _ => return None,
     };
-    let Value::Int(port) = parts.get(1)? else { return None };
+    let Value::Int(port) = parts.get(1)? else {
+        return None;
+    };
     Some(format!("{host}:{port}"))
 }
 
@@ -105,22 +121,43 @@ mod tests {
     #[test]
     fn parses_cluster_slots_and_finds_masters() {
         let reply = Value::Array(vec![
-            Value::Array(vec![Value::Int(5461), Value::Int(10922), node("127.0.0.1", 7001), node("127.0.0.1", 7004)]),
-            Value::Array(vec![Value::Int(0), Value::Int(5460), node("127.0.0.1", 7000), node("127.0.0.1", 7003)]),
-            Value::Array(vec![Value::Int(10923), Value::Int(16383), node("127.0.0.1", 7002)]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("127.0.0.1", 7001),
+                node("127.0.0.1", 7004),
+            ]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 7000),
+                node("127.0.0.1", 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16383),
+                node("127.0.0.1", 7002),
+            ]),
         ]);
         let t = Topology::from_cluster_slots(&reply).unwrap();
         assert_eq!(t.master_for(0), Some("127.0.0.1:7000"));
         assert_eq!(t.master_for(5460), Some("127.0.0.1:7000"));
         assert_eq!(t.master_for(5461), Some("127.0.0.1:7001"));
         assert_eq!(t.master_for(16383), Some("127.0.0.1:7002"));
-        assert_eq!(t.masters(), ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(
+            t.masters(),
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
+        );
         assert_eq!(t.nodes().len(), 5);
     }
 
     #[test]
     fn uncovered_slots_and_garbage() {
-        let reply = Value::Array(vec![Value::Array(vec![Value::Int(100), Value::Int(200), node("h", 1)])]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::Int(100),
+            Value::Int(200),
+            node("h", 1),
+        ])]);
         let t = Topology::from_cluster_slots(&reply).unwrap();
         assert_eq!(t.master_for(99), None);
         assert_eq!(t.master_for(201), None);
