@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::check::{Measurement, Status};
 use crate::registry::{Outcome, Registered};
@@ -13,7 +13,9 @@ pub const HEALTH_JSON: &str = "application/health+json";
 
 /// A health response body: the overall status, the service's identity and, when details are
 /// shown, one array of [`CheckEntry`] per `component:measurement` key.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// It also deserializes, so a gateway or a test can read another instance's health+json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct HealthReport {
@@ -35,7 +37,7 @@ pub struct HealthReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     /// Per-check details keyed `component:measurement`; empty when details are hidden.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, Vec<CheckEntry>>,
 }
 
@@ -95,7 +97,7 @@ impl HealthReport {
 }
 
 /// One object of the draft's `checks` arrays.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct CheckEntry {
@@ -103,6 +105,7 @@ pub struct CheckEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub component_id: Option<String>,
     /// `component`, `datastore`, `system` or a custom type.
+    #[serde(default)]
     pub component_type: String,
     /// The observed value.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,5 +153,46 @@ impl CheckEntry {
             time: Some(time),
             output: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_drafts_example_back() {
+        // Shortened from the draft's example response.
+        let body = r#"{
+            "status": "pass", "version": "1", "releaseId": "1.2.2",
+            "serviceId": "f03e522f", "description": "health of authz service",
+            "notes": [""], "output": "",
+            "checks": {
+                "cassandra:responseTime": [{
+                    "componentId": "dfd6cf2b", "componentType": "datastore",
+                    "observedValue": 250, "observedUnit": "ms", "status": "pass",
+                    "affectedEndpoints": ["/users/{userId}"],
+                    "time": "2018-01-17T03:36:48Z", "output": ""
+                }],
+                "uptime": [{
+                    "componentType": "system", "observedValue": 1209600.245,
+                    "observedUnit": "s", "status": "pass", "time": "2018-01-17T03:36:48Z"
+                }]
+            },
+            "links": {"about": "http://api.example.com/about/authz"}
+        }"#;
+        let report: HealthReport = serde_json::from_str(body).unwrap();
+        assert_eq!(report.status, Status::Pass);
+        assert_eq!(report.service_id.as_deref(), Some("f03e522f"));
+        let cassandra = &report.checks["cassandra:responseTime"][0];
+        assert_eq!(cassandra.component_type, "datastore");
+        assert_eq!(cassandra.observed_value, Some(250.into()));
+        assert_eq!(
+            report.checks["uptime"][0].observed_unit.as_deref(),
+            Some("s")
+        );
+        // And what we write reads back the same.
+        let again: HealthReport = serde_json::from_slice(&report.to_json()).unwrap();
+        assert_eq!(again.checks, report.checks);
     }
 }
