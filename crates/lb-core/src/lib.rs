@@ -27,10 +27,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod balancer;
+mod config;
 mod endpoint;
 pub mod error;
 mod ewma;
 pub mod health;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod policy;
 mod rng;
 mod set;
@@ -40,6 +44,7 @@ pub use balancer::{
     Balancer, BalancerBuilder, BoxError, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures,
     ResponseFuture, RetryConfig, RetryPolicy,
 };
+pub use config::{BalancerConfig, EndpointConfig};
 pub use endpoint::{EndpointState, EndpointStatus, InFlightGuard, Outcome};
 pub use error::{Error, PickError};
 pub use ewma::EwmaConfig;

@@ -1,0 +1,14 @@
+//! HTTP integration: the reverse-proxy upstream, client IPs behind proxies, hashing keys.
+
+mod body;
+mod client_ip;
+mod headers;
+pub mod key;
+mod upstream;
+
+pub use body::UpstreamBody;
+pub use client_ip::{ClientAddr, TrustedProxies, client_ip, peer_addr};
+pub use upstream::{
+    HashKeyConfig, HttpActiveHealth, HttpEndpoint, HttpRetry, HttpUpstream, HttpUpstreamConfig,
+    ProxyBody, UpstreamError, UpstreamErrorKind,
+};

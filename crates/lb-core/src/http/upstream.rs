@@ -1,0 +1,611 @@
+//! The HTTP upstream: forwards requests to the picked endpoint over pooled connections.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::body::UpstreamBody;
+use super::client_ip::{TrustedProxies, client_ip, peer_addr};
+use super::headers::{
+    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, append_forwarded_for, remove_hop_by_hop,
+};
+use super::key::{by_client_ip, by_cookie, by_header};
+use crate::balancer::{Balancer, BoxError, RetryPolicy};
+use crate::config::BalancerConfig;
+use crate::endpoint::Outcome;
+use crate::error::{Error, PickError};
+use crate::health::{ActiveHealth, ActiveHealthConfig, HttpCheck, TcpCheck};
+use crate::snapshot::EndpointInfo;
+
+/// Response body of the upstream (the endpoint's streamed body, or a short error text).
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// What went wrong in one attempt to one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamErrorKind {
+    /// No connection: the request was not sent (safe to retry anything).
+    Connect,
+    /// No response head within the attempt timeout.
+    Timeout,
+    /// The request failed after it may have been sent.
+    Request,
+}
+
+impl fmt::Display for UpstreamErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect failed",
+            Self::Timeout => "timed out",
+            Self::Request => "request failed",
+        })
+    }
+}
+
+/// Failure of one attempt, naming the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {endpoint}: {kind}")]
+pub struct UpstreamError {
+    endpoint: String,
+    kind: UpstreamErrorKind,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl UpstreamError {
+    /// The endpoint (`host:port`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        self.kind
+    }
+}
+
+/// One endpoint: the shared pooled client aimed at one `host:port`.
+#[derive(Clone)]
+pub struct HttpEndpoint {
+    client: Client<HttpConnector, UpstreamBody>,
+    authority: Authority,
+    timeout: Duration,
+    preserve_host: bool,
+}
+
+impl fmt::Debug for HttpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpoint")
+            .field("authority", &self.authority)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<Request<UpstreamBody>> for HttpEndpoint {
+    type Response = Response<Incoming>;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
+        let endpoint = self.authority.to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build();
+        match uri {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(UpstreamError {
+                    endpoint,
+                    kind: UpstreamErrorKind::Request,
+                    source: Some(e.into()),
+                })));
+            }
+        }
+        if !self.preserve_host
+            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+        let timeout = self.timeout;
+        let fut = self.client.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(res)) => Ok(res),
+                Ok(Err(e)) => Err(UpstreamError {
+                    kind: if e.is_connect() {
+                        UpstreamErrorKind::Connect
+                    } else {
+                        UpstreamErrorKind::Request
+                    },
+                    endpoint,
+                    source: Some(e.into()),
+                }),
+                Err(_) => Err(UpstreamError {
+                    endpoint,
+                    kind: UpstreamErrorKind::Timeout,
+                    source: None,
+                }),
+            }
+        })
+    }
+}
+
+/// Retries for proxied HTTP: connect failures always (the request was not sent), and for
+/// idempotent methods also timeouts, other transport errors and the configured statuses.
+/// Only buffered bodies can be sent again.
+#[derive(Debug, Clone)]
+pub struct HttpRetry {
+    statuses: Vec<StatusCode>,
+}
+
+impl HttpRetry {
+    /// Retry idempotent requests on these statuses (e.g. 502, 503, 504).
+    pub fn new(statuses: Vec<StatusCode>) -> Self {
+        Self { statuses }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl RetryPolicy<Request<UpstreamBody>, Response<Incoming>, UpstreamError> for HttpRetry {
+    fn clone_request(&self, req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+        let body = req.body().try_clone()?;
+        let mut copy = Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        Some(copy)
+    }
+
+    fn should_retry(
+        &self,
+        req: &Request<UpstreamBody>,
+        result: Result<&Response<Incoming>, &UpstreamError>,
+    ) -> bool {
+        match result {
+            Err(e) if e.kind == UpstreamErrorKind::Connect => true,
+            Err(_) => is_idempotent(req.method()),
+            Ok(res) => is_idempotent(req.method()) && self.statuses.contains(&res.status()),
+        }
+    }
+}
+
+/// Which request attribute consistent hashing uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKeyConfig {
+    /// The client's IP (nginx `ip_hash`).
+    ClientIp,
+    /// A header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+/// Active checks of an HTTP upstream: `GET path` expecting 2xx, or a TCP connect without `path`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HttpActiveHealth {
+    /// Path to GET (e.g. `/health`); none: TCP connect check.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Interval, jitter, timeout, rise and fall.
+    #[serde(flatten)]
+    pub check: ActiveHealthConfig,
+}
+
+/// Settings of an [`HttpUpstream`] (nginx `upstream` + `proxy_*` equivalents). Every field has a
+/// default.
+///
+/// ```
+/// use herd_lb_core::http::HttpUpstreamConfig;
+///
+/// let config: HttpUpstreamConfig = toml::from_str(r#"
+///     policy = "p2c"
+///     endpoints = [{ address = "127.0.0.1:8001" }, { address = "127.0.0.1:8002", weight = 2 }]
+///     connect_timeout = "3s"
+///     trusted_proxies = ["10.0.0.0/8"]
+///     [outlier_detection]
+///     max_fails = 3
+///     fail_timeout = "30s"
+///     [active_health]
+///     path = "/health"
+///     interval = "30s"
+/// "#).unwrap();
+/// assert_eq!(config.pool_max_idle_per_host, 32);
+/// assert_eq!(config.balancer.retries.max_attempts, 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpUpstreamConfig {
+    /// Policy, endpoints, passive health, slow start, caps, retries.
+    #[serde(flatten)]
+    pub balancer: BalancerConfig,
+    /// `proxy_connect_timeout`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Per-attempt time to the response head (`proxy_read_timeout`). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections kept per endpoint (`keepalive`). Default 32.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle connection is kept (`keepalive_timeout`). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Request bodies up to this size are buffered so they can be retried; larger or unsized
+    /// bodies are streamed and never retried. Default 64 KiB.
+    pub retry_buffer_limit: usize,
+    /// Statuses retried for idempotent requests. Default 502, 503, 504.
+    pub retry_statuses: Vec<u16>,
+    /// Proxies whose `X-Forwarded-For` is believed. Default none.
+    pub trusted_proxies: TrustedProxies,
+    /// Keep the client's `Host` instead of the endpoint's authority. Default false.
+    pub preserve_host: bool,
+    /// `X-Forwarded-Proto` value; default: the request URI's scheme, else `http`.
+    pub forwarded_proto: Option<String>,
+    /// Request key for `consistent_hash`. Default none (P2C fallback).
+    pub hash_key: Option<HashKeyConfig>,
+    /// Active health checks. Default off.
+    pub active_health: Option<HttpActiveHealth>,
+}
+
+impl Default for HttpUpstreamConfig {
+    fn default() -> Self {
+        Self {
+            balancer: BalancerConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            pool_max_idle_per_host: 32,
+            pool_idle_timeout: Duration::from_secs(60),
+            retry_buffer_limit: 64 * 1024,
+            retry_statuses: vec![502, 503, 504],
+            trusted_proxies: TrustedProxies::none(),
+            preserve_host: false,
+            forwarded_proto: None,
+            hash_key: None,
+            active_health: None,
+        }
+    }
+}
+
+type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
+
+/// A reverse-proxy service: balances `http::Request`s over HTTP endpoints.
+///
+/// Per request: removes hop-by-hop headers, sets `X-Forwarded-For` (appending the peer; an incoming
+/// value is kept only from trusted proxies), `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, points the URI (and by default `Host`) at the picked endpoint, streams the
+/// body (buffering small bodies so they can be retried) and forwards over pooled keep-alive
+/// connections. Failures become responses, as an HTTP layer should answer: 503 when no endpoint
+/// can take the request, 504 on an attempt timeout, 502 on other upstream failures.
+///
+/// ```no_run
+/// use axum::{Router, body::Body, extract::Request};
+/// use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
+/// use tower::ServiceExt;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config: HttpUpstreamConfig = toml::from_str(r#"
+///     endpoints = [{ address = "127.0.0.1:3001" }, { address = "127.0.0.1:3002" }]
+/// "#)?;
+/// let upstream = HttpUpstream::from_config(&config)?;
+/// let app = Router::new().fallback_service(
+///     upstream.map_request(|req: Request| req.map(Body::new)),
+/// );
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct HttpUpstream {
+    balancer: Inner,
+    settings: Arc<Settings>,
+}
+
+struct Settings {
+    client: Client<HttpConnector, UpstreamBody>,
+    request_timeout: Duration,
+    preserve_host: bool,
+    retry_buffer_limit: usize,
+    trusted_proxies: TrustedProxies,
+    forwarded_proto: Option<HeaderValue>,
+    active_health: Option<ActiveHealth>,
+}
+
+impl Drop for Settings {
+    fn drop(&mut self) {
+        if let Some(h) = &self.active_health {
+            h.stop();
+        }
+    }
+}
+
+impl fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("balancer", &self.balancer)
+            .field("request_timeout", &self.settings.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpUpstream {
+    /// Builds the upstream, its endpoints and (if configured) its active health task, which needs
+    /// a tokio runtime. Bad addresses, weights and settings are refused with the field named.
+    pub fn from_config(config: &HttpUpstreamConfig) -> Result<Self, Error> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        let mut statuses = Vec::new();
+        for code in &config.retry_statuses {
+            statuses.push(
+                StatusCode::from_u16(*code).map_err(|_| Error::InvalidConfig {
+                    field: "retry_statuses",
+                    reason: format!("{code} is not an HTTP status"),
+                })?,
+            );
+        }
+        let classify = |result: Result<&Response<Incoming>, &UpstreamError>| match result {
+            Ok(res) if !res.status().is_server_error() => Outcome::Success,
+            _ => Outcome::Failure,
+        };
+        let mut builder = config
+            .balancer
+            .builder::<Authority, HttpEndpoint, Request<UpstreamBody>>()?
+            .classify(classify)
+            .retry(config.balancer.retries.clone(), HttpRetry::new(statuses));
+        builder = match &config.hash_key {
+            None => builder,
+            Some(HashKeyConfig::ClientIp) => {
+                builder.key(by_client_ip(config.trusted_proxies.clone()))
+            }
+            Some(HashKeyConfig::Header(name)) => {
+                let name =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::InvalidConfig {
+                        field: "hash_key.header",
+                        reason: format!("{name} is not a header name"),
+                    })?;
+                builder.key(by_header(name))
+            }
+            Some(HashKeyConfig::Cookie(name)) => builder.key(by_cookie(name.clone())),
+        };
+        let balancer = builder.build()?;
+        let forwarded_proto = config
+            .forwarded_proto
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| Error::InvalidConfig {
+                field: "forwarded_proto",
+                reason: "not a valid header value".into(),
+            })?;
+        let mut settings = Settings {
+            client,
+            request_timeout: config.request_timeout,
+            preserve_host: config.preserve_host,
+            retry_buffer_limit: config.retry_buffer_limit,
+            trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_proto,
+            active_health: None,
+        };
+        config
+            .balancer
+            .insert_endpoints(&balancer, |authority: &Authority| {
+                endpoint_for(&settings, authority.clone())
+            })?;
+        if let Some(active) = &config.active_health {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(Error::InvalidConfig {
+                    field: "active_health",
+                    reason: "active health checks need a tokio runtime".into(),
+                });
+            }
+            let handle = match &active.path {
+                Some(path) => balancer
+                    .spawn_active_health(HttpCheck::new(path.clone()), active.check.clone())?,
+                None => balancer.spawn_active_health(TcpCheck, active.check.clone())?,
+            };
+            settings.active_health = Some(handle);
+        }
+        Ok(Self {
+            balancer,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// Adds an endpoint (`host:port`) or changes its weight.
+    pub fn insert(&self, authority: Authority, weight: f64) -> Result<(), Error> {
+        let endpoint = endpoint_for(&self.settings, authority.clone());
+        self.balancer.insert(authority, endpoint, weight)
+    }
+
+    /// The balancer underneath (membership, drain, weights, policy).
+    pub fn balancer(&self) -> &Inner {
+        &self.balancer
+    }
+
+    /// Every endpoint's state, for health reporting.
+    pub fn endpoints(&self) -> Vec<EndpointInfo<Authority>> {
+        self.balancer.endpoints()
+    }
+
+    async fn forward<B>(self, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let settings = &self.settings;
+        let peer = peer_addr(&req).map(|a| a.ip());
+        let client = client_ip(&req, &settings.trusted_proxies);
+        let proto =
+            settings
+                .forwarded_proto
+                .clone()
+                .unwrap_or_else(|| match req.uri().scheme_str() {
+                    Some("https") => HeaderValue::from_static("https"),
+                    _ => HeaderValue::from_static("http"),
+                });
+        let (mut parts, body) = req.into_parts();
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        remove_hop_by_hop(&mut parts.headers);
+        if let Some(peer) = peer {
+            let trusted = settings.trusted_proxies.contains(peer);
+            append_forwarded_for(&mut parts.headers, &peer.to_string(), trusted);
+        }
+        if let Some(ip) = client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
+            parts.headers.insert(X_REAL_IP, ip);
+        }
+        parts.headers.insert(X_FORWARDED_PROTO, proto);
+        if let Some(host) = original_host {
+            parts.headers.insert(X_FORWARDED_HOST, host);
+        }
+
+        let body = match prepare_body(body, settings.retry_buffer_limit).await {
+            Ok(body) => body,
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request body: {e}"),
+                );
+            }
+        };
+        match self
+            .balancer
+            .oneshot(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(res) => {
+                let (mut parts, body) = res.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+            Err(e) => failure_response(&e),
+        }
+    }
+}
+
+fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
+    HttpEndpoint {
+        client: settings.client.clone(),
+        authority,
+        timeout: settings.request_timeout,
+        preserve_host: settings.preserve_host,
+    }
+}
+
+/// Buffers a complete small body (so it can be retried); streams anything else.
+async fn prepare_body<B>(body: B, limit: usize) -> Result<UpstreamBody, BoxError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(UpstreamBody::full(Bytes::new()));
+    }
+    let small = body.size_hint().upper().is_some_and(|n| n <= limit as u64);
+    if small {
+        let collected = body.collect().await.map_err(Into::into)?;
+        return Ok(UpstreamBody::full(collected.to_bytes()));
+    }
+    Ok(UpstreamBody::stream(
+        body.map_err(Into::into).boxed_unsync(),
+    ))
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn failure_response(error: &BoxError) -> Response<ProxyBody> {
+    if let Some(pick) = error.downcast_ref::<PickError>() {
+        let mut res = error_response(StatusCode::SERVICE_UNAVAILABLE, &pick.to_string());
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    }
+    if let Some(upstream) = error.downcast_ref::<UpstreamError>() {
+        tracing::warn!(error = %upstream, "upstream request failed");
+        let status = match upstream.kind() {
+            UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        return error_response(status, &upstream.to_string());
+    }
+    tracing::warn!(%error, "upstream request failed");
+    error_response(StatusCode::BAD_GATEWAY, &error.to_string())
+}
+
+impl<B> Service<Request<B>> for HttpUpstream
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}

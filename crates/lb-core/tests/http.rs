@@ -1,0 +1,387 @@
+//! The HTTP upstream and active health checks against real axum servers on 127.0.0.1.
+#![cfg(feature = "http")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use herd_lb_core::EndpointStatus;
+use herd_lb_core::health::{ActiveHealthConfig, HttpCheck, TcpCheck};
+use herd_lb_core::http::{ClientAddr, HttpUpstream, HttpUpstreamConfig};
+use herd_lb_core::{EndpointConfig, EndpointSet};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+/// A real HTTP/1.1 server whose connections all live inside its task: aborting the task closes
+/// the listener and every open (keep-alive) connection, like killing the process.
+struct Server {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(app: Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                connections.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn named(name: &'static str) -> Router {
+    Router::new()
+        .route("/", get(move || async move { name }))
+        .route(
+            "/echo",
+            post(|headers: HeaderMap, body: String| async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default()
+                };
+                format!(
+                    "host={}|xff={}|real={}|proto={}|fhost={}|conn={}|secret={}|body={body}",
+                    h("host"),
+                    h("x-forwarded-for"),
+                    h("x-real-ip"),
+                    h("x-forwarded-proto"),
+                    h("x-forwarded-host"),
+                    h("connection"),
+                    h("x-secret"),
+                )
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+}
+
+fn config(addrs: &[SocketAddr]) -> HttpUpstreamConfig {
+    let mut config = HttpUpstreamConfig::default();
+    config.balancer.endpoints = addrs
+        .iter()
+        .map(|a| EndpointConfig {
+            address: a.to_string(),
+            weight: 1.0,
+            max_in_flight: None,
+        })
+        .collect();
+    config.balancer.seed = Some(11);
+    config
+}
+
+fn request(method: &str, path: &str, body: &'static str) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.example")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Body::from(body))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("198.51.100.20:4000".parse().unwrap()));
+    req
+}
+
+async fn text(res: axum::http::Response<herd_lb_core::http::ProxyBody>) -> (StatusCode, String) {
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn forwards_with_proxy_headers_and_body() {
+    let server = Server::start(named("a")).await;
+    let upstream = HttpUpstream::from_config(&config(&[server.addr])).unwrap();
+    let (status, body) = text(
+        upstream
+            .clone()
+            .oneshot(request("POST", "/echo", "hello"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let fields: Vec<&str> = body.split('|').collect();
+    assert_eq!(
+        fields[0],
+        format!("host={}", server.addr),
+        "Host set to the endpoint authority"
+    );
+    assert_eq!(
+        fields[1], "xff=198.51.100.20",
+        "untrusted peer: forged X-Forwarded-For replaced"
+    );
+    assert_eq!(fields[2], "real=198.51.100.20");
+    assert_eq!(fields[3], "proto=http");
+    assert_eq!(fields[4], "fhost=gateway.example");
+    assert_eq!(fields[5], "conn=", "hop-by-hop Connection not forwarded");
+    assert_eq!(
+        fields[6], "secret=",
+        "headers named in Connection not forwarded"
+    );
+    assert_eq!(fields[7], "body=hello");
+
+    // A trusted proxy's X-Forwarded-For is kept and extended.
+    let mut trusted = config(&[server.addr]);
+    trusted.trusted_proxies = herd_lb_core::http::TrustedProxies::new(["198.51.100.0/24"]).unwrap();
+    let upstream = HttpUpstream::from_config(&trusted).unwrap();
+    let (_, body) = text(
+        upstream
+            .oneshot(request("POST", "/echo", "x"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        body.contains("xff=6.6.6.6, 198.51.100.20|real=6.6.6.6|"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn streams_large_bodies_and_reuses_connections() {
+    let server = Server::start(named("a")).await;
+    let upstream = HttpUpstream::from_config(&config(&[server.addr])).unwrap();
+    let big = "x".repeat(200 * 1024);
+    let chunks = futures_util::stream::iter(
+        big.as_bytes()
+            .chunks(8192)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let mut req = Request::post("/echo")
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("127.0.0.1:1".parse().unwrap()));
+    let (status, body) = text(upstream.clone().oneshot(req).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.ends_with(&format!("body={big}")));
+    for _ in 0..20 {
+        let (status, body) = text(
+            upstream
+                .clone()
+                .oneshot(request("GET", "/", ""))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    }
+}
+
+#[tokio::test]
+async fn failures_map_to_502_503_504() {
+    // 503: no endpoints.
+    let upstream = HttpUpstream::from_config(&config(&[])).unwrap();
+    let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+
+    // 502: nothing listens (connect refused), and no other endpoint to retry on.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let upstream = HttpUpstream::from_config(&config(&[closed])).unwrap();
+    let (status, body) = text(upstream.oneshot(request("GET", "/", "")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.contains(&closed.to_string()) && body.contains("connect failed"),
+        "{body}"
+    );
+
+    // 504: the attempt timeout fires.
+    let server = Server::start(named("a")).await;
+    let mut slow = config(&[server.addr]);
+    slow.request_timeout = Duration::from_millis(200);
+    slow.balancer.retries.max_attempts = 1;
+    let upstream = HttpUpstream::from_config(&slow).unwrap();
+    let (status, body) = text(upstream.oneshot(request("GET", "/slow", "")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("timed out"), "{body}");
+
+    // Bad settings are refused with the field named.
+    let mut bad = config(&[server.addr]);
+    bad.retry_statuses = vec![42];
+    assert!(
+        HttpUpstream::from_config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("retry_statuses")
+    );
+    let mut bad = config(&[server.addr]);
+    bad.balancer.endpoints[0].weight = 0.0;
+    assert!(
+        HttpUpstream::from_config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains(&server.addr.to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_servers_under_load_fails_no_get() {
+    let servers = vec![
+        Server::start(named("a")).await,
+        Server::start(named("b")).await,
+        Server::start(named("c")).await,
+    ];
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let upstream = HttpUpstream::from_config(&config(&addrs)).unwrap();
+
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = JoinSet::new();
+    for _ in 0..16 {
+        let upstream = upstream.clone();
+        let (ok, failed, stop) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
+        workers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let res = upstream
+                    .clone()
+                    .oneshot(request("GET", "/", ""))
+                    .await
+                    .unwrap();
+                let (status, body) = text(res).await;
+                if status == StatusCode::OK && ["a", "b", "c"].contains(&body.as_str()) {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed GET: {status} {body}");
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kill = ok.load(Ordering::Relaxed);
+    servers[1].kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    while workers.join_next().await.is_some() {}
+
+    let total = ok.load(Ordering::Relaxed);
+    assert!(before_kill > 50, "load before the kill: {before_kill}");
+    assert!(
+        total > before_kill + 100,
+        "load after the kill: {}",
+        total - before_kill
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no GET may fail");
+    let killed = upstream
+        .endpoints()
+        .into_iter()
+        .find(|e| e.key.as_str() == addrs[1].to_string())
+        .unwrap();
+    assert_eq!(
+        killed.status,
+        EndpointStatus::Ejected,
+        "the dead server was ejected"
+    );
+}
+
+#[tokio::test]
+async fn active_checks_mark_endpoints_down_and_up() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&healthy);
+    let app = named("a").route(
+        "/health",
+        get(move || {
+            let ok = flag.load(Ordering::SeqCst);
+            async move {
+                if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let server = Server::start(app).await;
+    let other = Server::start(named("b").route("/health", get(|| async { "ok" }))).await;
+    let lb: EndpointSet<String> = EndpointSet::new();
+    let _ = lb.insert(server.addr.to_string(), (), 1.0);
+    let _ = lb.insert(other.addr.to_string(), (), 1.0);
+    let check = ActiveHealthConfig {
+        interval: Duration::from_millis(50),
+        jitter: 0.0,
+        timeout: Duration::from_secs(1),
+        rise: 2,
+        fall: 3,
+    };
+    let task = lb
+        .spawn_active_health(HttpCheck::new("/health"), check.clone())
+        .unwrap();
+    let status = |lb: &EndpointSet<String>| lb.endpoints()[0].status;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(status(&lb), EndpointStatus::Healthy);
+    healthy.store(false, Ordering::SeqCst);
+    wait_for(|| status(&lb) == EndpointStatus::Unhealthy).await;
+    assert_eq!(lb.endpoints()[1].status, EndpointStatus::Healthy);
+    healthy.store(true, Ordering::SeqCst);
+    wait_for(|| status(&lb) == EndpointStatus::Healthy).await;
+
+    // TCP check: a killed server goes down; dropping the balancer ends the task.
+    let tcp = lb.spawn_active_health(TcpCheck, check).unwrap();
+    other.kill();
+    wait_for(|| lb.endpoints()[1].status == EndpointStatus::Unhealthy).await;
+    drop(lb);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        task.is_finished() && tcp.is_finished(),
+        "checks stop with the balancer"
+    );
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
