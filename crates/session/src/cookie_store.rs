@@ -124,7 +124,7 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
         }
         let size = record.data_len();
         if size > config.max_size {
-            crate::metrics::save("cookie", "too_large");
+            session.shared().metrics.save("too_large");
             return Err(SessionError::TooLarge {
                 size,
                 limit: config.max_size,
@@ -156,13 +156,13 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
         .ok_or_else(|| SessionError::Random("sealing the session cookie failed".to_owned()))?;
     let size = name.len() + 1 + value.len();
     if size > MAX_COOKIE_LEN {
-        crate::metrics::save("cookie", "too_large");
+        session.shared().metrics.save("too_large");
         return Err(SessionError::TooLarge {
             size,
             limit: MAX_COOKIE_LEN,
         });
     }
-    crate::metrics::save("cookie", if modified { "saved" } else { "touched" });
+    session.shared().metrics.save(if modified { "saved" } else { "touched" });
     state.cookie = CookieAction::Set { value, ttl };
     state.base = Some(Stored {
         record: Arc::new(record),

@@ -3,30 +3,100 @@
 //! | name | labels | counts |
 //! |---|---|---|
 //! | `herd_session_loads_total` | `store`, `outcome` = `hit`/`miss`/`expired`/`error` | session reads |
-//! | `herd_session_saves_total` | `store`, `outcome` = `created`/`saved`/`touched`/`gone`/`too_large`/`gave_up`/`error` | writes and their results |
-//! | `herd_session_conflicts_total` | `store`, `kind` = `merged`/`same_field` | saves that met a concurrent change; fields changed on both sides |
+//! | `herd_session_saves_total` | `store`, `outcome` = `created`/`saved`/`touched`/`gone`/`too_large`/`gave_up` | writes and their results |
+//! | `herd_session_conflicts_total` | `store`, `kind` = `merged`/`same_field` | saves that met a concurrent change (and merged); fields changed on both sides |
 //! | `herd_session_store_errors_total` | `store`, `operation` | failed store operations |
-//! | `herd_session_cookies_rejected_total` | `reason` = `forged`/`unknown` | cookies that did not lead to a session |
+//! | `herd_session_cookies_rejected_total` | `store`, `reason` = `forged`/`unknown` | cookies that did not lead to a session |
+//!
+//! Keys are built once per layer and the recorder is looked up at every event, so counting
+//! allocates nothing and works whether the exporter was installed before or after the layer.
 
-use metrics::counter;
+use metrics::{Key, Label, Level, Metadata};
 
-pub(crate) fn load(store: &'static str, outcome: &'static str) {
-    counter!("herd_session_loads_total", "store" => store, "outcome" => outcome).increment(1);
+const LOADS: &str = "herd_session_loads_total";
+const SAVES: &str = "herd_session_saves_total";
+const CONFLICTS: &str = "herd_session_conflicts_total";
+const STORE_ERRORS: &str = "herd_session_store_errors_total";
+const COOKIES_REJECTED: &str = "herd_session_cookies_rejected_total";
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+const LOAD_OUTCOMES: [&str; 4] = ["hit", "miss", "expired", "error"];
+const SAVE_OUTCOMES: [&str; 6] = ["created", "saved", "touched", "gone", "too_large", "gave_up"];
+const CONFLICT_KINDS: [&str; 2] = ["merged", "same_field"];
+const REJECT_REASONS: [&str; 2] = ["forged", "unknown"];
+
+/// Pre-built metric keys for one store.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    store: &'static str,
+    loads: Vec<Key>,
+    saves: Vec<Key>,
+    conflicts: Vec<Key>,
+    rejected: Vec<Key>,
 }
 
-pub(crate) fn save(store: &'static str, outcome: &'static str) {
-    counter!("herd_session_saves_total", "store" => store, "outcome" => outcome).increment(1);
+impl Metrics {
+    pub(crate) fn new(store: &'static str) -> Self {
+        let keys = |name: &'static str, label: &'static str, values: &[&'static str]| {
+            values
+                .iter()
+                .map(|value| key(name, store, label, value))
+                .collect()
+        };
+        Self {
+            store,
+            loads: keys(LOADS, "outcome", &LOAD_OUTCOMES),
+            saves: keys(SAVES, "outcome", &SAVE_OUTCOMES),
+            conflicts: keys(CONFLICTS, "kind", &CONFLICT_KINDS),
+            rejected: keys(COOKIES_REJECTED, "reason", &REJECT_REASONS),
+        }
+    }
+
+    pub(crate) fn load(&self, outcome: &'static str) {
+        self.count(LOADS, "outcome", &LOAD_OUTCOMES, &self.loads, outcome, 1);
+    }
+
+    pub(crate) fn save(&self, outcome: &'static str) {
+        self.count(SAVES, "outcome", &SAVE_OUTCOMES, &self.saves, outcome, 1);
+    }
+
+    pub(crate) fn conflict(&self, kind: &'static str) {
+        self.count(CONFLICTS, "kind", &CONFLICT_KINDS, &self.conflicts, kind, 1);
+    }
+
+    pub(crate) fn cookie_rejected(&self, reason: &'static str) {
+        self.count(COOKIES_REJECTED, "reason", &REJECT_REASONS, &self.rejected, reason, 1);
+    }
+
+    /// Store errors are rare: their key is built when needed.
+    pub(crate) fn store_error(&self, operation: &'static str) {
+        increment(&key(STORE_ERRORS, self.store, "operation", operation), 1);
+    }
+
+    fn count(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        values: &[&'static str],
+        keys: &[Key],
+        value: &'static str,
+        by: u64,
+    ) {
+        match values.iter().position(|v| *v == value).and_then(|i| keys.get(i)) {
+            Some(key) => increment(key, by),
+            None => increment(&key(name, self.store, label, value), by),
+        }
+    }
 }
 
-pub(crate) fn conflict(store: &'static str, kind: &'static str, count: u64) {
-    counter!("herd_session_conflicts_total", "store" => store, "kind" => kind).increment(count);
+fn key(name: &'static str, store: &'static str, label: &'static str, value: &'static str) -> Key {
+    Key::from_parts(
+        name,
+        vec![Label::from_static_parts("store", store), Label::from_static_parts(label, value)],
+    )
 }
 
-pub(crate) fn store_error(store: &'static str, operation: &'static str) {
-    counter!("herd_session_store_errors_total", "store" => store, "operation" => operation)
-        .increment(1);
-}
-
-pub(crate) fn cookie_rejected(reason: &'static str) {
-    counter!("herd_session_cookies_rejected_total", "reason" => reason).increment(1);
+fn increment(key: &Key, by: u64) {
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(by));
 }

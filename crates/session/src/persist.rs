@@ -19,7 +19,6 @@ use crate::config::{ConflictRule, OnStoreError, TtlExtension};
 use crate::cookies::CookieAction;
 use crate::error::{SessionError, StoreError};
 use crate::id::SessionId;
-use crate::metrics;
 use crate::record::SessionRecord;
 use crate::session::{Backend, Presented, Session, State, apply_changes};
 use crate::store::{SaveOutcome, SessionStore, Stored};
@@ -159,7 +158,7 @@ impl Session {
         let config = &shared.config;
         let size = record.data_len();
         if size > config.max_size {
-            metrics::save(store.name(), "too_large");
+            self.shared().metrics.save("too_large");
             return Err(SessionError::TooLarge {
                 size,
                 limit: config.max_size,
@@ -176,7 +175,7 @@ impl Session {
                 .create(&id.store_key(), Arc::clone(&record), ttl)
                 .instrument(span.clone())
                 .await
-                .map_err(|error| store_failure(store, error))?;
+                .map_err(|error| store_failure(self, error))?;
             if done {
                 created = Some(id);
                 break;
@@ -197,9 +196,9 @@ impl Session {
                 .delete(&old.store_key())
                 .instrument(span)
                 .await
-                .map_err(|error| store_failure(store, error))?;
+                .map_err(|error| store_failure(self, error))?;
         }
-        metrics::save(store.name(), "created");
+        self.shared().metrics.save("created");
         let mut state = self.state();
         state.cookie = self.signed_cookie(&id, ttl);
         state.id = Some(id);
@@ -241,7 +240,7 @@ impl Session {
             let record = apply_changes(Some(&current.record), &changes, cleared, None);
             let size = record.data_len();
             if size > config.max_size {
-                metrics::save(store.name(), "too_large");
+                self.shared().metrics.save("too_large");
                 restore(self, changes, cleared);
                 return Err(SessionError::TooLarge {
                     size,
@@ -250,7 +249,7 @@ impl Session {
             }
             let Some(ttl) = record.ttl(config.idle_timeout) else {
                 // The absolute deadline passed while the request ran: the session is over.
-                metrics::save(store.name(), "gone");
+                self.shared().metrics.save("gone");
                 self.forget();
                 return Ok(());
             };
@@ -261,7 +260,7 @@ impl Session {
                 .await;
             match outcome {
                 Ok(SaveOutcome::Saved { version }) => {
-                    metrics::save(store.name(), "saved");
+                    self.shared().metrics.save("saved");
                     let mut state = self.state();
                     state.base = Some(Stored {
                         record,
@@ -272,7 +271,7 @@ impl Session {
                     return Ok(());
                 }
                 Ok(SaveOutcome::Conflict(latest)) => {
-                    metrics::conflict(store.name(), "merged", 1);
+                    self.shared().metrics.conflict("merged");
                     let clashes: Vec<String> = changes
                         .keys()
                         .filter(|name| {
@@ -286,25 +285,25 @@ impl Session {
                             changes.remove(&name);
                         }
                         if same_field_counted.insert(name) {
-                            metrics::conflict(store.name(), "same_field", 1);
+                            self.shared().metrics.conflict("same_field");
                         }
                     }
                     tracing::debug!(attempt, version = latest.version, "session changed concurrently; merging");
                     current = latest;
                 }
                 Ok(SaveOutcome::Gone) => {
-                    metrics::save(store.name(), "gone");
+                    self.shared().metrics.save("gone");
                     tracing::debug!("session was ended by another request; changes dropped");
                     self.forget();
                     return Ok(());
                 }
                 Err(error) => {
                     restore(self, changes, cleared);
-                    return Err(store_failure(store, error));
+                    return Err(store_failure(self, error));
                 }
             }
         }
-        metrics::save(store.name(), "gave_up");
+        self.shared().metrics.save("gave_up");
         restore(self, changes, cleared);
         Err(SessionError::Conflict {
             attempts: config.max_save_attempts,
@@ -321,13 +320,13 @@ impl Session {
             .touch(&id.store_key(), ttl)
             .instrument(tracing::debug_span!("session.touch", store = store.name()))
             .await
-            .map_err(|error| store_failure(store, error))?;
+            .map_err(|error| store_failure(self, error))?;
         if !touched {
-            metrics::save(store.name(), "gone");
+            self.shared().metrics.save("gone");
             self.forget();
             return Ok(());
         }
-        metrics::save(store.name(), "touched");
+        self.shared().metrics.save("touched");
         let mut state = self.state();
         if let Some(base) = &mut state.base {
             base.ttl = ttl;
@@ -393,8 +392,8 @@ fn clear_changes(state: &mut State) {
     state.cleared = false;
 }
 
-fn store_failure(store: &dyn SessionStore, error: StoreError) -> SessionError {
-    metrics::store_error(store.name(), error.operation().as_str());
+fn store_failure(session: &Session, error: StoreError) -> SessionError {
+    session.shared().metrics.store_error(error.operation().as_str());
     tracing::warn!(%error, "session store operation failed");
     SessionError::Store(error)
 }

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::cookies::SetCookieTemplate;
+use crate::metrics::Metrics;
 use crate::config::{ConflictRule, OnStoreError, SameSite, SessionConfig, TtlExtension};
 use crate::error::ConfigError;
 use crate::id::SessionIdGenerator;
@@ -34,10 +35,12 @@ impl SessionLayer {
     /// A layer over `store` with the default [`SessionConfig`], signing cookies with `keys`.
     pub fn new(store: impl SessionStore, keys: SigningKeys) -> Self {
         let config = SessionConfig::default();
+        let metrics = Metrics::new(store.name());
         Self {
             shared: Arc::new(Shared {
                 backend: Backend::Store(Arc::new(store)),
                 set_cookie: SetCookieTemplate::new(&config.cookie),
+                metrics,
                 config,
                 keys,
                 ids: SessionIdGenerator::new(),
@@ -216,10 +219,12 @@ impl SessionLayerBuilder {
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         self.config.validate()?;
+        let store_name = self.backend.name();
         Ok(SessionLayer {
             shared: Arc::new(Shared {
                 backend: self.backend,
                 set_cookie: SetCookieTemplate::new(&self.config.cookie),
+                metrics: Metrics::new(store_name),
                 config: self.config,
                 keys: self.keys,
                 ids: self.ids,

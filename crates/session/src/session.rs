@@ -16,7 +16,7 @@ use crate::cookies::{self, CookieAction, SetCookieTemplate};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionIdGenerator};
 use crate::keys::SigningKeys;
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::record::SessionRecord;
 use crate::store::{SessionStore, Stored};
 
@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     pub(crate) keys: SigningKeys,
     pub(crate) ids: SessionIdGenerator,
     pub(crate) set_cookie: SetCookieTemplate,
+    pub(crate) metrics: Metrics,
 }
 
 impl fmt::Debug for Shared {
@@ -179,7 +180,7 @@ impl Session {
                         };
                     }
                 }
-                metrics::cookie_rejected("forged");
+                shared.metrics.cookie_rejected("forged");
                 Presented::Rejected
             }
             #[cfg(feature = "cookie-store")]
@@ -217,7 +218,6 @@ impl Session {
 
     async fn load(&self) {
         let shared = self.shared();
-        let store_name = shared.backend.name();
         let loaded = match (&self.inner.presented, &shared.backend) {
             (Presented::Id { id, .. }, Backend::Store(store)) => store
                 .load(&id.store_key())
@@ -233,23 +233,23 @@ impl Session {
         match loaded {
             Ok(Some((id, stored))) => {
                 if stored.record.ttl(shared.config.idle_timeout).is_some() {
-                    metrics::load(store_name, "hit");
+                    shared.metrics.load("hit");
                     state.id = id;
                     state.base = Some(stored);
                 } else {
                     // Past its absolute deadline: treat as gone; a new session gets a new id.
-                    metrics::load(store_name, "expired");
+                    shared.metrics.load("expired");
                     state.stale_cookie = true;
                 }
             }
             Ok(None) => {
-                metrics::load(store_name, "miss");
-                metrics::cookie_rejected("unknown");
+                shared.metrics.load("miss");
+                shared.metrics.cookie_rejected("unknown");
                 state.stale_cookie = true;
             }
             Err(error) => {
-                metrics::load(store_name, "error");
-                metrics::store_error(store_name, error.operation().as_str());
+                shared.metrics.load("error");
+                shared.metrics.store_error(error.operation().as_str());
                 tracing::warn!(%error, "session load failed");
                 if shared.config.on_store_error == OnStoreError::ServiceUnavailable {
                     state.failure = Some(error);
@@ -378,7 +378,7 @@ impl Session {
         let id = self.state().id.clone().or(id);
         if let (Some(id), Backend::Store(store)) = (id, &self.shared().backend) {
             if let Err(error) = store.delete(&id.store_key()).await {
-                metrics::store_error(store.name(), error.operation().as_str());
+                self.shared().metrics.store_error(error.operation().as_str());
                 if self.shared().config.on_store_error == OnStoreError::ServiceUnavailable {
                     self.state().failure = Some(error.clone());
                 }
