@@ -100,7 +100,13 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// A node with default settings.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { name: None, url: url.into(), role: None, weight: default_weight(), pool: PoolConfig::default() }
+        Self {
+            name: None,
+            url: url.into(),
+            role: None,
+            weight: default_weight(),
+            pool: PoolConfig::default(),
+        }
     }
 
     /// Sets the name.
@@ -189,7 +195,10 @@ pub struct ReadYourWritesConfig {
 
 impl Default for ReadYourWritesConfig {
     fn default() -> Self {
-        Self { max_wait: Duration::from_millis(100), poll_interval: Duration::from_millis(5) }
+        Self {
+            max_wait: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(5),
+        }
     }
 }
 
@@ -276,7 +285,11 @@ impl RouterConfig {
     /// Validates the nodes and returns them in order (`primary`, `replicas`, then `nodes`)
     /// with their resolved names and roles. Errors name the node and the field.
     pub fn nodes(&self) -> Result<Vec<(String, Role)>, Error> {
-        Ok(self.node_specs()?.into_iter().map(|n| (n.name, n.role)).collect())
+        Ok(self
+            .node_specs()?
+            .into_iter()
+            .map(|n| (n.name, n.role))
+            .collect())
     }
 
     pub(crate) fn node_specs(&self) -> Result<Vec<NodeSpec>, Error> {
@@ -289,37 +302,71 @@ impl RouterConfig {
         ];
         for (group, implied, prefix) in groups {
             for (i, node) in group.iter().enumerate() {
-                let default_name = if implied == Some(Role::Primary) { prefix.to_string() } else { format!("{prefix}{}", i + 1) };
+                let default_name = if implied == Some(Role::Primary) {
+                    prefix.to_string()
+                } else {
+                    format!("{prefix}{}", i + 1)
+                };
                 let name = node.name.clone().unwrap_or(default_name);
                 specs.push(node_spec(node, name, implied)?);
             }
         }
         if specs.is_empty() {
-            return Err(Error::config(None, "nodes", "no node configured: set `primary`/`replicas` or `nodes`"));
+            return Err(Error::config(
+                None,
+                "nodes",
+                "no node configured: set `primary`/`replicas` or `nodes`",
+            ));
         }
         for (i, a) in specs.iter().enumerate() {
             if specs.iter().skip(i + 1).any(|b| b.name == a.name) {
-                return Err(Error::config(Some(&a.name), "name", "two nodes have this name"));
+                return Err(Error::config(
+                    Some(&a.name),
+                    "name",
+                    "two nodes have this name",
+                ));
             }
         }
         if specs.iter().filter(|n| n.role == Role::Primary).count() > 1 {
-            return Err(Error::config(None, "role", "more than one node has role `primary`"));
+            return Err(Error::config(
+                None,
+                "role",
+                "more than one node has role `primary`",
+            ));
         }
         if !specs.iter().any(|n| n.role.may_write()) {
-            return Err(Error::config(None, "role", "no node may take writes: add a `primary` or an `auto` node"));
+            return Err(Error::config(
+                None,
+                "role",
+                "no node may take writes: add a `primary` or an `auto` node",
+            ));
         }
         Ok(specs)
     }
 
     fn check_settings(&self) -> Result<(), Error> {
         if self.check_interval.is_zero() {
-            return Err(Error::config(None, "check_interval", "must be greater than zero"));
+            return Err(Error::config(
+                None,
+                "check_interval",
+                "must be greater than zero",
+            ));
         }
         if self.check_timeout.is_zero() {
-            return Err(Error::config(None, "check_timeout", "must be greater than zero"));
+            return Err(Error::config(
+                None,
+                "check_timeout",
+                "must be greater than zero",
+            ));
         }
-        if self.read_your_writes.poll_interval.is_zero() && !self.read_your_writes.max_wait.is_zero() {
-            return Err(Error::config(None, "read_your_writes.poll_interval", "must be greater than zero"));
+        if self.read_your_writes.poll_interval.is_zero()
+            && !self.read_your_writes.max_wait.is_zero()
+        {
+            return Err(Error::config(
+                None,
+                "read_your_writes.poll_interval",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }
@@ -334,34 +381,73 @@ fn node_spec(node: &NodeConfig, name: String, implied: Option<Role>) -> Result<N
             return Err(Error::config(
                 Some(&name),
                 "role",
-                format!("is `{}` but the node is listed as a {}", given.as_str(), implied.as_str()),
+                format!(
+                    "is `{}` but the node is listed as a {}",
+                    given.as_str(),
+                    implied.as_str()
+                ),
             ));
         }
         (Some(implied), _) => implied,
         (None, given) => given.unwrap_or_default(),
     };
     if !(node.weight.is_finite() && node.weight > 0.0) {
-        return Err(Error::config(Some(&name), "weight", format!("must be finite and > 0, got {}", node.weight)));
+        return Err(Error::config(
+            Some(&name),
+            "weight",
+            format!("must be finite and > 0, got {}", node.weight),
+        ));
     }
     let pool = &node.pool;
     if pool.max_connections == 0 {
-        return Err(Error::config(Some(&name), "pool.max_connections", "must be at least 1"));
+        return Err(Error::config(
+            Some(&name),
+            "pool.max_connections",
+            "must be at least 1",
+        ));
     }
     if pool.min_connections > pool.max_connections {
-        return Err(Error::config(Some(&name), "pool.min_connections", "is greater than pool.max_connections"));
+        return Err(Error::config(
+            Some(&name),
+            "pool.min_connections",
+            "is greater than pool.max_connections",
+        ));
     }
     if pool.acquire_timeout.is_zero() {
-        return Err(Error::config(Some(&name), "pool.acquire_timeout", "must be greater than zero"));
+        return Err(Error::config(
+            Some(&name),
+            "pool.acquire_timeout",
+            "must be greater than zero",
+        ));
+    }
+    let scheme_ok = ["postgres://", "postgresql://"].iter().any(|p| {
+        node.url
+            .get(..p.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(p))
+    });
+    if !scheme_ok {
+        return Err(Error::config(
+            Some(&name),
+            "url",
+            "must start with postgres:// or postgresql://",
+        ));
     }
     let mut connect: PgConnectOptions = node
         .url
         .parse()
         .map_err(|e: sqlx::Error| Error::config(Some(&name), "url", e.to_string()))?;
-    connect = connect.application_name(pool.application_name.as_deref().unwrap_or("herd-db-router"));
+    connect =
+        connect.application_name(pool.application_name.as_deref().unwrap_or("herd-db-router"));
     if let Some(timeout) = pool.statement_timeout {
         connect = connect.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
     }
-    Ok(NodeSpec { name, role, weight: node.weight, connect, pool: pool.clone() })
+    Ok(NodeSpec {
+        name,
+        role,
+        weight: node.weight,
+        connect,
+        pool: pool.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -401,7 +487,13 @@ mod tests {
         );
         assert_eq!(c.check_interval, Duration::from_millis(250));
         assert_eq!(c.selection, PolicyConfig::RoundRobin);
-        assert_eq!(c.nodes().unwrap(), vec![("node1".to_string(), Role::Auto), ("east".to_string(), Role::Replica)]);
+        assert_eq!(
+            c.nodes().unwrap(),
+            vec![
+                ("node1".to_string(), Role::Auto),
+                ("east".to_string(), Role::Replica)
+            ]
+        );
     }
 
     #[test]
@@ -410,27 +502,54 @@ mod tests {
         let err = bad_url.nodes().unwrap_err().to_string();
         assert!(err.contains("`primary`") && err.contains("url"), "{err}");
 
-        let bad_weight = parse("[primary]\nurl = \"postgres://h/db\"\n[[replicas]]\nurl = \"postgres://h/db\"\nweight = -1.0");
+        let bad_weight = parse(
+            "[primary]\nurl = \"postgres://h/db\"\n[[replicas]]\nurl = \"postgres://h/db\"\nweight = -1.0",
+        );
         let err = bad_weight.nodes().unwrap_err().to_string();
-        assert!(err.contains("`replica1`") && err.contains("weight"), "{err}");
+        assert!(
+            err.contains("`replica1`") && err.contains("weight"),
+            "{err}"
+        );
 
         let conflict = parse("[[replicas]]\nurl = \"postgres://h/db\"\nrole = \"primary\"");
         let err = conflict.nodes().unwrap_err().to_string();
         assert!(err.contains("role"), "{err}");
 
         let no_writer = parse("[[replicas]]\nurl = \"postgres://h/db\"");
-        assert!(no_writer.nodes().unwrap_err().to_string().contains("no node may take writes"));
+        assert!(
+            no_writer
+                .nodes()
+                .unwrap_err()
+                .to_string()
+                .contains("no node may take writes")
+        );
 
         let empty = RouterConfig::default();
-        assert!(empty.nodes().unwrap_err().to_string().contains("no node configured"));
+        assert!(
+            empty
+                .nodes()
+                .unwrap_err()
+                .to_string()
+                .contains("no node configured")
+        );
 
-        let dup = parse("[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"\n[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"");
+        let dup = parse(
+            "[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"\n[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"",
+        );
         assert!(dup.nodes().unwrap_err().to_string().contains("`a`"));
 
         let pool = parse("[primary]\nurl = \"postgres://h/db\"\npool = { max_connections = 0 }");
-        assert!(pool.nodes().unwrap_err().to_string().contains("pool.max_connections"));
+        assert!(
+            pool.nodes()
+                .unwrap_err()
+                .to_string()
+                .contains("pool.max_connections")
+        );
 
-        assert!(toml::from_str::<RouterConfig>("[primary]\nurl = \"postgres://h/db\"\nbogus = 1").is_err());
+        assert!(
+            toml::from_str::<RouterConfig>("[primary]\nurl = \"postgres://h/db\"\nbogus = 1")
+                .is_err()
+        );
         assert!(toml::from_str::<RouterConfig>("check_interval = \"soon\"").is_err());
     }
 }

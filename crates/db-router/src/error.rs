@@ -64,8 +64,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn config(node: Option<&str>, field: &'static str, message: impl Into<String>) -> Self {
-        Error::Config { node: node.map(str::to_owned), field, message: message.into() }
+    pub(crate) fn config(
+        node: Option<&str>,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            node: node.map(str::to_owned),
+            field,
+            message: message.into(),
+        }
     }
 
     /// The router error inside a [`sqlx::Error`] returned by the `Executor` impl, if it is one.
@@ -96,10 +104,22 @@ mod tests {
 
     #[test]
     fn round_trips_through_sqlx() {
-        let err = Error::NoPrimary { operation: "execute", detail: "primary unreachable".into() }.into_sqlx();
-        assert!(matches!(Error::from_sqlx(&err), Some(Error::NoPrimary { .. })));
+        let err = Error::NoPrimary {
+            operation: "execute",
+            detail: "primary unreachable".into(),
+        }
+        .into_sqlx();
+        assert!(matches!(
+            Error::from_sqlx(&err),
+            Some(Error::NoPrimary { .. })
+        ));
         assert!(err.to_string().contains("no writable primary"));
-        let passthrough = Error::Query { node: "a".into(), operation: "x", source: sqlx::Error::RowNotFound }.into_sqlx();
+        let passthrough = Error::Query {
+            node: "a".into(),
+            operation: "x",
+            source: sqlx::Error::RowNotFound,
+        }
+        .into_sqlx();
         assert!(matches!(passthrough, sqlx::Error::RowNotFound));
         assert!(Error::from_sqlx(&sqlx::Error::PoolTimedOut).is_none());
     }
@@ -107,8 +127,14 @@ mod tests {
     #[test]
     fn config_error_names_node_and_field() {
         let e = Error::config(Some("replica2"), "url", "bad scheme");
-        assert_eq!(e.to_string(), "invalid configuration of node `replica2`: field `url`: bad scheme");
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration of node `replica2`: field `url`: bad scheme"
+        );
         let e = Error::config(None, "check_interval", "must be greater than zero");
-        assert_eq!(e.to_string(), "invalid configuration: field `check_interval`: must be greater than zero");
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: field `check_interval`: must be greater than zero"
+        );
     }
 }

@@ -60,15 +60,27 @@ impl QueryParts {
     fn take<'q, E: Execute<'q, Postgres>>(mut query: E) -> Result<Self, sqlx::Error> {
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
         let persistent = query.persistent();
-        Ok(Self { sql: query.sql(), arguments, persistent })
+        Ok(Self {
+            sql: query.sql(),
+            arguments,
+            persistent,
+        })
     }
 
     fn attempt(&self) -> RoutedQuery {
-        RoutedQuery { sql: self.sql.clone(), arguments: self.arguments.clone(), persistent: self.persistent }
+        RoutedQuery {
+            sql: self.sql.clone(),
+            arguments: self.arguments.clone(),
+            persistent: self.persistent,
+        }
     }
 
     fn into_query(self) -> RoutedQuery {
-        RoutedQuery { sql: self.sql, arguments: self.arguments, persistent: self.persistent }
+        RoutedQuery {
+            sql: self.sql,
+            arguments: self.arguments,
+            persistent: self.persistent,
+        }
     }
 }
 
@@ -87,12 +99,21 @@ impl Shared {
     {
         let route = self.route(parts.sql.as_str());
         match route {
-            Route::Primary(_) => self.run_on_writer(route, parts.into_query(), &op, true).await,
+            Route::Primary(_) => {
+                self.run_on_writer(route, parts.into_query(), &op, true)
+                    .await
+            }
             Route::Replica(_) => self.run_read(route, parts, &op).await,
         }
     }
 
-    async fn run_on_writer<T, F>(&self, route: Route, query: RoutedQuery, op: &F, is_write: bool) -> Result<T, sqlx::Error>
+    async fn run_on_writer<T, F>(
+        &self,
+        route: Route,
+        query: RoutedQuery,
+        op: &F,
+        is_write: bool,
+    ) -> Result<T, sqlx::Error>
     where
         F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
     {
@@ -112,7 +133,12 @@ impl Shared {
         result
     }
 
-    async fn run_read<T, F>(&self, route: Route, parts: QueryParts, op: &F) -> Result<T, sqlx::Error>
+    async fn run_read<T, F>(
+        &self,
+        route: Route,
+        parts: QueryParts,
+        op: &F,
+    ) -> Result<T, sqlx::Error>
     where
         F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
     {
@@ -126,7 +152,9 @@ impl Shared {
                         Err(e) => {
                             tracing::debug!(error = %e, "cannot read the primary's LSN: reading from the primary");
                             client.mark_write();
-                            return self.run_on_writer(route, parts.into_query(), op, false).await;
+                            return self
+                                .run_on_writer(route, parts.into_query(), op, false)
+                                .await;
                         }
                     }
                 }
@@ -142,7 +170,8 @@ impl Shared {
                     None => None,
                 },
             };
-            let Some((lease, node)) = lease.and_then(|l| self.nodes.get(l.node).map(|n| (l, n))) else {
+            let Some((lease, node)) = lease.and_then(|l| self.nodes.get(l.node).map(|n| (l, n)))
+            else {
                 let reason = if !tried.is_empty() {
                     "replica_errors"
                 } else if required.is_some() {
@@ -150,8 +179,11 @@ impl Shared {
                 } else {
                     "no_eligible_replica"
                 };
-                self.fallback_node("query", reason).map_err(Error::into_sqlx)?;
-                return self.run_on_writer(route, parts.into_query(), op, false).await;
+                self.fallback_node("query", reason)
+                    .map_err(Error::into_sqlx)?;
+                return self
+                    .run_on_writer(route, parts.into_query(), op, false)
+                    .await;
             };
             metrics::query(&node.name, route);
             let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
@@ -169,7 +201,9 @@ impl Shared {
                     Lease::finish(lease, Outcome::Success);
                     metrics::misroute(&node.name);
                     tracing::warn!(node = %node.name, sql = parts.sql.as_str(), "a replica refused the statement as a write: retrying on the primary");
-                    return self.run_on_writer(route, parts.into_query(), op, true).await;
+                    return self
+                        .run_on_writer(route, parts.into_query(), op, true)
+                        .await;
                 }
                 Err(e) => {
                     // The node answered: the statement itself failed.
@@ -217,7 +251,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
             .boxed()
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
@@ -247,7 +284,11 @@ impl<'c> Executor<'c> for &'c DbRouter {
         Box::pin(async move { shared.run(parts?, |pool, q| pool.fetch_all(q)).await })
     }
 
-    fn prepare_with<'e>(self, sql: SqlStr, parameters: &'e [PgTypeInfo]) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
     where
         'c: 'e,
     {

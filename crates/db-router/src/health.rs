@@ -93,7 +93,8 @@ impl RouterCheck {
     }
 
     fn lag_status(&self, bytes: u64, lag: Duration) -> Status {
-        let fail = self.fail_lag_bytes.is_some_and(|b| bytes > b) || self.fail_lag.is_some_and(|l| lag > l);
+        let fail = self.fail_lag_bytes.is_some_and(|b| bytes > b)
+            || self.fail_lag.is_some_and(|l| lag > l);
         if fail {
             Status::Fail
         } else if bytes > self.warn_lag_bytes || lag > self.warn_lag {
@@ -118,7 +119,9 @@ impl RouterCheck {
                 (false, true) => Status::Fail,
                 (false, false) => Status::Warn,
             };
-            let mut role = Measurement::new("role", role_status).component_id(&node.name).value(node.observed_role.as_str());
+            let mut role = Measurement::new("role", role_status)
+                .component_id(&node.name)
+                .value(node.observed_role.as_str());
             if let Some(error) = &node.last_error {
                 role = role.output(error.clone());
             }
@@ -128,11 +131,27 @@ impl RouterCheck {
             }
             if let (Some(bytes), Some(lag)) = (node.lag_bytes, node.lag) {
                 let lag_status = self.lag_status(bytes, lag);
-                result.push(Measurement::new("lag", lag_status).component_id(&node.name).observed(bytes, "bytes"));
-                result.push(Measurement::new("lagTime", lag_status).component_id(&node.name).observed(lag.as_secs_f64(), "s"));
+                result.push(
+                    Measurement::new("lag", lag_status)
+                        .component_id(&node.name)
+                        .observed(bytes, "bytes"),
+                );
+                result.push(
+                    Measurement::new("lagTime", lag_status)
+                        .component_id(&node.name)
+                        .observed(lag.as_secs_f64(), "s"),
+                );
             }
-            let share = if node.pool_max == 0 { 0.0 } else { f64::from(node.pool_in_use) / f64::from(node.pool_max) };
-            let pool_status = if share >= self.warn_pool_utilization { Status::Warn } else { Status::Pass };
+            let share = if node.pool_max == 0 {
+                0.0
+            } else {
+                f64::from(node.pool_in_use) / f64::from(node.pool_max)
+            };
+            let pool_status = if share >= self.warn_pool_utilization {
+                Status::Warn
+            } else {
+                Status::Pass
+            };
             result.push(
                 Measurement::new("utilization", pool_status)
                     .component_id(&node.name)

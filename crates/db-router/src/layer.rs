@@ -117,12 +117,18 @@ impl ReadYourWritesLayer {
     /// Token in the `x-herd-lsn` header: the service sets it on responses, the client (or a
     /// gateway) sends it back.
     pub fn header(router: DbRouter) -> Self {
-        Self { router, carrier: Arc::new(Carrier::Header(HeaderName::from_static(DEFAULT_HEADER))) }
+        Self {
+            router,
+            carrier: Arc::new(Carrier::Header(HeaderName::from_static(DEFAULT_HEADER))),
+        }
     }
 
     /// Token in a header of your choice.
     pub fn header_named(router: DbRouter, name: HeaderName) -> Self {
-        Self { router, carrier: Arc::new(Carrier::Header(name)) }
+        Self {
+            router,
+            carrier: Arc::new(Carrier::Header(name)),
+        }
     }
 
     /// Token in the `herd_lsn` cookie (path `/`, `HttpOnly`, `SameSite=Lax`, max age 5 min,
@@ -174,7 +180,11 @@ impl<S> Layer<S> for ReadYourWritesLayer {
     type Service = ReadYourWrites<S>;
 
     fn layer(&self, inner: S) -> ReadYourWrites<S> {
-        ReadYourWrites { inner, router: self.router.clone(), carrier: Arc::clone(&self.carrier) }
+        ReadYourWrites {
+            inner,
+            router: self.router.clone(),
+            carrier: Arc::clone(&self.carrier),
+        }
     }
 }
 
@@ -253,7 +263,9 @@ where
                 match router.settle(&client).await {
                     Ok(Some(token)) => carrier.write(response.headers_mut(), token, client.wrote()),
                     Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "read-your-writes: no token for this response"),
+                    Err(error) => {
+                        tracing::warn!(%error, "read-your-writes: no token for this response")
+                    }
                 }
                 Ok(response)
             }),
@@ -266,7 +278,12 @@ mod tests {
     use super::*;
 
     fn cookie_carrier() -> Carrier {
-        Carrier::Cookie(CookieSettings { name: "herd_lsn".into(), path: "/".into(), max_age: Duration::from_secs(60), secure: true })
+        Carrier::Cookie(CookieSettings {
+            name: "herd_lsn".into(),
+            path: "/".into(),
+            max_age: Duration::from_secs(60),
+            secure: true,
+        })
     }
 
     #[test]
@@ -277,7 +294,11 @@ mod tests {
         headers.insert(DEFAULT_HEADER, HeaderValue::from_static("0/3000060"));
         assert_eq!(carrier.read(&headers), Some(Lsn::new(0x300_0060)));
         headers.insert(DEFAULT_HEADER, HeaderValue::from_static("garbage"));
-        assert_eq!(carrier.read(&headers), None, "a bad token is ignored, not an error");
+        assert_eq!(
+            carrier.read(&headers),
+            None,
+            "a bad token is ignored, not an error"
+        );
         let mut out = HeaderMap::new();
         carrier.write(&mut out, Lsn::new(0x1_0000_0010), false);
         assert_eq!(out.get(DEFAULT_HEADER).unwrap(), "1/10");
@@ -295,7 +316,14 @@ mod tests {
         assert!(out.get(SET_COOKIE).is_none());
         carrier.write(&mut out, Lsn::new(0x30), true);
         let set = out.get(SET_COOKIE).unwrap().to_str().unwrap();
-        for part in ["herd_lsn=0/30", "HttpOnly", "Secure", "SameSite=Lax", "Max-Age=60", "Path=/"] {
+        for part in [
+            "herd_lsn=0/30",
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Max-Age=60",
+            "Path=/",
+        ] {
             assert!(set.contains(part), "{set} lacks {part}");
         }
     }

@@ -88,4 +88,4 @@ pub use scope::{Consistency, on_primary};
 pub use status::{NodeStatus, ObservedRole, RouterStatus};
 
 #[cfg(feature = "tower")]
-pub use layer::{ReadYourWritesLayer, ReadYourWrites};
+pub use layer::{ReadYourWrites, ReadYourWritesLayer};

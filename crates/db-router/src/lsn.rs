@@ -53,7 +53,10 @@ impl FromStr for Lsn {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let invalid = || Error::Parse { what: "LSN", value: s.chars().take(40).collect() };
+        let invalid = || Error::Parse {
+            what: "LSN",
+            value: s.chars().take(40).collect(),
+        };
         let (hi, lo) = s.trim().split_once('/').ok_or_else(invalid)?;
         if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
             return Err(invalid());
@@ -74,7 +77,17 @@ mod tests {
             assert_eq!(text.parse::<Lsn>().unwrap().to_string(), text);
         }
         assert_eq!("0/3000060".parse::<Lsn>().unwrap(), Lsn::new(0x300_0060));
-        for bad in ["", "/", "1/", "/1", "x/1", "1/2/3", "123456789/0", "-1/0", "1 / 2"] {
+        for bad in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "x/1",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+            "1 / 2",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
         }
     }

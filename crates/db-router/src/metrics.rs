@@ -32,7 +32,8 @@ pub const POOL_IN_USE: &str = "herd_db_pool_in_use";
 pub const POOL_MAX: &str = "herd_db_pool_max";
 
 pub(crate) fn query(node: &Arc<str>, route: Route) {
-    metrics::counter!(QUERIES_TOTAL, "node" => Arc::clone(node), "route" => route.as_str()).increment(1);
+    metrics::counter!(QUERIES_TOTAL, "node" => Arc::clone(node), "route" => route.as_str())
+        .increment(1);
 }
 
 pub(crate) fn fallback(reason: &'static str) {

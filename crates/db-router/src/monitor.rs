@@ -26,7 +26,14 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
     EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8, \
     CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 
-type CheckRow = (bool, Option<String>, Option<String>, Option<String>, Option<f64>, Option<String>);
+type CheckRow = (
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<String>,
+);
 
 /// What one check saw.
 #[derive(Debug, Default)]
@@ -52,7 +59,9 @@ impl Connections {
 
 /// The loop; ends when the router is dropped.
 pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections: Connections) {
-    let Some(interval) = shared.upgrade().map(|s| s.config.check_interval) else { return };
+    let Some(interval) = shared.upgrade().map(|s| s.config.check_interval) else {
+        return;
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; the builder already checked once
@@ -61,7 +70,9 @@ pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections
             _ = ticker.tick() => {}
             () = wake.notified() => {}
         }
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         check_all(&shared, &mut connections).await;
     }
 }
@@ -82,14 +93,27 @@ pub(crate) async fn check_all(shared: &Shared, connections: &mut Connections) {
     update_eligibility(shared, &observations);
 }
 
-async fn check_node(node: &Node, slot: &mut Option<PgConnection>, timeout: Duration) -> Result<Observation, String> {
+async fn check_node(
+    node: &Node,
+    slot: &mut Option<PgConnection>,
+    timeout: Duration,
+) -> Result<Observation, String> {
     let outcome = tokio::time::timeout(timeout, async {
         if slot.is_none() {
-            let conn = node.connect.connect().await.map_err(|e| format!("connect: {e}"))?;
+            let conn = node
+                .connect
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             *slot = Some(conn);
         }
-        let Some(conn) = slot.as_mut() else { return Err("no connection".to_string()) };
-        sqlx::query_as::<_, CheckRow>(CHECK_SQL).fetch_one(conn).await.map_err(|e| format!("check query: {e}"))
+        let Some(conn) = slot.as_mut() else {
+            return Err("no connection".to_string());
+        };
+        sqlx::query_as::<_, CheckRow>(CHECK_SQL)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| format!("check query: {e}"))
     })
     .await;
     let row = match outcome {
@@ -162,8 +186,16 @@ fn record(node: &Node, observation: &Result<Observation, String>) {
     let idle = u32::try_from(node.pool.num_idle()).unwrap_or(u32::MAX);
     metrics::gauge(metrics::POOL_SIZE, &node.name, f64::from(size));
     metrics::gauge(metrics::POOL_IDLE, &node.name, f64::from(idle));
-    metrics::gauge(metrics::POOL_IN_USE, &node.name, f64::from(size.saturating_sub(idle)));
-    metrics::gauge(metrics::POOL_MAX, &node.name, f64::from(node.max_connections));
+    metrics::gauge(
+        metrics::POOL_IN_USE,
+        &node.name,
+        f64::from(size.saturating_sub(idle)),
+    );
+    metrics::gauge(
+        metrics::POOL_MAX,
+        &node.name,
+        f64::from(node.max_connections),
+    );
 }
 
 /// The write node: among reachable, writable nodes that may take writes, the one on the
@@ -181,7 +213,9 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
         best = match best {
             None => Some((i, tli)),
             Some((_, best_tli)) if tli > best_tli => Some((i, tli)),
-            Some((b, best_tli)) if tli == best_tli && i == current && b != current => Some((i, tli)),
+            Some((b, best_tli)) if tli == best_tli && i == current && b != current => {
+                Some((i, tli))
+            }
             keep => keep,
         };
     }
@@ -198,12 +232,18 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
         }
     }
     for (i, node) in shared.nodes.iter().enumerate() {
-        metrics::gauge(metrics::NODE_PRIMARY, &node.name, if i == next { 1.0 } else { 0.0 });
+        metrics::gauge(
+            metrics::NODE_PRIMARY,
+            &node.name,
+            if i == next { 1.0 } else { 0.0 },
+        );
     }
-    if let Some(Ok(o)) = observations.get(next) {
-        if let Some(lsn) = o.current_lsn {
-            shared.primary_lsn.fetch_max(lsn.as_u64(), Ordering::AcqRel);
-        }
+    if let Some(Ok(Observation {
+        current_lsn: Some(lsn),
+        ..
+    })) = observations.get(next)
+    {
+        shared.primary_lsn.fetch_max(lsn.as_u64(), Ordering::AcqRel);
     }
 }
 
@@ -219,9 +259,14 @@ fn update_eligibility(shared: &Shared, observations: &[Result<Observation, Strin
         let eligible = match observation {
             Ok(o) if o.in_recovery && s.is_up() => {
                 let lag_bytes = primary_lsn.bytes_since(s.replay_lsn());
-                let lag_seconds = if lag_bytes > 0 { o.replay_age.unwrap_or(0.0).max(0.0) } else { 0.0 };
+                let lag_seconds = if lag_bytes > 0 {
+                    o.replay_age.unwrap_or(0.0).max(0.0)
+                } else {
+                    0.0
+                };
                 s.lag_bytes.store(lag_bytes, Ordering::Release);
-                s.lag_micros.store((lag_seconds * 1e6) as u64, Ordering::Release);
+                s.lag_micros
+                    .store((lag_seconds * 1e6) as u64, Ordering::Release);
                 metrics::gauge(metrics::REPLICA_LAG_BYTES, &node.name, lag_bytes as f64);
                 metrics::gauge(metrics::REPLICA_LAG_SECONDS, &node.name, lag_seconds);
                 let within = lag_bytes <= shared.config.max_lag_bytes && lag_seconds <= max_lag;
@@ -233,7 +278,11 @@ fn update_eligibility(shared: &Shared, observations: &[Result<Observation, Strin
             _ => false,
         };
         s.eligible.store(eligible, Ordering::Release);
-        metrics::gauge(metrics::REPLICA_ELIGIBLE, &node.name, if eligible { 1.0 } else { 0.0 });
+        metrics::gauge(
+            metrics::REPLICA_ELIGIBLE,
+            &node.name,
+            if eligible { 1.0 } else { 0.0 },
+        );
         if !eligible {
             excluded.push(slot);
         }

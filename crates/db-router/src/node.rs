@@ -52,7 +52,9 @@ impl NodeState {
     }
 
     pub(crate) fn is_writable(&self) -> bool {
-        self.is_up() && self.checked.load(Ordering::Acquire) && !self.in_recovery.load(Ordering::Acquire)
+        self.is_up()
+            && self.checked.load(Ordering::Acquire)
+            && !self.in_recovery.load(Ordering::Acquire)
     }
 
     pub(crate) fn replay_lsn(&self) -> Lsn {

@@ -32,7 +32,7 @@ const NO_WRITER: usize = usize::MAX;
 /// Cheap to clone (an `Arc`); all clones share pools, selection state and the monitor,
 /// which stops when the last clone is dropped. `&DbRouter` implements
 /// [`sqlx::Executor`], so code written against `&PgPool` works unchanged and each
-/// statement is routed by the [classifier](crate::classify).
+/// statement is routed by the [classifier](mod@crate::classify).
 ///
 /// ```no_run
 /// use herd_db_router::{DbRouter, NodeConfig, RouterConfig};
@@ -65,7 +65,15 @@ pub struct DbRouter {
 impl fmt::Debug for DbRouter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbRouter")
-            .field("nodes", &self.shared.nodes.iter().map(|n| &*n.name).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &self
+                    .shared
+                    .nodes
+                    .iter()
+                    .map(|n| &*n.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("primary", &self.shared.writer().map(|n| &*n.name))
             .finish_non_exhaustive()
     }
@@ -156,7 +164,11 @@ impl DbRouterBuilder {
         });
         let mut connections = monitor::Connections::new(shared.nodes.len());
         monitor::check_all(&shared, &mut connections).await;
-        let task = tokio::spawn(monitor::run(Arc::downgrade(&shared), Arc::clone(&shared.wake), connections));
+        let task = tokio::spawn(monitor::run(
+            Arc::downgrade(&shared),
+            Arc::clone(&shared.wake),
+            connections,
+        ));
         *shared.monitor.lock() = Some(task);
         Ok(DbRouter { shared })
     }
@@ -210,14 +222,27 @@ impl DbRouter {
     /// eligible. The returned handle counts as one outstanding request until dropped.
     pub fn replica(&self) -> Result<PickedPool<'_>, Error> {
         let required = Consistency::current().and_then(|c| c.token());
-        if let Some(lease) = self.shared.pick_replica(required, &[]) {
-            if let Some(node) = self.shared.nodes.get(lease.node) {
-                return Ok(PickedPool { node: &node.name, pool: &node.pool, guard: lease.guard });
-            }
+        let picked = self.shared.pick_replica(required, &[]);
+        if let Some((lease, node)) =
+            picked.and_then(|l| self.shared.nodes.get(l.node).map(|n| (l, n)))
+        {
+            return Ok(PickedPool {
+                node: &node.name,
+                pool: &node.pool,
+                guard: lease.guard,
+            });
         }
-        let reason = if required.is_some() { "read_your_writes" } else { "no_eligible_replica" };
+        let reason = if required.is_some() {
+            "read_your_writes"
+        } else {
+            "no_eligible_replica"
+        };
         let node = self.shared.fallback_node("replica", reason)?;
-        Ok(PickedPool { node: &node.name, pool: &node.pool, guard: None })
+        Ok(PickedPool {
+            node: &node.name,
+            pool: &node.pool,
+            guard: None,
+        })
     }
 
     /// Starts a transaction on the primary.
@@ -228,7 +253,11 @@ impl DbRouter {
         }
         race_down(node, "begin", node.pool.begin())
             .await
-            .map_err(|source| Error::Query { node: node.name.to_string(), operation: "begin", source })
+            .map_err(|source| Error::Query {
+                node: node.name.to_string(),
+                operation: "begin",
+                source,
+            })
     }
 
     /// Starts a `BEGIN READ ONLY` transaction on one replica (chosen like
@@ -240,7 +269,11 @@ impl DbRouter {
             .pool
             .begin_with("BEGIN READ ONLY")
             .await
-            .map_err(|source| Error::Query { node, operation: "begin read only", source })
+            .map_err(|source| Error::Query {
+                node,
+                operation: "begin read only",
+                source,
+            })
     }
 
     /// Runs `fut` with automatic routing sending everything to the primary; the same as
@@ -338,13 +371,27 @@ fn node_status(shared: &Shared, index: usize, n: &Node, writer: usize) -> NodeSt
         lag_bytes: is_replica.then(|| s.lag_bytes.load(Ordering::Acquire)),
         lag: is_replica.then(|| s.lag()),
         eligible: n.read_slot.is_some() && s.eligible.load(Ordering::Acquire),
-        current_lsn: if observed == ObservedRole::Primary { lsn(&s.current_lsn) } else { None },
+        current_lsn: if observed == ObservedRole::Primary {
+            lsn(&s.current_lsn)
+        } else {
+            None
+        },
         replay_lsn: if is_replica { lsn(&s.replay_lsn) } else { None },
-        receive_lsn: if is_replica { lsn(&s.receive_lsn) } else { None },
+        receive_lsn: if is_replica {
+            lsn(&s.receive_lsn)
+        } else {
+            None
+        },
         weight: n.weight,
         in_flight: n
             .read_slot
-            .and_then(|slot| shared.reads.snapshot().get(slot).map(|e| e.state().in_flight()))
+            .and_then(|slot| {
+                shared
+                    .reads
+                    .snapshot()
+                    .get(slot)
+                    .map(|e| e.state().in_flight())
+            })
             .unwrap_or(0),
         pool_size: size,
         pool_idle: idle,
@@ -405,7 +452,10 @@ impl Shared {
     pub(crate) fn writer_or_err(&self, operation: &'static str) -> Result<&Node, Error> {
         match self.writer() {
             Some(node) if node.state.is_writable() => Ok(node),
-            _ => Err(Error::NoPrimary { operation, detail: self.no_primary_detail() }),
+            _ => Err(Error::NoPrimary {
+                operation,
+                detail: self.no_primary_detail(),
+            }),
         }
     }
 
@@ -417,7 +467,10 @@ impl Shared {
             .map(|n| {
                 let s = &n.state;
                 let what = if !s.is_up() {
-                    format!("unreachable ({})", s.last_error.lock().as_deref().unwrap_or("not checked yet"))
+                    format!(
+                        "unreachable ({})",
+                        s.last_error.lock().as_deref().unwrap_or("not checked yet")
+                    )
                 } else if s.in_recovery.load(Ordering::Acquire) {
                     "read-only (in recovery)".to_string()
                 } else {
@@ -430,7 +483,11 @@ impl Shared {
     }
 
     /// The node a read falls back to when no replica will do.
-    pub(crate) fn fallback_node(&self, operation: &'static str, reason: &'static str) -> Result<&Node, Error> {
+    pub(crate) fn fallback_node(
+        &self,
+        operation: &'static str,
+        reason: &'static str,
+    ) -> Result<&Node, Error> {
         if self.config.fallback == Fallback::Error && reason == "no_eligible_replica" {
             return Err(Error::NoEligibleReplica { operation });
         }
@@ -449,42 +506,55 @@ impl Shared {
             return None;
         }
         let mut extra: Vec<usize>;
-        let exclusions: &[usize] = if required.is_none() && tried.is_empty() && !self.config.prefer_lower_lag {
-            &excluded
-        } else {
-            extra = excluded.as_ref().clone();
-            extra.extend_from_slice(tried);
-            for (slot, endpoint) in snapshot.iter().enumerate() {
-                let covered = required.is_none_or(|lsn| {
-                    self.nodes.get(*endpoint.service()).is_some_and(|n| n.state.replay_lsn() >= lsn)
-                });
-                if !covered {
-                    extra.push(slot);
+        let exclusions: &[usize] =
+            if required.is_none() && tried.is_empty() && !self.config.prefer_lower_lag {
+                &excluded
+            } else {
+                extra = excluded.as_ref().clone();
+                extra.extend_from_slice(tried);
+                for (slot, endpoint) in snapshot.iter().enumerate() {
+                    let covered = required.is_none_or(|lsn| {
+                        self.nodes
+                            .get(*endpoint.service())
+                            .is_some_and(|n| n.state.replay_lsn() >= lsn)
+                    });
+                    if !covered {
+                        extra.push(slot);
+                    }
                 }
-            }
-            if self.config.prefer_lower_lag {
-                self.keep_least_lagged(&snapshot, &mut extra);
-            }
-            &extra
-        };
+                if self.config.prefer_lower_lag {
+                    self.keep_least_lagged(&snapshot, &mut extra);
+                }
+                &extra
+            };
         let ctx = PickContext::new().excluding(exclusions);
         let picked = self.reads.pick(&self.policy, &ctx).ok()?;
         // lb-core ignores exclusions when they rule out everything; for us that means "none".
         if exclusions.contains(&picked.guard.index()) {
             return None;
         }
-        Some(Lease { node: picked.service, guard: Some(picked.guard) })
+        Some(Lease {
+            node: picked.service,
+            guard: Some(picked.guard),
+        })
     }
 
     /// Pgpool-II's `prefer_lower_delay_standby`: exclude every candidate but the least lagged.
-    fn keep_least_lagged(&self, snapshot: &herd_lb_core::Snapshot<Arc<str>, usize>, exclusions: &mut Vec<usize>) {
+    fn keep_least_lagged(
+        &self,
+        snapshot: &herd_lb_core::Snapshot<Arc<str>, usize>,
+        exclusions: &mut Vec<usize>,
+    ) {
         let lag_of = |slot: usize| {
             snapshot
                 .get(slot)
                 .and_then(|e| self.nodes.get(*e.service()))
                 .map_or(u64::MAX, |n| n.state.lag_bytes.load(Ordering::Acquire))
         };
-        let least = (0..snapshot.len()).filter(|s| !exclusions.contains(s)).map(lag_of).min();
+        let least = (0..snapshot.len())
+            .filter(|s| !exclusions.contains(s))
+            .map(lag_of)
+            .min();
         if let Some(least) = least {
             for slot in 0..snapshot.len() {
                 if !exclusions.contains(&slot) && lag_of(slot) > least {
@@ -506,7 +576,10 @@ impl Shared {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.read_slot.is_some_and(|s| !excluded.contains(&s) && !tried.contains(&s)))
+            .filter(|(_, n)| {
+                n.read_slot
+                    .is_some_and(|s| !excluded.contains(&s) && !tried.contains(&s))
+            })
             .max_by_key(|(_, n)| n.state.replay_lsn())
             .map(|(i, _)| i)?;
         let node = self.nodes.get(node_index)?;
@@ -514,7 +587,8 @@ impl Shared {
         loop {
             let polled = tokio::time::timeout_at(
                 deadline,
-                sqlx::query_scalar::<_, Option<String>>("SELECT pg_last_wal_replay_lsn()::text").fetch_one(&node.pool),
+                sqlx::query_scalar::<_, Option<String>>("SELECT pg_last_wal_replay_lsn()::text")
+                    .fetch_one(&node.pool),
             )
             .await;
             match polled {
@@ -522,7 +596,10 @@ impl Shared {
                     if let Ok(lsn) = text.parse::<Lsn>() {
                         node.state.observe_replay(lsn);
                         if lsn >= required {
-                            return Some(Lease { node: node_index, guard: None });
+                            return Some(Lease {
+                                node: node_index,
+                                guard: None,
+                            });
                         }
                     }
                 }
@@ -530,7 +607,7 @@ impl Shared {
                     node.mark_down(&e);
                     return None;
                 }
-                Ok(_) => return None, // not a replica (NULL) or a query error
+                Ok(_) => return None,  // not a replica (NULL) or a query error
                 Err(_) => return None, // out of time
             }
             if Instant::now() + settings.poll_interval >= deadline {
@@ -549,7 +626,11 @@ impl Shared {
             sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&node.pool),
         )
         .await
-        .map_err(|source| Error::Query { node: node.name.to_string(), operation: "current_lsn", source })?;
+        .map_err(|source| Error::Query {
+            node: node.name.to_string(),
+            operation: "current_lsn",
+            source,
+        })?;
         let lsn: Lsn = text.parse()?;
         self.primary_lsn.fetch_max(lsn.as_u64(), Ordering::AcqRel);
         Ok(lsn)

@@ -134,7 +134,9 @@ mod tests {
         assert!(on_primary(async { primary_forced() }).await);
         assert!(Consistency::current().is_none());
         let c = Consistency::after(Lsn::new(5));
-        let seen = c.scope(async { Consistency::current().and_then(|c| c.token()) }).await;
+        let seen = c
+            .scope(async { Consistency::current().and_then(|c| c.token()) })
+            .await;
         assert_eq!(seen, Some(Lsn::new(5)));
     }
 

@@ -89,6 +89,10 @@ impl RouterStatus {
 
     /// Names of the nodes that may take reads now.
     pub fn eligible_replicas(&self) -> Vec<&str> {
-        self.nodes.iter().filter(|n| n.eligible).map(|n| n.name.as_str()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.eligible)
+            .map(|n| n.name.as_str())
+            .collect()
     }
 }

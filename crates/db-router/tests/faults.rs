@@ -10,7 +10,9 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
+use herd_db_router::health::RouterCheck;
 use herd_db_router::{DbRouter, Error, NodeConfig, ReadYourWritesLayer, Role, RouterConfig};
+use herd_health::{HealthCheck, Status};
 use herd_testkit::PgCluster;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -21,7 +23,10 @@ use tokio::time::{Instant, sleep};
 const INTERVAL: Duration = Duration::from_secs(1);
 
 async fn port_of(router: &DbRouter) -> u16 {
-    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(router).await.unwrap();
+    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(router)
+        .await
+        .unwrap();
     port as u16
 }
 
@@ -49,7 +54,11 @@ async fn lag_bound_and_read_your_writes_through_the_layer() {
         max_lag: Duration::from_secs(600),
         ..RouterConfig::default()
     };
-    let router = DbRouter::builder(config.clone()).seed(1).build().await.unwrap();
+    let router = DbRouter::builder(config.clone())
+        .seed(1)
+        .build()
+        .await
+        .unwrap();
     sqlx::raw_sql(
         "CREATE TABLE filler (id int, pad text);
          CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
@@ -67,11 +76,24 @@ async fn lag_bound_and_read_your_writes_through_the_layer() {
         .await
         .unwrap();
     let lag = pg.lag_bytes().await.unwrap();
-    assert!(lag[0] > 1024 * 1024, "replica1 should be past the bound, lag {lag:?}");
-    let took = within(INTERVAL * 2, "replica1 ineligible", || !router.status().node("replica1").unwrap().eligible).await;
-    assert!(took <= INTERVAL + Duration::from_millis(300), "replica1 left the read set after {took:?}");
+    assert!(
+        lag[0] > 1024 * 1024,
+        "replica1 should be past the bound, lag {lag:?}"
+    );
+    let took = within(INTERVAL * 2, "replica1 ineligible", || {
+        !router.status().node("replica1").unwrap().eligible
+    })
+    .await;
+    assert!(
+        took <= INTERVAL + Duration::from_millis(300),
+        "replica1 left the read set after {took:?}"
+    );
     for _ in 0..50 {
-        assert_eq!(port_of(&router).await, r2.port(), "a read went to the paused replica");
+        assert_eq!(
+            port_of(&router).await,
+            r2.port(),
+            "a read went to the paused replica"
+        );
     }
     let status = router.status();
     assert!(status.node("replica1").unwrap().lag_bytes.unwrap() > 1024 * 1024);
@@ -79,32 +101,72 @@ async fn lag_bound_and_read_your_writes_through_the_layer() {
 
     r1.resume_replay().await.unwrap();
     pg.wait_for_replay().await.unwrap();
-    let took = within(INTERVAL * 2, "replica1 eligible again", || router.status().node("replica1").unwrap().eligible).await;
-    assert!(took <= INTERVAL + Duration::from_millis(300), "replica1 came back after {took:?}");
+    let took = within(INTERVAL * 2, "replica1 eligible again", || {
+        router.status().node("replica1").unwrap().eligible
+    })
+    .await;
+    assert!(
+        took <= INTERVAL + Duration::from_millis(300),
+        "replica1 came back after {took:?}"
+    );
     let mut ports = HashSet::new();
     for _ in 0..50 {
         ports.insert(port_of(&router).await);
     }
-    assert!(ports.contains(&r1.port()), "replica1 takes reads again after resume");
+    assert!(
+        ports.contains(&r1.port()),
+        "replica1 takes reads again after resume"
+    );
 
     // --- Read-your-writes through the layer: two instances, a paused (but eligible) replica. ---
     r1.pause_replay().await.unwrap();
     let replica_ports: HashSet<u16> = [r1.port(), r2.port()].into();
-    let instance_a = DbRouter::builder(config.clone()).seed(2).build().await.unwrap();
-    let instance_b = DbRouter::builder(config.clone()).seed(3).build().await.unwrap();
+    let instance_a = DbRouter::builder(config.clone())
+        .seed(2)
+        .build()
+        .await
+        .unwrap();
+    let instance_b = DbRouter::builder(config.clone())
+        .seed(3)
+        .build()
+        .await
+        .unwrap();
     let header_apps = [
-        serve(app(instance_a.clone(), ReadYourWritesLayer::header(instance_a.clone()))).await,
-        serve(app(instance_b.clone(), ReadYourWritesLayer::header(instance_b.clone()))).await,
+        serve(app(
+            instance_a.clone(),
+            ReadYourWritesLayer::header(instance_a.clone()),
+        ))
+        .await,
+        serve(app(
+            instance_b.clone(),
+            ReadYourWritesLayer::header(instance_b.clone()),
+        ))
+        .await,
     ];
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let (stale, on_replicas) = rounds(&client, &header_apps, 1000, Carry::Header, &replica_ports).await;
+    let (stale, on_replicas) =
+        rounds(&client, &header_apps, 1000, Carry::Header, &replica_ports).await;
     assert_eq!(stale, 0, "stale reads through the header carrier");
-    assert!(on_replicas > 0, "read-your-writes must not pin every read to the primary");
-    assert!(router.status().node("replica1").unwrap().eligible, "the paused replica stayed eligible: the token protected the reads");
+    assert!(
+        on_replicas > 0,
+        "read-your-writes must not pin every read to the primary"
+    );
+    assert!(
+        router.status().node("replica1").unwrap().eligible,
+        "the paused replica stayed eligible: the token protected the reads"
+    );
 
     let cookie_apps = [
-        serve(app(instance_a.clone(), ReadYourWritesLayer::cookie(instance_a.clone()))).await,
-        serve(app(instance_b.clone(), ReadYourWritesLayer::cookie(instance_b.clone()))).await,
+        serve(app(
+            instance_a.clone(),
+            ReadYourWritesLayer::cookie(instance_a.clone()),
+        ))
+        .await,
+        serve(app(
+            instance_b.clone(),
+            ReadYourWritesLayer::cookie(instance_b.clone()),
+        ))
+        .await,
     ];
     let (stale, _) = rounds(&client, &cookie_apps, 100, Carry::Cookie, &replica_ports).await;
     assert_eq!(stale, 0, "stale reads through the cookie carrier");
@@ -114,17 +176,25 @@ async fn lag_bound_and_read_your_writes_through_the_layer() {
     let mut stale_without = 0;
     for i in 0..50 {
         let id = 1 + (i % 10);
-        let written: i64 = sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v")
+        let written: i64 =
+            sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v")
+                .bind(id)
+                .fetch_one(&instance_a)
+                .await
+                .unwrap();
+        let read: i64 = sqlx::query_scalar("SELECT v FROM counters WHERE id = $1")
             .bind(id)
-            .fetch_one(&instance_a)
+            .fetch_one(&instance_b)
             .await
             .unwrap();
-        let read: i64 = sqlx::query_scalar("SELECT v FROM counters WHERE id = $1").bind(id).fetch_one(&instance_b).await.unwrap();
         if read != written {
             stale_without += 1;
         }
     }
-    assert!(stale_without > 0, "control: without a token some reads should hit the paused replica");
+    assert!(
+        stale_without > 0,
+        "control: without a token some reads should hit the paused replica"
+    );
     r1.resume_replay().await.unwrap();
 }
 
@@ -140,25 +210,32 @@ fn app(router: DbRouter, layer: ReadYourWritesLayer) -> axum::Router {
     axum::Router::new()
         .route(
             "/write/{id}",
-            post(|State(db): State<AppState>, Path(id): Path<i32>| async move {
-                let v: i64 = sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v")
+            post(
+                |State(db): State<AppState>, Path(id): Path<i32>| async move {
+                    let v: i64 = sqlx::query_scalar(
+                        "UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v",
+                    )
                     .bind(id)
                     .fetch_one(&db)
                     .await
                     .unwrap();
-                v.to_string()
-            }),
+                    v.to_string()
+                },
+            ),
         )
         .route(
             "/read/{id}",
-            get(|State(db): State<AppState>, Path(id): Path<i32>| async move {
-                let (v, port): (i64, i32) = sqlx::query_as("SELECT v, inet_server_port() FROM counters WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&db)
-                    .await
-                    .unwrap();
-                format!("{v} {port}")
-            }),
+            get(
+                |State(db): State<AppState>, Path(id): Path<i32>| async move {
+                    let (v, port): (i64, i32) =
+                        sqlx::query_as("SELECT v, inet_server_port() FROM counters WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(&db)
+                            .await
+                            .unwrap();
+                    format!("{v} {port}")
+                },
+            ),
         )
         .layer(layer)
         .with_state(router)
@@ -173,16 +250,38 @@ async fn serve(app: axum::Router) -> SocketAddr {
 
 /// `n` rounds of write-on-one-instance, read-on-the-other, carrying the token like a client
 /// would. Returns (stale reads, reads served by a replica).
-async fn rounds(client: &Client<HttpConnector, Body>, apps: &[SocketAddr; 2], n: usize, carry: Carry, replicas: &HashSet<u16>) -> (usize, usize) {
+async fn rounds(
+    client: &Client<HttpConnector, Body>,
+    apps: &[SocketAddr; 2],
+    n: usize,
+    carry: Carry,
+    replicas: &HashSet<u16>,
+) -> (usize, usize) {
     let mut token: Option<String> = None;
     let (mut stale, mut on_replicas) = (0, 0);
     for i in 0..n {
         let id = 1 + (i % 10);
         let (write_to, read_from) = (apps[i % 2], apps[(i + 1) % 2]);
-        let (body, next) = call(client, "POST", write_to, &format!("/write/{id}"), carry, token.as_deref()).await;
+        let (body, next) = call(
+            client,
+            "POST",
+            write_to,
+            &format!("/write/{id}"),
+            carry,
+            token.as_deref(),
+        )
+        .await;
         token = next.or(token);
         let written: i64 = body.parse().unwrap();
-        let (body, next) = call(client, "GET", read_from, &format!("/read/{id}"), carry, token.as_deref()).await;
+        let (body, next) = call(
+            client,
+            "GET",
+            read_from,
+            &format!("/read/{id}"),
+            carry,
+            token.as_deref(),
+        )
+        .await;
         token = next.or(token);
         let (v, port) = body.split_once(' ').unwrap();
         if v.parse::<i64>().unwrap() != written {
@@ -195,18 +294,37 @@ async fn rounds(client: &Client<HttpConnector, Body>, apps: &[SocketAddr; 2], n:
     (stale, on_replicas)
 }
 
-async fn call(client: &Client<HttpConnector, Body>, method: &str, addr: SocketAddr, path: &str, carry: Carry, token: Option<&str>) -> (String, Option<String>) {
-    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+async fn call(
+    client: &Client<HttpConnector, Body>,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    carry: Carry,
+    token: Option<&str>,
+) -> (String, Option<String>) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     if let Some(token) = token {
         req = match carry {
             Carry::Header => req.header("x-herd-lsn", token),
             Carry::Cookie => req.header("cookie", format!("herd_lsn={token}")),
         };
     }
-    let resp = client.request(req.body(Body::empty()).unwrap()).await.unwrap();
-    assert!(resp.status().is_success(), "{method} {path}: {}", resp.status());
+    let resp = client
+        .request(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "{method} {path}: {}",
+        resp.status()
+    );
     let next = match carry {
-        Carry::Header => resp.headers().get("x-herd-lsn").map(|v| v.to_str().unwrap().to_string()),
+        Carry::Header => resp
+            .headers()
+            .get("x-herd-lsn")
+            .map(|v| v.to_str().unwrap().to_string()),
         Carry::Cookie => resp.headers().get("set-cookie").and_then(|v| {
             let c = cookie::Cookie::parse(v.to_str().unwrap().to_string()).unwrap();
             (c.name() == "herd_lsn").then(|| c.value().to_string())
@@ -230,8 +348,15 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
         ..RouterConfig::default()
     };
     let router = DbRouter::builder(config).seed(9).build().await.unwrap();
-    assert_eq!(router.status().primary.as_deref(), Some("primary"), "auto roles find the writable node");
-    sqlx::query("CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())").execute(&router).await.unwrap();
+    assert_eq!(
+        router.status().primary.as_deref(),
+        Some("primary"),
+        "auto roles find the writable node"
+    );
+    sqlx::query("CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+        .execute(&router)
+        .await
+        .unwrap();
     pg.wait_for_replay().await.unwrap();
     // Warm the replica pools so the kill leaves broken pooled connections behind.
     for _ in 0..10 {
@@ -243,7 +368,9 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
     r2.kill().unwrap();
     let mut last_port = 0;
     for i in 0..200 {
-        let port: Result<i32, _> = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&router).await;
+        let port: Result<i32, _> = sqlx::query_scalar("SELECT inet_server_port()")
+            .fetch_one(&router)
+            .await;
         match port {
             Ok(p) => last_port = p as u16,
             Err(e) => panic!("read {i} failed with every replica down: {e}"),
@@ -251,11 +378,20 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
     }
     assert_eq!(last_port, primary.port());
     assert!(router.status().eligible_replicas().is_empty());
+    let check = RouterCheck::new(router.clone());
+    assert_eq!(
+        check.check().await.status(),
+        Status::Warn,
+        "no replica: degraded, not failed"
+    );
 
     r1.start().await.unwrap();
     r2.start().await.unwrap();
     pg.wait_for_replay().await.unwrap();
-    within(INTERVAL * 3, "replicas eligible after restart", || router.status().eligible_replicas().len() == 2).await;
+    within(INTERVAL * 3, "replicas eligible after restart", || {
+        router.status().eligible_replicas().len() == 2
+    })
+    .await;
 
     // --- Kill the primary: writes fail fast with a typed error, not a hang. ---
     primary.kill().unwrap();
@@ -263,9 +399,15 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
     let mut saw_no_primary = false;
     while killed.elapsed() < INTERVAL * 3 {
         let attempt = Instant::now();
-        let result = sqlx::query("INSERT INTO events DEFAULT VALUES").execute(&router).await;
+        let result = sqlx::query("INSERT INTO events DEFAULT VALUES")
+            .execute(&router)
+            .await;
         let err = result.expect_err("a write succeeded with the primary dead");
-        assert!(attempt.elapsed() < INTERVAL * 2, "a write hung for {:?}", attempt.elapsed());
+        assert!(
+            attempt.elapsed() < INTERVAL * 2,
+            "a write hung for {:?}",
+            attempt.elapsed()
+        );
         if matches!(Error::from_sqlx(&err), Some(Error::NoPrimary { .. })) {
             saw_no_primary = true;
             assert!(err.to_string().contains("no writable primary"), "{err}");
@@ -273,8 +415,16 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
         }
         sleep(Duration::from_millis(50)).await;
     }
-    assert!(saw_no_primary, "writes should fail with Error::NoPrimary once the monitor saw the primary die");
+    assert!(
+        saw_no_primary,
+        "writes should fail with Error::NoPrimary once the monitor saw the primary die"
+    );
     assert!(router.status().primary.is_none());
+    assert_eq!(
+        check.check().await.status(),
+        Status::Fail,
+        "no primary: the check fails"
+    );
     // Reads still work meanwhile, from the replicas.
     assert_ne!(port_of(&router).await, primary.port());
 
@@ -282,25 +432,49 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
     r1.promote().await.unwrap();
     let promoted = Instant::now();
     let port = loop {
-        match sqlx::query_scalar::<_, i32>("INSERT INTO events DEFAULT VALUES RETURNING inet_server_port()").fetch_one(&router).await {
+        match sqlx::query_scalar::<_, i32>(
+            "INSERT INTO events DEFAULT VALUES RETURNING inet_server_port()",
+        )
+        .fetch_one(&router)
+        .await
+        {
             Ok(port) => break port as u16,
             Err(_) => {
-                assert!(promoted.elapsed() < Duration::from_secs(3), "writes did not resume within 3 s of the promotion");
+                assert!(
+                    promoted.elapsed() < Duration::from_secs(3),
+                    "writes did not resume within 3 s of the promotion"
+                );
                 sleep(Duration::from_millis(50)).await;
             }
         }
     };
     assert_eq!(port, r1.port(), "writes go to the promoted replica");
-    assert!(promoted.elapsed() <= INTERVAL * 2 + Duration::from_millis(500), "took {:?}", promoted.elapsed());
+    assert!(
+        promoted.elapsed() <= INTERVAL * 2 + Duration::from_millis(500),
+        "took {:?}",
+        promoted.elapsed()
+    );
     assert_eq!(router.status().primary.as_deref(), Some("replica1"));
 
     // --- The old primary returns (writable, on the old timeline): it is not written to. ---
     primary.start().await.unwrap();
     sleep(INTERVAL * 2 + Duration::from_millis(300)).await;
-    assert_eq!(router.status().primary.as_deref(), Some("replica1"), "{:#?}", router.status());
-    let port: i32 = sqlx::query_scalar("INSERT INTO events DEFAULT VALUES RETURNING inet_server_port()").fetch_one(&router).await.unwrap();
+    assert_eq!(
+        router.status().primary.as_deref(),
+        Some("replica1"),
+        "{:#?}",
+        router.status()
+    );
+    let port: i32 =
+        sqlx::query_scalar("INSERT INTO events DEFAULT VALUES RETURNING inet_server_port()")
+            .fetch_one(&router)
+            .await
+            .unwrap();
     assert_eq!(port as u16, r1.port());
     let old = router.status();
     let old = old.node("primary").unwrap();
-    assert!(old.reachable && !old.is_write_node && !old.eligible, "{old:#?}");
+    assert!(
+        old.reachable && !old.is_write_node && !old.eligible,
+        "{old:#?}"
+    );
 }

@@ -8,7 +8,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use herd_db_router::{DbRouter, Error, NodeConfig, ObservedRole, Reason, RouterConfig, Route, on_primary};
+use herd_db_router::health::RouterCheck;
+use herd_db_router::{
+    DbRouter, Error, NodeConfig, ObservedRole, Reason, Route, RouterConfig, on_primary,
+};
+use herd_health::{HealthCheck, Status};
 use herd_testkit::{PgCluster, shared};
 use sqlx::{AssertSqlSafe, Executor, Row, SqlSafeStr};
 
@@ -39,62 +43,107 @@ async fn automatic_routing_sends_reads_to_replicas_and_writes_to_the_primary() {
             .fetch_one(&router)
             .await
             .unwrap();
-        assert!(row.get::<bool, _>("standby"), "a SELECT ran on a node that is not in recovery");
+        assert!(
+            row.get::<bool, _>("standby"),
+            "a SELECT ran on a node that is not in recovery"
+        );
         let port = row.get::<i32, _>("port") as u16;
-        assert!(replica_ports.contains(&port), "port {port} is not a replica");
+        assert!(
+            replica_ports.contains(&port),
+            "port {port} is not a replica"
+        );
         seen.insert(port);
     }
-    assert_eq!(seen, replica_ports, "least-outstanding selection should use both replicas");
+    assert_eq!(
+        seen, replica_ports,
+        "least-outstanding selection should use both replicas"
+    );
 
     // Writes and everything else go to the primary.
     sqlx::query("CREATE TABLE IF NOT EXISTS routing_t (id bigserial PRIMARY KEY, v int NOT NULL)")
         .execute(&router)
         .await
         .unwrap();
-    let port: i32 = sqlx::query_scalar("INSERT INTO routing_t (v) VALUES ($1) RETURNING inet_server_port()")
-        .bind(1)
-        .fetch_one(&router)
-        .await
-        .unwrap();
+    let port: i32 =
+        sqlx::query_scalar("INSERT INTO routing_t (v) VALUES ($1) RETURNING inet_server_port()")
+            .bind(1)
+            .fetch_one(&router)
+            .await
+            .unwrap();
     assert_eq!(port as u16, primary_port);
-    let (port, _id): (i32, i64) = sqlx::query_as("SELECT inet_server_port(), nextval('routing_t_id_seq')")
-        .fetch_one(&router)
-        .await
-        .unwrap();
+    let (port, _id): (i32, i64) =
+        sqlx::query_as("SELECT inet_server_port(), nextval('routing_t_id_seq')")
+            .fetch_one(&router)
+            .await
+            .unwrap();
     assert_eq!(port as u16, primary_port, "nextval must run on the primary");
-    let port: i32 = sqlx::query_scalar("SELECT inet_server_port() FROM routing_t LIMIT 1 FOR UPDATE")
+    let port: i32 =
+        sqlx::query_scalar("SELECT inet_server_port() FROM routing_t LIMIT 1 FOR UPDATE")
+            .fetch_one(&router)
+            .await
+            .unwrap();
+    assert_eq!(
+        port as u16, primary_port,
+        "FOR UPDATE must run on the primary"
+    );
+    let port: i32 = sqlx::query_scalar("/* herd:primary */ SELECT inet_server_port()")
         .fetch_one(&router)
         .await
         .unwrap();
-    assert_eq!(port as u16, primary_port, "FOR UPDATE must run on the primary");
-    let port: i32 = sqlx::query_scalar("/* herd:primary */ SELECT inet_server_port()").fetch_one(&router).await.unwrap();
     assert_eq!(port as u16, primary_port, "the hint forces the primary");
-    let port: i32 = on_primary(async { sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&router).await.unwrap() }).await;
+    let port: i32 = on_primary(async {
+        sqlx::query_scalar("SELECT inet_server_port()")
+            .fetch_one(&router)
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(port as u16, primary_port, "on_primary forces the primary");
 
     // Every Executor entry point routes: fetch (stream), fetch_all, fetch_optional, execute, raw_sql.
-    let rows: Vec<i32> = sqlx::query_scalar::<_, i32>("SELECT inet_server_port() FROM generate_series(1, 3)")
-        .fetch(&router)
-        .try_collect()
-        .await
-        .unwrap();
+    let rows: Vec<i32> =
+        sqlx::query_scalar::<_, i32>("SELECT inet_server_port() FROM generate_series(1, 3)")
+            .fetch(&router)
+            .try_collect()
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|p| replica_ports.contains(&(*p as u16))));
-    let all = sqlx::query("SELECT 1 FROM generate_series(1, 5)").fetch_all(&router).await.unwrap();
-    assert_eq!(all.len(), 5);
-    let none = sqlx::query("SELECT 1 WHERE false").fetch_optional(&router).await.unwrap();
-    assert!(none.is_none());
-    let done = sqlx::raw_sql("INSERT INTO routing_t (v) VALUES (2); INSERT INTO routing_t (v) VALUES (3)")
-        .execute(&router)
+    let all = sqlx::query("SELECT 1 FROM generate_series(1, 5)")
+        .fetch_all(&router)
         .await
         .unwrap();
-    assert_eq!(done.rows_affected(), 2, "a multi-statement string runs whole on the primary");
-    let prepared = (&router).prepare("SELECT v FROM routing_t WHERE id = $1".into_sql_str()).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let none = sqlx::query("SELECT 1 WHERE false")
+        .fetch_optional(&router)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    let done =
+        sqlx::raw_sql("INSERT INTO routing_t (v) VALUES (2); INSERT INTO routing_t (v) VALUES (3)")
+            .execute(&router)
+            .await
+            .unwrap();
+    assert_eq!(
+        done.rows_affected(),
+        2,
+        "a multi-statement string runs whole on the primary"
+    );
+    let prepared = (&router)
+        .prepare("SELECT v FROM routing_t WHERE id = $1".into_sql_str())
+        .await
+        .unwrap();
     assert_eq!(sqlx::Statement::columns(&prepared).len(), 1);
 
     // A database error passes through as the driver's error.
-    let err = sqlx::query("SELECT * FROM no_such_table").fetch_all(&router).await.unwrap_err();
-    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("42P01"));
+    let err = sqlx::query("SELECT * FROM no_such_table")
+        .fetch_all(&router)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42P01")
+    );
     router.close().await;
 }
 
@@ -103,24 +152,42 @@ async fn explicit_apis_and_status() {
     let pg = shared::pg().await.unwrap();
     let router = router(pg).await;
 
-    let on_primary: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(router.primary().unwrap()).await.unwrap();
+    let on_primary: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(router.primary().unwrap())
+        .await
+        .unwrap();
     assert!(!on_primary);
     let replica = router.replica().unwrap();
     assert!(replica.is_replica());
     assert!(replica.node().starts_with("replica"));
-    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&*replica).await.unwrap();
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&*replica)
+        .await
+        .unwrap();
     assert!(standby);
     drop(replica);
 
     let mut tx = router.begin().await.unwrap();
-    sqlx::query("CREATE TABLE IF NOT EXISTS explicit_t (v int)").execute(&mut *tx).await.unwrap();
-    sqlx::query("INSERT INTO explicit_t VALUES (1)").execute(&mut *tx).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS explicit_t (v int)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO explicit_t VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     let mut ro = router.begin_read_only().await.unwrap();
-    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *ro).await.unwrap();
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut *ro)
+        .await
+        .unwrap();
     assert!(standby, "begin_read_only runs on a replica");
-    let read_only: String = sqlx::query_scalar("SHOW transaction_read_only").fetch_one(&mut *ro).await.unwrap();
+    let read_only: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(&mut *ro)
+        .await
+        .unwrap();
     assert_eq!(read_only, "on");
     ro.rollback().await.unwrap();
 
@@ -129,7 +196,10 @@ async fn explicit_apis_and_status() {
     let primary = status.node("primary").unwrap();
     assert_eq!(primary.observed_role, ObservedRole::Primary);
     assert!(primary.is_write_node && primary.reachable && primary.current_lsn.is_some());
-    assert!(!primary.eligible, "the configured primary never takes reads as a replica");
+    assert!(
+        !primary.eligible,
+        "the configured primary never takes reads as a replica"
+    );
     for name in ["replica1", "replica2"] {
         let r = status.node(name).unwrap();
         assert_eq!(r.observed_role, ObservedRole::Replica);
@@ -138,7 +208,30 @@ async fn explicit_apis_and_status() {
     }
     assert_eq!(status.eligible_replicas().len(), 2, "{status:#?}");
     assert!(router.current_lsn().await.unwrap() > herd_db_router::Lsn::ZERO);
-    assert_eq!(router.classify("SELECT 1 FOR SHARE"), Route::Primary(Reason::LockingClause));
+    assert_eq!(
+        router.classify("SELECT 1 FOR SHARE"),
+        Route::Primary(Reason::LockingClause)
+    );
+
+    // The herd-health check: everything fine, one role and pool measurement per node, lag per replica.
+    let check = RouterCheck::new(router.clone());
+    assert_eq!(HealthCheck::name(&check), "database");
+    let result = check.check().await;
+    assert_eq!(result.status(), Status::Pass, "{result:#?}");
+    let names: Vec<&str> = result
+        .measurements()
+        .iter()
+        .map(|m| m.name.as_ref())
+        .collect();
+    assert_eq!(names.iter().filter(|n| **n == "role").count(), 3);
+    assert_eq!(names.iter().filter(|n| **n == "lag").count(), 2);
+    assert_eq!(names.iter().filter(|n| **n == "utilization").count(), 3);
+    // A pool bound of 0 % in use degrades it.
+    let strict = RouterCheck::new(router.clone())
+        .named("db")
+        .warn_pool_utilization(0.0);
+    assert_eq!(HealthCheck::name(&strict), "db");
+    assert_eq!(strict.check().await.status(), Status::Warn);
     router.close().await;
 }
 
@@ -157,20 +250,51 @@ async fn a_write_misrouted_to_a_replica_is_retried_on_the_primary() {
     .unwrap();
     pg.wait_for_replay().await.unwrap();
     assert!(router.classify("SELECT misroute_bump()").is_replica());
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM misroute_t").fetch_one(router.primary().unwrap()).await.unwrap();
-    sqlx::query("SELECT misroute_bump()").fetch_one(&router).await.unwrap();
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM misroute_t").fetch_one(router.primary().unwrap()).await.unwrap();
-    assert_eq!(after, before + 1, "the statement ran exactly once, on the primary");
-
-    // With retries off, the replica's refusal reaches the caller.
-    let strict = DbRouter::connect(RouterConfig { retry_misrouted: false, ..config(pg) }).await.unwrap();
-    let err = sqlx::query("SELECT misroute_bump()").fetch_one(&strict).await.unwrap_err();
-    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("25006"));
-    // With the function on the write list it goes straight to the primary.
-    let listed = DbRouter::connect(RouterConfig { write_functions: vec!["misroute_bump".into()], retry_misrouted: false, ..config(pg) })
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM misroute_t")
+        .fetch_one(router.primary().unwrap())
         .await
         .unwrap();
-    sqlx::query("SELECT misroute_bump()").fetch_one(&listed).await.unwrap();
+    sqlx::query("SELECT misroute_bump()")
+        .fetch_one(&router)
+        .await
+        .unwrap();
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM misroute_t")
+        .fetch_one(router.primary().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        after,
+        before + 1,
+        "the statement ran exactly once, on the primary"
+    );
+
+    // With retries off, the replica's refusal reaches the caller.
+    let strict = DbRouter::connect(RouterConfig {
+        retry_misrouted: false,
+        ..config(pg)
+    })
+    .await
+    .unwrap();
+    let err = sqlx::query("SELECT misroute_bump()")
+        .fetch_one(&strict)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("25006")
+    );
+    // With the function on the write list it goes straight to the primary.
+    let listed = DbRouter::connect(RouterConfig {
+        write_functions: vec!["misroute_bump".into()],
+        retry_misrouted: false,
+        ..config(pg)
+    })
+    .await
+    .unwrap();
+    sqlx::query("SELECT misroute_bump()")
+        .fetch_one(&listed)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -181,7 +305,10 @@ async fn bad_node_urls_fail_at_build_naming_the_node() {
         ..RouterConfig::default()
     };
     let err = DbRouter::connect(cfg).await.unwrap_err();
-    assert!(matches!(&err, Error::Config { node: Some(n), field: "url", .. } if n == "east"), "{err}");
+    assert!(
+        matches!(&err, Error::Config { node: Some(n), field: "url", .. } if n == "east"),
+        "{err}"
+    );
 }
 
 /// Every statement the corpus routes to a replica really runs on a replica (executed when it
@@ -215,12 +342,21 @@ async fn replica_routed_corpus_statements_run_on_a_real_replica() {
     let mut ran = 0;
     for entry in common::corpus().iter().filter(|e| e.route == "replica") {
         let result = if has_parameter(&entry.sql) {
-            (&*replica).prepare(AssertSqlSafe(entry.sql.clone()).into_sql_str()).await.map(|_| ())
+            (&*replica)
+                .prepare(AssertSqlSafe(entry.sql.clone()).into_sql_str())
+                .await
+                .map(|_| ())
         } else {
-            sqlx::raw_sql(AssertSqlSafe(entry.sql.clone())).execute(&*replica).await.map(|_| ())
+            sqlx::raw_sql(AssertSqlSafe(entry.sql.clone()))
+                .execute(&*replica)
+                .await
+                .map(|_| ())
         };
         if let Err(e) = result {
-            panic!("line {}: {:?} failed on a replica: {e}", entry.line, entry.sql);
+            panic!(
+                "line {}: {:?} failed on a replica: {e}",
+                entry.line, entry.sql
+            );
         }
         ran += 1;
     }
@@ -228,5 +364,7 @@ async fn replica_routed_corpus_statements_run_on_a_real_replica() {
 }
 
 fn has_parameter(sql: &str) -> bool {
-    sql.as_bytes().windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_digit())
+    sql.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'$' && w[1].is_ascii_digit())
 }

@@ -46,10 +46,10 @@ const WRITING_PREFIXES: &[&str] = &[
     "pg_backup_",             // pg_backup_start / pg_backup_stop
     "pg_copy_",               // pg_copy_logical_replication_slot ...
     "pg_create_",             // replication slots, restore points
-    "pg_current_",            // pg_current_wal_lsn, pg_current_xact_id: fail on a standby or assign an xid
-    "pg_logical_",            // pg_logical_emit_message, slot_get_changes (consumes)
+    "pg_current_", // pg_current_wal_lsn, pg_current_xact_id: fail on a standby or assign an xid
+    "pg_logical_", // pg_logical_emit_message, slot_get_changes (consumes)
     "pg_replication_origin_", // origin management writes catalog state
-    "pg_replication_slot_",   // pg_replication_slot_advance
+    "pg_replication_slot_", // pg_replication_slot_advance
     "pg_start_backup",
     "pg_stat_reset",
     "pg_stop_backup",
@@ -64,7 +64,10 @@ pub(super) fn is_writing_builtin(name: &[u8]) -> bool {
     if name.starts_with(b"pg_stat") && contains(name, b"reset") {
         return true; // pg_stat_statements_reset and friends
     }
-    sorted_contains(WRITING, name) || WRITING_PREFIXES.iter().any(|p| name.starts_with(p.as_bytes()))
+    sorted_contains(WRITING, name)
+        || WRITING_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p.as_bytes()))
 }
 
 /// Words that may stand before `(` without being a function call: keywords with a
@@ -402,7 +405,8 @@ pub(super) fn is_read_only_builtin(name: &[u8]) -> bool {
 }
 
 fn sorted_contains(list: &[&str], name: &[u8]) -> bool {
-    list.binary_search_by(|probe| probe.as_bytes().cmp(name)).is_ok()
+    list.binary_search_by(|probe| probe.as_bytes().cmp(name))
+        .is_ok()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -417,7 +421,12 @@ mod tests {
     fn lists_are_sorted_lowercase_and_unique() {
         for list in [WRITING, NOT_CALLS, READ_ONLY] {
             for pair in list.windows(2) {
-                assert!(pair[0] < pair[1], "{:?} must come before {:?}", pair[0], pair[1]);
+                assert!(
+                    pair[0] < pair[1],
+                    "{:?} must come before {:?}",
+                    pair[0],
+                    pair[1]
+                );
             }
             for name in list {
                 assert_eq!(*name, name.to_ascii_lowercase());
@@ -452,7 +461,13 @@ mod tests {
         ] {
             assert!(is_writing_builtin(name.as_bytes()), "{name}");
         }
-        for name in ["lower", "count", "pg_is_in_recovery", "pg_stat_get_live_tuples", "current_setting"] {
+        for name in [
+            "lower",
+            "count",
+            "pg_is_in_recovery",
+            "pg_stat_get_live_tuples",
+            "current_setting",
+        ] {
             assert!(!is_writing_builtin(name.as_bytes()), "{name}");
         }
     }

@@ -46,7 +46,10 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(sql: &'a str) -> Self {
-        Self { src: sql.as_bytes(), pos: 0 }
+        Self {
+            src: sql.as_bytes(),
+            pos: 0,
+        }
     }
 
     /// Skips whitespace and comments at the start and returns the bodies of the
@@ -83,13 +86,11 @@ impl<'a> Lexer<'a> {
 
     #[inline]
     fn skip_whitespace(&mut self) {
-        while let Some(b) = self.peek(0) {
-            if b.is_ascii_whitespace() {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
+        let rest = self.rest();
+        self.pos += rest
+            .iter()
+            .position(|&b| class(b) & SPACE == 0)
+            .unwrap_or(rest.len());
     }
 
     fn skip_line_comment(&mut self) {
@@ -166,7 +167,11 @@ impl<'a> Lexer<'a> {
             _ => {}
         }
         // A tag is an identifier without `$`; it may not start with a digit (handled above).
-        while self.src.get(end).is_some_and(|&b| is_ident_byte(b) && b != b'$') {
+        while self
+            .src
+            .get(end)
+            .is_some_and(|&b| is_ident_byte(b) && b != b'$')
+        {
             end += 1;
         }
         if self.src.get(end) != Some(&b'$') {
@@ -190,9 +195,11 @@ impl<'a> Lexer<'a> {
 
     fn word(&mut self) -> Token<'a> {
         let start = self.pos;
-        while self.peek(0).is_some_and(is_ident_byte) {
-            self.pos += 1;
-        }
+        let rest = self.rest();
+        self.pos += rest
+            .iter()
+            .position(|&b| !is_ident_byte(b))
+            .unwrap_or(rest.len());
         let word = self.src.get(start..self.pos).unwrap_or_default();
         // String prefixes: E'..' (backslash escapes), B'..', X'..', N'..', U&'..' / U&"..".
         match (word, self.peek(0)) {
@@ -235,7 +242,10 @@ impl<'a> Lexer<'a> {
         // Digits, a decimal point, exponents and `_` separators; precision is irrelevant.
         while let Some(b) = self.peek(0) {
             let exponent_sign = (b == b'+' || b == b'-')
-                && matches!(self.pos.checked_sub(1).and_then(|i| self.src.get(i)), Some(b'e' | b'E'));
+                && matches!(
+                    self.pos.checked_sub(1).and_then(|i| self.src.get(i)),
+                    Some(b'e' | b'E')
+                );
             if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || exponent_sign {
                 self.pos += 1;
             } else {
@@ -308,23 +318,72 @@ impl<'a> Lexer<'a> {
     }
 }
 
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT: u8 = 4;
+const OPERATOR: u8 = 8;
+
+/// Character classes of every byte, so the hot loops do one lookup per byte.
+static CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if c.is_ascii_whitespace() || c == 0x0B {
+            class |= SPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class |= IDENT_START | IDENT;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            class |= IDENT;
+        }
+        if matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            class |= OPERATOR;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+#[inline]
+fn class(b: u8) -> u8 {
+    CLASSES[b as usize]
+}
+
 #[inline]
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    class(b) & IDENT_START != 0
 }
 
 #[inline]
 fn is_ident_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    class(b) & IDENT != 0
 }
 
 #[inline]
 fn is_operator_byte(b: u8) -> bool {
-    matches!(
-        b,
-        b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^'
-            | b'&' | b'|' | b'`' | b'?'
-    )
+    class(b) & OPERATOR != 0
 }
 
 #[inline]
@@ -407,7 +466,10 @@ mod tests {
 
     #[test]
     fn quoted_identifiers() {
-        assert_eq!(tokens(r#""Update" "a""b""#), vec![QuotedIdent(b"Update"), QuotedIdent(b"a\"\"b")]);
+        assert_eq!(
+            tokens(r#""Update" "a""b""#),
+            vec![QuotedIdent(b"Update"), QuotedIdent(b"a\"\"b")]
+        );
         assert_eq!(tokens(r#""open"#), vec![Unterminated]);
     }
 
@@ -422,6 +484,14 @@ mod tests {
 
     #[test]
     fn multibyte_text_never_splits() {
-        assert_eq!(tokens("SELECT 'é' AS ñame"), vec![Word(b"SELECT"), Literal, Word(b"AS"), Word("ñame".as_bytes())]);
+        assert_eq!(
+            tokens("SELECT 'é' AS ñame"),
+            vec![
+                Word(b"SELECT"),
+                Literal,
+                Word(b"AS"),
+                Word("ñame".as_bytes())
+            ]
+        );
     }
 }

@@ -191,10 +191,19 @@ impl Classifier {
     {
         let write_functions = write_functions
             .into_iter()
-            .map(|name| name.as_ref().trim().to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .map(|name| {
+                name.as_ref()
+                    .trim()
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice()
+            })
             .filter(|name| !name.is_empty())
             .collect();
-        Self { write_functions, policy }
+        Self {
+            write_functions,
+            policy,
+        }
     }
 
     /// The function policy in force.
@@ -282,7 +291,9 @@ impl<'c, 'a> Scan<'c, 'a> {
             Some(first) => first,
         };
         self.kind = match first {
-            Token::Word(w) if eq(w, b"select") || eq(w, b"values") || eq(w, b"table") || eq(w, b"show") => {
+            Token::Word(w)
+                if eq(w, b"select") || eq(w, b"values") || eq(w, b"table") || eq(w, b"show") =>
+            {
                 Kind::Select
             }
             Token::Word(w) if eq(w, b"with") => Kind::With,
@@ -329,24 +340,30 @@ impl<'c, 'a> Scan<'c, 'a> {
     }
 
     fn word(&mut self, word: &[u8]) -> Option<Reason> {
-        // Only words of 4 to 7 letters can matter here; most identifiers are skipped fast.
-        if word.len() < 4 || word.len() > 7 {
-            return None;
-        }
+        // Dispatch on length and first letter: most words are skipped after one compare.
+        let (len, first) = match word {
+            [first, ..] if (4..=7).contains(&word.len()) => {
+                (word.len(), first.to_ascii_lowercase())
+            }
+            _ => return None,
+        };
         let prev_is = |kw: &[u8]| matches!(self.prev[0], Some(Token::Word(p)) if eq(p, kw));
-        match word.len() {
-            4 if eq(word, b"into") => Some(Reason::SelectInto),
-            5 if eq(word, b"share") && (prev_is(b"for") || prev_is(b"key")) => Some(Reason::LockingClause),
-            5 if eq(word, b"merge") => Some(Reason::DataModifying),
-            6 if eq(word, b"update") => {
+        match (len, first) {
+            (4, b'i') if eq(word, b"into") => Some(Reason::SelectInto),
+            (5, b's') if eq(word, b"share") && (prev_is(b"for") || prev_is(b"key")) => {
+                Some(Reason::LockingClause)
+            }
+            (5, b'm') if eq(word, b"merge") => Some(Reason::DataModifying),
+            (6, b'u') if eq(word, b"update") => {
                 if prev_is(b"for") || prev_is(b"key") {
                     Some(Reason::LockingClause)
                 } else {
                     Some(Reason::DataModifying)
                 }
             }
-            6 if eq(word, b"insert") || eq(word, b"delete") => Some(Reason::DataModifying),
-            5 | 6
+            (6, b'i') if eq(word, b"insert") => Some(Reason::DataModifying),
+            (6, b'd') if eq(word, b"delete") => Some(Reason::DataModifying),
+            (6, b's' | b'v') | (5, b't')
                 if self.in_with_header
                     && self.depth == 0
                     && (eq(word, b"select") || eq(word, b"values") || eq(word, b"table")) =>
@@ -354,7 +371,9 @@ impl<'c, 'a> Scan<'c, 'a> {
                 self.in_with_header = false;
                 None
             }
-            7 if self.kind == Kind::Explain && (eq(word, b"analyze") || eq(word, b"analyse")) => {
+            (7, b'a')
+                if self.kind == Kind::Explain && (eq(word, b"analyze") || eq(word, b"analyse")) =>
+            {
                 Some(Reason::ExplainAnalyze)
             }
             _ => None,
@@ -421,7 +440,7 @@ impl<'a> Name<'a> {
     /// The name as PostgreSQL resolves it: unquoted names fold to lowercase, quoted ones
     /// are exact. `None` when longer than any identifier PostgreSQL keeps (63 bytes):
     /// such a name can be on no list, so the caller treats it as unknown.
-    fn lowercase<'b>(self, buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
+    fn lowercase(self, buf: &mut [u8; 64]) -> Option<&[u8]> {
         match self {
             Name::Unquoted(name) => ascii_lowercase(name, buf),
             Name::Quoted(name) => {
@@ -445,7 +464,10 @@ fn ascii_lowercase<'b>(word: &[u8], buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
 #[inline]
 fn eq(word: &[u8], lowercase_keyword: &[u8]) -> bool {
     word.len() == lowercase_keyword.len()
-        && word.iter().zip(lowercase_keyword).all(|(a, b)| a.to_ascii_lowercase() == *b)
+        && word
+            .iter()
+            .zip(lowercase_keyword)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
 /// `/* herd:primary */`, with any surrounding space and in any case.

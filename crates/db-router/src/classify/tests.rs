@@ -6,24 +6,53 @@ fn route(sql: &str) -> Route {
 
 #[test]
 fn reads_go_to_replicas() {
-    for sql in ["SELECT 1", "with a as (select 1) select * from a", "VALUES (1)", "TABLE t", "SHOW x", "EXPLAIN SELECT 1", "(SELECT 1)"] {
+    for sql in [
+        "SELECT 1",
+        "with a as (select 1) select * from a",
+        "VALUES (1)",
+        "TABLE t",
+        "SHOW x",
+        "EXPLAIN SELECT 1",
+        "(SELECT 1)",
+    ] {
         assert_eq!(route(sql), Route::Replica(Reason::ReadOnly), "{sql}");
     }
 }
 
 #[test]
 fn hint_only_counts_before_the_statement() {
-    assert_eq!(route("-- why\n/* herd:primary */ SELECT 1"), Route::Primary(Reason::Hint));
-    assert_eq!(route("/* note */ /* herd:primary */ SELECT 1"), Route::Primary(Reason::Hint));
-    assert_eq!(route("/* herd:primaryx */ SELECT 1"), Route::Replica(Reason::ReadOnly));
-    assert_eq!(route("SELECT /* herd:primary */ 1"), Route::Replica(Reason::ReadOnly));
+    assert_eq!(
+        route("-- why\n/* herd:primary */ SELECT 1"),
+        Route::Primary(Reason::Hint)
+    );
+    assert_eq!(
+        route("/* note */ /* herd:primary */ SELECT 1"),
+        Route::Primary(Reason::Hint)
+    );
+    assert_eq!(
+        route("/* herd:primaryx */ SELECT 1"),
+        Route::Replica(Reason::ReadOnly)
+    );
+    assert_eq!(
+        route("SELECT /* herd:primary */ 1"),
+        Route::Replica(Reason::ReadOnly)
+    );
 }
 
 #[test]
 fn line_comment_hides_the_rest_of_its_line_only() {
-    assert_eq!(route("SELECT 1 -- FOR UPDATE\n"), Route::Replica(Reason::ReadOnly));
-    assert_eq!(route("SELECT * FROM t FOR -- c\n UPDATE"), Route::Primary(Reason::LockingClause));
-    assert_eq!(route("SELECT 1 -- c\n; SELECT 2"), Route::Primary(Reason::MultipleStatements));
+    assert_eq!(
+        route("SELECT 1 -- FOR UPDATE\n"),
+        Route::Replica(Reason::ReadOnly)
+    );
+    assert_eq!(
+        route("SELECT * FROM t FOR -- c\n UPDATE"),
+        Route::Primary(Reason::LockingClause)
+    );
+    assert_eq!(
+        route("SELECT 1 -- c\n; SELECT 2"),
+        Route::Primary(Reason::MultipleStatements)
+    );
 }
 
 #[test]
@@ -38,37 +67,77 @@ fn cte_names_with_column_lists_are_not_calls() {
         "SELECT count(*) FILTER (WHERE a) OVER (PARTITION BY b) FROM t",
         "SELECT * FROM t WHERE a IN (1, 2) AND EXISTS (SELECT 1) AND b = ANY (ARRAY[1])",
     ] {
-        assert_eq!(strict.classify(sql), Route::Replica(Reason::ReadOnly), "{sql}");
+        assert_eq!(
+            strict.classify(sql),
+            Route::Replica(Reason::ReadOnly),
+            "{sql}"
+        );
     }
 }
 
 #[test]
 fn strict_policy_sends_unknown_and_quoted_calls_to_the_primary() {
     let strict = Classifier::new(Vec::<String>::new(), FunctionPolicy::KnownReadOnly);
-    assert_eq!(strict.classify("SELECT refresh_cache()"), Route::Primary(Reason::UnknownFunction));
-    assert_eq!(strict.classify("SELECT app.f(1)"), Route::Primary(Reason::UnknownFunction));
-    assert_eq!(strict.classify(r#"SELECT "Lower"('x')"#), Route::Primary(Reason::UnknownFunction));
-    assert_eq!(strict.classify("SELECT LOWER('x')"), Route::Replica(Reason::ReadOnly));
+    assert_eq!(
+        strict.classify("SELECT refresh_cache()"),
+        Route::Primary(Reason::UnknownFunction)
+    );
+    assert_eq!(
+        strict.classify("SELECT app.f(1)"),
+        Route::Primary(Reason::UnknownFunction)
+    );
+    assert_eq!(
+        strict.classify(r#"SELECT "Lower"('x')"#),
+        Route::Primary(Reason::UnknownFunction)
+    );
+    assert_eq!(
+        strict.classify("SELECT LOWER('x')"),
+        Route::Replica(Reason::ReadOnly)
+    );
     assert_eq!(strict.policy(), FunctionPolicy::KnownReadOnly);
 }
 
 #[test]
 fn write_list_matches_bare_and_qualified_names_case_insensitively() {
     let c = Classifier::new([" Audit.Touch ", "bump", ""], FunctionPolicy::WriteList);
-    assert_eq!(c.classify("SELECT BUMP(1)"), Route::Primary(Reason::ListedFunction));
-    assert_eq!(c.classify("SELECT app.bump(1)"), Route::Primary(Reason::ListedFunction));
-    assert_eq!(c.classify("SELECT audit.touch(1)"), Route::Primary(Reason::ListedFunction));
-    assert_eq!(c.classify(r#"SELECT "audit".touch(1)"#), Route::Primary(Reason::ListedFunction));
-    assert_eq!(c.classify("SELECT touch(1)"), Route::Replica(Reason::ReadOnly));
-    assert_eq!(c.classify("SELECT bump FROM t"), Route::Replica(Reason::ReadOnly));
+    assert_eq!(
+        c.classify("SELECT BUMP(1)"),
+        Route::Primary(Reason::ListedFunction)
+    );
+    assert_eq!(
+        c.classify("SELECT app.bump(1)"),
+        Route::Primary(Reason::ListedFunction)
+    );
+    assert_eq!(
+        c.classify("SELECT audit.touch(1)"),
+        Route::Primary(Reason::ListedFunction)
+    );
+    assert_eq!(
+        c.classify(r#"SELECT "audit".touch(1)"#),
+        Route::Primary(Reason::ListedFunction)
+    );
+    assert_eq!(
+        c.classify("SELECT touch(1)"),
+        Route::Replica(Reason::ReadOnly)
+    );
+    assert_eq!(
+        c.classify("SELECT bump FROM t"),
+        Route::Replica(Reason::ReadOnly)
+    );
 }
 
 #[test]
 fn overlong_names_are_unknown_not_a_panic() {
     let long = "f".repeat(200);
-    assert_eq!(route(&format!("SELECT {long}(1)")), Route::Replica(Reason::ReadOnly));
+    assert_eq!(
+        route(&format!("SELECT {long}(1)")),
+        Route::Replica(Reason::ReadOnly)
+    );
     let strict = Classifier::new(Vec::<String>::new(), FunctionPolicy::KnownReadOnly);
-    assert_eq!(strict.classify(&format!("SELECT {long}(1)")), Route::Primary(Reason::UnknownFunction));
+    assert_eq!(
+        strict.classify(&format!("SELECT {long}(1)")),
+        Route::Primary(Reason::UnknownFunction)
+    );
 }
 
 #[test]

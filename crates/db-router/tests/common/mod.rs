@@ -19,7 +19,12 @@ pub fn corpus() -> Vec<Entry> {
         .map(|(i, l)| {
             let (expect, sql) = l.split_once(' ').unwrap_or((l, ""));
             let (route, reason) = expect.split_once(':').expect("route:reason");
-            Entry { line: i + 1, route: route.into(), reason: reason.into(), sql: sql.into() }
+            Entry {
+                line: i + 1,
+                route: route.into(),
+                reason: reason.into(),
+                sql: sql.into(),
+            }
         })
         .collect()
 }

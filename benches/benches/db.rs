@@ -1,0 +1,163 @@
+//! herd-db-router.
+//!
+//! - `db_query`: the same `SELECT` by primary key, one at a time, on a testkit cluster (a
+//!   primary and one streaming replica on this machine): `direct_pool` is a plain sqlx
+//!   `PgPool` on the replica (the anchor), `router_auto` is `&DbRouter` routing it
+//!   automatically (classify, pick the replica with lb-core, run, record) to that same
+//!   replica. Goal: router_auto within 3 % of direct_pool.
+//! - `db_classify`: every statement of the classifier corpus
+//!   (`crates/db-router/tests/corpus.txt`) classified by `herd` (herd_db_router::classify) and
+//!   by `sqlparser` (parse with the PostgreSQL dialect, then decide from the AST: pgcat's
+//!   approach). Throughput is per statement. Goal: herd at least 10x faster and under 200 ns
+//!   per statement.
+//!
+//! Run with: `cargo bench -p herd-benches --bench db`
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use herd_db_router::{DbRouter, NodeConfig, RouterConfig};
+use herd_testkit::PgCluster;
+use sqlparser::ast::{Query, SetExpr, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::runtime::Runtime;
+
+const ROWS: i32 = 1000;
+const SELECT: &str = "SELECT v FROM bench_kv WHERE id = $1";
+
+/// The corpus statements (the part after `route:reason `), as the tests read them.
+fn corpus() -> Vec<&'static str> {
+    include_str!("../../crates/db-router/tests/corpus.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split_once(' ').map_or("", |(_, sql)| sql))
+        .collect()
+}
+
+/// pgcat-style routing from a sqlparser AST: one statement, a query without locking
+/// clause, `SELECT INTO` or data-modifying CTE (or EXPLAIN without ANALYZE of one, or SHOW).
+fn sqlparser_is_read(sql: &str) -> bool {
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return false;
+    };
+    match statements.as_slice() {
+        [statement] => statement_is_read(statement),
+        _ => false,
+    }
+}
+
+fn statement_is_read(statement: &Statement) -> bool {
+    match statement {
+        Statement::Query(query) => query_is_read(query),
+        Statement::Explain { analyze, statement, .. } => !analyze && statement_is_read(statement),
+        Statement::ShowVariable { .. } => true,
+        _ => false,
+    }
+}
+
+fn query_is_read(query: &Query) -> bool {
+    query.locks.is_empty()
+        && query.with.as_ref().is_none_or(|with| with.cte_tables.iter().all(|cte| query_is_read(&cte.query)))
+        && set_expr_is_read(&query.body)
+}
+
+fn set_expr_is_read(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(select) => select.into.is_none(),
+        SetExpr::Query(query) => query_is_read(query),
+        SetExpr::SetOperation { left, right, .. } => set_expr_is_read(left) && set_expr_is_read(right),
+        SetExpr::Values(_) | SetExpr::Table(_) => true,
+        _ => false,
+    }
+}
+
+fn classify(c: &mut Criterion) {
+    let statements = corpus();
+    let mut group = c.benchmark_group("db_classify");
+    group.throughput(Throughput::Elements(statements.len() as u64));
+    group.bench_function("herd", |b| {
+        b.iter(|| {
+            let mut replicas = 0;
+            for sql in &statements {
+                replicas += usize::from(herd_db_router::classify(black_box(sql)).is_replica());
+            }
+            replicas
+        })
+    });
+    group.bench_function("sqlparser", |b| {
+        b.iter(|| {
+            let mut replicas = 0;
+            for sql in &statements {
+                replicas += usize::from(sqlparser_is_read(black_box(sql)));
+            }
+            replicas
+        })
+    });
+    group.finish();
+}
+
+fn query(c: &mut Criterion) {
+    let rt = Runtime::new().expect("tokio runtime");
+    let (cluster, direct, router) = rt.block_on(async {
+        let cluster = PgCluster::start(1).await.expect("testkit postgres cluster");
+        let primary = PgPool::connect(&cluster.primary_url()).await.expect("primary pool");
+        sqlx::raw_sql(
+            "CREATE TABLE bench_kv (id int PRIMARY KEY, v text NOT NULL);
+             INSERT INTO bench_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+        )
+        .execute(&primary)
+        .await
+        .expect("bench table");
+        cluster.wait_for_replay().await.expect("replay");
+        let replica_url = cluster.replica(0).url();
+        let direct = PgPoolOptions::new().connect(&replica_url).await.expect("replica pool");
+        let router = DbRouter::builder(RouterConfig {
+            primary: Some(NodeConfig::new(cluster.primary_url())),
+            replicas: vec![NodeConfig::new(replica_url)],
+            ..RouterConfig::default()
+        })
+        .seed(1)
+        .build()
+        .await
+        .expect("router");
+        // Same work on both sides before measuring: warm connections and statement caches.
+        for id in 1..=ROWS {
+            let a: String = sqlx::query_scalar(SELECT).bind(id).fetch_one(&direct).await.expect("direct");
+            let b: String = sqlx::query_scalar(SELECT).bind(id).fetch_one(&router).await.expect("router");
+            assert_eq!(a, b);
+        }
+        (cluster, direct, router)
+    });
+    assert_eq!(router.status().eligible_replicas(), vec!["replica1"]);
+
+    let mut group = c.benchmark_group("db_query");
+    group.measurement_time(Duration::from_secs(10));
+    let next = AtomicI32::new(0);
+    let id = || next.fetch_add(1, Ordering::Relaxed) % ROWS + 1;
+    group.bench_function("direct_pool", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v: String = sqlx::query_scalar(SELECT).bind(id()).fetch_one(&direct).await.expect("direct");
+            black_box(v)
+        })
+    });
+    group.bench_function("router_auto", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v: String = sqlx::query_scalar(SELECT).bind(id()).fetch_one(&router).await.expect("router");
+            black_box(v)
+        })
+    });
+    group.finish();
+    rt.block_on(async {
+        router.close().await;
+        direct.close().await;
+    });
+    drop(cluster);
+}
+
+criterion_group!(benches, classify, query);
+criterion_main!(benches);
