@@ -423,3 +423,94 @@ async fn health_check_pings_every_master() {
     );
     assert!(result.measurements().iter().any(|m| m.name == "hitRatio"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_can_go_to_replicas() {
+    let rc = shared::redis_cluster().await.unwrap();
+    let config = RedisConfig {
+        read_from_replicas: true,
+        ..RedisConfig::new(rc.urls())
+    };
+    let cache = Cache::builder(Backend::cluster(config).await.unwrap())
+        .config(config_without_l1("replicas"))
+        .build()
+        .await
+        .unwrap();
+    let masters: Vec<u16> = rc
+        .masters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.port())
+        .collect();
+    let replicas: Vec<_> = rc
+        .nodes()
+        .iter()
+        .filter(|n| !masters.contains(&n.port()))
+        .collect();
+    let before = get_calls(&replicas).await;
+
+    cache
+        .set("replicated", &"yes".to_string(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Replication is asynchronous: a replica may answer before it has the write.
+    let mut value = None;
+    for _ in 0..200 {
+        value = cache.get::<String>("replicated").await;
+        if value.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(value.as_deref(), Some("yes"));
+    let values: Vec<Option<String>> = cache.get_many(&["replicated", "replicated"]).await;
+    assert_eq!(
+        values,
+        vec![Some("yes".to_string()), Some("yes".to_string())]
+    );
+    // The client connects to replicas in the background; until then reads go to the primary.
+    let mut on_replicas = false;
+    for _ in 0..100 {
+        assert_eq!(
+            cache.get::<String>("replicated").await.as_deref(),
+            Some("yes")
+        );
+        if get_calls(&replicas).await > before {
+            on_replicas = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_replicas, "no GET/MGET reached a replica");
+}
+
+fn config_without_l1(namespace: &str) -> CacheConfig {
+    CacheConfig {
+        l1: None,
+        ..config(namespace)
+    }
+}
+
+/// GET + MGET calls served by `nodes`, from INFO commandstats.
+async fn get_calls(nodes: &[&herd_testkit::RedisNode]) -> u64 {
+    let mut total = 0;
+    for node in nodes {
+        let client = redis::Client::open(node.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for line in stats.lines() {
+            if let Some(rest) = line
+                .strip_prefix("cmdstat_get:calls=")
+                .or_else(|| line.strip_prefix("cmdstat_mget:calls="))
+            {
+                total += rest.split(',').next().unwrap().parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}

@@ -24,6 +24,23 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
         ..CacheConfig::default()
     };
     let cache = Cache::new(backend, config).await.unwrap();
+    // Two instances with an L1, to check the flush on topology change and pub/sub afterwards.
+    let l1_config = CacheConfig {
+        namespace: "failover".into(),
+        ..CacheConfig::default()
+    };
+    let with_l1 = Cache::new(
+        Backend::cluster(RedisConfig::new(rc.urls())).await.unwrap(),
+        l1_config.clone(),
+    )
+    .await
+    .unwrap();
+    let other_l1 = Cache::new(
+        Backend::cluster(RedisConfig::new(rc.urls())).await.unwrap(),
+        l1_config,
+    )
+    .await
+    .unwrap();
 
     let keys: Vec<String> = (0..60).map(|i| format!("key:{i}")).collect();
     for key in &keys {
@@ -60,6 +77,16 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
         .map(|(k, _)| k.clone())
         .collect();
     assert!(!watched.is_empty());
+    let healthy: Vec<String> = keys
+        .iter()
+        .zip(&owners)
+        .filter(|(_, port)| **port != victim_port)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in &healthy {
+        assert!(with_l1.get::<String>(key).await.is_some());
+    }
+    assert_eq!(with_l1.l1_entry_count(), healthy.len() as u64);
 
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -129,6 +156,42 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
     for worker in workers {
         worker.await.unwrap();
     }
+
+    // The topology change flushed the L1 (its entries may be out of date).
+    let mut flushed = false;
+    for _ in 0..300 {
+        if with_l1.l1_entry_count() == 0 {
+            flushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        flushed,
+        "L1 still holds {} entries after the failover",
+        with_l1.l1_entry_count()
+    );
+    // Invalidation still reaches the other instance after the failover (the subscription moved).
+    let key = &watched[0];
+    assert!(other_l1.get::<String>(key).await.is_some());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    with_l1
+        .set(key, &"after failover".to_string(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = other_l1.get::<String>(key).await;
+        if seen.as_deref() == Some("after failover") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("after failover"),
+        "invalidation after the failover"
+    );
 
     let total = calls.load(Ordering::Relaxed);
     println!(

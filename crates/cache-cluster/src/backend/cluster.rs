@@ -608,14 +608,17 @@ fn client(
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.response_timeout)
         .overall_response_timeout(Some(config.operation_timeout))
-        .retries(config.retries)
-        // RESP3 makes the client reconnect as soon as a node connection drops.
-        .use_protocol(ProtocolVersion::RESP3);
+        .retries(config.retries);
     if config.read_from_replicas {
         builder = builder.read_routing_strategy(RandomReplicaStrategy);
     }
+    // Pub/sub over a cluster connection needs RESP3 push messages; the data connection stays on
+    // the default protocol, like the plain client it is benchmarked against. Dropped node
+    // connections are noticed through errors and the topology watcher instead of push messages.
     if let Some(push) = push {
-        builder = builder.push_sender(push);
+        builder = builder
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(push);
     }
     builder.build()
 }
