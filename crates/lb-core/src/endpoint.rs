@@ -67,14 +67,14 @@ impl Pool {
     }
 }
 
-/// Where an endpoint stands, as shown by [`EndpointInfo`].
+/// Where an endpoint stands, as shown by [`EndpointInfo`](crate::EndpointInfo).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointStatus {
     /// Takes requests.
     Healthy,
     /// Takes requests with a reduced weight while its slow-start window lasts.
     SlowStart,
-    /// Ejected by outlier detection (passive health); see [`EndpointInfo::ejected_until`].
+    /// Ejected by outlier detection (passive health); see [`EndpointInfo::ejected_until`](crate::EndpointInfo::ejected_until).
     Ejected,
     /// Failed its active health checks.
     Unhealthy,

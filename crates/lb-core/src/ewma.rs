@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn decay_weight_matches_exp() {
         for x in [0.0, 1e-9, 1e-6, 5e-4, 9.9e-4, 1e-3, 0.5, 3.0] {
-            assert!((decay_weight(x) - (-x as f64).exp()).abs() < 1e-12, "{x}");
+            assert!((decay_weight(x) - (-x).exp()).abs() < 1e-12, "{x}");
         }
     }
 

@@ -153,7 +153,10 @@ impl Limits {
 
     /// Every 256 checks: drop idle clients' state once too many are tracked.
     fn upkeep(&self) {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 256 != 0
+        if !self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
             || self.tracked() <= self.max_tracked
         {
             return;

@@ -264,7 +264,7 @@ async fn failures_map_to_502_503_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_servers_under_load_fails_no_get() {
-    let servers = vec![
+    let servers = [
         Server::start(named("a")).await,
         Server::start(named("b")).await,
         Server::start(named("c")).await,

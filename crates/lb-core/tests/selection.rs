@@ -76,19 +76,20 @@ fn p2c_prefers_the_less_loaded_of_two() {
     drop(busy);
 }
 
-#[tokio::test(start_paused = true)]
-async fn peak_ewma_avoids_a_slow_endpoint() {
+#[test]
+fn peak_ewma_avoids_a_slow_endpoint() {
     let set = set_with(&[1.0, 1.0]);
     let slow = set
         .pick(&|_: &_, _: &PickContext<'_>| Some(0), &PickContext::new())
         .unwrap();
-    tokio::time::advance(std::time::Duration::from_millis(500)).await;
+    // Latency is measured on the real clock (a TSC clock, not tokio's), so really wait.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     slow.guard.success();
     let infos = set.endpoints();
-    assert_eq!(
-        infos[0].ewma.as_millis(),
-        500,
-        "peak: the slow sample is taken at once"
+    assert!(
+        (300..400).contains(&infos[0].ewma.as_millis()),
+        "peak: the slow sample is taken at once: {:?}",
+        infos[0].ewma
     );
     assert_eq!(
         infos[1].ewma.as_millis(),

@@ -28,6 +28,8 @@ use crate::snapshot::{EndpointInfo, PickContext, RequestKey};
 /// Boxed error, as tower layers that add failure modes return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+type PendingRetry<Req, Res, E> = (RetryConfig, Box<dyn RetryPolicy<Req, Res, E>>);
+
 type KeyFn<Req> = dyn Fn(&Req) -> Option<RequestKey> + Send + Sync;
 
 /// Load balancer over endpoint services, shared by `&self`: clone it freely (one `Arc`), no
@@ -139,10 +141,7 @@ where
     seed: Option<u64>,
     key: Option<Box<KeyFn<Req>>>,
     classify: Classifier<S::Response, S::Error>,
-    retry: Option<(
-        RetryConfig,
-        Box<dyn RetryPolicy<Req, S::Response, S::Error>>,
-    )>,
+    retry: Option<PendingRetry<Req, S::Response, S::Error>>,
     _key: std::marker::PhantomData<fn() -> K>,
 }
 
