@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::Backend;
-use crate::circuit::Circuit;
+use crate::circuit::{Circuit, Circuits};
 use crate::codec::{self, DecodeError, Header};
 use crate::config::CacheConfig;
 use crate::error::{BoxError, Error};
@@ -43,7 +43,7 @@ struct Inner {
     l1: Option<L1>,
     flights: Arc<Flights>,
     refreshing: Mutex<HashSet<String>>,
-    circuit: Circuit,
+    circuits: Circuits,
     counters: Counters,
     rng: Mutex<StdRng>,
     /// This instance's id in invalidation messages.
@@ -141,7 +141,7 @@ impl CacheBuilder {
         };
         Ok(Cache {
             inner: Arc::new(Inner {
-                circuit: Circuit::new(&config.circuit),
+                circuits: Circuits::new(&config.circuit),
                 backend,
                 config,
                 prefix,
@@ -188,7 +188,7 @@ impl Cache {
 
     /// Whether backend calls are currently skipped after consecutive failures.
     pub fn circuit_open(&self) -> bool {
-        self.inner.circuit.is_open()
+        self.inner.circuits.any_open()
     }
 
     /// Number of entries in the L1 (0 without one).
@@ -243,7 +243,8 @@ impl Cache {
             return out;
         }
         let inner = &self.inner;
-        if !inner.circuit.allows() {
+        let circuit = inner.circuits.whole();
+        if !circuit.allows() {
             inner.skipped(missing.len());
             return out;
         }
@@ -254,7 +255,7 @@ impl Cache {
             .collect();
         match inner.backend.get_many(&full_keys).await {
             Ok(values) => {
-                inner.circuit.record_success();
+                circuit.record_success();
                 for (&i, bytes) in missing.iter().zip(values) {
                     let key = keys.get(i).map(AsRef::as_ref).unwrap_or_default();
                     if let (Read::Fresh(value, _), Some(place)) =
@@ -266,7 +267,7 @@ impl Cache {
             }
             Err(error) => {
                 for _ in &missing {
-                    inner.backend_failed(&error);
+                    inner.backend_failed(circuit, &error);
                 }
             }
         }
@@ -308,13 +309,15 @@ impl Cache {
                 source,
             },
         )?;
-        inner.guard("SET")?;
         let full = inner.data_key(key);
+        let circuit = inner.circuit_for(&full);
+        inner.guard(&circuit, "SET")?;
         let stored_ttl = ttl.saturating_add(inner.config.stale_ttl);
-        inner.checked(inner.backend.set(&full, &bytes, stored_ttl).await)?;
+        inner.checked(&circuit, inner.backend.set(&full, &bytes, stored_ttl).await)?;
         for tag in tags {
             let members = [full.clone()];
             inner.checked(
+                inner.circuits.whole(),
                 inner
                     .backend
                     .tag_add(&inner.tag_key(tag.as_ref()), &members, stored_ttl)
@@ -350,8 +353,9 @@ impl Cache {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        inner.guard("SET")?;
+        inner.guard(inner.circuits.whole(), "SET")?;
         inner.checked(
+            inner.circuits.whole(),
             inner
                 .backend
                 .set_many(&encoded, ttl.saturating_add(inner.config.stale_ttl))
@@ -377,8 +381,10 @@ impl Cache {
         if let Some(l1) = &inner.l1 {
             l1.invalidate(key);
         }
-        inner.guard("DEL")?;
-        inner.checked(inner.backend.delete(&[inner.data_key(key)]).await)?;
+        let full = inner.data_key(key);
+        let circuit = inner.circuit_for(&full);
+        inner.guard(&circuit, "DEL")?;
+        inner.checked(&circuit, inner.backend.delete(&[full]).await)?;
         inner.publish(vec![key.to_owned()]).await;
         Ok(())
     }
@@ -390,9 +396,10 @@ impl Cache {
     /// [`Error::Backend`] or [`Error::CircuitOpen`].
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, Error> {
         let inner = &self.inner;
-        inner.guard("invalidate_tag")?;
+        let circuit = inner.circuits.whole();
+        inner.guard(circuit, "invalidate_tag")?;
         let tag_key = inner.tag_key(tag);
-        let members = inner.checked(inner.backend.tag_members(&tag_key).await)?;
+        let members = inner.checked(circuit, inner.backend.tag_members(&tag_key).await)?;
         let data_prefix = format!("{}k:", inner.prefix);
         let keys: Vec<String> = members
             .iter()
@@ -406,7 +413,7 @@ impl Cache {
         }
         let mut doomed = members;
         doomed.push(tag_key);
-        inner.checked(inner.backend.delete(&doomed).await)?;
+        inner.checked(circuit, inner.backend.delete(&doomed).await)?;
         if !keys.is_empty() {
             inner.publish(keys.clone()).await;
         }
@@ -529,8 +536,13 @@ impl Inner {
         }
     }
 
-    fn guard(&self, operation: &'static str) -> Result<(), Error> {
-        if self.circuit.allows() {
+    /// The circuit of the shard serving `full_key`.
+    fn circuit_for(&self, full_key: &str) -> Arc<Circuit> {
+        self.circuits.for_shard(self.backend.shard_of(full_key))
+    }
+
+    fn guard(&self, circuit: &Circuit, operation: &'static str) -> Result<(), Error> {
+        if circuit.allows() {
             Ok(())
         } else {
             let error = Error::CircuitOpen { operation };
@@ -548,11 +560,11 @@ impl Inner {
     }
 
     /// Feeds a backend result to the circuit and the error metrics.
-    fn checked<R>(&self, result: Result<R, Error>) -> Result<R, Error> {
+    fn checked<R>(&self, circuit: &Circuit, result: Result<R, Error>) -> Result<R, Error> {
         match &result {
-            Ok(_) => self.circuit.record_success(),
+            Ok(_) => circuit.record_success(),
             Err(error) => {
-                self.circuit.record_failure();
+                circuit.record_failure();
                 metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
                 tracing::debug!(%error, "cache backend call failed");
             }
@@ -560,8 +572,8 @@ impl Inner {
         result
     }
 
-    fn backend_failed(&self, error: &Error) {
-        self.circuit.record_failure();
+    fn backend_failed(&self, circuit: &Circuit, error: &Error) {
+        circuit.record_failure();
         self.counters.record(Tier::L2, Outcome::Error);
         metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
         tracing::debug!(%error, "cache backend read failed; treating as a miss");
@@ -571,17 +583,19 @@ impl Inner {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if !self.circuit.allows() {
+        let full = self.data_key(key);
+        let circuit = self.circuit_for(&full);
+        if !circuit.allows() {
             self.skipped(1);
             return Read::Failed;
         }
-        match self.backend.get(&self.data_key(key)).await {
+        match self.backend.get(&full).await {
             Ok(bytes) => {
-                self.circuit.record_success();
+                circuit.record_success();
                 self.decode(key, bytes)
             }
             Err(error) => {
-                self.backend_failed(&error);
+                self.backend_failed(&circuit, &error);
                 Read::Failed
             }
         }
@@ -744,6 +758,7 @@ impl Inner {
             let lock_key = self.lock_key(&key);
             // A failed release only delays the next load until the lock expires.
             let _ = self.checked(
+                &self.circuit_for(&lock_key),
                 self.backend
                     .delete_if_equals(&lock_key, token.as_bytes())
                     .await,
@@ -773,13 +788,11 @@ impl Inner {
                 return;
             }
         };
-        if self.circuit.allows() {
+        let full = self.data_key(key);
+        let circuit = self.circuit_for(&full);
+        if circuit.allows() {
             let stored_ttl = ttl.saturating_add(self.config.stale_ttl);
-            let _ = self.checked(
-                self.backend
-                    .set(&self.data_key(key), &bytes, stored_ttl)
-                    .await,
-            );
+            let _ = self.checked(&circuit, self.backend.set(&full, &bytes, stored_ttl).await);
         }
     }
 
@@ -790,12 +803,14 @@ impl Inner {
         let Some(lock) = &self.config.lock else {
             return LockOutcome::NotUsed;
         };
-        if !self.circuit.allows() {
+        let lock_key = self.lock_key(key);
+        let lock_circuit = self.circuit_for(&lock_key);
+        if !lock_circuit.allows() {
             return LockOutcome::NotUsed;
         }
         let token = format!("{:016x}", self.rng.lock().random::<u64>());
-        let lock_key = self.lock_key(key);
         match self.checked(
+            &lock_circuit,
             self.backend
                 .set_nx(&lock_key, token.as_bytes(), lock.ttl)
                 .await,
@@ -806,13 +821,15 @@ impl Inner {
             Err(_) => return LockOutcome::NotUsed,
         }
         // Another instance is loading: wait for its value rather than load it again.
+        let full = self.data_key(key);
+        let circuit = self.circuit_for(&full);
         let deadline = Instant::now() + lock.wait;
         while Instant::now() < deadline {
             tokio::time::sleep(lock.poll_interval).await;
-            if !self.circuit.allows() {
+            if !circuit.allows() {
                 break;
             }
-            match self.backend.get(&self.data_key(key)).await {
+            match self.backend.get(&full).await {
                 Ok(Some(bytes)) => {
                     if let Ok((header, value)) = codec::decode::<T>(&bytes)
                         && header.is_fresh()
@@ -834,7 +851,7 @@ impl Inner {
     /// Tells other instances to drop `keys` from their L1s. Failures are counted, not returned:
     /// the write itself succeeded, and L1 entries expire within `l1.max_ttl` anyway.
     async fn publish(&self, keys: Vec<String>) {
-        if self.l1.is_none() || !self.config.invalidation || !self.circuit.allows() {
+        if self.l1.is_none() || !self.config.invalidation || !self.circuits.whole().allows() {
             return;
         }
         let payload = Invalidation {

@@ -1,6 +1,9 @@
 //! Fail-open circuit: stop paying the backend timeout on every request while it is down.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::CircuitConfig;
@@ -77,6 +80,51 @@ impl Circuit {
     }
 }
 
+/// One circuit per cluster shard, so a dead master does not make the others look dead, and one
+/// for everything else (standalone, memory, and operations spanning shards).
+#[derive(Debug)]
+pub(crate) struct Circuits {
+    config: CircuitConfig,
+    whole: Arc<Circuit>,
+    shards: DashMap<Arc<str>, Arc<Circuit>>,
+}
+
+impl Circuits {
+    pub(crate) fn new(config: &CircuitConfig) -> Self {
+        Self {
+            config: config.clone(),
+            whole: Arc::new(Circuit::new(config)),
+            shards: DashMap::new(),
+        }
+    }
+
+    /// The circuit for operations that span shards.
+    pub(crate) fn whole(&self) -> &Arc<Circuit> {
+        &self.whole
+    }
+
+    /// The circuit of `shard`, or the whole backend's when the shard is unknown.
+    pub(crate) fn for_shard(&self, shard: Option<Arc<str>>) -> Arc<Circuit> {
+        let Some(shard) = shard else {
+            return Arc::clone(&self.whole);
+        };
+        if let Some(circuit) = self.shards.get(&shard) {
+            return Arc::clone(&circuit);
+        }
+        Arc::clone(
+            &self
+                .shards
+                .entry(shard)
+                .or_insert_with(|| Arc::new(Circuit::new(&self.config))),
+        )
+    }
+
+    /// Whether any circuit is skipping calls.
+    pub(crate) fn any_open(&self) -> bool {
+        self.whole.is_open() || self.shards.iter().any(|c| c.is_open())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +153,20 @@ mod tests {
         assert!(c.allows());
         c.record_failure();
         assert!(c.allows(), "closed again: the count restarted");
+    }
+
+    #[test]
+    fn shards_have_their_own_circuits() {
+        let circuits = Circuits::new(&CircuitConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(10),
+        });
+        let a: Arc<str> = "10.0.0.1:6379".into();
+        circuits.for_shard(Some(a.clone())).record_failure();
+        assert!(circuits.for_shard(Some(a)).is_open());
+        assert!(circuits.for_shard(Some("10.0.0.2:6379".into())).allows());
+        assert!(circuits.whole().allows());
+        assert!(circuits.any_open());
     }
 
     #[test]

@@ -17,19 +17,32 @@ fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     (!tag.is_empty()).then_some(tag)
 }
 
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
+/// CRC16-XMODEM lookup table, built at compile time.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 0x8000 != 0 {
                 (crc << 1) ^ 0x1021
             } else {
                 crc << 1
             };
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
     }
-    crc
+    table
+};
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    data.iter().fold(0u16, |crc, &byte| {
+        let index = usize::from(((crc >> 8) as u8) ^ byte);
+        (crc << 8) ^ CRC16_TABLE.get(index).copied().unwrap_or_default()
+    })
 }
 
 #[cfg(test)]

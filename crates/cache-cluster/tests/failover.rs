@@ -145,6 +145,27 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
             }
         })
     };
+    // While the shard is down, the other shards keep answering: failures open only the dead
+    // shard's circuit.
+    let mut opened = false;
+    for _ in 0..200 {
+        if cache.circuit_open() {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(opened, "the dead shard's circuit never opened");
+    for key in &healthy {
+        assert!(
+            cache.get::<String>(key).await.is_some(),
+            "{key} on a healthy master"
+        );
+    }
+    println!(
+        "circuit of the dead shard open {:?} after the kill; healthy shards still served",
+        killed.elapsed()
+    );
     let failover = rc.wait_for_failover(Duration::from_secs(30)).await.unwrap();
     let failover_done = killed.elapsed();
     let resumed = tokio::time::timeout(Duration::from_secs(20), probe)

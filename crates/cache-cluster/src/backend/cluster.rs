@@ -115,6 +115,15 @@ impl ClusterBackend {
         self.inner.topology.load().masters()
     }
 
+    /// The master currently serving `key`'s slot, when the topology is known.
+    pub(super) fn shard_of(&self, key: &str) -> Option<Arc<str>> {
+        self.inner
+            .topology
+            .load()
+            .master_for(key_slot(key.as_bytes()))
+            .cloned()
+    }
+
     fn conn(&self) -> ClusterConnection {
         ClusterConnection::clone(&self.inner.conn.load())
     }
@@ -123,7 +132,7 @@ impl ClusterBackend {
     fn target(&self, key: &str) -> String {
         let slot = key_slot(key.as_bytes());
         match self.inner.topology.load().master_for(slot) {
-            Some(node) => node.to_owned(),
+            Some(node) => node.to_string(),
             None => format!("slot {slot}"),
         }
     }
@@ -507,7 +516,7 @@ impl ClusterBackend {
             // Unknown owner: a group of its own, routed by slot.
             let node = topology
                 .master_for(slot)
-                .map(str::to_owned)
+                .map(|m| m.to_string())
                 .unwrap_or_else(|| format!("slot {slot}"));
             by_node.entry(node).or_default().push(slot);
         }

@@ -85,6 +85,15 @@ impl Backend {
         }
     }
 
+    /// The shard (cluster master) serving `key`, so failures can be tracked per shard; `None`
+    /// outside a cluster or before the topology is known.
+    pub(crate) fn shard_of(&self, key: &str) -> Option<std::sync::Arc<str>> {
+        match self {
+            Self::Cluster(b) => b.shard_of(key),
+            Self::Redis(_) | Self::Memory(_) => None,
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         dispatch!(self, b => b.get(key).await)
     }

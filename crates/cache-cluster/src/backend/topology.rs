@@ -1,5 +1,7 @@
 //! The slot map as read with `CLUSTER SLOTS`, used to group keys per node and to notice failovers.
 
+use std::sync::Arc;
+
 use redis::Value;
 
 /// Slots `start..=end` served by `master` (and replicated to `replicas`).
@@ -7,7 +9,7 @@ use redis::Value;
 pub(crate) struct SlotRange {
     pub(crate) start: u16,
     pub(crate) end: u16,
-    pub(crate) master: String,
+    pub(crate) master: Arc<str>,
     pub(crate) replicas: Vec<String>,
 }
 
@@ -36,7 +38,7 @@ impl Topology {
             ranges.push(SlotRange {
                 start,
                 end,
-                master,
+                master: master.into(),
                 replicas,
             });
         }
@@ -49,21 +51,21 @@ impl Topology {
     }
 
     /// The master serving `slot`, when the slot is covered.
-    pub(crate) fn master_for(&self, slot: u16) -> Option<&str> {
+    pub(crate) fn master_for(&self, slot: u16) -> Option<&Arc<str>> {
         let idx = self
             .ranges
             .partition_point(|r| r.start <= slot)
             .checked_sub(1)?;
         let range = self.ranges.get(idx)?;
-        (slot <= range.end).then_some(range.master.as_str())
+        (slot <= range.end).then_some(&range.master)
     }
 
     /// Distinct masters, in slot order.
     pub(crate) fn masters(&self) -> Vec<String> {
         let mut masters: Vec<String> = Vec::new();
         for range in &self.ranges {
-            if !masters.contains(&range.master) {
-                masters.push(range.master.clone());
+            if !masters.iter().any(|m| **m == *range.master) {
+                masters.push(range.master.to_string());
             }
         }
         masters
@@ -140,10 +142,10 @@ mod tests {
             ]),
         ]);
         let t = Topology::from_cluster_slots(&reply).unwrap();
-        assert_eq!(t.master_for(0), Some("127.0.0.1:7000"));
-        assert_eq!(t.master_for(5460), Some("127.0.0.1:7000"));
-        assert_eq!(t.master_for(5461), Some("127.0.0.1:7001"));
-        assert_eq!(t.master_for(16383), Some("127.0.0.1:7002"));
+        assert_eq!(t.master_for(0).map(|m| &**m), Some("127.0.0.1:7000"));
+        assert_eq!(t.master_for(5460).map(|m| &**m), Some("127.0.0.1:7000"));
+        assert_eq!(t.master_for(5461).map(|m| &**m), Some("127.0.0.1:7001"));
+        assert_eq!(t.master_for(16383).map(|m| &**m), Some("127.0.0.1:7002"));
         assert_eq!(
             t.masters(),
             ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
@@ -161,7 +163,7 @@ mod tests {
         let t = Topology::from_cluster_slots(&reply).unwrap();
         assert_eq!(t.master_for(99), None);
         assert_eq!(t.master_for(201), None);
-        assert_eq!(t.master_for(150), Some("h:1"));
+        assert_eq!(t.master_for(150).map(|m| &**m), Some("h:1"));
         assert!(Topology::from_cluster_slots(&Value::Int(3)).is_none());
         assert!(Topology::from_cluster_slots(&Value::Array(vec![Value::Int(3)])).is_none());
     }
