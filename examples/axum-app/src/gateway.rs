@@ -18,6 +18,7 @@ use herd_cache_cluster::http::HttpCacheLayer;
 use herd_cache_cluster::{Backend, Cache};
 use herd_lb_core::health::ActiveHealthConfig;
 use herd_lb_core::http::{HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, TrustedProxies};
+use herd_lb_core::rate_limit::{QuotaConfig, RateLimitConfig, RateLimitLayer, RouteLimit};
 use herd_lb_core::{EndpointConfig, PolicyConfig};
 use tower::ServiceExt as _;
 
@@ -170,11 +171,37 @@ pub async fn router(config: &GatewayConfig) -> Result<Router, String> {
         api = api.merge(cached);
     }
 
-    Ok(Router::new()
+    let router = Router::new()
         .route("/lb-health", get(lb_health))
         .route("/admin", get(admin))
         .with_state(upstream)
-        .merge(api))
+        .merge(api);
+    if !config.rate_limits {
+        return Ok(router);
+    }
+    // The guides' nginx `limit_req` zones: 100 r/s per IP on the API (bursts served at once),
+    // 5 r/min per IP on the login route; everything else unlimited.
+    let limits = RateLimitConfig {
+        default: None,
+        routes: vec![
+            RouteLimit {
+                path_prefix: "/api/".to_owned(),
+                quota: QuotaConfig::per_second(100).with_burst(200),
+            },
+            RouteLimit {
+                path_prefix: "/api/auth/login".to_owned(),
+                quota: QuotaConfig::per_minute(5),
+            },
+        ],
+        trusted_proxies: trusted_proxies(&config.trusted_proxies)?,
+        ..RateLimitConfig::default()
+    };
+    let layer = RateLimitLayer::new(&limits).map_err(|e| format!("rate limits: {e}"))?;
+    Ok(router.layer(layer))
+}
+
+fn trusted_proxies(list: &[String]) -> Result<TrustedProxies, String> {
+    TrustedProxies::new(list).map_err(|e| format!("trusted proxies: {e}"))
 }
 
 /// Builds the gateway on its own thread and runtime and serves it on `bind`.
