@@ -115,6 +115,9 @@ impl GatewayConfig {
                 max_in_flight: None,
             })
             .collect();
+        // The guides' `server ... max_fails=3 fail_timeout=30s`.
+        config.balancer.outlier_detection.max_fails = Some(3);
+        config.balancer.outlier_detection.fail_timeout = Duration::from_secs(30);
         config.connect_timeout = Duration::from_secs(1);
         config.request_timeout = Duration::from_secs(10);
         config.trusted_proxies = TrustedProxies::new(&self.trusted_proxies)
