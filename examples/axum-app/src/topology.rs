@@ -84,8 +84,9 @@ impl Topology {
     /// # Errors
     /// When the servers cannot be started (the error names what to install).
     pub async fn start_local(replicas: usize) -> Result<Topology, TopologyError> {
-        let (pg, redis) = tokio::join!(PgCluster::start(replicas), RedisCluster::start());
-        let (pg, redis) = (pg?, redis?);
+        // The first failure (e.g. PostgreSQL not installed) ends both starts at once; whatever the
+        // other had started is stopped when its future is dropped.
+        let (pg, redis) = tokio::try_join!(PgCluster::start(replicas), RedisCluster::start())?;
         Ok(Topology {
             database_url: pg.primary_url(),
             replica_urls: pg.replica_urls(),
