@@ -7,10 +7,28 @@
 //! health, slow start, retries on another endpoint within a budget, per-endpoint concurrency caps
 //! and runtime membership changes, with per-endpoint state that survives every update.
 //!
-//! Layers:
+//! Parts:
 //! - [`EndpointSet`] + a [`Pick`] policy: selection without tower (pick, get an
-//!   [`InFlightGuard`], record the outcome). Used by herd-db-router to choose replicas.
-//! - `Balancer`: a `tower::Service` shared by `&self` (cheap `Clone`, no `Buffer`).
+//!   [`InFlightGuard`], record the [`Outcome`]). herd-db-router uses it to choose replicas.
+//! - [`Balancer`]: a `tower::Service` shared by `&self` (cheap `Clone`, no `Buffer`) with
+//!   retries on another endpoint within a budget, bounded waiting for a free slot, membership
+//!   changes at runtime (insert, remove, weight, drain, `tower::discover`), and
+//!   [`Balancer::endpoints`] for health reports.
+//! - [`health`]: outlier detection (consecutive failures or nginx `max_fails`/`fail_timeout`,
+//!   exponential ejection with jitter, one probe on return, a cap on the ejected share, panic
+//!   mode), slow start, and active checks (HTTP, TCP, closures) in a background task.
+//! - [`BalancerConfig`]: the whole balancer from TOML/JSON/env with documented defaults.
+//! - `http` (feature `http`): [`http::HttpUpstream`], a reverse-proxy service over pooled
+//!   keep-alive hyper connections; client IPs behind trusted proxies; hashing keys.
+//! - `rate_limit` (feature `rate-limit`): per-client, per-route GCRA limits answering 429.
+//!
+//! Metrics (through the `metrics` facade): `herd_lb_requests_total{endpoint,outcome}`,
+//! `herd_lb_in_flight{endpoint}`, `herd_lb_latency_seconds{endpoint}`,
+//! `herd_lb_ejections_total{endpoint}`, `herd_lb_endpoint_healthy{endpoint}`,
+//! `herd_lb_rate_limited_total`. Each attempt runs in a `herd_lb` tracing span with the chosen
+//! `endpoint`.
+//!
+//! Selection without tower:
 //!
 //! ```
 //! use herd_lb_core::{EndpointSet, Outcome, P2c, PickContext};
@@ -21,8 +39,34 @@
 //!
 //! let policy = P2c::new();
 //! let picked = replicas.pick(&policy, &PickContext::new()).unwrap();
-//! // ... run the query on replicas.snapshot().get(picked.guard.index()) ...
+//! let snapshot = replicas.snapshot();
+//! let chosen = snapshot.get(picked.guard.index()).unwrap().key();
+//! assert!(chosen.starts_with("10.0.0."));
+//! // ... run the query on `chosen` ...
 //! picked.guard.record(Outcome::Success);
+//! ```
+//!
+//! As a tower service in front of instances:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use herd_lb_core::{Balancer, OutlierDetection, RoundRobin};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let instance = |name: &'static str| service_fn(move |path: String| async move {
+//!     Ok::<_, Infallible>(format!("{name} served {path}"))
+//! });
+//! let lb = Balancer::builder()
+//!     .policy(RoundRobin::new())
+//!     .outlier_detection(OutlierDetection::default())
+//!     .build()
+//!     .unwrap();
+//! lb.insert("instance-1", instance("instance-1"), 1.0).unwrap();
+//! lb.insert("instance-2", instance("instance-2"), 1.0).unwrap();
+//! let answer = lb.clone().oneshot("/".to_string()).await.unwrap();
+//! assert!(answer.ends_with("served /"));
+//! # }
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

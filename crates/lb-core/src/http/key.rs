@@ -40,3 +40,38 @@ pub fn by_cookie<B>(
             .map(|c| RequestKey::of(c.value()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::ClientAddr;
+
+    #[test]
+    fn keys_come_from_cookie_header_or_client_ip() {
+        let mut req = Request::get("/")
+            .header(COOKIE, "theme=dark; session=abc123")
+            .header("x-user-id", "42")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ClientAddr("192.0.2.1:999".parse().unwrap()));
+        assert_eq!(by_cookie("session")(&req), Some(RequestKey::of("abc123")));
+        assert_eq!(by_cookie("missing")(&req), None);
+        assert_eq!(
+            by_header(HeaderName::from_static("x-user-id"))(&req),
+            Some(RequestKey::of(b"42".as_slice()))
+        );
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            by_client_ip(TrustedProxies::none())(&req),
+            Some(RequestKey::of(&ip))
+        );
+        // The port does not matter: the same client keeps its key across connections.
+        req.extensions_mut()
+            .insert(ClientAddr("192.0.2.1:1000".parse().unwrap()));
+        assert_eq!(
+            by_client_ip(TrustedProxies::none())(&req),
+            Some(RequestKey::of(&ip))
+        );
+    }
+}
