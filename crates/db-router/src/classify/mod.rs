@@ -260,7 +260,8 @@ struct Scan<'c, 'a> {
     /// `(` at depth 0 names a CTE, not a function.
     in_with_header: bool,
     after_semicolon: bool,
-    prev: [Option<Token<'a>>; 3],
+    /// The last three tokens, most recent first (`Other` before the start).
+    prev: [Token<'a>; 3],
 }
 
 impl<'c, 'a> Scan<'c, 'a> {
@@ -271,7 +272,7 @@ impl<'c, 'a> Scan<'c, 'a> {
             depth: 0,
             in_with_header: false,
             after_semicolon: false,
-            prev: [None; 3],
+            prev: [Token::Other; 3],
         }
     }
 
@@ -291,13 +292,15 @@ impl<'c, 'a> Scan<'c, 'a> {
             Some(first) => first,
         };
         self.kind = match first {
-            Token::Word(w)
-                if eq(w, b"select") || eq(w, b"values") || eq(w, b"table") || eq(w, b"show") =>
-            {
-                Kind::Select
-            }
-            Token::Word(w) if eq(w, b"with") => Kind::With,
-            Token::Word(w) if eq(w, b"explain") => Kind::Explain,
+            Token::Word(w) => match (w.len(), w.first().map(u8::to_ascii_lowercase)) {
+                (6, Some(b's')) if eq(w, b"select") => Kind::Select,
+                (6, Some(b'v')) if eq(w, b"values") => Kind::Select,
+                (5, Some(b't')) if eq(w, b"table") => Kind::Select,
+                (4, Some(b's')) if eq(w, b"show") => Kind::Select,
+                (4, Some(b'w')) if eq(w, b"with") => Kind::With,
+                (7, Some(b'e')) if eq(w, b"explain") => Kind::Explain,
+                _ => return Route::Primary(Reason::NotReadOnly),
+            },
             Token::LParen => Kind::Select,
             _ => return Route::Primary(Reason::NotReadOnly),
         };
@@ -335,7 +338,7 @@ impl<'c, 'a> Scan<'c, 'a> {
             Token::Unterminated => Some(Reason::Unterminated),
             _ => None,
         };
-        self.prev = [Some(token), self.prev[0], self.prev[1]];
+        self.prev = [token, self.prev[0], self.prev[1]];
         verdict
     }
 
@@ -347,7 +350,7 @@ impl<'c, 'a> Scan<'c, 'a> {
             }
             _ => return None,
         };
-        let prev_is = |kw: &[u8]| matches!(self.prev[0], Some(Token::Word(p)) if eq(p, kw));
+        let prev_is = |kw: &[u8]| matches!(self.prev[0], Token::Word(p) if eq(p, kw));
         match (len, first) {
             (4, b'i') if eq(word, b"into") => Some(Reason::SelectInto),
             (5, b's') if eq(word, b"share") && (prev_is(b"for") || prev_is(b"key")) => {
@@ -383,8 +386,8 @@ impl<'c, 'a> Scan<'c, 'a> {
     /// At a `(`: is the previous token a function name, and may that function run on a replica?
     fn call(&self) -> Option<Reason> {
         let name = match self.prev[0] {
-            Some(Token::Word(name)) => Name::Unquoted(name),
-            Some(Token::QuotedIdent(name)) => Name::Quoted(name),
+            Token::Word(name) => Name::Unquoted(name),
+            Token::QuotedIdent(name) => Name::Quoted(name),
             _ => return None,
         };
         if self.in_with_header && self.depth == 0 {
@@ -393,12 +396,12 @@ impl<'c, 'a> Scan<'c, 'a> {
         // `x::numeric(10, 2)`, `CAST(x AS varchar(20))`, `AS alias(a, b)`, `f(x) alias(a)`:
         // a type or an alias, not a call.
         match self.prev[1] {
-            Some(Token::Cast | Token::RParen) => return None,
-            Some(Token::Word(w)) if eq(w, b"as") => return None,
+            Token::Cast | Token::RParen => return None,
+            Token::Word(w) if eq(w, b"as") => return None,
             _ => {}
         }
         let schema = match (self.prev[1], self.prev[2]) {
-            (Some(Token::Dot), Some(Token::Word(s) | Token::QuotedIdent(s))) => Some(s),
+            (Token::Dot, Token::Word(s) | Token::QuotedIdent(s)) => Some(s),
             _ => None,
         };
         let strict = self.classifier.policy == FunctionPolicy::KnownReadOnly;
