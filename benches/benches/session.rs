@@ -2,6 +2,8 @@
 //! back incremented, called in process (no socket) with the session cookie, so every iteration
 //! is cookie check -> load -> get -> insert -> save -> Set-Cookie.
 //!
+//! * `axum_without_session`: the same route with no session layer, for scale: what the
+//!   router, request and response cost on their own.
 //! * `herd_memory`: herd's `SessionLayer` over its `MemoryStore` (signed cookie, versioned
 //!   check-and-set save).
 //! * `tower_sessions_memory`: the anchor, tower-sessions 0.15 `SessionManagerLayer` with its
@@ -61,6 +63,14 @@ fn tower_sessions_app(signed: bool) -> Router {
     }
 }
 
+/// The same route without any session layer: what the router and request cost on their own.
+fn baseline_app() -> Router {
+    async fn counter() -> String {
+        black_box(1_u64).to_string()
+    }
+    Router::new().route("/", get(counter)).layer(tower::layer::util::Identity::new())
+}
+
 /// Makes the first request and returns the `name=value` pair of the cookie it set.
 async fn session_cookie(app: &Router) -> String {
     let response = app
@@ -68,13 +78,14 @@ async fn session_cookie(app: &Router) -> String {
         .oneshot(Request::new(Body::empty()))
         .await
         .expect("first request");
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .expect("first request sets the session cookie")
-        .to_str()
-        .expect("ascii cookie");
-    set_cookie.split(';').next().expect("cookie pair").to_owned()
+    match response.headers().get(header::SET_COOKIE) {
+        Some(set_cookie) => {
+            let text = set_cookie.to_str().expect("ascii cookie");
+            text.split(';').next().expect("cookie pair").to_owned()
+        }
+        // The baseline has no session: send the same header anyway.
+        None => "sid=none".to_owned(),
+    }
 }
 
 /// One request with the session cookie; returns the response status.
@@ -99,6 +110,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let apps = [
+        ("axum_without_session", baseline_app()),
         ("herd_memory", herd_app(MemoryStore::new())),
         ("tower_sessions_memory", tower_sessions_app(false)),
         ("tower_sessions_memory_signed", tower_sessions_app(true)),

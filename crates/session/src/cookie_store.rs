@@ -66,6 +66,7 @@ impl CookieStore {
             record: Arc::new(sealed.record),
             version: 0,
             ttl: Duration::from_millis(left),
+            lease: None,
         })
     }
 
@@ -168,6 +169,7 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
         record: Arc::new(record),
         version: 0,
         ttl,
+        lease: None,
     });
     state.changes.clear();
     state.cleared = false;

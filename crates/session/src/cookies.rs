@@ -1,5 +1,6 @@
 //! Reading the session cookie from a request and writing `Set-Cookie` on the response.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use cookie::Cookie;
@@ -94,8 +95,7 @@ impl SetCookieTemplate {
         if let Some(max_age) = max_age.filter(|age| age.is_zero() || self.persistent) {
             // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
             let seconds = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
-            header.push_str("; Max-Age=");
-            header.push_str(&seconds.to_string());
+            let _ = write!(header, "; Max-Age={seconds}");
         }
         header
     }

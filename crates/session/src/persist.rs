@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 use crate::config::{ConflictRule, OnStoreError, TtlExtension};
 use crate::cookies::CookieAction;
 use crate::error::{SessionError, StoreError};
-use crate::id::SessionId;
+use crate::id::{SessionId, StoreKey};
 use crate::record::SessionRecord;
 use crate::session::{Backend, Presented, Session, State, apply_changes};
 use crate::store::{SaveOutcome, SessionStore, Stored};
@@ -35,9 +35,17 @@ enum Plan {
         old: Option<SessionId>,
     },
     /// Check-and-set the stored session.
-    Update { id: SessionId, base: Stored },
+    Update {
+        id: SessionId,
+        key: StoreKey,
+        base: Stored,
+    },
     /// Extend the expiry of an unchanged session.
-    Touch { id: SessionId, ttl: Duration },
+    Touch {
+        id: SessionId,
+        key: StoreKey,
+        ttl: Duration,
+    },
 }
 
 impl Session {
@@ -89,8 +97,8 @@ impl Session {
         match self.plan() {
             Plan::Nothing => Ok(()),
             Plan::Create { record, old } => self.create(&*store, record, old).await,
-            Plan::Update { id, base } => self.update(&*store, id, base).await,
-            Plan::Touch { id, ttl } => self.touch(&*store, id, ttl).await,
+            Plan::Update { id, key, base } => self.update(&*store, id, key, base).await,
+            Plan::Touch { id, key, ttl } => self.touch(&*store, id, key, ttl).await,
         }
     }
 
@@ -114,6 +122,7 @@ impl Session {
         let Some(id) = state.id.clone() else {
             return Plan::Nothing;
         };
+        let key = state.key.unwrap_or_else(|| id.store_key());
         if state.cycle {
             let mut record = apply_changes(
                 Some(&base.record),
@@ -130,14 +139,14 @@ impl Session {
             };
         }
         if state.is_modified_fields() {
-            return Plan::Update { id, base };
+            return Plan::Update { id, key, base };
         }
         let Some(ttl) = base.record.ttl(config.idle_timeout) else {
             return Plan::Nothing;
         };
         let half = config.idle_timeout / 2;
         if config.ttl_extension == TtlExtension::OnEveryRequest && ttl.saturating_sub(base.ttl) >= half {
-            return Plan::Touch { id, ttl };
+            return Plan::Touch { id, key, ttl };
         }
         if matches!(self.presented_ref(), Presented::Id { resign: true, .. })
             && state.cookie == CookieAction::Keep
@@ -171,17 +180,18 @@ impl Session {
         let mut created = None;
         for _ in 0..CREATE_ATTEMPTS {
             let id = shared.ids.generate()?;
+            let key = id.store_key();
             let done = store
-                .create(&id.store_key(), Arc::clone(&record), ttl)
+                .create(&key, Arc::clone(&record), ttl)
                 .instrument(span.clone())
                 .await
                 .map_err(|error| store_failure(self, error))?;
             if done {
-                created = Some(id);
+                created = Some((id, key));
                 break;
             }
         }
-        let Some(id) = created else {
+        let Some((id, key)) = created else {
             return Err(StoreError::new(
                 store.name(),
                 crate::StoreOperation::Create,
@@ -202,10 +212,12 @@ impl Session {
         let mut state = self.state();
         state.cookie = self.signed_cookie(&id, ttl);
         state.id = Some(id);
+        state.key = Some(key);
         state.base = Some(Stored {
             record,
             version: 1,
             ttl,
+            lease: None,
         });
         state.cycle = false;
         clear_changes(&mut state);
@@ -216,10 +228,10 @@ impl Session {
         &self,
         store: &dyn SessionStore,
         id: SessionId,
+        key: StoreKey,
         loaded: Stored,
     ) -> Result<(), SessionError> {
         let config = &self.shared().config;
-        let key = id.store_key();
         let (mut changes, cleared) = {
             let mut state = self.state();
             let changes = std::mem::take(&mut state.changes);
@@ -255,7 +267,7 @@ impl Session {
             };
             let record = Arc::new(record);
             let outcome = store
-                .save(&key, current.version, Arc::clone(&record), ttl)
+                .save_loaded(&key, &current, Arc::clone(&record), ttl)
                 .instrument(span.clone())
                 .await;
             match outcome {
@@ -266,6 +278,7 @@ impl Session {
                         record,
                         version,
                         ttl,
+                        lease: current.lease.clone(),
                     });
                     state.cookie = self.signed_cookie(&id, ttl);
                     return Ok(());
@@ -314,10 +327,11 @@ impl Session {
         &self,
         store: &dyn SessionStore,
         id: SessionId,
+        key: StoreKey,
         ttl: Duration,
     ) -> Result<(), SessionError> {
         let touched = store
-            .touch(&id.store_key(), ttl)
+            .touch(&key, ttl)
             .instrument(tracing::debug_span!("session.touch", store = store.name()))
             .await
             .map_err(|error| store_failure(self, error))?;

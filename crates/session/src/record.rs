@@ -89,6 +89,22 @@ impl SessionRecord {
         }
     }
 
+    /// A copy with the same clock, keeping the fields for which `skip` is false, with room for
+    /// `capacity` fields.
+    pub(crate) fn with_fields(&self, capacity: usize, skip: impl Fn(&str) -> bool) -> Self {
+        let mut fields = HashMap::with_capacity(capacity);
+        for (name, value) in &self.fields {
+            if !skip(name) {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
+        Self {
+            fields,
+            created_at_ms: self.created_at_ms,
+            absolute_deadline_ms: self.absolute_deadline_ms,
+        }
+    }
+
     /// Takes creation time and absolute deadline from `fresh` (a new id restarts the clock).
     pub(crate) fn restart_clock_from(&mut self, fresh: &SessionRecord) {
         self.created_at_ms = fresh.created_at_ms;
@@ -101,14 +117,6 @@ impl SessionRecord {
 
     pub(crate) fn set_field(&mut self, name: String, value: Box<RawValue>) {
         self.fields.insert(name, value);
-    }
-
-    pub(crate) fn remove_field(&mut self, name: &str) {
-        self.fields.remove(name);
-    }
-
-    pub(crate) fn clear_fields(&mut self) {
-        self.fields.clear();
     }
 }
 

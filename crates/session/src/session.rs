@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 use crate::config::{OnStoreError, SessionConfig};
 use crate::cookies::{self, CookieAction, SetCookieTemplate};
 use crate::error::{SessionError, StoreError};
-use crate::id::{SessionId, SessionIdGenerator};
+use crate::id::{SessionId, SessionIdGenerator, StoreKey};
 use crate::keys::SigningKeys;
 use crate::metrics::Metrics;
 use crate::record::SessionRecord;
@@ -117,6 +117,8 @@ struct Inner {
 pub(crate) struct State {
     /// The id the session is stored under; `None` until it is stored.
     pub(crate) id: Option<SessionId>,
+    /// The store key of `id`, hashed once per request.
+    pub(crate) key: Option<StoreKey>,
     /// The stored session as last read or written; `None` for a session not stored yet.
     pub(crate) base: Option<Stored>,
     /// Changes not saved yet: `None` removes the field.
@@ -219,10 +221,13 @@ impl Session {
     async fn load(&self) {
         let shared = self.shared();
         let loaded = match (&self.inner.presented, &shared.backend) {
-            (Presented::Id { id, .. }, Backend::Store(store)) => store
-                .load(&id.store_key())
-                .await
-                .map(|stored| stored.map(|stored| (Some(id.clone()), stored))),
+            (Presented::Id { id, .. }, Backend::Store(store)) => {
+                let key = id.store_key();
+                store
+                    .load(&key)
+                    .await
+                    .map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)))
+            }
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(value), Backend::Cookie(cookie_store)) => {
                 Ok(cookie_store.open(&shared.config.cookie.name, value).map(|s| (None, s)))
@@ -234,7 +239,10 @@ impl Session {
             Ok(Some((id, stored))) => {
                 if stored.record.ttl(shared.config.idle_timeout).is_some() {
                     shared.metrics.load("hit");
-                    state.id = id;
+                    if let Some((id, key)) = id {
+                        state.id = Some(id);
+                        state.key = Some(key);
+                    }
                     state.base = Some(stored);
                 } else {
                     // Past its absolute deadline: treat as gone; a new session gets a new id.
@@ -433,16 +441,19 @@ pub(crate) fn apply_changes(
     absolute_timeout: Option<std::time::Duration>,
 ) -> SessionRecord {
     let mut record = match base {
-        Some(base) => base.clone(),
+        // Copy only the fields this request leaves alone; changed ones are written below.
+        Some(base) => base.with_fields(
+            base.fields()
+                .filter(|(name, _)| !cleared && !changes.contains_key(*name))
+                .count()
+                + changes.len(),
+            |name| cleared || changes.contains_key(name),
+        ),
         None => SessionRecord::new(absolute_timeout),
     };
-    if cleared {
-        record.clear_fields();
-    }
     for (name, change) in changes {
-        match change {
-            Some(value) => record.set_field(name.clone(), value.clone()),
-            None => record.remove_field(name),
+        if let Some(value) = change {
+            record.set_field(name.clone(), value.clone());
         }
     }
     record

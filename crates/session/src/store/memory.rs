@@ -13,7 +13,7 @@ use moka::Expiry;
 use moka::sync::Cache;
 use parking_lot::Mutex;
 
-use super::{SaveOutcome, SessionStore, Stored};
+use super::{Lease, SaveOutcome, SessionStore, Stored};
 use crate::error::StoreError;
 use crate::id::StoreKey;
 use crate::record::SessionRecord;
@@ -44,11 +44,11 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(record: Arc<SessionRecord>, version: u64, ttl: Duration) -> Self {
+    fn new(record: Arc<SessionRecord>, version: u64, now: Instant, ttl: Duration) -> Self {
         Self {
             record,
             version,
-            expires_at: Instant::now() + ttl,
+            expires_at: now + ttl,
             ttl,
         }
     }
@@ -62,9 +62,9 @@ impl Entry {
 
 impl Slot {
     /// The live entry, clearing an expired one.
-    fn live(&self) -> Option<parking_lot::MappedMutexGuard<'_, Entry>> {
+    fn live(&self, now: Instant) -> Option<parking_lot::MappedMutexGuard<'_, Entry>> {
         let mut guard = self.0.lock();
-        if guard.as_ref().is_some_and(|entry| entry.live(Instant::now()).is_none()) {
+        if guard.as_ref().is_some_and(|entry| entry.live(now).is_none()) {
             *guard = None;
         }
         parking_lot::MutexGuard::try_map(guard, Option::as_mut).ok()
@@ -149,6 +149,9 @@ impl MemoryStore {
                 .name("herd-session")
                 .max_capacity(max_capacity)
                 .expire_after(SlotExpiry)
+                // A slot moka drops (capacity, expiry) is emptied, so a request that still
+                // holds it from its load finds the session gone instead of saving into a void.
+                .eviction_listener(|_, slot: Arc<Slot>, _| *slot.0.lock() = None)
                 .build_with_hasher(BuildHasherDefault::default()),
         }
     }
@@ -162,6 +165,35 @@ impl MemoryStore {
     /// Whether no session is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Check-and-set on one slot.
+    fn save_in(
+        &self,
+        key: &StoreKey,
+        slot: &Slot,
+        expected_version: u64,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> SaveOutcome {
+        let now = Instant::now();
+        let Some(mut entry) = slot.live(now) else {
+            return SaveOutcome::Gone;
+        };
+        if entry.version != expected_version {
+            return SaveOutcome::Conflict(Stored {
+                record: Arc::clone(&entry.record),
+                version: entry.version,
+                ttl: entry.live(now).unwrap_or(Duration::from_millis(1)),
+                lease: None,
+            });
+        }
+        let version = expected_version.saturating_add(1);
+        let old_ttl = entry.ttl;
+        *entry = Entry::new(record, version, now, ttl);
+        drop(entry);
+        self.refresh_expiry(key, old_ttl, ttl);
+        SaveOutcome::Saved { version }
     }
 
     /// Makes moka re-read the slot's expiry after it was extended beyond what moka assumed.
@@ -190,7 +222,8 @@ impl SessionStore for MemoryStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let entry = Entry::new(record, 1, ttl);
+        let now = Instant::now();
+        let entry = Entry::new(record, 1, now, ttl);
         let slot = self.cache.entry(*key).or_insert_with(|| {
             Arc::new(Slot(Mutex::new(Some(entry.clone()))))
         });
@@ -199,7 +232,7 @@ impl SessionStore for MemoryStore {
         }
         // An existing slot may hold an expired or deleted session: reuse it under its lock.
         let mut guard = slot.value().0.lock();
-        if guard.as_ref().is_some_and(|e| e.live(Instant::now()).is_some()) {
+        if guard.as_ref().is_some_and(|e| e.live(now).is_some()) {
             return Ok(false);
         }
         let old_ttl = guard.as_ref().map_or(Duration::ZERO, |e| e.ttl);
@@ -214,12 +247,19 @@ impl SessionStore for MemoryStore {
             return Ok(None);
         };
         let now = Instant::now();
-        Ok(slot.live().and_then(|entry| {
-            Some(Stored {
-                record: Arc::clone(&entry.record),
-                version: entry.version,
-                ttl: entry.live(now)?,
-            })
+        let Some(entry) = slot.live(now) else {
+            return Ok(None);
+        };
+        let stored = entry.live(now).map(|ttl| Stored {
+            record: Arc::clone(&entry.record),
+            version: entry.version,
+            ttl,
+            lease: None,
+        });
+        drop(entry);
+        Ok(stored.map(|stored| Stored {
+            lease: Some(Lease::new(slot)),
+            ..stored
         }))
     }
 
@@ -233,23 +273,22 @@ impl SessionStore for MemoryStore {
         let Some(slot) = self.cache.get(key) else {
             return Ok(SaveOutcome::Gone);
         };
-        let Some(mut entry) = slot.live() else {
-            return Ok(SaveOutcome::Gone);
-        };
-        if entry.version != expected_version {
-            let now = Instant::now();
-            return Ok(SaveOutcome::Conflict(Stored {
-                record: Arc::clone(&entry.record),
-                version: entry.version,
-                ttl: entry.live(now).unwrap_or(Duration::from_millis(1)),
-            }));
+        Ok(self.save_in(key, &slot, expected_version, record, ttl))
+    }
+
+    async fn save_loaded(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        // The slot from `load` skips a second cache lookup; a deleted or evicted slot is
+        // emptied, so this still finds such a session gone.
+        match loaded.lease.as_ref().and_then(Lease::downcast::<Slot>) {
+            Some(slot) => Ok(self.save_in(key, &slot, loaded.version, record, ttl)),
+            None => self.save(key, loaded.version, record, ttl).await,
         }
-        let version = expected_version.saturating_add(1);
-        let old_ttl = entry.ttl;
-        *entry = Entry::new(record, version, ttl);
-        drop(entry);
-        self.refresh_expiry(key, old_ttl, ttl);
-        Ok(SaveOutcome::Saved { version })
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -263,11 +302,12 @@ impl SessionStore for MemoryStore {
         let Some(slot) = self.cache.get(key) else {
             return Ok(false);
         };
-        let Some(mut entry) = slot.live() else {
+        let now = Instant::now();
+        let Some(mut entry) = slot.live(now) else {
             return Ok(false);
         };
         let old_ttl = entry.ttl;
-        entry.expires_at = Instant::now() + ttl;
+        entry.expires_at = now + ttl;
         entry.ttl = ttl;
         drop(entry);
         self.refresh_expiry(key, old_ttl, ttl);
@@ -309,6 +349,31 @@ mod tests {
         ));
         assert!(!store.touch(&key, ttl).await.unwrap());
         assert!(store.load(&key).await.unwrap().is_none(), "touch or save recreated it");
+    }
+
+    #[tokio::test]
+    async fn saves_through_a_lease_see_deletes_and_conflicts() {
+        let store = MemoryStore::new();
+        let key = key(4);
+        let ttl = Duration::from_secs(60);
+        let record = Arc::new(SessionRecord::new(None));
+        store.create(&key, Arc::clone(&record), ttl).await.unwrap();
+        let first = store.load(&key).await.unwrap().unwrap();
+        let second = store.load(&key).await.unwrap().unwrap();
+        assert!(first.lease.is_some());
+        let saved = store.save_loaded(&key, &first, Arc::clone(&record), ttl).await.unwrap();
+        assert!(matches!(saved, SaveOutcome::Saved { version: 2 }));
+        match store.save_loaded(&key, &second, Arc::clone(&record), ttl).await.unwrap() {
+            SaveOutcome::Conflict(current) => assert_eq!(current.version, 2),
+            other => panic!("stale lease must conflict, got {other:?}"),
+        }
+        let third = store.load(&key).await.unwrap().unwrap();
+        store.delete(&key).await.unwrap();
+        assert!(matches!(
+            store.save_loaded(&key, &third, Arc::clone(&record), ttl).await.unwrap(),
+            SaveOutcome::Gone
+        ));
+        assert!(store.load(&key).await.unwrap().is_none());
     }
 
     #[tokio::test]

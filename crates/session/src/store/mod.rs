@@ -5,6 +5,7 @@
 //! layer can notice a concurrent change, merge and retry instead of overwriting it; a save to a
 //! key that is gone fails, so a slow request can never bring back a destroyed session.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,43 @@ pub struct Stored {
     pub version: u64,
     /// How long until the store expires it.
     pub ttl: Duration,
+    /// The store's own handle on the session, handed back to
+    /// [`SessionStore::save_loaded`] so it can skip a lookup; `None` for stores without one.
+    pub lease: Option<Lease>,
+}
+
+impl Stored {
+    /// A loaded session without a lease.
+    pub fn new(record: Arc<SessionRecord>, version: u64, ttl: Duration) -> Self {
+        Self {
+            record,
+            version,
+            ttl,
+            lease: None,
+        }
+    }
+}
+
+/// A store's handle on a session it loaded (e.g. the in-memory slot), opaque to the layer.
+#[derive(Clone)]
+pub struct Lease(Arc<dyn Any + Send + Sync>);
+
+impl Lease {
+    /// Wraps a store's handle.
+    pub fn new<T: Any + Send + Sync>(handle: Arc<T>) -> Self {
+        Self(handle)
+    }
+
+    /// The handle, if it is a `T`.
+    pub fn downcast<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        Arc::clone(&self.0).downcast().ok()
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Lease")
+    }
 }
 
 /// What a check-and-set [`SessionStore::save`] did.
@@ -84,6 +122,19 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError>;
 
+    /// [`save`](Self::save) of a session this store loaded as `loaded` (checked against
+    /// `loaded.version`). Stores that hand out a [`Lease`] override it to use the lease instead
+    /// of looking the key up again; the default calls `save`.
+    async fn save_loaded(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.save(key, loaded.version, record, ttl).await
+    }
+
     /// Removes a session; removing an absent one is not an error.
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError>;
 
@@ -119,6 +170,16 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
         (**self).save(key, expected_version, record, ttl).await
+    }
+
+    async fn save_loaded(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        (**self).save_loaded(key, loaded, record, ttl).await
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {

@@ -262,6 +262,7 @@ impl RedisStore {
             record: Arc::new(record),
             version,
             ttl,
+            lease: None,
         })
     }
 }
