@@ -432,7 +432,9 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     }
 }
 
-/// Runs the policy, then in panic mode, then without exclusions.
+/// Runs the policy; then without the caller's exclusions (a retry may reuse a tried endpoint
+/// rather than fail); then, only when no endpoint is healthy at all, in panic mode (health
+/// ignored). A set that is merely full never falls back to unhealthy endpoints.
 #[inline]
 fn choose<K, S, P: Pick + ?Sized>(
     snapshot: &Snapshot<K, S>,
@@ -446,13 +448,25 @@ fn choose<K, S, P: Pick + ?Sized>(
     if c.is_empty() {
         return None;
     }
-    let panic = ctx.ignoring_health(true);
-    if let Some(i) = policy.pick(c, &panic) {
-        tracing::debug!("no healthy endpoint available: ignoring health (panic mode)");
-        return Some((i, true));
+    let unrestricted = PickContext::new()
+        .with_key(ctx.key())
+        .ignoring_health(ctx.ignore_health());
+    if ctx.has_exclusions()
+        && let Some(i) = policy.pick(c, &unrestricted)
+    {
+        return Some((i, ctx.ignore_health()));
     }
-    let unrestricted = PickContext::new().with_key(ctx.key()).ignoring_health(true);
-    policy.pick(c, &unrestricted).map(|i| (i, true))
+    let any_healthy = c
+        .states()
+        .any(|s| s.is_healthy() && s.status() != crate::EndpointStatus::Draining);
+    if ctx.ignore_health() || any_healthy {
+        return None;
+    }
+    tracing::debug!("no healthy endpoint: ignoring health (panic mode)");
+    policy
+        .pick(c, &ctx.ignoring_health(true))
+        .or_else(|| policy.pick(c, &unrestricted.ignoring_health(true)))
+        .map(|i| (i, true))
 }
 
 fn classify_failure<K, S>(snapshot: &Snapshot<K, S>, waited: Duration) -> PickError {

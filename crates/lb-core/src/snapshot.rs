@@ -75,6 +75,11 @@ impl<'a> PickContext<'a> {
         self.ignore_health
     }
 
+    /// Whether the caller excluded any endpoint.
+    pub fn has_exclusions(&self) -> bool {
+        !self.exclude.is_empty()
+    }
+
     /// Whether `index` was excluded by the caller.
     #[inline]
     pub fn is_excluded(&self, index: usize) -> bool {

@@ -272,3 +272,42 @@ fn concurrency_cap_gives_overloaded() {
     drop(held);
     assert!(set.pick(&policy, &PickContext::new()).is_ok());
 }
+
+#[test]
+fn a_full_set_does_not_fall_back_to_ejected_endpoints() {
+    let set: EndpointSet<String> = EndpointSet::<String>::builder()
+        .max_in_flight(Some(1))
+        .seed(3)
+        .build();
+    set.insert("healthy".into(), (), 1.0).unwrap();
+    set.insert("broken".into(), (), 1.0).unwrap();
+    let to_broken = |_: &_, _: &PickContext<'_>| Some(1);
+    for _ in 0..5 {
+        set.pick(&to_broken, &PickContext::new())
+            .unwrap()
+            .guard
+            .failure();
+    }
+    assert_eq!(
+        set.endpoints()[1].status,
+        herd_lb_core::EndpointStatus::Ejected
+    );
+    let policy = P2c::seeded(1);
+    let held = set.pick(&policy, &PickContext::new()).unwrap();
+    assert_eq!(held.guard.index(), 0);
+    // The healthy endpoint is full: that is overload, not a reason for panic mode.
+    assert!(matches!(
+        set.pick(&policy, &PickContext::new()),
+        Err(PickError::Overloaded { .. })
+    ));
+    drop(held);
+    // With no healthy endpoint left at all, panic mode does use the ejected one.
+    set.remove(&"healthy".to_string());
+    assert_eq!(
+        set.pick(&policy, &PickContext::new())
+            .unwrap()
+            .guard
+            .index(),
+        0
+    );
+}
