@@ -23,6 +23,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MIN_KEY_LEN: usize = 32;
 /// Length of the signature in the cookie: unpadded base64url of 32 bytes.
 const MAC_TEXT_LEN: usize = 43;
+/// Length of a signed cookie value: `<id>.<mac>`.
+pub(crate) const SIGNED_VALUE_LEN: usize = ID_TEXT_LEN + 1 + MAC_TEXT_LEN;
 
 /// One secret key (at least 32 bytes). `Debug` never prints the secret.
 #[derive(Clone)]
@@ -140,7 +142,7 @@ impl SigningKeys {
     pub(crate) fn sign(&self, cookie_name: &str, id: &SessionId) -> String {
         let id_text = id.to_text();
         let tag = self.newest().mac(cookie_name, &id_text).finalize().into_bytes();
-        let mut value = String::with_capacity(ID_TEXT_LEN + 1 + MAC_TEXT_LEN);
+        let mut value = String::with_capacity(SIGNED_VALUE_LEN);
         value.push_str(&id_text);
         value.push('.');
         URL_SAFE_NO_PAD.encode_string(tag, &mut value);

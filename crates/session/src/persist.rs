@@ -58,7 +58,7 @@ impl Session {
             // The handler never looked at the session: nothing to save or touch. A cookie that
             // failed its signature check is dropped so the browser stops sending it.
             if matches!(self.presented_ref(), Presented::Rejected) {
-                CookieAction::Remove.apply(&shared.set_cookie, response.headers_mut());
+                CookieAction::Remove.apply(&shared.set_cookie, None, response.headers_mut());
             }
             return;
         }
@@ -71,7 +71,7 @@ impl Session {
         match self.persist().await {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
-                action.apply(&shared.set_cookie, response.headers_mut());
+                action.apply(&shared.set_cookie, self.presented_value(), response.headers_mut());
             }
             Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. })) if !fail_closed => {
                 tracing::warn!(%error, "session save failed; response sent without it (fail open)");
@@ -359,17 +359,28 @@ impl Session {
     }
 
     fn signed_cookie(&self, id: &SessionId, ttl: Duration) -> CookieAction {
-        let shared = self.shared();
-        // The cookie the request came with is already this id signed by the newest key.
-        let value = match self.presented_ref() {
+        match self.presented_ref() {
+            // The cookie the request came with is already this id signed by the newest key.
             Presented::Id {
                 id: presented,
                 resign: false,
-                value,
-            } if presented == id => value.to_string(),
-            _ => shared.keys.sign(&shared.config.cookie.name, id),
-        };
-        CookieAction::Set { value, ttl }
+                ..
+            } if presented == id => CookieAction::Resend { ttl },
+            _ => {
+                let shared = self.shared();
+                CookieAction::Set {
+                    value: shared.keys.sign(&shared.config.cookie.name, id),
+                    ttl,
+                }
+            }
+        }
+    }
+
+    fn presented_value(&self) -> Option<&str> {
+        match self.presented_ref() {
+            Presented::Id { value, .. } => Some(value.as_str()),
+            _ => None,
+        }
     }
 }
 

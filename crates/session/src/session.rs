@@ -61,6 +61,31 @@ impl Backend {
     }
 }
 
+/// A verified cookie value, kept inline (it is always 87 ASCII bytes) to spare an allocation.
+#[derive(Debug)]
+pub(crate) struct SignedValue {
+    bytes: [u8; crate::keys::SIGNED_VALUE_LEN],
+    len: usize,
+}
+
+impl SignedValue {
+    fn new(value: &str) -> Self {
+        let mut bytes = [0_u8; crate::keys::SIGNED_VALUE_LEN];
+        let len = value.len().min(bytes.len());
+        if let (Some(target), Some(source)) = (bytes.get_mut(..len), value.as_bytes().get(..len)) {
+            target.copy_from_slice(source);
+        }
+        Self { bytes, len }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        self.bytes
+            .get(..self.len)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// What the request's cookie said.
 #[derive(Debug)]
 pub(crate) enum Presented {
@@ -73,7 +98,7 @@ pub(crate) enum Presented {
     Id {
         id: SessionId,
         resign: bool,
-        value: Box<str>,
+        value: SignedValue,
     },
     /// The cookie store's sealed session, opened lazily.
     #[cfg(feature = "cookie-store")]
@@ -178,7 +203,7 @@ impl Session {
                         return Presented::Id {
                             id: verified.id,
                             resign: verified.signed_with_old_key,
-                            value: value.into(),
+                            value: SignedValue::new(value),
                         };
                     }
                 }
