@@ -371,10 +371,47 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     where
         S: Clone,
     {
-        let snapshot = self.inner.current.load();
+        pick_from(&self.inner.current.load(), policy, ctx)
+    }
+
+    /// A per-handle cache of the current snapshot: loading it is one atomic read while the set
+    /// is unchanged (used by `Balancer`, whose `call` has `&mut self`).
+    pub(crate) fn snapshot_cache(&self) -> SnapshotCache<K, S> {
+        arc_swap::Cache::new(CurrentSnapshot(Arc::clone(&self.inner)))
+    }
+}
+
+/// Cached view of a set's current snapshot.
+pub(crate) type SnapshotCache<K, S> = arc_swap::Cache<CurrentSnapshot<K, S>, Arc<Snapshot<K, S>>>;
+
+/// Derefs to the set's `ArcSwap`, for [`arc_swap::Cache`].
+pub(crate) struct CurrentSnapshot<K, S>(Arc<SetInner<K, S>>);
+
+impl<K, S> Clone for CurrentSnapshot<K, S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<K, S> std::ops::Deref for CurrentSnapshot<K, S> {
+    type Target = ArcSwap<Snapshot<K, S>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
+    }
+}
+
+/// Picks from `snapshot` and takes a slot.
+#[inline]
+pub(crate) fn pick_from<K, S: Clone, P: Pick + ?Sized>(
+    snapshot: &Snapshot<K, S>,
+    policy: &P,
+    ctx: &PickContext<'_>,
+) -> Result<Picked<S>, PickError> {
+    {
         // A pick races with other requests for the last slot; a few rounds settle it.
         for _ in 0..4 {
-            let Some((index, ignore_health)) = choose(&snapshot, policy, ctx) else {
+            let Some((index, ignore_health)) = choose(snapshot, policy, ctx) else {
                 break;
             };
             let Some(endpoint) = snapshot.get(index) else {
@@ -387,9 +424,11 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
                 });
             }
         }
-        Err(classify_failure(&snapshot, Duration::ZERO))
+        Err(classify_failure(snapshot, Duration::ZERO))
     }
+}
 
+impl<K: EndpointKey, S> EndpointSet<K, S> {
     /// Like [`pick`](Self::pick), but when every endpoint is at its concurrency cap, waits up to
     /// `max_wait` for a slot before failing with [`PickError::Overloaded`].
     pub async fn pick_wait<P: Pick + ?Sized>(

@@ -22,7 +22,7 @@ use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
 use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
 use crate::policy::Policy;
-use crate::set::{EndpointKey, EndpointSet};
+use crate::set::{EndpointKey, EndpointSet, SnapshotCache, pick_from};
 use crate::snapshot::{EndpointInfo, PickContext, RequestKey};
 
 /// Boxed error, as tower layers that add failure modes return.
@@ -60,6 +60,9 @@ where
     S: Service<Req>,
 {
     inner: Arc<Inner<K, S, Req>>,
+    /// This handle's view of the current snapshot (one atomic read per call while unchanged).
+    /// An idle clone keeps the snapshot it saw last alive until its next call.
+    snapshot: SnapshotCache<K, S>,
 }
 
 struct Inner<K, S, Req>
@@ -109,6 +112,7 @@ impl<K, S: Service<Req>, Req> Clone for Balancer<K, S, Req> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            snapshot: self.snapshot.clone(),
         }
     }
 }
@@ -268,9 +272,11 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
                 ),
             })
         });
+        let set = set.build();
         Ok(Balancer {
+            snapshot: set.snapshot_cache(),
             inner: Arc::new(Inner {
-                set: set.build(),
+                set,
                 policy: self.policy,
                 queue_timeout: self.queue_timeout,
                 key: self.key,
@@ -417,7 +423,7 @@ where
             // Fast path: pick now; only a full set needs the boxed, waiting path.
             let key = inner.key.as_ref().and_then(|f| f(&req));
             let ctx = PickContext::new().with_key(key);
-            match inner.set.pick(&inner.policy, &ctx) {
+            match pick_from(self.snapshot.load(), &inner.policy, &ctx) {
                 Ok(picked) => {
                     let span = tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt = 1u32);
                     return ResponseFuture::ready(
