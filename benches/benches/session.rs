@@ -38,7 +38,10 @@ async fn herd_counter(session: Session) -> Result<String, SessionError> {
 
 async fn tower_sessions_counter(session: tower_sessions::Session) -> String {
     let n: u64 = session.get("counter").await.ok().flatten().unwrap_or(0) + 1;
-    session.insert("counter", n).await.expect("tower-sessions insert");
+    session
+        .insert("counter", n)
+        .await
+        .expect("tower-sessions insert");
     n.to_string()
 }
 
@@ -68,7 +71,9 @@ fn baseline_app() -> Router {
     async fn counter() -> String {
         black_box(1_u64).to_string()
     }
-    Router::new().route("/", get(counter)).layer(tower::layer::util::Identity::new())
+    Router::new()
+        .route("/", get(counter))
+        .layer(tower::layer::util::Identity::new())
 }
 
 /// Makes the first request and returns the `name=value` pair of the cookie it set.
@@ -120,9 +125,14 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("session_request");
     for (name, app) in &apps {
         let cookie = rt.block_on(session_cookie(app));
-        assert_eq!(rt.block_on(request(app, &cookie)), 200, "{name} answers 200");
+        assert_eq!(
+            rt.block_on(request(app, &cookie)),
+            200,
+            "{name} answers 200"
+        );
         group.bench_function(*name, |b| {
-            b.to_async(&rt).iter(|| async { black_box(request(app, &cookie).await) });
+            b.to_async(&rt)
+                .iter(|| async { black_box(request(app, &cookie).await) });
         });
     }
     group.finish();

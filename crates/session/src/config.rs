@@ -73,13 +73,13 @@ impl SessionConfig {
         if self.idle_timeout.is_zero() {
             return Err(ConfigError::Zero("idle_timeout"));
         }
-        if let Some(absolute) = self.absolute_timeout {
-            if absolute < self.idle_timeout {
-                return Err(ConfigError::AbsoluteBelowIdle {
-                    absolute,
-                    idle: self.idle_timeout,
-                });
-            }
+        if let Some(absolute) = self.absolute_timeout
+            && absolute < self.idle_timeout
+        {
+            return Err(ConfigError::AbsoluteBelowIdle {
+                absolute,
+                idle: self.idle_timeout,
+            });
         }
         if self.max_size == 0 {
             return Err(ConfigError::Zero("max_size"));
@@ -130,9 +130,7 @@ impl Default for CookieConfig {
 
 impl CookieConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let is_token_char = |b: u8| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        };
+        let is_token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if self.name.is_empty() || !self.name.bytes().all(is_token_char) {
             return Err(ConfigError::CookieName(self.name.clone()));
         }
@@ -143,13 +141,13 @@ impl CookieConfig {
                 value: self.path.clone(),
             });
         }
-        if let Some(domain) = &self.domain {
-            if domain.is_empty() || !domain.bytes().all(is_attribute_char) {
-                return Err(ConfigError::CookieAttribute {
-                    attribute: "domain",
-                    value: domain.clone(),
-                });
-            }
+        if let Some(domain) = &self.domain
+            && (domain.is_empty() || !domain.bytes().all(is_attribute_char))
+        {
+            return Err(ConfigError::CookieAttribute {
+                attribute: "domain",
+                value: domain.clone(),
+            });
         }
         let prefix_error = |rule| ConfigError::CookiePrefix {
             name: self.name.clone(),
@@ -277,18 +275,33 @@ mod tests {
             f(&mut config);
             config.validate().unwrap_err()
         };
-        assert_eq!(with(|c| c.idle_timeout = Duration::ZERO), ConfigError::Zero("idle_timeout"));
+        assert_eq!(
+            with(|c| c.idle_timeout = Duration::ZERO),
+            ConfigError::Zero("idle_timeout")
+        );
         assert!(matches!(
             with(|c| c.absolute_timeout = Some(Duration::from_secs(60))),
             ConfigError::AbsoluteBelowIdle { .. }
         ));
         assert_eq!(with(|c| c.max_size = 0), ConfigError::Zero("max_size"));
-        assert_eq!(with(|c| c.max_save_attempts = 0), ConfigError::Zero("max_save_attempts"));
-        assert!(matches!(with(|c| c.cookie.name = "a b".into()), ConfigError::CookieName(_)));
-        assert!(matches!(with(|c| c.cookie.name = String::new()), ConfigError::CookieName(_)));
+        assert_eq!(
+            with(|c| c.max_save_attempts = 0),
+            ConfigError::Zero("max_save_attempts")
+        );
+        assert!(matches!(
+            with(|c| c.cookie.name = "a b".into()),
+            ConfigError::CookieName(_)
+        ));
+        assert!(matches!(
+            with(|c| c.cookie.name = String::new()),
+            ConfigError::CookieName(_)
+        ));
         assert!(matches!(
             with(|c| c.cookie.path = "/a;b".into()),
-            ConfigError::CookieAttribute { attribute: "path", .. }
+            ConfigError::CookieAttribute {
+                attribute: "path",
+                ..
+            }
         ));
         assert!(matches!(
             with(|c| {

@@ -163,7 +163,10 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
             limit: MAX_COOKIE_LEN,
         });
     }
-    session.shared().metrics.save(if modified { "saved" } else { "touched" });
+    session
+        .shared()
+        .metrics
+        .save(if modified { "saved" } else { "touched" });
     state.cookie = CookieAction::Set { value, ttl };
     state.base = Some(Stored {
         record: Arc::new(record),
@@ -189,24 +192,36 @@ mod tests {
 
     fn record() -> SessionRecord {
         let mut record = SessionRecord::new(None);
-        record.set_field("user".into(), RawValue::from_string("\"ann\"".into()).unwrap());
+        record.set_field(
+            "user".into(),
+            RawValue::from_string("\"ann\"".into()).unwrap(),
+        );
         record
     }
 
     #[test]
     fn sealed_cookie_opens_only_with_the_right_key_and_name() {
         let store = CookieStore::new(&keys(1));
-        let value = store.seal("sid", &record(), Duration::from_secs(60)).unwrap();
+        let value = store
+            .seal("sid", &record(), Duration::from_secs(60))
+            .unwrap();
         assert!(!value.contains("ann"), "the content must be encrypted");
         let opened = store.open("sid", &value).unwrap();
         assert_eq!(opened.record.field("user").unwrap().get(), "\"ann\"");
         assert!(opened.ttl > Duration::from_secs(58));
-        assert!(store.open("other", &value).is_none(), "bound to the cookie name");
+        assert!(
+            store.open("other", &value).is_none(),
+            "bound to the cookie name"
+        );
         assert!(CookieStore::new(&keys(2)).open("sid", &value).is_none());
         assert!(store.open("sid", "garbage").is_none());
         let mut tampered = value.into_bytes();
         tampered[10] ^= 1;
-        assert!(store.open("sid", &String::from_utf8_lossy(&tampered)).is_none());
+        assert!(
+            store
+                .open("sid", &String::from_utf8_lossy(&tampered))
+                .is_none()
+        );
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl SetCookieTemplate {
     }
 
     fn render(&self, value: &str, max_age: Option<Duration>) -> String {
-        let mut header = String::with_capacity(self.name.len() + value.len() + self.attributes.len() + 24);
+        let mut header =
+            String::with_capacity(self.name.len() + value.len() + self.attributes.len() + 24);
         header.push_str(&self.name);
         header.push('=');
         header.push_str(value);
@@ -145,11 +146,21 @@ mod tests {
 
     #[test]
     fn set_cookie_carries_every_attribute() {
-        let mut config = CookieConfig::default();
-        config.domain = Some("example.com".into());
-        config.same_site = SameSite::Strict;
+        let mut config = CookieConfig {
+            domain: Some("example.com".into()),
+            same_site: SameSite::Strict,
+            ..CookieConfig::default()
+        };
         let text = set_cookie(&config, "v.s", Some(Duration::from_secs(90)));
-        for part in ["sid=v.s", "HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Domain=example.com", "Max-Age=90"] {
+        for part in [
+            "sid=v.s",
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/",
+            "Domain=example.com",
+            "Max-Age=90",
+        ] {
             assert!(text.contains(part), "{text} lacks {part}");
         }
         config.secure = false;
@@ -157,11 +168,19 @@ mod tests {
         let mut headers = HeaderMap::new();
         CookieAction::Remove.apply(&SetCookieTemplate::new(&config), None, &mut headers);
         let removal = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
-        assert!(removal.starts_with("sid=;") && removal.contains("Max-Age=0"), "{removal}");
-        let almost_gone = SetCookieTemplate::new(&config).render("v", Some(Duration::from_millis(300)));
+        assert!(
+            removal.starts_with("sid=;") && removal.contains("Max-Age=0"),
+            "{removal}"
+        );
+        let almost_gone =
+            SetCookieTemplate::new(&config).render("v", Some(Duration::from_millis(300)));
         assert!(almost_gone.contains("Max-Age=1"), "{almost_gone}");
-        let template = SetCookieTemplate::new(&CookieConfig::default()).render("a.b", Some(Duration::from_secs(60)));
-        assert_eq!(template, "sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60");
+        let template = SetCookieTemplate::new(&CookieConfig::default())
+            .render("a.b", Some(Duration::from_secs(60)));
+        assert_eq!(
+            template,
+            "sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60"
+        );
         assert!(!removal.contains("Secure") && !removal.contains("Domain"));
     }
 
@@ -177,6 +196,13 @@ mod tests {
             ttl: Duration::from_secs(5),
         }
         .apply(&SetCookieTemplate::new(&config), None, &mut headers);
-        assert!(!headers.get(SET_COOKIE).unwrap().to_str().unwrap().contains("Max-Age"));
+        assert!(
+            !headers
+                .get(SET_COOKIE)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("Max-Age")
+        );
     }
 }

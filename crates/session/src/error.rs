@@ -123,7 +123,11 @@ impl StoreError {
     }
 
     /// The operation did not finish within the store's timeout.
-    pub fn timeout(store: &'static str, operation: StoreOperation, after: std::time::Duration) -> Self {
+    pub fn timeout(
+        store: &'static str,
+        operation: StoreOperation,
+        after: std::time::Duration,
+    ) -> Self {
         Self {
             timed_out: true,
             ..Self::new(store, operation, format!("timed out after {after:?}"))
@@ -226,7 +230,9 @@ impl SessionError {
                 "session is being changed by other requests; please retry".to_owned()
             }
             SessionError::TooLarge { size, limit } => {
-                format!("session data is {size} bytes, over the limit of {limit}; nothing was saved")
+                format!(
+                    "session data is {size} bytes, over the limit of {limit}; nothing was saved"
+                )
             }
             SessionError::Encode { field, .. } => {
                 format!("session field `{field}` could not be serialized")
@@ -251,9 +257,16 @@ mod tests {
             error.to_string(),
             "session store `redis` failed to save on 127.0.0.1:7000: connection refused"
         );
-        let timeout = StoreError::timeout("memory", StoreOperation::Load, std::time::Duration::from_millis(5));
+        let timeout = StoreError::timeout(
+            "memory",
+            StoreOperation::Load,
+            std::time::Duration::from_millis(5),
+        );
         assert!(timeout.is_timeout());
-        assert_eq!(timeout.to_string(), "session store `memory` failed to load: timed out after 5ms");
+        assert_eq!(
+            timeout.to_string(),
+            "session store `memory` failed to load: timed out after 5ms"
+        );
     }
 
     #[test]
@@ -264,7 +277,10 @@ mod tests {
         assert_eq!(store.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!store.public_message().contains("10.0.0.1"));
         assert!(store.public_message().contains("load"));
-        let big = SessionError::TooLarge { size: 70_000, limit: 65_536 };
+        let big = SessionError::TooLarge {
+            size: 70_000,
+            limit: 65_536,
+        };
         assert_eq!(big.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(big.public_message().contains("70000"));
         assert_eq!(

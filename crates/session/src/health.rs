@@ -1,8 +1,6 @@
 //! herd-health checks for the session stores: a service registers its store so readiness
 //! reports when sessions cannot be loaded (requests needing them would get 503).
 
-use std::time::Instant;
-
 use herd_health::{CheckResult, ComponentType, HealthCheck, Measurement, Status, async_trait};
 
 #[cfg(feature = "redis")]
@@ -19,7 +17,7 @@ impl HealthCheck for crate::RedisStore {
     /// `PING` through the store's connection, timed; fails with the store error (which names
     /// the nodes) when Redis does not answer within the store's timeout.
     async fn check(&self) -> CheckResult {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         match self.ping().await {
             Ok(()) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -105,7 +105,7 @@ pub struct SessionIdGenerator {
 #[derive(Debug)]
 enum IdSource {
     Os,
-    Seeded(Mutex<StdRng>),
+    Seeded(Box<Mutex<StdRng>>),
 }
 
 impl SessionIdGenerator {
@@ -119,7 +119,7 @@ impl SessionIdGenerator {
     /// A deterministic generator (ChaCha12 seeded with `seed`) for tests and benchmarks.
     pub fn from_seed(seed: u64) -> Self {
         Self {
-            source: IdSource::Seeded(Mutex::new(StdRng::seed_from_u64(seed))),
+            source: IdSource::Seeded(Box::new(Mutex::new(StdRng::seed_from_u64(seed)))),
         }
     }
 

@@ -141,7 +141,11 @@ impl SigningKeys {
     /// The cookie value for `id`: `<id>.<mac>`, signed with the newest key.
     pub(crate) fn sign(&self, cookie_name: &str, id: &SessionId) -> String {
         let id_text = id.to_text();
-        let tag = self.newest().mac(cookie_name, &id_text).finalize().into_bytes();
+        let tag = self
+            .newest()
+            .mac(cookie_name, &id_text)
+            .finalize()
+            .into_bytes();
         let mut value = String::with_capacity(SIGNED_VALUE_LEN);
         value.push_str(&id_text);
         value.push('.');
@@ -239,8 +243,18 @@ mod tests {
         assert!(SigningKeys::new(key(2)).verify("sid", &value).is_none());
         let mut flipped = value.clone().into_bytes();
         flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
-        assert!(keys.verify("sid", &String::from_utf8(flipped).unwrap()).is_none());
-        for bad in ["", ".", "abc", &value[..50], &format!("{value}x"), &id.to_text()] {
+        assert!(
+            keys.verify("sid", &String::from_utf8(flipped).unwrap())
+                .is_none()
+        );
+        for bad in [
+            "",
+            ".",
+            "abc",
+            &value[..50],
+            &format!("{value}x"),
+            &id.to_text(),
+        ] {
             assert!(keys.verify("sid", bad).is_none(), "accepted {bad:?}");
         }
     }
@@ -255,7 +269,12 @@ mod tests {
         assert!(verified.signed_with_old_key);
         let new_value = rotated.sign("sid", &id);
         assert_eq!(new_value, SigningKeys::new(key(2)).sign("sid", &id));
-        assert!(!rotated.verify("sid", &new_value).unwrap().signed_with_old_key);
+        assert!(
+            !rotated
+                .verify("sid", &new_value)
+                .unwrap()
+                .signed_with_old_key
+        );
     }
 
     #[test]

@@ -83,9 +83,7 @@ pub mod store;
 #[cfg(feature = "axum")]
 mod extract;
 
-pub use config::{
-    ConflictRule, CookieConfig, OnStoreError, SameSite, SessionConfig, TtlExtension,
-};
+pub use config::{ConflictRule, CookieConfig, OnStoreError, SameSite, SessionConfig, TtlExtension};
 pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
 pub use id::{SessionId, SessionIdGenerator, StoreKey};
 pub use keys::{Key, MIN_KEY_LEN, SigningKeys};
@@ -100,12 +98,12 @@ pub use cookie_store::MAX_COOKIE_LEN;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::MissingSessionLayer;
-#[cfg(feature = "memory")]
-#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use store::MemoryStore;
 #[cfg(feature = "db-router")]
 #[cfg_attr(docsrs, doc(cfg(feature = "db-router")))]
 pub use read_your_writes::READ_YOUR_WRITES_FIELD;
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use store::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::{RedisStore, RedisStoreConfig};

@@ -19,10 +19,18 @@ const CONFLICTS: &str = "herd_session_conflicts_total";
 const STORE_ERRORS: &str = "herd_session_store_errors_total";
 const COOKIES_REJECTED: &str = "herd_session_cookies_rejected_total";
 
-static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 const LOAD_OUTCOMES: [&str; 4] = ["hit", "miss", "expired", "error"];
-const SAVE_OUTCOMES: [&str; 6] = ["created", "saved", "touched", "gone", "too_large", "gave_up"];
+const SAVE_OUTCOMES: [&str; 6] = [
+    "created",
+    "saved",
+    "touched",
+    "gone",
+    "too_large",
+    "gave_up",
+];
 const CONFLICT_KINDS: [&str; 2] = ["merged", "same_field"];
 const REJECT_REASONS: [&str; 2] = ["forged", "unknown"];
 
@@ -66,7 +74,14 @@ impl Metrics {
     }
 
     pub(crate) fn cookie_rejected(&self, reason: &'static str) {
-        self.count(COOKIES_REJECTED, "reason", &REJECT_REASONS, &self.rejected, reason, 1);
+        self.count(
+            COOKIES_REJECTED,
+            "reason",
+            &REJECT_REASONS,
+            &self.rejected,
+            reason,
+            1,
+        );
     }
 
     /// Store errors are rare: their key is built when needed.
@@ -83,7 +98,11 @@ impl Metrics {
         value: &'static str,
         by: u64,
     ) {
-        match values.iter().position(|v| *v == value).and_then(|i| keys.get(i)) {
+        match values
+            .iter()
+            .position(|v| *v == value)
+            .and_then(|i| keys.get(i))
+        {
             Some(key) => increment(key, by),
             None => increment(&key(name, self.store, label, value), by),
         }
@@ -93,7 +112,10 @@ impl Metrics {
 fn key(name: &'static str, store: &'static str, label: &'static str, value: &'static str) -> Key {
     Key::from_parts(
         name,
-        vec![Label::from_static_parts("store", store), Label::from_static_parts(label, value)],
+        vec![
+            Label::from_static_parts("store", store),
+            Label::from_static_parts(label, value),
+        ],
     )
 }
 

@@ -71,9 +71,15 @@ impl Session {
         match self.persist().await {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
-                action.apply(&shared.set_cookie, self.presented_value(), response.headers_mut());
+                action.apply(
+                    &shared.set_cookie,
+                    self.presented_value(),
+                    response.headers_mut(),
+                );
             }
-            Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. })) if !fail_closed => {
+            Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. }))
+                if !fail_closed =>
+            {
                 tracing::warn!(%error, "session save failed; response sent without it (fail open)");
             }
             Err(error) => {
@@ -145,7 +151,9 @@ impl Session {
             return Plan::Nothing;
         };
         let half = config.idle_timeout / 2;
-        if config.ttl_extension == TtlExtension::OnEveryRequest && ttl.saturating_sub(base.ttl) >= half {
+        if config.ttl_extension == TtlExtension::OnEveryRequest
+            && ttl.saturating_sub(base.ttl) >= half
+        {
             return Plan::Touch { id, key, ttl };
         }
         if matches!(self.presented_ref(), Presented::Id { resign: true, .. })
@@ -174,7 +182,9 @@ impl Session {
             });
         }
         // Validated config guarantees absolute >= idle, so a new record has time left.
-        let ttl = record.ttl(config.idle_timeout).unwrap_or(config.idle_timeout);
+        let ttl = record
+            .ttl(config.idle_timeout)
+            .unwrap_or(config.idle_timeout);
         let record = Arc::new(record);
         let span = tracing::debug_span!("session.create", store = store.name());
         let mut created = None;
@@ -301,7 +311,11 @@ impl Session {
                             self.shared().metrics.conflict("same_field");
                         }
                     }
-                    tracing::debug!(attempt, version = latest.version, "session changed concurrently; merging");
+                    tracing::debug!(
+                        attempt,
+                        version = latest.version,
+                        "session changed concurrently; merging"
+                    );
                     current = latest;
                 }
                 Ok(SaveOutcome::Gone) => {
@@ -400,12 +414,15 @@ fn keep_stored(
     #[cfg(feature = "db-router")]
     if name == crate::READ_YOUR_WRITES_FIELD {
         // The read-your-writes token only moves forward: keep the higher LSN.
-        let ours = changes.get(name).and_then(|v| v.as_deref()).map(|v| v.get());
+        let ours = changes
+            .get(name)
+            .and_then(|v| v.as_deref())
+            .map(|v| v.get());
         let theirs = latest.record.field(name).map(|v| v.get());
-        if let (Some(ours), Some(theirs)) = (ours, theirs) {
-            if let Some(ours_is_higher) = crate::read_your_writes::merge(ours, theirs) {
-                return !ours_is_higher;
-            }
+        if let (Some(ours), Some(theirs)) = (ours, theirs)
+            && let Some(ours_is_higher) = crate::read_your_writes::merge(ours, theirs)
+        {
+            return !ours_is_higher;
         }
     }
     let _ = (name, changes, latest);
@@ -418,7 +435,10 @@ fn clear_changes(state: &mut State) {
 }
 
 fn store_failure(session: &Session, error: StoreError) -> SessionError {
-    session.shared().metrics.store_error(error.operation().as_str());
+    session
+        .shared()
+        .metrics
+        .store_error(error.operation().as_str());
     tracing::warn!(%error, "session store operation failed");
     SessionError::Store(error)
 }

@@ -30,7 +30,11 @@ impl Session {
 
     /// Raises the stored token to `lsn`; a lower `lsn` than the stored one changes nothing.
     pub async fn advance_read_your_writes(&self, lsn: Lsn) -> Result<(), SessionError> {
-        if self.read_your_writes().await?.is_some_and(|current| current >= lsn) {
+        if self
+            .read_your_writes()
+            .await?
+            .is_some_and(|current| current >= lsn)
+        {
             return Ok(());
         }
         self.insert(READ_YOUR_WRITES_FIELD, lsn.to_string()).await
@@ -40,7 +44,12 @@ impl Session {
 /// The merge rule for the token field: the higher LSN of `ours` and `theirs` (JSON texts).
 /// `None` when either side is not a valid token, so the ordinary rule applies.
 pub(crate) fn merge(ours: &str, theirs: &str) -> Option<bool> {
-    let parse = |json: &str| serde_json::from_str::<String>(json).ok()?.parse::<Lsn>().ok();
+    let parse = |json: &str| {
+        serde_json::from_str::<String>(json)
+            .ok()?
+            .parse::<Lsn>()
+            .ok()
+    };
     Some(parse(ours)? >= parse(theirs)?)
 }
 

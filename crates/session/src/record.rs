@@ -74,7 +74,10 @@ impl SessionRecord {
 
     /// The size the limit applies to: field names plus their JSON texts, in bytes.
     pub fn data_len(&self) -> usize {
-        self.fields.iter().map(|(k, v)| k.len() + v.get().len()).sum()
+        self.fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len())
+            .sum()
     }
 
     /// How long the session may still live in the store: the idle timeout, cut short by the
@@ -145,7 +148,10 @@ mod tests {
         record.set_field("n".into(), raw("3"));
         let back = SessionRecord::from_json(&record.to_json()).unwrap();
         assert_eq!(back.field("n").unwrap().get(), "3");
-        assert_eq!(back.field("user").unwrap().get(), r#"{"id":7,"name":"ann"}"#);
+        assert_eq!(
+            back.field("user").unwrap().get(),
+            r#"{"id":7,"name":"ann"}"#
+        );
         assert_eq!(back.created_at(), record.created_at());
         assert_eq!(back.absolute_deadline(), record.absolute_deadline());
         assert_eq!(back.data_len(), "user".len() + 21 + 1 + 1);

@@ -8,12 +8,12 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::cookies::SetCookieTemplate;
-use crate::metrics::Metrics;
 use crate::config::{ConflictRule, OnStoreError, SameSite, SessionConfig, TtlExtension};
+use crate::cookies::SetCookieTemplate;
 use crate::error::ConfigError;
 use crate::id::SessionIdGenerator;
 use crate::keys::SigningKeys;
+use crate::metrics::Metrics;
 use crate::session::{Backend, Session, Shared};
 use crate::store::SessionStore;
 
@@ -81,8 +81,10 @@ impl SessionLayer {
     #[cfg(feature = "cookie-store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cookie-store")))]
     pub fn cookie_store_builder(keys: SigningKeys) -> SessionLayerBuilder {
-        let mut config = SessionConfig::default();
-        config.max_size = crate::cookie_store::MAX_COOKIE_LEN;
+        let config = SessionConfig {
+            max_size: crate::cookie_store::MAX_COOKIE_LEN,
+            ..SessionConfig::default()
+        };
         SessionLayerBuilder {
             backend: Backend::Cookie(crate::cookie_store::CookieStore::new(&keys)),
             config,

@@ -211,9 +211,9 @@ impl Session {
                 Presented::Rejected
             }
             #[cfg(feature = "cookie-store")]
-            Backend::Cookie(_) => values
-                .next()
-                .map_or(Presented::Nothing, |value| Presented::Sealed(value.to_owned())),
+            Backend::Cookie(_) => values.next().map_or(Presented::Nothing, |value| {
+                Presented::Sealed(value.to_owned())
+            }),
         }
     }
 
@@ -254,9 +254,9 @@ impl Session {
                     .map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)))
             }
             #[cfg(feature = "cookie-store")]
-            (Presented::Sealed(value), Backend::Cookie(cookie_store)) => {
-                Ok(cookie_store.open(&shared.config.cookie.name, value).map(|s| (None, s)))
-            }
+            (Presented::Sealed(value), Backend::Cookie(cookie_store)) => Ok(cookie_store
+                .open(&shared.config.cookie.name, value)
+                .map(|s| (None, s))),
             _ => return,
         };
         let mut state = self.state();
@@ -309,10 +309,11 @@ impl Session {
     /// [`SessionError::TooLarge`] when this one value is over the size limit; the whole
     /// session is checked again at save.
     pub async fn insert<T: Serialize>(&self, field: &str, value: T) -> Result<(), SessionError> {
-        let raw = serde_json::value::to_raw_value(&value).map_err(|source| SessionError::Encode {
-            field: field.to_owned(),
-            source,
-        })?;
+        let raw =
+            serde_json::value::to_raw_value(&value).map_err(|source| SessionError::Encode {
+                field: field.to_owned(),
+                source,
+            })?;
         let limit = self.shared().config.max_size;
         let size = field.len() + raw.get().len();
         if size > limit {
@@ -409,14 +410,16 @@ impl Session {
             _ => None,
         };
         let id = self.state().id.clone().or(id);
-        if let (Some(id), Backend::Store(store)) = (id, &self.shared().backend) {
-            if let Err(error) = store.delete(&id.store_key()).await {
-                self.shared().metrics.store_error(error.operation().as_str());
-                if self.shared().config.on_store_error == OnStoreError::ServiceUnavailable {
-                    self.state().failure = Some(error.clone());
-                }
-                return Err(error.into());
+        if let (Some(id), Backend::Store(store)) = (id, &self.shared().backend)
+            && let Err(error) = store.delete(&id.store_key()).await
+        {
+            self.shared()
+                .metrics
+                .store_error(error.operation().as_str());
+            if self.shared().config.on_store_error == OnStoreError::ServiceUnavailable {
+                self.state().failure = Some(error.clone());
             }
+            return Err(error.into());
         }
         let mut state = self.state();
         *state = State {
@@ -443,7 +446,11 @@ impl Session {
     /// When the session was created, once it is stored.
     pub async fn created_at(&self) -> Result<Option<std::time::SystemTime>, SessionError> {
         self.ensure_loaded().await?;
-        Ok(self.state().base.as_ref().map(|base| base.record.created_at()))
+        Ok(self
+            .state()
+            .base
+            .as_ref()
+            .map(|base| base.record.created_at()))
     }
 }
 

@@ -34,12 +34,14 @@ async fn concurrent_requests_merge_fields() {
 
 #[tokio::test]
 async fn same_field_conflict_last_write_wins() {
-    scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::LastWriteWins).await;
+    scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::LastWriteWins)
+        .await;
 }
 
 #[tokio::test]
 async fn same_field_conflict_first_write_wins() {
-    scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::FirstWriteWins).await;
+    scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::FirstWriteWins)
+        .await;
 }
 
 #[tokio::test]
@@ -76,7 +78,12 @@ impl SessionStore for CountingStore {
         "counting-memory"
     }
 
-    async fn create(&self, key: &StoreKey, record: Arc<SessionRecord>, ttl: Duration) -> Result<bool, StoreError> {
+    async fn create(
+        &self,
+        key: &StoreKey,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.create(key, record, ttl).await
     }
@@ -86,7 +93,13 @@ impl SessionStore for CountingStore {
         self.inner.load(key).await
     }
 
-    async fn save(&self, key: &StoreKey, version: u64, record: Arc<SessionRecord>, ttl: Duration) -> Result<SaveOutcome, StoreError> {
+    async fn save(
+        &self,
+        key: &StoreKey,
+        version: u64,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.save(key, version, record, ttl).await
     }
@@ -107,18 +120,35 @@ impl SessionStore for CountingStore {
 #[tokio::test]
 async fn store_is_used_lazily() {
     let store = CountingStore::default();
-    let addr = serve(app(scenarios::builder(&store).build().unwrap(), Arc::default())).await;
-    let counts = || (store.loads.load(Ordering::SeqCst), store.writes.load(Ordering::SeqCst));
+    let addr = serve(app(
+        scenarios::builder(&store).build().unwrap(),
+        Arc::default(),
+    ))
+    .await;
+    let counts = || {
+        (
+            store.loads.load(Ordering::SeqCst),
+            store.writes.load(Ordering::SeqCst),
+        )
+    };
 
     let anonymous = Browser::new();
     assert_eq!(anonymous.get(addr, "/whoami").await.body, "anonymous");
-    assert_eq!(counts(), (0, 0), "no cookie: nothing to load, nothing to store");
+    assert_eq!(
+        counts(),
+        (0, 0),
+        "no cookie: nothing to load, nothing to store"
+    );
 
     let browser = Browser::new();
     browser.post(addr, "/count").await;
     assert_eq!(counts(), (0, 1), "first write creates");
     assert_eq!(browser.get(addr, "/untouched").await.status, 200);
-    assert_eq!(counts(), (0, 1), "a handler that ignores the session costs nothing");
+    assert_eq!(
+        counts(),
+        (0, 1),
+        "a handler that ignores the session costs nothing"
+    );
     assert_eq!(browser.get(addr, "/peek").await.body, "1");
     assert_eq!(counts(), (1, 1), "a read loads once and writes nothing");
     browser.post(addr, "/count").await;
@@ -133,7 +163,12 @@ async fn signing_key_rotation() {
     let store = MemoryStore::new();
     let old = Key::from_bytes(&[1; 32]).unwrap();
     let new = Key::from_bytes(&[2; 32]).unwrap();
-    let layer = |keys| SessionLayer::builder(store.clone(), keys).secure(false).build().unwrap();
+    let layer = |keys| {
+        SessionLayer::builder(store.clone(), keys)
+            .secure(false)
+            .build()
+            .unwrap()
+    };
     let before = serve(app(layer(SigningKeys::new(old.clone())), Arc::default())).await;
     let rotated = serve(app(
         layer(SigningKeys::with_rotation(vec![new.clone(), old]).unwrap()),
@@ -149,7 +184,11 @@ async fn signing_key_rotation() {
     assert_eq!(reply.body, "kim");
     let resigned = reply.cookie("sid").expect("re-signed with the newest key");
     assert_ne!(resigned, old_cookie);
-    assert_eq!(resigned.split('.').next(), old_cookie.split('.').next(), "same id");
+    assert_eq!(
+        resigned.split('.').next(),
+        old_cookie.split('.').next(),
+        "same id"
+    );
     assert_eq!(browser.get(after, "/whoami").await.body, "kim");
 
     let stale = Browser::new();

@@ -23,12 +23,17 @@ async fn advance(
     session.read_your_writes().await?;
     loaded.notify_one();
     release.notified().await;
-    session.advance_read_your_writes(lsn.replace('-', "/").parse().unwrap()).await?;
+    session
+        .advance_read_your_writes(lsn.replace('-', "/").parse().unwrap())
+        .await?;
     Ok("advanced")
 }
 
 async fn token(session: Session) -> Result<String, SessionError> {
-    Ok(session.read_your_writes().await?.map_or("none".into(), |lsn| lsn.to_string()))
+    Ok(session
+        .read_your_writes()
+        .await?
+        .map_or("none".into(), |lsn| lsn.to_string()))
 }
 
 async fn start(session: Session) -> Result<&'static str, SessionError> {

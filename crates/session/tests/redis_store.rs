@@ -19,12 +19,16 @@ use common::{Browser, app, serve};
 
 async fn cluster_store() -> RedisStore {
     let cluster = shared::redis_cluster().await.unwrap();
-    RedisStore::cluster(cluster.urls(), RedisStoreConfig::default()).await.unwrap()
+    RedisStore::cluster(cluster.urls(), RedisStoreConfig::default())
+        .await
+        .unwrap()
 }
 
 async fn standalone_store() -> RedisStore {
     let server = shared::redis().await.unwrap();
-    RedisStore::standalone(&server.url(), RedisStoreConfig::default()).await.unwrap()
+    RedisStore::standalone(&server.url(), RedisStoreConfig::default())
+        .await
+        .unwrap()
 }
 
 /// The metrics this binary records (installed once; tests only compare before/after).
@@ -45,7 +49,10 @@ fn counter(name: &str, label: (&str, &str)) -> u64 {
         .into_iter()
         .filter(|(key, ..)| {
             key.key().name() == name
-                && key.key().labels().any(|l| l.key() == label.0 && l.value() == label.1)
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == label.0 && l.value() == label.1)
         })
         .map(|(.., value)| match value {
             DebugValue::Counter(n) => n,
@@ -63,8 +70,14 @@ async fn store_contract_on_cluster_and_standalone() {
         let record = Arc::new(SessionRecord::new(None));
 
         assert!(store.load(&key).await.unwrap().is_none());
-        assert!(store.create(&key, Arc::clone(&record), ttl).await.unwrap(), "{store:?}");
-        assert!(!store.create(&key, Arc::clone(&record), ttl).await.unwrap(), "create is NX");
+        assert!(
+            store.create(&key, Arc::clone(&record), ttl).await.unwrap(),
+            "{store:?}"
+        );
+        assert!(
+            !store.create(&key, Arc::clone(&record), ttl).await.unwrap(),
+            "create is NX"
+        );
         let loaded = store.load(&key).await.unwrap().unwrap();
         assert_eq!(loaded.version, 1);
         assert!(loaded.ttl > Duration::from_secs(58) && loaded.ttl <= ttl);
@@ -80,7 +93,10 @@ async fn store_contract_on_cluster_and_standalone() {
 
         assert!(store.touch(&key, Duration::from_secs(5)).await.unwrap());
         let touched = store.load(&key).await.unwrap().unwrap();
-        assert!(touched.ttl <= Duration::from_secs(5), "touch sets the expiry");
+        assert!(
+            touched.ttl <= Duration::from_secs(5),
+            "touch sets the expiry"
+        );
         assert_eq!(touched.version, 2, "touch leaves the version");
 
         store.delete(&key).await.unwrap();
@@ -90,7 +106,10 @@ async fn store_contract_on_cluster_and_standalone() {
             SaveOutcome::Gone
         ));
         assert!(!store.touch(&key, ttl).await.unwrap());
-        assert!(store.load(&key).await.unwrap().is_none(), "nothing may recreate a deleted session");
+        assert!(
+            store.load(&key).await.unwrap().is_none(),
+            "nothing may recreate a deleted session"
+        );
         assert_eq!(store.redis_key(&key), format!("herd:session:{key}"));
         store.ping().await.unwrap();
     }
@@ -114,7 +133,10 @@ async fn concurrent_requests_merge_fields() {
     scenarios::concurrent_requests_merge_fields(cluster_store().await).await;
     scenarios::concurrent_requests_merge_fields(standalone_store().await).await;
     let after = counter("herd_session_conflicts_total", ("kind", "merged"));
-    assert!(after > before, "50 concurrent saves must have met (and merged) conflicts");
+    assert!(
+        after > before,
+        "50 concurrent saves must have met (and merged) conflicts"
+    );
 }
 
 #[tokio::test]
@@ -125,7 +147,10 @@ async fn same_field_conflicts_follow_the_rule_and_are_counted() {
         scenarios::same_field_conflict_follows_rule(standalone_store().await, rule).await;
     }
     let after = counter("herd_session_conflicts_total", ("kind", "same_field"));
-    assert!(after >= before + 4, "each clash is counted: {before} -> {after}");
+    assert!(
+        after >= before + 4,
+        "each clash is counted: {before} -> {after}"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +193,11 @@ async fn redis_keys_do_not_reveal_session_ids() {
     )
     .await
     .unwrap();
-    let addr = serve(app(scenarios::builder(&store).build().unwrap(), Arc::default())).await;
+    let addr = serve(app(
+        scenarios::builder(&store).build().unwrap(),
+        Arc::default(),
+    ))
+    .await;
     let browser = Browser::new();
     browser.post(addr, "/login/ann").await;
     let cookie = browser.cookie_value().unwrap();
@@ -176,12 +205,27 @@ async fn redis_keys_do_not_reveal_session_ids() {
 
     let client = redis::Client::open(server.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("keytest:*").query_async(&mut connection).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("keytest:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     assert_eq!(keys.len(), 1);
     assert!(!keys[0].contains(id));
-    assert_eq!(keys[0], format!("keytest:{}", scenarios::store_key_of(&cookie)));
-    let data: String = redis::cmd("HGET").arg(&keys[0]).arg("d").query_async(&mut connection).await.unwrap();
-    assert!(data.contains("\"user\":\"ann\"") && !data.contains(id), "{data}");
+    assert_eq!(
+        keys[0],
+        format!("keytest:{}", scenarios::store_key_of(&cookie))
+    );
+    let data: String = redis::cmd("HGET")
+        .arg(&keys[0])
+        .arg("d")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        data.contains("\"user\":\"ann\"") && !data.contains(id),
+        "{data}"
+    );
 }
 
 /// A dead store answers 503 with a clear body by default; fail-open carries on with an empty
@@ -195,9 +239,16 @@ async fn unreachable_store_answers_503_or_fails_open() {
         ..RedisStoreConfig::default()
     };
     let store = RedisStore::standalone(&server.url(), config).await.unwrap();
-    let strict = serve(app(scenarios::builder(&store).build().unwrap(), Arc::default())).await;
+    let strict = serve(app(
+        scenarios::builder(&store).build().unwrap(),
+        Arc::default(),
+    ))
+    .await;
     let open = serve(app(
-        scenarios::builder(&store).on_store_error(OnStoreError::FailOpen).build().unwrap(),
+        scenarios::builder(&store)
+            .on_store_error(OnStoreError::FailOpen)
+            .build()
+            .unwrap(),
         Arc::default(),
     ))
     .await;
@@ -216,7 +267,11 @@ async fn unreachable_store_answers_503_or_fails_open() {
         use herd_health::{HealthCheck as _, Status};
         let result = store.check().await;
         assert_eq!(result.status(), Status::Fail);
-        assert!(result.output().unwrap().contains("ping"), "{:?}", result.output());
+        assert!(
+            result.output().unwrap().contains("ping"),
+            "{:?}",
+            result.output()
+        );
     }
     let error = store.ping().await.unwrap_err();
     assert_eq!(error.operation(), StoreOperation::Ping);
@@ -227,17 +282,29 @@ async fn unreachable_store_answers_503_or_fails_open() {
     assert_eq!(reply.body, "session store unavailable (load); please retry");
     assert!(reply.set_cookies.is_empty(), "must not log the user out");
     let reply = browser.post(strict, "/logout").await;
-    assert_eq!(reply.status, 503, "a failed log-out must not look successful");
+    assert_eq!(
+        reply.status, 503,
+        "a failed log-out must not look successful"
+    );
     assert_eq!(browser.get(strict, "/untouched").await.status, 200);
     let fresh = Browser::new();
     let reply = fresh.post(strict, "/count").await;
     assert_eq!(reply.status, 503, "save failure");
-    assert_eq!(reply.body, "session store unavailable (create); please retry");
+    assert_eq!(
+        reply.body,
+        "session store unavailable (create); please retry"
+    );
 
     let reply = browser.get(open, "/whoami").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "anonymous"));
     let reply = fresh.post(open, "/count").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "1"));
-    assert!(reply.set_cookies.is_empty(), "nothing was saved, so no cookie");
-    assert!(browser.cookie_value().is_some(), "the user's cookie was left alone");
+    assert!(
+        reply.set_cookies.is_empty(),
+        "nothing was saved, so no cookie"
+    );
+    assert!(
+        browser.cookie_value().is_some(),
+        "the user's cookie was left alone"
+    );
 }

@@ -64,7 +64,10 @@ impl Slot {
     /// The live entry, clearing an expired one.
     fn live(&self, now: Instant) -> Option<parking_lot::MappedMutexGuard<'_, Entry>> {
         let mut guard = self.0.lock();
-        if guard.as_ref().is_some_and(|entry| entry.live(now).is_none()) {
+        if guard
+            .as_ref()
+            .is_some_and(|entry| entry.live(now).is_none())
+        {
             *guard = None;
         }
         parking_lot::MutexGuard::try_map(guard, Option::as_mut).ok()
@@ -76,7 +79,11 @@ impl Slot {
         let guard = self.0.lock();
         let entry = guard.as_ref()?;
         let left = entry.expires_at.saturating_duration_since(now);
-        Some(if after_read { left.max(entry.ttl) } else { left })
+        Some(if after_read {
+            left.max(entry.ttl)
+        } else {
+            left
+        })
     }
 }
 
@@ -84,7 +91,12 @@ impl Slot {
 struct SlotExpiry;
 
 impl Expiry<StoreKey, Arc<Slot>> for SlotExpiry {
-    fn expire_after_create(&self, _: &StoreKey, slot: &Arc<Slot>, now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &StoreKey,
+        slot: &Arc<Slot>,
+        now: Instant,
+    ) -> Option<Duration> {
         Some(slot.keep_for(now, false).unwrap_or(Duration::ZERO))
     }
 
@@ -224,9 +236,10 @@ impl SessionStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let entry = Entry::new(record, 1, now, ttl);
-        let slot = self.cache.entry(*key).or_insert_with(|| {
-            Arc::new(Slot(Mutex::new(Some(entry.clone()))))
-        });
+        let slot = self
+            .cache
+            .entry(*key)
+            .or_insert_with(|| Arc::new(Slot(Mutex::new(Some(entry.clone())))));
         if slot.is_fresh() {
             return Ok(true);
         }
@@ -321,7 +334,10 @@ mod tests {
     use crate::id::SessionIdGenerator;
 
     fn key(seed: u64) -> StoreKey {
-        SessionIdGenerator::from_seed(seed).generate().unwrap().store_key()
+        SessionIdGenerator::from_seed(seed)
+            .generate()
+            .unwrap()
+            .store_key()
     }
 
     #[tokio::test]
@@ -348,7 +364,10 @@ mod tests {
             SaveOutcome::Gone
         ));
         assert!(!store.touch(&key, ttl).await.unwrap());
-        assert!(store.load(&key).await.unwrap().is_none(), "touch or save recreated it");
+        assert!(
+            store.load(&key).await.unwrap().is_none(),
+            "touch or save recreated it"
+        );
     }
 
     #[tokio::test]
@@ -361,16 +380,26 @@ mod tests {
         let first = store.load(&key).await.unwrap().unwrap();
         let second = store.load(&key).await.unwrap().unwrap();
         assert!(first.lease.is_some());
-        let saved = store.save_loaded(&key, &first, Arc::clone(&record), ttl).await.unwrap();
+        let saved = store
+            .save_loaded(&key, &first, Arc::clone(&record), ttl)
+            .await
+            .unwrap();
         assert!(matches!(saved, SaveOutcome::Saved { version: 2 }));
-        match store.save_loaded(&key, &second, Arc::clone(&record), ttl).await.unwrap() {
+        match store
+            .save_loaded(&key, &second, Arc::clone(&record), ttl)
+            .await
+            .unwrap()
+        {
             SaveOutcome::Conflict(current) => assert_eq!(current.version, 2),
             other => panic!("stale lease must conflict, got {other:?}"),
         }
         let third = store.load(&key).await.unwrap().unwrap();
         store.delete(&key).await.unwrap();
         assert!(matches!(
-            store.save_loaded(&key, &third, Arc::clone(&record), ttl).await.unwrap(),
+            store
+                .save_loaded(&key, &third, Arc::clone(&record), ttl)
+                .await
+                .unwrap(),
             SaveOutcome::Gone
         ));
         assert!(store.load(&key).await.unwrap().is_none());
@@ -382,12 +411,23 @@ mod tests {
         let (short, touched) = (key(2), key(3));
         let record = Arc::new(SessionRecord::new(None));
         let ttl = Duration::from_millis(300);
-        store.create(&short, Arc::clone(&record), ttl).await.unwrap();
-        store.create(&touched, Arc::clone(&record), ttl).await.unwrap();
+        store
+            .create(&short, Arc::clone(&record), ttl)
+            .await
+            .unwrap();
+        store
+            .create(&touched, Arc::clone(&record), ttl)
+            .await
+            .unwrap();
         let loaded = store.load(&short).await.unwrap().unwrap();
         assert!(loaded.ttl <= ttl && loaded.ttl > Duration::from_millis(200));
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(store.touch(&touched, Duration::from_secs(60)).await.unwrap());
+        assert!(
+            store
+                .touch(&touched, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(store.load(&short).await.unwrap().is_none());
         let kept = store.load(&touched).await.unwrap().unwrap();

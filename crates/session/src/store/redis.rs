@@ -125,21 +125,27 @@ impl RedisStore {
         let urls: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
         let described = describe(&urls);
         let fail = |error: RedisError| {
-            StoreError::new(STORE, StoreOperation::Connect, error.to_string()).with_node(&*described)
+            StoreError::new(STORE, StoreOperation::Connect, error.to_string())
+                .with_node(&*described)
         };
         let client = ClusterClient::builder(urls.iter().map(String::as_str))
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.timeout)
             .build()
             .map_err(fail)?;
-        let connection = tokio::time::timeout(config.connect_timeout, client.get_async_connection())
-            .await
-            .map_err(|_| {
-                StoreError::timeout(STORE, StoreOperation::Connect, config.connect_timeout)
-                    .with_node(&*described)
-            })?
-            .map_err(fail)?;
-        Ok(Self::with(Connection::Cluster(connection), config, described))
+        let connection =
+            tokio::time::timeout(config.connect_timeout, client.get_async_connection())
+                .await
+                .map_err(|_| {
+                    StoreError::timeout(STORE, StoreOperation::Connect, config.connect_timeout)
+                        .with_node(&*described)
+                })?
+                .map_err(fail)?;
+        Ok(Self::with(
+            Connection::Cluster(connection),
+            config,
+            described,
+        ))
     }
 
     /// Connects to a single Redis server (`redis://host:port/db`), reconnecting on its own
@@ -147,7 +153,8 @@ impl RedisStore {
     pub async fn standalone(url: &str, config: RedisStoreConfig) -> Result<Self, StoreError> {
         let described = describe(&[url]);
         let fail = |error: RedisError| {
-            StoreError::new(STORE, StoreOperation::Connect, error.to_string()).with_node(&*described)
+            StoreError::new(STORE, StoreOperation::Connect, error.to_string())
+                .with_node(&*described)
         };
         let client = Client::open(url).map_err(fail)?;
         let manager_config = ConnectionManagerConfig::new()
@@ -164,17 +171,35 @@ impl RedisStore {
                 .with_node(&*described)
         })?
         .map_err(fail)?;
-        Ok(Self::with(Connection::Standalone(connection), config, described))
+        Ok(Self::with(
+            Connection::Standalone(connection),
+            config,
+            described,
+        ))
     }
 
     /// A store over a cluster connection the application already has.
-    pub fn from_cluster_connection(connection: ClusterConnection, config: RedisStoreConfig) -> Self {
-        Self::with(Connection::Cluster(connection), config, "redis cluster".to_owned())
+    pub fn from_cluster_connection(
+        connection: ClusterConnection,
+        config: RedisStoreConfig,
+    ) -> Self {
+        Self::with(
+            Connection::Cluster(connection),
+            config,
+            "redis cluster".to_owned(),
+        )
     }
 
     /// A store over a standalone connection manager the application already has.
-    pub fn from_connection_manager(connection: ConnectionManager, config: RedisStoreConfig) -> Self {
-        Self::with(Connection::Standalone(connection), config, "redis".to_owned())
+    pub fn from_connection_manager(
+        connection: ConnectionManager,
+        config: RedisStoreConfig,
+    ) -> Self {
+        Self::with(
+            Connection::Standalone(connection),
+            config,
+            "redis".to_owned(),
+        )
     }
 
     fn with(connection: Connection, config: RedisStoreConfig, nodes: String) -> Self {
@@ -225,8 +250,10 @@ impl RedisStore {
             Ok(Err(error)) => {
                 Err(StoreError::new(STORE, operation, error.to_string()).with_node(&*self.nodes))
             }
-            Err(_) => Err(StoreError::timeout(STORE, operation, self.config.timeout)
-                .with_node(&*self.nodes)),
+            Err(_) => {
+                Err(StoreError::timeout(STORE, operation, self.config.timeout)
+                    .with_node(&*self.nodes))
+            }
         }
     }
 
@@ -323,7 +350,9 @@ impl SessionStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.scripts.create.key(self.redis_key(key));
-        invocation.arg(record.to_json()).arg(duration_ms(ttl).max(1));
+        invocation
+            .arg(record.to_json())
+            .arg(duration_ms(ttl).max(1));
         let created: i64 = self
             .run(StoreOperation::Create, async move {
                 invocation.invoke_async(&mut connection).await
@@ -343,9 +372,9 @@ impl SessionStore for RedisStore {
         match reply {
             Value::Nil => Ok(None),
             Value::Array(items) => match <[Value; 3]>::try_from(items) {
-                Ok([version, json, pttl]) => {
-                    self.stored(StoreOperation::Load, version, json, pttl).map(Some)
-                }
+                Ok([version, json, pttl]) => self
+                    .stored(StoreOperation::Load, version, json, pttl)
+                    .map(Some),
                 Err(items) => Err(self.unexpected(StoreOperation::Load, &Value::Array(items))),
             },
             other => Err(self.unexpected(StoreOperation::Load, &other)),
@@ -379,10 +408,7 @@ impl SessionStore for RedisStore {
             (Some(Value::Int(1)), Some(current), Some(json), Some(pttl)) => self
                 .stored(StoreOperation::Save, current, json, pttl)
                 .map(SaveOutcome::Conflict),
-            (first, ..) => Err(self.unexpected(
-                StoreOperation::Save,
-                &first.unwrap_or(Value::Nil),
-            )),
+            (first, ..) => Err(self.unexpected(StoreOperation::Save, &first.unwrap_or(Value::Nil))),
         }
     }
 
@@ -391,7 +417,10 @@ impl SessionStore for RedisStore {
         let redis_key = self.redis_key(key);
         let _: i64 = self
             .run(StoreOperation::Delete, async move {
-                redis::cmd("DEL").arg(redis_key).query_async(&mut connection).await
+                redis::cmd("DEL")
+                    .arg(redis_key)
+                    .query_async(&mut connection)
+                    .await
             })
             .await?;
         Ok(())
@@ -444,7 +473,10 @@ mod tests {
     #[test]
     fn describe_strips_scheme_credentials_and_db() {
         assert_eq!(
-            describe(&["redis://user:secret@10.0.0.1:6379/2", "redis://10.0.0.2:7000"]),
+            describe(&[
+                "redis://user:secret@10.0.0.1:6379/2",
+                "redis://10.0.0.2:7000"
+            ]),
             "10.0.0.1:6379,10.0.0.2:7000"
         );
     }

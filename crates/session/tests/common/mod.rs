@@ -11,11 +11,11 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use herd_session::{Key, Session, SessionError, SessionLayer, SigningKeys};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use herd_session::{Key, Session, SessionError, SessionLayer, SigningKeys};
 use tokio::sync::{Mutex, Notify};
 
 /// The keys every test instance shares (like a cluster reading them from configuration).
@@ -32,8 +32,20 @@ pub struct Holds {
 
 impl Holds {
     pub async fn pair(&self, name: &str) -> (Arc<Notify>, Arc<Notify>) {
-        let loaded = self.loaded.lock().await.entry(name.into()).or_default().clone();
-        let release = self.release.lock().await.entry(name.into()).or_default().clone();
+        let loaded = self
+            .loaded
+            .lock()
+            .await
+            .entry(name.into())
+            .or_default()
+            .clone();
+        let release = self
+            .release
+            .lock()
+            .await
+            .entry(name.into())
+            .or_default()
+            .clone();
         (loaded, release)
     }
 
@@ -66,7 +78,10 @@ async fn login(session: Session, Path(user): Path<String>) -> Result<String, Ses
 }
 
 async fn whoami(session: Session) -> Result<String, SessionError> {
-    Ok(session.get::<String>("user").await?.unwrap_or_else(|| "anonymous".into()))
+    Ok(session
+        .get::<String>("user")
+        .await?
+        .unwrap_or_else(|| "anonymous".into()))
 }
 
 async fn logout(session: Session) -> Result<&'static str, SessionError> {
@@ -74,7 +89,10 @@ async fn logout(session: Session) -> Result<&'static str, SessionError> {
     Ok("bye")
 }
 
-async fn set_field(session: Session, Path(field): Path<String>) -> Result<&'static str, SessionError> {
+async fn set_field(
+    session: Session,
+    Path(field): Path<String>,
+) -> Result<&'static str, SessionError> {
     session.insert(&field, true).await?;
     Ok("set")
 }

@@ -31,34 +31,62 @@ pub async fn two_instances_share_sessions<S: SessionStore + Clone>(store: S) {
 
     assert_eq!(browser.post(a, "/count").await.body, "1");
     let anonymous_cookie = browser.cookie_value().expect("first write sets the cookie");
-    assert_eq!(browser.get(b, "/peek").await.body, "1", "B must see A's session");
+    assert_eq!(
+        browser.get(b, "/peek").await.body,
+        "1",
+        "B must see A's session"
+    );
     assert_eq!(browser.post(b, "/count").await.body, "2");
 
     let login = browser.post(a, "/login/ann").await;
     assert_eq!(login.status, 200);
     let logged_in_cookie = browser.cookie_value().unwrap();
-    assert_ne!(logged_in_cookie, anonymous_cookie, "cycle_id must issue a new id");
+    assert_ne!(
+        logged_in_cookie, anonymous_cookie,
+        "cycle_id must issue a new id"
+    );
     assert_eq!(browser.get(b, "/whoami").await.body, "ann");
-    assert_eq!(browser.get(b, "/peek").await.body, "2", "data moves with the new id");
+    assert_eq!(
+        browser.get(b, "/peek").await.body,
+        "2",
+        "data moves with the new id"
+    );
 
     // Someone holding the pre-login id (fixation) gets nothing.
     let attacker = Browser::new();
     attacker.set_cookie_value(Some(anonymous_cookie.clone()));
     assert_eq!(attacker.get(a, "/whoami").await.body, "anonymous");
     assert_eq!(attacker.get(b, "/peek").await.body, "none");
-    assert!(store.load(&store_key_of(&anonymous_cookie)).await.unwrap().is_none());
+    assert!(
+        store
+            .load(&store_key_of(&anonymous_cookie))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let logout = browser.post(b, "/logout").await;
     assert_eq!(logout.status, 200);
-    let removal = logout.set_cookie_header("sid").expect("logout clears the cookie");
-    assert!(removal.starts_with("sid=;") && removal.contains("Max-Age=0"), "{removal}");
+    let removal = logout
+        .set_cookie_header("sid")
+        .expect("logout clears the cookie");
+    assert!(
+        removal.starts_with("sid=;") && removal.contains("Max-Age=0"),
+        "{removal}"
+    );
     assert_eq!(browser.cookie_value(), None);
 
     // Replaying the logged-in cookie after log-out gets nothing either.
     let replay = Browser::new();
     replay.set_cookie_value(Some(logged_in_cookie.clone()));
     assert_eq!(replay.get(a, "/whoami").await.body, "anonymous");
-    assert!(store.load(&store_key_of(&logged_in_cookie)).await.unwrap().is_none());
+    assert!(
+        store
+            .load(&store_key_of(&logged_in_cookie))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// A request that loaded the session before log-out and saves after it must not bring the
@@ -86,7 +114,10 @@ pub async fn logout_race_keeps_session_gone<S: SessionStore + Clone>(store: S) {
         "the late save must not set a cookie for the ended session"
     );
 
-    assert!(store.load(&store_key_of(&cookie)).await.unwrap().is_none(), "session came back");
+    assert!(
+        store.load(&store_key_of(&cookie)).await.unwrap().is_none(),
+        "session came back"
+    );
     let replay = Browser::new();
     replay.set_cookie_value(Some(cookie));
     assert_eq!(replay.get(b, "/whoami").await.body, "anonymous");
@@ -113,7 +144,11 @@ pub async fn concurrent_requests_merge_fields<S: SessionStore + Clone>(store: S)
         let reply = request.await.unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    assert_eq!(browser.cookie_value().unwrap(), cookie, "the id must not change");
+    assert_eq!(
+        browser.cookie_value().unwrap(),
+        cookie,
+        "the id must not change"
+    );
     let fields = browser.get(b, "/fields").await.body;
     let mut expected: Vec<String> = (0..50).map(|i| format!("f{i:02}")).collect();
     expected.push("n".into());
@@ -125,9 +160,16 @@ pub async fn concurrent_requests_merge_fields<S: SessionStore + Clone>(store: S)
 }
 
 /// Two requests change the same field: the configured rule decides who wins.
-pub async fn same_field_conflict_follows_rule<S: SessionStore + Clone>(store: S, rule: ConflictRule) {
+pub async fn same_field_conflict_follows_rule<S: SessionStore + Clone>(
+    store: S,
+    rule: ConflictRule,
+) {
     let holds = Arc::new(Holds::default());
-    let addr = serve(app(builder(&store).conflict_rule(rule).build().unwrap(), holds.clone())).await;
+    let addr = serve(app(
+        builder(&store).conflict_rule(rule).build().unwrap(),
+        holds.clone(),
+    ))
+    .await;
     let browser = Browser::new();
     browser.post(addr, "/count").await;
 
@@ -164,11 +206,18 @@ pub async fn forged_cookie_gives_new_session<S: SessionStore + Clone>(store: S) 
     let genuine = browser.cookie_value().unwrap();
     let (id, mac) = genuine.split_once('.').unwrap();
 
-    let flipped_mac = format!("{id}.{}{}", if mac.starts_with('A') { 'B' } else { 'A' }, &mac[1..]);
+    let flipped_mac = format!(
+        "{id}.{}{}",
+        if mac.starts_with('A') { 'B' } else { 'A' },
+        &mac[1..]
+    );
     // A correctly formed cookie signed with another key (another deployment's).
     let other_keys = SigningKeys::new(Key::from_bytes(&[7; 32]).unwrap());
     let other = serve(app(
-        SessionLayer::builder(store.clone(), other_keys).secure(false).build().unwrap(),
+        SessionLayer::builder(store.clone(), other_keys)
+            .secure(false)
+            .build()
+            .unwrap(),
         Arc::default(),
     ))
     .await;
@@ -190,14 +239,26 @@ pub async fn forged_cookie_gives_new_session<S: SessionStore + Clone>(store: S) 
         assert_eq!(reply.status, 200, "forged cookie {forged:?}");
         assert_eq!(reply.body, "anonymous", "forged cookie {forged:?}");
         if !forged.is_empty() {
-            assert_eq!(reply.cookie("sid").as_deref(), Some(""), "forged cookie is cleared");
+            assert_eq!(
+                reply.cookie("sid").as_deref(),
+                Some(""),
+                "forged cookie is cleared"
+            );
         }
         mallory.set_cookie_value(Some(forged.clone()));
         assert_eq!(mallory.post(addr, "/count").await.body, "1");
         let fresh = mallory.cookie_value().unwrap();
-        assert_ne!(fresh.split('.').next(), forged.split('.').next(), "forged id adopted");
+        assert_ne!(
+            fresh.split('.').next(),
+            forged.split('.').next(),
+            "forged id adopted"
+        );
     }
-    assert_eq!(browser.get(addr, "/whoami").await.body, "eve", "genuine cookie still works");
+    assert_eq!(
+        browser.get(addr, "/whoami").await.body,
+        "eve",
+        "genuine cookie still works"
+    );
 }
 
 /// Idle expiry with a rolling touch (at most once per half idle timeout), idle expiry without
@@ -226,26 +287,54 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
     let idle_timeouts = async {
         let (r, c) = (Browser::new(), Browser::new());
         let created = r.post(rolling, "/count").await;
-        assert!(created.set_cookie_header("sid").unwrap().contains("Max-Age=3"));
+        assert!(
+            created
+                .set_cookie_header("sid")
+                .unwrap()
+                .contains("Max-Age=3")
+        );
         c.post(on_change, "/count").await;
 
         tokio::time::sleep(Duration::from_millis(2000)).await; // t = 2.0
         let touched = r.get(rolling, "/peek").await;
         assert_eq!(touched.body, "1");
-        let header = touched.set_cookie_header("sid").expect("past half the idle timeout: touch");
-        assert!(header.contains("Max-Age=3") || header.contains("Max-Age=2"), "{header}");
+        let header = touched
+            .set_cookie_header("sid")
+            .expect("past half the idle timeout: touch");
+        assert!(
+            header.contains("Max-Age=3") || header.contains("Max-Age=2"),
+            "{header}"
+        );
         let again = r.get(rolling, "/peek").await;
-        assert!(again.set_cookie_header("sid").is_none(), "touched twice within half a TTL");
+        assert!(
+            again.set_cookie_header("sid").is_none(),
+            "touched twice within half a TTL"
+        );
         let read_only = c.get(on_change, "/peek").await;
         assert_eq!(read_only.body, "1");
-        assert!(read_only.set_cookie_header("sid").is_none(), "reads must not extend it");
+        assert!(
+            read_only.set_cookie_header("sid").is_none(),
+            "reads must not extend it"
+        );
 
         tokio::time::sleep(Duration::from_millis(1600)).await; // t = 3.6
-        assert_eq!(r.get(rolling, "/peek").await.body, "1", "the touch kept it alive");
-        assert_eq!(c.get(on_change, "/peek").await.body, "none", "idle timeout passed");
+        assert_eq!(
+            r.get(rolling, "/peek").await.body,
+            "1",
+            "the touch kept it alive"
+        );
+        assert_eq!(
+            c.get(on_change, "/peek").await.body,
+            "none",
+            "idle timeout passed"
+        );
 
         tokio::time::sleep(Duration::from_millis(3300)).await; // idle for 3.3 s
-        assert_eq!(r.get(rolling, "/peek").await.body, "none", "idle timeout passed");
+        assert_eq!(
+            r.get(rolling, "/peek").await.body,
+            "none",
+            "idle timeout passed"
+        );
     };
 
     // Idle 2 s, absolute 3 s: writes at 0, 1 and 2 s would keep it alive until 4 s on the
@@ -261,7 +350,11 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
         let header = capped.set_cookie_header("sid").unwrap();
         assert!(header.contains("Max-Age=1"), "{header}");
         tokio::time::sleep(Duration::from_millis(1300)).await; // t = 3.3
-        assert_eq!(x.get(absolute, "/peek").await.body, "none", "absolute timeout passed");
+        assert_eq!(
+            x.get(absolute, "/peek").await.body,
+            "none",
+            "absolute timeout passed"
+        );
     };
     tokio::join!(idle_timeouts, absolute_timeout);
 }
@@ -282,20 +375,38 @@ pub async fn cookie_attributes_on_real_responses<S: SessionStore + Clone>(store:
     for part in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=1800"] {
         assert!(header.contains(part), "{header} lacks {part}");
     }
-    assert!(!header.contains("Secure") && !header.contains("Domain"), "{header}");
+    assert!(
+        !header.contains("Secure") && !header.contains("Domain"),
+        "{header}"
+    );
     let value = reply.cookie("sid").unwrap();
     let (id, mac) = value.split_once('.').unwrap();
-    assert_eq!((id.len(), mac.len()), (43, 43), "256-bit id and HMAC-SHA256 tag");
+    assert_eq!(
+        (id.len(), mac.len()),
+        (43, 43),
+        "256-bit id and HMAC-SHA256 tag"
+    );
 
     let reply = Browser::named("app_session").post(custom, "/count").await;
     let header = reply.set_cookie_header("app_session").unwrap();
-    for part in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Domain=localhost", "Max-Age=600"] {
+    for part in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Domain=localhost",
+        "Max-Age=600",
+    ] {
         assert!(header.contains(part), "{header} lacks {part}");
     }
 
     // Requests that do not write send no cookie at all.
     let anonymous = Browser::new().get(plain, "/whoami").await;
-    assert!(anonymous.set_cookies.is_empty(), "{:?}", anonymous.set_cookies);
+    assert!(
+        anonymous.set_cookies.is_empty(),
+        "{:?}",
+        anonymous.set_cookies
+    );
 }
 
 /// Data over the size limit is a typed error (500 with a body saying so), and nothing is
@@ -306,14 +417,26 @@ pub async fn oversized_data_is_rejected<S: SessionStore + Clone>(store: S) {
     let browser = Browser::new();
     let reply = browser.post(addr, "/big/a/2000").await;
     assert_eq!(reply.status, 500);
-    assert!(reply.body.contains("over the limit of 1024"), "{}", reply.body);
+    assert!(
+        reply.body.contains("over the limit of 1024"),
+        "{}",
+        reply.body
+    );
     assert!(reply.set_cookies.is_empty());
 
     // Each value fits, the sum does not: caught when the layer saves.
     assert_eq!(browser.post(addr, "/big/a/600").await.status, 200);
     let reply = browser.post(addr, "/big/b/600").await;
     assert_eq!(reply.status, 500, "{}", reply.body);
-    assert!(reply.body.contains("1206 bytes, over the limit of 1024"), "{}", reply.body);
-    assert_eq!(browser.get(addr, "/get/b").await.body, "none", "nothing saved");
+    assert!(
+        reply.body.contains("1206 bytes, over the limit of 1024"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        browser.get(addr, "/get/b").await.body,
+        "none",
+        "nothing saved"
+    );
     assert_eq!(browser.get(addr, "/get/a").await.body.len(), 602);
 }
