@@ -196,3 +196,52 @@ async fn signing_key_rotation() {
     assert_eq!(stale.get(after, "/whoami").await.body, "anonymous");
     let _ = keys();
 }
+
+/// Without axum: a plain tower `service_fn` (hyper-style) finds the session in the request's
+/// extensions, and the layer works with any body type that can carry its error text.
+#[tokio::test]
+async fn plain_tower_service_gets_the_session_as_an_extension() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use tower::{Layer as _, ServiceExt as _};
+
+    let layer = scenarios::builder(&MemoryStore::new()).build().unwrap();
+    let service = layer.layer(tower::service_fn(
+        |request: http::Request<Full<Bytes>>| async move {
+            let session = request
+                .extensions()
+                .get::<herd_session::Session>()
+                .cloned()
+                .expect("the layer adds the session");
+            let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
+            session.insert("n", n).await.unwrap();
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                n.to_string(),
+            ))))
+        },
+    ));
+
+    let first = service
+        .clone()
+        .oneshot(http::Request::new(Full::default()))
+        .await
+        .unwrap();
+    let cookie = first.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let second = service
+        .oneshot(
+            http::Request::builder()
+                .header("cookie", cookie)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"2");
+}
