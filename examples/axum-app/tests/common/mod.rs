@@ -11,14 +11,14 @@ use axum_app::topology::Topology;
 use herd_session::SigningKeys;
 use tokio::sync::{Mutex, OnceCell};
 
-pub struct Demo {
-    pub topology: Topology,
-    pub instances: Mutex<Vec<RunningInstance>>,
-    pub instance_urls: Vec<String>,
+pub(crate) struct Demo {
+    pub(crate) topology: Topology,
+    pub(crate) instances: Mutex<Vec<RunningInstance>>,
+    pub(crate) instance_urls: Vec<String>,
     /// P2C, rate limits on, X-Forwarded-For believed from loopback so each test is its own client.
-    pub gateway: RunningGateway,
+    pub(crate) gateway: RunningGateway,
     /// Round robin, no rate limits.
-    pub rr_gateway: RunningGateway,
+    pub(crate) rr_gateway: RunningGateway,
 }
 
 static DEMO: OnceCell<Demo> = OnceCell::const_new();
@@ -27,7 +27,7 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-pub async fn demo() -> &'static Demo {
+pub(crate) async fn demo() -> &'static Demo {
     DEMO.get_or_init(|| async {
         let topology = Topology::start_local(1).await.expect("local topology");
         let keys = SigningKeys::generate().unwrap();
@@ -70,14 +70,14 @@ pub async fn demo() -> &'static Demo {
 }
 
 /// A fresh client IP (sent as X-Forwarded-For to the gateway, which trusts loopback here).
-pub fn client_ip() -> String {
+pub(crate) fn client_ip() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
 }
 
 /// A client with a cookie jar that presents itself as `ip` to the gateway.
-pub fn client(ip: &str) -> reqwest::Client {
+pub(crate) fn client(ip: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("x-forwarded-for", ip.parse().unwrap());
     reqwest::Client::builder()
@@ -87,7 +87,7 @@ pub fn client(ip: &str) -> reqwest::Client {
         .unwrap()
 }
 
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
         "{prefix}{}-{}",
@@ -97,7 +97,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Tests that pause the replica's replay take this first, so they don't resume it under each other.
-pub async fn replica_lock() -> tokio::sync::MutexGuard<'static, ()> {
+pub(crate) async fn replica_lock() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::const_new(());
     LOCK.lock().await
 }
