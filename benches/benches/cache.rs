@@ -114,6 +114,12 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("cache_get");
     group.throughput(Throughput::Elements(TASKS));
+    group.bench_function("redis_rs_cluster", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let raw = raw.clone();
+            concurrent(iters, move |_| raw_get(raw.clone(), RAW_KEY))
+        });
+    });
     group.bench_function("herd_cluster", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let herd = herd.clone();
@@ -121,12 +127,6 @@ fn bench(c: &mut Criterion) {
                 let herd = herd.clone();
                 async move { herd.get::<Vec<u8>>(KEY).await.map_or(0, |v| v.len()) }
             })
-        });
-    });
-    group.bench_function("redis_rs_cluster", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let raw = raw.clone();
-            concurrent(iters, move |_| raw_get(raw.clone(), RAW_KEY))
         });
     });
     group.bench_function("redis_rs_cluster_4_connections", |b| {

@@ -311,9 +311,9 @@ impl Cache {
         )?;
         let full = inner.data_key(key);
         let circuit = inner.circuit_for(&full);
-        inner.guard(&circuit, "SET")?;
+        inner.guard(circuit, "SET")?;
         let stored_ttl = ttl.saturating_add(inner.config.stale_ttl);
-        inner.checked(&circuit, inner.backend.set(&full, &bytes, stored_ttl).await)?;
+        inner.checked(circuit, inner.backend.set(&full, &bytes, stored_ttl).await)?;
         for tag in tags {
             let members = [full.clone()];
             inner.checked(
@@ -383,8 +383,8 @@ impl Cache {
         }
         let full = inner.data_key(key);
         let circuit = inner.circuit_for(&full);
-        inner.guard(&circuit, "DEL")?;
-        inner.checked(&circuit, inner.backend.delete(&[full]).await)?;
+        inner.guard(circuit, "DEL")?;
+        inner.checked(circuit, inner.backend.delete(&[full]).await)?;
         inner.publish(vec![key.to_owned()]).await;
         Ok(())
     }
@@ -537,7 +537,7 @@ impl Inner {
     }
 
     /// The circuit of the shard serving `full_key`.
-    fn circuit_for(&self, full_key: &str) -> Arc<Circuit> {
+    fn circuit_for(&self, full_key: &str) -> &Circuit {
         self.circuits.for_shard(self.backend.shard_of(full_key))
     }
 
@@ -595,7 +595,7 @@ impl Inner {
                 self.decode(key, bytes)
             }
             Err(error) => {
-                self.backend_failed(&circuit, &error);
+                self.backend_failed(circuit, &error);
                 Read::Failed
             }
         }
@@ -758,7 +758,7 @@ impl Inner {
             let lock_key = self.lock_key(&key);
             // A failed release only delays the next load until the lock expires.
             let _ = self.checked(
-                &self.circuit_for(&lock_key),
+                self.circuit_for(&lock_key),
                 self.backend
                     .delete_if_equals(&lock_key, token.as_bytes())
                     .await,
@@ -792,7 +792,7 @@ impl Inner {
         let circuit = self.circuit_for(&full);
         if circuit.allows() {
             let stored_ttl = ttl.saturating_add(self.config.stale_ttl);
-            let _ = self.checked(&circuit, self.backend.set(&full, &bytes, stored_ttl).await);
+            let _ = self.checked(circuit, self.backend.set(&full, &bytes, stored_ttl).await);
         }
     }
 
@@ -810,7 +810,7 @@ impl Inner {
         }
         let token = format!("{:016x}", self.rng.lock().random::<u64>());
         match self.checked(
-            &lock_circuit,
+            lock_circuit,
             self.backend
                 .set_nx(&lock_key, token.as_bytes(), lock.ttl)
                 .await,

@@ -1,9 +1,6 @@
 //! Fail-open circuit: stop paying the backend timeout on every request while it is down.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::CircuitConfig;
@@ -82,46 +79,42 @@ impl Circuit {
 
 /// One circuit per cluster shard, so a dead master does not make the others look dead, and one
 /// for everything else (standalone, memory, and operations spanning shards).
+///
+/// Shards map to a fixed set of circuits by a hash of the master's address: no locks, maps or
+/// reference counts on the request path. Two masters whose hashes collide share a circuit
+/// (with [`SHARD_CIRCUITS`] buckets that is rare, and only makes failing open a bit broader).
 #[derive(Debug)]
 pub(crate) struct Circuits {
-    config: CircuitConfig,
-    whole: Arc<Circuit>,
-    shards: DashMap<Arc<str>, Arc<Circuit>>,
+    whole: Circuit,
+    shards: Box<[Circuit]>,
 }
+
+/// Number of per-shard circuits.
+const SHARD_CIRCUITS: usize = 64;
 
 impl Circuits {
     pub(crate) fn new(config: &CircuitConfig) -> Self {
         Self {
-            config: config.clone(),
-            whole: Arc::new(Circuit::new(config)),
-            shards: DashMap::new(),
+            whole: Circuit::new(config),
+            shards: (0..SHARD_CIRCUITS).map(|_| Circuit::new(config)).collect(),
         }
     }
 
     /// The circuit for operations that span shards.
-    pub(crate) fn whole(&self) -> &Arc<Circuit> {
+    pub(crate) fn whole(&self) -> &Circuit {
         &self.whole
     }
 
-    /// The circuit of `shard`, or the whole backend's when the shard is unknown.
-    pub(crate) fn for_shard(&self, shard: Option<Arc<str>>) -> Arc<Circuit> {
-        let Some(shard) = shard else {
-            return Arc::clone(&self.whole);
-        };
-        if let Some(circuit) = self.shards.get(&shard) {
-            return Arc::clone(&circuit);
-        }
-        Arc::clone(
-            &self
-                .shards
-                .entry(shard)
-                .or_insert_with(|| Arc::new(Circuit::new(&self.config))),
-        )
+    /// The circuit of the shard with this identity, or the whole backend's when it is unknown.
+    pub(crate) fn for_shard(&self, shard: Option<u64>) -> &Circuit {
+        shard
+            .and_then(|hash| self.shards.get((hash % SHARD_CIRCUITS as u64) as usize))
+            .unwrap_or(&self.whole)
     }
 
     /// Whether any circuit is skipping calls.
     pub(crate) fn any_open(&self) -> bool {
-        self.whole.is_open() || self.shards.iter().any(|c| c.is_open())
+        self.whole.is_open() || self.shards.iter().any(Circuit::is_open)
     }
 }
 
@@ -161,10 +154,10 @@ mod tests {
             failure_threshold: 1,
             open_for: Duration::from_secs(10),
         });
-        let a: Arc<str> = "10.0.0.1:6379".into();
-        circuits.for_shard(Some(a.clone())).record_failure();
-        assert!(circuits.for_shard(Some(a)).is_open());
-        assert!(circuits.for_shard(Some("10.0.0.2:6379".into())).allows());
+        circuits.for_shard(Some(7)).record_failure();
+        assert!(circuits.for_shard(Some(7)).is_open());
+        assert!(circuits.for_shard(Some(8)).allows());
+        assert!(circuits.for_shard(None).allows());
         assert!(circuits.whole().allows());
         assert!(circuits.any_open());
     }

@@ -87,7 +87,7 @@ impl Backend {
 
     /// The shard (cluster master) serving `key`, so failures can be tracked per shard; `None`
     /// outside a cluster or before the topology is known.
-    pub(crate) fn shard_of(&self, key: &str) -> Option<std::sync::Arc<str>> {
+    pub(crate) fn shard_of(&self, key: &str) -> Option<u64> {
         match self {
             Self::Cluster(b) => b.shard_of(key),
             Self::Redis(_) | Self::Memory(_) => None,

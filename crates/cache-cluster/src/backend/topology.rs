@@ -10,6 +10,8 @@ pub(crate) struct SlotRange {
     pub(crate) start: u16,
     pub(crate) end: u16,
     pub(crate) master: Arc<str>,
+    /// A hash of `master`, a cheap identity for per-shard state.
+    pub(crate) master_hash: u64,
     pub(crate) replicas: Vec<String>,
 }
 
@@ -38,6 +40,7 @@ impl Topology {
             ranges.push(SlotRange {
                 start,
                 end,
+                master_hash: hash_addr(&master),
                 master: master.into(),
                 replicas,
             });
@@ -58,6 +61,16 @@ impl Topology {
             .checked_sub(1)?;
         let range = self.ranges.get(idx)?;
         (slot <= range.end).then_some(&range.master)
+    }
+
+    /// The hash of the master serving `slot` (see [`SlotRange::master_hash`]).
+    pub(crate) fn master_hash_for(&self, slot: u16) -> Option<u64> {
+        let idx = self
+            .ranges
+            .partition_point(|r| r.start <= slot)
+            .checked_sub(1)?;
+        let range = self.ranges.get(idx)?;
+        (slot <= range.end).then_some(range.master_hash)
     }
 
     /// Distinct masters, in slot order.
@@ -83,6 +96,13 @@ impl Topology {
         }
         nodes
     }
+}
+
+fn hash_addr(addr: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    addr.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn as_slot(value: &Value) -> Option<u16> {
