@@ -58,6 +58,13 @@ const WRITING_PREFIXES: &[&str] = &[
 
 /// `true` for a built-in that must run on the primary (name already lowercase).
 pub(super) fn is_writing_builtin(name: &[u8]) -> bool {
+    // Every writing built-in starts with one of these letters; most calls stop here.
+    if !matches!(
+        name.first(),
+        Some(b'c' | b'd' | b'l' | b'n' | b'p' | b's' | b't')
+    ) {
+        return false;
+    }
     if contains(name, b"advisory") {
         return true; // pg_advisory_lock, pg_try_advisory_xact_lock, pg_advisory_unlock_all ...
     }

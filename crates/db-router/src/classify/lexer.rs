@@ -201,6 +201,9 @@ impl<'a> Lexer<'a> {
             .position(|&b| !is_ident_byte(b))
             .unwrap_or(rest.len());
         let word = self.src.get(start..self.pos).unwrap_or_default();
+        if word.len() != 1 {
+            return Token::Word(word);
+        }
         // String prefixes: E'..' (backslash escapes), B'..', X'..', N'..', U&'..' / U&"..".
         match (word, self.peek(0)) {
             ([b'e' | b'E'], Some(b'\'')) => self.literal(true),
@@ -276,6 +279,10 @@ impl<'a> Iterator for Lexer<'a> {
         loop {
             self.skip_whitespace();
             let b = self.peek(0)?;
+            // Words are most tokens: take them before the punctuation dispatch.
+            if is_ident_start(b) {
+                return Some(self.word());
+            }
             let token = match b {
                 b'-' if self.peek(1) == Some(b'-') => {
                     self.skip_line_comment();
@@ -301,7 +308,6 @@ impl<'a> Iterator for Lexer<'a> {
                 b'.' if self.peek(1).is_some_and(|d| d.is_ascii_digit()) => self.number(),
                 b'.' => self.single(Token::Dot),
                 b'0'..=b'9' => self.number(),
-                b if is_ident_start(b) => self.word(),
                 b if is_operator_byte(b) => self.operator(),
                 _ => self.single(Token::Other),
             };

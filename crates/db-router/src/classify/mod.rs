@@ -260,8 +260,9 @@ struct Scan<'c, 'a> {
     /// `(` at depth 0 names a CTE, not a function.
     in_with_header: bool,
     after_semicolon: bool,
-    /// The last three tokens, most recent first (`Other` before the start).
-    prev: [Token<'a>; 3],
+    /// The last tokens in a ring (`Other` before the start); see [`Scan::prev`].
+    ring: [Token<'a>; 4],
+    head: usize,
 }
 
 impl<'c, 'a> Scan<'c, 'a> {
@@ -272,7 +273,8 @@ impl<'c, 'a> Scan<'c, 'a> {
             depth: 0,
             in_with_header: false,
             after_semicolon: false,
-            prev: [Token::Other; 3],
+            ring: [Token::Other; 4],
+            head: 0,
         }
     }
 
@@ -314,6 +316,12 @@ impl<'c, 'a> Scan<'c, 'a> {
         Route::Replica(Reason::ReadOnly)
     }
 
+    /// The token `back` places before the current one (0: the previous token; at most 2).
+    #[inline]
+    fn prev(&self, back: usize) -> Token<'a> {
+        self.ring[self.head.wrapping_sub(back) & 3]
+    }
+
     /// Looks at one token; `Some(reason)` when it proves the statement needs the primary.
     #[inline]
     fn step(&mut self, token: Token<'a>) -> Option<Reason> {
@@ -338,7 +346,9 @@ impl<'c, 'a> Scan<'c, 'a> {
             Token::Unterminated => Some(Reason::Unterminated),
             _ => None,
         };
-        self.prev = [token, self.prev[0], self.prev[1]];
+        // A ring, so recording a token is one store instead of shifting three.
+        self.head = (self.head + 1) & 3;
+        self.ring[self.head] = token;
         verdict
     }
 
@@ -350,7 +360,7 @@ impl<'c, 'a> Scan<'c, 'a> {
             }
             _ => return None,
         };
-        let prev_is = |kw: &[u8]| matches!(self.prev[0], Token::Word(p) if eq(p, kw));
+        let prev_is = |kw: &[u8]| matches!(self.prev(0), Token::Word(p) if eq(p, kw));
         match (len, first) {
             (4, b'i') if eq(word, b"into") => Some(Reason::SelectInto),
             (5, b's') if eq(word, b"share") && (prev_is(b"for") || prev_is(b"key")) => {
@@ -385,7 +395,7 @@ impl<'c, 'a> Scan<'c, 'a> {
 
     /// At a `(`: is the previous token a function name, and may that function run on a replica?
     fn call(&self) -> Option<Reason> {
-        let name = match self.prev[0] {
+        let name = match self.prev(0) {
             Token::Word(name) => Name::Unquoted(name),
             Token::QuotedIdent(name) => Name::Quoted(name),
             _ => return None,
@@ -395,12 +405,12 @@ impl<'c, 'a> Scan<'c, 'a> {
         }
         // `x::numeric(10, 2)`, `CAST(x AS varchar(20))`, `AS alias(a, b)`, `f(x) alias(a)`:
         // a type or an alias, not a call.
-        match self.prev[1] {
+        match self.prev(1) {
             Token::Cast | Token::RParen => return None,
             Token::Word(w) if eq(w, b"as") => return None,
             _ => {}
         }
-        let schema = match (self.prev[1], self.prev[2]) {
+        let schema = match (self.prev(1), self.prev(2)) {
             (Token::Dot, Token::Word(s) | Token::QuotedIdent(s)) => Some(s),
             _ => None,
         };
