@@ -367,7 +367,7 @@ impl EndpointState {
         Some(InFlightGuard {
             state: Arc::clone(self),
             index,
-            start: clock::now(),
+            start: clock::raw(),
             probe,
             recorded: false,
         })
@@ -550,7 +550,8 @@ pub enum Outcome {
 pub struct InFlightGuard {
     state: Arc<EndpointState>,
     index: usize,
-    start: quanta::Instant,
+    /// Raw clock ticks when the slot was taken (see [`clock::raw`]).
+    start: u64,
     probe: bool,
     recorded: bool,
 }
@@ -583,16 +584,16 @@ impl InFlightGuard {
 
     /// Time since the slot was taken.
     pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+        Duration::from_nanos(clock::ns_between(self.start, clock::raw()))
     }
 
     /// Records the outcome and the latency since the slot was taken, then frees the slot.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
-        let now = clock::now();
-        let latency = now.saturating_duration_since(self.start);
-        self.state.metrics.latency.record(latency.as_secs_f64());
-        self.state.ewma.observe(latency, clock::ns_at(now));
+        let now = clock::raw();
+        let latency_ns = clock::ns_between(self.start, now);
+        self.state.metrics.latency.record(latency_ns as f64 * 1e-9);
+        self.state.ewma.observe(latency_ns, clock::ns_at(now));
         match outcome {
             Outcome::Success => self.state.on_success(self.probe),
             Outcome::Failure => self.state.on_failure(self.probe),

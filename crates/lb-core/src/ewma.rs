@@ -56,10 +56,10 @@ impl EwmaEstimate {
         }
     }
 
-    /// Adds one round-trip sample taken at `now_ns` (see [`clock::now_ns`]).
+    /// Adds one round-trip sample of `rtt_ns` nanoseconds taken at `now_ns` (see [`clock::now_ns`]).
     #[inline]
-    pub(crate) fn observe(&self, rtt: Duration, now_ns: u64) {
-        let rtt_ns = nanos(rtt);
+    pub(crate) fn observe(&self, rtt_ns: u64, now_ns: u64) {
+        let rtt_ns = rtt_ns as f64;
         let cost = f64::from_bits(self.cost_bits.load(Ordering::Relaxed));
         let stamp = self.stamp_ns.load(Ordering::Relaxed);
         self.stamp_ns.store(now_ns, Ordering::Relaxed);
@@ -86,30 +86,48 @@ impl EwmaEstimate {
     }
 }
 
-/// The latency clock: `quanta` (TSC-based, a few ns per read instead of a `clock_gettime` call),
-/// since every request reads it twice.
+/// The latency clock: raw TSC ticks from one process-wide calibrated `quanta::Clock` (a bare
+/// `rdtsc` per read; `quanta::Instant::now` adds a thread-local override check and a scaling
+/// multiply, and `std::time::Instant` is a `clock_gettime` call), since every request reads it
+/// twice. Ticks become nanoseconds only when a latency is recorded.
 pub(crate) mod clock {
     use std::sync::OnceLock;
 
-    static EPOCH: OnceLock<quanta::Instant> = OnceLock::new();
+    /// The clock and its reading at first use (the epoch of [`ns_at`]).
+    static CLOCK: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
 
-    /// Now.
     #[inline]
-    pub(crate) fn now() -> quanta::Instant {
-        quanta::Instant::now()
+    fn get() -> &'static (quanta::Clock, u64) {
+        CLOCK.get_or_init(|| {
+            let clock = quanta::Clock::new();
+            let epoch = clock.raw();
+            (clock, epoch)
+        })
     }
 
-    /// Nanoseconds from a process-wide epoch to `at`.
+    /// Now, in raw ticks (compare only through [`ns_between`] and [`ns_at`]).
     #[inline]
-    pub(crate) fn ns_at(at: quanta::Instant) -> u64 {
-        let epoch = *EPOCH.get_or_init(quanta::Instant::now);
-        u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    pub(crate) fn raw() -> u64 {
+        get().0.raw()
+    }
+
+    /// Nanoseconds from `start` to `end` (raw ticks; 0 if `end` is not later).
+    #[inline]
+    pub(crate) fn ns_between(start: u64, end: u64) -> u64 {
+        get().0.delta_as_nanos(start, end)
+    }
+
+    /// Nanoseconds from a process-wide epoch to `at` (raw ticks).
+    #[inline]
+    pub(crate) fn ns_at(at: u64) -> u64 {
+        let (clock, epoch) = get();
+        clock.delta_as_nanos(*epoch, at)
     }
 
     /// Nanoseconds from a process-wide epoch to now.
     #[inline]
     pub(crate) fn now_ns() -> u64 {
-        ns_at(now())
+        ns_at(raw())
     }
 }
 
@@ -146,13 +164,13 @@ mod tests {
         let ewma = EwmaEstimate::new(&EwmaConfig::default());
         let t0 = clock::now_ns();
         assert_eq!(ewma.estimate_ns(), 30e6);
-        ewma.observe(Duration::from_millis(100), t0);
+        ewma.observe(100_000_000, t0);
         assert_eq!(
             ewma.estimate_ns(),
             100e6,
             "a slower sample is taken at once"
         );
-        ewma.observe(Duration::from_millis(10), t0 + 10_000_000_000);
+        ewma.observe(10_000_000, t0 + 10_000_000_000);
         let after = ewma.estimate_ns();
         // w = e^-1: 100 * 0.368 + 10 * 0.632 = 43.1 ms
         assert!((after - 43.1e6).abs() < 0.2e6, "{after}");

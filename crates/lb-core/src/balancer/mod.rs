@@ -425,7 +425,7 @@ where
             let ctx = PickContext::new().with_key(key);
             match pick_from(self.snapshot.load(), &inner.policy, &ctx) {
                 Ok(picked) => {
-                    let span = tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt = 1u32);
+                    let span = request_span(picked.guard.state().label(), 1);
                     return ResponseFuture::ready(
                         picked.service,
                         req,
@@ -440,6 +440,21 @@ where
         }
         let inner = Arc::clone(inner);
         ResponseFuture::boxed(Box::pin(async move { inner.route(req).await }))
+    }
+}
+
+/// The per-request span (`herd_lb`, DEBUG, with the endpoint and the attempt number).
+///
+/// Built only when a subscriber may want DEBUG spans: otherwise tracing still returns a disabled
+/// span that carries its metadata, and with tracing's `log` feature (which a dependency may turn
+/// on) that span formats its fields on creation and emits `log` checks on every enter and exit,
+/// which together cost more than the rest of a pick. `Span::none()` costs nothing to carry.
+#[inline]
+fn request_span(endpoint: &str, attempt: u32) -> tracing::Span {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        tracing::debug_span!("herd_lb", endpoint, attempt)
+    } else {
+        tracing::Span::none()
     }
 }
 
@@ -475,8 +490,7 @@ where
                 other => other?,
             };
             let index = picked.guard.index();
-            let span =
-                tracing::debug_span!("herd_lb", endpoint = %picked.guard.state().label(), attempt);
+            let span = request_span(picked.guard.state().label(), attempt);
             let mut service = picked.service;
             let result = async {
                 poll_fn(|cx| service.poll_ready(cx)).await?;
