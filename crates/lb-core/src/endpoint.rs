@@ -244,6 +244,17 @@ impl EndpointState {
         factor
     }
 
+    /// Takes requests at its full weight right now: no health, drain or slow-start flag and
+    /// below its cap (the common case, checked before the general availability rules).
+    #[inline]
+    pub(crate) fn plainly_ready(&self) -> bool {
+        if self.flags.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let max = self.max_in_flight.load(Ordering::Relaxed);
+        max == 0 || self.in_flight() < max
+    }
+
     #[inline]
     pub(crate) fn in_slow_start(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & SLOW_START != 0

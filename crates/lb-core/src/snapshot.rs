@@ -182,6 +182,26 @@ impl Candidates {
             .is_some_and(|s| s.availability(ctx.ignore_health) != Availability::No)
     }
 
+    /// Two indices drawn uniformly and their states, when the weights are equal, nothing is
+    /// excluded and both endpoints are [plainly ready](EndpointState::plainly_ready): the common
+    /// case of P2C, settled with two random numbers and two state reads. `None` sends the caller
+    /// to the general (rejection sampling) path.
+    #[inline]
+    pub(crate) fn uniform_ready_pair(
+        &self,
+        rng: &SharedRng,
+        ctx: &PickContext<'_>,
+    ) -> Option<[(usize, &EndpointState); 2]> {
+        if self.sampler.is_some() || ctx.has_exclusions() || self.states.is_empty() {
+            return None;
+        }
+        let n = self.states.len();
+        let (a, b) = (rng.below(n), rng.below(n));
+        let sa = self.states.get(a)?;
+        let sb = self.states.get(b)?;
+        (sa.plainly_ready() && sb.plainly_ready()).then_some([(a, &**sa), (b, &**sb)])
+    }
+
     /// One index drawn with probability proportional to the weights (availability not checked).
     #[inline]
     pub fn sample(&self, rng: &SharedRng) -> usize {

@@ -25,6 +25,11 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
+        // Kept outside `state` so that moving from readiness to the call moves only the
+        // endpoint's future. `guard` is taken when the outcome is recorded.
+        guard: Option<InFlightGuard>,
+        classify: Classifier<S::Response, S::Error>,
+        span: tracing::Span,
     }
 }
 
@@ -37,16 +42,10 @@ pin_project! {
         Ready {
             service: S,
             req: Option<Req>,
-            guard: Option<InFlightGuard>,
-            classify: Option<Classifier<S::Response, S::Error>>,
-            span: tracing::Span,
         },
         Called {
             #[pin]
             fut: S::Future,
-            guard: Option<InFlightGuard>,
-            classify: Option<Classifier<S::Response, S::Error>>,
-            span: tracing::Span,
         },
         Boxed {
             fut: BoxedResponse<S::Response>,
@@ -64,6 +63,7 @@ impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
 }
 
 impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
+    #[inline]
     pub(super) fn ready(
         service: S,
         req: Req,
@@ -75,22 +75,27 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
             state: State::Ready {
                 service,
                 req: Some(req),
-                guard: Some(guard),
-                classify: Some(classify),
-                span,
             },
+            guard: Some(guard),
+            classify,
+            span,
         }
     }
 
     pub(super) fn boxed(fut: BoxedResponse<S::Response>) -> Self {
-        Self {
-            state: State::Boxed { fut },
-        }
+        Self::other(State::Boxed { fut })
     }
 
     pub(super) fn failed(error: BoxError) -> Self {
+        Self::other(State::Failed { error: Some(error) })
+    }
+
+    fn other(state: State<S, Req>) -> Self {
         Self {
-            state: State::Failed { error: Some(error) },
+            state,
+            guard: None,
+            classify: Classifier::Default,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -115,49 +120,31 @@ where
     type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
         loop {
             match state.as_mut().project() {
-                StateProj::Ready {
-                    service,
-                    req,
-                    guard,
-                    classify,
-                    span,
-                } => {
-                    let entered = span.enter();
+                StateProj::Ready { service, req } => {
+                    let _entered = this.span.enter();
                     let ready = ready!(service.poll_ready(cx));
-                    let (Some(req), Some(guard_taken), Some(inner_taken)) =
-                        (req.take(), guard.take(), classify.take())
-                    else {
+                    let Some(req) = req.take() else {
                         return Poll::Ready(Err(PolledAfterCompletion.into()));
                     };
                     if let Err(error) = ready {
-                        guard_taken.record(inner_taken.classify(Err(&error)));
-                        drop(entered);
+                        if let Some(guard) = this.guard.take() {
+                            guard.record(this.classify.classify(Err(&error)));
+                        }
                         state.set(State::Failed { error: None });
                         return Poll::Ready(Err(error.into()));
                     }
                     let fut = service.call(req);
-                    drop(entered);
-                    let span = std::mem::replace(span, tracing::Span::none());
-                    state.set(State::Called {
-                        fut,
-                        guard: Some(guard_taken),
-                        classify: Some(inner_taken),
-                        span,
-                    });
+                    state.set(State::Called { fut });
                 }
-                StateProj::Called {
-                    fut,
-                    guard,
-                    classify,
-                    span,
-                } => {
-                    let _entered = span.enter();
+                StateProj::Called { fut } => {
+                    let _entered = this.span.enter();
                     let result = ready!(fut.poll(cx));
-                    if let (Some(guard), Some(classify)) = (guard.take(), classify.take()) {
-                        guard.record(classify.classify(result.as_ref()));
+                    if let Some(guard) = this.guard.take() {
+                        guard.record(this.classify.classify(result.as_ref()));
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
