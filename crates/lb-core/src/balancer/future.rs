@@ -29,7 +29,8 @@ pin_project! {
         // endpoint's future. `guard` is taken when the outcome is recorded.
         guard: Option<InFlightGuard>,
         classify: Classifier<S::Response, S::Error>,
-        span: tracing::Span,
+        // `None` when no subscriber wants the span: nothing to enter, exit or drop.
+        span: Option<tracing::Span>,
     }
 }
 
@@ -69,7 +70,7 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
         req: Req,
         guard: InFlightGuard,
         classify: Classifier<S::Response, S::Error>,
-        span: tracing::Span,
+        span: Option<tracing::Span>,
     ) -> Self {
         Self {
             state: State::Ready {
@@ -95,7 +96,7 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
             state,
             guard: None,
             classify: Classifier::Default,
-            span: tracing::Span::none(),
+            span: None,
         }
     }
 }
@@ -125,7 +126,7 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Ready { service, req } => {
-                    let _entered = this.span.enter();
+                    let _entered = this.span.as_ref().map(tracing::Span::enter);
                     let ready = ready!(service.poll_ready(cx));
                     let Some(req) = req.take() else {
                         return Poll::Ready(Err(PolledAfterCompletion.into()));
@@ -141,7 +142,7 @@ where
                     state.set(State::Called { fut });
                 }
                 StateProj::Called { fut } => {
-                    let _entered = this.span.enter();
+                    let _entered = this.span.as_ref().map(tracing::Span::enter);
                     let result = ready!(fut.poll(cx));
                     if let Some(guard) = this.guard.take() {
                         guard.record(this.classify.classify(result.as_ref()));

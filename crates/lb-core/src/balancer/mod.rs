@@ -448,14 +448,11 @@ where
 /// Built only when a subscriber may want DEBUG spans: otherwise tracing still returns a disabled
 /// span that carries its metadata, and with tracing's `log` feature (which a dependency may turn
 /// on) that span formats its fields on creation and emits `log` checks on every enter and exit,
-/// which together cost more than the rest of a pick. `Span::none()` costs nothing to carry.
+/// which together cost more than the rest of a pick. `None` costs nothing to carry.
 #[inline]
-fn request_span(endpoint: &str, attempt: u32) -> tracing::Span {
-    if tracing::level_enabled!(tracing::Level::DEBUG) {
-        tracing::debug_span!("herd_lb", endpoint, attempt)
-    } else {
-        tracing::Span::none()
-    }
+fn request_span(endpoint: &str, attempt: u32) -> Option<tracing::Span> {
+    tracing::level_enabled!(tracing::Level::DEBUG)
+        .then(|| tracing::debug_span!("herd_lb", endpoint, attempt))
 }
 
 impl<K, S, Req> Inner<K, S, Req>
@@ -490,7 +487,8 @@ where
                 other => other?,
             };
             let index = picked.guard.index();
-            let span = request_span(picked.guard.state().label(), attempt);
+            let span = request_span(picked.guard.state().label(), attempt)
+                .unwrap_or_else(tracing::Span::none);
             let mut service = picked.service;
             let result = async {
                 poll_fn(|cx| service.poll_ready(cx)).await?;
