@@ -40,6 +40,7 @@ impl Default for EwmaConfig {
 /// Lock-free: two relaxed atomics. Concurrent samples may overwrite each other, which only loses a
 /// sample of an estimate; it keeps the request path free of locks.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct EwmaEstimate {
     cost_bits: AtomicU64,
     stamp_ns: AtomicU64,
