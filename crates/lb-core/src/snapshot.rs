@@ -182,26 +182,6 @@ impl Candidates {
             .is_some_and(|s| s.availability(ctx.ignore_health) != Availability::No)
     }
 
-    /// Two indices drawn uniformly and their states, when the weights are equal, nothing is
-    /// excluded and both endpoints are [plainly ready](EndpointState::plainly_ready): the common
-    /// case of P2C, settled with two random numbers and two state reads. `None` sends the caller
-    /// to the general (rejection sampling) path.
-    #[inline]
-    pub(crate) fn uniform_ready_pair(
-        &self,
-        rng: &SharedRng,
-        ctx: &PickContext<'_>,
-    ) -> Option<[(usize, &EndpointState); 2]> {
-        if self.sampler.is_some() || ctx.has_exclusions() || self.states.is_empty() {
-            return None;
-        }
-        let n = self.states.len();
-        let (a, b) = (rng.below(n), rng.below(n));
-        let sa = self.states.get(a)?;
-        let sb = self.states.get(b)?;
-        (sa.plainly_ready() && sb.plainly_ready()).then_some([(a, &**sa), (b, &**sb)])
-    }
-
     /// One index drawn with probability proportional to the weights (availability not checked).
     #[inline]
     pub fn sample(&self, rng: &SharedRng) -> usize {
@@ -223,13 +203,17 @@ impl Candidates {
         }
         for _ in 0..SAMPLE_TRIES {
             let i = self.sample(rng);
+            let Some(state) = self.states.get(i) else {
+                continue;
+            };
+            // The common case in one flags read; the same decision the rules below would make.
+            if state.plainly_ready() && !ctx.is_excluded(i) {
+                return Some(i);
+            }
             if !self.is_available(i, ctx) {
                 continue;
             }
-            if let Some(state) = self.states.get(i)
-                && state.in_slow_start()
-                && rng.unit_f64() >= state.slow_start_factor()
-            {
+            if state.in_slow_start() && rng.unit_f64() >= state.slow_start_factor() {
                 continue;
             }
             return Some(i);

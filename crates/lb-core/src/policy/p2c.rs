@@ -33,9 +33,6 @@ impl P2c {
 impl Pick for P2c {
     #[inline]
     fn pick(&self, c: &Candidates, ctx: &PickContext<'_>) -> Option<usize> {
-        if let Some([(a, sa), (b, sb)]) = c.uniform_ready_pair(&self.rng, ctx) {
-            return Some(if sb.in_flight() < sa.in_flight() { b } else { a });
-        }
         let a = c.sample_available(&self.rng, ctx)?;
         let b = c.sample_available(&self.rng, ctx).unwrap_or(a);
         let load = |i| c.state(i).map_or(usize::MAX, |s| s.in_flight());
