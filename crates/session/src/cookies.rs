@@ -96,20 +96,31 @@ impl SetCookieTemplate {
     }
 
     fn render(&self, value: &str, max_age: Option<Duration>) -> String {
-        let mut header =
-            String::with_capacity(self.name.len() + value.len() + self.attributes.len() + 24);
+        // A removal always carries Max-Age=0; a browser-session cookie has no Max-Age.
+        // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
+        let seconds = max_age
+            .filter(|age| age.is_zero() || self.persistent)
+            .map(|age| age.as_secs() + u64::from(age.subsec_nanos() > 0));
+        let max_age_len = seconds.map_or(0, |s| "; Max-Age=".len() + decimal_len(s));
+        // Exactly sized: `HeaderValue` takes the buffer over only when nothing is spare
+        // (otherwise `Bytes` allocates again).
+        let mut header = String::with_capacity(
+            self.name.len() + 1 + value.len() + self.attributes.len() + max_age_len,
+        );
         header.push_str(&self.name);
         header.push('=');
         header.push_str(value);
         header.push_str(&self.attributes);
-        // A removal always carries Max-Age=0; a browser-session cookie has no Max-Age.
-        if let Some(max_age) = max_age.filter(|age| age.is_zero() || self.persistent) {
-            // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
-            let seconds = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
+        if let Some(seconds) = seconds {
             let _ = write!(header, "; Max-Age={seconds}");
         }
         header
     }
+}
+
+/// Number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
 }
 
 /// The `Set-Cookie` text for `value`, with every configured attribute.
@@ -182,6 +193,18 @@ mod tests {
             "sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60"
         );
         assert!(!removal.contains("Secure") && !removal.contains("Domain"));
+    }
+
+    #[test]
+    fn rendered_cookie_is_exactly_sized() {
+        let template = SetCookieTemplate::new(&CookieConfig::default());
+        for seconds in [0, 1, 9, 10, 99, 100, 1800, 43_200, u64::MAX] {
+            let text = template.render("a.b", Some(Duration::from_secs(seconds)));
+            assert!(text.ends_with(&format!("; Max-Age={seconds}")), "{text}");
+            assert_eq!(text.len(), text.capacity(), "{text}");
+        }
+        let text = template.render("a.b", None);
+        assert_eq!(text.len(), text.capacity(), "{text}");
     }
 
     #[test]

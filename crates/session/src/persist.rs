@@ -49,25 +49,36 @@ enum Plan {
 }
 
 impl Session {
-    /// Called by the layer once the handler's response is ready: saves and sets the cookie,
-    /// or turns the response into an error response when the store failed.
-    pub(crate) async fn finish<B: From<String>>(&self, response: &mut Response<B>) {
+    /// The part of [`finish`](Self::finish) that needs no store: returns `true` when the
+    /// response is complete without a save (the handler never used the session, or its load
+    /// failed), so the layer only builds the saving future when there is something to save.
+    pub(crate) fn finish_without_store<B: From<String>>(&self, response: &mut Response<B>) -> bool {
         let shared = self.shared();
-        let fail_closed = shared.config.on_store_error == OnStoreError::ServiceUnavailable;
         if !self.is_loaded() {
             // The handler never looked at the session: nothing to save or touch. A cookie that
             // failed its signature check is dropped so the browser stops sending it.
             if matches!(self.presented_ref(), Presented::Rejected) {
                 CookieAction::Remove.apply(&shared.set_cookie, None, response.headers_mut());
             }
-            return;
+            return true;
         }
         if let Some(error) = self.state().failure.clone() {
-            if fail_closed {
+            if shared.config.on_store_error == OnStoreError::ServiceUnavailable {
                 *response = error_response(&SessionError::Store(error));
             }
+            return true;
+        }
+        false
+    }
+
+    /// Called by the layer once the handler's response is ready: saves and sets the cookie,
+    /// or turns the response into an error response when the store failed.
+    pub(crate) async fn finish<B: From<String>>(&self, response: &mut Response<B>) {
+        if self.finish_without_store(response) {
             return;
         }
+        let shared = self.shared();
+        let fail_closed = shared.config.on_store_error == OnStoreError::ServiceUnavailable;
         match self.persist().await {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
@@ -191,9 +202,7 @@ impl Session {
         for _ in 0..CREATE_ATTEMPTS {
             let id = shared.ids.generate()?;
             let key = id.store_key();
-            let done = store
-                .create(&key, Arc::clone(&record), ttl)
-                .instrument(span.clone())
+            let done = in_span(store.create(&key, Arc::clone(&record), ttl), &span)
                 .await
                 .map_err(|error| store_failure(self, error))?;
             if done {
@@ -212,9 +221,7 @@ impl Session {
         if let Some(old) = old {
             // Fixation defence: the old id must stop working. If that fails, report it rather
             // than hand out the new id with the old one still live.
-            store
-                .delete(&old.store_key())
-                .instrument(span)
+            in_span(store.delete(&old.store_key()), &span)
                 .await
                 .map_err(|error| store_failure(self, error))?;
         }
@@ -276,10 +283,18 @@ impl Session {
                 return Ok(());
             };
             let record = Arc::new(record);
-            let outcome = store
-                .save_loaded(&key, &current, Arc::clone(&record), ttl)
-                .instrument(span.clone())
-                .await;
+            let now = if span.is_disabled() {
+                store.save_loaded_now(&key, &current, &record, ttl)
+            } else {
+                span.in_scope(|| store.save_loaded_now(&key, &current, &record, ttl))
+            };
+            let outcome = match now {
+                Some(outcome) => outcome,
+                None => {
+                    let save = store.save_loaded(&key, &current, Arc::clone(&record), ttl);
+                    in_span(save, &span).await
+                }
+            };
             match outcome {
                 Ok(SaveOutcome::Saved { version }) => {
                     self.shared().metrics.save("saved");
@@ -344,9 +359,8 @@ impl Session {
         key: StoreKey,
         ttl: Duration,
     ) -> Result<(), SessionError> {
-        let touched = store
-            .touch(&key, ttl)
-            .instrument(tracing::debug_span!("session.touch", store = store.name()))
+        let span = tracing::debug_span!("session.touch", store = store.name());
+        let touched = in_span(store.touch(&key, ttl), &span)
             .await
             .map_err(|error| store_failure(self, error))?;
         if !touched {
@@ -408,7 +422,7 @@ impl State {
 fn keep_stored(
     rule: ConflictRule,
     name: &str,
-    changes: &std::collections::HashMap<String, Option<Box<serde_json::value::RawValue>>>,
+    changes: &std::collections::BTreeMap<String, Option<Box<serde_json::value::RawValue>>>,
     latest: &Stored,
 ) -> bool {
     #[cfg(feature = "db-router")]
@@ -427,6 +441,17 @@ fn keep_stored(
     }
     let _ = (name, changes, latest);
     rule == ConflictRule::FirstWriteWins
+}
+
+/// Runs a store call inside `span`, or bare when no subscriber wants the span: entering a
+/// disabled span on every poll still costs (tracing's `log` fallback checks run each time),
+/// and the save runs on every request.
+async fn in_span<F: std::future::Future>(future: F, span: &tracing::Span) -> F::Output {
+    if span.is_disabled() {
+        future.await
+    } else {
+        future.instrument(span.clone()).await
+    }
 }
 
 fn clear_changes(state: &mut State) {

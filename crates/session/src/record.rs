@@ -1,6 +1,6 @@
 //! What a store keeps for one session: its fields (as JSON text) and its lifetime bounds.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -8,13 +8,16 @@ use serde_json::value::RawValue;
 
 /// A session's stored content.
 ///
+/// Fields are kept in a `BTreeMap`: sessions hold a handful of fields, and comparing a few
+/// short names is cheaper than hashing each one (SipHash) on every read and write.
+///
 /// Field values are kept as their JSON text: typed reads and writes (de)serialize one field at
 /// a time, merging compares texts, and a store that needs bytes calls [`to_json`](Self::to_json)
 /// without re-encoding every value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
     #[serde(rename = "f")]
-    fields: HashMap<String, Box<RawValue>>,
+    fields: BTreeMap<String, Box<RawValue>>,
     /// Creation time, milliseconds since the Unix epoch.
     #[serde(rename = "c")]
     created_at_ms: u64,
@@ -28,7 +31,7 @@ impl SessionRecord {
     pub fn new(absolute_timeout: Option<Duration>) -> Self {
         let created_at_ms = unix_ms(SystemTime::now());
         Self {
-            fields: HashMap::new(),
+            fields: BTreeMap::new(),
             created_at_ms,
             absolute_deadline_ms: absolute_timeout
                 .map(|t| created_at_ms.saturating_add(duration_ms(t))),
@@ -92,15 +95,14 @@ impl SessionRecord {
         }
     }
 
-    /// A copy with the same clock, keeping the fields for which `skip` is false, with room for
-    /// `capacity` fields.
-    pub(crate) fn with_fields(&self, capacity: usize, skip: impl Fn(&str) -> bool) -> Self {
-        let mut fields = HashMap::with_capacity(capacity);
-        for (name, value) in &self.fields {
-            if !skip(name) {
-                fields.insert(name.clone(), value.clone());
-            }
-        }
+    /// A copy with the same clock, keeping the fields for which `skip` is false.
+    pub(crate) fn with_fields(&self, skip: impl Fn(&str) -> bool) -> Self {
+        let fields = self
+            .fields
+            .iter()
+            .filter(|(name, _)| !skip(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         Self {
             fields,
             created_at_ms: self.created_at_ms,

@@ -261,15 +261,12 @@ impl<S> SessionService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: From<String> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = future::ResponseFuture<ResBody, S::Error>;
+    type Future = future::ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -278,14 +275,10 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let session = Session::from_headers(Arc::clone(&self.shared), request.headers());
         request.extensions_mut().insert(session.clone());
-        // The clone that was driven to readiness serves this call; a fresh clone stays.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        future::ResponseFuture::new(async move {
-            let mut response = inner.call(request).await?;
-            session.finish(&mut response).await;
-            Ok(response)
-        })
+        // Nothing is awaited before the inner call (the session loads lazily, in the
+        // handler), so the service that was driven to readiness is called right here: no
+        // clone of it has to move into the response future.
+        future::ResponseFuture::new(self.inner.call(request), session)
     }
 }
 
@@ -295,36 +288,97 @@ pub mod future {
     use std::fmt;
     use std::future::Future;
     use std::pin::Pin;
-    use std::task::{Context, Poll};
+    use std::task::{Context, Poll, ready};
 
     use http::Response;
+    use pin_project_lite::pin_project;
 
-    type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+    use crate::session::Session;
 
-    /// Runs the inner service, then saves the session and sets its cookie.
-    pub struct ResponseFuture<B, E> {
-        inner: BoxedResponse<B, E>,
+    type Finishing<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
+
+    pin_project! {
+        /// Runs the inner service, then saves the session and sets its cookie.
+        pub struct ResponseFuture<F, B> {
+            #[pin]
+            state: State<F, B>,
+        }
     }
 
-    impl<B, E> ResponseFuture<B, E> {
-        pub(crate) fn new(
-            future: impl Future<Output = Result<Response<B>, E>> + Send + 'static,
-        ) -> Self {
+    pin_project! {
+        #[project = StateProj]
+        enum State<F, B> {
+            /// The inner service is answering.
+            Inner {
+                #[pin]
+                future: F,
+                session: Option<Session>,
+            },
+            /// The session is being saved (only when the handler used it).
+            Finishing { future: Finishing<B> },
+            /// The response was returned.
+            Done,
+        }
+    }
+
+    impl<F, B> ResponseFuture<F, B> {
+        pub(crate) fn new(future: F, session: Session) -> Self {
             Self {
-                inner: Box::pin(future),
+                state: State::Inner {
+                    future,
+                    session: Some(session),
+                },
             }
         }
     }
 
-    impl<B, E> Future for ResponseFuture<B, E> {
+    impl<F, B, E> Future for ResponseFuture<F, B>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+        B: From<String> + Send + 'static,
+    {
         type Output = Result<Response<B>, E>;
 
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            self.inner.as_mut().poll(cx)
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut this = self.project();
+            loop {
+                match this.state.as_mut().project() {
+                    StateProj::Inner { future, session } => {
+                        let result = ready!(future.poll(cx));
+                        let (mut response, session) = match (result, session.take()) {
+                            (Ok(mut response), Some(session)) => {
+                                // A session the handler never read (or whose load failed)
+                                // needs no store call: finish it here, boxing nothing.
+                                if session.finish_without_store(&mut response) {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Ok(response));
+                                }
+                                (response, session)
+                            }
+                            (result, _) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(result);
+                            }
+                        };
+                        let future = Box::pin(async move {
+                            session.finish(&mut response).await;
+                            response
+                        });
+                        this.state.set(State::Finishing { future });
+                    }
+                    StateProj::Finishing { future } => {
+                        let response = ready!(future.as_mut().poll(cx));
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(response));
+                    }
+                    // Polled after it completed: a caller bug; never wakes again.
+                    StateProj::Done => return Poll::Pending,
+                }
+            }
         }
     }
 
-    impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    impl<F, B> fmt::Debug for ResponseFuture<F, B> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("ResponseFuture").finish_non_exhaustive()
         }

@@ -1,6 +1,6 @@
 //! The [`Session`] handle a request works with.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -147,7 +147,7 @@ pub(crate) struct State {
     /// The stored session as last read or written; `None` for a session not stored yet.
     pub(crate) base: Option<Stored>,
     /// Changes not saved yet: `None` removes the field.
-    pub(crate) changes: HashMap<String, Option<Box<RawValue>>>,
+    pub(crate) changes: BTreeMap<String, Option<Box<RawValue>>>,
     /// `clear()` was called: fields not in `changes` are gone.
     pub(crate) cleared: bool,
     /// `cycle_id()` was called: the next save moves the session to a new id.
@@ -248,10 +248,13 @@ impl Session {
         let loaded = match (&self.inner.presented, &shared.backend) {
             (Presented::Id { id, .. }, Backend::Store(store)) => {
                 let key = id.store_key();
-                store
-                    .load(&key)
-                    .await
-                    .map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)))
+                // Through `&dyn`: `Arc`'s own impl would box a second future around the store's.
+                let store: &dyn SessionStore = store.as_ref();
+                let loaded = match store.load_now(&key) {
+                    Some(loaded) => loaded,
+                    None => store.load(&key).await,
+                };
+                loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)))
             }
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(value), Backend::Cookie(cookie_store)) => Ok(cookie_store
@@ -411,7 +414,7 @@ impl Session {
         };
         let id = self.state().id.clone().or(id);
         if let (Some(id), Backend::Store(store)) = (id, &self.shared().backend)
-            && let Err(error) = store.delete(&id.store_key()).await
+            && let Err(error) = store.as_ref().delete(&id.store_key()).await
         {
             self.shared()
                 .metrics
@@ -468,19 +471,13 @@ impl fmt::Debug for Session {
 /// A new record holding `base` (if any) with `changes` applied.
 pub(crate) fn apply_changes(
     base: Option<&SessionRecord>,
-    changes: &HashMap<String, Option<Box<RawValue>>>,
+    changes: &BTreeMap<String, Option<Box<RawValue>>>,
     cleared: bool,
     absolute_timeout: Option<std::time::Duration>,
 ) -> SessionRecord {
     let mut record = match base {
         // Copy only the fields this request leaves alone; changed ones are written below.
-        Some(base) => base.with_fields(
-            base.fields()
-                .filter(|(name, _)| !cleared && !changes.contains_key(*name))
-                .count()
-                + changes.len(),
-            |name| cleared || changes.contains_key(name),
-        ),
+        Some(base) => base.with_fields(|name| cleared || changes.contains_key(name)),
         None => SessionRecord::new(absolute_timeout),
     };
     for (name, change) in changes {

@@ -208,6 +208,44 @@ impl MemoryStore {
         SaveOutcome::Saved { version }
     }
 
+    /// The live session under `key`, with its slot as the lease.
+    fn load_entry(&self, key: &StoreKey) -> Option<Stored> {
+        let slot = self.cache.get(key)?;
+        let now = Instant::now();
+        let entry = slot.live(now)?;
+        let stored = entry.live(now).map(|ttl| Stored {
+            record: Arc::clone(&entry.record),
+            version: entry.version,
+            ttl,
+            lease: None,
+        });
+        drop(entry);
+        stored.map(|stored| Stored {
+            lease: Some(Lease::new(slot)),
+            ..stored
+        })
+    }
+
+    /// Check-and-set of a session this store loaded.
+    fn save_loaded_entry(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> SaveOutcome {
+        // The slot from `load` skips a second cache lookup; a deleted or evicted slot is
+        // emptied, so this still finds such a session gone.
+        let slot = match loaded.lease.as_ref().and_then(Lease::downcast::<Slot>) {
+            Some(slot) => slot,
+            None => match self.cache.get(key) {
+                Some(slot) => slot,
+                None => return SaveOutcome::Gone,
+            },
+        };
+        self.save_in(key, &slot, loaded.version, record, ttl)
+    }
+
     /// Makes moka re-read the slot's expiry after it was extended beyond what moka assumed.
     fn refresh_expiry(&self, key: &StoreKey, old_ttl: Duration, new_ttl: Duration) {
         if new_ttl > old_ttl {
@@ -256,24 +294,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError> {
-        let Some(slot) = self.cache.get(key) else {
-            return Ok(None);
-        };
-        let now = Instant::now();
-        let Some(entry) = slot.live(now) else {
-            return Ok(None);
-        };
-        let stored = entry.live(now).map(|ttl| Stored {
-            record: Arc::clone(&entry.record),
-            version: entry.version,
-            ttl,
-            lease: None,
-        });
-        drop(entry);
-        Ok(stored.map(|stored| Stored {
-            lease: Some(Lease::new(slot)),
-            ..stored
-        }))
+        Ok(self.load_entry(key))
     }
 
     async fn save(
@@ -296,12 +317,26 @@ impl SessionStore for MemoryStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
-        // The slot from `load` skips a second cache lookup; a deleted or evicted slot is
-        // emptied, so this still finds such a session gone.
-        match loaded.lease.as_ref().and_then(Lease::downcast::<Slot>) {
-            Some(slot) => Ok(self.save_in(key, &slot, loaded.version, record, ttl)),
-            None => self.save(key, loaded.version, record, ttl).await,
-        }
+        Ok(self.save_loaded_entry(key, loaded, record, ttl))
+    }
+
+    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
+        Some(Ok(self.load_entry(key)))
+    }
+
+    fn save_loaded_now(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: &Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Option<Result<SaveOutcome, StoreError>> {
+        Some(Ok(self.save_loaded_entry(
+            key,
+            loaded,
+            Arc::clone(record),
+            ttl,
+        )))
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -368,6 +403,26 @@ mod tests {
             store.load(&key).await.unwrap().is_none(),
             "touch or save recreated it"
         );
+    }
+
+    #[tokio::test]
+    async fn answers_at_once_without_futures() {
+        let store = MemoryStore::new();
+        let key = key(5);
+        let ttl = Duration::from_secs(60);
+        let record = Arc::new(SessionRecord::new(None));
+        assert!(store.load_now(&key).unwrap().unwrap().is_none());
+        store.create(&key, Arc::clone(&record), ttl).await.unwrap();
+        let loaded = store.load_now(&key).unwrap().unwrap().unwrap();
+        assert_eq!(loaded.version, 1);
+        let saved = store.save_loaded_now(&key, &loaded, &record, ttl).unwrap();
+        assert!(matches!(saved.unwrap(), SaveOutcome::Saved { version: 2 }));
+        let stale = store.save_loaded_now(&key, &loaded, &record, ttl).unwrap();
+        assert!(matches!(stale.unwrap(), SaveOutcome::Conflict(s) if s.version == 2));
+        store.delete(&key).await.unwrap();
+        let gone = store.save_loaded_now(&key, &loaded, &record, ttl).unwrap();
+        assert!(matches!(gone.unwrap(), SaveOutcome::Gone));
+        assert!(store.load_now(&key).unwrap().unwrap().is_none());
     }
 
     #[tokio::test]

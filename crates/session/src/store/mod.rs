@@ -135,6 +135,27 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         self.save(key, loaded.version, record, ttl).await
     }
 
+    /// [`load`](Self::load) answered at once, for stores that never wait (in-process
+    /// memory). `None`, the default, means "call `load`". The layer asks this first on every
+    /// request, so a store that answers here spares the boxed future of `load`.
+    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
+        let _ = key;
+        None
+    }
+
+    /// [`save_loaded`](Self::save_loaded) answered at once, like [`load_now`](Self::load_now);
+    /// `None`, the default, means "call `save_loaded`".
+    fn save_loaded_now(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: &Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Option<Result<SaveOutcome, StoreError>> {
+        let _ = (key, loaded, record, ttl);
+        None
+    }
+
     /// Removes a session; removing an absent one is not an error.
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError>;
 
@@ -180,6 +201,20 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
         (**self).save_loaded(key, loaded, record, ttl).await
+    }
+
+    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
+        (**self).load_now(key)
+    }
+
+    fn save_loaded_now(
+        &self,
+        key: &StoreKey,
+        loaded: &Stored,
+        record: &Arc<SessionRecord>,
+        ttl: Duration,
+    ) -> Option<Result<SaveOutcome, StoreError>> {
+        (**self).save_loaded_now(key, loaded, record, ttl)
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
