@@ -89,7 +89,7 @@ impl Shared {
         if scope::primary_forced() {
             return Route::Primary(Reason::Forced);
         }
-        self.classifier.classify(sql)
+        self.routes.route(sql, |sql| self.classifier.classify(sql))
     }
 
     /// Routes and runs one statement with `op` (one of the `&PgPool` executor methods).
@@ -118,7 +118,7 @@ impl Shared {
         F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
     {
         let node = self.writer_or_err("query").map_err(Error::into_sqlx)?;
-        metrics::query(&node.name, route);
+        metrics::query(&node.metric_keys, route);
         let result = race_down(node, "query", op(&node.pool, query)).await;
         match &result {
             Ok(_) if is_write => {
@@ -185,7 +185,7 @@ impl Shared {
                     .run_on_writer(route, parts.into_query(), op, false)
                     .await;
             };
-            metrics::query(&node.name, route);
+            metrics::query(&node.metric_keys, route);
             let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
             match result {
                 Ok(value) => {
@@ -199,7 +199,7 @@ impl Shared {
                 }
                 Err(e) if is_read_only_violation(&e) && self.config.retry_misrouted => {
                     Lease::finish(lease, Outcome::Success);
-                    metrics::misroute(&node.name);
+                    metrics::misroute(&node.metric_keys);
                     tracing::warn!(node = %node.name, sql = parts.sql.as_str(), "a replica refused the statement as a write: retrying on the primary");
                     return self
                         .run_on_writer(route, parts.into_query(), op, true)

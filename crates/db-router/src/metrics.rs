@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::classify::Route;
+use metrics::{Key, Label, Level, Metadata};
+
+use crate::classify::{Reason, Route};
 
 /// Counter: statements run through automatic routing, by `node` and classified `route`.
 pub const QUERIES_TOTAL: &str = "herd_db_queries_total";
@@ -31,17 +33,56 @@ pub const POOL_IN_USE: &str = "herd_db_pool_in_use";
 /// Gauge: the pool's maximum size, by `node`.
 pub const POOL_MAX: &str = "herd_db_pool_max";
 
-pub(crate) fn query(node: &Arc<str>, route: Route) {
-    metrics::counter!(QUERIES_TOTAL, "node" => Arc::clone(node), "route" => route.as_str())
-        .increment(1);
+/// Where the request-path counters are registered from (what `metrics::counter!` would use).
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// A node's request-path counter keys, built once: a query then only asks the recorder in
+/// force (global or local, installed before or after the router was built) for the counter,
+/// instead of allocating labels and a key for every statement.
+#[derive(Debug)]
+pub(crate) struct NodeKeys {
+    query_replica: Key,
+    query_primary: Key,
+    misroute: Key,
+}
+
+impl NodeKeys {
+    pub(crate) fn new(node: &Arc<str>) -> Self {
+        let query = |route: Route| {
+            Key::from_parts(
+                QUERIES_TOTAL,
+                vec![
+                    Label::new("node", Arc::clone(node)),
+                    Label::new("route", route.as_str()),
+                ],
+            )
+        };
+        Self {
+            query_replica: query(Route::Replica(Reason::ReadOnly)),
+            query_primary: query(Route::Primary(Reason::Forced)),
+            misroute: Key::from_parts(MISROUTES_TOTAL, vec![Label::new("node", Arc::clone(node))]),
+        }
+    }
+}
+
+fn increment(key: &Key) {
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+pub(crate) fn query(keys: &NodeKeys, route: Route) {
+    increment(match route {
+        Route::Replica(_) => &keys.query_replica,
+        Route::Primary(_) => &keys.query_primary,
+    });
 }
 
 pub(crate) fn fallback(reason: &'static str) {
     metrics::counter!(FALLBACK_TO_PRIMARY_TOTAL, "reason" => reason).increment(1);
 }
 
-pub(crate) fn misroute(node: &Arc<str>) {
-    metrics::counter!(MISROUTES_TOTAL, "node" => Arc::clone(node)).increment(1);
+pub(crate) fn misroute(keys: &NodeKeys) {
+    increment(&keys.misroute);
 }
 
 pub(crate) fn gauge(name: &'static str, node: &Arc<str>, value: f64) {

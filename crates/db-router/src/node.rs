@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::config::Role;
 use crate::lsn::Lsn;
+use crate::metrics::NodeKeys;
 
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -26,6 +27,8 @@ pub(crate) struct Node {
     pub(crate) state: NodeState,
     /// Woken when the node is found down, so requests waiting on it give up at once.
     pub(crate) down: Notify,
+    /// Request-path counter keys with this node's label.
+    pub(crate) metric_keys: NodeKeys,
 }
 
 /// Lock-free view of a node, written by the monitor (and by passive marking).

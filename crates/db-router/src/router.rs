@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::classify::{Classifier, Route};
+use crate::classify::{Classifier, Route, RouteCache};
 use crate::config::{Fallback, NodeSpec, RouterConfig};
 use crate::error::Error;
 use crate::lsn::Lsn;
@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) writer: AtomicUsize,
     pub(crate) primary_lsn: AtomicU64,
     pub(crate) classifier: Classifier,
+    /// Routes of recently classified SQL text (automatic routing only).
+    pub(crate) routes: RouteCache,
     pub(crate) config: RouterConfig,
     /// Wakes the monitor for an early check (a connection error on the primary).
     pub(crate) wake: Arc<Notify>,
@@ -157,6 +159,7 @@ impl DbRouterBuilder {
             excluded: ArcSwap::from_pointee(all_reads),
             writer: AtomicUsize::new(NO_WRITER),
             primary_lsn: AtomicU64::new(0),
+            routes: RouteCache::new(),
             classifier: Classifier::new(&self.config.write_functions, self.config.function_policy),
             config: self.config,
             wake: Arc::new(Notify::new()),
@@ -185,6 +188,7 @@ fn node_from_spec(spec: NodeSpec, name: Arc<str>, read_slot: Option<usize>) -> N
         .test_before_acquire(pool_config.test_before_acquire)
         .connect_lazy_with(spec.connect.clone());
     Node {
+        metric_keys: crate::metrics::NodeKeys::new(&name),
         name,
         role: spec.role,
         weight: spec.weight,

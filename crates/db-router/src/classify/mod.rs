@@ -21,8 +21,11 @@
 //! `E''` and dollar-quoted strings, so keywords inside them never count. It does not
 //! allocate; classifying a typical statement takes well under a microsecond.
 
+mod cache;
 mod functions;
 mod lexer;
+
+pub(crate) use cache::RouteCache;
 
 use std::collections::HashSet;
 use std::fmt;

@@ -1,0 +1,150 @@
+//! A small per-router memo of routes for repeated SQL text.
+//!
+//! Applications send the same few statements over and over, so the router remembers the
+//! route of recently seen SQL instead of lexing it again. The cache is direct-mapped (one
+//! entry per slot, the newest wins), bounded in entries and in statement length, and keyed
+//! by a hash of the text; a hit also compares the whole text, so a hash collision can only
+//! cost a miss, never a wrong route. Slots are `ArcSwap`s: readers on many threads never
+//! write to shared memory.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use super::Route;
+
+/// Number of slots: enough for an application's hot statements, small enough to stay cheap.
+const SLOTS: usize = 128;
+/// Longer statements are classified every time, so the cache holds at most
+/// `SLOTS * MAX_LEN` bytes of SQL.
+const MAX_LEN: usize = 2048;
+
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    sql: Box<str>,
+    route: Route,
+}
+
+/// Remembers the route of recently classified SQL text.
+#[derive(Debug)]
+pub(crate) struct RouteCache {
+    slots: Box<[ArcSwapOption<Entry>]>,
+}
+
+impl RouteCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+
+    /// The route of `sql`: remembered, or computed by `classify` and remembered.
+    pub(crate) fn route(&self, sql: &str, classify: impl FnOnce(&str) -> Route) -> Route {
+        if sql.len() > MAX_LEN {
+            return classify(sql);
+        }
+        let hash = hash(sql.as_bytes());
+        // `SLOTS` is a power of two: the low bits pick the slot.
+        let Some(slot) = self.slots.get(hash as usize & (SLOTS - 1)) else {
+            return classify(sql);
+        };
+        if let Some(entry) = &*slot.load()
+            && entry.hash == hash
+            && *entry.sql == *sql
+        {
+            return entry.route;
+        }
+        let route = classify(sql);
+        slot.store(Some(Arc::new(Entry {
+            hash,
+            sql: sql.into(),
+            route,
+        })));
+        route
+    }
+}
+
+/// A fast, non-cryptographic hash of the SQL bytes (eight at a time). Not exposed to
+/// attackers in any way that matters: a collision only costs a reclassification.
+fn hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
+        h = mix(h, word);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut word = [0_u8; 8];
+        for (to, from) in word.iter_mut().zip(rest) {
+            *to = *from;
+        }
+        h = mix(h, u64::from_le_bytes(word));
+    }
+    // Fold the high bits (the best mixed) into the low ones used to pick a slot.
+    h ^ (h >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+
+    #[test]
+    fn remembers_routes_and_tells_statements_apart() {
+        let cache = RouteCache::new();
+        let statements = [
+            "SELECT v FROM kv WHERE id = $1",
+            "SELECT v FROM kv WHERE id = $1 FOR UPDATE",
+            "UPDATE kv SET v = $2 WHERE id = $1",
+            "",
+            "select 1",
+        ];
+        for _ in 0..3 {
+            for sql in statements {
+                assert_eq!(cache.route(sql, classify), classify(sql), "{sql}");
+            }
+        }
+        // A hit does not classify again.
+        cache.route(statements[0], classify);
+        assert_eq!(
+            cache.route(statements[0], |_| unreachable!("cached")),
+            classify(statements[0])
+        );
+    }
+
+    #[test]
+    fn more_statements_than_slots_and_long_statements_stay_correct() {
+        let cache = RouteCache::new();
+        for round in 0..2 {
+            for i in 0..(SLOTS * 3) {
+                let sql = if i % 2 == 0 {
+                    format!("SELECT {i}")
+                } else {
+                    format!("DELETE FROM t WHERE id = {i}")
+                };
+                assert_eq!(
+                    cache.route(&sql, classify),
+                    classify(&sql),
+                    "round {round}: {sql}"
+                );
+            }
+        }
+        let long = format!("SELECT 1 {}", " ".repeat(MAX_LEN));
+        assert_eq!(cache.route(&long, classify), classify(&long));
+        assert_eq!(
+            cache.route("SELECT 1 FOR UPDATE", classify),
+            classify("SELECT 1 FOR UPDATE")
+        );
+    }
+
+    #[test]
+    fn hash_depends_on_every_byte() {
+        assert_ne!(hash(b"SELECT 1"), hash(b"SELECT 2"));
+        assert_ne!(hash(b"SELECT 1 "), hash(b"SELECT 1"));
+        assert_ne!(hash(b"abcdefgh1"), hash(b"abcdefgh2"));
+    }
+}
