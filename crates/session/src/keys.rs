@@ -13,6 +13,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde::{Deserialize, Deserializer};
 use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
 
 use crate::error::ConfigError;
 use crate::id::{ID_TEXT_LEN, SessionId};
@@ -161,15 +162,17 @@ impl SigningKeys {
             return None;
         }
         let id = SessionId::parse(id_text)?;
-        let mut tag = [0_u8; 32];
-        match URL_SAFE_NO_PAD.decode_slice(mac_text, &mut tag) {
-            Ok(32) => {}
-            _ => return None,
-        }
-        // `verify_slice` compares in constant time.
-        let index = self
-            .all()
-            .position(|key| key.mac(cookie_name, id_text).verify_slice(&tag).is_ok())?;
+        // The expected signature is encoded and compared as text, in constant time: encoding
+        // 32 bytes is cheaper than decoding 43 characters, and since only the canonical
+        // encoding is ever produced, the accepted values are the same as when decoding.
+        let index = self.all().position(|key| {
+            let tag = key.mac(cookie_name, id_text).finalize().into_bytes();
+            let mut expected = [0_u8; MAC_TEXT_LEN];
+            matches!(
+                URL_SAFE_NO_PAD.encode_slice(tag, &mut expected),
+                Ok(MAC_TEXT_LEN)
+            ) && bool::from(expected.ct_eq(mac_text.as_bytes()))
+        })?;
         Some(Verified {
             id,
             signed_with_old_key: index > 0,
@@ -245,6 +248,20 @@ mod tests {
         flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
         assert!(
             keys.verify("sid", &String::from_utf8(flipped).unwrap())
+                .is_none()
+        );
+        // The last character carries 4 bits; the same bits with a low bit set (not the
+        // canonical encoding of the signature) must not pass either.
+        let mut noncanonical = value.clone().into_bytes();
+        let last = noncanonical.len() - 1;
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let position = alphabet
+            .iter()
+            .position(|c| *c == noncanonical[last])
+            .unwrap();
+        noncanonical[last] = alphabet[position | 1];
+        assert!(
+            keys.verify("sid", &String::from_utf8(noncanonical).unwrap())
                 .is_none()
         );
         for bad in [
