@@ -196,27 +196,41 @@ impl Candidates {
     ///
     /// Draws by the static weights and rejects unavailable or ramping endpoints, which keeps a
     /// pick O(1) (O(log n) with unequal weights); after a few rejections it scans all endpoints.
-    #[inline]
+    #[inline(always)]
     pub fn sample_available(&self, rng: &SharedRng, ctx: &PickContext<'_>) -> Option<usize> {
+        let i = self.sample(rng);
+        // The common case in one flags read, inlined into the policy; the same decision the
+        // general rules would make for this draw.
+        if let Some(state) = self.states.get(i)
+            && state.plainly_ready()
+            && !ctx.is_excluded(i)
+        {
+            return Some(i);
+        }
+        self.sample_available_slow(rng, ctx, i)
+    }
+
+    /// [`sample_available`](Self::sample_available) from its first draw `first` on.
+    #[cold]
+    #[inline(never)]
+    fn sample_available_slow(
+        &self,
+        rng: &SharedRng,
+        ctx: &PickContext<'_>,
+        first: usize,
+    ) -> Option<usize> {
         if self.states.is_empty() {
             return None;
         }
+        let mut i = first;
         for _ in 0..SAMPLE_TRIES {
-            let i = self.sample(rng);
-            let Some(state) = self.states.get(i) else {
-                continue;
-            };
-            // The common case in one flags read; the same decision the rules below would make.
-            if state.plainly_ready() && !ctx.is_excluded(i) {
+            if let Some(state) = self.states.get(i)
+                && self.is_available(i, ctx)
+                && !(state.in_slow_start() && rng.unit_f64() >= state.slow_start_factor())
+            {
                 return Some(i);
             }
-            if !self.is_available(i, ctx) {
-                continue;
-            }
-            if state.in_slow_start() && rng.unit_f64() >= state.slow_start_factor() {
-                continue;
-            }
-            return Some(i);
+            i = self.sample(rng);
         }
         self.scan_weighted(rng, ctx, |_| 0.0)
     }
