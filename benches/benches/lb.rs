@@ -24,7 +24,10 @@ impl Service<u64> for Trivial {
     type Error = Infallible;
     type Future = Ready<Result<u64, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -34,7 +37,9 @@ impl Service<u64> for Trivial {
 }
 
 fn herd(n: usize, policy: Policy, hashed: bool) -> Balancer<usize, Trivial, u64> {
-    let mut builder = Balancer::<usize, Trivial, u64>::builder().policy(policy).seed(1);
+    let mut builder = Balancer::<usize, Trivial, u64>::builder()
+        .policy(policy)
+        .seed(1);
     if hashed {
         builder = builder.key(|req: &u64| Some(RequestKey(*req)));
     }
@@ -73,7 +78,11 @@ fn lb_pick(c: &mut Criterion) {
             ("herd_p2c", P2c::seeded(1).into(), false),
             ("herd_rr", RoundRobin::seeded(1).into(), false),
             ("herd_ewma", PeakEwma::seeded(1).into(), false),
-            ("herd_hash", ConsistentHash::seeded(1.25, 1).expect("factor > 1").into(), true),
+            (
+                "herd_hash",
+                ConsistentHash::seeded(1.25, 1).expect("factor > 1").into(),
+                true,
+            ),
         ];
         for (name, policy, hashed) in herd_cases {
             let mut balancer = herd(n, policy, hashed);
