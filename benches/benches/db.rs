@@ -4,7 +4,9 @@
 //!   primary and one streaming replica on this machine): `direct_pool` is a plain sqlx
 //!   `PgPool` on the replica (the anchor), `router_auto` is `&DbRouter` routing it
 //!   automatically (classify, pick the replica with lb-core, run, record) to that same
-//!   replica. Goal: router_auto within 3 % of direct_pool.
+//!   replica. The statement repeats, as an application's do, so after the first query its
+//!   route comes from the router's route cache instead of the classifier. Goal: router_auto
+//!   within 3 % of direct_pool.
 //! - `db_classify`: every statement of the classifier corpus
 //!   (`crates/db-router/tests/corpus.txt`) classified by `herd` (herd_db_router::classify) and
 //!   by `sqlparser` (parse with the PostgreSQL dialect, then decide from the AST: pgcat's
