@@ -9,7 +9,10 @@
 //!   the router's `max_lag_bytes` / `max_lag`, where the replica stops taking reads; no
 //!   fail bound, since reads fall back to the primary);
 //! - `warn` when no replica is eligible (every read goes to the primary);
-//! - per node, `utilization` of the pool (`warn` from 90 % in use).
+//! - per node, `utilization` of the pool (`warn` from 90 % in use);
+//! - WAL positions as text LSNs: `currentLsn` of the write node, `receiveLsn` and
+//!   `replayLsn` of each replica (tag the check `herd_health::tags::REPLICATION` to serve
+//!   them on `/health/replication`).
 //!
 //! ```no_run
 //! # async fn demo(router: herd_db_router::DbRouter) {
@@ -128,6 +131,22 @@ impl RouterCheck {
             result.push(role);
             if is_replica {
                 replicas += 1;
+            }
+            // WAL positions, for `/health/replication`: where the write node is, and how far each
+            // replica has received and replayed.
+            let positions = [
+                ("currentLsn", node.current_lsn.filter(|_| node.is_write_node)),
+                ("receiveLsn", node.receive_lsn.filter(|_| is_replica)),
+                ("replayLsn", node.replay_lsn.filter(|_| is_replica)),
+            ];
+            for (name, lsn) in positions {
+                if let Some(lsn) = lsn {
+                    result.push(
+                        Measurement::new(name, Status::Pass)
+                            .component_id(&node.name)
+                            .value(lsn.to_string()),
+                    );
+                }
             }
             if let (Some(bytes), Some(lag)) = (node.lag_bytes, node.lag) {
                 let lag_status = self.lag_status(bytes, lag);

@@ -226,6 +226,20 @@ async fn explicit_apis_and_status() {
     assert_eq!(names.iter().filter(|n| **n == "role").count(), 3);
     assert_eq!(names.iter().filter(|n| **n == "lag").count(), 2);
     assert_eq!(names.iter().filter(|n| **n == "utilization").count(), 3);
+    // WAL positions: the write node's current LSN, each replica's receive and replay LSN.
+    let lsn_of = |name: &str, node: &str| {
+        result
+            .measurements()
+            .iter()
+            .find(|m| m.name == name && m.component_id.as_deref() == Some(node))
+            .and_then(|m| m.observed_value.as_ref())
+            .and_then(|v| v.as_str())
+            .map(|v| v.parse::<herd_db_router::Lsn>().expect("an LSN"))
+    };
+    assert!(lsn_of("currentLsn", "primary").is_some(), "{result:#?}");
+    assert_eq!(names.iter().filter(|n| **n == "receiveLsn").count(), 2);
+    assert_eq!(names.iter().filter(|n| **n == "replayLsn").count(), 2);
+    assert!(lsn_of("replayLsn", "replica1").is_some_and(|l| l > herd_db_router::Lsn::ZERO));
     // A pool bound of 0 % in use degrades it.
     let strict = RouterCheck::new(router.clone())
         .named("db")
