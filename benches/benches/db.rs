@@ -56,7 +56,9 @@ fn sqlparser_is_read(sql: &str) -> bool {
 fn statement_is_read(statement: &Statement) -> bool {
     match statement {
         Statement::Query(query) => query_is_read(query),
-        Statement::Explain { analyze, statement, .. } => !analyze && statement_is_read(statement),
+        Statement::Explain {
+            analyze, statement, ..
+        } => !analyze && statement_is_read(statement),
         Statement::ShowVariable { .. } => true,
         _ => false,
     }
@@ -64,7 +66,10 @@ fn statement_is_read(statement: &Statement) -> bool {
 
 fn query_is_read(query: &Query) -> bool {
     query.locks.is_empty()
-        && query.with.as_ref().is_none_or(|with| with.cte_tables.iter().all(|cte| query_is_read(&cte.query)))
+        && query
+            .with
+            .as_ref()
+            .is_none_or(|with| with.cte_tables.iter().all(|cte| query_is_read(&cte.query)))
         && set_expr_is_read(&query.body)
 }
 
@@ -72,7 +77,9 @@ fn set_expr_is_read(body: &SetExpr) -> bool {
     match body {
         SetExpr::Select(select) => select.into.is_none(),
         SetExpr::Query(query) => query_is_read(query),
-        SetExpr::SetOperation { left, right, .. } => set_expr_is_read(left) && set_expr_is_read(right),
+        SetExpr::SetOperation { left, right, .. } => {
+            set_expr_is_read(left) && set_expr_is_read(right)
+        }
         SetExpr::Values(_) | SetExpr::Table(_) => true,
         _ => false,
     }
@@ -107,7 +114,9 @@ fn query(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let (cluster, direct, router) = rt.block_on(async {
         let cluster = PgCluster::start(1).await.expect("testkit postgres cluster");
-        let primary = PgPool::connect(&cluster.primary_url()).await.expect("primary pool");
+        let primary = PgPool::connect(&cluster.primary_url())
+            .await
+            .expect("primary pool");
         sqlx::raw_sql(
             "CREATE TABLE bench_kv (id int PRIMARY KEY, v text NOT NULL);
              INSERT INTO bench_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
@@ -117,7 +126,10 @@ fn query(c: &mut Criterion) {
         .expect("bench table");
         cluster.wait_for_replay().await.expect("replay");
         let replica_url = cluster.replica(0).url();
-        let direct = PgPoolOptions::new().connect(&replica_url).await.expect("replica pool");
+        let direct = PgPoolOptions::new()
+            .connect(&replica_url)
+            .await
+            .expect("replica pool");
         let router = DbRouter::builder(RouterConfig {
             primary: Some(NodeConfig::new(cluster.primary_url())),
             replicas: vec![NodeConfig::new(replica_url)],
@@ -129,8 +141,16 @@ fn query(c: &mut Criterion) {
         .expect("router");
         // Same work on both sides before measuring: warm connections and statement caches.
         for id in 1..=ROWS {
-            let a: String = sqlx::query_scalar(SELECT).bind(id).fetch_one(&direct).await.expect("direct");
-            let b: String = sqlx::query_scalar(SELECT).bind(id).fetch_one(&router).await.expect("router");
+            let a: String = sqlx::query_scalar(SELECT)
+                .bind(id)
+                .fetch_one(&direct)
+                .await
+                .expect("direct");
+            let b: String = sqlx::query_scalar(SELECT)
+                .bind(id)
+                .fetch_one(&router)
+                .await
+                .expect("router");
             assert_eq!(a, b);
         }
         (cluster, direct, router)
@@ -143,13 +163,21 @@ fn query(c: &mut Criterion) {
     let id = || next.fetch_add(1, Ordering::Relaxed) % ROWS + 1;
     group.bench_function("direct_pool", |b| {
         b.to_async(&rt).iter(|| async {
-            let v: String = sqlx::query_scalar(SELECT).bind(id()).fetch_one(&direct).await.expect("direct");
+            let v: String = sqlx::query_scalar(SELECT)
+                .bind(id())
+                .fetch_one(&direct)
+                .await
+                .expect("direct");
             black_box(v)
         })
     });
     group.bench_function("router_auto", |b| {
         b.to_async(&rt).iter(|| async {
-            let v: String = sqlx::query_scalar(SELECT).bind(id()).fetch_one(&router).await.expect("router");
+            let v: String = sqlx::query_scalar(SELECT)
+                .bind(id())
+                .fetch_one(&router)
+                .await
+                .expect("router");
             black_box(v)
         })
     });

@@ -5,5 +5,7 @@
 /// # Errors
 /// Fails when the OS refuses the runtime's threads or I/O driver.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

@@ -135,7 +135,10 @@ impl RouterCheck {
             // WAL positions, for `/health/replication`: where the write node is, and how far each
             // replica has received and replayed.
             let positions = [
-                ("currentLsn", node.current_lsn.filter(|_| node.is_write_node)),
+                (
+                    "currentLsn",
+                    node.current_lsn.filter(|_| node.is_write_node),
+                ),
                 ("receiveLsn", node.receive_lsn.filter(|_| is_replica)),
                 ("replayLsn", node.replay_lsn.filter(|_| is_replica)),
             ];
