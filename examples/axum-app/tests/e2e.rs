@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{client, client_ip, demo, replica_lock, unique};
+use common::{client, client_ip, demo, get_json, replica_lock, unique};
 use serde_json::{Value, json};
 
 async fn sign_up(c: &reqwest::Client, base: &str) -> String {
@@ -39,14 +39,7 @@ async fn health_answers_through_the_gateway() {
     );
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "pass");
 
-    let lb: Value = c
-        .get(format!("{}/lb-health", d.gateway.server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lb: Value = get_json(&c, format!("{}/lb-health", d.gateway.server.url())).await;
     assert_eq!(lb["healthy"], 3, "{lb}");
     let admin = c
         .get(format!("{}/admin", d.gateway.server.url()))
@@ -67,14 +60,7 @@ async fn round_robin_spreads_300_requests_over_every_instance() {
     let c = reqwest::Client::new();
     let mut seen: HashMap<String, u32> = HashMap::new();
     for _ in 0..300 {
-        let v: Value = c
-            .get(format!("{}/api/whoami", d.rr_gateway.server.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&c, format!("{}/api/whoami", d.rr_gateway.server.url())).await;
         *seen
             .entry(v["instance"].as_str().unwrap().to_owned())
             .or_default() += 1;
@@ -96,14 +82,7 @@ async fn one_login_works_on_every_instance_and_logout_ends_it_everywhere() {
     let name = sign_up(&c, &d.gateway.server.url()).await;
     // The same cookie jar, straight to each instance: the session is in the Redis Cluster.
     for url in &d.instance_urls {
-        let v: Value = c
-            .get(format!("{url}/api/whoami"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&c, format!("{url}/api/whoami")).await;
         assert_eq!(v["user"], name.as_str(), "{url}: {v}");
     }
     // Log in again on instance 2 (new session id), then log out on instance 3.
@@ -121,14 +100,7 @@ async fn one_login_works_on_every_instance_and_logout_ends_it_everywhere() {
         .unwrap();
     assert_eq!(r.status(), 204);
     for url in &d.instance_urls {
-        let v: Value = c
-            .get(format!("{url}/api/whoami"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&c, format!("{url}/api/whoami")).await;
         assert_eq!(v["user"], Value::Null, "{url}: {v}");
     }
     let r = c
@@ -160,14 +132,7 @@ async fn a_new_note_is_always_listed_at_once_while_the_replica_is_paused() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        let list: Vec<Value> = c
-            .get(format!("{gw}/api/notes"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Vec<Value> = get_json(&c, format!("{gw}/api/notes")).await;
         if !list.iter().any(|n| n["body"] == body.as_str()) {
             stale += 1;
         }
@@ -192,14 +157,7 @@ async fn a_new_note_is_always_listed_at_once_while_the_replica_is_paused() {
         .wait_for_replay()
         .await
         .unwrap();
-    let list: Vec<Value> = c
-        .get(format!("{gw}/api/notes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = get_json(&c, format!("{gw}/api/notes")).await;
     assert_eq!(list.len(), 40);
 }
 
@@ -264,14 +222,7 @@ async fn deep_health_shows_replica_lag() {
     // The health cache and the router's monitor refresh within a second or two.
     let mut lag = 0.0;
     for _ in 0..40 {
-        let v: Value = c
-            .get(format!("{}/health/replication", d.instance_urls[0]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&c, format!("{}/health/replication", d.instance_urls[0])).await;
         let checks = v["checks"].as_object().cloned().unwrap_or_default();
         lag = checks
             .iter()

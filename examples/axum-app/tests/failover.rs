@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{client, client_ip, demo};
+use common::{client, client_ip, demo, get_json};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,14 +53,7 @@ async fn killing_one_instance_under_load_fails_no_request() {
     let after_kill_c = client(&client_ip());
     let mut after: HashMap<String, u32> = HashMap::new();
     for _ in 0..60 {
-        let v: Value = after_kill_c
-            .get(format!("{gw}/api/whoami"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&after_kill_c, format!("{gw}/api/whoami")).await;
         *after
             .entry(v["instance"].as_str().unwrap().to_owned())
             .or_default() += 1;

@@ -101,3 +101,11 @@ pub(crate) async fn replica_lock() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::const_new(());
     LOCK.lock().await
 }
+
+/// GET `url` and decode the JSON body.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: String,
+) -> T {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
