@@ -1,6 +1,6 @@
 //! Reading the session cookie from a request and writing `Set-Cookie` on the response.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 use cookie::Cookie;
@@ -11,22 +11,27 @@ use crate::config::CookieConfig;
 
 /// Every value the request carries for cookie `name`, in header order (a browser sends the
 /// most specific path first when several cookies share a name).
+///
+/// Works on the header's bytes: the values it yields are checked by whoever reads them
+/// (base64 for a signed id, UTF-8 for a sealed session), so validating the whole header as
+/// text first would only repeat that work for every other cookie.
 pub(crate) fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|header| header.to_str().ok())
-        .flat_map(|header| header.split(';'))
+        .flat_map(|header| header.as_bytes().split(|byte| *byte == b';'))
         .filter_map(move |pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key.trim_end() == name).then(|| {
-                let value = value.trim_start();
+            let pair = pair.trim_ascii_start();
+            let equals = pair.iter().position(|byte| *byte == b'=')?;
+            let (key, value) = pair.split_at(equals);
+            (key.trim_ascii_end() == name.as_bytes()).then(|| {
+                let value = value.get(1..).unwrap_or_default().trim_ascii();
                 value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
                     .unwrap_or(value)
             })
         })
@@ -52,14 +57,14 @@ impl CookieAction {
     pub(crate) fn apply(
         &self,
         template: &SetCookieTemplate,
-        presented: Option<&str>,
+        presented: Option<&[u8]>,
         headers: &mut HeaderMap,
     ) {
         let header = match (self, presented) {
             (CookieAction::Keep, _) | (CookieAction::Resend { .. }, None) => return,
-            (CookieAction::Set { value, ttl }, _) => template.render(value, Some(*ttl)),
+            (CookieAction::Set { value, ttl }, _) => template.render(value.as_bytes(), Some(*ttl)),
             (CookieAction::Resend { ttl }, Some(value)) => template.render(value, Some(*ttl)),
-            (CookieAction::Remove, _) => template.render("", Some(Duration::ZERO)),
+            (CookieAction::Remove, _) => template.render(b"", Some(Duration::ZERO)),
         };
         match HeaderValue::try_from(header) {
             Ok(value) => {
@@ -95,7 +100,8 @@ impl SetCookieTemplate {
         }
     }
 
-    fn render(&self, value: &str, max_age: Option<Duration>) -> String {
+    /// The header's bytes (`HeaderValue` checks them as it takes them over).
+    fn render(&self, value: &[u8], max_age: Option<Duration>) -> Vec<u8> {
         // A removal always carries Max-Age=0; a browser-session cookie has no Max-Age.
         // Round up: a fraction of a second left must not become Max-Age=0 (delete now).
         let seconds = max_age
@@ -104,13 +110,13 @@ impl SetCookieTemplate {
         let max_age_len = seconds.map_or(0, |s| "; Max-Age=".len() + decimal_len(s));
         // Exactly sized: `HeaderValue` takes the buffer over only when nothing is spare
         // (otherwise `Bytes` allocates again).
-        let mut header = String::with_capacity(
+        let mut header = Vec::with_capacity(
             self.name.len() + 1 + value.len() + self.attributes.len() + max_age_len,
         );
-        header.push_str(&self.name);
-        header.push('=');
-        header.push_str(value);
-        header.push_str(&self.attributes);
+        header.extend_from_slice(self.name.as_bytes());
+        header.push(b'=');
+        header.extend_from_slice(value);
+        header.extend_from_slice(self.attributes.as_bytes());
         if let Some(seconds) = seconds {
             let _ = write!(header, "; Max-Age={seconds}");
         }
@@ -151,7 +157,7 @@ mod tests {
         headers.append(COOKIE, HeaderValue::from_static("a=1; sid=first;b=2"));
         headers.append(COOKIE, HeaderValue::from_static("sid=\"second\"; sidx=no"));
         let values: Vec<_> = request_values(&headers, "sid").collect();
-        assert_eq!(values, ["first", "second"]);
+        assert_eq!(values, [&b"first"[..], b"second"]);
         assert_eq!(request_values(&headers, "missing").count(), 0);
     }
 
@@ -184,10 +190,12 @@ mod tests {
             "{removal}"
         );
         let almost_gone =
-            SetCookieTemplate::new(&config).render("v", Some(Duration::from_millis(300)));
+            SetCookieTemplate::new(&config).render(b"v", Some(Duration::from_millis(300)));
+        let almost_gone = String::from_utf8(almost_gone).unwrap();
         assert!(almost_gone.contains("Max-Age=1"), "{almost_gone}");
         let template = SetCookieTemplate::new(&CookieConfig::default())
-            .render("a.b", Some(Duration::from_secs(60)));
+            .render(b"a.b", Some(Duration::from_secs(60)));
+        let template = String::from_utf8(template).unwrap();
         assert_eq!(
             template,
             "sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60"
@@ -199,12 +207,13 @@ mod tests {
     fn rendered_cookie_is_exactly_sized() {
         let template = SetCookieTemplate::new(&CookieConfig::default());
         for seconds in [0, 1, 9, 10, 99, 100, 1800, 43_200, u64::MAX] {
-            let text = template.render("a.b", Some(Duration::from_secs(seconds)));
+            let text = template.render(b"a.b", Some(Duration::from_secs(seconds)));
+            assert_eq!(text.len(), text.capacity());
+            let text = String::from_utf8(text).unwrap();
             assert!(text.ends_with(&format!("; Max-Age={seconds}")), "{text}");
-            assert_eq!(text.len(), text.capacity(), "{text}");
         }
-        let text = template.render("a.b", None);
-        assert_eq!(text.len(), text.capacity(), "{text}");
+        let text = template.render(b"a.b", None);
+        assert_eq!(text.len(), text.capacity());
     }
 
     #[test]

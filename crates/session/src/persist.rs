@@ -404,9 +404,9 @@ impl Session {
         }
     }
 
-    fn presented_value(&self) -> Option<&str> {
+    fn presented_value(&self) -> Option<&[u8]> {
         match self.presented_ref() {
-            Presented::Id { value, .. } => Some(value.as_str()),
+            Presented::Id { value, .. } => Some(value.as_bytes()),
             _ => None,
         }
     }

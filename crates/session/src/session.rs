@@ -69,20 +69,17 @@ pub(crate) struct SignedValue {
 }
 
 impl SignedValue {
-    fn new(value: &str) -> Self {
+    fn new(value: &[u8]) -> Self {
         let mut bytes = [0_u8; crate::keys::SIGNED_VALUE_LEN];
         let len = value.len().min(bytes.len());
-        if let (Some(target), Some(source)) = (bytes.get_mut(..len), value.as_bytes().get(..len)) {
+        if let (Some(target), Some(source)) = (bytes.get_mut(..len), value.get(..len)) {
             target.copy_from_slice(source);
         }
         Self { bytes, len }
     }
 
-    pub(crate) fn as_str(&self) -> &str {
-        self.bytes
-            .get(..self.len)
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .unwrap_or_default()
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
     }
 }
 
@@ -211,9 +208,11 @@ impl Session {
                 Presented::Rejected
             }
             #[cfg(feature = "cookie-store")]
-            Backend::Cookie(_) => values.next().map_or(Presented::Nothing, |value| {
-                Presented::Sealed(value.to_owned())
-            }),
+            Backend::Cookie(_) => match values.next().map(std::str::from_utf8) {
+                Some(Ok(value)) => Presented::Sealed(value.to_owned()),
+                Some(Err(_)) => Presented::Rejected,
+                None => Presented::Nothing,
+            },
         }
     }
 

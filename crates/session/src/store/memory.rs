@@ -1,125 +1,134 @@
-//! `MemoryStore`: sessions in this process, on a moka cache.
+//! `MemoryStore`: sessions in this process, in a sharded hash map.
 //!
-//! moka holds one slot per session and does eviction (capacity) and expiry; the session itself
-//! sits behind a small lock in its slot, so the per-request check-and-set is a cache read plus
-//! a lock, not a cache write (moka's write path is far slower than its read path).
+//! Each shard is a plain `HashMap` behind its own lock; a request's load and check-and-set
+//! are one hash lookup each under that lock, and a save updates the entry in place. Expiry
+//! is checked on every access (an expired entry is removed when met), and the shards are
+//! swept of expired entries as they grow, so the work of expiring is spread over creations
+//! instead of bookkept on every read as a general-purpose cache would.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::Expiry;
-use moka::sync::Cache;
 use parking_lot::Mutex;
 
-use super::{Lease, SaveOutcome, SessionStore, Stored};
+use super::{SaveOutcome, SessionStore, Stored};
 use crate::error::StoreError;
 use crate::id::StoreKey;
 use crate::record::SessionRecord;
 
 /// Sessions kept in this process, for development, tests and single-instance services.
 ///
-/// Built on a bounded moka cache: each session expires at its own TTL, and past
-/// `max_capacity` sessions the least useful ones are evicted (their users get a fresh
-/// session). Sessions are not shared between processes or kept across restarts; use
-/// [`RedisStore`](crate::RedisStore) for that. Cloning shares the same sessions.
+/// Each session expires at its own TTL. The store holds at most `max_capacity` sessions:
+/// when a new session would go past that, expired sessions are dropped first, then the
+/// sessions closest to expiring (the ones idle longest under a rolling expiry); their users
+/// get a fresh session. Sessions are not shared between processes or kept across restarts;
+/// use [`RedisStore`](crate::RedisStore) for that. Cloning shares the same sessions.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
-    cache: Cache<StoreKey, Arc<Slot>, BuildHasherDefault<StoreKeyHasher>>,
+    shards: Arc<Shards>,
 }
 
-/// One session's place in the cache. `None` once deleted, so a request still holding the slot
-/// sees the session as gone.
-#[derive(Debug, Default)]
-struct Slot(Mutex<Option<Entry>>);
+#[derive(Debug)]
+struct Shards {
+    shards: Box<[Mutex<Shard>]>,
+    /// Sessions each shard may hold (`max_capacity` split evenly).
+    shard_capacity: usize,
+}
 
-#[derive(Debug, Clone)]
+type Map = HashMap<StoreKey, Entry, BuildHasherDefault<StoreKeyHasher>>;
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: Map,
+    /// Size at which the next creation first sweeps expired entries out (twice the size left
+    /// after the last sweep), so sweeping costs O(1) per creation on average.
+    sweep_at: usize,
+}
+
+#[derive(Debug)]
 struct Entry {
     record: Arc<SessionRecord>,
     version: u64,
     expires_at: Instant,
-    /// The TTL last given; moka keeps the slot at least this long after each read.
-    ttl: Duration,
 }
 
 impl Entry {
-    fn new(record: Arc<SessionRecord>, version: u64, now: Instant, ttl: Duration) -> Self {
-        Self {
-            record,
-            version,
-            expires_at: now + ttl,
-            ttl,
-        }
-    }
-
+    /// Time left, `None` once expired.
     fn live(&self, now: Instant) -> Option<Duration> {
         self.expires_at
             .checked_duration_since(now)
             .filter(|left| !left.is_zero())
     }
-}
 
-impl Slot {
-    /// The live entry, clearing an expired one.
-    fn live(&self, now: Instant) -> Option<parking_lot::MappedMutexGuard<'_, Entry>> {
-        let mut guard = self.0.lock();
-        if guard
-            .as_ref()
-            .is_some_and(|entry| entry.live(now).is_none())
-        {
-            *guard = None;
-        }
-        parking_lot::MutexGuard::try_map(guard, Option::as_mut).ok()
-    }
-
-    /// Time until moka may drop the slot: never before the session expires, and after a read
-    /// at least one more TTL (a save right after the read moves the expiry by about that).
-    fn keep_for(&self, now: Instant, after_read: bool) -> Option<Duration> {
-        let guard = self.0.lock();
-        let entry = guard.as_ref()?;
-        let left = entry.expires_at.saturating_duration_since(now);
-        Some(if after_read {
-            left.max(entry.ttl)
-        } else {
-            left
+    fn stored(&self, now: Instant) -> Option<Stored> {
+        self.live(now).map(|ttl| Stored {
+            record: Arc::clone(&self.record),
+            version: self.version,
+            ttl,
+            lease: None,
         })
     }
 }
 
-/// Tells moka how long to keep each slot (see [`Slot::keep_for`]).
-struct SlotExpiry;
+/// Smallest `sweep_at`: sweeping a handful of entries is not worth a pass of its own.
+const MIN_SWEEP_AT: usize = 64;
+/// Largest number of shards; fewer for small capacities so each shard holds a fair share.
+const MAX_SHARDS: usize = 64;
+/// Sessions per shard below which fewer shards are used.
+const MIN_SHARD_CAPACITY: u64 = 1024;
 
-impl Expiry<StoreKey, Arc<Slot>> for SlotExpiry {
-    fn expire_after_create(
-        &self,
-        _: &StoreKey,
-        slot: &Arc<Slot>,
-        now: Instant,
-    ) -> Option<Duration> {
-        Some(slot.keep_for(now, false).unwrap_or(Duration::ZERO))
+impl Shard {
+    /// The live entry under `key`, removing it if it has expired.
+    fn live_mut(&mut self, key: &StoreKey, now: Instant) -> Option<&mut Entry> {
+        match self.map.entry(*key) {
+            MapEntry::Occupied(slot) if slot.get().live(now).is_some() => Some(slot.into_mut()),
+            MapEntry::Occupied(slot) => {
+                slot.remove();
+                None
+            }
+            MapEntry::Vacant(_) => None,
+        }
     }
 
-    fn expire_after_read(
-        &self,
-        _: &StoreKey,
-        slot: &Arc<Slot>,
-        now: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(slot.keep_for(now, true).unwrap_or(Duration::ZERO))
+    /// Makes room for one more session: sweeps expired entries when the shard has grown
+    /// enough since the last sweep, and at capacity evicts the entries closest to expiring.
+    fn make_room(&mut self, capacity: usize, now: Instant) {
+        if self.map.len() >= self.sweep_at.max(MIN_SWEEP_AT) || self.map.len() >= capacity {
+            self.map.retain(|_, entry| entry.live(now).is_some());
+            self.sweep_at = self.map.len().saturating_mul(2);
+        }
+        if self.map.len() < capacity {
+            return;
+        }
+        // Evict an eighth at once so the next creations find room without another pass.
+        let evict = (self.map.len() / 8).max(self.map.len() + 1 - capacity);
+        let mut expiries: Vec<Instant> = self.map.values().map(|e| e.expires_at).collect();
+        let Some(index) = evict.checked_sub(1) else {
+            return;
+        };
+        let (_, threshold, _) = expiries.select_nth_unstable(index);
+        let threshold = *threshold;
+        let mut left = evict;
+        self.map.retain(|_, entry| {
+            if left > 0 && entry.expires_at <= threshold {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
+}
 
-    fn expire_after_update(
-        &self,
-        _: &StoreKey,
-        slot: &Arc<Slot>,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(slot.keep_for(now, false).unwrap_or(Duration::ZERO))
-    }
+/// `now + ttl`, saturating far in the future instead of overflowing `Instant`.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
 }
 
 /// A [`StoreKey`] is already a SHA-256 of a random id: its first bytes are a good hash, and
@@ -154,24 +163,39 @@ impl MemoryStore {
         Self::with_max_capacity(Self::DEFAULT_MAX_CAPACITY)
     }
 
-    /// A store holding at most `max_capacity` sessions.
+    /// A store holding at most `max_capacity` sessions (at least one).
     pub fn with_max_capacity(max_capacity: u64) -> Self {
+        let max_capacity = max_capacity.max(1);
+        let shards = usize::try_from(max_capacity / MIN_SHARD_CAPACITY)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_SHARDS);
+        // A power of two, so a key picks its shard with a mask.
+        let shards = if shards.is_power_of_two() {
+            shards
+        } else {
+            shards.next_power_of_two() / 2
+        };
+        let shard_capacity = usize::try_from(max_capacity / shards as u64).unwrap_or(usize::MAX);
         Self {
-            cache: Cache::builder()
-                .name("herd-session")
-                .max_capacity(max_capacity)
-                .expire_after(SlotExpiry)
-                // A slot moka drops (capacity, expiry) is emptied, so a request that still
-                // holds it from its load finds the session gone instead of saving into a void.
-                .eviction_listener(|_, slot: Arc<Slot>, _| *slot.0.lock() = None)
-                .build_with_hasher(BuildHasherDefault::default()),
+            shards: Arc::new(Shards {
+                shards: (0..shards).map(|_| Mutex::default()).collect(),
+                shard_capacity,
+            }),
         }
     }
 
-    /// Sessions currently held (approximate: moka applies evictions and expiries lazily).
+    /// Sessions currently held (expired ones are dropped first, so the count is exact).
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        let now = Instant::now();
+        self.shards
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut shard = shard.lock();
+                shard.map.retain(|_, entry| entry.live(now).is_some());
+                shard.map.len() as u64
+            })
+            .sum()
     }
 
     /// Whether no session is held.
@@ -179,78 +203,49 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Check-and-set on one slot.
-    fn save_in(
+    /// The shard `key` lives in. The map hashes the key's first 8 bytes; the shard comes
+    /// from the next 8, so the two stay independent.
+    fn shard(&self, key: &StoreKey) -> parking_lot::MutexGuard<'_, Shard> {
+        let bytes = key.as_bytes();
+        let mut word = [0_u8; 8];
+        if let Some(source) = bytes.get(8..16) {
+            word.copy_from_slice(source);
+        }
+        let mask = self.shards.shards.len() - 1;
+        let index = usize::try_from(u64::from_le_bytes(word)).unwrap_or_default() & mask;
+        // The mask keeps the index in range (the shard count is a power of two).
+        self.shards.shards[index].lock()
+    }
+
+    fn load_entry(&self, key: &StoreKey) -> Option<Stored> {
+        let now = Instant::now();
+        self.shard(key).live_mut(key, now)?.stored(now)
+    }
+
+    /// Check-and-set, replacing the record in place.
+    fn save_entry(
         &self,
         key: &StoreKey,
-        slot: &Slot,
         expected_version: u64,
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> SaveOutcome {
         let now = Instant::now();
-        let Some(mut entry) = slot.live(now) else {
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.live_mut(key, now) else {
             return SaveOutcome::Gone;
         };
         if entry.version != expected_version {
-            return SaveOutcome::Conflict(Stored {
-                record: Arc::clone(&entry.record),
-                version: entry.version,
-                ttl: entry.live(now).unwrap_or(Duration::from_millis(1)),
-                lease: None,
-            });
+            return match entry.stored(now) {
+                Some(current) => SaveOutcome::Conflict(current),
+                None => SaveOutcome::Gone,
+            };
         }
         let version = expected_version.saturating_add(1);
-        let old_ttl = entry.ttl;
-        *entry = Entry::new(record, version, now, ttl);
-        drop(entry);
-        self.refresh_expiry(key, old_ttl, ttl);
+        entry.record = record;
+        entry.version = version;
+        entry.expires_at = deadline(now, ttl);
         SaveOutcome::Saved { version }
-    }
-
-    /// The live session under `key`, with its slot as the lease.
-    fn load_entry(&self, key: &StoreKey) -> Option<Stored> {
-        let slot = self.cache.get(key)?;
-        let now = Instant::now();
-        let entry = slot.live(now)?;
-        let stored = entry.live(now).map(|ttl| Stored {
-            record: Arc::clone(&entry.record),
-            version: entry.version,
-            ttl,
-            lease: None,
-        });
-        drop(entry);
-        stored.map(|stored| Stored {
-            lease: Some(Lease::new(slot)),
-            ..stored
-        })
-    }
-
-    /// Check-and-set of a session this store loaded.
-    fn save_loaded_entry(
-        &self,
-        key: &StoreKey,
-        loaded: &Stored,
-        record: Arc<SessionRecord>,
-        ttl: Duration,
-    ) -> SaveOutcome {
-        // The slot from `load` skips a second cache lookup; a deleted or evicted slot is
-        // emptied, so this still finds such a session gone.
-        let slot = match loaded.lease.as_ref().and_then(Lease::downcast::<Slot>) {
-            Some(slot) => slot,
-            None => match self.cache.get(key) {
-                Some(slot) => slot,
-                None => return SaveOutcome::Gone,
-            },
-        };
-        self.save_in(key, &slot, loaded.version, record, ttl)
-    }
-
-    /// Makes moka re-read the slot's expiry after it was extended beyond what moka assumed.
-    fn refresh_expiry(&self, key: &StoreKey, old_ttl: Duration, new_ttl: Duration) {
-        if new_ttl > old_ttl {
-            let _ = self.cache.get(key);
-        }
     }
 }
 
@@ -273,23 +268,18 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
-        let entry = Entry::new(record, 1, now, ttl);
-        let slot = self
-            .cache
-            .entry(*key)
-            .or_insert_with(|| Arc::new(Slot(Mutex::new(Some(entry.clone())))));
-        if slot.is_fresh() {
-            return Ok(true);
-        }
-        // An existing slot may hold an expired or deleted session: reuse it under its lock.
-        let mut guard = slot.value().0.lock();
-        if guard.as_ref().is_some_and(|e| e.live(now).is_some()) {
+        let entry = Entry {
+            record,
+            version: 1,
+            expires_at: deadline(now, ttl),
+        };
+        let capacity = self.shards.shard_capacity;
+        let mut shard = self.shard(key);
+        if shard.live_mut(key, now).is_some() {
             return Ok(false);
         }
-        let old_ttl = guard.as_ref().map_or(Duration::ZERO, |e| e.ttl);
-        *guard = Some(entry);
-        drop(guard);
-        self.refresh_expiry(key, old_ttl, ttl);
+        shard.make_room(capacity, now);
+        shard.map.insert(*key, entry);
         Ok(true)
     }
 
@@ -304,20 +294,7 @@ impl SessionStore for MemoryStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
-        let Some(slot) = self.cache.get(key) else {
-            return Ok(SaveOutcome::Gone);
-        };
-        Ok(self.save_in(key, &slot, expected_version, record, ttl))
-    }
-
-    async fn save_loaded(
-        &self,
-        key: &StoreKey,
-        loaded: &Stored,
-        record: Arc<SessionRecord>,
-        ttl: Duration,
-    ) -> Result<SaveOutcome, StoreError> {
-        Ok(self.save_loaded_entry(key, loaded, record, ttl))
+        Ok(self.save_entry(key, expected_version, record, ttl))
     }
 
     fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
@@ -331,34 +308,26 @@ impl SessionStore for MemoryStore {
         record: &Arc<SessionRecord>,
         ttl: Duration,
     ) -> Option<Result<SaveOutcome, StoreError>> {
-        Some(Ok(self.save_loaded_entry(
+        Some(Ok(self.save_entry(
             key,
-            loaded,
+            loaded.version,
             Arc::clone(record),
             ttl,
         )))
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        if let Some(slot) = self.cache.remove(key) {
-            *slot.0.lock() = None;
-        }
+        self.shard(key).map.remove(key);
         Ok(())
     }
 
     async fn touch(&self, key: &StoreKey, ttl: Duration) -> Result<bool, StoreError> {
-        let Some(slot) = self.cache.get(key) else {
-            return Ok(false);
-        };
         let now = Instant::now();
-        let Some(mut entry) = slot.live(now) else {
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.live_mut(key, now) else {
             return Ok(false);
         };
-        let old_ttl = entry.ttl;
-        entry.expires_at = now + ttl;
-        entry.ttl = ttl;
-        drop(entry);
-        self.refresh_expiry(key, old_ttl, ttl);
+        entry.expires_at = deadline(now, ttl);
         Ok(true)
     }
 }
@@ -426,7 +395,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn saves_through_a_lease_see_deletes_and_conflicts() {
+    async fn stale_saves_see_deletes_and_conflicts() {
         let store = MemoryStore::new();
         let key = key(4);
         let ttl = Duration::from_secs(60);
@@ -434,7 +403,6 @@ mod tests {
         store.create(&key, Arc::clone(&record), ttl).await.unwrap();
         let first = store.load(&key).await.unwrap().unwrap();
         let second = store.load(&key).await.unwrap().unwrap();
-        assert!(first.lease.is_some());
         let saved = store
             .save_loaded(&key, &first, Arc::clone(&record), ttl)
             .await
@@ -446,7 +414,7 @@ mod tests {
             .unwrap()
         {
             SaveOutcome::Conflict(current) => assert_eq!(current.version, 2),
-            other => panic!("stale lease must conflict, got {other:?}"),
+            other => panic!("a stale save must conflict, got {other:?}"),
         }
         let third = store.load(&key).await.unwrap().unwrap();
         store.delete(&key).await.unwrap();
@@ -488,5 +456,74 @@ mod tests {
         let kept = store.load(&touched).await.unwrap().unwrap();
         assert!(kept.ttl > Duration::from_secs(59));
         assert_eq!(kept.version, 1, "touch must not change the version");
+    }
+
+    #[tokio::test]
+    async fn at_capacity_the_sessions_closest_to_expiry_go_first() {
+        let store = MemoryStore::with_max_capacity(4);
+        let record = Arc::new(SessionRecord::new(None));
+        let keys: Vec<StoreKey> = (10..14).map(key).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let ttl = Duration::from_secs(60 + i as u64);
+            assert!(store.create(key, Arc::clone(&record), ttl).await.unwrap());
+        }
+        assert_eq!(store.len(), 4);
+        // The first session is used again: its expiry moves past every other one.
+        assert!(
+            store
+                .touch(&keys[0], Duration::from_secs(600))
+                .await
+                .unwrap()
+        );
+        let newcomer = key(20);
+        let ttl = Duration::from_secs(60);
+        assert!(
+            store
+                .create(&newcomer, Arc::clone(&record), ttl)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.len(), 4, "never more than max_capacity");
+        assert!(store.load(&newcomer).await.unwrap().is_some());
+        assert!(
+            store.load(&keys[0]).await.unwrap().is_some(),
+            "recently used stays"
+        );
+        assert!(
+            store.load(&keys[1]).await.unwrap().is_none(),
+            "closest to expiry goes"
+        );
+        let evicted_save = store
+            .save(&keys[1], 1, Arc::clone(&record), ttl)
+            .await
+            .unwrap();
+        assert!(
+            matches!(evicted_save, SaveOutcome::Gone),
+            "an evicted session stays gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_swept_and_their_keys_can_be_created_again() {
+        let store = MemoryStore::new();
+        let record = Arc::new(SessionRecord::new(None));
+        for seed in 100..300 {
+            let ttl = Duration::from_millis(50);
+            store
+                .create(&key(seed), Arc::clone(&record), ttl)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(store.is_empty(), "expired sessions are not counted");
+        let ttl = Duration::from_secs(60);
+        assert!(
+            store
+                .create(&key(100), Arc::clone(&record), ttl)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.load(&key(100)).await.unwrap().unwrap().version, 1);
+        assert_eq!(store.len(), 1);
     }
 }
