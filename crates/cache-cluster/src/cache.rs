@@ -610,7 +610,7 @@ impl Inner {
             self.counters.record(Tier::L2, Outcome::Miss);
             return Read::Missing;
         };
-        match codec::decode::<T>(&bytes) {
+        match codec::decode_owned::<T>(bytes) {
             Ok((header, value)) if header.is_fresh() => {
                 self.counters.record(Tier::L2, Outcome::Hit);
                 if let Some(l1) = &self.l1 {

@@ -63,22 +63,28 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn record(&self, tier: Tier, outcome: Outcome) {
-        let (counter, tier_label, result) = match (tier, outcome) {
-            (Tier::L1, Outcome::Hit) => (&self.l1_hits, "l1", "hit"),
-            (Tier::L2, Outcome::Hit) => (&self.l2_hits, "l2", "hit"),
-            (Tier::L1, Outcome::Miss) => (&self.misses, "l1", "miss"),
-            (Tier::L2, Outcome::Miss) => (&self.misses, "l2", "miss"),
-            (Tier::L1, Outcome::Stale) => (&self.stale, "l1", "stale"),
-            (Tier::L2, Outcome::Stale) => (&self.stale, "l2", "stale"),
-            (Tier::L1, Outcome::Error) => (&self.errors, "l1", "error"),
-            (Tier::L2, Outcome::Error) => (&self.errors, "l2", "error"),
+        // One `counter!` per label pair: literal labels make a static key, where labels from
+        // variables would build (allocate) a key on every lookup.
+        macro_rules! requests {
+            ($tier:literal, $result:literal) => {
+                metrics::counter!("herd_cache_requests_total", "tier" => $tier, "result" => $result)
+            };
+        }
+        let (counter, metric) = match (tier, outcome) {
+            (Tier::L1, Outcome::Hit) => (&self.l1_hits, requests!("l1", "hit")),
+            (Tier::L2, Outcome::Hit) => (&self.l2_hits, requests!("l2", "hit")),
+            (Tier::L1, Outcome::Miss) => (&self.misses, requests!("l1", "miss")),
+            (Tier::L2, Outcome::Miss) => (&self.misses, requests!("l2", "miss")),
+            (Tier::L1, Outcome::Stale) => (&self.stale, requests!("l1", "stale")),
+            (Tier::L2, Outcome::Stale) => (&self.stale, requests!("l2", "stale")),
+            (Tier::L1, Outcome::Error) => (&self.errors, requests!("l1", "error")),
+            (Tier::L2, Outcome::Error) => (&self.errors, requests!("l2", "error")),
         };
         // An L1 miss is followed by an L2 lookup; only the final answer counts as a miss.
         if !(tier == Tier::L1 && outcome == Outcome::Miss) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        metrics::counter!("herd_cache_requests_total", "tier" => tier_label, "result" => result)
-            .increment(1);
+        metric.increment(1);
     }
 
     pub(crate) fn record_load(&self) {

@@ -155,10 +155,16 @@ impl ClusterBackend {
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut self.conn())
+        // Routed here rather than through `query_async`, whose cluster path clones the command,
+        // boxes the future and parses the command name again to find the key and its slot.
+        let mut cmd = redis::Cmd::with_capacity(2, 3 + key.len());
+        cmd.arg("GET").arg(key);
+        let route = Route::new(key_slot(key.as_bytes()), self.read_addr());
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        self.conn()
+            .route_command(cmd, routing)
             .await
+            .and_then(|value| Ok(redis::from_redis_value(value.extract_error()?)?))
             .map_err(|e| self.fail("GET", self.target(key), e))
     }
 
