@@ -20,6 +20,15 @@ const ACTIVE_DOWN: u8 = 2;
 const DRAINING: u8 = 4;
 const SLOW_START: u8 = 8;
 
+/// The low half of [`EndpointState::load`] counts requests in flight, the high half requests
+/// completed (modulo 2^32).
+const IN_FLIGHT_MASK: u64 = u32::MAX as u64;
+/// One completed request in [`EndpointState::load`].
+const COMPLETED_ONE: u64 = 1 << 32;
+/// In-flight requests per endpoint beyond which acquiring fails as if at a cap, far below the
+/// 2^32 that would carry into the completed half.
+const IN_FLIGHT_LIMIT: u64 = 1 << 31;
+
 /// Settings shared by every endpoint of one [`EndpointSet`](crate::EndpointSet).
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -89,22 +98,25 @@ pub enum EndpointStatus {
 /// other endpoints. Reads are lock-free except [`ewma`](Self::ewma) and
 /// [`ejected_until`](Self::ejected_until).
 // `repr(C)` keeps the fields in this order and `align(64)` starts them on a cache line: the
-// first line holds everything a request touches on its endpoint (in-flight count, cap, flags,
-// outcome counters, the EWMA), the second the metric handles it records to; the rest is cold.
+// first line holds everything a request touches on its endpoint (in-flight and completed counts,
+// cap, flags, the EWMA), the second the metric handles it records to; the rest is cold.
 // With many endpoints, a request then misses the cache on two lines per endpoint, not six.
 #[repr(C, align(64))]
 pub struct EndpointState {
-    in_flight: AtomicUsize,
+    /// Requests in flight (low 32 bits) and completed (high 32 bits, modulo 2^32): one atomic
+    /// add takes a slot, one frees it and counts the request.
+    load: AtomicU64,
     max_in_flight: AtomicUsize,
     flags: AtomicU8,
     member: AtomicBool,
     consecutive_failures: AtomicU32,
-    requests: AtomicU64,
     ewma: EwmaEstimate,
     pool: Arc<Pool>,
     metrics: EndpointMetrics,
     label: Arc<str>,
     weight_bits: AtomicU64,
+    /// Times the completed count in `load` crossed a multiple of 2^31 (see `completed`).
+    completed_half_turns: AtomicU64,
     failures: AtomicU64,
     /// Current weight of smooth weighted round robin; lives here so it survives updates.
     pub(crate) swrr_current: AtomicI64,
@@ -177,7 +189,7 @@ impl EndpointState {
         Self {
             label,
             pool,
-            in_flight: AtomicUsize::new(0),
+            load: AtomicU64::new(0),
             max_in_flight: AtomicUsize::new(max_in_flight),
             weight_bits: AtomicU64::new(weight.to_bits()),
             flags: AtomicU8::new(0),
@@ -188,7 +200,7 @@ impl EndpointState {
             slow_start_since: Mutex::new(None),
             idle: Notify::new(),
             swrr_current: AtomicI64::new(0),
-            requests: AtomicU64::new(0),
+            completed_half_turns: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             metrics,
         }
@@ -202,7 +214,7 @@ impl EndpointState {
     /// Requests currently in flight on this endpoint.
     #[inline]
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        (self.load.load(Ordering::Relaxed) & IN_FLIGHT_MASK) as usize
     }
 
     /// Concurrency cap (`None`: unlimited).
@@ -281,16 +293,19 @@ impl EndpointState {
     }
 
     #[inline]
-    pub(crate) fn ewma_decayed_ns(&self, now_ns: u64) -> f64 {
-        self.ewma.decayed_ns(now_ns)
+    pub(crate) fn ewma_decayed_ns(&self, now: u64) -> f64 {
+        self.ewma.decayed_ns(now)
     }
 
     /// Requests completed since the endpoint was added, and how many of them failed.
     pub fn completed(&self) -> (u64, u64) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-        )
+        // Read the half-turns first: they then lag `load` by at most the one crossing whose
+        // increment may still be on its way, and the top bit of the low count tells which.
+        let half_turns = self.completed_half_turns.load(Ordering::Acquire);
+        let low = self.load.load(Ordering::Acquire) >> 32;
+        let half_turns = half_turns + ((half_turns ^ (low >> 31)) & 1);
+        let requests = ((half_turns >> 1) << 32) | low;
+        (requests, self.failures.load(Ordering::Relaxed))
     }
 
     /// Where the endpoint stands now.
@@ -348,16 +363,23 @@ impl EndpointState {
         }
     }
 
-    /// Takes an in-flight slot (and the probe slot of an ejected endpoint whose time is up).
+    /// Takes an in-flight slot (and the probe slot of an ejected endpoint whose time is up) for a
+    /// request that started at `start` (raw clock ticks).
     #[inline]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         index: usize,
         ignore_health: bool,
+        start: u64,
     ) -> Option<InFlightGuard> {
-        let max = self.max_in_flight.load(Ordering::Relaxed);
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if max != 0 && before >= max {
+        let max = self.max_in_flight.load(Ordering::Relaxed) as u64;
+        let limit = if max == 0 {
+            IN_FLIGHT_LIMIT
+        } else {
+            max.min(IN_FLIGHT_LIMIT)
+        };
+        let before = self.load.fetch_add(1, Ordering::AcqRel) & IN_FLIGHT_MASK;
+        if before >= limit {
             self.release_slot();
             return None;
         }
@@ -385,16 +407,34 @@ impl EndpointState {
         Some(InFlightGuard {
             state: Arc::clone(self),
             index,
-            start: clock::raw(),
+            start,
             probe,
             recorded: false,
         })
     }
 
+    /// Frees a slot without counting a completed request (a refused acquire, a cancelled request).
     #[inline]
     fn release_slot(&self) {
-        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if before == 1 && self.flags.load(Ordering::Relaxed) & DRAINING != 0 {
+        let before = self.load.fetch_sub(1, Ordering::AcqRel);
+        self.after_release(before);
+    }
+
+    /// Frees a slot and counts a completed request, in one atomic add.
+    #[inline]
+    fn release_completed(&self) {
+        // In flight - 1 and completed + 1: the low half is at least 1, so nothing borrows from
+        // the high half, and the completed count wraps out of the word modulo 2^32.
+        let before = self.load.fetch_add(COMPLETED_ONE - 1, Ordering::AcqRel);
+        if (before >> 32) as u32 & (u32::MAX >> 1) == u32::MAX >> 1 {
+            self.completed_half_turns.fetch_add(1, Ordering::Release);
+        }
+        self.after_release(before);
+    }
+
+    #[inline]
+    fn after_release(&self, before: u64) {
+        if before & IN_FLIGHT_MASK == 1 && self.flags.load(Ordering::Relaxed) & DRAINING != 0 {
             self.idle.notify_waiters();
         }
         if self.pool.waiting.load(Ordering::Acquire) != 0 {
@@ -404,7 +444,6 @@ impl EndpointState {
 
     #[inline]
     fn on_success(&self, probe: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.success.increment(1);
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -428,7 +467,6 @@ impl EndpointState {
     }
 
     fn on_failure(&self, probe: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.metrics.failure.increment(1);
         let consecutive = self
@@ -571,6 +609,7 @@ pub struct InFlightGuard {
     /// Raw clock ticks when the slot was taken (see [`clock::raw`]).
     start: u64,
     probe: bool,
+    /// The outcome was recorded, which freed the slot already.
     recorded: bool,
 }
 
@@ -611,11 +650,13 @@ impl InFlightGuard {
         let now = clock::raw();
         let latency_ns = clock::ns_between(self.start, now);
         self.state.metrics.latency.record(latency_ns as f64 * 1e-9);
-        self.state.ewma.observe(latency_ns, clock::ns_at(now));
+        self.state.ewma.observe(latency_ns, now);
         match outcome {
             Outcome::Success => self.state.on_success(self.probe),
             Outcome::Failure => self.state.on_failure(self.probe),
         }
+        self.state.metrics.in_flight.decrement(1.0);
+        self.state.release_completed();
         self.recorded = true;
     }
 
@@ -633,10 +674,73 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     #[inline]
     fn drop(&mut self) {
-        if self.probe && !self.recorded {
+        if self.recorded {
+            return;
+        }
+        if self.probe {
             self.state.passive.lock().probe_in_flight = false;
         }
         self.state.metrics.in_flight.decrement(1.0);
         self.state.release_slot();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> Arc<EndpointState> {
+        let pool = Pool::new(
+            OutlierDetection::default(),
+            None,
+            EwmaConfig::default(),
+            SharedRng::seeded(1),
+        );
+        Arc::new(EndpointState::new("a".into(), 1.0, 0, Arc::new(pool)))
+    }
+
+    #[test]
+    fn completed_count_carries_past_the_packed_half() {
+        let s = state();
+        // 2^32 - 2 requests completed, one in flight.
+        s.load
+            .store(((u64::from(u32::MAX) - 1) << 32) | 1, Ordering::Relaxed);
+        s.completed_half_turns.store(1, Ordering::Relaxed);
+        assert_eq!(s.completed().0, (1 << 32) - 2);
+        assert_eq!(s.in_flight(), 1);
+        let mut expected = (1u64 << 32) - 2;
+        for _ in 0..4 {
+            let guard = s.acquire(0, false, clock::raw()).expect("slot");
+            assert_eq!(s.in_flight(), 2);
+            guard.success();
+            expected += 1;
+            assert_eq!(s.completed().0, expected);
+            assert_eq!(s.in_flight(), 1);
+        }
+        // Crossing 2^31 within the next 2^32 turn counts as well.
+        s.load
+            .store(((u64::from(u32::MAX) >> 1) << 32) | 1, Ordering::Relaxed);
+        let before = s.completed().0;
+        s.acquire(0, false, clock::raw()).expect("slot").failure();
+        assert_eq!(s.completed(), (before + 1, 1));
+        assert_eq!(s.completed().0, (1 << 32) | (1 << 31));
+    }
+
+    #[test]
+    fn a_lagging_half_turn_is_inferred_from_the_count() {
+        let s = state();
+        // The count just wrapped to 5 but the thread that wrapped it has not bumped the turns yet.
+        s.load.store(5 << 32, Ordering::Relaxed);
+        s.completed_half_turns.store(1, Ordering::Relaxed);
+        assert_eq!(s.completed().0, (1 << 32) + 5);
+    }
+
+    #[test]
+    fn a_cancelled_request_frees_its_slot_without_counting() {
+        let s = state();
+        let guard = s.acquire(0, false, clock::raw()).expect("slot");
+        assert_eq!(s.in_flight(), 1);
+        drop(guard);
+        assert_eq!((s.in_flight(), s.completed()), (0, (0, 0)));
     }
 }

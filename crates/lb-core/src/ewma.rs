@@ -43,31 +43,34 @@ impl Default for EwmaConfig {
 #[repr(C)]
 pub(crate) struct EwmaEstimate {
     cost_bits: AtomicU64,
-    stamp_ns: AtomicU64,
-    /// `1 / decay` in 1/ns (a multiply on the request path instead of a divide).
-    inv_decay_ns: f64,
+    /// Raw clock ticks of the last sample (see [`clock::raw`]).
+    stamp: AtomicU64,
+    /// `1 / decay` in 1/tick (a multiply on the request path instead of a divide, and no
+    /// conversion of the timestamps to nanoseconds).
+    inv_decay_ticks: f64,
 }
 
 impl EwmaEstimate {
     pub(crate) fn new(config: &EwmaConfig) -> Self {
         Self {
             cost_bits: AtomicU64::new(nanos(config.default_rtt).to_bits()),
-            stamp_ns: AtomicU64::new(clock::now_ns()),
-            inv_decay_ns: 1.0 / nanos(config.decay).max(1.0),
+            stamp: AtomicU64::new(clock::raw()),
+            inv_decay_ticks: clock::ns_per_tick() / nanos(config.decay).max(1.0),
         }
     }
 
-    /// Adds one round-trip sample of `rtt_ns` nanoseconds taken at `now_ns` (see [`clock::now_ns`]).
+    /// Adds one round-trip sample of `rtt_ns` nanoseconds taken at `now` (raw ticks, see
+    /// [`clock::raw`]).
     #[inline]
-    pub(crate) fn observe(&self, rtt_ns: u64, now_ns: u64) {
+    pub(crate) fn observe(&self, rtt_ns: u64, now: u64) {
         let rtt_ns = rtt_ns as f64;
         let cost = f64::from_bits(self.cost_bits.load(Ordering::Relaxed));
-        let stamp = self.stamp_ns.load(Ordering::Relaxed);
-        self.stamp_ns.store(now_ns, Ordering::Relaxed);
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        self.stamp.store(now, Ordering::Relaxed);
         let next = if rtt_ns > cost {
             rtt_ns
         } else {
-            let w = decay_weight(now_ns.saturating_sub(stamp) as f64 * self.inv_decay_ns);
+            let w = decay_weight(now.saturating_sub(stamp) as f64 * self.inv_decay_ticks);
             cost * w + rtt_ns * (1.0 - w)
         };
         self.cost_bits.store(next.to_bits(), Ordering::Relaxed);
@@ -78,35 +81,37 @@ impl EwmaEstimate {
         f64::from_bits(self.cost_bits.load(Ordering::Relaxed))
     }
 
-    /// The estimate decayed to `now_ns` as if a zero-latency sample arrived, so an endpoint that
-    /// got no traffic since a slow answer is tried again eventually (as `tower::load` does).
+    /// The estimate decayed to `now` (raw ticks) as if a zero-latency sample arrived, so an
+    /// endpoint that got no traffic since a slow answer is tried again eventually (as
+    /// `tower::load` does).
     #[inline]
-    pub(crate) fn decayed_ns(&self, now_ns: u64) -> f64 {
-        let stamp = self.stamp_ns.load(Ordering::Relaxed);
-        self.estimate_ns() * decay_weight(now_ns.saturating_sub(stamp) as f64 * self.inv_decay_ns)
+    pub(crate) fn decayed_ns(&self, now: u64) -> f64 {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        self.estimate_ns() * decay_weight(now.saturating_sub(stamp) as f64 * self.inv_decay_ticks)
     }
 }
 
 /// The latency clock: raw TSC ticks from one process-wide calibrated `quanta::Clock` (a bare
 /// `rdtsc` per read; `quanta::Instant::now` adds a thread-local override check and a scaling
 /// multiply, and `std::time::Instant` is a `clock_gettime` call), since every request reads it
-/// twice. Ticks become nanoseconds only when a latency is recorded.
+/// twice. Ticks become nanoseconds only when a latency is recorded; the EWMA decays in ticks.
 pub(crate) mod clock {
     use std::sync::OnceLock;
 
-    /// The clock and its reading at first use (the epoch of [`ns_at`]).
-    static CLOCK: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
+    /// The clock and its length of a tick in nanoseconds.
+    static CLOCK: OnceLock<(quanta::Clock, f64)> = OnceLock::new();
 
     #[inline]
-    fn get() -> &'static (quanta::Clock, u64) {
+    fn get() -> &'static (quanta::Clock, f64) {
         CLOCK.get_or_init(|| {
             let clock = quanta::Clock::new();
-            let epoch = clock.raw();
-            (clock, epoch)
+            const TICKS: u64 = 1 << 40;
+            let ns_per_tick = clock.delta_as_nanos(0, TICKS) as f64 / TICKS as f64;
+            (clock, ns_per_tick)
         })
     }
 
-    /// Now, in raw ticks (compare only through [`ns_between`] and [`ns_at`]).
+    /// Now, in raw ticks (compare only through [`ns_between`]).
     #[inline]
     pub(crate) fn raw() -> u64 {
         get().0.raw()
@@ -118,17 +123,9 @@ pub(crate) mod clock {
         get().0.delta_as_nanos(start, end)
     }
 
-    /// Nanoseconds from a process-wide epoch to `at` (raw ticks).
-    #[inline]
-    pub(crate) fn ns_at(at: u64) -> u64 {
-        let (clock, epoch) = get();
-        clock.delta_as_nanos(*epoch, at)
-    }
-
-    /// Nanoseconds from a process-wide epoch to now.
-    #[inline]
-    pub(crate) fn now_ns() -> u64 {
-        ns_at(raw())
+    /// Nanoseconds per raw tick (1 where the clock falls back to a nanosecond counter).
+    pub(crate) fn ns_per_tick() -> f64 {
+        get().1
     }
 }
 
@@ -143,7 +140,7 @@ fn nanos(d: Duration) -> f64 {
 #[inline]
 fn decay_weight(x: f64) -> f64 {
     if x < 1e-3 {
-        1.0 - x + x * x * 0.5 - x * x * x / 6.0
+        1.0 - x + x * x * (0.5 - x * (1.0 / 6.0))
     } else {
         (-x).exp()
     }
@@ -163,7 +160,7 @@ mod tests {
     #[test]
     fn peaks_at_once_and_decays_slowly() {
         let ewma = EwmaEstimate::new(&EwmaConfig::default());
-        let t0 = clock::now_ns();
+        let t0 = clock::raw();
         assert_eq!(ewma.estimate_ns(), 30e6);
         ewma.observe(100_000_000, t0);
         assert_eq!(
@@ -171,7 +168,8 @@ mod tests {
             100e6,
             "a slower sample is taken at once"
         );
-        ewma.observe(10_000_000, t0 + 10_000_000_000);
+        let ten_seconds = (10e9 / clock::ns_per_tick()) as u64;
+        ewma.observe(10_000_000, t0 + ten_seconds);
         let after = ewma.estimate_ns();
         // w = e^-1: 100 * 0.368 + 10 * 0.632 = 43.1 ms
         assert!((after - 43.1e6).abs() < 0.2e6, "{after}");

@@ -371,7 +371,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     where
         S: Clone,
     {
-        pick_from(&self.inner.current.load(), policy, ctx)
+        pick_from(&self.inner.current.load(), policy, &ctx.timed())
     }
 
     /// A per-handle cache of the current snapshot: loading it is one atomic read while the set
@@ -401,9 +401,36 @@ impl<K, S> std::ops::Deref for CurrentSnapshot<K, S> {
     }
 }
 
-/// Picks from `snapshot` and takes a slot.
+/// Picks from `snapshot` and takes a slot; `ctx` should carry the clock reading
+/// ([`PickContext::timed`]) so that the policy and the slot share it.
 #[inline]
 pub(crate) fn pick_from<K, S: Clone, P: Pick + ?Sized>(
+    snapshot: &Snapshot<K, S>,
+    policy: &P,
+    ctx: &PickContext<'_>,
+) -> Result<Picked<S>, PickError> {
+    // The common case: the policy's choice has a free slot. The state comes from the
+    // candidates, whose entry the policy has just read (the endpoint's entry is then touched only
+    // for its service).
+    let candidates = snapshot.candidates();
+    if let Some(index) = policy.pick(candidates, ctx)
+        && let Some(state) = candidates.state(index)
+        && let Some(endpoint) = snapshot.get(index)
+        && let Some(guard) = state.acquire(index, ctx.ignore_health(), ctx.now())
+    {
+        return Ok(Picked {
+            guard,
+            service: endpoint.service().clone(),
+        });
+    }
+    pick_with_fallbacks(snapshot, policy, ctx)
+}
+
+/// [`pick_from`] after its first attempt failed: fallbacks (exclusions lifted, panic mode) and
+/// a few rounds against other requests racing for the last slots.
+#[cold]
+#[inline(never)]
+fn pick_with_fallbacks<K, S: Clone, P: Pick + ?Sized>(
     snapshot: &Snapshot<K, S>,
     policy: &P,
     ctx: &PickContext<'_>,
@@ -417,7 +444,7 @@ pub(crate) fn pick_from<K, S: Clone, P: Pick + ?Sized>(
             let Some(endpoint) = snapshot.get(index) else {
                 break;
             };
-            if let Some(guard) = endpoint.state().acquire(index, ignore_health) {
+            if let Some(guard) = endpoint.state().acquire(index, ignore_health, ctx.now()) {
                 return Ok(Picked {
                     guard,
                     service: endpoint.service().clone(),

@@ -39,6 +39,8 @@ pub struct PickContext<'a> {
     key: Option<RequestKey>,
     exclude: &'a [usize],
     ignore_health: bool,
+    /// Raw clock ticks when the pick started, once read (see [`clock::raw`](crate::ewma::clock::raw)).
+    now: Option<u64>,
 }
 
 impl<'a> PickContext<'a> {
@@ -78,6 +80,22 @@ impl<'a> PickContext<'a> {
     /// Whether the caller excluded any endpoint.
     pub fn has_exclusions(&self) -> bool {
         !self.exclude.is_empty()
+    }
+
+    /// The pick's clock reading (raw ticks), read now if not yet: one reading serves a
+    /// latency-aware policy and the start of the request's latency.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.now.unwrap_or_else(crate::ewma::clock::raw)
+    }
+
+    /// With the clock read once for the whole pick.
+    #[inline]
+    pub(crate) fn timed(self) -> Self {
+        Self {
+            now: Some(self.now()),
+            ..self
+        }
     }
 
     /// Whether `index` was excluded by the caller.
@@ -198,7 +216,33 @@ impl Candidates {
     /// pick O(1) (O(log n) with unequal weights); after a few rejections it scans all endpoints.
     #[inline(always)]
     pub fn sample_available(&self, rng: &SharedRng, ctx: &PickContext<'_>) -> Option<usize> {
-        let i = self.sample(rng);
+        self.available_from(self.sample(rng), rng, ctx)
+    }
+
+    /// Two independent draws of [`sample`](Self::sample); with equal weights both come from one
+    /// 64-bit random number (32 bits each, plenty below 2^32 endpoints).
+    #[inline(always)]
+    pub(crate) fn sample_two(&self, rng: &SharedRng) -> (usize, usize) {
+        match (&self.sampler, u32::try_from(self.states.len())) {
+            (None, Ok(n)) => {
+                let r = rng.next_u64();
+                let n = u64::from(n);
+                let first = ((r & u64::from(u32::MAX)) * n) >> 32;
+                let second = ((r >> 32) * n) >> 32;
+                (first as usize, second as usize)
+            }
+            _ => (self.sample(rng), self.sample(rng)),
+        }
+    }
+
+    /// [`sample_available`](Self::sample_available) with `i` as its first draw.
+    #[inline(always)]
+    pub(crate) fn available_from(
+        &self,
+        i: usize,
+        rng: &SharedRng,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize> {
         // The common case in one flags read, inlined into the policy; the same decision the
         // general rules would make for this draw.
         if let Some(state) = self.states.get(i)

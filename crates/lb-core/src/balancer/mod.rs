@@ -422,7 +422,7 @@ where
         if inner.retry.is_none() {
             // Fast path: pick now; only a full set needs the boxed, waiting path.
             let key = inner.key.as_ref().and_then(|f| f(&req));
-            let ctx = PickContext::new().with_key(key);
+            let ctx = PickContext::new().with_key(key).timed();
             match pick_from(self.snapshot.load(), &inner.policy, &ctx) {
                 Ok(picked) => {
                     let span = request_span(picked.guard.state().label(), 1);

@@ -33,8 +33,9 @@ impl P2c {
 impl Pick for P2c {
     #[inline]
     fn pick(&self, c: &Candidates, ctx: &PickContext<'_>) -> Option<usize> {
-        let a = c.sample_available(&self.rng, ctx)?;
-        let b = c.sample_available(&self.rng, ctx).unwrap_or(a);
+        let (first, second) = c.sample_two(&self.rng);
+        let a = c.available_from(first, &self.rng, ctx)?;
+        let b = c.available_from(second, &self.rng, ctx).unwrap_or(a);
         let load = |i| c.state(i).map_or(usize::MAX, |s| s.in_flight());
         Some(if load(b) < load(a) { b } else { a })
     }
@@ -69,12 +70,13 @@ impl PeakEwma {
 
 impl Pick for PeakEwma {
     fn pick(&self, c: &Candidates, ctx: &PickContext<'_>) -> Option<usize> {
-        let a = c.sample_available(&self.rng, ctx)?;
-        let b = c.sample_available(&self.rng, ctx).unwrap_or(a);
+        let (first, second) = c.sample_two(&self.rng);
+        let a = c.available_from(first, &self.rng, ctx)?;
+        let b = c.available_from(second, &self.rng, ctx).unwrap_or(a);
         if a == b {
             return Some(a);
         }
-        let now = crate::ewma::clock::now_ns();
+        let now = ctx.now();
         let cost = |i| {
             c.state(i).map_or(f64::INFINITY, |s| {
                 s.ewma_decayed_ns(now).max(1.0) * (s.in_flight() as f64 + 1.0)
