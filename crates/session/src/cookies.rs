@@ -1,6 +1,5 @@
 //! Reading the session cookie from a request and writing `Set-Cookie` on the response.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use cookie::Cookie;
@@ -12,9 +11,6 @@ use crate::config::CookieConfig;
 /// Every value the request carries for cookie `name`, in header order (a browser sends the
 /// most specific path first when several cookies share a name).
 ///
-/// Works on the header's bytes: the values it yields are checked by whoever reads them
-/// (base64 for a signed id, UTF-8 for a sealed session), so validating the whole header as
-/// text first would only repeat that work for every other cookie.
 pub(crate) fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
@@ -22,17 +18,20 @@ pub(crate) fn request_values<'a>(
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|header| header.as_bytes().split(|byte| *byte == b';'))
+        // UTF-8 (checked word by word for ASCII) rather than `to_str`'s byte-by-byte check
+        // for visible ASCII: the values found are checked by whoever reads them anyway, and
+        // `str` searches for `;` and `=` with memchr.
+        .filter_map(|header| std::str::from_utf8(header.as_bytes()).ok())
+        .flat_map(|header| header.split(';'))
         .filter_map(move |pair| {
-            let pair = pair.trim_ascii_start();
-            let equals = pair.iter().position(|byte| *byte == b'=')?;
-            let (key, value) = pair.split_at(equals);
-            (key.trim_ascii_end() == name.as_bytes()).then(|| {
-                let value = value.get(1..).unwrap_or_default().trim_ascii();
+            let (key, value) = pair.trim().split_once('=')?;
+            (key.trim_end() == name).then(|| {
+                let value = value.trim_start();
                 value
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(value)
+                    .as_bytes()
             })
         })
 }
@@ -118,10 +117,27 @@ impl SetCookieTemplate {
         header.extend_from_slice(value);
         header.extend_from_slice(self.attributes.as_bytes());
         if let Some(seconds) = seconds {
-            let _ = write!(header, "; Max-Age={seconds}");
+            header.extend_from_slice(b"; Max-Age=");
+            push_decimal(&mut header, seconds);
         }
         header
     }
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0_u8; 20];
+    let mut rest = n;
+    let mut start = digits.len();
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        start -= 1;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
 }
 
 /// Number of decimal digits of `n`.

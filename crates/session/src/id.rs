@@ -80,21 +80,31 @@ pub(crate) fn decode_43(text: &[u8]) -> Option<[u8; 32]> {
     // character was invalid, so one test at the end covers them all.
     let mut seen = 0_u8;
     let (body, last) = out.split_at_mut(30);
-    for (chunk, bytes) in groups.chunks_exact(4).zip(body.chunks_exact_mut(3)) {
-        let [a, b, c, d] =
-            [chunk[0], chunk[1], chunk[2], chunk[3]].map(|x| BASE64URL[usize::from(x)]);
-        seen |= a | b | c | d;
-        let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
-        bytes.copy_from_slice(&n.to_be_bytes()[1..]);
+    // Eight characters carry six bytes.
+    for (chunk, bytes) in groups.chunks_exact(8).zip(body.chunks_exact_mut(6)) {
+        let mut n = 0_u64;
+        for &c in chunk {
+            let value = BASE64URL[usize::from(c)];
+            seen |= value;
+            n = n << 6 | u64::from(value);
+        }
+        if let Some(six) = n.to_be_bytes().get(2..) {
+            bytes.copy_from_slice(six);
+        }
     }
-    let [a, b, c] = [tail[0], tail[1], tail[2]].map(|x| BASE64URL[usize::from(x)]);
-    seen |= a | b | c;
-    // 18 bits carry the last 2 bytes; the 2 left over must be zero.
-    let n = u32::from(a) << 12 | u32::from(b) << 6 | u32::from(c);
+    // The last three carry 18 bits: two bytes and two bits that must be zero.
+    let mut n = 0_u32;
+    for &c in tail {
+        let value = BASE64URL[usize::from(c)];
+        seen |= value;
+        n = n << 6 | u32::from(value);
+    }
     if seen & !0x3f != 0 || n & 0b11 != 0 {
         return None;
     }
-    last.copy_from_slice(&(n >> 2).to_be_bytes()[2..]);
+    if let Some(two) = (n >> 2).to_be_bytes().get(2..) {
+        last.copy_from_slice(two);
+    }
     Some(out)
 }
 

@@ -197,7 +197,13 @@ impl Session {
             .ttl(config.idle_timeout)
             .unwrap_or(config.idle_timeout);
         let record = Arc::new(record);
-        let span = tracing::debug_span!("session.create", store = store.name());
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!("session.create", store = store.name())
+        } else {
+            // Not even a disabled span: building one still records its fields for the
+            // `log` fallback, on every save.
+            tracing::Span::none()
+        };
         let mut created = None;
         for _ in 0..CREATE_ATTEMPTS {
             let id = shared.ids.generate()?;
@@ -262,7 +268,13 @@ impl Session {
             state.changes.extend(newer);
             state.cleared |= cleared;
         };
-        let span = tracing::debug_span!("session.save", store = store.name());
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!("session.save", store = store.name())
+        } else {
+            // Not even a disabled span: building one still records its fields for the
+            // `log` fallback, on every save.
+            tracing::Span::none()
+        };
         let mut current = loaded.clone();
         let mut same_field_counted = HashSet::new();
         for attempt in 1..=config.max_save_attempts {
@@ -359,7 +371,13 @@ impl Session {
         key: StoreKey,
         ttl: Duration,
     ) -> Result<(), SessionError> {
-        let span = tracing::debug_span!("session.touch", store = store.name());
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!("session.touch", store = store.name())
+        } else {
+            // Not even a disabled span: building one still records its fields for the
+            // `log` fallback, on every save.
+            tracing::Span::none()
+        };
         let touched = in_span(store.touch(&key, ttl), &span)
             .await
             .map_err(|error| store_failure(self, error))?;
