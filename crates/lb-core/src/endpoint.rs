@@ -647,6 +647,16 @@ impl InFlightGuard {
     /// Records the outcome and the latency since the slot was taken, then frees the slot.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
+        self.record_in_place(outcome);
+    }
+
+    /// [`record`](Self::record) without moving the guard; dropping it afterwards only releases
+    /// its reference to the endpoint. Does nothing the second time.
+    #[inline]
+    pub(crate) fn record_in_place(&mut self, outcome: Outcome) {
+        if self.recorded {
+            return;
+        }
         let now = clock::raw();
         let latency_ns = clock::ns_between(self.start, now);
         self.state.metrics.latency.record(latency_ns as f64 * 1e-9);

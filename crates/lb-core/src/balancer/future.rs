@@ -26,7 +26,8 @@ pin_project! {
         #[pin]
         state: State<S, Req>,
         // Kept outside `state` so that moving from readiness to the call moves only the
-        // endpoint's future. `guard` is taken when the outcome is recorded.
+        // endpoint's future. `guard` records the outcome in place (freeing the
+        // slot at once) and is dropped with the future.
         guard: Option<InFlightGuard>,
         classify: Classifier<S::Response, S::Error>,
         // `None` when no subscriber wants the span: nothing to enter, exit or drop.
@@ -144,8 +145,8 @@ where
                 StateProj::Called { fut } => {
                     let _entered = this.span.as_ref().map(tracing::Span::enter);
                     let result = ready!(fut.poll(cx));
-                    if let Some(guard) = this.guard.take() {
-                        guard.record(this.classify.classify(result.as_ref()));
+                    if let Some(guard) = this.guard {
+                        guard.record_in_place(this.classify.classify(result.as_ref()));
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
