@@ -83,6 +83,10 @@ impl SignedValue {
     }
 }
 
+/// What a load found: the session (with its id and key when it came from a store), nothing,
+/// or a store failure.
+type Loaded = Result<Option<(Option<(SessionId, StoreKey)>, Stored)>, StoreError>;
+
 /// What the request's cookie said.
 #[derive(Debug)]
 pub(crate) enum Presented {
@@ -235,11 +239,46 @@ impl Session {
 
     /// Reads the session from the store, once per request.
     pub(crate) async fn ensure_loaded(&self) -> Result<(), SessionError> {
-        self.inner.loaded.get_or_init(|| self.load()).await;
+        if !self.inner.loaded.initialized() && !self.load_now() {
+            self.inner.loaded.get_or_init(|| self.load()).await;
+        }
         match &self.state().failure {
             Some(error) => Err(SessionError::Store(error.clone())),
             None => Ok(()),
         }
+    }
+
+    /// The load answered at once, without the once-cell's semaphore and futures: nothing to
+    /// read (no valid cookie), or a store that answers in place ([`SessionStore::load_now`]).
+    /// Returns `false` when the load has to go the asynchronous way (or another task is
+    /// already loading: then `get_or_init` waits for it).
+    fn load_now(&self) -> bool {
+        let shared = self.shared();
+        let loaded = match (&self.inner.presented, &shared.backend) {
+            (Presented::Id { id, .. }, Backend::Store(store)) => {
+                let key = id.store_key();
+                match store.load_now(&key) {
+                    Some(loaded) => Some((id, key, loaded)),
+                    None => return false,
+                }
+            }
+            #[cfg(feature = "cookie-store")]
+            (Presented::Sealed(_), Backend::Cookie(_)) => return false,
+            _ => None,
+        };
+        // Under the state lock, so that a task which sees the cell set and then reads the
+        // state finds it filled in.
+        let mut state = self.state();
+        if self.inner.loaded.set(()).is_err() {
+            // Loaded meanwhile (fine: use that), or being loaded by a `get_or_init`.
+            return self.inner.loaded.initialized();
+        }
+        if let Some((id, key, loaded)) = loaded {
+            let loaded =
+                loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)));
+            self.apply_load(&mut state, loaded);
+        }
+        true
     }
 
     async fn load(&self) {
@@ -262,6 +301,12 @@ impl Session {
             _ => return,
         };
         let mut state = self.state();
+        self.apply_load(&mut state, loaded);
+    }
+
+    /// Records what the load found.
+    fn apply_load(&self, state: &mut State, loaded: Loaded) {
+        let shared = self.shared();
         match loaded {
             Ok(Some((id, stored))) => {
                 if stored.record.ttl(shared.config.idle_timeout).is_some() {
