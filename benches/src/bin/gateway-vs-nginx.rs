@@ -8,7 +8,9 @@
 //! requests/s and p99 for both, and the ratios.
 //!
 //! Needs `nginx` and `wrk` (`apt-get install -y nginx wrk`). Options: `--duration 10s`,
-//! `--connections 64`, `--rounds 1` (each round runs both, alternating which goes first).
+//! `--connections 64`, `--rounds 1` (each round runs both, alternating which goes first),
+//! `--only herd|nginx` (load just one, e.g. under a profiler), `--serve-backends` (only run the
+//! backends and print their addresses) and `--backends A,B,C` (use backends running elsewhere).
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
@@ -26,6 +28,65 @@ struct Load {
     requests_per_sec: f64,
     p99_ms: f64,
     errors: u64,
+    requests: u64,
+    /// CPU time the proxy used during the run (user + system), in microseconds per request.
+    cpu_us_per_request: f64,
+}
+
+/// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime (ticks) from a `/proc/.../stat` line; the command name may hold spaces, so
+/// fields are counted after its closing parenthesis.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After `(comm)`: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Where a proxy's CPU time is read from.
+#[derive(Clone, Copy)]
+enum Cpu {
+    /// Threads of this process whose name starts with the prefix (the gateway's runtime).
+    Threads(&'static str),
+    /// A process and its children (nginx's master and workers).
+    Process(u32),
+}
+
+impl Cpu {
+    fn ticks(self) -> u64 {
+        match self {
+            Cpu::Threads(prefix) => std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with(prefix))
+                })
+                .filter_map(|t| stat_ticks(&std::fs::read_to_string(t.path().join("stat")).ok()?))
+                .sum(),
+            Cpu::Process(master) => {
+                let children =
+                    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+                        .unwrap_or_default();
+                std::iter::once(master)
+                    .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+                    .filter_map(|pid| {
+                        stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+                    })
+                    .sum()
+            }
+        }
+    }
 }
 
 fn any_port() -> SocketAddr {
@@ -166,7 +227,8 @@ async fn wait_until_serving(url: &str) -> Result<(), String> {
     Err(format!("{url} never accepted connections"))
 }
 
-fn wrk(url: &str, duration: &str, connections: u32) -> Result<Load, String> {
+fn wrk(url: &str, duration: &str, connections: u32, cpu: Cpu) -> Result<Load, String> {
+    let before = cpu.ticks();
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -184,7 +246,11 @@ fn wrk(url: &str, duration: &str, connections: u32) -> Result<Load, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    parse_wrk(&text).ok_or_else(|| format!("could not read wrk's output:\n{text}"))
+    let used = cpu.ticks().saturating_sub(before) as f64 / clock_ticks();
+    let mut load =
+        parse_wrk(&text).ok_or_else(|| format!("could not read wrk's output:\n{text}"))?;
+    load.cpu_us_per_request = used * 1e6 / load.requests.max(1) as f64;
+    Ok(load)
 }
 
 /// Reads `Requests/sec:`, the `99%` latency line and any `Non-2xx`/socket errors.
@@ -192,8 +258,11 @@ fn parse_wrk(text: &str) -> Option<Load> {
     let mut rps = None;
     let mut p99 = None;
     let mut errors = 0;
+    let mut requests = None;
     for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
+        if let Some((n, _)) = line.split_once(" requests in ") {
+            requests = n.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
             rps = v.trim().parse().ok();
         } else if let Some(v) = line.strip_prefix("99%") {
             p99 = parse_duration_ms(v.trim());
@@ -210,6 +279,8 @@ fn parse_wrk(text: &str) -> Option<Load> {
         requests_per_sec: rps?,
         p99_ms: p99?,
         errors,
+        requests: requests?,
+        cpu_us_per_request: 0.0,
     })
 }
 
@@ -229,6 +300,12 @@ struct Options {
     duration: String,
     connections: u32,
     rounds: u32,
+    /// Load only one of them (`herd` or `nginx`), e.g. to profile it.
+    only: Option<String>,
+    /// Only start the 3 backends, print their addresses and wait (to be killed).
+    serve_backends: bool,
+    /// Backends started elsewhere (`--serve-backends`), so a profiler sees only the gateway.
+    backends: Vec<SocketAddr>,
 }
 
 fn options() -> Result<Options, String> {
@@ -236,6 +313,9 @@ fn options() -> Result<Options, String> {
         duration: "10s".into(),
         connections: 64,
         rounds: 1,
+        only: None,
+        serve_backends: false,
+        backends: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -246,6 +326,21 @@ fn options() -> Result<Options, String> {
                 o.connections = value()?.parse().map_err(|_| "--connections: a number")?
             }
             "--rounds" => o.rounds = value()?.parse().map_err(|_| "--rounds: a number")?,
+            "--serve-backends" => o.serve_backends = true,
+            "--backends" => {
+                o.backends = value()?
+                    .split(',')
+                    .map(|a| {
+                        a.trim()
+                            .parse()
+                            .map_err(|_| format!("--backends: bad address {a}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--only" => match value()?.as_str() {
+                which @ ("herd" | "nginx") => o.only = Some(which.to_owned()),
+                other => return Err(format!("--only: herd or nginx, not {other}")),
+            },
             "--bench" => {} // passed by `cargo bench`; this program is run with `cargo run`
             other => return Err(format!("unknown option {other}")),
         }
@@ -257,14 +352,28 @@ async fn run() -> Result<(), String> {
     let o = options()?;
     find("nginx")?;
     find("wrk")?;
-    let backends = [
-        backend("instance-1").await?,
-        backend("instance-2").await?,
-        backend("instance-3").await?,
-    ];
-    let addrs: Vec<SocketAddr> = backends.iter().map(ServerThread::addr).collect();
+    let mut backends = Vec::new();
+    let addrs: Vec<SocketAddr> = if o.backends.is_empty() {
+        for name in ["instance-1", "instance-2", "instance-3"] {
+            backends.push(backend(name).await?);
+        }
+        backends.iter().map(ServerThread::addr).collect()
+    } else {
+        o.backends.clone()
+    };
+    if o.serve_backends {
+        println!(
+            "backends: {}",
+            addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        std::future::pending::<()>().await;
+    }
     let gateway = axum_app::gateway::spawn(
-        GatewayConfig::new(backends.iter().map(ServerThread::url).collect())
+        GatewayConfig::new(addrs.iter().map(|a| format!("http://{a}")).collect())
             .policy(Policy::LeastOutstanding)
             .rate_limits(false)
             .response_cache(false),
@@ -272,58 +381,78 @@ async fn run() -> Result<(), String> {
     )
     .await?;
     let nginx_port = free_port()?;
-    let _nginx = start_nginx(nginx_port, &addrs)?;
+    let nginx = start_nginx(nginx_port, &addrs)?;
     let herd_url = gateway.server.url();
     let nginx_url = format!("http://127.0.0.1:{nginx_port}");
     wait_until_serving(&herd_url).await?;
     wait_until_serving(&nginx_url).await?;
+    let herd_cpu = Cpu::Threads("gateway");
+    let nginx_cpu = Cpu::Process(nginx.child.id());
     // Warm both up (connection pools, caches) before measuring.
-    wrk(&herd_url, "2s", o.connections)?;
-    wrk(&nginx_url, "2s", o.connections)?;
+    wrk(&herd_url, "2s", o.connections, herd_cpu)?;
+    wrk(&nginx_url, "2s", o.connections, nginx_cpu)?;
 
     println!(
         "wrk -t2 -c{} -d{} --latency on loopback, 3 backends, least outstanding, keepalive 32",
         o.connections, o.duration
     );
     let mut herd = Vec::new();
-    let mut nginx = Vec::new();
+    let mut nginx_loads = Vec::new();
     for round in 0..o.rounds {
-        let order: [(&str, &str); 2] = if round % 2 == 0 {
-            [("herd", &herd_url), ("nginx", &nginx_url)]
+        let order: [(&str, &str, Cpu); 2] = if round % 2 == 0 {
+            [
+                ("herd", &herd_url, herd_cpu),
+                ("nginx", &nginx_url, nginx_cpu),
+            ]
         } else {
-            [("nginx", &nginx_url), ("herd", &herd_url)]
+            [
+                ("nginx", &nginx_url, nginx_cpu),
+                ("herd", &herd_url, herd_cpu),
+            ]
         };
-        for (name, url) in order {
-            let load = wrk(url, &o.duration, o.connections)?;
+        for (name, url, cpu) in order {
+            if o.only.as_deref().is_some_and(|only| only != name) {
+                continue;
+            }
+            let load = wrk(url, &o.duration, o.connections, cpu)?;
             println!(
-                "  round {} {name:<5} {:>10.0} req/s   p99 {:>7.2} ms   errors {}",
+                "  round {} {name:<5} {:>10.0} req/s   p99 {:>7.2} ms   proxy CPU {:>6.1} us/request   errors {}",
                 round + 1,
                 load.requests_per_sec,
                 load.p99_ms,
+                load.cpu_us_per_request,
                 load.errors
             );
             if name == "herd" {
                 herd.push(load)
             } else {
-                nginx.push(load)
+                nginx_loads.push(load)
             }
         }
+    }
+    if o.only.is_some() {
+        return Ok(());
     }
     let mean = |v: &[Load], f: fn(&Load) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     let (h_rps, n_rps) = (
         mean(&herd, |l| l.requests_per_sec),
-        mean(&nginx, |l| l.requests_per_sec),
+        mean(&nginx_loads, |l| l.requests_per_sec),
     );
-    let (h_p99, n_p99) = (mean(&herd, |l| l.p99_ms), mean(&nginx, |l| l.p99_ms));
+    let (h_p99, n_p99) = (mean(&herd, |l| l.p99_ms), mean(&nginx_loads, |l| l.p99_ms));
+    let (h_cpu, n_cpu) = (
+        mean(&herd, |l| l.cpu_us_per_request),
+        mean(&nginx_loads, |l| l.cpu_us_per_request),
+    );
     println!();
-    println!("| proxy | requests/s | p99 |");
-    println!("|---|---|---|");
-    println!("| herd gateway | {h_rps:.0} | {h_p99:.2} ms |");
-    println!("| nginx 1.22 (2 workers) | {n_rps:.0} | {n_p99:.2} ms |");
+    println!("| proxy | requests/s | p99 | proxy CPU per request |");
+    println!("|---|---|---|---|");
+    println!("| herd gateway | {h_rps:.0} | {h_p99:.2} ms | {h_cpu:.1} us |");
+    println!("| nginx (2 workers) | {n_rps:.0} | {n_p99:.2} ms | {n_cpu:.1} us |");
     println!(
-        "throughput herd/nginx = {:.2}x; p99 herd/nginx = {:.2}x",
+        "throughput herd/nginx = {:.2}x; p99 herd/nginx = {:.2}x; CPU per request herd/nginx = {:.2}x",
         h_rps / n_rps,
-        h_p99 / n_p99
+        h_p99 / n_p99,
+        h_cpu / n_cpu
     );
     Ok(())
 }
@@ -361,6 +490,11 @@ Transfer/sec:      2.00MB";
         assert!((l.requests_per_sec - 12000.5).abs() < 1e-9);
         assert!((l.p99_ms - 4.53).abs() < 1e-9);
         assert_eq!(l.errors, 6);
+        assert_eq!(l.requests, 120000);
+        assert_eq!(
+            stat_ticks("42 (tokio w) S 1 1 1 0 -1 4194560 10 0 0 0 250 75 0 0 20 0"),
+            Some(325)
+        );
         assert_eq!(parse_duration_ms("850.00us"), Some(0.85));
         assert_eq!(parse_duration_ms("1.20s"), Some(1200.0));
         assert!(parse_wrk("garbage").is_none());

@@ -22,7 +22,7 @@ use herd_lb_core::rate_limit::{QuotaConfig, RateLimitConfig, RateLimitLayer, Rou
 use herd_lb_core::{EndpointConfig, PolicyConfig};
 use tower::ServiceExt as _;
 
-use crate::server::ServerThread;
+use crate::server::{ServerThread, Threads};
 
 /// The gateway's balancing policy (`--policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -207,14 +207,19 @@ fn trusted_proxies(list: &[String]) -> Result<TrustedProxies, String> {
     TrustedProxies::new(list).map_err(|e| format!("trusted proxies: {e}"))
 }
 
-/// Builds the gateway on its own thread and runtime and serves it on `bind`.
+/// Builds the gateway and serves it on `bind` with one single-threaded runtime per CPU core, each
+/// accepting its share of the connections, as nginx runs one worker process per core: a proxied
+/// request and the connection tasks it wakes stay on one thread. The balancer, its health checks
+/// and the connection pool are shared by all of them.
 ///
 /// # Errors
 /// A message naming what failed.
 pub async fn spawn(config: GatewayConfig, bind: SocketAddr) -> Result<RunningGateway, String> {
-    let server = ServerThread::start(
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let server = ServerThread::start_with(
         "gateway",
         bind,
+        Threads::PerCore(cores),
         move || async move { router(&config).await },
     )
     .await?;

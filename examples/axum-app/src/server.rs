@@ -11,10 +11,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::Router;
-use tokio::sync::oneshot;
+use tokio::net::TcpSocket;
+use tokio::sync::{oneshot, watch};
 
 /// How a server thread ends.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     /// Stop accepting, finish in-flight requests (bounded), then exit.
     Graceful,
@@ -22,19 +23,101 @@ enum Stop {
     Kill,
 }
 
-/// A server running on its own thread and runtime.
+/// How a server's requests are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One tokio multi-thread (work-stealing) runtime with this many workers: what an app
+    /// instance uses, so a slow handler never holds up the others.
+    WorkStealing(usize),
+    /// This many single-threaded runtimes, each accepting its own share of the connections on
+    /// the same port (`SO_REUSEPORT`), like nginx's worker processes: a request and the tasks it
+    /// wakes stay on one thread, which makes a proxy much cheaper per request. Shared state (the
+    /// router and what it holds) is built once, on the first thread.
+    PerCore(usize),
+}
+
+impl Default for Threads {
+    /// Two work-stealing workers.
+    fn default() -> Self {
+        Threads::WorkStealing(2)
+    }
+}
+
+/// A server running on its own threads and runtimes.
 #[derive(Debug)]
 pub struct ServerThread {
     name: String,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<Stop>>,
-    thread: Option<JoinHandle<()>>,
+    stop: Option<watch::Sender<Option<Stop>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// `NAME-w`, at most 15 bytes (the kernel's limit for a thread name), so per-thread CPU time can
+/// be told apart as it could for processes.
+fn worker_thread_name(name: &str) -> String {
+    let mut base: String = name.chars().take(13).collect();
+    while base.len() > 13 {
+        base.pop();
+    }
+    format!("{base}-w")
+}
+
+/// A listener on `bind`; with `reuse_port` other sockets can listen on the same port and the
+/// kernel spreads new connections over them.
+fn listen(bind: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if bind.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.bind(bind)?;
+    socket.listen(1024)
+}
+
+/// Serves `router` on `listener` until told to stop; returns how it was stopped.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stop: watch::Receiver<Option<Stop>>,
+) -> Stop {
+    let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = graceful_rx.await;
+            })
+            .await;
+    });
+    let how = match stop.wait_for(Option::is_some).await {
+        Ok(how) => how.unwrap_or(Stop::Kill),
+        Err(_) => Stop::Kill,
+    };
+    if how == Stop::Graceful {
+        let _ = graceful_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    }
+    how
+}
+
+/// Ends a runtime the way its server was stopped.
+fn shut_down(rt: tokio::runtime::Runtime, how: Stop) {
+    match how {
+        // Drop every task (and with them every socket) without waiting for them.
+        Stop::Kill => rt.shutdown_background(),
+        Stop::Graceful => rt.shutdown_timeout(Duration::from_secs(5)),
+    }
 }
 
 impl ServerThread {
-    /// Binds `bind` (port 0 for any free port), builds the router with `build` inside the new
-    /// runtime, and serves it with the client's address available as `ConnectInfo<SocketAddr>`.
-    /// Returns once it accepts connections.
+    /// Binds `bind` (port 0 for any free port), builds the router with `build` inside a new
+    /// runtime with two work-stealing workers, and serves it with the client's address available
+    /// as `ConnectInfo<SocketAddr>`. Returns once it accepts connections.
     ///
     /// # Errors
     /// When the port cannot be bound or `build` fails (its message, prefixed with `name`).
@@ -47,14 +130,43 @@ impl ServerThread {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Router, String>>,
     {
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<SocketAddr, String>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
+        Self::start_with(name, bind, Threads::default(), build).await
+    }
+
+    /// [`start`](Self::start) with a choice of [`Threads`].
+    ///
+    /// # Errors
+    /// When the port cannot be bound, a thread or runtime cannot be started, or `build` fails.
+    pub async fn start_with<F, Fut>(
+        name: &str,
+        bind: SocketAddr,
+        threads: Threads,
+        build: F,
+    ) -> Result<ServerThread, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Router, String>>,
+    {
+        let (workers, per_core) = match threads {
+            Threads::WorkStealing(n) => (n.max(1), false),
+            Threads::PerCore(n) => (n.max(1), true),
+        };
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(SocketAddr, Router), String>>();
+        let (stop_tx, stop_rx) = watch::channel::<Option<Stop>>(None);
         let label = name.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
+        let first_stop = stop_rx.clone();
+        let first = std::thread::Builder::new()
+            .name(worker_thread_name(name))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
+                let mut builder = if per_core {
+                    tokio::runtime::Builder::new_current_thread()
+                } else {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(workers);
+                    b
+                };
+                let rt = match builder
+                    .thread_name(worker_thread_name(&label))
                     .enable_all()
                     .build()
                 {
@@ -64,70 +176,95 @@ impl ServerThread {
                         return;
                     }
                 };
-                let stop = rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::bind(bind).await {
+                let how = rt.block_on(async move {
+                    let listener = match listen(bind, per_core) {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{label}: bind {bind}: {e}")));
-                            return None;
+                            return Stop::Kill;
                         }
                     };
                     let router = match build().await {
                         Ok(r) => r,
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{label}: {e}")));
-                            return None;
+                            return Stop::Kill;
                         }
                     };
                     let addr = match listener.local_addr() {
                         Ok(a) => a,
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{label}: {e}")));
-                            return None;
+                            return Stop::Kill;
                         }
                     };
-                    let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
-                    let server = tokio::spawn(async move {
-                        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                        let _ = axum::serve(listener, app)
-                            .with_graceful_shutdown(async {
-                                let _ = graceful_rx.await;
-                            })
-                            .await;
-                    });
-                    let _ = ready_tx.send(Ok(addr));
-                    let how = stop_rx.await.unwrap_or(Stop::Kill);
-                    if let Stop::Graceful = how {
-                        let _ = graceful_tx.send(());
-                        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-                    }
-                    Some(how)
+                    let _ = ready_tx.send(Ok((addr, router.clone())));
+                    serve(listener, router, first_stop).await
                 });
-                match stop {
-                    // Drop every task (and with them every socket) without waiting for them.
-                    Some(Stop::Kill) | None => rt.shutdown_background(),
-                    Some(Stop::Graceful) => rt.shutdown_timeout(Duration::from_secs(5)),
-                }
+                shut_down(rt, how);
             })
             .map_err(|e| format!("{name}: spawn thread: {e}"))?;
-        match ready_rx.await {
-            Ok(Ok(addr)) => Ok(ServerThread {
-                name: name.to_owned(),
-                addr,
-                stop: Some(stop_tx),
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
+        let mut server = ServerThread {
+            name: name.to_owned(),
+            addr: bind,
+            stop: Some(stop_tx),
+            threads: vec![first],
+        };
+        let router = match ready_rx.await {
+            Ok(Ok((addr, router))) => {
+                server.addr = addr;
+                router
             }
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
-                let _ = thread.join();
-                Err(format!(
+                return Err(format!(
                     "{name}: the server thread ended before it was ready"
-                ))
+                ));
+            }
+        };
+        if per_core {
+            for i in 1..workers {
+                let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+                let (router, stop, addr) = (router.clone(), stop_rx.clone(), server.addr);
+                let label = format!("{name} thread {i}");
+                let thread = std::thread::Builder::new()
+                    .name(worker_thread_name(name))
+                    .spawn(move || {
+                        let rt = match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("{label}: runtime: {e}")));
+                                return;
+                            }
+                        };
+                        let how = rt.block_on(async move {
+                            match listen(addr, true) {
+                                Ok(listener) => {
+                                    let _ = ready_tx.send(Ok(()));
+                                    serve(listener, router, stop).await
+                                }
+                                Err(e) => {
+                                    let _ =
+                                        ready_tx.send(Err(format!("{label}: bind {addr}: {e}")));
+                                    Stop::Kill
+                                }
+                            }
+                        });
+                        shut_down(rt, how);
+                    })
+                    .map_err(|e| format!("{name}: spawn thread: {e}"))?;
+                server.threads.push(thread);
+                match ready_rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(format!("{name}: thread {i} ended before it was ready")),
+                }
             }
         }
+        Ok(server)
     }
 
     /// The server's name.
@@ -157,14 +294,14 @@ impl ServerThread {
 
     /// Whether it still runs.
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
     }
 
     fn finish(&mut self, how: Stop) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(how);
+            let _ = tx.send(Some(how));
         }
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

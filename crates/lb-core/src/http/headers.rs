@@ -1,5 +1,7 @@
 //! Proxy header handling: hop-by-hop removal and `X-Forwarded-*`.
 
+use std::net::IpAddr;
+
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
@@ -10,8 +12,22 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than seven removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -22,22 +38,52 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// `ip` as a header value, formatted without `fmt` for IPv4 (this runs for every proxied
+/// request, twice).
+pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0_u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            HeaderValue::from_bytes(&buf[..len])
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        }
+        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
     }
 }
 
 /// Appends `client` to `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`); an incoming value
 /// is kept only when it came from a trusted proxy.
-pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &str, keep_incoming: bool) {
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, keep_incoming: bool) {
+    if !keep_incoming || !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, ip_header_value(peer));
+        return;
+    }
+    let peer = peer.to_string();
     let incoming: Vec<String> = if keep_incoming {
         headers
             .get_all(&X_FORWARDED_FOR)
@@ -53,7 +99,7 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &str, keep_inc
     if !value.is_empty() {
         value.push_str(", ");
     }
-    value.push_str(peer);
+    value.push_str(&peer);
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -80,9 +126,39 @@ mod tests {
     fn forwarded_for_appends_or_replaces() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        append_forwarded_for(&mut h, "10.0.0.2", true);
+        append_forwarded_for(&mut h, [10, 0, 0, 2].into(), true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.0.0.2");
-        append_forwarded_for(&mut h, "9.9.9.9", false);
+        append_forwarded_for(&mut h, [9, 9, 9, 9].into(), false);
         assert_eq!(h[&X_FORWARDED_FOR], "9.9.9.9");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "::1".parse().unwrap(), true);
+        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+    }
+
+    #[test]
+    fn ip_values_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.99",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(http::header::HOST, HeaderValue::from_static("a"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 }

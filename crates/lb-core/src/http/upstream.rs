@@ -1,10 +1,11 @@
 //! The HTTP upstream: forwards requests to the picked endpoint over pooled connections.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tower::ServiceExt;
@@ -26,7 +27,8 @@ use tower_service::Service;
 use super::body::UpstreamBody;
 use super::client_ip::{TrustedProxies, client_ip, peer_addr};
 use super::headers::{
-    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, append_forwarded_for, remove_hop_by_hop,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, append_forwarded_for, ip_header_value,
+    remove_hop_by_hop,
 };
 use super::key::{by_client_ip, by_cookie, by_header};
 use crate::balancer::{Balancer, BoxError, RetryPolicy};
@@ -83,13 +85,61 @@ impl UpstreamError {
     }
 }
 
-/// One endpoint: the shared pooled client aimed at one `host:port`.
+type PooledClient = Client<HttpConnector, UpstreamBody>;
+
+/// Keep-alive connection pools, one per thread that sends requests, as nginx keeps its
+/// `keepalive` connections per worker process: a request then reuses a connection whose I/O task
+/// runs on its own thread, instead of waking another thread (or another runtime, when a server
+/// runs one single-threaded runtime per core) for every request and response.
+struct Pools {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+}
+
+thread_local! {
+    /// This thread's pools, by the upstream they belong to (dropped upstreams are pruned).
+    static THREAD_POOLS: RefCell<Vec<(Weak<Pools>, PooledClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pools {
+    /// Sends `req` with this thread's client (and pool) for these settings, created on first use.
+    fn request(self: &Arc<Self>, req: Request<UpstreamBody>) -> ResponseFuture {
+        THREAD_POOLS.with_borrow_mut(|pools| {
+            let mine = |(owner, _): &(Weak<Pools>, PooledClient)| {
+                std::ptr::eq(owner.as_ptr(), Arc::as_ptr(self))
+            };
+            if let Some((_, client)) = pools.iter().find(|p| mine(p)) {
+                return client.request(req);
+            }
+            pools.retain(|(owner, _)| owner.strong_count() > 0);
+            let client = self.build();
+            let fut = client.request(req);
+            pools.push((Arc::downgrade(self), client));
+            fut
+        })
+    }
+
+    fn build(&self) -> PooledClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_max_idle_per_host(self.max_idle_per_host)
+            .build(connector)
+    }
+}
+
+/// One endpoint: the upstream's pooled clients aimed at one `host:port`.
 #[derive(Clone)]
 pub struct HttpEndpoint {
-    client: Client<HttpConnector, UpstreamBody>,
+    pools: Arc<Pools>,
     authority: Authority,
+    /// `Host` sent upstream (the authority), or none to keep the client's.
+    host: Option<HeaderValue>,
     timeout: Duration,
-    preserve_host: bool,
 }
 
 impl fmt::Debug for HttpEndpoint {
@@ -111,7 +161,13 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
     }
 
     fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
-        let endpoint = self.authority.to_string();
+        let authority = self.authority.clone();
+        // Named only when an attempt fails.
+        let failed = move |kind, source: Option<BoxError>| UpstreamError {
+            endpoint: authority.to_string(),
+            kind,
+            source,
+        };
         let path = req
             .uri()
             .path_and_query()
@@ -125,37 +181,29 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
         match uri {
             Ok(uri) => *req.uri_mut() = uri,
             Err(e) => {
-                return Box::pin(std::future::ready(Err(UpstreamError {
-                    endpoint,
-                    kind: UpstreamErrorKind::Request,
-                    source: Some(e.into()),
-                })));
+                return Box::pin(std::future::ready(Err(failed(
+                    UpstreamErrorKind::Request,
+                    Some(e.into()),
+                ))));
             }
         }
-        if !self.preserve_host
-            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
-        {
-            req.headers_mut().insert(HOST, host);
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(HOST, host.clone());
         }
         let timeout = self.timeout;
-        let fut = self.client.request(req);
+        let fut = self.pools.request(req);
         Box::pin(async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(Ok(res)) => Ok(res),
-                Ok(Err(e)) => Err(UpstreamError {
-                    kind: if e.is_connect() {
+                Ok(Err(e)) => {
+                    let kind = if e.is_connect() {
                         UpstreamErrorKind::Connect
                     } else {
                         UpstreamErrorKind::Request
-                    },
-                    endpoint,
-                    source: Some(e.into()),
-                }),
-                Err(_) => Err(UpstreamError {
-                    endpoint,
-                    kind: UpstreamErrorKind::Timeout,
-                    source: None,
-                }),
+                    };
+                    Err(failed(kind, Some(e.into())))
+                }
+                Err(_) => Err(failed(UpstreamErrorKind::Timeout, None)),
             }
         })
     }
@@ -263,7 +311,8 @@ pub struct HttpUpstreamConfig {
     /// Per-attempt time to the response head (`proxy_read_timeout`). Default 60 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Idle keep-alive connections kept per endpoint (`keepalive`). Default 32.
+    /// Idle keep-alive connections kept per endpoint and per thread that sends requests
+    /// (`keepalive`, which nginx also counts per worker process). Default 32.
     pub pool_max_idle_per_host: usize,
     /// How long an idle connection is kept (`keepalive_timeout`). Default 60 s.
     #[serde(with = "humantime_serde")]
@@ -339,7 +388,7 @@ pub struct HttpUpstream {
 }
 
 struct Settings {
-    client: Client<HttpConnector, UpstreamBody>,
+    pools: Arc<Pools>,
     request_timeout: Duration,
     preserve_host: bool,
     retry_buffer_limit: usize,
@@ -369,14 +418,11 @@ impl HttpUpstream {
     /// Builds the upstream, its endpoints and (if configured) its active health task, which needs
     /// a tokio runtime. Bad addresses, weights and settings are refused with the field named.
     pub fn from_config(config: &HttpUpstreamConfig) -> Result<Self, Error> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
+        let pools = Arc::new(Pools {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_host: config.pool_max_idle_per_host,
+        });
         let mut statuses = Vec::new();
         for code in &config.retry_statuses {
             statuses.push(
@@ -421,7 +467,7 @@ impl HttpUpstream {
                 reason: "not a valid header value".into(),
             })?;
         let mut settings = Settings {
-            client,
+            pools,
             request_timeout: config.request_timeout,
             preserve_host: config.preserve_host,
             retry_buffer_limit: config.retry_buffer_limit,
@@ -496,10 +542,10 @@ impl HttpUpstream {
         remove_hop_by_hop(&mut parts.headers);
         if let Some(peer) = peer {
             let trusted = settings.trusted_proxies.contains(peer);
-            append_forwarded_for(&mut parts.headers, &peer.to_string(), trusted);
+            append_forwarded_for(&mut parts.headers, peer, trusted);
         }
-        if let Some(ip) = client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
-            parts.headers.insert(X_REAL_IP, ip);
+        if let Some(ip) = client {
+            parts.headers.insert(X_REAL_IP, ip_header_value(ip));
         }
         parts.headers.insert(X_FORWARDED_PROTO, proto);
         if let Some(host) = original_host {
@@ -531,11 +577,16 @@ impl HttpUpstream {
 }
 
 fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
+    let host = if settings.preserve_host {
+        None
+    } else {
+        HeaderValue::from_str(authority.as_str()).ok()
+    };
     HttpEndpoint {
-        client: settings.client.clone(),
+        pools: Arc::clone(&settings.pools),
         authority,
+        host,
         timeout: settings.request_timeout,
-        preserve_host: settings.preserve_host,
     }
 }
 
