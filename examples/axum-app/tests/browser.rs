@@ -75,7 +75,7 @@ async fn a_browser_signs_up_logs_in_and_sees_its_notes_through_the_gateway() {
         b.goto(&format!("{gw}/")).await?;
         let wait = |sel: &'static str| {
             b.wait()
-                .at_most(Duration::from_secs(10))
+                .at_most(Duration::from_secs(30))
                 .for_element(Locator::Css(sel))
         };
         wait("#signup").await?;
@@ -136,8 +136,12 @@ async fn wait_text(
     sel: &str,
     want: &str,
 ) -> Result<(), fantoccini::error::CmdError> {
-    for _ in 0..100 {
-        if b.find(Locator::Css(sel)).await?.text().await? == want {
+    // The page re-renders while we look: an element that went stale (or is not there yet) is
+    // looked up again on the next turn.
+    for _ in 0..300 {
+        if let Ok(e) = b.find(Locator::Css(sel)).await
+            && e.text().await.is_ok_and(|t| t == want)
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -147,9 +151,13 @@ async fn wait_text(
 }
 
 async fn wait_notes(b: &fantoccini::Client, want: &str) -> Result<(), fantoccini::error::CmdError> {
-    for _ in 0..100 {
-        for e in b.find_all(Locator::Css("li.note")).await? {
-            if e.text().await? == want {
+    for _ in 0..300 {
+        for e in b
+            .find_all(Locator::Css("li.note"))
+            .await
+            .unwrap_or_default()
+        {
+            if e.text().await.is_ok_and(|t| t == want) {
                 return Ok(());
             }
         }
