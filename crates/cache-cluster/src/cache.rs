@@ -584,12 +584,13 @@ impl Inner {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let full = self.data_key(key);
-        let circuit = self.circuit_for(&full);
+        let slot = self.backend.slot_of(&full);
+        let circuit = self.circuits.for_shard(self.backend.shard_of_slot(slot));
         if !circuit.allows() {
             self.skipped(1);
             return Read::Failed;
         }
-        match self.backend.get(&full).await {
+        match self.backend.get_in_slot(&full, slot).await {
             Ok(bytes) => {
                 circuit.record_success();
                 self.decode(key, bytes)

@@ -121,10 +121,12 @@ impl ClusterBackend {
 
     /// An identity of the master currently serving `key`'s slot, when the topology is known.
     pub(super) fn shard_of(&self, key: &str) -> Option<u64> {
-        self.inner
-            .topology
-            .load()
-            .master_hash_for(key_slot(key.as_bytes()))
+        self.shard_of_slot(key_slot(key.as_bytes()))
+    }
+
+    /// [`shard_of`](Self::shard_of) for a key's slot.
+    pub(super) fn shard_of_slot(&self, slot: u16) -> Option<u64> {
+        self.inner.topology.load().master_hash_for(slot)
     }
 
     fn conn(&self) -> ClusterConnection {
@@ -154,12 +156,13 @@ impl ClusterBackend {
         }
     }
 
-    pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// `GET key`, where `slot` is `key`'s hash slot.
+    pub(super) async fn get(&self, key: &str, slot: u16) -> Result<Option<Vec<u8>>, Error> {
         // Routed here rather than through `query_async`, whose cluster path clones the command,
         // boxes the future and parses the command name again to find the key and its slot.
         let mut cmd = redis::Cmd::with_capacity(2, 3 + key.len());
         cmd.arg("GET").arg(key);
-        let route = Route::new(key_slot(key.as_bytes()), self.read_addr());
+        let route = Route::new(slot, self.read_addr());
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
         self.conn()
             .route_command(cmd, routing)

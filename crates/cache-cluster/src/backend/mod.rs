@@ -94,8 +94,39 @@ impl Backend {
         }
     }
 
+    /// The hash slot of `key` in a cluster; `None` elsewhere.
+    pub(crate) fn slot_of(&self, key: &str) -> Option<u16> {
+        match self {
+            Self::Cluster(_) => Some(crate::slot::key_slot(key.as_bytes())),
+            Self::Redis(_) | Self::Memory(_) => None,
+        }
+    }
+
+    /// [`shard_of`](Self::shard_of) for a slot from [`slot_of`](Self::slot_of).
+    pub(crate) fn shard_of_slot(&self, slot: Option<u16>) -> Option<u64> {
+        match (self, slot) {
+            (Self::Cluster(b), Some(slot)) => b.shard_of_slot(slot),
+            _ => None,
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        dispatch!(self, b => b.get(key).await)
+        self.get_in_slot(key, self.slot_of(key)).await
+    }
+
+    /// [`get`](Self::get) with `key`'s slot from [`slot_of`](Self::slot_of), so the hot read
+    /// path hashes the key once for the circuit and the routing.
+    pub(crate) async fn get_in_slot(
+        &self,
+        key: &str,
+        slot: Option<u16>,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        match (self, slot) {
+            (Self::Cluster(b), Some(slot)) => b.get(key, slot).await,
+            (Self::Cluster(b), None) => b.get(key, crate::slot::key_slot(key.as_bytes())).await,
+            (Self::Redis(b), _) => b.get(key).await,
+            (Self::Memory(b), _) => b.get(key).await,
+        }
     }
 
     pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
