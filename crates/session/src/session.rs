@@ -356,11 +356,10 @@ impl Session {
     /// [`SessionError::TooLarge`] when this one value is over the size limit; the whole
     /// session is checked again at save.
     pub async fn insert<T: Serialize>(&self, field: &str, value: T) -> Result<(), SessionError> {
-        let raw =
-            serde_json::value::to_raw_value(&value).map_err(|source| SessionError::Encode {
-                field: field.to_owned(),
-                source,
-            })?;
+        let raw = to_raw_value(&value).map_err(|source| SessionError::Encode {
+            field: field.to_owned(),
+            source,
+        })?;
         let limit = self.shared().config.max_size;
         let size = field.len() + raw.get().len();
         if size > limit {
@@ -512,6 +511,25 @@ impl fmt::Debug for Session {
     }
 }
 
+/// `value` as JSON text. A short value is written on the stack and copied out once, exactly
+/// sized: `serde_json::value::to_raw_value` starts a 128-byte buffer and then shrinks it,
+/// which costs an allocation off the allocator's fast path on every `insert`.
+fn to_raw_value<T: Serialize>(value: &T) -> Result<Box<RawValue>, serde_json::Error> {
+    let mut buffer = [0_u8; 64];
+    let left = {
+        let mut rest = &mut buffer[..];
+        serde_json::to_writer(&mut rest, value)
+            .ok()
+            .map(|()| rest.len())
+    };
+    let written = left.and_then(|left| buffer.get(..buffer.len() - left));
+    match written.and_then(|text| std::str::from_utf8(text).ok()) {
+        Some(text) => serde_json::from_str(text),
+        // Longer than the buffer (or an error, which this call reports).
+        None => serde_json::value::to_raw_value(value),
+    }
+}
+
 /// A new record holding `base` (if any) with `changes` applied.
 pub(crate) fn apply_changes(
     base: Option<&SessionRecord>,
@@ -530,4 +548,34 @@ pub(crate) fn apply_changes(
         }
     }
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_match_serde_json_short_and_long() {
+        let long = "x".repeat(100);
+        let texts = [
+            to_raw_value(&7_u64).unwrap(),
+            to_raw_value(&"caf\u{e9} \"quoted\"\n").unwrap(),
+            to_raw_value(&long).unwrap(),
+            to_raw_value(&vec![1, 2, 3]).unwrap(),
+            to_raw_value(&Option::<u8>::None).unwrap(),
+        ];
+        let expected = [
+            serde_json::value::to_raw_value(&7_u64).unwrap(),
+            serde_json::value::to_raw_value(&"caf\u{e9} \"quoted\"\n").unwrap(),
+            serde_json::value::to_raw_value(&long).unwrap(),
+            serde_json::value::to_raw_value(&vec![1, 2, 3]).unwrap(),
+            serde_json::value::to_raw_value(&Option::<u8>::None).unwrap(),
+        ];
+        for (text, expected) in texts.iter().zip(&expected) {
+            assert_eq!(text.get(), expected.get());
+        }
+        // Errors are serde_json's own (a map key that is not a string).
+        let bad: BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into_iter().collect();
+        assert!(to_raw_value(&bad).is_err());
+    }
 }
