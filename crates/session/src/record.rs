@@ -97,12 +97,14 @@ impl SessionRecord {
 
     /// A copy with the same clock, keeping the fields for which `skip` is false.
     pub(crate) fn with_fields(&self, skip: impl Fn(&str) -> bool) -> Self {
-        let fields = self
-            .fields
-            .iter()
-            .filter(|(name, _)| !skip(name))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
+        // Inserted one by one: sessions hold a handful of fields, and collecting would go
+        // through a Vec and a sort first.
+        let mut fields = BTreeMap::new();
+        for (name, value) in &self.fields {
+            if !skip(name) {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
         Self {
             fields,
             created_at_ms: self.created_at_ms,

@@ -57,18 +57,16 @@ struct Entry {
 }
 
 impl Entry {
-    /// Time left, `None` once expired.
-    fn live(&self, now: Instant) -> Option<Duration> {
-        self.expires_at
-            .checked_duration_since(now)
-            .filter(|left| !left.is_zero())
+    /// Whether the entry has time left (a comparison: cheaper than computing how much).
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at > now
     }
 
     fn stored(&self, now: Instant) -> Option<Stored> {
-        self.live(now).map(|ttl| Stored {
+        self.is_live(now).then(|| Stored {
             record: Arc::clone(&self.record),
             version: self.version,
-            ttl,
+            ttl: self.expires_at.saturating_duration_since(now),
             lease: None,
         })
     }
@@ -85,7 +83,7 @@ impl Shard {
     /// The live entry under `key`, removing it if it has expired.
     fn live_mut(&mut self, key: &StoreKey, now: Instant) -> Option<&mut Entry> {
         match self.map.entry(*key) {
-            MapEntry::Occupied(slot) if slot.get().live(now).is_some() => Some(slot.into_mut()),
+            MapEntry::Occupied(slot) if slot.get().is_live(now) => Some(slot.into_mut()),
             MapEntry::Occupied(slot) => {
                 slot.remove();
                 None
@@ -98,7 +96,7 @@ impl Shard {
     /// enough since the last sweep, and at capacity evicts the entries closest to expiring.
     fn make_room(&mut self, capacity: usize, now: Instant) {
         if self.map.len() >= self.sweep_at.max(MIN_SWEEP_AT) || self.map.len() >= capacity {
-            self.map.retain(|_, entry| entry.live(now).is_some());
+            self.map.retain(|_, entry| entry.is_live(now));
             self.sweep_at = self.map.len().saturating_mul(2);
         }
         if self.map.len() < capacity {
@@ -192,7 +190,7 @@ impl MemoryStore {
             .iter()
             .map(|shard| {
                 let mut shard = shard.lock();
-                shard.map.retain(|_, entry| entry.live(now).is_some());
+                shard.map.retain(|_, entry| entry.is_live(now));
                 shard.map.len() as u64
             })
             .sum()
