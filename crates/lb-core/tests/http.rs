@@ -28,18 +28,23 @@ use tower::ServiceExt;
 struct Server {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Server {
     async fn start(app: Router) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let service = TowerToHyperService::new(app.clone());
                 connections.spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -48,7 +53,11 @@ impl Server {
                 });
             }
         });
-        Self { addr, task }
+        Self {
+            addr,
+            task,
+            accepted,
+        }
     }
 
     fn kill(&self) {
@@ -210,6 +219,38 @@ async fn streams_large_bodies_and_reuses_connections() {
         .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
     }
+}
+
+#[tokio::test]
+async fn keeps_connections_alive_and_replaces_the_ones_the_server_closes() {
+    // Every 5th response says `Connection: close`: 50 requests in a row need exactly 10
+    // connections, and none of them fails.
+    let served = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let close = if n.is_multiple_of(5) { "close" } else { "keep-alive" };
+                ([(http::header::CONNECTION, close)], "ok")
+            }
+        }),
+    );
+    let server = Server::start(app).await;
+    let upstream = HttpUpstream::from_config(&config(&[server.addr])).unwrap();
+    for i in 0..50 {
+        let res = upstream
+            .clone()
+            .oneshot(request("GET", "/", ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            text(res).await,
+            (StatusCode::OK, "ok".to_owned()),
+            "request {i}"
+        );
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 10);
 }
 
 #[tokio::test]

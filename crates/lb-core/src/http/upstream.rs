@@ -1,25 +1,20 @@
 //! The HTTP upstream: forwards requests to the picked endpoint over pooled connections.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -31,6 +26,7 @@ use super::headers::{
     remove_hop_by_hop,
 };
 use super::key::{by_client_ip, by_cookie, by_header};
+use super::pool::{EndpointPool, PooledBody};
 use crate::balancer::{Balancer, BoxError, RetryPolicy};
 use crate::config::BalancerConfig;
 use crate::endpoint::Outcome;
@@ -85,57 +81,10 @@ impl UpstreamError {
     }
 }
 
-type PooledClient = Client<HttpConnector, UpstreamBody>;
-
-/// Keep-alive connection pools, one per thread that sends requests, as nginx keeps its
-/// `keepalive` connections per worker process: a request then reuses a connection whose I/O task
-/// runs on its own thread, instead of waking another thread (or another runtime, when a server
-/// runs one single-threaded runtime per core) for every request and response.
-struct Pools {
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle_per_host: usize,
-}
-
-thread_local! {
-    /// This thread's pools, by the upstream they belong to (dropped upstreams are pruned).
-    static THREAD_POOLS: RefCell<Vec<(Weak<Pools>, PooledClient)>> = const { RefCell::new(Vec::new()) };
-}
-
-impl Pools {
-    /// Sends `req` with this thread's client (and pool) for these settings, created on first use.
-    fn request(self: &Arc<Self>, req: Request<UpstreamBody>) -> ResponseFuture {
-        THREAD_POOLS.with_borrow_mut(|pools| {
-            let mine = |(owner, _): &(Weak<Pools>, PooledClient)| {
-                std::ptr::eq(owner.as_ptr(), Arc::as_ptr(self))
-            };
-            if let Some((_, client)) = pools.iter().find(|p| mine(p)) {
-                return client.request(req);
-            }
-            pools.retain(|(owner, _)| owner.strong_count() > 0);
-            let client = self.build();
-            let fut = client.request(req);
-            pools.push((Arc::downgrade(self), client));
-            fut
-        })
-    }
-
-    fn build(&self) -> PooledClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_max_idle_per_host(self.max_idle_per_host)
-            .build(connector)
-    }
-}
-
-/// One endpoint: the upstream's pooled clients aimed at one `host:port`.
+/// One endpoint: keep-alive HTTP/1.1 connections to one `host:port`, pooled per thread.
 #[derive(Clone)]
 pub struct HttpEndpoint {
-    pools: Arc<Pools>,
+    pool: Arc<EndpointPool>,
     authority: Authority,
     /// `Host` sent upstream (the authority), or none to keep the client's.
     host: Option<HeaderValue>,
@@ -152,9 +101,9 @@ impl fmt::Debug for HttpEndpoint {
 }
 
 impl Service<Request<UpstreamBody>> for HttpEndpoint {
-    type Response = Response<Incoming>;
+    type Response = Response<PooledBody>;
     type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
         Poll::Ready(Ok(()))
@@ -168,41 +117,31 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
             kind,
             source,
         };
+        // Origin-form (`/path?query`) over HTTP/1.1, as nginx's `proxy_http_version 1.1`.
         let path = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build();
-        match uri {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => {
-                return Box::pin(std::future::ready(Err(failed(
-                    UpstreamErrorKind::Request,
-                    Some(e.into()),
-                ))));
+        *req.uri_mut() = Uri::from(path);
+        *req.version_mut() = Version::HTTP_11;
+        match &self.host {
+            Some(host) => {
+                req.headers_mut().insert(HOST, host.clone());
             }
-        }
-        if let Some(host) = &self.host {
-            req.headers_mut().insert(HOST, host.clone());
+            None if !req.headers().contains_key(HOST) => {
+                if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                    req.headers_mut().insert(HOST, host);
+                }
+            }
+            None => {}
         }
         let timeout = self.timeout;
-        let fut = self.pools.request(req);
+        let send = Arc::clone(&self.pool).send(req);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
+            match tokio::time::timeout(timeout, send).await {
                 Ok(Ok(res)) => Ok(res),
-                Ok(Err(e)) => {
-                    let kind = if e.is_connect() {
-                        UpstreamErrorKind::Connect
-                    } else {
-                        UpstreamErrorKind::Request
-                    };
-                    Err(failed(kind, Some(e.into())))
-                }
+                Ok(Err((kind, source))) => Err(failed(kind, Some(source))),
                 Err(_) => Err(failed(UpstreamErrorKind::Timeout, None)),
             }
         })
@@ -231,7 +170,7 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-impl RetryPolicy<Request<UpstreamBody>, Response<Incoming>, UpstreamError> for HttpRetry {
+impl RetryPolicy<Request<UpstreamBody>, Response<PooledBody>, UpstreamError> for HttpRetry {
     fn clone_request(&self, req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
         let body = req.body().try_clone()?;
         let mut copy = Request::new(body);
@@ -245,7 +184,7 @@ impl RetryPolicy<Request<UpstreamBody>, Response<Incoming>, UpstreamError> for H
     fn should_retry(
         &self,
         req: &Request<UpstreamBody>,
-        result: Result<&Response<Incoming>, &UpstreamError>,
+        result: Result<&Response<PooledBody>, &UpstreamError>,
     ) -> bool {
         match result {
             Err(e) if e.kind == UpstreamErrorKind::Connect => true,
@@ -388,7 +327,9 @@ pub struct HttpUpstream {
 }
 
 struct Settings {
-    pools: Arc<Pools>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
     request_timeout: Duration,
     preserve_host: bool,
     retry_buffer_limit: usize,
@@ -418,11 +359,6 @@ impl HttpUpstream {
     /// Builds the upstream, its endpoints and (if configured) its active health task, which needs
     /// a tokio runtime. Bad addresses, weights and settings are refused with the field named.
     pub fn from_config(config: &HttpUpstreamConfig) -> Result<Self, Error> {
-        let pools = Arc::new(Pools {
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.pool_idle_timeout,
-            max_idle_per_host: config.pool_max_idle_per_host,
-        });
         let mut statuses = Vec::new();
         for code in &config.retry_statuses {
             statuses.push(
@@ -432,7 +368,7 @@ impl HttpUpstream {
                 })?,
             );
         }
-        let classify = |result: Result<&Response<Incoming>, &UpstreamError>| match result {
+        let classify = |result: Result<&Response<PooledBody>, &UpstreamError>| match result {
             Ok(res) if !res.status().is_server_error() => Outcome::Success,
             _ => Outcome::Failure,
         };
@@ -467,7 +403,9 @@ impl HttpUpstream {
                 reason: "not a valid header value".into(),
             })?;
         let mut settings = Settings {
-            pools,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_host: config.pool_max_idle_per_host,
             request_timeout: config.request_timeout,
             preserve_host: config.preserve_host,
             retry_buffer_limit: config.retry_buffer_limit,
@@ -583,7 +521,12 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
         HeaderValue::from_str(authority.as_str()).ok()
     };
     HttpEndpoint {
-        pools: Arc::clone(&settings.pools),
+        pool: Arc::new(EndpointPool::new(
+            authority.clone(),
+            settings.connect_timeout,
+            settings.idle_timeout,
+            settings.max_idle_per_host,
+        )),
         authority,
         host,
         timeout: settings.request_timeout,
