@@ -2,7 +2,8 @@
 //! Cluster (3 masters + 3 replicas on this machine), herd's `Cache::get` (no L1, so every read
 //! goes to Redis) next to the anchor, the raw `redis` crate cluster connection. Also: the raw
 //! client over 4 connections round-robin (what a deadpool of cluster connections would give),
-//! to see whether a pool pays, and `Cache::get` answered by the L1.
+//! herd with `RedisConfig::connections = 4` (its own round robin over 4 multiplexed
+//! connections), to see whether more connections pay, and `Cache::get` answered by the L1.
 //!
 //! One iteration of the concurrent benches is 64 GETs in flight at once (throughput is per GET).
 //!
@@ -61,7 +62,7 @@ async fn raw_get(mut conn: ClusterConnection, key: &str) -> usize {
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
-    let (cluster, herd, herd_l1, raw, raw_pool) = rt.block_on(async {
+    let (cluster, herd, herd_4, herd_l1, raw, raw_pool) = rt.block_on(async {
         let cluster = RedisCluster::start().await.expect("testkit redis cluster");
         let value = vec![7u8; 100];
 
@@ -81,6 +82,22 @@ fn bench(c: &mut Criterion) {
         herd.set(KEY, &value, Duration::from_secs(3600))
             .await
             .expect("herd set");
+        let herd_4 = Cache::builder(
+            Backend::cluster(RedisConfig {
+                connections: 4,
+                ..RedisConfig::new(cluster.urls())
+            })
+            .await
+            .expect("herd backend, 4 connections"),
+        )
+        .config(CacheConfig {
+            namespace: "bench".into(),
+            ..CacheConfig::default()
+        })
+        .without_l1()
+        .build()
+        .await
+        .expect("herd cache, 4 connections");
 
         let herd_l1 = Cache::builder(Backend::memory())
             .namespace("bench")
@@ -109,7 +126,7 @@ fn bench(c: &mut Criterion) {
                     .expect("pooled connection"),
             );
         }
-        (cluster, herd, herd_l1, raw, Arc::new(pool))
+        (cluster, herd, herd_4, herd_l1, raw, Arc::new(pool))
     });
 
     let mut group = c.benchmark_group("cache_get");
@@ -123,6 +140,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("herd_cluster", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let herd = herd.clone();
+            concurrent(iters, move |_| {
+                let herd = herd.clone();
+                async move { herd.get::<Vec<u8>>(KEY).await.map_or(0, |v| v.len()) }
+            })
+        });
+    });
+    group.bench_function("herd_cluster_4_connections", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let herd = herd_4.clone();
             concurrent(iters, move |_| {
                 let herd = herd.clone();
                 async move { herd.get::<Vec<u8>>(KEY).await.map_or(0, |v| v.len()) }

@@ -425,6 +425,37 @@ async fn health_check_pings_every_master() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_serve_every_slot_and_zero_is_refused() {
+    let rc = shared::redis_cluster().await.unwrap();
+    let zero = RedisConfig {
+        connections: 0,
+        ..RedisConfig::new(rc.urls())
+    };
+    match Backend::cluster(zero).await {
+        Err(herd_cache_cluster::Error::Config { field, .. }) => assert_eq!(field, "connections"),
+        other => panic!("0 connections accepted: {other:?}"),
+    }
+    let config = RedisConfig {
+        connections: 3,
+        ..RedisConfig::new(rc.urls())
+    };
+    let cache = Cache::builder(Backend::cluster(config).await.unwrap())
+        .config(config_without_l1("three-connections"))
+        .build()
+        .await
+        .unwrap();
+    // Sequential calls from one task take the connections in turn; keys cover every master.
+    for i in 0..60 {
+        let key = format!("k{i}");
+        cache.set(&key, &i, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(cache.get::<i32>(&key).await, Some(i), "{key}");
+    }
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    let values: Vec<Option<i32>> = cache.get_many(&keys).await;
+    assert_eq!(values, (0..60).map(Some).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_can_go_to_replicas() {
     let rc = shared::redis_cluster().await.unwrap();
     let config = RedisConfig {

@@ -54,7 +54,8 @@ pub struct ClusterBackend {
 struct Inner {
     config: RedisConfig,
     seeds: Vec<ConnectionInfo>,
-    conn: ArcSwap<ClusterConnection>,
+    /// The data connections (`RedisConfig::connections`), used in turn.
+    conns: ArcSwap<Connections>,
     topology: ArcSwap<Topology>,
     refresh_now: Notify,
     resets: watch::Sender<u64>,
@@ -93,12 +94,18 @@ impl ClusterBackend {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let conn = connect(&config, seeds.clone(), None).await?;
+        if config.connections == 0 {
+            return Err(Error::Config {
+                field: "connections",
+                reason: "at least one connection is required".into(),
+            });
+        }
+        let conns = connect_all(&config, &seeds).await?;
         let (resets, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             config,
             seeds,
-            conn: ArcSwap::from_pointee(conn),
+            conns: ArcSwap::from_pointee(conns),
             topology: ArcSwap::from_pointee(Topology::default()),
             refresh_now: Notify::new(),
             resets,
@@ -130,7 +137,7 @@ impl ClusterBackend {
     }
 
     fn conn(&self) -> ClusterConnection {
-        ClusterConnection::clone(&self.inner.conn.load())
+        self.inner.conn()
     }
 
     /// The node serving `key`, for error messages.
@@ -536,13 +543,36 @@ impl ClusterBackend {
     }
 }
 
+thread_local! {
+    /// Turn counter for picking one of several connections, per thread so that picking
+    /// costs no shared atomic.
+    static TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Inner {
+    /// The next data connection in turn.
+    fn conn(&self) -> ClusterConnection {
+        let conns = self.conns.load();
+        if conns.more.is_empty() {
+            return ClusterConnection::clone(&conns.first);
+        }
+        let turn = TURN.with(|t| {
+            let n = t.get().wrapping_add(1);
+            t.set(n);
+            n % (conns.more.len() + 1)
+        });
+        match turn.checked_sub(1).and_then(|i| conns.more.get(i)) {
+            Some(conn) => ClusterConnection::clone(conn),
+            None => ClusterConnection::clone(&conns.first),
+        }
+    }
+
     async fn fetch_topology(&self) -> Result<Topology, Error> {
         let mut last_error = None;
         // A random node may be the dead one: ask up to three.
         for _ in 0..3 {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-            let mut conn = ClusterConnection::clone(&self.conn.load());
+            let mut conn = self.conn();
             let reply = tokio::time::timeout(
                 self.config.response_timeout,
                 conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").to_owned(), routing),
@@ -590,6 +620,22 @@ impl Inner {
         }
         seeds
     }
+}
+
+/// One or more multiplexed data connections.
+struct Connections {
+    first: ClusterConnection,
+    more: Vec<ClusterConnection>,
+}
+
+/// `config.connections` data connections (at least one).
+async fn connect_all(config: &RedisConfig, seeds: &[ConnectionInfo]) -> Result<Connections, Error> {
+    let first = connect(config, seeds.to_vec(), None).await?;
+    let mut more = Vec::with_capacity(config.connections.saturating_sub(1));
+    for _ in 1..config.connections {
+        more.push(connect(config, seeds.to_vec(), None).await?);
+    }
+    Ok(Connections { first, more })
 }
 
 async fn connect(
@@ -686,8 +732,8 @@ async fn watch_topology(inner: Arc<Inner>) {
                     if !previous.is_empty() {
                         tracing::info!(masters = ?inner.topology.load().masters(), "redis cluster topology changed; reconnecting");
                         metrics::counter!("herd_cache_topology_changes_total").increment(1);
-                        match connect(&inner.config, inner.current_seeds(), None).await {
-                            Ok(conn) => inner.conn.store(Arc::new(conn)),
+                        match connect_all(&inner.config, &inner.current_seeds()).await {
+                            Ok(conns) => inner.conns.store(Arc::new(conns)),
                             Err(error) => {
                                 tracing::warn!(%error, "reconnect after topology change failed")
                             }
