@@ -231,7 +231,11 @@ async fn keeps_connections_alive_and_replaces_the_ones_the_server_closes() {
         get(move || {
             let n = served.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
-                let close = if n.is_multiple_of(5) { "close" } else { "keep-alive" };
+                let close = if n.is_multiple_of(5) {
+                    "close"
+                } else {
+                    "keep-alive"
+                };
                 ([(http::header::CONNECTION, close)], "ok")
             }
         }),
