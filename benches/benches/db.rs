@@ -5,8 +5,9 @@
 //!   `PgPool` on the replica (the anchor), `router_auto` is `&DbRouter` routing it
 //!   automatically (classify, pick the replica with lb-core, run, record) to that same
 //!   replica. The statement repeats, as an application's do, so after the first query its
-//!   route comes from the router's route cache instead of the classifier. Goal: router_auto
-//!   within 3 % of direct_pool.
+//!   route comes from the router's route cache instead of the classifier. The two are
+//!   measured paired: each iteration runs one query each way and times only its own side, so
+//!   both see the same load at the same moments. Goal: router_auto within 3 % of direct_pool.
 //! - `db_classify`: every statement of the classifier corpus
 //!   (`crates/db-router/tests/corpus.txt`) classified by `herd` (herd_db_router::classify) and
 //!   by `sqlparser` (parse with the PostgreSQL dialect, then decide from the AST: pgcat's
@@ -17,7 +18,7 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herd_db_router::{DbRouter, NodeConfig, RouterConfig};
@@ -110,6 +111,18 @@ fn classify(c: &mut Criterion) {
     group.finish();
 }
 
+/// The benchmarked statement through any executor (`&PgPool` or `&DbRouter`).
+async fn select<'e, E>(executor: E, id: i32) -> String
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    sqlx::query_scalar(SELECT)
+        .bind(id)
+        .fetch_one(executor)
+        .await
+        .expect("select")
+}
+
 fn query(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let (cluster, direct, router) = rt.block_on(async {
@@ -161,24 +174,32 @@ fn query(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     let next = AtomicI32::new(0);
     let id = || next.fetch_add(1, Ordering::Relaxed) % ROWS + 1;
+    // Paired: every iteration runs one query each way and times only its own, so both ids see
+    // the same mix of work and the same state of this (noisy, virtual) machine at the same
+    // moments; only the timed side differs.
+    let (direct_ref, router_ref) = (&direct, &router);
     group.bench_function("direct_pool", |b| {
-        b.to_async(&rt).iter(|| async {
-            let v: String = sqlx::query_scalar(SELECT)
-                .bind(id())
-                .fetch_one(&direct)
-                .await
-                .expect("direct");
-            black_box(v)
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                black_box(select(direct_ref, id()).await);
+                timed += start.elapsed();
+                black_box(select(router_ref, id()).await);
+            }
+            timed
         })
     });
     group.bench_function("router_auto", |b| {
-        b.to_async(&rt).iter(|| async {
-            let v: String = sqlx::query_scalar(SELECT)
-                .bind(id())
-                .fetch_one(&router)
-                .await
-                .expect("router");
-            black_box(v)
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                black_box(select(router_ref, id()).await);
+                timed += start.elapsed();
+                black_box(select(direct_ref, id()).await);
+            }
+            timed
         })
     });
     group.finish();
