@@ -278,10 +278,13 @@ impl Session {
         let mut current = loaded.clone();
         let mut same_field_counted = HashSet::new();
         for attempt in 1..=config.max_save_attempts {
-            let record = apply_changes(Some(&current.record), &changes, cleared, None);
+            // The changed values move into the record (no copies); until `take_back` puts
+            // them back, their entries in `changes` read `None`.
+            let record = record_moving_changes(&current.record, &mut changes, cleared);
             let size = record.data_len();
             if size > config.max_size {
                 self.shared().metrics.save("too_large");
+                take_back(&mut changes, Arc::new(record));
                 restore(self, changes, cleared);
                 return Err(SessionError::TooLarge {
                     size,
@@ -321,6 +324,7 @@ impl Session {
                     return Ok(());
                 }
                 Ok(SaveOutcome::Conflict(latest)) => {
+                    take_back(&mut changes, record);
                     self.shared().metrics.conflict("merged");
                     let clashes: Vec<String> = changes
                         .keys()
@@ -352,6 +356,7 @@ impl Session {
                     return Ok(());
                 }
                 Err(error) => {
+                    take_back(&mut changes, record);
                     restore(self, changes, cleared);
                     return Err(store_failure(self, error));
                 }
@@ -436,13 +441,51 @@ impl State {
     }
 }
 
+/// A field change: the value written, or `None` for a removed field.
+type Changes = std::collections::BTreeMap<String, Option<Box<serde_json::value::RawValue>>>;
+
+/// `base` with `changes` applied (fields of `base` dropped first when `cleared`), moving the
+/// changed values into the new record instead of copying them. Afterwards every entry of
+/// `changes` is `None`: the ones whose field the record holds were moved there (a removal's
+/// field is never in the record), and [`take_back`] restores them.
+fn record_moving_changes(
+    base: &SessionRecord,
+    changes: &mut Changes,
+    cleared: bool,
+) -> SessionRecord {
+    let mut record = base.with_fields(|name| cleared || changes.contains_key(name));
+    for (name, change) in changes.iter_mut() {
+        if let Some(value) = change.take() {
+            record.set_field(name.clone(), value);
+        }
+    }
+    record
+}
+
+/// Undoes the moves of [`record_moving_changes`] for a record that was not saved.
+fn take_back(changes: &mut Changes, record: Arc<SessionRecord>) {
+    // The store keeps no copy of a record it did not save, so the record is normally ours
+    // alone and its values move back; otherwise they are copied.
+    match Arc::try_unwrap(record) {
+        Ok(mut record) => {
+            for (name, change) in changes.iter_mut() {
+                if change.is_none() {
+                    *change = record.take_field(name);
+                }
+            }
+        }
+        Err(record) => {
+            for (name, change) in changes.iter_mut() {
+                if change.is_none() {
+                    *change = record.field(name).map(ToOwned::to_owned);
+                }
+            }
+        }
+    }
+}
+
 /// Whether a field changed on both sides keeps the stored value (drops this request's change).
-fn keep_stored(
-    rule: ConflictRule,
-    name: &str,
-    changes: &std::collections::BTreeMap<String, Option<Box<serde_json::value::RawValue>>>,
-    latest: &Stored,
-) -> bool {
+fn keep_stored(rule: ConflictRule, name: &str, changes: &Changes, latest: &Stored) -> bool {
     #[cfg(feature = "db-router")]
     if name == crate::READ_YOUR_WRITES_FIELD {
         // The read-your-writes token only moves forward: keep the higher LSN.

@@ -122,6 +122,10 @@ impl SessionRecord {
         self.fields.get(name).map(|v| &**v)
     }
 
+    pub(crate) fn take_field(&mut self, name: &str) -> Option<Box<RawValue>> {
+        self.fields.remove(name)
+    }
+
     pub(crate) fn set_field(&mut self, name: String, value: Box<RawValue>) {
         self.fields.insert(name, value);
     }
