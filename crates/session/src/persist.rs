@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use crate::config::{ConflictRule, OnStoreError, TtlExtension};
@@ -278,13 +279,13 @@ impl Session {
         let mut current = loaded.clone();
         let mut same_field_counted = HashSet::new();
         for attempt in 1..=config.max_save_attempts {
-            // The changed values move into the record (no copies); until `take_back` puts
-            // them back, their entries in `changes` read `None`.
+            // The changes move into the record (no copies) until `take_back` puts them
+            // back, should the record not be saved.
             let record = record_moving_changes(&current.record, &mut changes, cleared);
             let size = record.data_len();
             if size > config.max_size {
                 self.shared().metrics.save("too_large");
-                take_back(&mut changes, Arc::new(record));
+                take_back(&current.record, &mut changes, cleared, Arc::new(record));
                 restore(self, changes, cleared);
                 return Err(SessionError::TooLarge {
                     size,
@@ -324,7 +325,7 @@ impl Session {
                     return Ok(());
                 }
                 Ok(SaveOutcome::Conflict(latest)) => {
-                    take_back(&mut changes, record);
+                    take_back(&current.record, &mut changes, cleared, record);
                     self.shared().metrics.conflict("merged");
                     let clashes: Vec<String> = changes
                         .keys()
@@ -356,7 +357,7 @@ impl Session {
                     return Ok(());
                 }
                 Err(error) => {
-                    take_back(&mut changes, record);
+                    take_back(&current.record, &mut changes, cleared, record);
                     restore(self, changes, cleared);
                     return Err(store_failure(self, error));
                 }
@@ -442,45 +443,64 @@ impl State {
 }
 
 /// A field change: the value written, or `None` for a removed field.
-type Changes = std::collections::BTreeMap<String, Option<Box<serde_json::value::RawValue>>>;
+type Changes = std::collections::BTreeMap<String, Option<Box<RawValue>>>;
 
 /// `base` with `changes` applied (fields of `base` dropped first when `cleared`), moving the
-/// changed values into the new record instead of copying them. Afterwards every entry of
-/// `changes` is `None`: the ones whose field the record holds were moved there (a removal's
-/// field is never in the record), and [`take_back`] restores them.
+/// changes into the new record (names and values) instead of copying them. What stays in
+/// `changes` is the removals and the rare change that writes exactly the text `base` holds
+/// (copied, since the record alone could not tell it from an unchanged field);
+/// [`take_back`] restores the rest.
 fn record_moving_changes(
     base: &SessionRecord,
     changes: &mut Changes,
     cleared: bool,
 ) -> SessionRecord {
     let mut record = base.with_fields(|name| cleared || changes.contains_key(name));
-    for (name, change) in changes.iter_mut() {
-        if let Some(value) = change.take() {
-            record.set_field(name.clone(), value);
+    for (name, change) in std::mem::take(changes) {
+        match change {
+            Some(value) if cleared || base.field(&name).map(RawValue::get) != Some(value.get()) => {
+                record.set_field(name, value);
+            }
+            Some(value) => {
+                record.set_field(name.clone(), value.clone());
+                changes.insert(name, Some(value));
+            }
+            None => {
+                changes.insert(name, None);
+            }
         }
     }
     record
 }
 
-/// Undoes the moves of [`record_moving_changes`] for a record that was not saved.
-fn take_back(changes: &mut Changes, record: Arc<SessionRecord>) {
+/// Undoes the moves of [`record_moving_changes`] (from `base`) for a record that was not
+/// saved: every field of `record` that is not an unchanged copy of `base` goes back into
+/// `changes`.
+fn take_back(
+    base: &SessionRecord,
+    changes: &mut Changes,
+    cleared: bool,
+    record: Arc<SessionRecord>,
+) {
+    let moved = |name: &str, text: &str| {
+        !changes.contains_key(name)
+            && (cleared || base.field(name).map(RawValue::get) != Some(text))
+    };
     // The store keeps no copy of a record it did not save, so the record is normally ours
-    // alone and its values move back; otherwise they are copied.
-    match Arc::try_unwrap(record) {
-        Ok(mut record) => {
-            for (name, change) in changes.iter_mut() {
-                if change.is_none() {
-                    *change = record.take_field(name);
-                }
-            }
-        }
-        Err(record) => {
-            for (name, change) in changes.iter_mut() {
-                if change.is_none() {
-                    *change = record.field(name).map(ToOwned::to_owned);
-                }
-            }
-        }
+    // alone and its fields move back; otherwise they are copied.
+    let back: Vec<(String, Box<RawValue>)> = match Arc::try_unwrap(record) {
+        Ok(record) => record
+            .into_fields()
+            .filter(|(name, value)| moved(name, value.get()))
+            .collect(),
+        Err(record) => record
+            .fields()
+            .filter(|(name, text)| moved(name, text))
+            .filter_map(|(name, _)| Some((name.to_owned(), record.field(name)?.to_owned())))
+            .collect(),
+    };
+    for (name, value) in back {
+        changes.insert(name, Some(value));
     }
 }
 
@@ -543,4 +563,53 @@ pub(crate) fn error_response<B: From<String>>(error: &SessionError) -> Response<
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    fn fields(record: &SessionRecord) -> Vec<(String, String)> {
+        record
+            .fields()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn moved_changes_come_back_whole() {
+        let mut base = SessionRecord::new(None);
+        base.set_field("kept".into(), raw("1"));
+        base.set_field("same".into(), raw("2"));
+        base.set_field("changed".into(), raw("3"));
+        base.set_field("removed".into(), raw("4"));
+        let mut original = Changes::new();
+        original.insert("same".into(), Some(raw("2")));
+        original.insert("changed".into(), Some(raw("30")));
+        original.insert("new".into(), Some(raw("5")));
+        original.insert("removed".into(), None);
+        let text = |changes: &Changes| -> Vec<(String, Option<String>)> {
+            changes
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_ref().map(|v| v.get().to_owned())))
+                .collect()
+        };
+        for cleared in [false, true] {
+            for shared in [false, true] {
+                let mut changes = original.clone();
+                let record = record_moving_changes(&base, &mut changes, cleared);
+                let expected = apply_changes(Some(&base), &original, cleared, None);
+                assert_eq!(fields(&record), fields(&expected));
+                let record = Arc::new(record);
+                let other = shared.then(|| Arc::clone(&record));
+                take_back(&base, &mut changes, cleared, record);
+                assert_eq!(text(&changes), text(&original), "cleared {cleared}");
+                drop(other);
+            }
+        }
+    }
 }

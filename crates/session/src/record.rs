@@ -122,8 +122,9 @@ impl SessionRecord {
         self.fields.get(name).map(|v| &**v)
     }
 
-    pub(crate) fn take_field(&mut self, name: &str) -> Option<Box<RawValue>> {
-        self.fields.remove(name)
+    /// The fields, by value.
+    pub(crate) fn into_fields(self) -> impl Iterator<Item = (String, Box<RawValue>)> {
+        self.fields.into_iter()
     }
 
     pub(crate) fn set_field(&mut self, name: String, value: Box<RawValue>) {
