@@ -60,44 +60,37 @@ async fn raw_get(mut conn: ClusterConnection, key: &str) -> usize {
     value.map_or(0, |v| v.len())
 }
 
+/// herd's `Cache` on `cluster` without an L1 (every read goes to Redis), over `connections`
+/// multiplexed cluster connections.
+async fn herd_without_l1(cluster: &RedisCluster, connections: usize) -> Cache {
+    let backend = Backend::cluster(RedisConfig {
+        connections,
+        ..RedisConfig::new(cluster.urls())
+    })
+    .await
+    .expect("herd backend");
+    Cache::builder(backend)
+        .config(CacheConfig {
+            namespace: "bench".into(),
+            ..CacheConfig::default()
+        })
+        .without_l1()
+        .build()
+        .await
+        .expect("herd cache")
+}
+
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let (cluster, herd, herd_4, herd_l1, raw, raw_pool) = rt.block_on(async {
         let cluster = RedisCluster::start().await.expect("testkit redis cluster");
         let value = vec![7u8; 100];
 
-        let herd = Cache::builder(
-            Backend::cluster(RedisConfig::new(cluster.urls()))
-                .await
-                .expect("herd backend"),
-        )
-        .config(CacheConfig {
-            namespace: "bench".into(),
-            ..CacheConfig::default()
-        })
-        .without_l1()
-        .build()
-        .await
-        .expect("herd cache");
+        let herd = herd_without_l1(&cluster, 1).await;
         herd.set(KEY, &value, Duration::from_secs(3600))
             .await
             .expect("herd set");
-        let herd_4 = Cache::builder(
-            Backend::cluster(RedisConfig {
-                connections: 4,
-                ..RedisConfig::new(cluster.urls())
-            })
-            .await
-            .expect("herd backend, 4 connections"),
-        )
-        .config(CacheConfig {
-            namespace: "bench".into(),
-            ..CacheConfig::default()
-        })
-        .without_l1()
-        .build()
-        .await
-        .expect("herd cache, 4 connections");
+        let herd_4 = herd_without_l1(&cluster, 4).await;
 
         let herd_l1 = Cache::builder(Backend::memory())
             .namespace("bench")

@@ -123,6 +123,23 @@ where
         .expect("select")
 }
 
+/// `iters` rounds of one query on `timed` then one on `other`; returns the time of the `timed`
+/// ones only.
+async fn paired<'e, T, O>(iters: u64, timed: T, other: O, id: impl Fn() -> i32) -> Duration
+where
+    T: sqlx::Executor<'e, Database = sqlx::Postgres> + Copy,
+    O: sqlx::Executor<'e, Database = sqlx::Postgres> + Copy,
+{
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        black_box(select(timed, id()).await);
+        spent += start.elapsed();
+        black_box(select(other, id()).await);
+    }
+    spent
+}
+
 fn query(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let (cluster, direct, router) = rt.block_on(async {
@@ -177,30 +194,14 @@ fn query(c: &mut Criterion) {
     // Paired: every iteration runs one query each way and times only its own, so both ids see
     // the same mix of work and the same state of this (noisy, virtual) machine at the same
     // moments; only the timed side differs.
-    let (direct_ref, router_ref) = (&direct, &router);
+    let (direct, router) = (&direct, &router);
     group.bench_function("direct_pool", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut timed = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                black_box(select(direct_ref, id()).await);
-                timed += start.elapsed();
-                black_box(select(router_ref, id()).await);
-            }
-            timed
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| paired(iters, direct, router, id))
     });
     group.bench_function("router_auto", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut timed = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                black_box(select(router_ref, id()).await);
-                timed += start.elapsed();
-                black_box(select(direct_ref, id()).await);
-            }
-            timed
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| paired(iters, router, direct, id))
     });
     group.finish();
     rt.block_on(async {

@@ -105,6 +105,46 @@ async fn serve(
     how
 }
 
+/// Starts a thread named after `name` with its own runtime (`workers` work-stealing workers, or
+/// single-threaded for `None`) that runs `body` and then ends the runtime the way `body` says.
+/// A runtime that cannot be built is reported on `ready` as `label: runtime: …`.
+fn spawn_thread<T, F, Fut>(
+    name: &str,
+    label: String,
+    workers: Option<usize>,
+    ready: oneshot::Sender<Result<T, String>>,
+    body: F,
+) -> Result<JoinHandle<()>, String>
+where
+    T: Send + 'static,
+    F: FnOnce(oneshot::Sender<Result<T, String>>) -> Fut + Send + 'static,
+    Fut: Future<Output = Stop>,
+{
+    let thread_name = worker_thread_name(name);
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let mut builder = match workers {
+                None => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+            };
+            let rt = match builder.thread_name(thread_name).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("{label}: runtime: {e}")));
+                    return;
+                }
+            };
+            let how = rt.block_on(body(ready));
+            shut_down(rt, how);
+        })
+        .map_err(|e| format!("{name}: spawn thread: {e}"))
+}
+
 /// Ends a runtime the way its server was stopped.
 fn shut_down(rt: tokio::runtime::Runtime, how: Stop) {
     match how {
@@ -155,55 +195,37 @@ impl ServerThread {
         let (stop_tx, stop_rx) = watch::channel::<Option<Stop>>(None);
         let label = name.to_owned();
         let first_stop = stop_rx.clone();
-        let first = std::thread::Builder::new()
-            .name(worker_thread_name(name))
-            .spawn(move || {
-                let mut builder = if per_core {
-                    tokio::runtime::Builder::new_current_thread()
-                } else {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    b.worker_threads(workers);
-                    b
-                };
-                let rt = match builder
-                    .thread_name(worker_thread_name(&label))
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
+        let first = spawn_thread(
+            name,
+            name.to_owned(),
+            (!per_core).then_some(workers),
+            ready_tx,
+            move |ready_tx| async move {
+                let listener = match listen(bind, per_core) {
+                    Ok(l) => l,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("{label}: runtime: {e}")));
-                        return;
+                        let _ = ready_tx.send(Err(format!("{label}: bind {bind}: {e}")));
+                        return Stop::Kill;
                     }
                 };
-                let how = rt.block_on(async move {
-                    let listener = match listen(bind, per_core) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("{label}: bind {bind}: {e}")));
-                            return Stop::Kill;
-                        }
-                    };
-                    let router = match build().await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("{label}: {e}")));
-                            return Stop::Kill;
-                        }
-                    };
-                    let addr = match listener.local_addr() {
-                        Ok(a) => a,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("{label}: {e}")));
-                            return Stop::Kill;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok((addr, router.clone())));
-                    serve(listener, router, first_stop).await
-                });
-                shut_down(rt, how);
-            })
-            .map_err(|e| format!("{name}: spawn thread: {e}"))?;
+                let router = match build().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{label}: {e}")));
+                        return Stop::Kill;
+                    }
+                };
+                let addr = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{label}: {e}")));
+                        return Stop::Kill;
+                    }
+                };
+                let _ = ready_tx.send(Ok((addr, router.clone())));
+                serve(listener, router, first_stop).await
+            },
+        )?;
         let mut server = ServerThread {
             name: name.to_owned(),
             addr: bind,
@@ -227,35 +249,24 @@ impl ServerThread {
                 let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
                 let (router, stop, addr) = (router.clone(), stop_rx.clone(), server.addr);
                 let label = format!("{name} thread {i}");
-                let thread = std::thread::Builder::new()
-                    .name(worker_thread_name(name))
-                    .spawn(move || {
-                        let rt = match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(rt) => rt,
+                let thread = spawn_thread(
+                    name,
+                    label.clone(),
+                    None,
+                    ready_tx,
+                    move |ready_tx| async move {
+                        match listen(addr, true) {
+                            Ok(listener) => {
+                                let _ = ready_tx.send(Ok(()));
+                                serve(listener, router, stop).await
+                            }
                             Err(e) => {
-                                let _ = ready_tx.send(Err(format!("{label}: runtime: {e}")));
-                                return;
+                                let _ = ready_tx.send(Err(format!("{label}: bind {addr}: {e}")));
+                                Stop::Kill
                             }
-                        };
-                        let how = rt.block_on(async move {
-                            match listen(addr, true) {
-                                Ok(listener) => {
-                                    let _ = ready_tx.send(Ok(()));
-                                    serve(listener, router, stop).await
-                                }
-                                Err(e) => {
-                                    let _ =
-                                        ready_tx.send(Err(format!("{label}: bind {addr}: {e}")));
-                                    Stop::Kill
-                                }
-                            }
-                        });
-                        shut_down(rt, how);
-                    })
-                    .map_err(|e| format!("{name}: spawn thread: {e}"))?;
+                        }
+                    },
+                )?;
                 server.threads.push(thread);
                 match ready_rx.await {
                     Ok(Ok(())) => {}
