@@ -222,6 +222,33 @@ async fn streams_large_bodies_and_reuses_connections() {
 }
 
 #[tokio::test]
+async fn preserve_host_sends_the_clients_host_also_from_the_uri() {
+    let server = Server::start(named("a")).await;
+    let mut config = config(&[server.addr]);
+    config.preserve_host = true;
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    // With a Host header (HTTP/1.1).
+    let (_, body) = text(
+        upstream
+            .clone()
+            .oneshot(request("POST", "/echo", ""))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(body.starts_with("host=gateway.example|"), "{body}");
+    // HTTP/2 carries the host in the URI (`:authority`), not in a header.
+    let mut req = Request::post("http://h2.example/echo")
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("127.0.0.1:1".parse().unwrap()));
+    let (_, body) = text(upstream.oneshot(req).await.unwrap()).await;
+    assert!(body.starts_with("host=h2.example|"), "{body}");
+    assert!(body.contains("|fhost=h2.example|"), "{body}");
+}
+
+#[tokio::test]
 async fn keeps_connections_alive_and_replaces_the_ones_the_server_closes() {
     // Every 5th response says `Connection: close`: 50 requests in a row need exactly 10
     // connections, and none of them fails.

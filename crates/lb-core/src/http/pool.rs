@@ -62,6 +62,11 @@ impl EndpointPool {
         }
     }
 
+    /// The endpoint's `host:port`.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
     fn with_idle<R>(self: &Arc<Self>, f: impl FnOnce(&mut Vec<Idle>) -> R) -> R {
         IDLE.with_borrow_mut(|all| {
             let mine = all

@@ -85,7 +85,6 @@ impl UpstreamError {
 #[derive(Clone)]
 pub struct HttpEndpoint {
     pool: Arc<EndpointPool>,
-    authority: Authority,
     /// `Host` sent upstream (the authority), or none to keep the client's.
     host: Option<HeaderValue>,
     timeout: Duration,
@@ -94,7 +93,7 @@ pub struct HttpEndpoint {
 impl fmt::Debug for HttpEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpoint")
-            .field("authority", &self.authority)
+            .field("authority", self.pool.authority())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -110,7 +109,7 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
     }
 
     fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
-        let authority = self.authority.clone();
+        let authority = self.pool.authority().clone();
         // Named only when an attempt fails.
         let failed = move |kind, source: Option<BoxError>| UpstreamError {
             endpoint: authority.to_string(),
@@ -130,7 +129,7 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
                 req.headers_mut().insert(HOST, host.clone());
             }
             None if !req.headers().contains_key(HOST) => {
-                if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                if let Ok(host) = HeaderValue::from_str(self.pool.authority().as_str()) {
                     req.headers_mut().insert(HOST, host);
                 }
             }
@@ -487,6 +486,11 @@ impl HttpUpstream {
         }
         parts.headers.insert(X_FORWARDED_PROTO, proto);
         if let Some(host) = original_host {
+            // With `preserve_host` the client's host goes upstream also when it came in the
+            // URI (HTTP/2's `:authority`) rather than in a `Host` header.
+            if settings.preserve_host && !parts.headers.contains_key(HOST) {
+                parts.headers.insert(HOST, host.clone());
+            }
             parts.headers.insert(X_FORWARDED_HOST, host);
         }
 
@@ -522,12 +526,11 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
     };
     HttpEndpoint {
         pool: Arc::new(EndpointPool::new(
-            authority.clone(),
+            authority,
             settings.connect_timeout,
             settings.idle_timeout,
             settings.max_idle_per_host,
         )),
-        authority,
         host,
         timeout: settings.request_timeout,
     }
