@@ -10,11 +10,10 @@ use crate::config::CookieConfig;
 
 /// Every value the request carries for cookie `name`, in header order (a browser sends the
 /// most specific path first when several cookies share a name).
-///
 pub(crate) fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(COOKIE)
         .iter()
@@ -31,7 +30,6 @@ pub(crate) fn request_values<'a>(
                     .strip_prefix('"')
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(value)
-                    .as_bytes()
             })
         })
 }
@@ -173,7 +171,7 @@ mod tests {
         headers.append(COOKIE, HeaderValue::from_static("a=1; sid=first;b=2"));
         headers.append(COOKIE, HeaderValue::from_static("sid=\"second\"; sidx=no"));
         let values: Vec<_> = request_values(&headers, "sid").collect();
-        assert_eq!(values, [&b"first"[..], b"second"]);
+        assert_eq!(values, ["first", "second"]);
         assert_eq!(request_values(&headers, "missing").count(), 0);
     }
 

@@ -24,6 +24,18 @@ use crate::record::SessionRecord;
 use crate::session::{Backend, Presented, Session, State, apply_changes};
 use crate::store::{SaveOutcome, SessionStore, Stored};
 
+/// A DEBUG span for one store call, or none at all when DEBUG is off: even a disabled span
+/// records its fields for tracing's `log` fallback, on every store call.
+macro_rules! store_span {
+    ($name:literal, $store:expr) => {
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!($name, store = $store.name())
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+
 /// New ids tried when `create` finds its key taken (a 256-bit collision: never in practice).
 const CREATE_ATTEMPTS: u32 = 3;
 
@@ -198,13 +210,7 @@ impl Session {
             .ttl(config.idle_timeout)
             .unwrap_or(config.idle_timeout);
         let record = Arc::new(record);
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!("session.create", store = store.name())
-        } else {
-            // Not even a disabled span: building one still records its fields for the
-            // `log` fallback, on every save.
-            tracing::Span::none()
-        };
+        let span = store_span!("session.create", store);
         let mut created = None;
         for _ in 0..CREATE_ATTEMPTS {
             let id = shared.ids.generate()?;
@@ -269,13 +275,7 @@ impl Session {
             state.changes.extend(newer);
             state.cleared |= cleared;
         };
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!("session.save", store = store.name())
-        } else {
-            // Not even a disabled span: building one still records its fields for the
-            // `log` fallback, on every save.
-            tracing::Span::none()
-        };
+        let span = store_span!("session.save", store);
         let mut current = loaded.clone();
         let mut same_field_counted = HashSet::new();
         for attempt in 1..=config.max_save_attempts {
@@ -377,13 +377,7 @@ impl Session {
         key: StoreKey,
         ttl: Duration,
     ) -> Result<(), SessionError> {
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!("session.touch", store = store.name())
-        } else {
-            // Not even a disabled span: building one still records its fields for the
-            // `log` fallback, on every save.
-            tracing::Span::none()
-        };
+        let span = store_span!("session.touch", store);
         let touched = in_span(store.touch(&key, ttl), &span)
             .await
             .map_err(|error| store_failure(self, error))?;

@@ -204,7 +204,7 @@ impl Session {
                         return Presented::Id {
                             id: verified.id,
                             resign: verified.signed_with_old_key,
-                            value: SignedValue::new(value),
+                            value: SignedValue::new(value.as_bytes()),
                         };
                     }
                 }
@@ -212,9 +212,8 @@ impl Session {
                 Presented::Rejected
             }
             #[cfg(feature = "cookie-store")]
-            Backend::Cookie(_) => match values.next().map(std::str::from_utf8) {
-                Some(Ok(value)) => Presented::Sealed(value.to_owned()),
-                Some(Err(_)) => Presented::Rejected,
+            Backend::Cookie(_) => match values.next() {
+                Some(value) => Presented::Sealed(value.to_owned()),
                 None => Presented::Nothing,
             },
         }
@@ -287,11 +286,9 @@ impl Session {
             (Presented::Id { id, .. }, Backend::Store(store)) => {
                 let key = id.store_key();
                 // Through `&dyn`: `Arc`'s own impl would box a second future around the store's.
+                // (`ensure_loaded` has already asked `load_now`.)
                 let store: &dyn SessionStore = store.as_ref();
-                let loaded = match store.load_now(&key) {
-                    Some(loaded) => loaded,
-                    None => store.load(&key).await,
-                };
+                let loaded = store.load(&key).await;
                 loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)))
             }
             #[cfg(feature = "cookie-store")]

@@ -25,7 +25,9 @@ use crate::record::SessionRecord;
 /// Each session expires at its own TTL. The store holds at most `max_capacity` sessions:
 /// when a new session would go past that, expired sessions are dropped first, then the
 /// sessions closest to expiring (the ones idle longest under a rolling expiry); their users
-/// get a fresh session. Sessions are not shared between processes or kept across restarts;
+/// get a fresh session. The limit is kept per shard (`max_capacity` split evenly), and a full
+/// shard evicts an eighth of its sessions at once, so the selection cost is spread over many
+/// new sessions. Sessions are not shared between processes or kept across restarts;
 /// use [`RedisStore`](crate::RedisStore) for that. Cloning shares the same sessions.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {

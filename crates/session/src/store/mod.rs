@@ -54,7 +54,8 @@ impl Stored {
     }
 }
 
-/// A store's handle on a session it loaded (e.g. the in-memory slot), opaque to the layer.
+/// A store's handle on a session it loaded, opaque to the layer; for stores of your own (the
+/// bundled stores do not use one).
 #[derive(Clone)]
 pub struct Lease(Arc<dyn Any + Send + Sync>);
 
