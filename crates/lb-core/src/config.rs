@@ -64,7 +64,8 @@ pub struct BalancerConfig {
     pub outlier_detection: OutlierDetection,
     /// Slow start of new and recovered endpoints. Default: off.
     pub slow_start: Option<SlowStart>,
-    /// Peak-EWMA settings. Default 30 ms seed, 10 s decay.
+    /// Latency measurement. Default: Peak-EWMA seed 30 ms, decay 10 s; 1 in 8 requests timed
+    /// unless the policy ranks by latency.
     pub ewma: EwmaConfig,
     /// Per-endpoint concurrency cap. Default: unlimited.
     pub max_in_flight: Option<usize>,

@@ -35,6 +35,8 @@ pub(crate) struct Pool {
     pub(crate) outlier: OutlierDetection,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) ewma: EwmaConfig,
+    /// [`EwmaConfig::sampling_mask`] of `ewma`.
+    latency_mask: u64,
     pub(crate) rng: SharedRng,
     /// Members currently ejected by outlier detection (for `max_ejection_percent`).
     pub(crate) ejected: AtomicUsize,
@@ -55,6 +57,7 @@ impl Pool {
         Self {
             outlier,
             slow_start,
+            latency_mask: ewma.sampling_mask(),
             ewma,
             rng,
             ejected: AtomicUsize::new(0),
@@ -287,7 +290,8 @@ impl EndpointState {
         }
     }
 
-    /// Peak-EWMA latency estimate.
+    /// Peak-EWMA latency estimate, from the requests whose latency is measured (every request
+    /// with a latency-aware policy, else 1 in [`EwmaConfig::sampling`]).
     pub fn ewma(&self) -> Duration {
         Duration::from_nanos(self.ewma.estimate_ns() as u64)
     }
@@ -363,14 +367,17 @@ impl EndpointState {
         }
     }
 
-    /// Takes an in-flight slot (and the probe slot of an ejected endpoint whose time is up) for a
-    /// request that started at `start` (raw clock ticks).
+    /// Takes an in-flight slot (and the probe slot of an ejected endpoint whose time is up).
+    ///
+    /// `now` is the pick's clock reading (raw ticks) when the policy uses latency: the request is
+    /// then timed from it. Otherwise 1 in [`EwmaConfig::sampling`] requests is timed, from a clock
+    /// read here.
     #[inline]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         index: usize,
         ignore_health: bool,
-        start: u64,
+        now: Option<u64>,
     ) -> Option<InFlightGuard> {
         let max = self.max_in_flight.load(Ordering::Relaxed) as u64;
         let limit = if max == 0 {
@@ -378,7 +385,8 @@ impl EndpointState {
         } else {
             max.min(IN_FLIGHT_LIMIT)
         };
-        let before = self.load.fetch_add(1, Ordering::AcqRel) & IN_FLIGHT_MASK;
+        let load = self.load.fetch_add(1, Ordering::AcqRel);
+        let before = load & IN_FLIGHT_MASK;
         if before >= limit {
             self.release_slot();
             return None;
@@ -403,11 +411,21 @@ impl EndpointState {
                 }
             }
         }
+        // Requests started so far (completed + in flight, modulo 2^32) number this one, so that
+        // exactly 1 in `sampling` is timed, the endpoint's first included.
+        let (start, latency_weight) = match now {
+            Some(now) => (now, 1),
+            None if ((load >> 32).wrapping_add(before) & self.pool.latency_mask) == 0 => {
+                (clock::raw(), self.pool.latency_mask as u32 + 1)
+            }
+            None => (0, 0),
+        };
         self.metrics.in_flight.increment(1.0);
         Some(InFlightGuard {
             state: Arc::clone(self),
             index,
             start,
+            latency_weight,
             probe,
             recorded: false,
         })
@@ -600,14 +618,18 @@ pub enum Outcome {
 /// An in-flight slot on one endpoint; dropping it ends the request.
 ///
 /// Call [`record`](Self::record) (or [`success`](Self::success) / [`failure`](Self::failure)) to
-/// feed latency and the outcome into Peak-EWMA and outlier detection. A guard dropped without a
-/// record (e.g. a cancelled request) only frees the slot.
+/// feed the outcome into outlier detection and, when this request is timed (see
+/// [`EwmaConfig`](crate::EwmaConfig)), its latency into Peak-EWMA and the latency histogram. A
+/// guard dropped without a record (e.g. a cancelled request) only frees the slot.
 #[must_use = "the slot is released when the guard is dropped"]
 pub struct InFlightGuard {
     state: Arc<EndpointState>,
     index: usize,
-    /// Raw clock ticks when the slot was taken (see [`clock::raw`]).
+    /// Raw clock ticks when the slot was taken (see [`clock::raw`]), if timed.
     start: u64,
+    /// Requests the latency sample stands for in the histogram: 1 when every request is timed,
+    /// the sampling interval when this one was sampled, 0 when it is not timed.
+    latency_weight: u32,
     probe: bool,
     /// The outcome was recorded, which freed the slot already.
     recorded: bool,
@@ -639,12 +661,20 @@ impl InFlightGuard {
         self.probe
     }
 
-    /// Time since the slot was taken.
-    pub fn elapsed(&self) -> Duration {
-        Duration::from_nanos(clock::ns_between(self.start, clock::raw()))
+    /// Whether this request's latency is measured (always with a latency-aware policy, else
+    /// 1 in [`EwmaConfig::sampling`](crate::EwmaConfig::sampling)).
+    pub fn is_timed(&self) -> bool {
+        self.latency_weight != 0
     }
 
-    /// Records the outcome and the latency since the slot was taken, then frees the slot.
+    /// Time since the slot was taken, when the request [is timed](Self::is_timed).
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.is_timed()
+            .then(|| Duration::from_nanos(clock::ns_between(self.start, clock::raw())))
+    }
+
+    /// Records the outcome and, when the request is timed, the latency since the slot was taken;
+    /// then frees the slot.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
         self.record_in_place(outcome);
@@ -657,10 +687,9 @@ impl InFlightGuard {
         if self.recorded {
             return;
         }
-        let now = clock::raw();
-        let latency_ns = clock::ns_between(self.start, now);
-        self.state.metrics.latency.record(latency_ns as f64 * 1e-9);
-        self.state.ewma.observe(latency_ns, now);
+        if self.latency_weight != 0 {
+            self.record_latency();
+        }
         match outcome {
             Outcome::Success => self.state.on_success(self.probe),
             Outcome::Failure => self.state.on_failure(self.probe),
@@ -668,6 +697,18 @@ impl InFlightGuard {
         self.state.metrics.in_flight.decrement(1.0);
         self.state.release_completed();
         self.recorded = true;
+    }
+
+    #[inline]
+    fn record_latency(&self) {
+        let now = clock::raw();
+        let latency_ns = clock::ns_between(self.start, now);
+        let seconds = latency_ns as f64 * 1e-9;
+        match self.latency_weight {
+            1 => self.state.metrics.latency.record(seconds),
+            n => self.state.metrics.latency.record_many(seconds, n as usize),
+        }
+        self.state.ewma.observe(latency_ns, now);
     }
 
     /// Same as `record(Outcome::Success)`.
@@ -720,7 +761,7 @@ mod tests {
         assert_eq!(s.in_flight(), 1);
         let mut expected = (1u64 << 32) - 2;
         for _ in 0..4 {
-            let guard = s.acquire(0, false, clock::raw()).expect("slot");
+            let guard = s.acquire(0, false, Some(clock::raw())).expect("slot");
             assert_eq!(s.in_flight(), 2);
             guard.success();
             expected += 1;
@@ -731,7 +772,9 @@ mod tests {
         s.load
             .store(((u64::from(u32::MAX) >> 1) << 32) | 1, Ordering::Relaxed);
         let before = s.completed().0;
-        s.acquire(0, false, clock::raw()).expect("slot").failure();
+        s.acquire(0, false, Some(clock::raw()))
+            .expect("slot")
+            .failure();
         assert_eq!(s.completed(), (before + 1, 1));
         assert_eq!(s.completed().0, (1 << 32) | (1 << 31));
     }
@@ -745,10 +788,149 @@ mod tests {
         assert_eq!(s.completed().0, (1 << 32) + 5);
     }
 
+    /// Counts the values recorded into every histogram it registers.
+    #[derive(Default)]
+    struct HistogramCount(AtomicU64);
+
+    impl metrics::HistogramFn for HistogramCount {
+        fn record(&self, _: f64) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    struct Recorder(Arc<HistogramCount>);
+
+    impl metrics::Recorder for Recorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::from_arc(Arc::clone(&self.0))
+        }
+    }
+
+    /// An endpoint with `sampling` whose latency histogram counts its values.
+    fn recorded_state(sampling: u32) -> (Arc<EndpointState>, Arc<HistogramCount>) {
+        let ewma = EwmaConfig {
+            sampling,
+            ..EwmaConfig::default()
+        };
+        let pool = Pool::new(
+            OutlierDetection::default(),
+            None,
+            ewma,
+            SharedRng::seeded(1),
+        );
+        let count = Arc::new(HistogramCount::default());
+        let state = metrics::with_local_recorder(&Recorder(Arc::clone(&count)), || {
+            EndpointState::new("a".into(), 1.0, 0, Arc::new(pool))
+        });
+        (Arc::new(state), count)
+    }
+
+    #[test]
+    fn one_request_in_sampling_is_timed_and_stands_for_all_of_them() {
+        let (s, histogram) = recorded_state(8);
+        let mut timed = Vec::new();
+        for i in 0..20 {
+            let guard = s.acquire(0, false, None).expect("slot");
+            assert_eq!(guard.is_timed(), guard.elapsed().is_some());
+            if guard.is_timed() {
+                timed.push(i);
+            }
+            guard.success();
+        }
+        assert_eq!(timed, [0, 8, 16], "the first and every 8th after it");
+        assert_eq!(
+            histogram.0.load(Ordering::Relaxed),
+            24,
+            "each sample counts 8 times"
+        );
+
+        // Concurrent requests are numbered by their start, so the count does not bunch up.
+        let held: Vec<_> = (0..16)
+            .map(|_| s.acquire(0, false, None).expect("slot"))
+            .collect();
+        assert_eq!(held.iter().filter(|g| g.is_timed()).count(), 2);
+        drop(held);
+        assert_eq!(s.completed(), (20, 0));
+    }
+
+    #[test]
+    fn every_request_is_timed_when_the_pick_read_the_clock_or_sampling_is_1() {
+        let (s, histogram) = recorded_state(8);
+        for _ in 0..5 {
+            let guard = s.acquire(0, false, Some(clock::raw())).expect("slot");
+            assert!(guard.is_timed());
+            guard.failure();
+        }
+        assert_eq!(histogram.0.load(Ordering::Relaxed), 5, "one value each");
+
+        let (s, histogram) = recorded_state(1);
+        for _ in 0..5 {
+            let guard = s.acquire(0, false, None).expect("slot");
+            assert!(guard.is_timed());
+            guard.success();
+        }
+        assert_eq!(histogram.0.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn untimed_requests_leave_the_estimate_alone() {
+        let s = state();
+        let first = s.acquire(0, false, None).expect("slot");
+        assert!(first.is_timed());
+        first.success();
+        let after_first = s.ewma.estimate_ns();
+        assert!(
+            after_first < 30e6,
+            "a fast sample pulls the 30 ms seed down"
+        );
+        for _ in 0..7 {
+            let guard = s.acquire(0, false, None).expect("slot");
+            assert!(!guard.is_timed());
+            guard.success();
+        }
+        assert_eq!(s.ewma.estimate_ns(), after_first);
+        assert!(s.acquire(0, false, None).expect("slot").is_timed());
+    }
+
     #[test]
     fn a_cancelled_request_frees_its_slot_without_counting() {
         let s = state();
-        let guard = s.acquire(0, false, clock::raw()).expect("slot");
+        let guard = s.acquire(0, false, Some(clock::raw())).expect("slot");
         assert_eq!(s.in_flight(), 1);
         drop(guard);
         assert_eq!((s.in_flight(), s.completed()), (0, (0, 0)));

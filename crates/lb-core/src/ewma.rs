@@ -6,12 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 
-/// Settings of the Peak-EWMA latency estimate (the estimator of Finagle and `tower::load::PeakEwma`).
+/// Settings of the per-endpoint latency measurement: the Peak-EWMA estimate (the estimator of
+/// Finagle and `tower::load::PeakEwma`) and the `herd_lb_latency_seconds` histogram.
+///
+/// A policy that ranks endpoints by latency ([`PeakEwma`](crate::PeakEwma), see
+/// [`Pick::uses_latency`](crate::Pick::uses_latency)) has the latency of every request measured.
+/// Other policies never read it, so only 1 in [`sampling`](Self::sampling) requests per endpoint
+/// is timed (two clock reads, which cost more than the rest of a pick): the estimate shown by
+/// [`EndpointInfo::ewma`](crate::EndpointInfo::ewma) follows the sampled requests, and each
+/// sample is recorded into the histogram `sampling` times, so its count and sum still estimate all
+/// requests. Set `sampling` to 1 to time every request.
 ///
 /// ```
 /// # use herd_lb_core::EwmaConfig;
 /// let config: EwmaConfig = serde_json::from_str(r#"{"default_rtt": "50ms", "decay": "5s"}"#).unwrap();
 /// assert_eq!(config.decay.as_secs(), 5);
+/// assert_eq!(config.sampling, 8);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default)]
@@ -22,14 +32,35 @@ pub struct EwmaConfig {
     /// Time for an old sample's influence to fall to 1/e. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub decay: Duration,
+    /// One request in `sampling` (per endpoint, counting the first) has its latency measured when
+    /// the policy does not use latency; rounded up to a power of two, 0 and 1 time every request.
+    /// Default 8.
+    pub sampling: u32,
 }
+
+/// Default of [`EwmaConfig::sampling`].
+const DEFAULT_SAMPLING: u32 = 8;
 
 impl Default for EwmaConfig {
     fn default() -> Self {
         Self {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            sampling: DEFAULT_SAMPLING,
         }
+    }
+}
+
+impl EwmaConfig {
+    /// [`sampling`](Self::sampling) as a mask on a request sequence number: a request whose
+    /// number has none of these bits set is timed.
+    pub(crate) fn sampling_mask(&self) -> u64 {
+        u64::from(
+            self.sampling
+                .max(1)
+                .checked_next_power_of_two()
+                .unwrap_or(1 << 31),
+        ) - 1
     }
 }
 
@@ -93,8 +124,8 @@ impl EwmaEstimate {
 
 /// The latency clock: raw TSC ticks from one process-wide calibrated `quanta::Clock` (a bare
 /// `rdtsc` per read; `quanta::Instant::now` adds a thread-local override check and a scaling
-/// multiply, and `std::time::Instant` is a `clock_gettime` call), since every request reads it
-/// twice. Ticks become nanoseconds only when a latency is recorded; the EWMA decays in ticks.
+/// multiply, and `std::time::Instant` is a `clock_gettime` call), since every timed request reads
+/// it twice. Ticks become nanoseconds only when a latency is recorded; the EWMA decays in ticks.
 pub(crate) mod clock {
     use std::sync::OnceLock;
 
@@ -149,6 +180,20 @@ fn decay_weight(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_rounds_up_to_a_power_of_two() {
+        let mask = |sampling| {
+            EwmaConfig {
+                sampling,
+                ..EwmaConfig::default()
+            }
+            .sampling_mask()
+        };
+        assert_eq!(EwmaConfig::default().sampling_mask(), 7);
+        assert_eq!([mask(0), mask(1), mask(2), mask(5)], [0, 0, 1, 7]);
+        assert_eq!(mask(u32::MAX), (1 << 31) - 1);
+    }
 
     #[test]
     fn decay_weight_matches_exp() {

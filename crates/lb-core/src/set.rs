@@ -111,7 +111,8 @@ impl EndpointSetBuilder {
         self
     }
 
-    /// Peak-EWMA settings (default: 30 ms seed, 10 s decay).
+    /// Latency measurement (default: Peak-EWMA seed 30 ms, decay 10 s; 1 in 8 requests timed
+    /// unless the policy ranks by latency).
     pub fn ewma(mut self, ewma: EwmaConfig) -> Self {
         self.ewma = ewma;
         self
@@ -371,7 +372,14 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     where
         S: Clone,
     {
-        pick_from(&self.inner.current.load(), policy, &ctx.timed())
+        let timed;
+        let ctx = if policy.uses_latency() {
+            timed = ctx.timed();
+            &timed
+        } else {
+            ctx
+        };
+        pick_from(&self.inner.current.load(), policy, ctx)
     }
 
     /// A per-handle cache of the current snapshot: loading it is one atomic read while the set
@@ -401,8 +409,9 @@ impl<K, S> std::ops::Deref for CurrentSnapshot<K, S> {
     }
 }
 
-/// Picks from `snapshot` and takes a slot; `ctx` should carry the clock reading
-/// ([`PickContext::timed`]) so that the policy and the slot share it.
+/// Picks from `snapshot` and takes a slot. When the policy [uses latency](Pick::uses_latency),
+/// `ctx` should be [timed](PickContext::timed): one clock reading then serves the pick and the
+/// start of the request's latency. Otherwise the slot decides whether the request is timed.
 #[inline]
 pub(crate) fn pick_from<K, S: Clone, P: Pick + ?Sized>(
     snapshot: &Snapshot<K, S>,
@@ -416,7 +425,7 @@ pub(crate) fn pick_from<K, S: Clone, P: Pick + ?Sized>(
     if let Some(index) = policy.pick(candidates, ctx)
         && let Some(state) = candidates.state(index)
         && let Some(endpoint) = snapshot.get(index)
-        && let Some(guard) = state.acquire(index, ctx.ignore_health(), ctx.now())
+        && let Some(guard) = state.acquire(index, ctx.ignore_health(), ctx.reading())
     {
         return Ok(Picked {
             guard,
@@ -444,7 +453,10 @@ fn pick_with_fallbacks<K, S: Clone, P: Pick + ?Sized>(
             let Some(endpoint) = snapshot.get(index) else {
                 break;
             };
-            if let Some(guard) = endpoint.state().acquire(index, ignore_health, ctx.now()) {
+            if let Some(guard) = endpoint
+                .state()
+                .acquire(index, ignore_health, ctx.reading())
+            {
                 return Ok(Picked {
                     guard,
                     service: endpoint.service().clone(),
@@ -547,5 +559,29 @@ fn classify_failure<K, S>(snapshot: &Snapshot<K, S>, waited: Duration) -> PickEr
             endpoints: snapshot.len(),
             waited,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{P2c, PeakEwma};
+
+    #[test]
+    fn a_latency_policy_times_every_request_others_one_in_sampling() {
+        let set: EndpointSet<&str> = EndpointSet::new();
+        set.insert("a", (), 1.0).expect("valid weight");
+        let timed = |policy: &dyn Pick| {
+            (0..16)
+                .filter(|_| {
+                    let picked = set.pick(policy, &PickContext::new()).expect("endpoint");
+                    let timed = picked.guard.is_timed();
+                    picked.guard.success();
+                    timed
+                })
+                .count()
+        };
+        assert_eq!(timed(&P2c::seeded(1)), 2);
+        assert_eq!(timed(&PeakEwma::seeded(1)), 16);
     }
 }

@@ -89,6 +89,12 @@ impl<'a> PickContext<'a> {
         self.now.unwrap_or_else(crate::ewma::clock::raw)
     }
 
+    /// The clock reading of [`timed`](Self::timed), if any: the request is then timed from it.
+    #[inline]
+    pub(crate) fn reading(&self) -> Option<u64> {
+        self.now
+    }
+
     /// With the clock read once for the whole pick.
     #[inline]
     pub(crate) fn timed(self) -> Self {
@@ -504,7 +510,8 @@ pub struct EndpointInfo<K> {
     pub ejected_until: Option<Instant>,
     /// Requests in flight.
     pub in_flight: usize,
-    /// Peak-EWMA latency estimate.
+    /// Peak-EWMA latency estimate, from the requests whose latency is measured (every request
+    /// with a latency-aware policy, else 1 in [`EwmaConfig::sampling`](crate::EwmaConfig::sampling)).
     pub ewma: Duration,
     /// Requests completed since the endpoint joined.
     pub requests: u64,

@@ -29,6 +29,15 @@ use crate::snapshot::{Candidates, PickContext};
 pub trait Pick: Send + Sync {
     /// An available endpoint's index, or `None` when none is available under `ctx`.
     fn pick(&self, candidates: &Candidates, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// Whether the policy ranks endpoints by their latency estimate
+    /// ([`EndpointState::ewma`](crate::EndpointState::ewma)), so that every request it routes
+    /// must be timed. Default `false`: 1 in [`EwmaConfig::sampling`](crate::EwmaConfig::sampling)
+    /// requests is timed. [`PeakEwma`] says `true`; so should a custom policy that reads latency
+    /// (a closure cannot: wrap it in a type, or set `sampling` to 1).
+    fn uses_latency(&self) -> bool {
+        false
+    }
 }
 
 impl<F> Pick for F
@@ -43,6 +52,10 @@ where
 impl<P: Pick + ?Sized> Pick for Arc<P> {
     fn pick(&self, candidates: &Candidates, ctx: &PickContext<'_>) -> Option<usize> {
         (**self).pick(candidates, ctx)
+    }
+
+    fn uses_latency(&self) -> bool {
+        (**self).uses_latency()
     }
 }
 
@@ -96,6 +109,15 @@ impl Pick for Policy {
             Self::PeakEwma(p) => p.pick(c, ctx),
             Self::ConsistentHash(p) => p.pick(c, ctx),
             Self::Custom(p) => p.pick(c, ctx),
+        }
+    }
+
+    #[inline]
+    fn uses_latency(&self) -> bool {
+        match self {
+            Self::PeakEwma(p) => p.uses_latency(),
+            Self::Custom(p) => p.uses_latency(),
+            _ => false,
         }
     }
 }
@@ -167,5 +189,27 @@ impl PolicyConfig {
                 ConsistentHash::with_rng(*balance_factor, rng())?.into()
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_latency_policies_need_every_request_timed() {
+        assert!(PeakEwma::seeded(1).uses_latency());
+        assert!(Policy::from(PeakEwma::seeded(1)).uses_latency());
+        assert!(Policy::Custom(Arc::new(PeakEwma::seeded(1))).uses_latency());
+        for policy in [
+            Policy::from(P2c::seeded(1)),
+            RoundRobin::seeded(1).into(),
+            WeightedRandom::seeded(1).into(),
+            LeastOutstanding::seeded(1).into(),
+            ConsistentHash::seeded(1.25, 1).expect("factor > 1").into(),
+            Policy::Custom(Arc::new(|_: &Candidates, _: &PickContext<'_>| Some(0))),
+        ] {
+            assert!(!policy.uses_latency(), "{policy:?}");
+        }
     }
 }

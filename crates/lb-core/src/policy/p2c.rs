@@ -84,4 +84,9 @@ impl Pick for PeakEwma {
         };
         Some(if cost(b) < cost(a) { b } else { a })
     }
+
+    /// Every request is timed: the estimates are what this policy ranks by.
+    fn uses_latency(&self) -> bool {
+        true
+    }
 }
