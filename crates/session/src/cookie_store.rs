@@ -106,12 +106,11 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
     let config = &session.shared().config;
     let name = config.cookie.name.as_str();
     let mut state = session.state();
-    let modified = state.cycle || state.cleared || !state.changes.is_empty();
+    let modified = state.cycle || !state.changes.is_empty();
     let (record, ttl) = if modified {
         let mut record = apply_changes(
             state.base.as_ref().map(|base| &*base.record),
             &state.changes,
-            state.cleared,
             config.absolute_timeout,
         );
         if state.cycle {
@@ -175,7 +174,6 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
         lease: None,
     });
     state.changes.clear();
-    state.cleared = false;
     state.cycle = false;
     Ok(())
 }

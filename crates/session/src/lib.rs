@@ -87,7 +87,7 @@ pub use config::{ConflictRule, CookieConfig, OnStoreError, SameSite, SessionConf
 pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
 pub use id::{SessionId, SessionIdGenerator, StoreKey};
 pub use keys::{Key, MIN_KEY_LEN, SigningKeys};
-pub use record::SessionRecord;
+pub use record::{FieldChanges, SessionRecord};
 pub use service::{SessionLayer, SessionLayerBuilder, SessionService, future};
 pub use session::Session;
 pub use store::{SaveOutcome, SessionStore, Stored};

@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
-use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use crate::config::{ConflictRule, OnStoreError, TtlExtension};
 use crate::cookies::CookieAction;
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, StoreKey};
-use crate::record::SessionRecord;
+use crate::record::{FieldChanges, SessionRecord};
 use crate::session::{Backend, Presented, Session, State, apply_changes};
 use crate::store::{SaveOutcome, SessionStore, Stored};
 
@@ -40,18 +39,17 @@ macro_rules! store_span {
 const CREATE_ATTEMPTS: u32 = 3;
 
 /// What a save has to do, decided under the state lock.
-enum Plan {
+pub(crate) enum Plan {
     Nothing,
     /// Store a new session (first save, or `cycle_id`), deleting `old` afterwards.
     Create {
         record: SessionRecord,
         old: Option<SessionId>,
     },
-    /// Check-and-set the stored session.
+    /// Check-and-set the stored session with this request's field changes.
     Update {
         id: SessionId,
         key: StoreKey,
-        base: Stored,
     },
     /// Extend the expiry of an unchanged session.
     Touch {
@@ -59,6 +57,13 @@ enum Plan {
         key: StoreKey,
         ttl: Duration,
     },
+}
+
+/// The outcome of one attempt at a field-level save, with what the next attempt needs.
+enum Attempt {
+    Done(Result<(), SessionError>),
+    /// Another request saved first: merge with this and try again.
+    Conflict(Stored),
 }
 
 impl Session {
@@ -84,15 +89,41 @@ impl Session {
         false
     }
 
-    /// Called by the layer once the handler's response is ready: saves and sets the cookie,
-    /// or turns the response into an error response when the store failed.
-    pub(crate) async fn finish<B: From<String>>(&self, response: &mut Response<B>) {
+    /// Saves and sets the cookie on `response` as far as that needs no waiting: everything
+    /// when the store answers in place ([`SessionStore::save_changes_now`]) or there is
+    /// nothing to store. Otherwise returns the store work left for
+    /// [`finish_plan`](Self::finish_plan), so the layer boxes a future only for that.
+    pub(crate) fn finish_now<B: From<String>>(
+        &self,
+        response: &mut Response<B>,
+    ) -> Result<(), Plan> {
         if self.finish_without_store(response) {
-            return;
+            return Ok(());
         }
+        let result = self.persist_now()?;
+        self.finish_with(result, response);
+        Ok(())
+    }
+
+    /// The rest of [`finish_now`](Self::finish_now): carries out `plan`, then sets the cookie
+    /// or turns the response into an error response.
+    pub(crate) async fn finish_plan<B: From<String>>(
+        &self,
+        plan: Plan,
+        response: &mut Response<B>,
+    ) {
+        let result = self.persist_plan(plan).await;
+        self.finish_with(result, response);
+    }
+
+    fn finish_with<B: From<String>>(
+        &self,
+        result: Result<(), SessionError>,
+        response: &mut Response<B>,
+    ) {
         let shared = self.shared();
         let fail_closed = shared.config.on_store_error == OnStoreError::ServiceUnavailable;
-        match self.persist().await {
+        match result {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
                 action.apply(
@@ -115,19 +146,42 @@ impl Session {
 
     /// Saves whatever the request changed (or touches an unchanged session that needs it).
     pub(crate) async fn persist(&self) -> Result<(), SessionError> {
-        #[cfg(feature = "cookie-store")]
-        if let Backend::Cookie(cookie_store) = &self.shared().backend {
-            return crate::cookie_store::persist(self, cookie_store);
+        match self.persist_now() {
+            Ok(done) => done,
+            Err(plan) => self.persist_plan(plan).await,
         }
+    }
+
+    /// [`persist`](Self::persist) as far as it needs no waiting; `Err` carries the store work
+    /// left.
+    fn persist_now(&self) -> Result<Result<(), SessionError>, Plan> {
+        let store: &dyn SessionStore = match &self.shared().backend {
+            Backend::Store(store) => store.as_ref(),
+            #[cfg(feature = "cookie-store")]
+            Backend::Cookie(cookie_store) => {
+                return Ok(crate::cookie_store::persist(self, cookie_store));
+            }
+        };
+        match self.plan() {
+            Plan::Nothing => Ok(Ok(())),
+            Plan::Update { id, key } => match self.update_now(store, &id, &key) {
+                Some(done) => Ok(done),
+                None => Err(Plan::Update { id, key }),
+            },
+            plan => Err(plan),
+        }
+    }
+
+    async fn persist_plan(&self, plan: Plan) -> Result<(), SessionError> {
         let store = match &self.shared().backend {
             Backend::Store(store) => Arc::clone(store),
             #[cfg(feature = "cookie-store")]
             Backend::Cookie(_) => return Ok(()),
         };
-        match self.plan() {
+        match plan {
             Plan::Nothing => Ok(()),
             Plan::Create { record, old } => self.create(&*store, record, old).await,
-            Plan::Update { id, key, base } => self.update(&*store, id, key, base).await,
+            Plan::Update { id, key } => self.update(&*store, id, key).await,
             Plan::Touch { id, key, ttl } => self.touch(&*store, id, key, ttl).await,
         }
     }
@@ -135,10 +189,10 @@ impl Session {
     fn plan(&self) -> Plan {
         let config = &self.shared().config;
         let mut state = self.state();
-        let Some(base) = state.base.clone() else {
+        let Some(base) = &state.base else {
             // Not stored yet: store it only once it has content (express' saveUninitialized
             // = false), so anonymous traffic costs the store nothing.
-            let record = apply_changes(None, &state.changes, false, config.absolute_timeout);
+            let record = apply_changes(None, &state.changes, config.absolute_timeout);
             if record.is_empty() {
                 let rejected = matches!(self.presented_ref(), Presented::Rejected);
                 if (rejected || state.stale_cookie) && state.cookie == CookieAction::Keep {
@@ -154,12 +208,8 @@ impl Session {
         };
         let key = state.key.unwrap_or_else(|| id.store_key());
         if state.cycle {
-            let mut record = apply_changes(
-                Some(&base.record),
-                &state.changes,
-                state.cleared,
-                config.absolute_timeout,
-            );
+            let mut record =
+                apply_changes(Some(&base.record), &state.changes, config.absolute_timeout);
             // The absolute timeout restarts with the new id (typically at log-in).
             let fresh = SessionRecord::new(config.absolute_timeout);
             record.restart_clock_from(&fresh);
@@ -168,25 +218,41 @@ impl Session {
                 old: Some(id),
             };
         }
-        if state.is_modified_fields() {
-            return Plan::Update { id, key, base };
+        if !state.changes.is_empty() {
+            return Plan::Update { id, key };
         }
-        let Some(ttl) = base.record.ttl(config.idle_timeout) else {
+        let Some((ttl, extended)) = self.next_expiry(base) else {
             return Plan::Nothing;
         };
-        let half = config.idle_timeout / 2;
-        if config.ttl_extension == TtlExtension::OnEveryRequest
-            && ttl.saturating_sub(base.ttl) >= half
-        {
+        if extended && config.ttl_extension == TtlExtension::OnEveryRequest {
             return Plan::Touch { id, key, ttl };
         }
+        let base_ttl = base.ttl;
         if matches!(self.presented_ref(), Presented::Id { resign: true, .. })
             && state.cookie == CookieAction::Keep
         {
             // Signed with a retired key: re-sign with the newest one.
-            state.cookie = self.signed_cookie(&id, base.ttl);
+            state.cookie = self.signed_cookie(&id, base_ttl);
         }
         Plan::Nothing
+    }
+
+    /// The expiry a save or touch of `base` gives the session, and whether that extends it
+    /// (then the cookie's Max-Age has to follow). `None` once the absolute deadline has passed.
+    ///
+    /// With [`TtlExtension::OnEveryRequest`] the expiry moves only when that gains at least
+    /// half the idle timeout, for saves as for touches: a busy session then costs at most one
+    /// expiry update and one `Set-Cookie` per half idle timeout, and the store's expiry and the
+    /// cookie's stay in step. With [`TtlExtension::OnStateChanges`] every save extends it.
+    fn next_expiry(&self, base: &Stored) -> Option<(Duration, bool)> {
+        let config = &self.shared().config;
+        let full = base.record.ttl(config.idle_timeout)?;
+        let due = full.saturating_sub(base.ttl) >= config.idle_timeout / 2;
+        if config.ttl_extension == TtlExtension::OnEveryRequest && !due {
+            Some((base.ttl.min(full), false))
+        } else {
+            Some((full, true))
+        }
     }
 
     async fn create(
@@ -250,124 +316,249 @@ impl Session {
             lease: None,
         });
         state.cycle = false;
-        clear_changes(&mut state);
+        state.changes.clear();
         Ok(())
     }
 
+    /// The field-level save for a store that answers at once: every attempt runs under the
+    /// state lock on the state's own base and changes, so nothing is copied or taken out
+    /// (and the store can change its record in place). `None` when the store answers only
+    /// asynchronously.
+    fn update_now(
+        &self,
+        store: &dyn SessionStore,
+        id: &SessionId,
+        key: &StoreKey,
+    ) -> Option<Result<(), SessionError>> {
+        let config = &self.shared().config;
+        let span = store_span!("session.save", store);
+        let mut state = self.state();
+        // The record this request loaded, kept once a conflict needs it for the clash rule.
+        let mut loaded: Option<Arc<SessionRecord>> = None;
+        let mut same_field_counted = HashSet::new();
+        for attempt in 1..=config.max_save_attempts {
+            let State { base, changes, .. } = &mut *state;
+            let Some(base) = base.as_mut() else {
+                return Some(Ok(()));
+            };
+            let ttl = match self.check_save(base, changes) {
+                Ok(ttl) => ttl,
+                Err(done) => {
+                    if done.is_ok() {
+                        forget_state(&mut state);
+                    }
+                    return Some(done);
+                }
+            };
+            let (ttl, extended) = ttl;
+            let outcome = if span.is_disabled() {
+                store.save_changes_now(key, base, changes, ttl)
+            } else {
+                span.in_scope(|| store.save_changes_now(key, base, changes, ttl))
+            }?;
+            let latest = match self.settle(outcome, id, ttl, extended, &mut state) {
+                Attempt::Done(done) => return Some(done),
+                Attempt::Conflict(latest) => latest,
+            };
+            let State { base, changes, .. } = &mut *state;
+            let Some(base) = base.as_mut() else {
+                return Some(Ok(()));
+            };
+            let loaded = loaded.get_or_insert_with(|| Arc::clone(&base.record));
+            self.merge(attempt, changes, loaded, &latest, &mut same_field_counted);
+            *base = latest;
+        }
+        self.shared().metrics.save("gave_up");
+        Some(Err(SessionError::Conflict {
+            attempts: config.max_save_attempts,
+        }))
+    }
+
+    /// The field-level save for a store that has to be waited for. The changes are taken out
+    /// of the state while the store works (changes made meanwhile stay apart and are not
+    /// marked saved), and put back, merged, when the save does not go through.
     async fn update(
         &self,
         store: &dyn SessionStore,
         id: SessionId,
         key: StoreKey,
-        loaded: Stored,
     ) -> Result<(), SessionError> {
         let config = &self.shared().config;
-        let (mut changes, cleared) = {
+        let (mut changes, mut current) = {
             let mut state = self.state();
-            let changes = std::mem::take(&mut state.changes);
-            let cleared = std::mem::replace(&mut state.cleared, false);
-            (changes, cleared)
+            let Some(base) = state.base.clone() else {
+                return Ok(());
+            };
+            (std::mem::take(&mut state.changes), base)
         };
-        let restore = |session: &Session, changes, cleared| {
+        let restore = |session: &Session, changes: FieldChanges| {
             let mut state = session.state();
             // Changes made while we were saving win over the ones we put back.
             let newer = std::mem::replace(&mut state.changes, changes);
-            state.changes.extend(newer);
-            state.cleared |= cleared;
+            state.changes.cleared |= newer.cleared;
+            if newer.cleared {
+                state.changes.fields.clear();
+            }
+            state.changes.fields.extend(newer.fields);
         };
         let span = store_span!("session.save", store);
-        let mut current = loaded.clone();
+        let loaded = Arc::clone(&current.record);
         let mut same_field_counted = HashSet::new();
         for attempt in 1..=config.max_save_attempts {
-            // The changes move into the record (no copies) until `take_back` puts them
-            // back, should the record not be saved.
-            let record = record_moving_changes(&current.record, &mut changes, cleared);
-            let size = record.data_len();
-            if size > config.max_size {
-                self.shared().metrics.save("too_large");
-                take_back(&current.record, &mut changes, cleared, Arc::new(record));
-                restore(self, changes, cleared);
-                return Err(SessionError::TooLarge {
-                    size,
-                    limit: config.max_size,
-                });
-            }
-            let Some(ttl) = record.ttl(config.idle_timeout) else {
-                // The absolute deadline passed while the request ran: the session is over.
-                self.shared().metrics.save("gone");
-                self.forget();
-                return Ok(());
+            let (ttl, extended) = match self.check_save(&current, &changes) {
+                Ok(ttl) => ttl,
+                Err(done) => {
+                    if done.is_ok() {
+                        self.forget();
+                    } else {
+                        restore(self, changes);
+                    }
+                    return done;
+                }
             };
-            let record = Arc::new(record);
             let now = if span.is_disabled() {
-                store.save_loaded_now(&key, &current, &record, ttl)
+                store.save_changes_now(&key, &mut current, &mut changes, ttl)
             } else {
-                span.in_scope(|| store.save_loaded_now(&key, &current, &record, ttl))
+                span.in_scope(|| store.save_changes_now(&key, &mut current, &mut changes, ttl))
             };
             let outcome = match now {
                 Some(outcome) => outcome,
                 None => {
-                    let save = store.save_loaded(&key, &current, Arc::clone(&record), ttl);
+                    let save = store.save_changes(&key, &mut current, &mut changes, ttl);
                     in_span(save, &span).await
                 }
             };
-            match outcome {
-                Ok(SaveOutcome::Saved { version }) => {
-                    self.shared().metrics.save("saved");
-                    let mut state = self.state();
-                    state.base = Some(Stored {
-                        record,
-                        version,
-                        ttl,
-                        lease: current.lease.clone(),
-                    });
-                    state.cookie = self.signed_cookie(&id, ttl);
-                    return Ok(());
+            let saved = matches!(outcome, Ok(SaveOutcome::Saved { .. }));
+            let latest = {
+                let mut state = self.state();
+                if saved {
+                    state.base = Some(current.clone());
                 }
-                Ok(SaveOutcome::Conflict(latest)) => {
-                    take_back(&current.record, &mut changes, cleared, record);
-                    self.shared().metrics.conflict("merged");
-                    let clashes: Vec<String> = changes
-                        .keys()
-                        .filter(|name| {
-                            latest.record.field(name).map(|v| v.get())
-                                != loaded.record.field(name).map(|v| v.get())
-                        })
-                        .cloned()
-                        .collect();
-                    for name in clashes {
-                        if keep_stored(config.conflict_rule, &name, &changes, &latest) {
-                            changes.remove(&name);
+                match self.settle(outcome, &id, ttl, extended, &mut state) {
+                    Attempt::Done(done) => {
+                        drop(state);
+                        if done.is_err() {
+                            restore(self, changes);
                         }
-                        if same_field_counted.insert(name) {
-                            self.shared().metrics.conflict("same_field");
-                        }
+                        return done;
                     }
-                    tracing::debug!(
-                        attempt,
-                        version = latest.version,
-                        "session changed concurrently; merging"
-                    );
-                    current = latest;
+                    Attempt::Conflict(latest) => latest,
                 }
-                Ok(SaveOutcome::Gone) => {
-                    self.shared().metrics.save("gone");
-                    tracing::debug!("session was ended by another request; changes dropped");
-                    self.forget();
-                    return Ok(());
-                }
-                Err(error) => {
-                    take_back(&current.record, &mut changes, cleared, record);
-                    restore(self, changes, cleared);
-                    return Err(store_failure(self, error));
-                }
-            }
+            };
+            self.merge(
+                attempt,
+                &mut changes,
+                &loaded,
+                &latest,
+                &mut same_field_counted,
+            );
+            current = latest;
         }
         self.shared().metrics.save("gave_up");
-        restore(self, changes, cleared);
+        restore(self, changes);
         Err(SessionError::Conflict {
             attempts: config.max_save_attempts,
         })
+    }
+
+    /// Checks a save of `changes` onto `base` before it goes to the store: the size limit
+    /// and the absolute deadline. `Ok` with the expiry to save with (and whether it extends
+    /// the session); `Err(Ok(()))` when the session is over (the caller forgets it),
+    /// `Err(Err(..))` over the size limit.
+    fn check_save(
+        &self,
+        base: &Stored,
+        changes: &FieldChanges,
+    ) -> Result<(Duration, bool), Result<(), SessionError>> {
+        let config = &self.shared().config;
+        let size = changes.data_len_after(&base.record);
+        if size > config.max_size {
+            self.shared().metrics.save("too_large");
+            return Err(Err(SessionError::TooLarge {
+                size,
+                limit: config.max_size,
+            }));
+        }
+        match self.next_expiry(base) {
+            Some(expiry) => Ok(expiry),
+            None => {
+                // The absolute deadline passed while the request ran: the session is over.
+                self.shared().metrics.save("gone");
+                Err(Ok(()))
+            }
+        }
+    }
+
+    /// What one save attempt's `outcome` means for the request (under the state lock).
+    fn settle(
+        &self,
+        outcome: Result<SaveOutcome, StoreError>,
+        id: &SessionId,
+        ttl: Duration,
+        extended: bool,
+        state: &mut State,
+    ) -> Attempt {
+        match outcome {
+            Ok(SaveOutcome::Saved { .. }) => {
+                self.shared().metrics.save("saved");
+                let resign = !matches!(
+                    self.presented_ref(),
+                    Presented::Id { id: presented, resign: false, .. } if presented == id
+                );
+                // The cookie follows the expiry when it moved; otherwise the browser's cookie
+                // already names this session and expires with it.
+                if extended || (resign && state.cookie == CookieAction::Keep) {
+                    state.cookie = self.signed_cookie(id, ttl);
+                }
+                Attempt::Done(Ok(()))
+            }
+            Ok(SaveOutcome::Conflict(latest)) => {
+                self.shared().metrics.conflict("merged");
+                Attempt::Conflict(latest)
+            }
+            Ok(SaveOutcome::Gone) => {
+                self.shared().metrics.save("gone");
+                tracing::debug!("session was ended by another request; changes dropped");
+                forget_state(state);
+                Attempt::Done(Ok(()))
+            }
+            Err(error) => Attempt::Done(Err(store_failure(self, error))),
+        }
+    }
+
+    /// Applies the merge rule after a conflict: a field this request changed whose stored
+    /// value moved away from the one it loaded was changed on both sides; [`ConflictRule`]
+    /// says which side keeps it.
+    fn merge(
+        &self,
+        attempt: u32,
+        changes: &mut FieldChanges,
+        loaded: &SessionRecord,
+        latest: &Stored,
+        same_field_counted: &mut HashSet<String>,
+    ) {
+        let config = &self.shared().config;
+        let clashes: Vec<String> = changes
+            .fields
+            .keys()
+            .filter(|name| {
+                latest.record.field(name).map(|v| v.get()) != loaded.field(name).map(|v| v.get())
+            })
+            .cloned()
+            .collect();
+        for name in clashes {
+            if keep_stored(config.conflict_rule, &name, changes, latest) {
+                changes.fields.remove(&name);
+            }
+            if same_field_counted.insert(name) {
+                self.shared().metrics.conflict("same_field");
+            }
+        }
+        tracing::debug!(
+            attempt,
+            version = latest.version,
+            "session changed concurrently; merging"
+        );
     }
 
     async fn touch(
@@ -397,11 +588,7 @@ impl Session {
 
     /// The session ended elsewhere: drop it (and its changes) without touching the cookie.
     fn forget(&self) {
-        let mut state = self.state();
-        *state = State {
-            cookie: std::mem::take(&mut state.cookie),
-            ..State::default()
-        };
+        forget_state(&mut self.state());
     }
 
     fn signed_cookie(&self, id: &SessionId, ttl: Duration) -> CookieAction {
@@ -430,80 +617,21 @@ impl Session {
     }
 }
 
-impl State {
-    fn is_modified_fields(&self) -> bool {
-        self.cleared || !self.changes.is_empty()
-    }
-}
-
-/// A field change: the value written, or `None` for a removed field.
-type Changes = std::collections::BTreeMap<String, Option<Box<RawValue>>>;
-
-/// `base` with `changes` applied (fields of `base` dropped first when `cleared`), moving the
-/// changes into the new record (names and values) instead of copying them. What stays in
-/// `changes` is the removals and the rare change that writes exactly the text `base` holds
-/// (copied, since the record alone could not tell it from an unchanged field);
-/// [`take_back`] restores the rest.
-fn record_moving_changes(
-    base: &SessionRecord,
-    changes: &mut Changes,
-    cleared: bool,
-) -> SessionRecord {
-    let mut record = base.with_fields(|name| cleared || changes.contains_key(name));
-    for (name, change) in std::mem::take(changes) {
-        match change {
-            Some(value) if cleared || base.field(&name).map(RawValue::get) != Some(value.get()) => {
-                record.set_field(name, value);
-            }
-            Some(value) => {
-                record.set_field(name.clone(), value.clone());
-                changes.insert(name, Some(value));
-            }
-            None => {
-                changes.insert(name, None);
-            }
-        }
-    }
-    record
-}
-
-/// Undoes the moves of [`record_moving_changes`] (from `base`) for a record that was not
-/// saved: every field of `record` that is not an unchanged copy of `base` goes back into
-/// `changes`.
-fn take_back(
-    base: &SessionRecord,
-    changes: &mut Changes,
-    cleared: bool,
-    record: Arc<SessionRecord>,
-) {
-    let moved = |name: &str, text: &str| {
-        !changes.contains_key(name)
-            && (cleared || base.field(name).map(RawValue::get) != Some(text))
+/// The session ended elsewhere: drop it (and its changes) without touching the cookie.
+fn forget_state(state: &mut State) {
+    *state = State {
+        cookie: std::mem::take(&mut state.cookie),
+        ..State::default()
     };
-    // The store keeps no copy of a record it did not save, so the record is normally ours
-    // alone and its fields move back; otherwise they are copied.
-    let back: Vec<(String, Box<RawValue>)> = match Arc::try_unwrap(record) {
-        Ok(record) => record
-            .into_fields()
-            .filter(|(name, value)| moved(name, value.get()))
-            .collect(),
-        Err(record) => record
-            .fields()
-            .filter(|(name, text)| moved(name, text))
-            .filter_map(|(name, _)| Some((name.to_owned(), record.field(name)?.to_owned())))
-            .collect(),
-    };
-    for (name, value) in back {
-        changes.insert(name, Some(value));
-    }
 }
 
 /// Whether a field changed on both sides keeps the stored value (drops this request's change).
-fn keep_stored(rule: ConflictRule, name: &str, changes: &Changes, latest: &Stored) -> bool {
+fn keep_stored(rule: ConflictRule, name: &str, changes: &FieldChanges, latest: &Stored) -> bool {
     #[cfg(feature = "db-router")]
     if name == crate::READ_YOUR_WRITES_FIELD {
         // The read-your-writes token only moves forward: keep the higher LSN.
         let ours = changes
+            .fields
             .get(name)
             .and_then(|v| v.as_deref())
             .map(|v| v.get());
@@ -529,11 +657,6 @@ async fn in_span<F: std::future::Future>(future: F, span: &tracing::Span) -> F::
     }
 }
 
-fn clear_changes(state: &mut State) {
-    state.changes.clear();
-    state.cleared = false;
-}
-
 fn store_failure(session: &Session, error: StoreError) -> SessionError {
     session
         .shared()
@@ -557,53 +680,4 @@ pub(crate) fn error_response<B: From<String>>(error: &SessionError) -> Response<
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(json: &str) -> Box<RawValue> {
-        RawValue::from_string(json.to_owned()).unwrap()
-    }
-
-    fn fields(record: &SessionRecord) -> Vec<(String, String)> {
-        record
-            .fields()
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn moved_changes_come_back_whole() {
-        let mut base = SessionRecord::new(None);
-        base.set_field("kept".into(), raw("1"));
-        base.set_field("same".into(), raw("2"));
-        base.set_field("changed".into(), raw("3"));
-        base.set_field("removed".into(), raw("4"));
-        let mut original = Changes::new();
-        original.insert("same".into(), Some(raw("2")));
-        original.insert("changed".into(), Some(raw("30")));
-        original.insert("new".into(), Some(raw("5")));
-        original.insert("removed".into(), None);
-        let text = |changes: &Changes| -> Vec<(String, Option<String>)> {
-            changes
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_ref().map(|v| v.get().to_owned())))
-                .collect()
-        };
-        for cleared in [false, true] {
-            for shared in [false, true] {
-                let mut changes = original.clone();
-                let record = record_moving_changes(&base, &mut changes, cleared);
-                let expected = apply_changes(Some(&base), &original, cleared, None);
-                assert_eq!(fields(&record), fields(&expected));
-                let record = Arc::new(record);
-                let other = shared.then(|| Arc::clone(&record));
-                take_back(&base, &mut changes, cleared, record);
-                assert_eq!(text(&changes), text(&original), "cleared {cleared}");
-                drop(other);
-            }
-        }
-    }
 }

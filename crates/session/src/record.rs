@@ -122,13 +122,108 @@ impl SessionRecord {
         self.fields.get(name).map(|v| &**v)
     }
 
-    /// The fields, by value.
-    pub(crate) fn into_fields(self) -> impl Iterator<Item = (String, Box<RawValue>)> {
-        self.fields.into_iter()
-    }
-
     pub(crate) fn set_field(&mut self, name: String, value: Box<RawValue>) {
         self.fields.insert(name, value);
+    }
+
+    /// A record with no fields and a zero clock: a stand-in that never reaches a store.
+    #[cfg(feature = "memory")]
+    pub(crate) fn placeholder() -> Self {
+        Self {
+            fields: BTreeMap::new(),
+            created_at_ms: 0,
+            absolute_deadline_ms: None,
+        }
+    }
+}
+
+/// The changes one request made to a session's fields, as a field-level save
+/// ([`SessionStore::save_changes`](crate::SessionStore::save_changes)) applies them to the
+/// stored record.
+///
+/// Values are JSON texts, like the record's. `clears` means every field of the stored record
+/// that is not named here is removed first ([`Session::clear`](crate::Session::clear)).
+#[derive(Debug, Clone, Default)]
+pub struct FieldChanges {
+    /// New values by field name; `None` removes the field.
+    pub(crate) fields: BTreeMap<String, Option<Box<RawValue>>>,
+    /// `Session::clear` was called: fields not in `fields` are gone.
+    pub(crate) cleared: bool,
+}
+
+impl FieldChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.cleared && self.fields.is_empty()
+    }
+
+    /// Whether the fields not named by [`iter`](Self::iter) are removed.
+    pub fn clears(&self) -> bool {
+        self.cleared
+    }
+
+    /// The changed fields: name and new JSON text, `None` for a removed field.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref().map(RawValue::get)))
+    }
+
+    /// Applies the changes to `record` in place, moving the new values into it, and leaves
+    /// `self` empty. A field that already exists keeps its place in the record: only its
+    /// value is replaced.
+    pub fn apply_to(&mut self, record: &mut SessionRecord) {
+        if std::mem::take(&mut self.cleared) {
+            record.fields.clear();
+        }
+        for (name, change) in std::mem::take(&mut self.fields) {
+            match change {
+                Some(value) => match record.fields.get_mut(&name) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        record.fields.insert(name, value);
+                    }
+                },
+                None => {
+                    record.fields.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// A copy of `record` with the changes applied (unchanged fields copied, changed values
+    /// cloned); `self` is left as it is.
+    pub fn applied_to(&self, record: &SessionRecord) -> SessionRecord {
+        let mut copy = record.with_fields(|name| self.cleared || self.fields.contains_key(name));
+        for (name, change) in &self.fields {
+            if let Some(value) = change {
+                copy.set_field(name.clone(), value.clone());
+            }
+        }
+        copy
+    }
+
+    /// [`SessionRecord::data_len`] of `record` once the changes are applied, without
+    /// applying them.
+    pub(crate) fn data_len_after(&self, record: &SessionRecord) -> usize {
+        let mut len = if self.cleared { 0 } else { record.data_len() };
+        for (name, change) in &self.fields {
+            if !self.cleared
+                && let Some(old) = record.field(name)
+            {
+                len = len.saturating_sub(name.len() + old.get().len());
+            }
+            if let Some(value) = change {
+                len = len.saturating_add(name.len() + value.get().len());
+            }
+        }
+        len
+    }
+
+    /// Forgets every change.
+    pub(crate) fn clear(&mut self) {
+        self.fields.clear();
+        self.cleared = false;
     }
 }
 
@@ -165,6 +260,61 @@ mod tests {
         assert_eq!(back.absolute_deadline(), record.absolute_deadline());
         assert_eq!(back.data_len(), "user".len() + 21 + 1 + 1);
         assert!(SessionRecord::from_json("{").is_err());
+    }
+
+    fn fields(record: &SessionRecord) -> Vec<(String, String)> {
+        record
+            .fields()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn field_changes_apply_in_place_as_in_a_copy() {
+        let mut base = SessionRecord::new(Some(Duration::from_secs(60)));
+        base.set_field("kept".into(), raw("1"));
+        base.set_field("same".into(), raw("2"));
+        base.set_field("changed".into(), raw("3"));
+        base.set_field("removed".into(), raw("4"));
+        for cleared in [false, true] {
+            let mut changes = FieldChanges::default();
+            changes.fields.insert("same".into(), Some(raw("2")));
+            changes
+                .fields
+                .insert("changed".into(), Some(raw(r#""thirty""#)));
+            changes.fields.insert("new".into(), Some(raw("[5]")));
+            changes.fields.insert("removed".into(), None);
+            changes.fields.insert("absent".into(), None);
+            changes.cleared = cleared;
+            assert!(!changes.is_empty());
+            assert_eq!(changes.clears(), cleared);
+            assert_eq!(changes.iter().count(), 5);
+
+            let copy = changes.applied_to(&base);
+            assert_eq!(changes.data_len_after(&base), copy.data_len());
+            let mut in_place = base.clone();
+            changes.apply_to(&mut in_place);
+            assert!(changes.is_empty(), "applying consumes the changes");
+            assert_eq!(fields(&in_place), fields(&copy));
+            assert_eq!(in_place.created_at(), base.created_at());
+            assert_eq!(in_place.absolute_deadline(), base.absolute_deadline());
+            let expected: &[(&str, &str)] = if cleared {
+                &[("changed", r#""thirty""#), ("new", "[5]"), ("same", "2")]
+            } else {
+                &[
+                    ("changed", r#""thirty""#),
+                    ("kept", "1"),
+                    ("new", "[5]"),
+                    ("same", "2"),
+                ]
+            };
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect();
+            assert_eq!(fields(&copy), expected, "cleared {cleared}");
+        }
+        assert!(FieldChanges::default().is_empty());
     }
 
     #[test]

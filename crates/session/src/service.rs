@@ -345,15 +345,17 @@ pub mod future {
                 match this.state.as_mut().project() {
                     StateProj::Inner { future, session } => {
                         let result = ready!(future.poll(cx));
-                        let (mut response, session) = match (result, session.take()) {
+                        let (mut response, session, plan) = match (result, session.take()) {
                             (Ok(mut response), Some(session)) => {
-                                // A session the handler never read (or whose load failed)
-                                // needs no store call: finish it here, boxing nothing.
-                                if session.finish_without_store(&mut response) {
-                                    this.state.set(State::Done);
-                                    return Poll::Ready(Ok(response));
+                                // A session the handler never read, or one the store saves
+                                // in place, is finished here, boxing nothing.
+                                match session.finish_now(&mut response) {
+                                    Ok(()) => {
+                                        this.state.set(State::Done);
+                                        return Poll::Ready(Ok(response));
+                                    }
+                                    Err(plan) => (response, session, plan),
                                 }
-                                (response, session)
                             }
                             (result, _) => {
                                 this.state.set(State::Done);
@@ -361,7 +363,7 @@ pub mod future {
                             }
                         };
                         let future = Box::pin(async move {
-                            session.finish(&mut response).await;
+                            session.finish_plan(plan, &mut response).await;
                             response
                         });
                         this.state.set(State::Finishing { future });

@@ -1,6 +1,5 @@
 //! The [`Session`] handle a request works with.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionIdGenerator, StoreKey};
 use crate::keys::SigningKeys;
 use crate::metrics::Metrics;
-use crate::record::SessionRecord;
+use crate::record::{FieldChanges, SessionRecord};
 use crate::store::{SessionStore, Stored};
 
 /// What the layer shares with every request.
@@ -147,10 +146,8 @@ pub(crate) struct State {
     pub(crate) key: Option<StoreKey>,
     /// The stored session as last read or written; `None` for a session not stored yet.
     pub(crate) base: Option<Stored>,
-    /// Changes not saved yet: `None` removes the field.
-    pub(crate) changes: BTreeMap<String, Option<Box<RawValue>>>,
-    /// `clear()` was called: fields not in `changes` are gone.
-    pub(crate) cleared: bool,
+    /// Changes not saved yet (and whether `clear()` was called).
+    pub(crate) changes: FieldChanges,
     /// `cycle_id()` was called: the next save moves the session to a new id.
     pub(crate) cycle: bool,
     /// A store failure this request met (load, destroy); with
@@ -165,13 +162,13 @@ pub(crate) struct State {
 
 impl State {
     fn is_modified(&self) -> bool {
-        self.cleared || self.cycle || !self.changes.is_empty()
+        self.cycle || !self.changes.is_empty()
     }
 
     fn field(&self, name: &str) -> Option<&RawValue> {
-        match self.changes.get(name) {
+        match self.changes.fields.get(name) {
             Some(change) => change.as_deref(),
-            None if self.cleared => None,
+            None if self.changes.cleared => None,
             None => self.base.as_ref().and_then(|base| base.record.field(name)),
         }
     }
@@ -368,7 +365,7 @@ impl Session {
         if state.field(field).map(RawValue::get) == Some(raw.get()) {
             return Ok(());
         }
-        state.changes.insert(field.to_owned(), Some(raw));
+        state.changes.fields.insert(field.to_owned(), Some(raw));
         Ok(())
     }
 
@@ -377,7 +374,7 @@ impl Session {
         self.ensure_loaded().await?;
         let mut state = self.state();
         if state.field(field).is_some() {
-            state.changes.insert(field.to_owned(), None);
+            state.changes.fields.insert(field.to_owned(), None);
         }
         Ok(())
     }
@@ -399,11 +396,11 @@ impl Session {
     pub async fn fields(&self) -> Result<Vec<String>, SessionError> {
         self.ensure_loaded().await?;
         let state = self.state();
-        let mut names: Vec<String> = match (&state.base, state.cleared) {
+        let mut names: Vec<String> = match (&state.base, state.changes.cleared) {
             (Some(base), false) => base
                 .record
                 .fields()
-                .filter(|(name, _)| !state.changes.contains_key(*name))
+                .filter(|(name, _)| !state.changes.fields.contains_key(*name))
                 .map(|(name, _)| name.to_owned())
                 .collect(),
             _ => Vec::new(),
@@ -411,6 +408,7 @@ impl Session {
         names.extend(
             state
                 .changes
+                .fields
                 .iter()
                 .filter(|(_, change)| change.is_some())
                 .map(|(name, _)| name.clone()),
@@ -428,8 +426,8 @@ impl Session {
     pub async fn clear(&self) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
         let mut state = self.state();
-        state.changes.clear();
-        state.cleared = true;
+        state.changes.fields.clear();
+        state.changes.cleared = true;
         Ok(())
     }
 
@@ -530,21 +528,13 @@ fn to_raw_value<T: Serialize>(value: &T) -> Result<Box<RawValue>, serde_json::Er
 /// A new record holding `base` (if any) with `changes` applied.
 pub(crate) fn apply_changes(
     base: Option<&SessionRecord>,
-    changes: &BTreeMap<String, Option<Box<RawValue>>>,
-    cleared: bool,
+    changes: &FieldChanges,
     absolute_timeout: Option<std::time::Duration>,
 ) -> SessionRecord {
-    let mut record = match base {
-        // Copy only the fields this request leaves alone; changed ones are written below.
-        Some(base) => base.with_fields(|name| cleared || changes.contains_key(name)),
-        None => SessionRecord::new(absolute_timeout),
-    };
-    for (name, change) in changes {
-        if let Some(value) = change {
-            record.set_field(name.clone(), value.clone());
-        }
+    match base {
+        Some(base) => changes.applied_to(base),
+        None => changes.applied_to(&SessionRecord::new(absolute_timeout)),
     }
-    record
 }
 
 #[cfg(test)]
@@ -572,7 +562,7 @@ mod tests {
             assert_eq!(text.get(), expected.get());
         }
         // Errors are serde_json's own (a map key that is not a string).
-        let bad: BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into_iter().collect();
+        let bad: std::collections::BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into_iter().collect();
         assert!(to_raw_value(&bad).is_err());
     }
 }

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::{SaveOutcome, SessionStore, Stored};
 use crate::error::StoreError;
 use crate::id::StoreKey;
-use crate::record::SessionRecord;
+use crate::record::{FieldChanges, SessionRecord};
 
 /// Sessions kept in this process, for development, tests and single-instance services.
 ///
@@ -39,6 +39,9 @@ struct Shards {
     shards: Box<[Mutex<Shard>]>,
     /// Sessions each shard may hold (`max_capacity` split evenly).
     shard_capacity: usize,
+    /// Stands in for a saving request's reference to the stored record while the record is
+    /// changed in place (see [`MemoryStore::save_changes_entry`]).
+    placeholder: Arc<SessionRecord>,
 }
 
 type Map = HashMap<StoreKey, Entry, BuildHasherDefault<StoreKeyHasher>>;
@@ -180,6 +183,7 @@ impl MemoryStore {
             shards: Arc::new(Shards {
                 shards: (0..shards).map(|_| Mutex::default()).collect(),
                 shard_capacity,
+                placeholder: Arc::new(SessionRecord::placeholder()),
             }),
         }
     }
@@ -247,6 +251,43 @@ impl MemoryStore {
         entry.expires_at = deadline(now, ttl);
         SaveOutcome::Saved { version }
     }
+
+    /// Field-level check-and-set, changing the stored record in place.
+    fn save_changes_entry(
+        &self,
+        key: &StoreKey,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
+        ttl: Duration,
+    ) -> SaveOutcome {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.live_mut(key, now) else {
+            return SaveOutcome::Gone;
+        };
+        if entry.version != loaded.version {
+            return match entry.stored(now) {
+                Some(current) => SaveOutcome::Conflict(current),
+                None => SaveOutcome::Gone,
+            };
+        }
+        // Same version, so the request holds the stored record itself: let go of that
+        // reference, and the entry's is normally the only one left and the record changes in
+        // place (no copy, no new allocation). Another request still reading it gets a copy
+        // changed instead (`make_mut`), and keeps its own snapshot.
+        drop(std::mem::replace(
+            &mut loaded.record,
+            Arc::clone(&self.shards.placeholder),
+        ));
+        changes.apply_to(Arc::make_mut(&mut entry.record));
+        let version = entry.version.saturating_add(1);
+        entry.version = version;
+        entry.expires_at = deadline(now, ttl);
+        loaded.record = Arc::clone(&entry.record);
+        loaded.version = version;
+        loaded.ttl = ttl;
+        SaveOutcome::Saved { version }
+    }
 }
 
 impl Default for MemoryStore {
@@ -301,19 +342,24 @@ impl SessionStore for MemoryStore {
         Some(Ok(self.load_entry(key)))
     }
 
-    fn save_loaded_now(
+    async fn save_changes(
         &self,
         key: &StoreKey,
-        loaded: &Stored,
-        record: &Arc<SessionRecord>,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        Ok(self.save_changes_entry(key, loaded, changes, ttl))
+    }
+
+    fn save_changes_now(
+        &self,
+        key: &StoreKey,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
         ttl: Duration,
     ) -> Option<Result<SaveOutcome, StoreError>> {
-        Some(Ok(self.save_entry(
-            key,
-            loaded.version,
-            Arc::clone(record),
-            ttl,
-        )))
+        Some(Ok(self.save_changes_entry(key, loaded, changes, ttl)))
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -334,6 +380,8 @@ impl SessionStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
     use super::*;
     use crate::id::SessionIdGenerator;
 
@@ -374,6 +422,22 @@ mod tests {
         );
     }
 
+    fn changes(pairs: &[(&str, Option<&str>)]) -> FieldChanges {
+        let mut changes = FieldChanges::default();
+        for (name, value) in pairs {
+            let value = value.map(|v| RawValue::from_string(v.to_owned()).unwrap());
+            changes.fields.insert((*name).to_owned(), value);
+        }
+        changes
+    }
+
+    fn texts(record: &SessionRecord) -> Vec<(String, String)> {
+        record
+            .fields()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
     #[tokio::test]
     async fn answers_at_once_without_futures() {
         let store = MemoryStore::new();
@@ -382,16 +446,84 @@ mod tests {
         let record = Arc::new(SessionRecord::new(None));
         assert!(store.load_now(&key).unwrap().unwrap().is_none());
         store.create(&key, Arc::clone(&record), ttl).await.unwrap();
-        let loaded = store.load_now(&key).unwrap().unwrap().unwrap();
+        drop(record);
+        let mut loaded = store.load_now(&key).unwrap().unwrap().unwrap();
         assert_eq!(loaded.version, 1);
-        let saved = store.save_loaded_now(&key, &loaded, &record, ttl).unwrap();
-        assert!(matches!(saved.unwrap(), SaveOutcome::Saved { version: 2 }));
-        let stale = store.save_loaded_now(&key, &loaded, &record, ttl).unwrap();
-        assert!(matches!(stale.unwrap(), SaveOutcome::Conflict(s) if s.version == 2));
+        let stale = loaded.clone();
+        let mut change = changes(&[("n", Some("1"))]);
+        let saved = store.save_changes_now(&key, &mut loaded, &mut change, ttl);
+        assert!(matches!(
+            saved.unwrap().unwrap(),
+            SaveOutcome::Saved { version: 2 }
+        ));
+        assert!(change.is_empty(), "a save consumes the changes");
+        assert_eq!(loaded.version, 2);
+        assert_eq!(texts(&loaded.record), [("n".into(), "1".into())]);
+
+        // A save from the old version conflicts and changes nothing on either side.
+        let mut stale_loaded = stale.clone();
+        let mut change = changes(&[("n", Some("7"))]);
+        let conflict = store.save_changes_now(&key, &mut stale_loaded, &mut change, ttl);
+        assert!(matches!(conflict.unwrap().unwrap(), SaveOutcome::Conflict(s) if s.version == 2));
+        assert_eq!(stale_loaded.version, 1);
+        assert!(Arc::ptr_eq(&stale_loaded.record, &stale.record));
+        assert_eq!(change.iter().collect::<Vec<_>>(), [("n", Some("7"))]);
+        let now = store.load_now(&key).unwrap().unwrap().unwrap();
+        assert_eq!(texts(&now.record), [("n".into(), "1".into())]);
+
         store.delete(&key).await.unwrap();
-        let gone = store.save_loaded_now(&key, &loaded, &record, ttl).unwrap();
-        assert!(matches!(gone.unwrap(), SaveOutcome::Gone));
+        let gone = store.save_changes_now(&key, &mut loaded, &mut change, ttl);
+        assert!(matches!(gone.unwrap().unwrap(), SaveOutcome::Gone));
+        assert_eq!(change.iter().count(), 1, "changes kept when not saved");
         assert!(store.load_now(&key).unwrap().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn field_saves_change_the_record_in_place_unless_someone_reads_it() {
+        let store = MemoryStore::new();
+        let key = key(6);
+        let ttl = Duration::from_secs(60);
+        store
+            .create(&key, Arc::new(SessionRecord::new(None)), ttl)
+            .await
+            .unwrap();
+        let mut loaded = store.load_now(&key).unwrap().unwrap().unwrap();
+        let mut first = changes(&[("a", Some("1")), ("b", Some("2"))]);
+        store
+            .save_changes_now(&key, &mut loaded, &mut first, ttl)
+            .unwrap()
+            .unwrap();
+        let before = Arc::as_ptr(&loaded.record);
+
+        // Only this request holds it: changed in place.
+        let mut second = changes(&[("a", Some("10")), ("b", None), ("c", Some("3"))]);
+        store
+            .save_changes_now(&key, &mut loaded, &mut second, ttl)
+            .unwrap()
+            .unwrap();
+        assert_eq!(Arc::as_ptr(&loaded.record), before);
+        assert_eq!(
+            texts(&loaded.record),
+            [("a".into(), "10".into()), ("c".into(), "3".into())]
+        );
+
+        // Another request still reads the stored record: it keeps its snapshot.
+        let reader = store.load_now(&key).unwrap().unwrap().unwrap();
+        let mut third = changes(&[("a", Some("11"))]);
+        third.cleared = true;
+        store
+            .save_changes_now(&key, &mut loaded, &mut third, ttl)
+            .unwrap()
+            .unwrap();
+        assert!(!Arc::ptr_eq(&loaded.record, &reader.record));
+        assert_eq!(texts(&loaded.record), [("a".into(), "11".into())]);
+        assert_eq!(
+            texts(&reader.record),
+            [("a".into(), "10".into()), ("c".into(), "3".into())]
+        );
+        let stored = store.load(&key).await.unwrap().unwrap();
+        assert_eq!(stored.version, 4);
+        assert_eq!(texts(&stored.record), [("a".into(), "11".into())]);
     }
 
     #[tokio::test]

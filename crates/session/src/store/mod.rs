@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::id::StoreKey;
-use crate::record::SessionRecord;
+use crate::record::{FieldChanges, SessionRecord};
 
 #[cfg(feature = "memory")]
 mod memory;
@@ -144,16 +144,47 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// [`save_loaded`](Self::save_loaded) answered at once, like [`load_now`](Self::load_now);
-    /// `None`, the default, means "call `save_loaded`".
-    fn save_loaded_now(
+    /// A check-and-set save given as field changes, the way the layer saves an existing
+    /// session: if the session is still at `loaded.version`, applies `changes` to it and stores
+    /// it as the next version with expiry `ttl` from now. On [`SaveOutcome::Saved`], `loaded`
+    /// becomes what is stored now and `changes` is left empty; on any other outcome or error
+    /// both are left as they were, so the caller can merge and retry.
+    ///
+    /// The default builds the whole new record (a copy of `loaded.record` with the changes
+    /// applied) and calls [`save_loaded`](Self::save_loaded), which keeps the store's own
+    /// check-and-set (the Redis store's versioned script) as it is. A store that keeps records
+    /// in process can instead change the stored record in place.
+    async fn save_changes(
         &self,
         key: &StoreKey,
-        loaded: &Stored,
-        record: &Arc<SessionRecord>,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        let record = Arc::new(changes.applied_to(&loaded.record));
+        let outcome = self
+            .save_loaded(key, loaded, Arc::clone(&record), ttl)
+            .await?;
+        if let SaveOutcome::Saved { version } = outcome {
+            loaded.record = record;
+            loaded.version = version;
+            loaded.ttl = ttl;
+            changes.clear();
+        }
+        Ok(outcome)
+    }
+
+    /// [`save_changes`](Self::save_changes) answered at once, like
+    /// [`load_now`](Self::load_now); `None`, the default, means "call `save_changes`". A store
+    /// either answers every call here or none.
+    fn save_changes_now(
+        &self,
+        key: &StoreKey,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
         ttl: Duration,
     ) -> Option<Result<SaveOutcome, StoreError>> {
-        let _ = (key, loaded, record, ttl);
+        let _ = (key, loaded, changes, ttl);
         None
     }
 
@@ -208,14 +239,24 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         (**self).load_now(key)
     }
 
-    fn save_loaded_now(
+    async fn save_changes(
         &self,
         key: &StoreKey,
-        loaded: &Stored,
-        record: &Arc<SessionRecord>,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
+        ttl: Duration,
+    ) -> Result<SaveOutcome, StoreError> {
+        (**self).save_changes(key, loaded, changes, ttl).await
+    }
+
+    fn save_changes_now(
+        &self,
+        key: &StoreKey,
+        loaded: &mut Stored,
+        changes: &mut FieldChanges,
         ttl: Duration,
     ) -> Option<Result<SaveOutcome, StoreError>> {
-        (**self).save_loaded_now(key, loaded, record, ttl)
+        (**self).save_changes_now(key, loaded, changes, ttl)
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {

@@ -261,8 +261,9 @@ pub async fn forged_cookie_gives_new_session<S: SessionStore + Clone>(store: S) 
     );
 }
 
-/// Idle expiry with a rolling touch (at most once per half idle timeout), idle expiry without
-/// it, and the absolute timeout ending an active session.
+/// Idle expiry with a rolling touch (at most once per half idle timeout), rolling writes
+/// (the expiry and the cookie move at most once per half idle timeout too), idle expiry
+/// without it, and the absolute timeout ending an active session.
 pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Clone>(store: S) {
     let idle = Duration::from_secs(3);
     let rolling = builder(&store)
@@ -275,9 +276,11 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
         .ttl_extension(TtlExtension::OnStateChanges)
         .build()
         .unwrap();
+    // Every write extends the expiry here (and sends the cookie), so the cap shows at once.
     let absolute = builder(&store)
         .idle_timeout(Duration::from_secs(2))
         .absolute_timeout(Some(Duration::from_secs(3)))
+        .ttl_extension(TtlExtension::OnStateChanges)
         .build()
         .unwrap();
     let rolling = serve(app(rolling, Arc::default())).await;
@@ -285,7 +288,7 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
     let absolute = serve(app(absolute, Arc::default())).await;
 
     let idle_timeouts = async {
-        let (r, c) = (Browser::new(), Browser::new());
+        let (r, c, w) = (Browser::new(), Browser::new(), Browser::new());
         let created = r.post(rolling, "/count").await;
         assert!(
             created
@@ -294,6 +297,20 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
                 .contains("Max-Age=3")
         );
         c.post(on_change, "/count").await;
+        let changed = c.post(on_change, "/count").await;
+        assert!(
+            changed
+                .set_cookie_header("sid")
+                .expect("on state changes every write extends the expiry")
+                .contains("Max-Age=3")
+        );
+        w.post(rolling, "/count").await;
+        let early_write = w.post(rolling, "/count").await;
+        assert_eq!(early_write.body, "2");
+        assert!(
+            early_write.set_cookie_header("sid").is_none(),
+            "a write within half the idle timeout keeps the expiry and the cookie"
+        );
 
         tokio::time::sleep(Duration::from_millis(2000)).await; // t = 2.0
         let touched = r.get(rolling, "/peek").await;
@@ -310,8 +327,17 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
             again.set_cookie_header("sid").is_none(),
             "touched twice within half a TTL"
         );
+        let late_write = w.post(rolling, "/count").await;
+        assert_eq!(late_write.body, "3");
+        let header = late_write
+            .set_cookie_header("sid")
+            .expect("past half the idle timeout a write extends the expiry");
+        assert!(
+            header.contains("Max-Age=3") || header.contains("Max-Age=2"),
+            "{header}"
+        );
         let read_only = c.get(on_change, "/peek").await;
-        assert_eq!(read_only.body, "1");
+        assert_eq!(read_only.body, "2");
         assert!(
             read_only.set_cookie_header("sid").is_none(),
             "reads must not extend it"
@@ -322,6 +348,11 @@ pub async fn idle_expiry_rolling_touch_and_absolute_timeout<S: SessionStore + Cl
             r.get(rolling, "/peek").await.body,
             "1",
             "the touch kept it alive"
+        );
+        assert_eq!(
+            w.get(rolling, "/peek").await.body,
+            "3",
+            "the late write kept it alive"
         );
         assert_eq!(
             c.get(on_change, "/peek").await.body,
