@@ -9,29 +9,89 @@ use http::{HeaderMap, HeaderValue};
 use crate::config::CookieConfig;
 
 /// Every value the request carries for cookie `name`, in header order (a browser sends the
-/// most specific path first when several cookies share a name).
+/// most specific path first when several cookies share a name), as the header's bytes: the
+/// signed cookie's reader checks them character by character anyway, and the cookie store
+/// checks its value is UTF-8.
 pub(crate) fn request_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(COOKIE)
         .iter()
-        // UTF-8 (checked word by word for ASCII) rather than `to_str`'s byte-by-byte check
-        // for visible ASCII: the values found are checked by whoever reads them anyway, and
-        // `str` searches for `;` and `=` with memchr.
-        .filter_map(|header| std::str::from_utf8(header.as_bytes()).ok())
-        .flat_map(|header| header.split(';'))
-        .filter_map(move |pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key.trim_end() == name).then(|| {
-                let value = value.trim_start();
-                value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(value)
-            })
+        .flat_map(move |header| NamedValues {
+            rest: header.as_bytes(),
+            name: name.as_bytes(),
         })
+}
+
+/// The values of one cookie in one `Cookie` header. The header is scanned as bytes, split at
+/// `;` eight bytes at a time, and only pairs that start with the name are looked at further.
+struct NamedValues<'a> {
+    rest: &'a [u8],
+    name: &'a [u8],
+}
+
+impl<'a> Iterator for NamedValues<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while !self.rest.is_empty() {
+            let (pair, rest) = match find_semicolon(self.rest) {
+                Some(at) => (
+                    self.rest.get(..at).unwrap_or_default(),
+                    self.rest.get(at + 1..).unwrap_or_default(),
+                ),
+                None => (self.rest, &[][..]),
+            };
+            self.rest = rest;
+            if let Some(value) = value_of(pair, self.name) {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+/// The value of a `name=value` pair if its name is `name` (whitespace around the name and
+/// the value allowed, double quotes around the value removed).
+fn value_of<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let value = pair
+        .trim_ascii_start()
+        .strip_prefix(name)?
+        .trim_ascii_start()
+        .strip_prefix(b"=")?
+        .trim_ascii();
+    Some(
+        value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value),
+    )
+}
+
+/// Index of the first `;` in `bytes`, testing eight bytes at a time for one (a cookie header is
+/// mostly one long value).
+fn find_semicolon(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SEMICOLONS: u64 = u64::from_ne_bytes([b';'; 8]);
+    let mut start = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0_u8; 8];
+        word.copy_from_slice(chunk);
+        // Zero bytes where the chunk has a `;`; the classic test for a zero byte.
+        let word = u64::from_ne_bytes(word) ^ SEMICOLONS;
+        if word.wrapping_sub(ONES) & !word & HIGH_BITS != 0 {
+            break;
+        }
+        start += 8;
+    }
+    bytes
+        .get(start..)?
+        .iter()
+        .position(|&b| b == b';')
+        .map(|at| start + at)
 }
 
 /// What the response must do with the session cookie.
@@ -170,9 +230,35 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_static("a=1; sid=first;b=2"));
         headers.append(COOKIE, HeaderValue::from_static("sid=\"second\"; sidx=no"));
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static(" sid = third ;sid=;x=sid=no"),
+        );
         let values: Vec<_> = request_values(&headers, "sid").collect();
-        assert_eq!(values, ["first", "second"]);
+        assert_eq!(values, [&b"first"[..], b"second", b"third", b""]);
         assert_eq!(request_values(&headers, "missing").count(), 0);
+        assert_eq!(
+            request_values(&headers, "x").collect::<Vec<_>>(),
+            [b"sid=no"]
+        );
+    }
+
+    #[test]
+    fn semicolons_are_found_at_every_position() {
+        for len in 0..40 {
+            let mut text = vec![b'a'; len];
+            assert_eq!(find_semicolon(&text), None);
+            for at in 0..len {
+                text.fill(b'a');
+                text[at] = b';';
+                if at + 3 < len {
+                    text[at + 3] = b';';
+                }
+                assert_eq!(find_semicolon(&text), Some(at), "len {len} at {at}");
+            }
+        }
+        // Bytes one above and below `;`, and high bytes, are not taken for one.
+        assert_eq!(find_semicolon(b":<:<\xbb\x3a\x3c\xff;"), Some(8));
     }
 
     #[test]

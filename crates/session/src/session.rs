@@ -201,7 +201,7 @@ impl Session {
                         return Presented::Id {
                             id: verified.id,
                             resign: verified.signed_with_old_key,
-                            value: SignedValue::new(value.as_bytes()),
+                            value: SignedValue::new(value),
                         };
                     }
                 }
@@ -209,7 +209,7 @@ impl Session {
                 Presented::Rejected
             }
             #[cfg(feature = "cookie-store")]
-            Backend::Cookie(_) => match values.next() {
+            Backend::Cookie(_) => match values.find_map(|value| std::str::from_utf8(value).ok()) {
                 Some(value) => Presented::Sealed(value.to_owned()),
                 None => Presented::Nothing,
             },
