@@ -335,7 +335,8 @@ impl Session {
         let mut state = self.state();
         // The record this request loaded, kept once a conflict needs it for the clash rule.
         let mut loaded: Option<Arc<SessionRecord>> = None;
-        let mut same_field_counted = HashSet::new();
+        // Built at the first clash: a hasher costs on every save, clashes are rare.
+        let mut same_field_counted = None;
         for attempt in 1..=config.max_save_attempts {
             let State { base, changes, .. } = &mut *state;
             let Some(base) = base.as_mut() else {
@@ -403,7 +404,8 @@ impl Session {
         };
         let span = store_span!("session.save", store);
         let loaded = Arc::clone(&current.record);
-        let mut same_field_counted = HashSet::new();
+        // Built at the first clash: a hasher costs on every save, clashes are rare.
+        let mut same_field_counted = None;
         for attempt in 1..=config.max_save_attempts {
             let (ttl, extended) = match self.check_save(&current, &changes) {
                 Ok(ttl) => ttl,
@@ -535,7 +537,7 @@ impl Session {
         changes: &mut FieldChanges,
         loaded: &SessionRecord,
         latest: &Stored,
-        same_field_counted: &mut HashSet<String>,
+        same_field_counted: &mut Option<HashSet<String>>,
     ) {
         let config = &self.shared().config;
         let clashes: Vec<String> = changes
@@ -550,7 +552,10 @@ impl Session {
             if keep_stored(config.conflict_rule, &name, changes, latest) {
                 changes.fields.remove(&name);
             }
-            if same_field_counted.insert(name) {
+            if same_field_counted
+                .get_or_insert_with(HashSet::new)
+                .insert(name)
+            {
                 self.shared().metrics.conflict("same_field");
             }
         }

@@ -146,7 +146,7 @@ impl SessionRecord {
 #[derive(Debug, Clone, Default)]
 pub struct FieldChanges {
     /// New values by field name; `None` removes the field.
-    pub(crate) fields: BTreeMap<String, Option<Box<RawValue>>>,
+    pub(crate) fields: ChangeMap,
     /// `Session::clear` was called: fields not in `fields` are gone.
     pub(crate) cleared: bool,
 }
@@ -162,7 +162,8 @@ impl FieldChanges {
         self.cleared
     }
 
-    /// The changed fields: name and new JSON text, `None` for a removed field.
+    /// The changed fields: name and new JSON text, `None` for a removed field (in no
+    /// particular order).
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.fields
             .iter()
@@ -195,7 +196,7 @@ impl FieldChanges {
     /// cloned); `self` is left as it is.
     pub fn applied_to(&self, record: &SessionRecord) -> SessionRecord {
         let mut copy = record.with_fields(|name| self.cleared || self.fields.contains_key(name));
-        for (name, change) in &self.fields {
+        for (name, change) in self.fields.iter() {
             if let Some(value) = change {
                 copy.set_field(name.clone(), value.clone());
             }
@@ -207,7 +208,7 @@ impl FieldChanges {
     /// applying them.
     pub(crate) fn data_len_after(&self, record: &SessionRecord) -> usize {
         let mut len = if self.cleared { 0 } else { record.data_len() };
-        for (name, change) in &self.fields {
+        for (name, change) in self.fields.iter() {
             if !self.cleared
                 && let Some(old) = record.field(name)
             {
@@ -224,6 +225,96 @@ impl FieldChanges {
     pub(crate) fn clear(&mut self) {
         self.fields.clear();
         self.cleared = false;
+    }
+}
+
+/// One field change: the name and the new value, `None` for a removal.
+pub(crate) type Change = (String, Option<Box<RawValue>>);
+
+/// The field changes of one request, by name. A request usually changes one field or two, so
+/// the first change is kept inline and only further ones go to a map: no node is allocated
+/// (and freed again) for the common case.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChangeMap {
+    /// `None` only while `rest` is empty too.
+    first: Option<Change>,
+    rest: BTreeMap<String, Option<Box<RawValue>>>,
+}
+
+impl ChangeMap {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Option<Box<RawValue>>> {
+        match &self.first {
+            Some((first, value)) if first == name => Some(value),
+            Some(_) => self.rest.get(name),
+            None => None,
+        }
+    }
+
+    pub(crate) fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets the change of `name`, replacing an earlier one.
+    pub(crate) fn insert(&mut self, name: String, value: Option<Box<RawValue>>) {
+        match &mut self.first {
+            None => self.first = Some((name, value)),
+            Some((first, slot)) if *first == name => *slot = value,
+            Some(_) => {
+                self.rest.insert(name, value);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Option<Box<RawValue>>> {
+        match &self.first {
+            Some((first, _)) if first == name => {
+                let removed = self.first.take().map(|(_, value)| value);
+                self.first = self.rest.pop_first();
+                removed
+            }
+            Some(_) => self.rest.remove(name),
+            None => None,
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Option<Box<RawValue>>)> {
+        self.first
+            .iter()
+            .map(|(name, value)| (name, value))
+            .chain(self.rest.iter())
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> {
+        self.iter().map(|(name, _)| name)
+    }
+}
+
+impl IntoIterator for ChangeMap {
+    type Item = Change;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Change>,
+        std::collections::btree_map::IntoIter<String, Option<Box<RawValue>>>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
+impl Extend<Change> for ChangeMap {
+    fn extend<I: IntoIterator<Item = Change>>(&mut self, changes: I) {
+        for (name, value) in changes {
+            self.insert(name, value);
+        }
     }
 }
 
@@ -315,6 +406,63 @@ mod tests {
             assert_eq!(fields(&copy), expected, "cleared {cleared}");
         }
         assert!(FieldChanges::default().is_empty());
+    }
+
+    #[test]
+    fn change_map_behaves_as_a_map() {
+        let mut map = ChangeMap::default();
+        let mut model = BTreeMap::new();
+        let text =
+            |v: Option<&Option<Box<RawValue>>>| v.map(|v| v.as_ref().map(|v| v.get().to_owned()));
+        // Inserts, replacements and removals in an order that moves the inline entry around.
+        let steps: &[(&str, Option<&str>, bool)] = &[
+            ("b", Some("1"), false),
+            ("a", Some("2"), false),
+            ("b", Some("3"), false),
+            ("c", None, false),
+            ("b", None, true),
+            ("d", Some("4"), false),
+            ("a", None, true),
+            ("a", Some("5"), false),
+            ("x", None, true),
+            ("c", None, true),
+            ("d", None, true),
+            ("a", None, true),
+            ("e", Some("6"), false),
+        ];
+        for (name, value, remove) in steps {
+            if *remove {
+                assert_eq!(
+                    text(map.remove(name).as_ref()),
+                    text(model.remove(*name).as_ref())
+                );
+            } else {
+                let value = value.map(raw);
+                map.insert((*name).to_owned(), value.clone());
+                model.insert((*name).to_owned(), value);
+            }
+            assert_eq!(map.is_empty(), model.is_empty());
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            assert_eq!(names, model.keys().collect::<Vec<_>>());
+            for key in ["a", "b", "c", "d", "e", "x"] {
+                assert_eq!(text(map.get(key)), text(model.get(key)), "{key}");
+                assert_eq!(map.contains_key(key), model.contains_key(key));
+            }
+        }
+        let mut more = ChangeMap::default();
+        more.insert("e".into(), None);
+        more.insert("f".into(), Some(raw("7")));
+        map.extend(more);
+        let mut all: Vec<(String, Option<String>)> = map
+            .clone()
+            .into_iter()
+            .map(|(n, v)| (n, v.map(|v| v.get().to_owned())))
+            .collect();
+        all.sort();
+        assert_eq!(all, [("e".into(), None), ("f".into(), Some("7".into()))]);
+        map.clear();
+        assert!(map.is_empty() && map.iter().next().is_none());
     }
 
     #[test]

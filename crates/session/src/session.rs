@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::HeaderMap;
 use parking_lot::Mutex;
@@ -134,7 +135,12 @@ pub struct Session {
 struct Inner {
     shared: Arc<Shared>,
     presented: Presented,
+    /// Set once the session is loaded the asynchronous way (a store that has to be waited
+    /// for, or the cookie store).
     loaded: OnceCell<()>,
+    /// Set once the session is loaded at once (a store that answers in place, or nothing to
+    /// load), or destroyed: no semaphore to take and close for the common case.
+    loaded_now: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -183,6 +189,7 @@ impl Session {
                 shared,
                 presented,
                 loaded: OnceCell::new(),
+                loaded_now: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -230,12 +237,12 @@ impl Session {
 
     /// Whether a method has needed the stored data yet.
     pub(crate) fn is_loaded(&self) -> bool {
-        self.inner.loaded.initialized()
+        self.inner.loaded_now.load(Ordering::Acquire) || self.inner.loaded.initialized()
     }
 
     /// Reads the session from the store, once per request.
     pub(crate) async fn ensure_loaded(&self) -> Result<(), SessionError> {
-        if !self.inner.loaded.initialized() && !self.load_now() {
+        if !self.is_loaded() && !self.load_now() {
             self.inner.loaded.get_or_init(|| self.load()).await;
         }
         match &self.state().failure {
@@ -246,8 +253,8 @@ impl Session {
 
     /// The load answered at once, without the once-cell's semaphore and futures: nothing to
     /// read (no valid cookie), or a store that answers in place ([`SessionStore::load_now`]).
-    /// Returns `false` when the load has to go the asynchronous way (or another task is
-    /// already loading: then `get_or_init` waits for it).
+    /// Returns `false` when the load has to go the asynchronous way (a session always loads
+    /// the same way: its cookie and store decide).
     fn load_now(&self) -> bool {
         let shared = self.shared();
         let loaded = match (&self.inner.presented, &shared.backend) {
@@ -262,13 +269,14 @@ impl Session {
             (Presented::Sealed(_), Backend::Cookie(_)) => return false,
             _ => None,
         };
-        // Under the state lock, so that a task which sees the cell set and then reads the
+        // Under the state lock, so that a task which sees the flag set and then reads the
         // state finds it filled in.
         let mut state = self.state();
-        if self.inner.loaded.set(()).is_err() {
-            // Loaded meanwhile (fine: use that), or being loaded by a `get_or_init`.
-            return self.inner.loaded.initialized();
+        if self.is_loaded() {
+            // Loaded (or destroyed) meanwhile: use that.
+            return true;
         }
+        self.inner.loaded_now.store(true, Ordering::Release);
         if let Some((id, key, loaded)) = loaded {
             let loaded =
                 loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)));
@@ -400,7 +408,7 @@ impl Session {
             (Some(base), false) => base
                 .record
                 .fields()
-                .filter(|(name, _)| !state.changes.fields.contains_key(*name))
+                .filter(|(name, _)| !state.changes.fields.contains_key(name))
                 .map(|(name, _)| name.to_owned())
                 .collect(),
             _ => Vec::new(),
@@ -445,7 +453,7 @@ impl Session {
     /// session afterwards starts a new one with a new id.
     pub async fn destroy(&self) -> Result<(), SessionError> {
         // Nothing stored yet means nothing to read: mark the session loaded (and empty).
-        let _ = self.inner.loaded.set(());
+        self.inner.loaded_now.store(true, Ordering::Release);
         let id = match &self.inner.presented {
             Presented::Id { id, .. } => Some(id.clone()),
             _ => None,
