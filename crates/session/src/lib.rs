@@ -78,6 +78,7 @@ mod read_your_writes;
 mod record;
 mod service;
 mod session;
+mod sha256;
 pub mod store;
 
 #[cfg(feature = "axum")]
