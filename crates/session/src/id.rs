@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use parking_lot::Mutex;
 use rand::rngs::{StdRng, SysRng};
 use rand::{Rng as _, SeedableRng as _, TryRng as _};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::SessionError;
 
@@ -41,7 +42,7 @@ impl SessionId {
 
     /// The key a store files this session under: SHA-256 of the id.
     pub fn store_key(&self) -> StoreKey {
-        StoreKey(crate::sha256::sha256(&[&self.0]))
+        StoreKey(Sha256::digest(self.0).into())
     }
 }
 
@@ -196,8 +197,6 @@ impl Default for SessionIdGenerator {
 
 #[cfg(test)]
 mod tests {
-    use sha2::Digest as _;
-
     use super::*;
 
     #[test]
@@ -269,7 +268,7 @@ mod tests {
         let key = id.store_key().to_string();
         assert_eq!(key.len(), 64);
         assert!(!key.contains(&id.to_text()));
-        let expected: [u8; 32] = sha2::Sha256::digest(id.0).into();
+        let expected: [u8; 32] = Sha256::digest(id.0).into();
         assert_eq!(id.store_key().as_bytes(), &expected);
     }
 

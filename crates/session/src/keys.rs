@@ -10,12 +10,14 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde::{Deserialize, Deserializer};
-use subtle::ConstantTimeEq as _;
+use sha2::Sha256;
 
 use crate::error::ConfigError;
 use crate::id::{ID_TEXT_LEN, SessionId, decode_43};
-use crate::sha256::HmacKey;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// Shortest secret accepted: 256 bits, the HMAC-SHA256 output size.
 pub const MIN_KEY_LEN: usize = 32;
@@ -28,9 +30,9 @@ pub(crate) const SIGNED_VALUE_LEN: usize = ID_TEXT_LEN + 1 + MAC_TEXT_LEN;
 #[derive(Clone)]
 pub struct Key {
     secret: Vec<u8>,
-    /// HMAC key with its padded blocks already absorbed: saves two SHA-256 blocks per cookie
-    /// compared with keying a fresh HMAC every time.
-    keyed: HmacKey,
+    /// HMAC state with the key already absorbed; cloning it saves two SHA-256 blocks per
+    /// cookie compared with keying a fresh HMAC every time.
+    keyed: HmacSha256,
 }
 
 impl Key {
@@ -42,9 +44,13 @@ impl Key {
                 min: MIN_KEY_LEN,
             });
         }
+        let keyed = HmacSha256::new_from_slice(secret).map_err(|_| ConfigError::KeyTooShort {
+            len: secret.len(),
+            min: MIN_KEY_LEN,
+        })?;
         Ok(Self {
             secret: secret.to_vec(),
-            keyed: HmacKey::new(secret),
+            keyed,
         })
     }
 
@@ -74,9 +80,12 @@ impl Key {
         &self.secret
     }
 
-    /// HMAC-SHA256 of `"<cookie name>=<id>"`.
-    fn mac(&self, cookie_name: &str, id_text: &[u8]) -> [u8; 32] {
-        self.keyed.mac(&[cookie_name.as_bytes(), b"=", id_text])
+    fn mac(&self, cookie_name: &str, id_text: &[u8]) -> HmacSha256 {
+        let mut mac = self.keyed.clone();
+        mac.update(cookie_name.as_bytes());
+        mac.update(b"=");
+        mac.update(id_text);
+        mac
     }
 }
 
@@ -132,7 +141,11 @@ impl SigningKeys {
     /// The cookie value for `id`: `<id>.<mac>`, signed with the newest key.
     pub(crate) fn sign(&self, cookie_name: &str, id: &SessionId) -> String {
         let id_text = id.to_text();
-        let tag = self.newest().mac(cookie_name, id_text.as_bytes());
+        let tag = self
+            .newest()
+            .mac(cookie_name, id_text.as_bytes())
+            .finalize()
+            .into_bytes();
         let mut value = String::with_capacity(SIGNED_VALUE_LEN);
         value.push_str(&id_text);
         value.push('.');
@@ -150,9 +163,10 @@ impl SigningKeys {
         let (id_text, mac_text) = value.split_at(ID_TEXT_LEN);
         let id = SessionId::parse_bytes(id_text)?;
         let tag = decode_43(mac_text.get(1..)?)?;
+        // `verify_slice` compares in constant time.
         let index = self
             .all()
-            .position(|key| bool::from(key.mac(cookie_name, id_text).ct_eq(&tag)))?;
+            .position(|key| key.mac(cookie_name, id_text).verify_slice(&tag).is_ok())?;
         Some(Verified {
             id,
             signed_with_old_key: index > 0,

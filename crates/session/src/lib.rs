@@ -78,7 +78,6 @@ mod read_your_writes;
 mod record;
 mod service;
 mod session;
-mod sha256;
 pub mod store;
 
 #[cfg(feature = "axum")]
