@@ -162,9 +162,11 @@ impl Session {
                 return Ok(crate::cookie_store::persist(self, cookie_store));
             }
         };
-        match self.plan() {
+        // One lock for planning and a save the store answers at once.
+        let mut state = self.state();
+        match self.plan(&mut state) {
             Plan::Nothing => Ok(Ok(())),
-            Plan::Update { id, key } => match self.update_now(store, &id, &key) {
+            Plan::Update { id, key } => match self.update_now(store, &id, &key, &mut state) {
                 Some(done) => Ok(done),
                 None => Err(Plan::Update { id, key }),
             },
@@ -186,9 +188,8 @@ impl Session {
         }
     }
 
-    fn plan(&self) -> Plan {
+    fn plan(&self, state: &mut State) -> Plan {
         let config = &self.shared().config;
-        let mut state = self.state();
         let Some(base) = &state.base else {
             // Not stored yet: store it only once it has content (express' saveUninitialized
             // = false), so anonymous traffic costs the store nothing.
@@ -329,10 +330,10 @@ impl Session {
         store: &dyn SessionStore,
         id: &SessionId,
         key: &StoreKey,
+        state: &mut State,
     ) -> Option<Result<(), SessionError>> {
         let config = &self.shared().config;
         let span = store_span!("session.save", store);
-        let mut state = self.state();
         // The record this request loaded, kept once a conflict needs it for the clash rule.
         let mut loaded: Option<Arc<SessionRecord>> = None;
         // Built at the first clash: a hasher costs on every save, clashes are rare.
@@ -346,7 +347,7 @@ impl Session {
                 Ok(ttl) => ttl,
                 Err(done) => {
                     if done.is_ok() {
-                        forget_state(&mut state);
+                        forget_state(state);
                     }
                     return Some(done);
                 }
@@ -357,7 +358,7 @@ impl Session {
             } else {
                 span.in_scope(|| store.save_changes_now(key, base, changes, ttl))
             }?;
-            let latest = match self.settle(outcome, id, ttl, extended, &mut state) {
+            let latest = match self.settle(outcome, id, ttl, extended, state) {
                 Attempt::Done(done) => return Some(done),
                 Attempt::Conflict(latest) => latest,
             };

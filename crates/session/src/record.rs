@@ -126,6 +126,22 @@ impl SessionRecord {
         self.fields.insert(name, value);
     }
 
+    /// Sets (`Some`) or removes (`None`) one field; a field that exists keeps its place and
+    /// only its value is replaced.
+    fn apply(&mut self, name: String, change: Option<Box<RawValue>>) {
+        match change {
+            Some(value) => match self.fields.get_mut(&name) {
+                Some(slot) => *slot = value,
+                None => {
+                    self.fields.insert(name, value);
+                }
+            },
+            None => {
+                self.fields.remove(&name);
+            }
+        }
+    }
+
     /// A record with no fields and a zero clock: a stand-in that never reaches a store.
     #[cfg(feature = "memory")]
     pub(crate) fn placeholder() -> Self {
@@ -177,17 +193,14 @@ impl FieldChanges {
         if std::mem::take(&mut self.cleared) {
             record.fields.clear();
         }
-        for (name, change) in std::mem::take(&mut self.fields) {
-            match change {
-                Some(value) => match record.fields.get_mut(&name) {
-                    Some(slot) => *slot = value,
-                    None => {
-                        record.fields.insert(name, value);
-                    }
-                },
-                None => {
-                    record.fields.remove(&name);
-                }
+        let ChangeMap { first, rest } = std::mem::take(&mut self.fields);
+        if let Some((name, change)) = first {
+            record.apply(name, change);
+        }
+        // Usually empty: not even an iterator to build and drop.
+        if !rest.is_empty() {
+            for (name, change) in rest {
+                record.apply(name, change);
             }
         }
     }
