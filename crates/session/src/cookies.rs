@@ -102,26 +102,17 @@ pub(crate) enum CookieAction {
     Keep,
     /// Send this value, expiring with the session after `ttl`.
     Set { value: String, ttl: Duration },
-    /// Send back the value the request came with (same id, already signed by the newest key),
-    /// expiring with the session after `ttl`.
-    Resend { ttl: Duration },
     /// Tell the browser to drop the cookie.
     Remove,
 }
 
 impl CookieAction {
-    /// Adds the `Set-Cookie` header; `presented` is the cookie value the request came with.
-    pub(crate) fn apply(
-        &self,
-        template: &SetCookieTemplate,
-        presented: Option<&[u8]>,
-        headers: &mut HeaderMap,
-    ) {
-        let header = match (self, presented) {
-            (CookieAction::Keep, _) | (CookieAction::Resend { .. }, None) => return,
-            (CookieAction::Set { value, ttl }, _) => template.render(value.as_bytes(), Some(*ttl)),
-            (CookieAction::Resend { ttl }, Some(value)) => template.render(value, Some(*ttl)),
-            (CookieAction::Remove, _) => template.render(b"", Some(Duration::ZERO)),
+    /// Adds the `Set-Cookie` header.
+    pub(crate) fn apply(&self, template: &SetCookieTemplate, headers: &mut HeaderMap) {
+        let header = match self {
+            CookieAction::Keep => return,
+            CookieAction::Set { value, ttl } => template.render(value.as_bytes(), Some(*ttl)),
+            CookieAction::Remove => template.render(b"", Some(Duration::ZERO)),
         };
         match HeaderValue::try_from(header) {
             Ok(value) => {
@@ -283,7 +274,7 @@ mod tests {
         config.secure = false;
         config.domain = None;
         let mut headers = HeaderMap::new();
-        CookieAction::Remove.apply(&SetCookieTemplate::new(&config), None, &mut headers);
+        CookieAction::Remove.apply(&SetCookieTemplate::new(&config), &mut headers);
         let removal = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
         assert!(
             removal.starts_with("sid=;") && removal.contains("Max-Age=0"),
@@ -327,7 +318,7 @@ mod tests {
             value: "x".into(),
             ttl: Duration::from_secs(5),
         }
-        .apply(&SetCookieTemplate::new(&config), None, &mut headers);
+        .apply(&SetCookieTemplate::new(&config), &mut headers);
         assert!(
             !headers
                 .get(SET_COOKIE)

@@ -76,7 +76,7 @@ impl Session {
             // The handler never looked at the session: nothing to save or touch. A cookie that
             // failed its signature check is dropped so the browser stops sending it.
             if matches!(self.presented_ref(), Presented::Rejected) {
-                CookieAction::Remove.apply(&shared.set_cookie, None, response.headers_mut());
+                CookieAction::Remove.apply(&shared.set_cookie, response.headers_mut());
             }
             return true;
         }
@@ -126,11 +126,7 @@ impl Session {
         match result {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
-                action.apply(
-                    &shared.set_cookie,
-                    self.presented_value(),
-                    response.headers_mut(),
-                );
+                action.apply(&shared.set_cookie, response.headers_mut());
             }
             Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. }))
                 if !fail_closed =>
@@ -597,28 +593,14 @@ impl Session {
         forget_state(&mut self.state());
     }
 
+    /// The cookie naming `id`, signed with the newest key, expiring after `ttl`. Signed
+    /// afresh: the cookie is only sent when the id is new or the expiry moves (at most once
+    /// per half idle timeout), so keeping the request's cookie around for it would cost more.
     fn signed_cookie(&self, id: &SessionId, ttl: Duration) -> CookieAction {
-        match self.presented_ref() {
-            // The cookie the request came with is already this id signed by the newest key.
-            Presented::Id {
-                id: presented,
-                resign: false,
-                ..
-            } if presented == id => CookieAction::Resend { ttl },
-            _ => {
-                let shared = self.shared();
-                CookieAction::Set {
-                    value: shared.keys.sign(&shared.config.cookie.name, id),
-                    ttl,
-                }
-            }
-        }
-    }
-
-    fn presented_value(&self) -> Option<&[u8]> {
-        match self.presented_ref() {
-            Presented::Id { value, .. } => Some(value.as_bytes()),
-            _ => None,
+        let shared = self.shared();
+        CookieAction::Set {
+            value: shared.keys.sign(&shared.config.cookie.name, id),
+            ttl,
         }
     }
 }

@@ -61,28 +61,6 @@ impl Backend {
     }
 }
 
-/// A verified cookie value, kept inline (it is always 87 ASCII bytes) to spare an allocation.
-#[derive(Debug)]
-pub(crate) struct SignedValue {
-    bytes: [u8; crate::keys::SIGNED_VALUE_LEN],
-    len: usize,
-}
-
-impl SignedValue {
-    fn new(value: &[u8]) -> Self {
-        let mut bytes = [0_u8; crate::keys::SIGNED_VALUE_LEN];
-        let len = value.len().min(bytes.len());
-        if let (Some(target), Some(source)) = (bytes.get_mut(..len), value.get(..len)) {
-            target.copy_from_slice(source);
-        }
-        Self { bytes, len }
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or_default()
-    }
-}
-
 /// What a load found: the session (with its id and key when it came from a store), nothing,
 /// or a store failure.
 type Loaded = Result<Option<(Option<(SessionId, StoreKey)>, Stored)>, StoreError>;
@@ -94,13 +72,8 @@ pub(crate) enum Presented {
     Nothing,
     /// A cookie that is malformed or carries a bad signature (or cannot be decrypted).
     Rejected,
-    /// A correctly signed id (`value` is the cookie as sent); `resign` when an older key
-    /// signed it.
-    Id {
-        id: SessionId,
-        resign: bool,
-        value: SignedValue,
-    },
+    /// A correctly signed id; `resign` when an older key signed it.
+    Id { id: SessionId, resign: bool },
     /// The cookie store's sealed session, opened lazily.
     #[cfg(feature = "cookie-store")]
     Sealed(String),
@@ -208,7 +181,6 @@ impl Session {
                         return Presented::Id {
                             id: verified.id,
                             resign: verified.signed_with_old_key,
-                            value: SignedValue::new(value),
                         };
                     }
                 }
