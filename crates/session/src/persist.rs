@@ -218,7 +218,7 @@ impl Session {
         if !state.changes.is_empty() {
             return Plan::Update { id, key };
         }
-        let Some((ttl, extended)) = self.next_expiry(base) else {
+        let Some((ttl, extended)) = self.next_expiry(base, state.loaded_at_ms) else {
             return Plan::Nothing;
         };
         if extended && config.ttl_extension == TtlExtension::OnEveryRequest {
@@ -241,9 +241,11 @@ impl Session {
     /// half the idle timeout, for saves as for touches: a busy session then costs at most one
     /// expiry update and one `Set-Cookie` per half idle timeout, and the store's expiry and the
     /// cookie's stay in step. With [`TtlExtension::OnStateChanges`] every save extends it.
-    fn next_expiry(&self, base: &Stored) -> Option<(Duration, bool)> {
+    ///
+    /// `now_ms` is when the session was loaded (the clock is read when `None`).
+    fn next_expiry(&self, base: &Stored, now_ms: Option<u64>) -> Option<(Duration, bool)> {
         let config = &self.shared().config;
-        let full = base.record.ttl(config.idle_timeout)?;
+        let full = base.record.ttl_at(config.idle_timeout, now_ms)?;
         let due = full.saturating_sub(base.ttl) >= config.idle_timeout / 2;
         if config.ttl_extension == TtlExtension::OnEveryRequest && !due {
             Some((base.ttl.min(full), false))
@@ -335,11 +337,16 @@ impl Session {
         // Built at the first clash: a hasher costs on every save, clashes are rare.
         let mut same_field_counted = None;
         for attempt in 1..=config.max_save_attempts {
-            let State { base, changes, .. } = &mut *state;
+            let State {
+                base,
+                changes,
+                loaded_at_ms,
+                ..
+            } = &mut *state;
             let Some(base) = base.as_mut() else {
                 return Some(Ok(()));
             };
-            let ttl = match self.check_save(base, changes) {
+            let ttl = match self.check_save(base, changes, *loaded_at_ms) {
                 Ok(ttl) => ttl,
                 Err(done) => {
                     if done.is_ok() {
@@ -382,12 +389,12 @@ impl Session {
         key: StoreKey,
     ) -> Result<(), SessionError> {
         let config = &self.shared().config;
-        let (mut changes, mut current) = {
+        let (mut changes, mut current, loaded_at_ms) = {
             let mut state = self.state();
             let Some(base) = state.base.clone() else {
                 return Ok(());
             };
-            (std::mem::take(&mut state.changes), base)
+            (std::mem::take(&mut state.changes), base, state.loaded_at_ms)
         };
         let restore = |session: &Session, changes: FieldChanges| {
             let mut state = session.state();
@@ -404,7 +411,7 @@ impl Session {
         // Built at the first clash: a hasher costs on every save, clashes are rare.
         let mut same_field_counted = None;
         for attempt in 1..=config.max_save_attempts {
-            let (ttl, extended) = match self.check_save(&current, &changes) {
+            let (ttl, extended) = match self.check_save(&current, &changes, loaded_at_ms) {
                 Ok(ttl) => ttl,
                 Err(done) => {
                     if done.is_ok() {
@@ -468,6 +475,7 @@ impl Session {
         &self,
         base: &Stored,
         changes: &FieldChanges,
+        now_ms: Option<u64>,
     ) -> Result<(Duration, bool), Result<(), SessionError>> {
         let config = &self.shared().config;
         let size = changes.data_len_after(&base.record);
@@ -478,7 +486,7 @@ impl Session {
                 limit: config.max_size,
             }));
         }
-        match self.next_expiry(base) {
+        match self.next_expiry(base, now_ms) {
             Some(expiry) => Ok(expiry),
             None => {
                 // The absolute deadline passed while the request ran: the session is over.

@@ -86,10 +86,17 @@ impl SessionRecord {
     /// How long the session may still live in the store: the idle timeout, cut short by the
     /// absolute deadline. `None` once the absolute deadline has passed.
     pub(crate) fn ttl(&self, idle_timeout: Duration) -> Option<Duration> {
+        self.ttl_at(idle_timeout, None)
+    }
+
+    /// [`ttl`](Self::ttl) at `now_ms` (milliseconds since the Unix epoch), or at the current
+    /// time when `None`. The clock is read only when there is an absolute deadline.
+    pub(crate) fn ttl_at(&self, idle_timeout: Duration, now_ms: Option<u64>) -> Option<Duration> {
         match self.absolute_deadline_ms {
             None => Some(idle_timeout),
             Some(deadline) => {
-                let left = deadline.checked_sub(unix_ms(SystemTime::now()))?;
+                let now_ms = now_ms.unwrap_or_else(|| unix_ms(SystemTime::now()));
+                let left = deadline.checked_sub(now_ms)?;
                 (left > 0).then(|| idle_timeout.min(Duration::from_millis(left)))
             }
         }

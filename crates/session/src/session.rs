@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use http::HeaderMap;
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionIdGenerator, StoreKey};
 use crate::keys::SigningKeys;
 use crate::metrics::Metrics;
-use crate::record::{FieldChanges, SessionRecord};
+use crate::record::{FieldChanges, SessionRecord, unix_ms};
 use crate::store::{SessionStore, Stored};
 
 /// What the layer shares with every request.
@@ -137,6 +138,9 @@ pub(crate) struct State {
     /// The cookie named a session the store does not have (unknown or expired): the browser
     /// can drop it unless a new session replaces it.
     pub(crate) stale_cookie: bool,
+    /// When the session was loaded (milliseconds since the Unix epoch): the time its
+    /// absolute deadline is checked against for the rest of the request.
+    pub(crate) loaded_at_ms: Option<u64>,
 }
 
 impl State {
@@ -283,7 +287,16 @@ impl Session {
         let shared = self.shared();
         match loaded {
             Ok(Some((id, stored))) => {
-                if stored.record.ttl(shared.config.idle_timeout).is_some() {
+                // This clock reading serves the rest of the request too: the save's expiry is
+                // capped by the absolute deadline as seen now, so the store may keep the record
+                // up to the request's duration past it, and the next load ends it anyway.
+                let now_ms = unix_ms(SystemTime::now());
+                state.loaded_at_ms = Some(now_ms);
+                if stored
+                    .record
+                    .ttl_at(shared.config.idle_timeout, Some(now_ms))
+                    .is_some()
+                {
                     shared.metrics.load("hit");
                     if let Some((id, key)) = id {
                         state.id = Some(id);
