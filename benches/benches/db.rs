@@ -8,6 +8,11 @@
 //!   route comes from the router's route cache instead of the classifier. The two are
 //!   measured paired: each iteration runs one query each way and times only its own side, so
 //!   both see the same load at the same moments. Goal: router_auto within 3 % of direct_pool.
+//!   While it runs, one spinning thread per core at the lowest priority (`SCHED_IDLE`, set with
+//!   `chrt`) keeps the cores from going idle: on a virtual machine, waking an idle core to
+//!   deliver a round trip's answer costs tens of microseconds, varying from second to second,
+//!   far more than the router's own work. Any other thread preempts a spinner at once, so the
+//!   queries run as before, without that wake-up noise (as `idle=poll` would, machine-wide).
 //! - `db_classify`: every statement of the classifier corpus
 //!   (`crates/db-router/tests/corpus.txt`) classified by `herd` (herd_db_router::classify) and
 //!   by `sqlparser` (parse with the PostgreSQL dialect, then decide from the AST: pgcat's
@@ -17,7 +22,10 @@
 //! Run with: `cargo bench -p herd-benches --bench db`
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -140,6 +148,56 @@ where
     spent
 }
 
+/// One busy thread per core at `SCHED_IDLE` priority, for as long as it lives.
+struct Spinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Spinners {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    // `/proc/thread-self` links to `PID/task/TID`.
+                    let tid = std::fs::read_link("/proc/thread-self")
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+                    let idle = tid.is_some_and(|tid| {
+                        Command::new("chrt")
+                            .args(["--idle", "--pid", "0", &tid])
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    });
+                    if !idle {
+                        // Spinning at normal priority would take the benchmark's CPU time.
+                        eprintln!(
+                            "db bench: could not lower a spinner to SCHED_IDLE; running without"
+                        );
+                        return;
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Spinners { stop, threads }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 fn query(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let (cluster, direct, router) = rt.block_on(async {
@@ -195,6 +253,7 @@ fn query(c: &mut Criterion) {
     // the same mix of work and the same state of this (noisy, virtual) machine at the same
     // moments; only the timed side differs.
     let (direct, router) = (&direct, &router);
+    let spinners = Spinners::start();
     group.bench_function("direct_pool", |b| {
         b.to_async(&rt)
             .iter_custom(|iters| paired(iters, direct, router, id))
@@ -204,6 +263,7 @@ fn query(c: &mut Criterion) {
             .iter_custom(|iters| paired(iters, router, direct, id))
     });
     group.finish();
+    drop(spinners);
     rt.block_on(async {
         router.close().await;
         direct.close().await;
