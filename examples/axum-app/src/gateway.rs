@@ -194,9 +194,9 @@ impl Service<Request<Incoming>> for GatewayService {
         GatewayFuture,
     >;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both are always ready.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The pages' router is always ready (a clone serves each page request).
+        Service::<Request<Incoming>>::poll_ready(&mut self.upstream, cx)
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
