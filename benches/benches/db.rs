@@ -8,6 +8,11 @@
 //!   route comes from the router's route cache instead of the classifier. The two are
 //!   measured paired: each iteration runs one query each way and times only its own side, so
 //!   both see the same load at the same moments. Goal: router_auto within 3 % of direct_pool.
+//!   While it runs, one spinning thread per core at the lowest priority (`SCHED_IDLE`, set with
+//!   `chrt`) keeps the cores from going idle: on a virtual machine, waking an idle core to
+//!   deliver a round trip's answer costs tens of microseconds, varying from second to second,
+//!   far more than the router's own work. Any other thread preempts a spinner at once, so the
+//!   queries run as before, without that wake-up noise (as `idle=poll` would, machine-wide).
 //! - `db_classify`: every statement of the classifier corpus
 //!   (`crates/db-router/tests/corpus.txt`) classified by `herd` (herd_db_router::classify) and
 //!   by `sqlparser` (parse with the PostgreSQL dialect, then decide from the AST: pgcat's
@@ -17,7 +22,10 @@
 //! Run with: `cargo bench -p herd-benches --bench db`
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -123,21 +131,126 @@ where
         .expect("select")
 }
 
-/// `iters` rounds of one query on `timed` then one on `other`; returns the time of the `timed`
-/// ones only.
-async fn paired<'e, T, O>(iters: u64, timed: T, other: O, id: impl Fn() -> i32) -> Duration
-where
-    T: sqlx::Executor<'e, Database = sqlx::Postgres> + Copy,
-    O: sqlx::Executor<'e, Database = sqlx::Postgres> + Copy,
-{
+/// Time spent in every query of the group, both sides, in all iterations of both ids:
+/// `[router, direct]`.
+#[derive(Debug, Default)]
+struct PairTotals {
+    nanos: [AtomicU64; 2],
+    queries: AtomicU64,
+}
+
+impl PairTotals {
+    fn add(&self, router: Duration, direct: Duration) {
+        for (total, d) in self.nanos.iter().zip([router, direct]) {
+            total.fetch_add(
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        self.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(router µs per query, direct µs per query, ratio)`.
+    fn summary(&self) -> (f64, f64, f64) {
+        let n = self.queries.load(Ordering::Relaxed).max(1) as f64;
+        let [router, direct] = self
+            .nanos
+            .each_ref()
+            .map(|t| t.load(Ordering::Relaxed) as f64 / n / 1e3);
+        (router, direct, router / direct)
+    }
+}
+
+/// `iters` rounds of one query on each side, the `timed` side first; returns the time of the
+/// `timed` side's queries. Both sides are added to `totals`.
+async fn paired(
+    iters: u64,
+    router: &DbRouter,
+    direct: &PgPool,
+    timed: Side,
+    totals: &PairTotals,
+    id: impl Fn() -> i32,
+) -> Duration {
     let mut spent = Duration::ZERO;
     for _ in 0..iters {
-        let start = Instant::now();
-        black_box(select(timed, id()).await);
-        spent += start.elapsed();
-        black_box(select(other, id()).await);
+        let (router_time, direct_time) = if timed == Side::Router {
+            let r = time(select(router, id())).await;
+            (r, time(select(direct, id())).await)
+        } else {
+            let d = time(select(direct, id())).await;
+            (time(select(router, id())).await, d)
+        };
+        spent += if timed == Side::Router {
+            router_time
+        } else {
+            direct_time
+        };
+        totals.add(router_time, direct_time);
     }
     spent
+}
+
+/// Which side of a pair a criterion id reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Router,
+    Direct,
+}
+
+async fn time(query: impl Future<Output = String>) -> Duration {
+    let start = Instant::now();
+    black_box(query.await);
+    start.elapsed()
+}
+
+/// One busy thread per core at `SCHED_IDLE` priority, for as long as it lives.
+struct Spinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Spinners {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    // `/proc/thread-self` links to `PID/task/TID`.
+                    let tid = std::fs::read_link("/proc/thread-self")
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+                    let idle = tid.is_some_and(|tid| {
+                        Command::new("chrt")
+                            .args(["--idle", "--pid", "0", &tid])
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    });
+                    if !idle {
+                        // Spinning at normal priority would take the benchmark's CPU time.
+                        eprintln!(
+                            "db bench: could not lower a spinner to SCHED_IDLE; running without"
+                        );
+                        return;
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Spinners { stop, threads }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn query(c: &mut Criterion) {
@@ -191,19 +304,29 @@ fn query(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     let next = AtomicI32::new(0);
     let id = || next.fetch_add(1, Ordering::Relaxed) % ROWS + 1;
-    // Paired: every iteration runs one query each way and times only its own, so both ids see
-    // the same mix of work and the same state of this (noisy, virtual) machine at the same
-    // moments; only the timed side differs.
+    // Paired: every iteration runs one query each way and reports the time of its own, so both
+    // ids see the same mix of work; only the reported side differs.
     let (direct, router) = (&direct, &router);
+    let totals = &PairTotals::default();
+    let spinners = Spinners::start();
     group.bench_function("direct_pool", |b| {
         b.to_async(&rt)
-            .iter_custom(|iters| paired(iters, direct, router, id))
+            .iter_custom(|iters| paired(iters, router, direct, Side::Direct, totals, id))
     });
     group.bench_function("router_auto", |b| {
         b.to_async(&rt)
-            .iter_custom(|iters| paired(iters, router, direct, id))
+            .iter_custom(|iters| paired(iters, router, direct, Side::Router, totals, id))
     });
     group.finish();
+    drop(spinners);
+    // The two ids run one after the other, seconds apart, and this machine's round trips drift
+    // by more than the 3 % asked between such windows. Over every pair of both ids, each router
+    // query ran next to a direct one, at the same moments: that ratio does not drift.
+    let (router_us, direct_us, ratio) = totals.summary();
+    println!(
+        "db_query paired over both ids ({} pairs): router_auto {router_us:.1} µs, direct_pool {direct_us:.1} µs per query: {ratio:.4}x",
+        totals.queries.load(Ordering::Relaxed)
+    );
     rt.block_on(async {
         router.close().await;
         direct.close().await;

@@ -2,14 +2,23 @@
 //!
 //! The same 3 backends behind herd's gateway (examples/axum-app's, built on herd-lb-core's HTTP
 //! upstream) and behind nginx, configured alike: least outstanding requests (`least_conn`), 32 idle
-//! keep-alive connections per backend (`keepalive 32`), and a failed connection retried on another
-//! backend, at most 3 tries (`proxy_next_upstream error timeout; proxy_next_upstream_tries 3`).
+//! keep-alive connections per backend (`keepalive 32`), herd's retry rule (a failed attempt, and
+//! for idempotent requests a 502/503/504, retried on another backend, at most 3 tries:
+//! `proxy_next_upstream error timeout http_502 http_503 http_504; proxy_next_upstream_tries 3`)
+//! and herd's request headers (`Host`, `X-Real-IP`, `X-Forwarded-For`, `-Proto`, `-Host`).
+//!
+//! A third proxy gives the floor: [`herd_benches::floor`], a bare hyper proxy on the same
+//! threads, with none of a gateway's work per request (no balancing decision, header rewriting,
+//! timeouts or retries). It shows what the hyper and tokio stack herd is built on costs by itself.
+//!
 //! Each is loaded in turn with `wrk -t2 -c64 -d10s --latency` on loopback; the program prints
-//! requests/s and p99 for both, and the ratios.
+//! requests/s, p99 and CPU time per request (the proxy's, the backends', wrk's) for each, and
+//! the ratios. The machine's cores are shared by wrk, the backends and the proxy, so throughput
+//! follows the proxy's CPU time per request.
 //!
 //! Needs `nginx` and `wrk` (`apt-get install -y nginx wrk`). Options: `--duration 10s`,
 //! `--connections 64`, `--rounds 1` (each round runs both, alternating which goes first),
-//! `--only herd|nginx` (load just one, e.g. under a profiler), `--serve-backends` (only run the
+//! `--only herd|nginx|floor` (load just one, e.g. under a profiler), `--serve-backends` (only run the
 //! backends and print their addresses) and `--backends A,B,C` (use backends running elsewhere).
 #![allow(clippy::print_stdout)]
 
@@ -20,6 +29,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use axum_app::gateway::{GatewayConfig, Policy};
+use herd_benches::floor::FloorProxy;
+
+/// The allocator the demo's binary uses (see examples/axum-app/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use axum_app::server::ServerThread;
 
 /// What wrk measured.
@@ -31,6 +45,14 @@ struct Load {
     requests: u64,
     /// CPU time the proxy used during the run (user + system), in microseconds per request.
     cpu_us_per_request: f64,
+    /// The user-space part of it.
+    user_us_per_request: f64,
+    /// CPU time of the backends (this process's `instance-*` threads) per request.
+    backends_us_per_request: f64,
+    /// CPU time of wrk per request.
+    wrk_us_per_request: f64,
+    /// Share of the machine's CPU time that was idle during the run.
+    idle: f64,
 }
 
 /// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`, 100 on Linux).
@@ -43,13 +65,32 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// utime + stime (ticks) from a `/proc/.../stat` line; the command name may hold spaces, so
+/// CPU time in clock ticks: user and system.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+impl std::iter::Sum for Ticks {
+    fn sum<I: Iterator<Item = Ticks>>(iter: I) -> Ticks {
+        iter.fold(Ticks::default(), |a, b| Ticks {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
+/// utime and stime (ticks) from a `/proc/.../stat` line; the command name may hold spaces, so
 /// fields are counted after its closing parenthesis.
-fn stat_ticks(stat: &str) -> Option<u64> {
+fn stat_ticks(stat: &str) -> Option<Ticks> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After `(comm)`: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    Some(Ticks {
+        user: fields.get(11)?.parse().ok()?,
+        system: fields.get(12)?.parse().ok()?,
+    })
 }
 
 /// Where a proxy's CPU time is read from.
@@ -62,7 +103,7 @@ enum Cpu {
 }
 
 impl Cpu {
-    fn ticks(self) -> u64 {
+    fn ticks(self) -> Ticks {
         match self {
             Cpu::Threads(prefix) => std::fs::read_dir("/proc/self/task")
                 .into_iter()
@@ -179,11 +220,13 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
             proxy_connect_timeout 1s;
             proxy_read_timeout 10s;
-            proxy_next_upstream error timeout;
+            proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 3;
         }}
     }}
@@ -227,8 +270,39 @@ async fn wait_until_serving(url: &str) -> Result<(), String> {
     Err(format!("{url} never accepted connections"))
 }
 
+/// (idle, all) ticks of the whole machine, from the `cpu` line of `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (idle, fields.iter().take(8).sum())
+}
+
+/// CPU ticks of this process's waited-for children (wrk), from `/proc/self/stat`.
+fn children_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After `(comm)`, cutime and cstime follow utime and stime.
+    [13, 14]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum()
+}
+
 fn wrk(url: &str, duration: &str, connections: u32, cpu: Cpu) -> Result<Load, String> {
     let before = cpu.ticks();
+    let backends_before = Cpu::Threads("instance").ticks();
+    let machine_before = machine_ticks();
+    let children_before = children_ticks();
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -246,10 +320,24 @@ fn wrk(url: &str, duration: &str, connections: u32, cpu: Cpu) -> Result<Load, St
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let used = cpu.ticks().saturating_sub(before) as f64 / clock_ticks();
+    let after = cpu.ticks();
+    let backends_after = Cpu::Threads("instance").ticks();
+    let machine_after = machine_ticks();
+    let children_after = children_ticks();
     let mut load =
         parse_wrk(&text).ok_or_else(|| format!("could not read wrk's output:\n{text}"))?;
-    load.cpu_us_per_request = used * 1e6 / load.requests.max(1) as f64;
+    let per_request = |ticks: u64| ticks as f64 / clock_ticks() * 1e6 / load.requests.max(1) as f64;
+    let user = after.user.saturating_sub(before.user);
+    let system = after.system.saturating_sub(before.system);
+    load.cpu_us_per_request = per_request(user + system);
+    load.user_us_per_request = per_request(user);
+    load.backends_us_per_request = per_request(
+        (backends_after.user + backends_after.system)
+            .saturating_sub(backends_before.user + backends_before.system),
+    );
+    load.wrk_us_per_request = per_request(children_after.saturating_sub(children_before));
+    let all = machine_after.1.saturating_sub(machine_before.1).max(1);
+    load.idle = machine_after.0.saturating_sub(machine_before.0) as f64 / all as f64;
     Ok(load)
 }
 
@@ -281,6 +369,10 @@ fn parse_wrk(text: &str) -> Option<Load> {
         errors,
         requests: requests?,
         cpu_us_per_request: 0.0,
+        user_us_per_request: 0.0,
+        backends_us_per_request: 0.0,
+        wrk_us_per_request: 0.0,
+        idle: 0.0,
     })
 }
 
@@ -300,7 +392,7 @@ struct Options {
     duration: String,
     connections: u32,
     rounds: u32,
-    /// Load only one of them (`herd` or `nginx`), e.g. to profile it.
+    /// Load only one of them (`herd`, `nginx` or `floor`), e.g. to profile it.
     only: Option<String>,
     /// Only start the 3 backends, print their addresses and wait (to be killed).
     serve_backends: bool,
@@ -338,8 +430,8 @@ fn options() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?
             }
             "--only" => match value()?.as_str() {
-                which @ ("herd" | "nginx") => o.only = Some(which.to_owned()),
-                other => return Err(format!("--only: herd or nginx, not {other}")),
+                which @ ("herd" | "nginx" | "floor") => o.only = Some(which.to_owned()),
+                other => return Err(format!("--only: herd, nginx or floor, not {other}")),
             },
             "--bench" => {} // passed by `cargo bench`; this program is run with `cargo run`
             other => return Err(format!("unknown option {other}")),
@@ -386,73 +478,87 @@ async fn run() -> Result<(), String> {
     let nginx_url = format!("http://127.0.0.1:{nginx_port}");
     wait_until_serving(&herd_url).await?;
     wait_until_serving(&nginx_url).await?;
-    let herd_cpu = Cpu::Threads("gateway");
-    let nginx_cpu = Cpu::Process(nginx.child.id());
-    // Warm both up (connection pools, caches) before measuring.
-    wrk(&herd_url, "2s", o.connections, herd_cpu)?;
-    wrk(&nginx_url, "2s", o.connections, nginx_cpu)?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let floor = FloorProxy::start(addrs.clone(), cores)?;
+    let floor_url = floor.url();
+    wait_until_serving(&floor_url).await?;
+    let proxies = [
+        ("herd", herd_url.as_str(), Cpu::Threads("gateway")),
+        ("nginx", nginx_url.as_str(), Cpu::Process(nginx.child.id())),
+        ("floor", floor_url.as_str(), Cpu::Threads("floor")),
+    ];
+    let selected = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
+    // Warm them up (connection pools, caches) before measuring.
+    for (name, url, cpu) in proxies {
+        if selected(name) {
+            wrk(url, "2s", o.connections, cpu)?;
+        }
+    }
 
     println!(
         "wrk -t2 -c{} -d{} --latency on loopback, 3 backends, least outstanding, keepalive 32",
         o.connections, o.duration
     );
-    let mut herd = Vec::new();
-    let mut nginx_loads = Vec::new();
-    for round in 0..o.rounds {
-        let order: [(&str, &str, Cpu); 2] = if round % 2 == 0 {
-            [
-                ("herd", &herd_url, herd_cpu),
-                ("nginx", &nginx_url, nginx_cpu),
-            ]
-        } else {
-            [
-                ("nginx", &nginx_url, nginx_cpu),
-                ("herd", &herd_url, herd_cpu),
-            ]
-        };
-        for (name, url, cpu) in order {
-            if o.only.as_deref().is_some_and(|only| only != name) {
+    let mut loads: [Vec<Load>; 3] = Default::default();
+    for round in 0..o.rounds as usize {
+        // Each round starts with the next proxy, so none is always first or last.
+        for i in (0..proxies.len()).map(|i| (i + round) % proxies.len()) {
+            let (name, url, cpu) = proxies[i];
+            if !selected(name) {
                 continue;
             }
             let load = wrk(url, &o.duration, o.connections, cpu)?;
             println!(
-                "  round {} {name:<5} {:>10.0} req/s   p99 {:>7.2} ms   proxy CPU {:>6.1} us/request   errors {}",
+                "  round {} {name:<5} {:>8.0} req/s  p99 {:>6.2} ms  CPU us/request: proxy {:>4.1} (user {:.1}), backends {:.1}, wrk {:.1}; machine idle {:.0}%  errors {}",
                 round + 1,
                 load.requests_per_sec,
                 load.p99_ms,
                 load.cpu_us_per_request,
+                load.user_us_per_request,
+                load.backends_us_per_request,
+                load.wrk_us_per_request,
+                load.idle * 100.0,
                 load.errors
             );
-            if name == "herd" {
-                herd.push(load)
-            } else {
-                nginx_loads.push(load)
-            }
+            loads[i].push(load);
         }
     }
     if o.only.is_some() {
         return Ok(());
     }
     let mean = |v: &[Load], f: fn(&Load) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
-    let (h_rps, n_rps) = (
-        mean(&herd, |l| l.requests_per_sec),
-        mean(&nginx_loads, |l| l.requests_per_sec),
-    );
-    let (h_p99, n_p99) = (mean(&herd, |l| l.p99_ms), mean(&nginx_loads, |l| l.p99_ms));
-    let (h_cpu, n_cpu) = (
-        mean(&herd, |l| l.cpu_us_per_request),
-        mean(&nginx_loads, |l| l.cpu_us_per_request),
-    );
+    let rps = loads.each_ref().map(|l| mean(l, |l| l.requests_per_sec));
+    let p99 = loads.each_ref().map(|l| mean(l, |l| l.p99_ms));
+    let cpu = loads.each_ref().map(|l| mean(l, |l| l.cpu_us_per_request));
+    let user = loads.each_ref().map(|l| mean(l, |l| l.user_us_per_request));
     println!();
-    println!("| proxy | requests/s | p99 | proxy CPU per request |");
-    println!("|---|---|---|---|");
-    println!("| herd gateway | {h_rps:.0} | {h_p99:.2} ms | {h_cpu:.1} us |");
-    println!("| nginx (2 workers) | {n_rps:.0} | {n_p99:.2} ms | {n_cpu:.1} us |");
+    println!("| proxy | requests/s | p99 | proxy CPU per request | of which user |");
+    println!("|---|---|---|---|---|");
+    for (i, label) in [
+        "herd gateway",
+        "nginx (2 workers)",
+        "floor: bare hyper proxy (2 threads)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| {label} | {:.0} | {:.2} ms | {:.1} us | {:.1} us |",
+            rps[i], p99[i], cpu[i], user[i]
+        );
+    }
     println!(
         "throughput herd/nginx = {:.2}x; p99 herd/nginx = {:.2}x; CPU per request herd/nginx = {:.2}x",
-        h_rps / n_rps,
-        h_p99 / n_p99,
-        h_cpu / n_cpu
+        rps[0] / rps[1],
+        p99[0] / p99[1],
+        cpu[0] / cpu[1]
+    );
+    println!(
+        "floor/nginx: throughput {:.2}x, CPU per request {:.2}x; herd/floor: throughput {:.2}x, CPU per request {:.2}x",
+        rps[2] / rps[1],
+        cpu[2] / cpu[1],
+        rps[0] / rps[2],
+        cpu[0] / cpu[2]
     );
     Ok(())
 }
@@ -493,7 +599,10 @@ Transfer/sec:      2.00MB";
         assert_eq!(l.requests, 120000);
         assert_eq!(
             stat_ticks("42 (tokio w) S 1 1 1 0 -1 4194560 10 0 0 0 250 75 0 0 20 0"),
-            Some(325)
+            Some(Ticks {
+                user: 250,
+                system: 75
+            })
         );
         assert_eq!(parse_duration_ms("850.00us"), Some(0.85));
         assert_eq!(parse_duration_ms("1.20s"), Some(1200.0));

@@ -2,8 +2,12 @@
 //! on `/health/ready`, retries, per-IP rate limits, a response cache for the cacheable route,
 //! `/lb-health` and an admin page.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
+use std::fmt::{self, Write as _};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,13 +18,22 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use herd_cache_cluster::http::HttpCacheLayer;
 use herd_cache_cluster::{Backend, Cache};
 use herd_lb_core::health::ActiveHealthConfig;
-use herd_lb_core::http::{HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, TrustedProxies};
-use herd_lb_core::rate_limit::{QuotaConfig, RateLimitConfig, RateLimitLayer, RouteLimit};
+use herd_lb_core::http::{
+    HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, ProxyBody, TrustedProxies,
+};
+use herd_lb_core::rate_limit::{
+    QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer, RouteLimit,
+};
 use herd_lb_core::{EndpointConfig, PolicyConfig};
-use tower::ServiceExt as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use tower::{Layer as _, Service, ServiceExt as _};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use crate::server::{ServerThread, Threads};
 
@@ -149,38 +162,105 @@ pub struct RunningGateway {
     pub server: ServerThread,
 }
 
-/// Builds the gateway's router (call inside the runtime that will serve it: the upstream's
+/// The gateway as one HTTP service: its own pages (`/lb-health`, `/admin`, and `/api/stats`
+/// through the response cache when that is on) from an axum router, and every other request
+/// straight to the upstream, without a routing table between: a proxy's requests are nearly all
+/// of the second kind.
+#[derive(Clone)]
+pub struct GatewayService {
+    pages: Router,
+    page_paths: &'static [&'static str],
+    upstream: HttpUpstream,
+}
+
+impl fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayService")
+            .field("pages", &self.page_paths)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Future of [`GatewayService`].
+pub type GatewayFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl Service<Request<Incoming>> for GatewayService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        <HttpUpstream as Service<Request<Incoming>>>::Future,
+        GatewayFuture,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The pages' router is always ready (a clone serves each page request).
+        Service::<Request<Incoming>>::poll_ready(&mut self.upstream, cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if !self.page_paths.contains(&req.uri().path()) {
+            return futures_util::future::Either::Left(self.upstream.call(req));
+        }
+        let pages = self.pages.clone();
+        futures_util::future::Either::Right(Box::pin(async move {
+            let Ok(res) = pages.oneshot(req).await;
+            // The pages are small: read them whole rather than box an unsynchronised stream.
+            let (mut parts, body) = res.into_parts();
+            let body = match body.collect().await {
+                Ok(collected) => Full::new(collected.to_bytes()),
+                Err(e) => {
+                    parts.status = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    Full::new(Bytes::from(format!("gateway page failed: {e}\n")))
+                }
+            };
+            Ok(Response::from_parts(
+                parts,
+                body.map_err(BoxError::from).boxed(),
+            ))
+        }))
+    }
+}
+
+/// What a gateway serves: [`GatewayService`], behind the rate limits when they are on.
+pub type GatewayApp = tower::util::Either<RateLimit<GatewayService>, GatewayService>;
+
+/// Builds the gateway's service (call inside the runtime that will serve it: the upstream's
 /// connection pool and health checks run there).
 ///
 /// # Errors
 /// A message naming the configuration problem.
-pub async fn router(config: &GatewayConfig) -> Result<Router, String> {
+pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
     let upstream = HttpUpstream::from_config(&config.upstream_config()?)
         .map_err(|e| format!("upstream: {e}"))?;
-    let proxy = upstream
-        .clone()
-        .map_request(|req: Request| req.map(Body::new));
-
-    let mut api = Router::new().fallback_service(proxy.clone());
+    let mut pages = Router::new()
+        .route("/lb-health", get(lb_health))
+        .route("/admin", get(admin))
+        .with_state(upstream.clone());
+    let mut page_paths: &'static [&'static str] = &["/lb-health", "/admin"];
     if config.response_cache {
         let cache = Cache::builder(Backend::memory())
             .namespace("gateway")
             .build()
             .await
             .map_err(|e| format!("response cache: {e}"))?;
+        let proxy = upstream
+            .clone()
+            .map_request(|req: Request| req.map(Body::new));
         let cached = Router::new()
-            .route_service("/api/stats", proxy.clone())
+            .route_service("/api/stats", proxy)
             .layer(HttpCacheLayer::new(cache).default_ttl(Duration::from_secs(5)));
-        api = api.merge(cached);
+        pages = pages.merge(cached);
+        page_paths = &["/lb-health", "/admin", "/api/stats"];
     }
-
-    let router = Router::new()
-        .route("/lb-health", get(lb_health))
-        .route("/admin", get(admin))
-        .with_state(upstream)
-        .merge(api);
+    let gateway = GatewayService {
+        pages,
+        page_paths,
+        upstream,
+    };
     if !config.rate_limits {
-        return Ok(router);
+        return Ok(tower::util::Either::Right(gateway));
     }
     // The guides' nginx `limit_req` zones: 100 r/s per IP on the API (bursts served at once),
     // 5 r/min per IP on the login route; everything else unlimited.
@@ -200,7 +280,7 @@ pub async fn router(config: &GatewayConfig) -> Result<Router, String> {
         ..RateLimitConfig::default()
     };
     let layer = RateLimitLayer::new(&limits).map_err(|e| format!("rate limits: {e}"))?;
-    Ok(router.layer(layer))
+    Ok(tower::util::Either::Left(layer.layer(gateway)))
 }
 
 fn trusted_proxies(list: &[String]) -> Result<TrustedProxies, String> {
@@ -220,7 +300,7 @@ pub async fn spawn(config: GatewayConfig, bind: SocketAddr) -> Result<RunningGat
         "gateway",
         bind,
         Threads::PerCore(cores),
-        move || async move { router(&config).await },
+        move || async move { app(&config).await },
     )
     .await?;
     Ok(RunningGateway { server })

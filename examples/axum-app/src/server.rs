@@ -5,14 +5,51 @@
 //! independent as separate processes, and lets [`ServerThread::kill`] end one abruptly (every
 //! task and connection dropped at once, keep-alive connections included), as a crash would.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, watch};
+use tower::{Service, ServiceExt as _};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a server serves: an HTTP service, such as an axum [`Router`](axum::Router) or the gateway's
+/// [`GatewayService`](crate::gateway::GatewayService). Each request carries the client's address
+/// as `ConnectInfo<SocketAddr>` in its extensions, as `axum::serve` puts it.
+pub trait App:
+    Service<Request<Incoming>, Response = Response<Self::Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> App for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+}
 
 /// How a server thread ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,28 +116,50 @@ fn listen(bind: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tcp
     socket.listen(1024)
 }
 
-/// Serves `router` on `listener` until told to stop; returns how it was stopped.
-async fn serve(
+/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, with upgrades) until told to stop; returns
+/// how it was stopped. A graceful stop closes the listener and lets open connections finish their
+/// requests, for up to 10 s.
+async fn serve<A: App>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    app: A,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Stop {
-    let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = graceful_rx.await;
-            })
-            .await;
-    });
-    let how = match stop.wait_for(Option::is_some).await {
-        Ok(how) => how.unwrap_or(Stop::Kill),
-        Err(_) => Stop::Kill,
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let how = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let app = app.clone();
+                    let service = service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        app.clone().oneshot(req)
+                    });
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, %peer, "connection ended with an error");
+                        }
+                    });
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            how = stop.wait_for(Option::is_some) => {
+                break how.map_or(Stop::Kill, |how| how.unwrap_or(Stop::Kill));
+            }
+        }
     };
+    drop(listener);
     if how == Stop::Graceful {
-        let _ = graceful_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     }
     how
 }
@@ -155,20 +214,21 @@ fn shut_down(rt: tokio::runtime::Runtime, how: Stop) {
 }
 
 impl ServerThread {
-    /// Binds `bind` (port 0 for any free port), builds the router with `build` inside a new
-    /// runtime with two work-stealing workers, and serves it with the client's address available
+    /// Binds `bind` (port 0 for any free port), builds the app (an axum [`Router`](axum::Router), or any
+    /// [`App`]) with `build` inside a new runtime with two work-stealing workers, and serves it with the client's address available
     /// as `ConnectInfo<SocketAddr>`. Returns once it accepts connections.
     ///
     /// # Errors
     /// When the port cannot be bound or `build` fails (its message, prefixed with `name`).
-    pub async fn start<F, Fut>(
+    pub async fn start<F, Fut, A>(
         name: &str,
         bind: SocketAddr,
         build: F,
     ) -> Result<ServerThread, String>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Router, String>>,
+        Fut: Future<Output = Result<A, String>>,
+        A: App,
     {
         Self::start_with(name, bind, Threads::default(), build).await
     }
@@ -177,7 +237,7 @@ impl ServerThread {
     ///
     /// # Errors
     /// When the port cannot be bound, a thread or runtime cannot be started, or `build` fails.
-    pub async fn start_with<F, Fut>(
+    pub async fn start_with<F, Fut, A>(
         name: &str,
         bind: SocketAddr,
         threads: Threads,
@@ -185,13 +245,14 @@ impl ServerThread {
     ) -> Result<ServerThread, String>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Router, String>>,
+        Fut: Future<Output = Result<A, String>>,
+        A: App,
     {
         let (workers, per_core) = match threads {
             Threads::WorkStealing(n) => (n.max(1), false),
             Threads::PerCore(n) => (n.max(1), true),
         };
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<(SocketAddr, Router), String>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(SocketAddr, A), String>>();
         let (stop_tx, stop_rx) = watch::channel::<Option<Stop>>(None);
         let label = name.to_owned();
         let first_stop = stop_rx.clone();
@@ -208,7 +269,7 @@ impl ServerThread {
                         return Stop::Kill;
                     }
                 };
-                let router = match build().await {
+                let app = match build().await {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = ready_tx.send(Err(format!("{label}: {e}")));
@@ -222,8 +283,8 @@ impl ServerThread {
                         return Stop::Kill;
                     }
                 };
-                let _ = ready_tx.send(Ok((addr, router.clone())));
-                serve(listener, router, first_stop).await
+                let _ = ready_tx.send(Ok((addr, app.clone())));
+                serve(listener, app, first_stop).await
             },
         )?;
         let mut server = ServerThread {
@@ -232,10 +293,10 @@ impl ServerThread {
             stop: Some(stop_tx),
             threads: vec![first],
         };
-        let router = match ready_rx.await {
-            Ok(Ok((addr, router))) => {
+        let app = match ready_rx.await {
+            Ok(Ok((addr, app))) => {
                 server.addr = addr;
-                router
+                app
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => {
@@ -247,7 +308,7 @@ impl ServerThread {
         if per_core {
             for i in 1..workers {
                 let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
-                let (router, stop, addr) = (router.clone(), stop_rx.clone(), server.addr);
+                let (app, stop, addr) = (app.clone(), stop_rx.clone(), server.addr);
                 let label = format!("{name} thread {i}");
                 let thread = spawn_thread(
                     name,
@@ -258,7 +319,7 @@ impl ServerThread {
                         match listen(addr, true) {
                             Ok(listener) => {
                                 let _ = ready_tx.send(Ok(()));
-                                serve(listener, router, stop).await
+                                serve(listener, app, stop).await
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(format!("{label}: bind {addr}: {e}")));

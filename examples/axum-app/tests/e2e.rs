@@ -52,6 +52,17 @@ async fn health_answers_through_the_gateway() {
     for url in &d.instance_urls {
         assert!(admin.contains(url.trim_start_matches("http://")), "{admin}");
     }
+
+    // The cacheable route goes through the gateway's response cache: the first answer is
+    // fetched, the next one comes from the cache, with the same body.
+    let stats = format!("{}/api/stats", d.gateway.server.url());
+    let first = c.get(&stats).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let first_body = first.text().await.unwrap();
+    let second = c.get(&stats).send().await.unwrap();
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    assert_eq!(second.text().await.unwrap(), first_body);
 }
 
 #[tokio::test]

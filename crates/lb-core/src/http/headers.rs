@@ -1,5 +1,6 @@
 //! Proxy header handling: hop-by-hop removal and `X-Forwarded-*`.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -43,9 +44,28 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `ip` as a header value, formatted without `fmt` for IPv4 (this runs for every proxied
-/// request, twice).
+thread_local! {
+    /// The address this thread formatted last, and its value: a connection's requests, and the
+    /// two headers of one request, share their client.
+    static LAST_IP: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ip` as a header value. This runs twice for every proxied request (`X-Forwarded-For`,
+/// `X-Real-IP`), so the last one formatted on this thread is kept: a clone of it is a reference
+/// count, where formatting is a check and an allocation.
 pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    LAST_IP.with_borrow_mut(|last| match last {
+        Some((cached, value)) if *cached == ip => value.clone(),
+        _ => {
+            let value = format_ip(ip);
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
+}
+
+/// `ip` formatted, without `fmt` for IPv4.
+fn format_ip(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {
             let mut buf = [0_u8; 15];
@@ -146,6 +166,16 @@ mod tests {
             "2001:db8::7",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(format_ip(ip), ip.to_string().as_str());
+            assert_eq!(ip_header_value(ip), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn the_kept_ip_value_follows_the_address() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for ip in [a, a, b, b, a, b] {
             assert_eq!(ip_header_value(ip), ip.to_string().as_str());
         }
     }

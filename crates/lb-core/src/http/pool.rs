@@ -84,9 +84,8 @@ impl EndpointPool {
         })
     }
 
-    /// The most recently used idle connection that is still open and fresh.
-    fn checkout(self: &Arc<Self>) -> Option<Sender> {
-        let now = Instant::now();
+    /// The most recently used idle connection that is still open and fresh at `now`.
+    fn checkout(self: &Arc<Self>, now: Instant) -> Option<Sender> {
         self.with_idle(|idle| {
             while let Some(c) = idle.pop() {
                 if !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout {
@@ -97,17 +96,16 @@ impl EndpointPool {
         })
     }
 
-    /// Keeps a connection whose exchange is over, if it is open and the pool has room.
-    fn checkin(self: &Arc<Self>, sender: Sender) {
+    /// Keeps a connection whose exchange is over, if it is open and the pool has room. `since`
+    /// is when the exchange started: its idle time is counted from then, which retires it a
+    /// little early rather than late, for one clock read per request instead of two.
+    fn checkin(self: &Arc<Self>, sender: Sender, since: Instant) {
         if sender.is_closed() {
             return;
         }
         self.with_idle(|idle| {
             if idle.len() < self.max_idle {
-                idle.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
+                idle.push(Idle { sender, since });
             }
         });
     }
@@ -135,8 +133,9 @@ impl EndpointPool {
         self: Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, (UpstreamErrorKind, BoxError)> {
+        let started = Instant::now();
         loop {
-            let (mut sender, reused) = match self.checkout() {
+            let (mut sender, reused) = match self.checkout(started) {
                 Some(sender) => (sender, true),
                 None => match self.connect().await {
                     Ok(sender) => (sender, false),
@@ -154,7 +153,7 @@ impl EndpointPool {
                     return Ok(res.map(|body| PooledBody {
                         body,
                         done: false,
-                        connection: Some((sender, self)),
+                        connection: Some((sender, self, started)),
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -172,7 +171,7 @@ impl EndpointPool {
 pub struct PooledBody {
     body: Incoming,
     done: bool,
-    connection: Option<(Sender, Arc<EndpointPool>)>,
+    connection: Option<(Sender, Arc<EndpointPool>, Instant)>,
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -214,9 +213,9 @@ impl Body for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         if (self.done || self.body.is_end_stream())
-            && let Some((sender, pool)) = self.connection.take()
+            && let Some((sender, pool, since)) = self.connection.take()
         {
-            pool.checkin(sender);
+            pool.checkin(sender, since);
         }
     }
 }

@@ -16,7 +16,6 @@ use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
-use tower::ServiceExt;
 use tower_service::Service;
 
 use super::body::UpstreamBody;
@@ -453,14 +452,12 @@ impl HttpUpstream {
         self.balancer.endpoints()
     }
 
-    async fn forward<B>(self, req: Request<B>) -> Response<ProxyBody>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    /// Makes `req` the request that goes upstream: hop-by-hop headers dropped, `X-Forwarded-For`
+    /// (with the peer appended), `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host` set.
+    fn rewrite<B>(&self, req: &mut Request<B>) {
         let settings = &self.settings;
-        let peer = peer_addr(&req).map(|a| a.ip());
-        let client = client_ip(&req, &settings.trusted_proxies);
+        let peer = peer_addr(req).map(|a| a.ip());
+        let client = client_ip(req, &settings.trusted_proxies);
         let proto =
             settings
                 .forwarded_proto
@@ -469,52 +466,42 @@ impl HttpUpstream {
                     Some("https") => HeaderValue::from_static("https"),
                     _ => HeaderValue::from_static("http"),
                 });
-        let (mut parts, body) = req.into_parts();
-        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
+        let original_host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        remove_hop_by_hop(&mut parts.headers);
+        let headers = req.headers_mut();
+        remove_hop_by_hop(headers);
         if let Some(peer) = peer {
             let trusted = settings.trusted_proxies.contains(peer);
-            append_forwarded_for(&mut parts.headers, peer, trusted);
+            append_forwarded_for(headers, peer, trusted);
         }
         if let Some(ip) = client {
-            parts.headers.insert(X_REAL_IP, ip_header_value(ip));
+            headers.insert(X_REAL_IP, ip_header_value(ip));
         }
-        parts.headers.insert(X_FORWARDED_PROTO, proto);
+        headers.insert(X_FORWARDED_PROTO, proto);
         if let Some(host) = original_host {
             // With `preserve_host` the client's host goes upstream also when it came in the
             // URI (HTTP/2's `:authority`) rather than in a `Host` header.
-            if settings.preserve_host && !parts.headers.contains_key(HOST) {
-                parts.headers.insert(HOST, host.clone());
+            if settings.preserve_host && !headers.contains_key(HOST) {
+                headers.insert(HOST, host.clone());
             }
-            parts.headers.insert(X_FORWARDED_HOST, host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
+    }
+}
 
-        let body = match prepare_body(body, settings.retry_buffer_limit).await {
-            Ok(body) => body,
-            Err(e) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading the request body: {e}"),
-                );
-            }
-        };
-        match self
-            .balancer
-            .oneshot(Request::from_parts(parts, body))
-            .await
-        {
-            Ok(res) => {
-                let (mut parts, body) = res.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
-            }
-            Err(e) => failure_response(&e),
+/// The endpoint's answer as the client gets it (hop-by-hop headers dropped), or the failure as
+/// an error response.
+fn respond(result: Result<Response<PooledBody>, BoxError>) -> Response<ProxyBody> {
+    match result {
+        Ok(res) => {
+            let (mut parts, body) = res.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
+        Err(e) => failure_response(&e),
     }
 }
 
@@ -542,9 +529,6 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if body.is_end_stream() {
-        return Ok(UpstreamBody::full(Bytes::new()));
-    }
     let small = body.size_hint().upper().is_some_and(|n| n <= limit as u64);
     if small {
         let collected = body.collect().await.map_err(Into::into)?;
@@ -597,12 +581,38 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The balancer is always ready (it picks when called); its failures become responses.
+        self.balancer.poll_ready(cx).map(|_| Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        self.rewrite(&mut req);
+        let (parts, body) = req.into_parts();
+        if body.is_end_stream() {
+            // No body (most requests): straight to the balancer, nothing to read first.
+            let response = self
+                .balancer
+                .call(Request::from_parts(parts, UpstreamBody::full(Bytes::new())));
+            return Box::pin(async move { Ok(respond(response.await)) });
+        }
+        let mut balancer = self.balancer.clone();
+        let limit = self.settings.retry_buffer_limit;
+        Box::pin(async move {
+            let body = match prepare_body(body, limit).await {
+                Ok(body) => body,
+                Err(e) => {
+                    return Ok(error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {e}"),
+                    ));
+                }
+            };
+            if let Err(e) = std::future::poll_fn(|cx| balancer.poll_ready(cx)).await {
+                return Ok(failure_response(&e));
+            }
+            let response = balancer.call(Request::from_parts(parts, body));
+            Ok(respond(response.await))
+        })
     }
 }
