@@ -1,6 +1,8 @@
 //! herd-session: one axum request whose handler reads a counter from the session and writes it
 //! back incremented, called in process (no socket) with the session cookie, so every iteration
-//! is cookie check -> load -> get -> insert -> save -> Set-Cookie.
+//! is cookie check -> load -> get -> insert -> save. tower-sessions answers every such request
+//! with a `Set-Cookie`; herd (default rolling expiry) sends one only when the id is new or the
+//! expiry moves, at most once per half idle timeout, so not within a run.
 //!
 //! * `axum_without_session`: the same route with no session layer, for scale: what the
 //!   router, request and response cost on their own.

@@ -203,9 +203,13 @@ impl From<SameSite> for cookie::SameSite {
 pub enum TtlExtension {
     /// Any request that reads the session keeps it alive. To spare the store, a read-only
     /// request touches it only once less than half the idle timeout is left, so a busy session
-    /// costs at most one touch per half idle timeout.
+    /// costs at most one touch per half idle timeout. Saves follow the same rule: a save keeps
+    /// the expiry it finds (and the response carries no `Set-Cookie`) unless moving it gains at
+    /// least half the idle timeout, so the cookie's Max-Age and the store's expiry move
+    /// together, at most once per half idle timeout.
     OnEveryRequest,
-    /// Only requests that change the session keep it alive.
+    /// Only requests that change the session keep it alive: every save extends the expiry
+    /// to the full idle timeout and sends the cookie with the new Max-Age.
     OnStateChanges,
 }
 
