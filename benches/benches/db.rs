@@ -13,6 +13,7 @@
 //!   deliver a round trip's answer costs tens of microseconds, varying from second to second,
 //!   far more than the router's own work. Any other thread preempts a spinner at once, so the
 //!   queries run as before, without that wake-up noise (as `idle=poll` would, machine-wide).
+//!   `HERD_BENCH_SPIN=0` turns them off (under valgrind, say).
 //! - `db_classify`: every statement of the classifier corpus
 //!   (`crates/db-router/tests/corpus.txt`) classified by `herd` (herd_db_router::classify) and
 //!   by `sqlparser` (parse with the PostgreSQL dialect, then decide from the AST: pgcat's
@@ -210,9 +211,15 @@ struct Spinners {
 }
 
 impl Spinners {
+    /// Starts them, unless `HERD_BENCH_SPIN=0` (e.g. under valgrind, which runs one thread at a
+    /// time).
     fn start() -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let cores = if std::env::var("HERD_BENCH_SPIN").is_ok_and(|v| v == "0") {
+            0
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        };
         let threads = (0..cores)
             .map(|_| {
                 let stop = Arc::clone(&stop);
