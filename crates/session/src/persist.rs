@@ -80,7 +80,7 @@ impl Session {
             }
             return true;
         }
-        if let Some(error) = self.state().failure.clone() {
+        if let Some(error) = self.failure() {
             if shared.config.on_store_error == OnStoreError::ServiceUnavailable {
                 *response = error_response(&SessionError::Store(error));
             }

@@ -115,6 +115,9 @@ struct Inner {
     /// Set once the session is loaded at once (a store that answers in place, or nothing to
     /// load), or destroyed: no semaphore to take and close for the common case.
     loaded_now: AtomicBool,
+    /// Set when a store failure is recorded in the state, so that the checks for one on every
+    /// session call need no lock while there is none.
+    failed: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -167,6 +170,7 @@ impl Session {
                 presented,
                 loaded: OnceCell::new(),
                 loaded_now: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -216,13 +220,28 @@ impl Session {
         self.inner.loaded_now.load(Ordering::Acquire) || self.inner.loaded.initialized()
     }
 
+    /// The store failure this request met, if any.
+    #[inline]
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        if self.inner.failed.load(Ordering::Acquire) {
+            self.state().failure.clone()
+        } else {
+            None
+        }
+    }
+
+    fn record_failure(&self, state: &mut State, error: StoreError) {
+        state.failure = Some(error);
+        self.inner.failed.store(true, Ordering::Release);
+    }
+
     /// Reads the session from the store, once per request.
     pub(crate) async fn ensure_loaded(&self) -> Result<(), SessionError> {
         if !self.is_loaded() && !self.load_now() {
             self.inner.loaded.get_or_init(|| self.load()).await;
         }
-        match &self.state().failure {
-            Some(error) => Err(SessionError::Store(error.clone())),
+        match self.failure() {
+            Some(error) => Err(SessionError::Store(error)),
             None => Ok(()),
         }
     }
@@ -252,12 +271,12 @@ impl Session {
             // Loaded (or destroyed) meanwhile: use that.
             return true;
         }
-        self.inner.loaded_now.store(true, Ordering::Release);
         if let Some((id, key, loaded)) = loaded {
             let loaded =
                 loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)));
             self.apply_load(&mut state, loaded);
         }
+        self.inner.loaded_now.store(true, Ordering::Release);
         true
     }
 
@@ -319,7 +338,7 @@ impl Session {
                 shared.metrics.store_error(error.operation().as_str());
                 tracing::warn!(%error, "session load failed");
                 if shared.config.on_store_error == OnStoreError::ServiceUnavailable {
-                    state.failure = Some(error);
+                    self.record_failure(state, error);
                 }
             }
         }
@@ -451,7 +470,7 @@ impl Session {
                 .metrics
                 .store_error(error.operation().as_str());
             if self.shared().config.on_store_error == OnStoreError::ServiceUnavailable {
-                self.state().failure = Some(error.clone());
+                self.record_failure(&mut self.state(), error.clone());
             }
             return Err(error.into());
         }
