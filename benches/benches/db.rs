@@ -25,7 +25,7 @@
 use std::hint::black_box;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -132,33 +132,46 @@ where
         .expect("select")
 }
 
-/// Time spent in every query of the group, both sides, in all iterations of both ids:
-/// `[router, direct]`.
+/// Every pair of the group (both ids): `[router, direct]` nanoseconds.
 #[derive(Debug, Default)]
-struct PairTotals {
-    nanos: [AtomicU64; 2],
-    queries: AtomicU64,
-}
+struct Pairs(std::sync::Mutex<Vec<[u64; 2]>>);
 
-impl PairTotals {
+impl Pairs {
     fn add(&self, router: Duration, direct: Duration) {
-        for (total, d) in self.nanos.iter().zip([router, direct]) {
-            total.fetch_add(
-                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Ok(mut pairs) = self.0.lock() {
+            pairs.push([nanos(router), nanos(direct)]);
         }
-        self.queries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `(router µs per query, direct µs per query, ratio)`.
-    fn summary(&self) -> (f64, f64, f64) {
-        let n = self.queries.load(Ordering::Relaxed).max(1) as f64;
-        let [router, direct] = self
-            .nanos
-            .each_ref()
-            .map(|t| t.load(Ordering::Relaxed) as f64 / n / 1e3);
-        (router, direct, router / direct)
+    /// A line with the pairs' count, the mean and median of each side, and the median of the
+    /// per-pair ratios (robust to the stalls this machine throws into single queries).
+    fn summary(&self) -> String {
+        let pairs = self.0.lock().map(|p| p.clone()).unwrap_or_default();
+        let n = pairs.len().max(1);
+        let mean = |i: usize| pairs.iter().map(|p| p[i] as f64).sum::<f64>() / n as f64 / 1e3;
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let side = |i: usize| median(pairs.iter().map(|p| p[i] as f64 / 1e3).collect());
+        let ratio = median(
+            pairs
+                .iter()
+                .map(|p| p[0] as f64 / (p[1].max(1)) as f64)
+                .collect(),
+        );
+        format!(
+            "{} pairs: router_auto mean {:.1} µs, median {:.1} µs; direct_pool mean {:.1} µs, median {:.1} µs; \
+             mean ratio {:.4}x, median ratio {:.4}x, median of per-pair ratios {ratio:.4}x",
+            pairs.len(),
+            mean(0),
+            side(0),
+            mean(1),
+            side(1),
+            mean(0) / mean(1),
+            side(0) / side(1),
+        )
     }
 }
 
@@ -169,7 +182,7 @@ async fn paired(
     router: &DbRouter,
     direct: &PgPool,
     timed: Side,
-    totals: &PairTotals,
+    totals: &Pairs,
     id: impl Fn() -> i32,
 ) -> Duration {
     let mut spent = Duration::ZERO;
@@ -314,7 +327,7 @@ fn query(c: &mut Criterion) {
     // Paired: every iteration runs one query each way and reports the time of its own, so both
     // ids see the same mix of work; only the reported side differs.
     let (direct, router) = (&direct, &router);
-    let totals = &PairTotals::default();
+    let totals = &Pairs::default();
     let spinners = Spinners::start();
     group.bench_function("direct_pool", |b| {
         b.to_async(&rt)
@@ -329,11 +342,7 @@ fn query(c: &mut Criterion) {
     // The two ids run one after the other, seconds apart, and this machine's round trips drift
     // by more than the 3 % asked between such windows. Over every pair of both ids, each router
     // query ran next to a direct one, at the same moments: that ratio does not drift.
-    let (router_us, direct_us, ratio) = totals.summary();
-    println!(
-        "db_query paired over both ids ({} pairs): router_auto {router_us:.1} µs, direct_pool {direct_us:.1} µs per query: {ratio:.4}x",
-        totals.queries.load(Ordering::Relaxed)
-    );
+    println!("db_query paired over both ids: {}", totals.summary());
     rt.block_on(async {
         router.close().await;
         direct.close().await;

@@ -147,14 +147,20 @@ impl Shared {
             Some(client) => {
                 if client.take_unsettled() {
                     // The client wrote in this scope: its reads must see that write.
-                    match self.writer_lsn().await {
+                    // The rare paths are boxed: kept inline, their futures would make every
+                    // read's future (moved a few times per query) several times larger.
+                    match Box::pin(self.writer_lsn()).await {
                         Ok(lsn) => client.advance(lsn),
                         Err(e) => {
                             tracing::debug!(error = %e, "cannot read the primary's LSN: reading from the primary");
                             client.mark_write();
-                            return self
-                                .run_on_writer(route, parts.into_query(), op, false)
-                                .await;
+                            return Box::pin(self.run_on_writer(
+                                route,
+                                parts.into_query(),
+                                op,
+                                false,
+                            ))
+                            .await;
                         }
                     }
                 }
@@ -166,7 +172,7 @@ impl Shared {
             let lease = match self.pick_replica(required, &tried) {
                 Some(lease) => Some(lease),
                 None => match required {
-                    Some(lsn) => self.wait_for_replay(lsn, &tried).await,
+                    Some(lsn) => Box::pin(self.wait_for_replay(lsn, &tried)).await,
                     None => None,
                 },
             };
@@ -181,9 +187,7 @@ impl Shared {
                 };
                 self.fallback_node("query", reason)
                     .map_err(Error::into_sqlx)?;
-                return self
-                    .run_on_writer(route, parts.into_query(), op, false)
-                    .await;
+                return Box::pin(self.run_on_writer(route, parts.into_query(), op, false)).await;
             };
             metrics::query(&node.metric_keys, route);
             let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
@@ -201,9 +205,7 @@ impl Shared {
                     Lease::finish(lease, Outcome::Success);
                     metrics::misroute(&node.metric_keys);
                     tracing::warn!(node = %node.name, sql = parts.sql.as_str(), "a replica refused the statement as a write: retrying on the primary");
-                    return self
-                        .run_on_writer(route, parts.into_query(), op, true)
-                        .await;
+                    return Box::pin(self.run_on_writer(route, parts.into_query(), op, true)).await;
                 }
                 Err(e) => {
                     // The node answered: the statement itself failed.
