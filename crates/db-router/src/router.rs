@@ -110,6 +110,7 @@ impl Drop for Shared {
 pub struct DbRouterBuilder {
     config: RouterConfig,
     seed: Option<u64>,
+    pools: Vec<(String, PgPool)>,
 }
 
 impl DbRouterBuilder {
@@ -120,13 +121,35 @@ impl DbRouterBuilder {
         self
     }
 
+    /// Uses `pool`, an existing sqlx pool, for the node named `node` (`primary`, `replica1`, …,
+    /// or the name it was given) instead of creating one from the node's `pool` settings: the
+    /// router and the rest of the application then share its connections. The node's URL still
+    /// identifies it, and the monitor still checks it over its own connection.
+    /// [`DbRouter::close`] closes it with the others. A name that no node has is refused by
+    /// [`build`](Self::build).
+    pub fn pool(mut self, node: impl Into<String>, pool: PgPool) -> Self {
+        self.pools.push((node.into(), pool));
+        self
+    }
+
     /// Validates the configuration, creates the pools (lazily: no connection is needed
     /// yet), runs one check of every node so roles are known, and starts the monitor.
     ///
     /// Fails only on invalid configuration; unreachable nodes are reported by
     /// [`DbRouter::status`] and retried every `check_interval`.
-    pub async fn build(self) -> Result<DbRouter, Error> {
+    pub async fn build(mut self) -> Result<DbRouter, Error> {
         let specs = self.config.node_specs()?;
+        if let Some((unknown, _)) = self
+            .pools
+            .iter()
+            .find(|(name, _)| !specs.iter().any(|s| &s.name == name))
+        {
+            return Err(Error::config(
+                Some(unknown),
+                "pool",
+                "no node has this name, so the pool given for it cannot be used",
+            ));
+        }
         let policy = self
             .config
             .selection
@@ -148,7 +171,12 @@ impl DbRouterBuilder {
             } else {
                 None
             };
-            nodes.push(node_from_spec(spec, name, read_slot));
+            let given = self
+                .pools
+                .iter()
+                .position(|(n, _)| *n == spec.name)
+                .map(|i| self.pools.swap_remove(i).1);
+            nodes.push(node_from_spec(spec, name, read_slot, given));
         }
         // Nothing is eligible until the first check says so.
         let all_reads: Vec<usize> = (0..reads.len()).collect();
@@ -177,16 +205,30 @@ impl DbRouterBuilder {
     }
 }
 
-fn node_from_spec(spec: NodeSpec, name: Arc<str>, read_slot: Option<usize>) -> Node {
+fn node_from_spec(
+    spec: NodeSpec,
+    name: Arc<str>,
+    read_slot: Option<usize>,
+    given: Option<PgPool>,
+) -> Node {
     let pool_config = &spec.pool;
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_config.max_connections)
-        .min_connections(pool_config.min_connections)
-        .acquire_timeout(pool_config.acquire_timeout)
-        .idle_timeout(pool_config.idle_timeout)
-        .max_lifetime(pool_config.max_lifetime)
-        .test_before_acquire(pool_config.test_before_acquire)
-        .connect_lazy_with(spec.connect.clone());
+    let (pool, max_connections) = match given {
+        Some(pool) => {
+            let max = pool.options().get_max_connections();
+            (pool, max)
+        }
+        None => (
+            PgPoolOptions::new()
+                .max_connections(pool_config.max_connections)
+                .min_connections(pool_config.min_connections)
+                .acquire_timeout(pool_config.acquire_timeout)
+                .idle_timeout(pool_config.idle_timeout)
+                .max_lifetime(pool_config.max_lifetime)
+                .test_before_acquire(pool_config.test_before_acquire)
+                .connect_lazy_with(spec.connect.clone()),
+            pool_config.max_connections,
+        ),
+    };
     Node {
         metric_keys: crate::metrics::NodeKeys::new(&name),
         name,
@@ -194,7 +236,7 @@ fn node_from_spec(spec: NodeSpec, name: Arc<str>, read_slot: Option<usize>) -> N
         weight: spec.weight,
         pool,
         connect: spec.connect,
-        max_connections: pool_config.max_connections,
+        max_connections,
         read_slot,
         state: NodeState::default(),
         down: Notify::new(),
@@ -204,7 +246,11 @@ fn node_from_spec(spec: NodeSpec, name: Arc<str>, read_slot: Option<usize>) -> N
 impl DbRouter {
     /// Starts building a router from `config`.
     pub fn builder(config: RouterConfig) -> DbRouterBuilder {
-        DbRouterBuilder { config, seed: None }
+        DbRouterBuilder {
+            config,
+            seed: None,
+            pools: Vec::new(),
+        }
     }
 
     /// Builds a router from `config` with OS entropy for selection; see

@@ -382,3 +382,47 @@ fn has_parameter(sql: &str) -> bool {
         .windows(2)
         .any(|w| w[0] == b'$' && w[1].is_ascii_digit())
 }
+
+#[tokio::test]
+async fn a_pool_given_for_a_node_serves_it_and_an_unknown_node_name_is_refused() {
+    let pg = shared::pg().await.unwrap();
+    let replica1: sqlx::postgres::PgConnectOptions = pg.replica_urls()[0].parse().unwrap();
+    let mine = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(replica1.application_name("given-pool"))
+        .await
+        .unwrap();
+    let router = DbRouter::builder(config(pg))
+        .seed(7)
+        .pool("replica1", mine.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut names = HashSet::new();
+    for _ in 0..40 {
+        let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+            .fetch_one(&router)
+            .await
+            .unwrap();
+        names.insert(name);
+    }
+    assert!(
+        names.contains("given-pool"),
+        "reads on replica1 should use the given pool: {names:?}"
+    );
+    assert!(
+        names.len() == 2,
+        "replica2 keeps a pool of the router's own: {names:?}"
+    );
+    router.close().await;
+
+    let err = DbRouter::builder(config(pg))
+        .pool("replica9", mine)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config { node: Some(n), field: "pool", .. } if n == "replica9"),
+        "{err}"
+    );
+}
