@@ -69,6 +69,18 @@ pub struct UpstreamError {
 }
 
 impl UpstreamError {
+    pub(crate) fn new(
+        endpoint: &Authority,
+        kind: UpstreamErrorKind,
+        source: Option<BoxError>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            kind,
+            source,
+        }
+    }
+
     /// The endpoint (`host:port`).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -108,13 +120,6 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
     }
 
     fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
-        let authority = self.pool.authority().clone();
-        // Named only when an attempt fails.
-        let failed = move |kind, source: Option<BoxError>| UpstreamError {
-            endpoint: authority.to_string(),
-            kind,
-            source,
-        };
         // Origin-form (`/path?query`) over HTTP/1.1, as nginx's `proxy_http_version 1.1`.
         let path = req
             .uri()
@@ -134,15 +139,7 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
             }
             None => {}
         }
-        let timeout = self.timeout;
-        let send = Arc::clone(&self.pool).send(req);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, send).await {
-                Ok(Ok(res)) => Ok(res),
-                Ok(Err((kind, source))) => Err(failed(kind, Some(source))),
-                Err(_) => Err(failed(UpstreamErrorKind::Timeout, None)),
-            }
-        })
+        Box::pin(Arc::clone(&self.pool).send(req, self.timeout))
     }
 }
 
