@@ -1,5 +1,6 @@
 //! [`Balancer`]: a `tower::Service` that spreads requests over an [`EndpointSet`].
 
+mod budget;
 mod future;
 mod retry;
 
@@ -11,10 +12,10 @@ use std::time::Duration;
 
 use futures_util::future::poll_fn;
 use tower::discover::{Change, Discover};
-use tower::retry::budget::{Budget, TpsBudget};
 use tower_service::Service;
 use tracing::Instrument;
 
+use budget::RetryBudget;
 pub use future::ResponseFuture;
 use future::{FirstAttempt, RetryHost};
 pub use retry::{Classify, ErrorsAreFailures, RetryConfig, RetryPolicy};
@@ -108,7 +109,7 @@ impl<Res, E> Classifier<Res, E> {
 struct Retry<Req, Res, E> {
     max_attempts: u32,
     policy: Box<dyn RetryPolicy<Req, Res, E>>,
-    budget: TpsBudget,
+    budget: RetryBudget,
 }
 
 impl<K, S: Service<Req>, Req> Clone for Balancer<K, S, Req> {
@@ -269,7 +270,7 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
             (config.max_attempts > 1).then(|| Retry {
                 max_attempts: config.max_attempts,
                 policy,
-                budget: TpsBudget::new(
+                budget: RetryBudget::new(
                     config.budget_window,
                     config.min_retries_per_second,
                     config.budget_percent / 100.0,
