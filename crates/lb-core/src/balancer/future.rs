@@ -50,6 +50,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
+        // The request until it is sent. Kept outside `state`, which is then small to replace.
+        req: Option<Req>,
         // Kept outside `state` so that moving from readiness to the call moves only the
         // endpoint's future. `guard` records the outcome in place (freeing the
         // slot at once) and is dropped with the future.
@@ -70,7 +72,6 @@ pin_project! {
     {
         Ready {
             service: S,
-            req: Option<Req>,
         },
         Called {
             #[pin]
@@ -102,10 +103,8 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
         retry: Option<FirstAttempt<S, Req>>,
     ) -> Self {
         Self {
-            state: State::Ready {
-                service,
-                req: Some(req),
-            },
+            state: State::Ready { service },
+            req: Some(req),
             guard: Some(guard),
             classify,
             span,
@@ -124,6 +123,7 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
     fn other(state: State<S, Req>) -> Self {
         Self {
             state,
+            req: None,
             guard: None,
             classify: Classifier::Default,
             span: None,
@@ -156,10 +156,10 @@ where
         let mut state = this.state;
         loop {
             let result = match state.as_mut().project() {
-                StateProj::Ready { service, req } => {
+                StateProj::Ready { service } => {
                     let _entered = this.span.as_ref().map(tracing::Span::enter);
                     let ready = ready!(service.poll_ready(cx));
-                    let Some(req) = req.take() else {
+                    let Some(req) = this.req.take() else {
                         return Poll::Ready(Err(PolledAfterCompletion.into()));
                     };
                     match ready {
