@@ -13,8 +13,8 @@
 //! timer per request would be registered in and removed from the timer wheel every time.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::body::UpstreamBody;
@@ -220,15 +221,30 @@ impl EndpointPool {
 }
 
 /// `fut`'s output, or `None` once `timer` has fired first.
-async fn before<F: Future>(timer: &mut Timer, fut: F) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+fn before<F: Future>(timer: &mut Timer, fut: F) -> Before<'_, F> {
+    Before { fut, timer }
+}
+
+pin_project! {
+    /// [`before`]'s future: a struct rather than an `async fn`, which would hold `fut` twice
+    /// and make every request's (boxed, moved) future larger.
+    struct Before<'t, F> {
+        #[pin]
+        fut: F,
+        timer: &'t mut Timer,
+    }
+}
+
+impl<F: Future> Future for Before<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+        this.timer.as_mut().poll(cx).map(|()| None)
+    }
 }
 
 /// A connection on loan to a response body.
