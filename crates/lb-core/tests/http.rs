@@ -285,6 +285,43 @@ async fn keeps_connections_alive_and_replaces_the_ones_the_server_closes() {
 }
 
 #[tokio::test]
+async fn reused_connections_keep_the_attempt_timeout() {
+    // A connection keeps its timer between requests: the deadline must follow each request,
+    // also after the timer fired while the connection sat idle.
+    let server = Server::start(named("a")).await;
+    let mut short = config(&[server.addr]);
+    short.request_timeout = Duration::from_millis(200);
+    short.balancer.retries.max_attempts = 1;
+    let upstream = HttpUpstream::from_config(&short).unwrap();
+    let get = |path: &'static str| {
+        let upstream = upstream.clone();
+        async move { text(upstream.oneshot(request("GET", path, "")).await.unwrap()).await }
+    };
+    assert_eq!(get("/").await, (StatusCode::OK, "a".to_string()));
+    // Idle past the timeout: the timer fires with nobody waiting, then serves the next request.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(get("/").await, (StatusCode::OK, "a".to_string()));
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        1,
+        "one reused connection"
+    );
+    // Back to back: each request's deadline starts with it.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(get("/").await, (StatusCode::OK, "a".to_string()));
+    }
+    let started = std::time::Instant::now();
+    let (status, _) = get("/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
 async fn failures_map_to_502_503_504() {
     // 503: no endpoints.
     let upstream = HttpUpstream::from_config(&config(&[])).unwrap();

@@ -1,5 +1,6 @@
 //! [`Balancer`]: a `tower::Service` that spreads requests over an [`EndpointSet`].
 
+mod budget;
 mod future;
 mod retry;
 
@@ -11,11 +12,12 @@ use std::time::Duration;
 
 use futures_util::future::poll_fn;
 use tower::discover::{Change, Discover};
-use tower::retry::budget::{Budget, TpsBudget};
 use tower_service::Service;
 use tracing::Instrument;
 
+use budget::RetryBudget;
 pub use future::ResponseFuture;
+use future::{FirstAttempt, RetryHost};
 pub use retry::{Classify, ErrorsAreFailures, RetryConfig, RetryPolicy};
 
 use crate::error::{Error, PickError};
@@ -107,7 +109,7 @@ impl<Res, E> Classifier<Res, E> {
 struct Retry<Req, Res, E> {
     max_attempts: u32,
     policy: Box<dyn RetryPolicy<Req, Res, E>>,
-    budget: TpsBudget,
+    budget: RetryBudget,
 }
 
 impl<K, S: Service<Req>, Req> Clone for Balancer<K, S, Req> {
@@ -268,7 +270,7 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
             (config.max_attempts > 1).then(|| Retry {
                 max_attempts: config.max_attempts,
                 policy,
-                budget: TpsBudget::new(
+                budget: RetryBudget::new(
                     config.budget_window,
                     config.min_retries_per_second,
                     config.budget_percent / 100.0,
@@ -423,28 +425,39 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let inner = &self.inner;
-        if inner.retry.is_none() {
-            // Fast path: pick now; only a full set needs the boxed, waiting path.
-            let key = inner.key.as_ref().and_then(|f| f(&req));
-            let ctx = PickContext::new().with_key(key);
-            let ctx = if inner.timed { ctx.timed() } else { ctx };
-            match pick_from(self.snapshot.load(), &inner.policy, &ctx) {
-                Ok(picked) => {
-                    let span = request_span(picked.guard.state().label(), 1);
-                    return ResponseFuture::ready(
-                        picked.service,
-                        req,
-                        picked.guard,
-                        inner.classify.clone(),
-                        span,
-                    );
-                }
-                Err(PickError::Overloaded { .. }) if !inner.queue_timeout.is_zero() => {}
-                Err(error) => return ResponseFuture::failed(error.into()),
+        let key = inner.key.as_ref().and_then(|f| f(&req));
+        if let Some(retry) = &inner.retry {
+            retry.budget.deposit();
+        }
+        // The common case picks now and drives the first attempt without boxing; only a full set
+        // (waiting for a slot) and a second attempt take the boxed path.
+        let ctx = PickContext::new().with_key(key);
+        let ctx = if inner.timed { ctx.timed() } else { ctx };
+        match pick_from(self.snapshot.load(), &inner.policy, &ctx) {
+            Ok(picked) => {
+                let span = request_span(picked.guard.state().label(), 1);
+                // A spare copy for a retry: `Retry` exists only with `max_attempts > 1`.
+                let retry = inner.retry.as_ref().and_then(|r| {
+                    let spare = r.policy.clone_request(&req)?;
+                    let host: Arc<dyn RetryHost<S, Req>> = Arc::clone(inner) as _;
+                    Some(FirstAttempt { host, spare, key })
+                });
+                return ResponseFuture::ready(
+                    picked.service,
+                    req,
+                    picked.guard,
+                    inner.classify.clone(),
+                    span,
+                    retry,
+                );
             }
+            Err(PickError::Overloaded { .. }) if !inner.queue_timeout.is_zero() => {}
+            Err(error) => return ResponseFuture::failed(error.into()),
         }
         let inner = Arc::clone(inner);
-        ResponseFuture::boxed(Box::pin(async move { inner.route(req).await }))
+        ResponseFuture::boxed(Box::pin(async move {
+            inner.route(req, key, Vec::new(), 1).await
+        }))
     }
 }
 
@@ -469,13 +482,14 @@ where
     S::Error: Into<BoxError> + Send + 'static,
     Req: Send + 'static,
 {
-    async fn route(&self, mut req: Req) -> Result<S::Response, BoxError> {
-        let key = self.key.as_ref().and_then(|f| f(&req));
-        if let Some(retry) = &self.retry {
-            retry.budget.deposit();
-        }
-        let mut tried: Vec<usize> = Vec::new();
-        let mut attempt: u32 = 1;
+    /// Attempt `attempt` and any further ones, avoiding the endpoints in `tried`.
+    async fn route(
+        &self,
+        mut req: Req,
+        key: Option<RequestKey>,
+        mut tried: Vec<usize>,
+        mut attempt: u32,
+    ) -> Result<S::Response, BoxError> {
         loop {
             let spare = match &self.retry {
                 Some(r) if attempt < r.max_attempts => r.policy.clone_request(&req),
@@ -502,19 +516,54 @@ where
             .instrument(span)
             .await;
             picked.guard.record(self.classify.classify(result.as_ref()));
-            if let (Some(retry), Some(next)) = (&self.retry, spare)
-                && retry.policy.should_retry(&next, result.as_ref())
+            if let Some(next) = spare
+                && self.may_retry(&next, result.as_ref(), attempt)
             {
-                if retry.budget.withdraw() {
-                    tracing::debug!(attempt, "retrying on another endpoint");
-                    tried.push(index);
-                    attempt += 1;
-                    req = next;
-                    continue;
-                }
-                tracing::debug!(attempt, "retry budget exhausted");
+                tried.push(index);
+                attempt += 1;
+                req = next;
+                continue;
             }
             return result.map_err(Into::into);
         }
+    }
+
+    /// Whether attempt `attempt`'s result is retried: the policy wants it and the budget allows.
+    fn may_retry(&self, req: &Req, result: Result<&S::Response, &S::Error>, attempt: u32) -> bool {
+        let Some(retry) = &self.retry else {
+            return false;
+        };
+        if !retry.policy.should_retry(req, result) {
+            return false;
+        }
+        if retry.budget.withdraw() {
+            tracing::debug!(attempt, "retrying on another endpoint");
+            return true;
+        }
+        tracing::debug!(attempt, "retry budget exhausted");
+        false
+    }
+}
+
+impl<K, S, Req> RetryHost<S, Req> for Inner<K, S, Req>
+where
+    K: EndpointKey,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    Req: Send + 'static,
+{
+    fn may_retry(&self, req: &Req, result: Result<&S::Response, &S::Error>) -> bool {
+        Inner::may_retry(self, req, result, 1)
+    }
+
+    fn retry(
+        self: Arc<Self>,
+        req: Req,
+        key: Option<RequestKey>,
+        tried: usize,
+    ) -> future::BoxedResponse<S::Response> {
+        Box::pin(async move { self.route(req, key, vec![tried], 2).await })
     }
 }

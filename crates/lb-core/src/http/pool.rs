@@ -7,8 +7,13 @@
 //! pool when its response body has been read to the end and dropped; a body dropped early
 //! closes it. Idle connections older than the idle timeout, or closed by the endpoint, are
 //! dropped when met at checkout.
+//!
+//! Each connection also keeps the timer that bounds its requests' wait for a response head: a
+//! request resets it to a later deadline, which tokio does with one atomic update, where a
+//! timer per request would be registered in and removed from the timer wheel every time.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -21,12 +26,17 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 
 use super::body::UpstreamBody;
-use super::upstream::UpstreamErrorKind;
+use super::upstream::{UpstreamError, UpstreamErrorKind};
 use crate::balancer::BoxError;
 
 type Sender = SendRequest<UpstreamBody>;
+
+/// A connection's request timer (boxed: it is pinned and moves with the connection).
+type Timer = Pin<Box<Sleep>>;
 
 /// Where and how to connect to one endpoint.
 #[derive(Debug)]
@@ -40,6 +50,7 @@ pub(crate) struct EndpointPool {
 struct Idle {
     sender: Sender,
     since: Instant,
+    timer: Option<Timer>,
 }
 
 thread_local! {
@@ -85,11 +96,11 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is still open and fresh at `now`.
-    fn checkout(self: &Arc<Self>, now: Instant) -> Option<Sender> {
+    fn checkout(self: &Arc<Self>, now: Instant) -> Option<Idle> {
         self.with_idle(|idle| {
             while let Some(c) = idle.pop() {
                 if !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout {
-                    return Some(c.sender);
+                    return Some(c);
                 }
             }
             None
@@ -99,13 +110,17 @@ impl EndpointPool {
     /// Keeps a connection whose exchange is over, if it is open and the pool has room. `since`
     /// is when the exchange started: its idle time is counted from then, which retires it a
     /// little early rather than late, for one clock read per request instead of two.
-    fn checkin(self: &Arc<Self>, sender: Sender, since: Instant) {
+    fn checkin(self: &Arc<Self>, sender: Sender, since: Instant, timer: Option<Timer>) {
         if sender.is_closed() {
             return;
         }
         self.with_idle(|idle| {
             if idle.len() < self.max_idle {
-                idle.push(Idle { sender, since });
+                idle.push(Idle {
+                    sender,
+                    since,
+                    timer,
+                });
             }
         });
     }
@@ -126,44 +141,119 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or a new one. A request
-    /// that a reused connection could not take (closed meanwhile) is sent again on another; a
-    /// failure before anything was sent is a [`UpstreamErrorKind::Connect`], safe to retry.
+    /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or a new one, and waits
+    /// at most `timeout` for the response head. A request that a reused connection could not
+    /// take (closed meanwhile) is sent again on another; a failure before anything was sent is a
+    /// [`UpstreamErrorKind::Connect`], safe to retry.
     pub(crate) async fn send(
         self: Arc<Self>,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, (UpstreamErrorKind, BoxError)> {
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
         let started = Instant::now();
+        let now = tokio::time::Instant::now();
+        // As `tokio::time::timeout` does, a deadline past what `Instant` holds means never.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+        let failed = |kind, source| UpstreamError::new(&self.authority, kind, source);
+        let mut timer: Option<Timer> = None;
         loop {
             let (mut sender, reused) = match self.checkout(started) {
-                Some(sender) => (sender, true),
-                None => match self.connect().await {
-                    Ok(sender) => (sender, false),
-                    Err(e) => return Err((UpstreamErrorKind::Connect, e)),
-                },
-            };
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+                Some(c) => {
+                    if timer.is_none()
+                        && let Some(mut t) = c.timer
+                    {
+                        // A later deadline than the timer's last: an atomic update, no
+                        // re-registration, unless the timer fired while the connection was idle.
+                        t.as_mut().reset(deadline);
+                        timer = Some(t);
+                    }
+                    (c.sender, true)
                 }
-                return Err((UpstreamErrorKind::Connect, e.into()));
+                None => {
+                    let t =
+                        timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    // Boxed: new connections are rare, and their state would make every
+                    // request's future larger.
+                    match before(t, Box::pin(self.connect())).await {
+                        Some(Ok(sender)) => (sender, false),
+                        Some(Err(e)) => return Err(failed(UpstreamErrorKind::Connect, Some(e))),
+                        None => return Err(failed(UpstreamErrorKind::Timeout, None)),
+                    }
+                }
+            };
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            match before(t, sender.ready()).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) if reused => continue,
+                Some(Err(e)) => return Err(failed(UpstreamErrorKind::Connect, Some(e.into()))),
+                None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
-            match sender.try_send_request(req).await {
-                Ok(res) => {
+            match before(t, sender.try_send_request(req)).await {
+                Some(Ok(res)) => {
                     return Ok(res.map(|body| PooledBody {
                         body,
                         done: false,
-                        connection: Some((sender, self, started)),
+                        connection: Some(Connection {
+                            sender,
+                            pool: self,
+                            since: started,
+                            timer: timer.take(),
+                        }),
                     }));
                 }
-                Err(mut e) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    Some(_) => return Err((UpstreamErrorKind::Connect, e.into_error().into())),
-                    None => return Err((UpstreamErrorKind::Request, e.into_error().into())),
+                    Some(_) => {
+                        let source = e.into_error().into();
+                        return Err(failed(UpstreamErrorKind::Connect, Some(source)));
+                    }
+                    None => {
+                        let source = e.into_error().into();
+                        return Err(failed(UpstreamErrorKind::Request, Some(source)));
+                    }
                 },
+                None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
         }
     }
+}
+
+/// `fut`'s output, or `None` once `timer` has fired first.
+fn before<F: Future>(timer: &mut Timer, fut: F) -> Before<'_, F> {
+    Before { fut, timer }
+}
+
+pin_project! {
+    /// [`before`]'s future: a struct rather than an `async fn`, which would hold `fut` twice
+    /// and make every request's (boxed, moved) future larger.
+    struct Before<'t, F> {
+        #[pin]
+        fut: F,
+        timer: &'t mut Timer,
+    }
+}
+
+impl<F: Future> Future for Before<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        this.timer.as_mut().poll(cx).map(|()| None)
+    }
+}
+
+/// A connection on loan to a response body.
+struct Connection {
+    sender: Sender,
+    pool: Arc<EndpointPool>,
+    /// When its exchange started.
+    since: Instant,
+    timer: Option<Timer>,
 }
 
 /// Body of an endpoint's response: streamed from its connection, which goes back to the pool
@@ -171,7 +261,7 @@ impl EndpointPool {
 pub struct PooledBody {
     body: Incoming,
     done: bool,
-    connection: Option<(Sender, Arc<EndpointPool>, Instant)>,
+    connection: Option<Connection>,
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -213,9 +303,9 @@ impl Body for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         if (self.done || self.body.is_end_stream())
-            && let Some((sender, pool, since)) = self.connection.take()
+            && let Some(c) = self.connection.take()
         {
-            pool.checkin(sender, since);
+            c.pool.checkin(c.sender, c.since, c.timer);
         }
     }
 }

@@ -69,6 +69,18 @@ pub struct UpstreamError {
 }
 
 impl UpstreamError {
+    pub(crate) fn new(
+        endpoint: &Authority,
+        kind: UpstreamErrorKind,
+        source: Option<BoxError>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            kind,
+            source,
+        }
+    }
+
     /// The endpoint (`host:port`).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -83,6 +95,11 @@ impl UpstreamError {
 /// One endpoint: keep-alive HTTP/1.1 connections to one `host:port`, pooled per thread.
 #[derive(Clone)]
 pub struct HttpEndpoint {
+    // One `Arc`: the balancer clones the endpoint's service for every request.
+    inner: Arc<EndpointInner>,
+}
+
+struct EndpointInner {
     pool: Arc<EndpointPool>,
     /// `Host` sent upstream (the authority), or none to keep the client's.
     host: Option<HeaderValue>,
@@ -92,8 +109,8 @@ pub struct HttpEndpoint {
 impl fmt::Debug for HttpEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpoint")
-            .field("authority", self.pool.authority())
-            .field("timeout", &self.timeout)
+            .field("authority", self.inner.pool.authority())
+            .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -108,13 +125,7 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
     }
 
     fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
-        let authority = self.pool.authority().clone();
-        // Named only when an attempt fails.
-        let failed = move |kind, source: Option<BoxError>| UpstreamError {
-            endpoint: authority.to_string(),
-            kind,
-            source,
-        };
+        let inner = &*self.inner;
         // Origin-form (`/path?query`) over HTTP/1.1, as nginx's `proxy_http_version 1.1`.
         let path = req
             .uri()
@@ -123,26 +134,18 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
-        match &self.host {
+        match &inner.host {
             Some(host) => {
                 req.headers_mut().insert(HOST, host.clone());
             }
             None if !req.headers().contains_key(HOST) => {
-                if let Ok(host) = HeaderValue::from_str(self.pool.authority().as_str()) {
+                if let Ok(host) = HeaderValue::from_str(inner.pool.authority().as_str()) {
                     req.headers_mut().insert(HOST, host);
                 }
             }
             None => {}
         }
-        let timeout = self.timeout;
-        let send = Arc::clone(&self.pool).send(req);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, send).await {
-                Ok(Ok(res)) => Ok(res),
-                Ok(Err((kind, source))) => Err(failed(kind, Some(source))),
-                Err(_) => Err(failed(UpstreamErrorKind::Timeout, None)),
-            }
-        })
+        Box::pin(Arc::clone(&inner.pool).send(req, inner.timeout))
     }
 }
 
@@ -512,14 +515,16 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
         HeaderValue::from_str(authority.as_str()).ok()
     };
     HttpEndpoint {
-        pool: Arc::new(EndpointPool::new(
-            authority,
-            settings.connect_timeout,
-            settings.idle_timeout,
-            settings.max_idle_per_host,
-        )),
-        host,
-        timeout: settings.request_timeout,
+        inner: Arc::new(EndpointInner {
+            pool: Arc::new(EndpointPool::new(
+                authority,
+                settings.connect_timeout,
+                settings.idle_timeout,
+                settings.max_idle_per_host,
+            )),
+            host,
+            timeout: settings.request_timeout,
+        }),
     }
 }
 
