@@ -120,10 +120,14 @@ async fn serve(client: TcpStream, backend: SocketAddr) -> Result<(), String> {
         let sender = Arc::clone(&sender);
         async move { send(&sender, req).await }
     });
-    hyper::server::conn::http1::Builder::new()
+    match hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), forward)
         .await
-        .map_err(|e| e.to_string())
+    {
+        // wrk closes its connections mid-request when its time is up.
+        Err(e) if !e.is_incomplete_message() => Err(e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 async fn send(
