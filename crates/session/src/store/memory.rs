@@ -97,6 +97,24 @@ impl Shard {
         }
     }
 
+    /// The live entry under `key` if it is still at `version`; otherwise what a check-and-set
+    /// save answers: the current session ([`SaveOutcome::Conflict`]) or [`SaveOutcome::Gone`].
+    fn at_version(
+        &mut self,
+        key: &StoreKey,
+        version: u64,
+        now: Instant,
+    ) -> Result<&mut Entry, SaveOutcome> {
+        let entry = self.live_mut(key, now).ok_or(SaveOutcome::Gone)?;
+        if entry.version == version {
+            return Ok(entry);
+        }
+        Err(match entry.stored(now) {
+            Some(current) => SaveOutcome::Conflict(current),
+            None => SaveOutcome::Gone,
+        })
+    }
+
     /// Makes room for one more session: sweeps expired entries when the shard has grown
     /// enough since the last sweep, and at capacity evicts the entries closest to expiring.
     fn make_room(&mut self, capacity: usize, now: Instant) {
@@ -236,15 +254,10 @@ impl MemoryStore {
     ) -> SaveOutcome {
         let now = Instant::now();
         let mut shard = self.shard(key);
-        let Some(entry) = shard.live_mut(key, now) else {
-            return SaveOutcome::Gone;
+        let entry = match shard.at_version(key, expected_version, now) {
+            Ok(entry) => entry,
+            Err(outcome) => return outcome,
         };
-        if entry.version != expected_version {
-            return match entry.stored(now) {
-                Some(current) => SaveOutcome::Conflict(current),
-                None => SaveOutcome::Gone,
-            };
-        }
         let version = expected_version.saturating_add(1);
         entry.record = record;
         entry.version = version;
@@ -262,15 +275,10 @@ impl MemoryStore {
     ) -> SaveOutcome {
         let now = Instant::now();
         let mut shard = self.shard(key);
-        let Some(entry) = shard.live_mut(key, now) else {
-            return SaveOutcome::Gone;
+        let entry = match shard.at_version(key, loaded.version, now) {
+            Ok(entry) => entry,
+            Err(outcome) => return outcome,
         };
-        if entry.version != loaded.version {
-            return match entry.stored(now) {
-                Some(current) => SaveOutcome::Conflict(current),
-                None => SaveOutcome::Gone,
-            };
-        }
         // Same version, so the request holds the stored record itself: let go of that
         // reference, and the entry's is normally the only one left and the record changes in
         // place (no copy, no new allocation). Another request still reading it gets a copy
