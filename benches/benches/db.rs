@@ -190,17 +190,10 @@ async fn paired(
 ) -> Duration {
     let mut spent = Duration::ZERO;
     for _ in 0..iters {
-        let (router_time, direct_time) = if timed == Side::Router {
-            let r = time(select(router, id())).await;
-            (r, time(select(direct, id())).await)
-        } else {
-            let d = time(select(direct, id())).await;
-            (time(select(router, id())).await, d)
-        };
-        spent += if timed == Side::Router {
-            router_time
-        } else {
-            direct_time
+        let (router_time, direct_time) = pair(router, direct, timed == Side::Router, &id).await;
+        spent += match timed {
+            Side::Router => router_time,
+            Side::Direct => direct_time,
         };
         totals.add(router_time, direct_time);
     }
@@ -212,6 +205,21 @@ async fn paired(
 enum Side {
     Router,
     Direct,
+}
+
+/// One query on `a` and one on `b`, `a` first when `a_first`; their times, `(a, b)`.
+async fn pair<'a, 'b, A, B>(a: A, b: B, a_first: bool, id: impl Fn() -> i32) -> (Duration, Duration)
+where
+    A: sqlx::Executor<'a, Database = sqlx::Postgres>,
+    B: sqlx::Executor<'b, Database = sqlx::Postgres>,
+{
+    if a_first {
+        let a = time(select(a, id())).await;
+        (a, time(select(b, id())).await)
+    } else {
+        let b = time(select(b, id())).await;
+        (time(select(a, id())).await, b)
+    }
 }
 
 async fn time(query: impl Future<Output = String>) -> Duration {
@@ -314,23 +322,9 @@ fn query(c: &mut Criterion) {
         .expect("router");
         // Same work on both sides before measuring: warm connections and statement caches.
         for id in 1..=ROWS {
-            let a: String = sqlx::query_scalar(SELECT)
-                .bind(id)
-                .fetch_one(&direct)
-                .await
-                .expect("direct");
-            let b: String = sqlx::query_scalar(SELECT)
-                .bind(id)
-                .fetch_one(&router)
-                .await
-                .expect("router");
-            assert_eq!(a, b);
-            let c: String = sqlx::query_scalar(SELECT)
-                .bind(id)
-                .fetch_one(&twin)
-                .await
-                .expect("second pool");
-            assert_eq!(a, c);
+            let a = select(&direct, id).await;
+            assert_eq!(a, select(&router, id).await);
+            assert_eq!(a, select(&twin, id).await);
         }
         (cluster, direct, twin, router)
     });
@@ -367,13 +361,7 @@ fn query(c: &mut Criterion) {
     let control = Pairs::default();
     rt.block_on(async {
         for i in 0..CONTROL_PAIRS {
-            let (a, b) = if i % 2 == 0 {
-                let a = time(select(direct, id())).await;
-                (a, time(select(twin, id())).await)
-            } else {
-                let b = time(select(twin, id())).await;
-                (time(select(direct, id())).await, b)
-            };
+            let (a, b) = pair(direct, twin, i % 2 == 0, &id).await;
             control.add(a, b);
         }
     });
