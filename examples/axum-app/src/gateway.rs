@@ -162,6 +162,11 @@ pub struct RunningGateway {
     pub server: ServerThread,
 }
 
+/// The gateway's own pages, and the route it caches.
+const LB_HEALTH: &str = "/lb-health";
+const ADMIN: &str = "/admin";
+const CACHED: &str = "/api/stats";
+
 /// The gateway as one HTTP service: its own pages (`/lb-health`, `/admin`, and `/api/stats`
 /// through the response cache when that is on) from an axum router, and every other request
 /// straight to the upstream, without a routing table between: a proxy's requests are nearly all
@@ -235,10 +240,10 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
     let upstream = HttpUpstream::from_config(&config.upstream_config()?)
         .map_err(|e| format!("upstream: {e}"))?;
     let mut pages = Router::new()
-        .route("/lb-health", get(lb_health))
-        .route("/admin", get(admin))
+        .route(LB_HEALTH, get(lb_health))
+        .route(ADMIN, get(admin))
         .with_state(upstream.clone());
-    let mut page_paths: &'static [&'static str] = &["/lb-health", "/admin"];
+    let mut page_paths: &'static [&'static str] = &[LB_HEALTH, ADMIN];
     if config.response_cache {
         let cache = Cache::builder(Backend::memory())
             .namespace("gateway")
@@ -249,10 +254,10 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
             .clone()
             .map_request(|req: Request| req.map(Body::new));
         let cached = Router::new()
-            .route_service("/api/stats", proxy)
+            .route_service(CACHED, proxy)
             .layer(HttpCacheLayer::new(cache).default_ttl(Duration::from_secs(5)));
         pages = pages.merge(cached);
-        page_paths = &["/lb-health", "/admin", "/api/stats"];
+        page_paths = &[LB_HEALTH, ADMIN, CACHED];
     }
     let gateway = GatewayService {
         pages,
