@@ -190,6 +190,76 @@ async fn forwards_with_proxy_headers_and_body() {
 }
 
 #[tokio::test]
+async fn the_peer_can_come_from_the_connection_instead_of_the_request() {
+    let server = Server::start(named("a")).await;
+    let upstream = HttpUpstream::from_config(&config(&[server.addr])).unwrap();
+    let echo = |upstream: HttpUpstream, req: Request<Body>| async move {
+        text(upstream.oneshot(req).await.unwrap()).await.1
+    };
+    let bare = || {
+        let mut req = request("POST", "/echo", "x");
+        req.extensions_mut().clear();
+        req.headers_mut()
+            .insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        req
+    };
+    // No peer anywhere: neither the client's X-Forwarded-For nor its X-Real-IP goes on.
+    let body = echo(upstream.clone(), bare()).await;
+    assert!(body.contains("|xff=6.6.6.6|real=|"), "{body}");
+    // The connection's peer, with no extension in the request.
+    let peer: SocketAddr = "203.0.113.7:5000".parse().unwrap();
+    let body = echo(upstream.clone().with_peer(peer), bare()).await;
+    assert!(
+        body.contains("|xff=203.0.113.7|real=203.0.113.7|"),
+        "{body}"
+    );
+    // Behind a trusted proxy the client is still found in X-Forwarded-For.
+    let mut trusted = config(&[server.addr]);
+    trusted.trusted_proxies = herd_lb_core::http::TrustedProxies::new(["203.0.113.0/24"]).unwrap();
+    let upstream = HttpUpstream::from_config(&trusted).unwrap().with_peer(peer);
+    let body = echo(upstream, bare()).await;
+    assert!(
+        body.contains("|xff=6.6.6.6, 203.0.113.7|real=6.6.6.6|"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn client_ip_hashing_keeps_each_client_on_one_endpoint() {
+    let servers = [
+        Server::start(named("a")).await,
+        Server::start(named("b")).await,
+        Server::start(named("c")).await,
+    ];
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let mut config = config(&addrs);
+    config.balancer.policy = herd_lb_core::PolicyConfig::ConsistentHash {
+        balance_factor: 1.25,
+    };
+    config.hash_key = Some(herd_lb_core::http::HashKeyConfig::ClientIp);
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for client in 0..40 {
+        let peer: SocketAddr = format!("198.51.100.{client}:4000").parse().unwrap();
+        let mut served = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let req = Request::get("/").body(Body::empty()).unwrap();
+            let (status, name) =
+                text(upstream.clone().with_peer(peer).oneshot(req).await.unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            served.insert(name);
+        }
+        assert_eq!(served.len(), 1, "client {peer} was served by {served:?}");
+        seen.extend(served);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "40 clients spread over all endpoints: {seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn streams_large_bodies_and_reuses_connections() {
     let server = Server::start(named("a")).await;
     let upstream = HttpUpstream::from_config(&config(&[server.addr])).unwrap();

@@ -14,28 +14,25 @@ use tokio::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use herd_cache_cluster::http::HttpCacheLayer;
 use herd_cache_cluster::{Backend, Cache};
 use herd_lb_core::health::ActiveHealthConfig;
 use herd_lb_core::http::{
-    HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, ProxyBody, TrustedProxies,
+    HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, ProxyBody, ProxyFuture, TrustedProxies,
 };
 use herd_lb_core::rate_limit::{
     QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer, RouteLimit,
 };
 use herd_lb_core::{EndpointConfig, PolicyConfig};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tower::{Layer as _, Service, ServiceExt as _};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-use crate::server::{ServerThread, Threads};
+use crate::server::{App, ServerThread, Threads, WithConnectInfo};
 
 /// The gateway's balancing policy (`--policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -176,6 +173,21 @@ pub struct GatewayService {
     pages: Router,
     page_paths: &'static [&'static str],
     upstream: HttpUpstream,
+    /// The client, when this copy serves one connection (see [`GatewayService::connection`]).
+    peer: Option<SocketAddr>,
+}
+
+impl GatewayService {
+    /// This service for the requests of one connection from `peer`: the upstream takes the
+    /// client from here, and only page requests get it as `ConnectInfo<SocketAddr>`.
+    pub fn connection(&self, peer: SocketAddr) -> Self {
+        Self {
+            pages: self.pages.clone(),
+            page_paths: self.page_paths,
+            upstream: self.upstream.clone().with_peer(peer),
+            peer: Some(peer),
+        }
+    }
 }
 
 impl fmt::Debug for GatewayService {
@@ -194,19 +206,19 @@ pub type GatewayFuture =
 impl Service<Request<Incoming>> for GatewayService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = futures_util::future::Either<
-        <HttpUpstream as Service<Request<Incoming>>>::Future,
-        GatewayFuture,
-    >;
+    type Future = futures_util::future::Either<ProxyFuture, GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The pages' router is always ready (a clone serves each page request).
         Service::<Request<Incoming>>::poll_ready(&mut self.upstream, cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if !self.page_paths.contains(&req.uri().path()) {
             return futures_util::future::Either::Left(self.upstream.call(req));
+        }
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
         }
         let pages = self.pages.clone();
         futures_util::future::Either::Right(Box::pin(async move {
@@ -214,22 +226,39 @@ impl Service<Request<Incoming>> for GatewayService {
             // The pages are small: read them whole rather than box an unsynchronised stream.
             let (mut parts, body) = res.into_parts();
             let body = match body.collect().await {
-                Ok(collected) => Full::new(collected.to_bytes()),
+                Ok(collected) => ProxyBody::full(collected.to_bytes()),
                 Err(e) => {
                     parts.status = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    Full::new(Bytes::from(format!("gateway page failed: {e}\n")))
+                    ProxyBody::full(format!("gateway page failed: {e}\n"))
                 }
             };
-            Ok(Response::from_parts(
-                parts,
-                body.map_err(BoxError::from).boxed(),
-            ))
+            Ok(Response::from_parts(parts, body))
         }))
     }
 }
 
 /// What a gateway serves: [`GatewayService`], behind the rate limits when they are on.
 pub type GatewayApp = tower::util::Either<RateLimit<GatewayService>, GatewayService>;
+
+/// Each connection gets its own [`GatewayService`] that knows the client. The rate limits read
+/// the client from the request, so with them on every request carries it as `ConnectInfo`.
+impl App for GatewayApp {
+    type Service = tower::util::Either<WithConnectInfo<RateLimit<GatewayService>>, GatewayService>;
+    type Body = ProxyBody;
+
+    fn connection(&self, peer: SocketAddr) -> Self::Service {
+        match self {
+            tower::util::Either::Left(limited) => {
+                let mut limited = limited.clone();
+                *limited.get_mut() = limited.get_ref().connection(peer);
+                tower::util::Either::Left(WithConnectInfo::new(limited, peer))
+            }
+            tower::util::Either::Right(gateway) => {
+                tower::util::Either::Right(gateway.connection(peer))
+            }
+        }
+    }
+}
 
 /// Builds the gateway's service (call inside the runtime that will serve it: the upstream's
 /// connection pool and health checks run there).
@@ -263,6 +292,7 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
         pages,
         page_paths,
         upstream,
+        peer: None,
     };
     if !config.rate_limits {
         return Ok(tower::util::Either::Right(gateway));

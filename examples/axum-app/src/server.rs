@@ -5,9 +5,15 @@
 //! independent as separate processes, and lets [`ServerThread::kill`] end one abruptly (every
 //! task and connection dropped at once, keep-alive connections included), as a crash would.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,40 +21,105 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
+use pin_project_lite::pin_project;
 use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, watch};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt as _};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a server serves: an HTTP service, such as an axum [`Router`](axum::Router) or the gateway's
-/// [`GatewayService`](crate::gateway::GatewayService). Each request carries the client's address
-/// as `ConnectInfo<SocketAddr>` in its extensions, as `axum::serve` puts it.
-pub trait App:
-    Service<Request<Incoming>, Response = Response<Self::Body>, Error = Infallible, Future: Send>
-    + Clone
-    + Send
-    + 'static
-{
+/// What a server serves: an axum [`Router`](axum::Router), or the gateway's
+/// [`GatewayApp`](crate::gateway::GatewayApp). It makes the service of each connection, which
+/// knows the client's address.
+pub trait App: Clone + Send + 'static {
+    /// The service of one connection.
+    type Service: Service<
+            Request<Incoming>,
+            Response = Response<Self::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static;
+
     /// The response body.
     type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+
+    /// The service for the requests of one connection from `peer`.
+    fn connection(&self, peer: SocketAddr) -> Self::Service;
 }
 
-impl<S, B> App for S
+/// A router's requests carry the client's address as `ConnectInfo<SocketAddr>`, as
+/// `axum::serve` puts it.
+impl App for axum::Router {
+    type Service = WithConnectInfo<axum::Router>;
+    type Body = axum::body::Body;
+
+    fn connection(&self, peer: SocketAddr) -> Self::Service {
+        WithConnectInfo::new(self.clone(), peer)
+    }
+}
+
+/// `inner`, with the connection's peer put in each request as `ConnectInfo<SocketAddr>`.
+#[derive(Debug, Clone)]
+pub struct WithConnectInfo<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S> WithConnectInfo<S> {
+    /// `inner` for requests from `peer`.
+    pub fn new(inner: S, peer: SocketAddr) -> Self {
+        Self { inner, peer }
+    }
+}
+
+impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithConnectInfo<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> S::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.inner.call(req)
+    }
+}
+
+/// One connection's service as hyper calls it (`&self`, one call at a time on HTTP/1.1; on
+/// HTTP/2 each call returns before the next starts). A ready service is called in place; one
+/// that is not ready yet (never, for the apps here) is cloned and driven to readiness first.
+struct PerConnection<S> {
+    service: RefCell<S>,
+    spare: S,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for PerConnection<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Service<Request<Incoming>> + Clone,
 {
-    type Body = B;
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, Oneshot<S, Request<Incoming>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        use futures_util::future::Either;
+        // `call` never runs inside another `call`, so the borrow is always free.
+        let Ok(mut service) = self.service.try_borrow_mut() else {
+            return Either::Right(self.spare.clone().oneshot(req));
+        };
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+            _ => Either::Right(self.spare.clone().oneshot(req)),
+        }
+    }
 }
 
 /// How a server thread ends.
@@ -116,6 +187,94 @@ fn listen(bind: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tcp
     socket.listen(1024)
 }
 
+/// A server's open connections, to be told to finish their requests and close.
+///
+/// hyper-util's `GracefulShutdown` does this with a watch channel whose receiver every
+/// connection polls each time it runs, which takes a lock per poll. Here a connection reads
+/// one flag per poll, and takes the lock only to register its task's waker when it changes
+/// (in practice once).
+#[derive(Default)]
+struct Connections {
+    draining: AtomicBool,
+    /// The open connections' wakers, by connection id.
+    wakers: Mutex<HashMap<u64, Waker>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Connections {
+    /// `connection`, ended gracefully once [`drain`](Self::drain) is called.
+    fn watch<C: GracefulConnection>(self: &Arc<Self>, connection: C) -> Watched<C> {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Watched {
+            connection,
+            shared: Arc::clone(self),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            waker: None,
+            draining: false,
+        }
+    }
+
+    /// Tells every connection to finish and waits until all have closed.
+    async fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in wakers.into_values() {
+            waker.wake();
+        }
+        while self.open.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn wakers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pin_project! {
+    /// A connection that finishes gracefully when its [`Connections`] drain.
+    struct Watched<C> {
+        #[pin]
+        connection: C,
+        shared: Arc<Connections>,
+        id: u64,
+        waker: Option<Waker>,
+        draining: bool,
+    }
+
+    impl<C> PinnedDrop for Watched<C> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.waker.is_some() {
+                this.shared.wakers().remove(this.id);
+            }
+            this.shared.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl<C: GracefulConnection> Future for Watched<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        if !*this.draining {
+            if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                this.shared.wakers().insert(*this.id, cx.waker().clone());
+                *this.waker = Some(cx.waker().clone());
+            }
+            // Read after registering: a drain that set the flag before finds the waker, or is
+            // seen here.
+            if this.shared.draining.load(Ordering::Acquire) {
+                *this.draining = true;
+                this.connection.as_mut().graceful_shutdown();
+            }
+        }
+        this.connection.poll(cx)
+    }
+}
+
 /// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, with upgrades) until told to stop; returns
 /// how it was stopped. A graceful stop closes the listener and lets open connections finish their
 /// requests, for up to 10 s.
@@ -125,21 +284,21 @@ async fn serve<A: App>(
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Stop {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Connections::default());
     let how = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let app = app.clone();
-                    let service = service_fn(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(peer));
-                        app.clone().oneshot(req)
-                    });
+                    let service = app.connection(peer);
+                    let service = PerConnection {
+                        service: RefCell::new(service.clone()),
+                        spare: service,
+                    };
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let connection = graceful.watch(connection);
+                    let connection = connections.watch(connection);
                     tokio::spawn(async move {
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, %peer, "connection ended with an error");
@@ -159,7 +318,7 @@ async fn serve<A: App>(
     };
     drop(listener);
     if how == Stop::Graceful {
-        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), connections.drain()).await;
     }
     how
 }

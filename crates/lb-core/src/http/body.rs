@@ -1,12 +1,16 @@
-//! Request bodies that can be sent again on a retry when they are small and complete.
+//! The upstream's bodies: requests that can be sent again on a retry when they are small and
+//! complete, and responses that are streamed from a pooled connection without boxing.
 
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 
+use super::pool::PooledBody;
 use crate::balancer::BoxError;
 
 /// Body of a request sent upstream: either buffered (and replayable for retries) or streamed.
@@ -77,6 +81,106 @@ impl Body for UpstreamBody {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Body of a response from [`HttpUpstream`](super::HttpUpstream): the endpoint's body streamed
+/// from its pooled connection, a short text the upstream wrote itself (its error responses), or
+/// any other body, boxed ([`ProxyBody::new`]). The first two need no allocation of their own.
+pub struct ProxyBody {
+    kind: ProxyKind,
+}
+
+enum ProxyKind {
+    Endpoint(PooledBody),
+    Full(Option<Bytes>),
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            ProxyKind::Endpoint(_) => "endpoint",
+            ProxyKind::Full(_) => "full",
+            ProxyKind::Boxed(_) => "boxed",
+        };
+        f.debug_struct("ProxyBody")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An empty body.
+impl Default for ProxyBody {
+    fn default() -> Self {
+        Self {
+            kind: ProxyKind::Full(None),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// Any body, boxed.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self {
+            kind: ProxyKind::Boxed(body.map_err(Into::into).boxed()),
+        }
+    }
+
+    /// A complete body held in memory.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            kind: ProxyKind::Full(Some(bytes.into())),
+        }
+    }
+
+    pub(crate) fn endpoint(body: PooledBody) -> Self {
+        Self {
+            kind: ProxyKind::Endpoint(body),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            ProxyKind::Endpoint(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ProxyKind::Full(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            ProxyKind::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ProxyKind::Endpoint(body) => body.is_end_stream(),
+            ProxyKind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            ProxyKind::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ProxyKind::Endpoint(body) => body.size_hint(),
+            ProxyKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyKind::Boxed(body) => body.size_hint(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use http::Request;
+use http::{HeaderMap, Request};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -124,13 +124,16 @@ pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
 /// and could be forged).
 pub fn client_ip<B>(req: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = peer_addr(req)?.ip();
+    Some(client_behind(peer, req.headers(), trusted))
+}
+
+/// [`client_ip`] of a request from `peer` with these headers.
+pub(crate) fn client_behind(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     if trusted.is_empty() || !trusted.contains(peer) {
-        return Some(peer);
+        return peer;
     }
     let mut client = peer;
-    let forwarded = req
-        .headers()
-        .get_all(http::header::HeaderName::from_static("x-forwarded-for"));
+    let forwarded = headers.get_all(http::header::HeaderName::from_static("x-forwarded-for"));
     let entries: Vec<&str> = forwarded
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -145,7 +148,7 @@ pub fn client_ip<B>(req: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr
             break;
         }
     }
-    Some(client)
+    client
 }
 
 fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {

@@ -96,11 +96,16 @@ fn format_ip(ip: IpAddr) -> HeaderValue {
     }
 }
 
-/// Appends `client` to `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`); an incoming value
-/// is kept only when it came from a trusted proxy.
-pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, keep_incoming: bool) {
+/// Appends `peer` to `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`); an incoming value
+/// is kept only when it came from a trusted proxy. `value` is `peer` as a header value.
+pub(crate) fn append_forwarded_for(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    value: HeaderValue,
+    keep_incoming: bool,
+) {
     if !keep_incoming || !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, ip_header_value(peer));
+        headers.insert(X_FORWARDED_FOR, value);
         return;
     }
     let peer = peer.to_string();
@@ -146,12 +151,15 @@ mod tests {
     fn forwarded_for_appends_or_replaces() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        append_forwarded_for(&mut h, [10, 0, 0, 2].into(), true);
+        let add = |h: &mut HeaderMap, ip: IpAddr, keep| {
+            append_forwarded_for(h, ip, ip_header_value(ip), keep)
+        };
+        add(&mut h, [10, 0, 0, 2].into(), true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.0.0.2");
-        append_forwarded_for(&mut h, [9, 9, 9, 9].into(), false);
+        add(&mut h, [9, 9, 9, 9].into(), false);
         assert_eq!(h[&X_FORWARDED_FOR], "9.9.9.9");
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "::1".parse().unwrap(), true);
+        add(&mut h, "::1".parse().unwrap(), true);
         assert_eq!(h[&X_FORWARDED_FOR], "::1");
     }
 

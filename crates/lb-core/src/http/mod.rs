@@ -7,10 +7,10 @@ pub mod key;
 mod pool;
 mod upstream;
 
-pub use body::UpstreamBody;
+pub use body::{ProxyBody, UpstreamBody};
 pub use client_ip::{ClientAddr, TrustedProxies, client_ip, peer_addr};
 pub use pool::PooledBody;
 pub use upstream::{
     HashKeyConfig, HttpActiveHealth, HttpEndpoint, HttpRetry, HttpUpstream, HttpUpstreamConfig,
-    ProxyBody, UpstreamError, UpstreamErrorKind,
+    ProxyFuture, UpstreamError, UpstreamErrorKind,
 };

@@ -49,7 +49,8 @@ pub(crate) struct EndpointPool {
 
 struct Idle {
     sender: Sender,
-    since: Instant,
+    /// When the connection stops being reused (`None`: never).
+    expires: Option<Instant>,
     timer: Option<Timer>,
 }
 
@@ -99,7 +100,7 @@ impl EndpointPool {
     fn checkout(self: &Arc<Self>, now: Instant) -> Option<Idle> {
         self.with_idle(|idle| {
             while let Some(c) = idle.pop() {
-                if !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout {
+                if !c.sender.is_closed() && c.expires.is_none_or(|at| now < at) {
                     return Some(c);
                 }
             }
@@ -118,7 +119,7 @@ impl EndpointPool {
             if idle.len() < self.max_idle {
                 idle.push(Idle {
                     sender,
-                    since,
+                    expires: since.checked_add(self.idle_timeout),
                     timer,
                 });
             }
@@ -150,8 +151,9 @@ impl EndpointPool {
         mut req: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let started = Instant::now();
+        // One clock reading: tokio's instant wraps the standard one.
         let now = tokio::time::Instant::now();
+        let started = now.into_std();
         // As `tokio::time::timeout` does, a deadline past what `Instant` holds means never.
         let deadline = now
             .checked_add(timeout)

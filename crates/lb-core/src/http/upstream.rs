@@ -3,9 +3,10 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,28 +14,25 @@ use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower_service::Service;
 
-use super::body::UpstreamBody;
-use super::client_ip::{TrustedProxies, client_ip, peer_addr};
+use super::body::{ProxyBody, UpstreamBody};
+use super::client_ip::{TrustedProxies, client_behind, peer_addr};
 use super::headers::{
     X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, append_forwarded_for, ip_header_value,
     remove_hop_by_hop,
 };
-use super::key::{by_client_ip, by_cookie, by_header};
+use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, PooledBody};
-use crate::balancer::{Balancer, BoxError, RetryPolicy};
+use crate::balancer::{Balancer, BoxError, ResponseFuture, RetryPolicy};
 use crate::config::BalancerConfig;
 use crate::endpoint::Outcome;
 use crate::error::{Error, PickError};
 use crate::health::{ActiveHealth, ActiveHealthConfig, HttpCheck, TcpCheck};
 use crate::snapshot::EndpointInfo;
-
-/// Response body of the upstream (the endpoint's streamed body, or a short error text).
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// What went wrong in one attempt to one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +323,8 @@ type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
 pub struct HttpUpstream {
     balancer: Inner,
     settings: Arc<Settings>,
+    /// The connection's peer, when this copy serves one connection ([`HttpUpstream::with_peer`]).
+    peer: Option<SocketAddr>,
 }
 
 struct Settings {
@@ -380,9 +380,9 @@ impl HttpUpstream {
             .retry(config.balancer.retries.clone(), HttpRetry::new(statuses));
         builder = match &config.hash_key {
             None => builder,
-            Some(HashKeyConfig::ClientIp) => {
-                builder.key(by_client_ip(config.trusted_proxies.clone()))
-            }
+            // The client as `rewrite` found it (behind trusted proxies too): it sets `X-Real-IP`
+            // on every request before the pick, and never passes on the client's own.
+            Some(HashKeyConfig::ClientIp) => builder.key(by_header(X_REAL_IP)),
             Some(HashKeyConfig::Header(name)) => {
                 let name =
                     HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::InvalidConfig {
@@ -436,7 +436,18 @@ impl HttpUpstream {
         Ok(Self {
             balancer,
             settings: Arc::new(settings),
+            peer: None,
         })
+    }
+
+    /// This upstream for the requests of one connection from `peer`: they are forwarded as
+    /// coming from `peer`, with no [`ClientAddr`](super::ClientAddr) extension needed. A server
+    /// that makes a service per connection (a hyper accept loop) saves an extension map per
+    /// request this way. A clone shares everything else (endpoints, pools, health).
+    #[must_use]
+    pub fn with_peer(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
     }
 
     /// Adds an endpoint (`host:port`) or changes its weight.
@@ -459,8 +470,8 @@ impl HttpUpstream {
     /// (with the peer appended), `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host` set.
     fn rewrite<B>(&self, req: &mut Request<B>) {
         let settings = &self.settings;
-        let peer = peer_addr(req).map(|a| a.ip());
-        let client = client_ip(req, &settings.trusted_proxies);
+        let peer = self.peer.or_else(|| peer_addr(req)).map(|a| a.ip());
+        let client = peer.map(|ip| client_behind(ip, req.headers(), &settings.trusted_proxies));
         let proto =
             settings
                 .forwarded_proto
@@ -476,12 +487,24 @@ impl HttpUpstream {
         });
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
-        if let Some(peer) = peer {
-            let trusted = settings.trusted_proxies.contains(peer);
-            append_forwarded_for(headers, peer, trusted);
+        // Room for the headers added below (and `Host`): one growth at most.
+        headers.reserve(5);
+        let peer_value = peer.map(|ip| (ip, ip_header_value(ip)));
+        if let Some((ip, value)) = &peer_value {
+            let trusted = settings.trusted_proxies.contains(*ip);
+            append_forwarded_for(headers, *ip, value.clone(), trusted);
         }
-        if let Some(ip) = client {
-            headers.insert(X_REAL_IP, ip_header_value(ip));
+        match (client, peer_value) {
+            (Some(ip), Some((peer, value))) if ip == peer => {
+                headers.insert(X_REAL_IP, value);
+            }
+            (Some(ip), _) => {
+                headers.insert(X_REAL_IP, ip_header_value(ip));
+            }
+            // Never the client's own claim.
+            (None, _) => {
+                headers.remove(X_REAL_IP);
+            }
         }
         headers.insert(X_FORWARDED_PROTO, proto);
         if let Some(host) = original_host {
@@ -499,10 +522,9 @@ impl HttpUpstream {
 /// an error response.
 fn respond(result: Result<Response<PooledBody>, BoxError>) -> Response<ProxyBody> {
     match result {
-        Ok(res) => {
-            let (mut parts, body) = res.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.map_err(Into::into).boxed())
+        Ok(mut res) => {
+            remove_hop_by_hop(res.headers_mut());
+            res.map(ProxyBody::endpoint)
         }
         Err(e) => failure_response(&e),
     }
@@ -545,11 +567,7 @@ where
 }
 
 fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let mut res = Response::new(
-        Full::new(Bytes::from(format!("{message}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut res = Response::new(ProxyBody::full(format!("{message}\n")));
     *res.status_mut() = status;
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -577,6 +595,45 @@ fn failure_response(error: &BoxError) -> Response<ProxyBody> {
     error_response(StatusCode::BAD_GATEWAY, &error.to_string())
 }
 
+pin_project! {
+    /// Response future of [`HttpUpstream`]: a request without a body goes to the balancer at
+    /// once and is driven here without boxing; one with a body is read first, in a boxed future.
+    pub struct ProxyFuture {
+        #[pin]
+        kind: ProxyKind,
+    }
+}
+
+pin_project! {
+    #[project = ProxyKindProj]
+    enum ProxyKind {
+        Balanced {
+            #[pin]
+            fut: ResponseFuture<HttpEndpoint, Request<UpstreamBody>>,
+        },
+        Boxed {
+            fut: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>,
+        },
+    }
+}
+
+impl fmt::Debug for ProxyFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProxyFuture")
+    }
+}
+
+impl Future for ProxyFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            ProxyKindProj::Balanced { fut } => Poll::Ready(Ok(respond(ready!(fut.poll(cx))))),
+            ProxyKindProj::Boxed { fut } => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
 impl<B> Service<Request<B>> for HttpUpstream
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -584,40 +641,44 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+    type Future = ProxyFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The balancer is always ready (it picks when called); its failures become responses.
         self.balancer.poll_ready(cx).map(|_| Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> ProxyFuture {
         self.rewrite(&mut req);
-        let (parts, body) = req.into_parts();
-        if body.is_end_stream() {
+        if req.body().is_end_stream() {
             // No body (most requests): straight to the balancer, nothing to read first.
-            let response = self
+            let fut = self
                 .balancer
-                .call(Request::from_parts(parts, UpstreamBody::full(Bytes::new())));
-            return Box::pin(async move { Ok(respond(response.await)) });
+                .call(req.map(|_| UpstreamBody::full(Bytes::new())));
+            return ProxyFuture {
+                kind: ProxyKind::Balanced { fut },
+            };
         }
+        let (parts, body) = req.into_parts();
         let mut balancer = self.balancer.clone();
         let limit = self.settings.retry_buffer_limit;
-        Box::pin(async move {
+        let fut = Box::pin(async move {
             let body = match prepare_body(body, limit).await {
                 Ok(body) => body,
                 Err(e) => {
-                    return Ok(error_response(
+                    return error_response(
                         StatusCode::BAD_REQUEST,
                         &format!("reading the request body: {e}"),
-                    ));
+                    );
                 }
             };
             if let Err(e) = std::future::poll_fn(|cx| balancer.poll_ready(cx)).await {
-                return Ok(failure_response(&e));
+                return failure_response(&e);
             }
-            let response = balancer.call(Request::from_parts(parts, body));
-            Ok(respond(response.await))
-        })
+            respond(balancer.call(Request::from_parts(parts, body)).await)
+        });
+        ProxyFuture {
+            kind: ProxyKind::Boxed { fut },
+        }
     }
 }
