@@ -409,3 +409,100 @@ async fn empty_balancer_fails_with_no_endpoints() {
         PickError::NoEndpoints
     );
 }
+
+/// An endpoint whose readiness is gated: not ready while `closed`, failing readiness while
+/// `refuse` is set.
+#[derive(Clone, Default)]
+struct Gated {
+    closed: Arc<AtomicBool>,
+    refuse: Arc<AtomicBool>,
+    waiting: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Gated {
+    fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+        if let Some(w) = self.waiting.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+impl Service<u32> for Gated {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err("not taking requests".into()));
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            *self.waiting.lock().unwrap() = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok("gated"))
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_not_ready_yet_is_called_once_it_is() {
+    let gated = Gated::default();
+    gated.closed.store(true, Ordering::SeqCst);
+    let lb = Balancer::builder().build().unwrap();
+    lb.insert("g", gated.clone(), 1.0).unwrap();
+    let pending = tokio::spawn(lb.clone().oneshot(7));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!pending.is_finished(), "waits for readiness");
+    assert_eq!(
+        gated.calls.load(Ordering::SeqCst),
+        0,
+        "not called before it is ready"
+    );
+    gated.open();
+    assert_eq!(pending.await.unwrap().unwrap(), "gated");
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+    // Ready at once: called at once.
+    assert_eq!(lb.clone().oneshot(8).await.unwrap(), "gated");
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_readiness_failure_counts_as_a_failed_attempt_and_is_retried() {
+    let refusing = Gated::default();
+    refusing.refuse.store(true, Ordering::SeqCst);
+    let ok = Flaky::new("ok");
+    let lb: Balancer<&str, tower::util::Either<Gated, Flaky>, u32> = Balancer::builder()
+        .policy(RoundRobin::seeded(3))
+        .outlier_detection(OutlierDetection::disabled())
+        .retry(RetryConfig::default(), RetryAll)
+        .build()
+        .unwrap();
+    lb.insert("refusing", tower::util::Either::Left(refusing.clone()), 1.0)
+        .unwrap();
+    lb.insert("ok", tower::util::Either::Right(ok.clone()), 1.0)
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(lb.clone().oneshot(0).await.unwrap(), "ok");
+    }
+    assert_eq!(refusing.calls.load(Ordering::SeqCst), 0, "never called");
+    let failures: u64 = lb
+        .endpoints()
+        .iter()
+        .filter(|e| e.key == "refusing")
+        .map(|e| e.failures)
+        .sum();
+    assert!(
+        failures >= 4,
+        "round robin sent about half there first: {failures}"
+    );
+}

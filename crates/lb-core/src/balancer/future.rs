@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -14,6 +14,13 @@ use crate::endpoint::InFlightGuard;
 use crate::snapshot::RequestKey;
 
 pub(super) type BoxedResponse<Res> = Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>;
+
+/// An endpoint that was not ready at once, driven to readiness and then called.
+type BoxedCall<S, Req> = Pin<
+    Box<
+        dyn Future<Output = Result<<S as Service<Req>>::Future, <S as Service<Req>>::Error>> + Send,
+    >,
+>;
 
 /// The balancer, as the first attempt sees it: whether to retry, and the boxed rest of the
 /// attempts (rare, so boxing them keeps the common future small).
@@ -41,20 +48,19 @@ pub(super) struct FirstAttempt<S: Service<Req>, Req> {
 pin_project! {
     /// Response future of [`Balancer`](crate::Balancer).
     ///
-    /// A request that found an endpoint at once is driven here without boxing (drive the
-    /// endpoint to readiness, call it, record the outcome, decide on a retry); second attempts
-    /// and the wait for a free slot run in a boxed future.
+    /// A request that found a ready endpoint at once was sent when the balancer was called, and
+    /// is driven here without boxing (the endpoint's future, the outcome recorded, a retry
+    /// decided); an endpoint that was not ready yet, second attempts and the wait for a free
+    /// slot run in boxed futures. The request itself is never held here, which keeps the future
+    /// small to move.
     pub struct ResponseFuture<S, Req>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S, Req>,
-        // The request until it is sent. Kept outside `state`, which is then small to replace.
-        req: Option<Req>,
-        // Kept outside `state` so that moving from readiness to the call moves only the
-        // endpoint's future. `guard` records the outcome in place (freeing the
-        // slot at once) and is dropped with the future.
+        // `guard` records the outcome in place (freeing the slot at once) and is dropped with
+        // the future.
         guard: Option<InFlightGuard>,
         classify: Classifier<S::Response, S::Error>,
         // `None` when no subscriber wants the span: nothing to enter, exit or drop.
@@ -70,12 +76,17 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        Ready {
-            service: S,
+        // The endpoint was not ready when called: waiting for it, then calling it.
+        Calling {
+            call: BoxedCall<S, Req>,
         },
         Called {
             #[pin]
             fut: S::Future,
+        },
+        // The endpoint failed its readiness: the attempt's result, still to be recorded.
+        Refused {
+            error: Option<S::Error>,
         },
         Boxed {
             fut: BoxedResponse<S::Response>,
@@ -93,18 +104,38 @@ impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
 }
 
 impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
+    /// The first attempt on `service`: called now if it is ready now (an HTTP endpoint always
+    /// is), else once it is, in a boxed future.
     #[inline]
-    pub(super) fn ready(
-        service: S,
+    pub(super) fn start(
+        mut service: S,
         req: Req,
         guard: InFlightGuard,
         classify: Classifier<S::Response, S::Error>,
         span: Option<tracing::Span>,
         retry: Option<FirstAttempt<S, Req>>,
-    ) -> Self {
+    ) -> Self
+    where
+        S: Send + 'static,
+        Req: Send + 'static,
+    {
+        let state = {
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(())) => State::Called {
+                    fut: service.call(req),
+                },
+                Poll::Ready(Err(error)) => State::Refused { error: Some(error) },
+                Poll::Pending => State::Calling {
+                    call: Box::pin(async move {
+                        std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                        Ok(service.call(req))
+                    }),
+                },
+            }
+        };
         Self {
-            state: State::Ready { service },
-            req: Some(req),
+            state,
             guard: Some(guard),
             classify,
             span,
@@ -123,7 +154,6 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
     fn other(state: State<S, Req>) -> Self {
         Self {
             state,
-            req: None,
             guard: None,
             classify: Classifier::Default,
             span: None,
@@ -156,20 +186,15 @@ where
         let mut state = this.state;
         loop {
             let result = match state.as_mut().project() {
-                StateProj::Ready { service } => {
+                StateProj::Calling { call } => {
                     let _entered = this.span.as_ref().map(tracing::Span::enter);
-                    let ready = ready!(service.poll_ready(cx));
-                    let Some(req) = this.req.take() else {
-                        return Poll::Ready(Err(PolledAfterCompletion.into()));
-                    };
-                    match ready {
-                        Ok(()) => {
-                            let fut = service.call(req);
+                    match ready!(call.as_mut().poll(cx)) {
+                        Ok(fut) => {
                             state.set(State::Called { fut });
                             continue;
                         }
                         Err(error) => {
-                            state.set(State::Failed { error: None });
+                            state.set(State::Refused { error: None });
                             Err(error)
                         }
                     }
@@ -178,6 +203,10 @@ where
                     let _entered = this.span.as_ref().map(tracing::Span::enter);
                     ready!(fut.poll(cx))
                 }
+                StateProj::Refused { error } => match error.take() {
+                    Some(error) => Err(error),
+                    None => return Poll::Ready(Err(PolledAfterCompletion.into())),
+                },
                 StateProj::Boxed { fut } => return fut.as_mut().poll(cx),
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error
@@ -189,8 +218,11 @@ where
                 return Poll::Ready(result.map_err(Into::into));
             };
             guard.record_in_place(this.classify.classify(result.as_ref()));
-            if let Some(retry) = this.retry.take()
-                && retry.host.may_retry(&retry.spare, result.as_ref())
+            if this
+                .retry
+                .as_ref()
+                .is_some_and(|r| r.host.may_retry(&r.spare, result.as_ref()))
+                && let Some(retry) = this.retry.take()
             {
                 // The failed answer goes before the next attempt starts.
                 drop(result);

@@ -442,7 +442,7 @@ where
                     let host: Arc<dyn RetryHost<S, Req>> = Arc::clone(inner) as _;
                     Some(FirstAttempt { host, spare, key })
                 });
-                return ResponseFuture::ready(
+                return ResponseFuture::start(
                     picked.service,
                     req,
                     picked.guard,
