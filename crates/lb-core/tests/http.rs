@@ -74,27 +74,7 @@ impl Drop for Server {
 fn named(name: &'static str) -> Router {
     Router::new()
         .route("/", get(move || async move { name }))
-        .route(
-            "/echo",
-            post(|headers: HeaderMap, body: String| async move {
-                let h = |n: &str| {
-                    headers
-                        .get(n)
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default()
-                };
-                format!(
-                    "host={}|xff={}|real={}|proto={}|fhost={}|conn={}|secret={}|body={body}",
-                    h("host"),
-                    h("x-forwarded-for"),
-                    h("x-real-ip"),
-                    h("x-forwarded-proto"),
-                    h("x-forwarded-host"),
-                    h("connection"),
-                    h("x-secret"),
-                )
-            }),
-        )
+        .route("/echo", post(echo).put(echo))
         .route(
             "/slow",
             get(|| async {
@@ -102,6 +82,25 @@ fn named(name: &'static str) -> Router {
                 "late"
             }),
         )
+}
+
+async fn echo(headers: HeaderMap, body: String) -> String {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "host={}|xff={}|real={}|proto={}|fhost={}|conn={}|secret={}|body={body}",
+        h("host"),
+        h("x-forwarded-for"),
+        h("x-real-ip"),
+        h("x-forwarded-proto"),
+        h("x-forwarded-host"),
+        h("connection"),
+        h("x-secret"),
+    )
 }
 
 fn config(addrs: &[SocketAddr]) -> HttpUpstreamConfig {
@@ -222,6 +221,46 @@ async fn the_peer_can_come_from_the_connection_instead_of_the_request() {
         body.contains("|xff=6.6.6.6, 203.0.113.7|real=6.6.6.6|"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_retried_request_carries_the_forwarding_headers() {
+    let failing = Server::start(Router::new().fallback(|| async { StatusCode::BAD_GATEWAY })).await;
+    let echo = Server::start(named("b")).await;
+    let mut config = config(&[failing.addr, echo.addr]);
+    config.balancer.policy = herd_lb_core::PolicyConfig::RoundRobin;
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    for _ in 0..4 {
+        let mut req = request("POST", "/echo", "again");
+        req.headers_mut()
+            .insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        let (status, body) = text(upstream.clone().oneshot(req).await.unwrap()).await;
+        // POST is not retried on a status; the 502 comes back as it is.
+        if status == StatusCode::BAD_GATEWAY {
+            continue;
+        }
+        assert!(
+            body.contains(
+                "|xff=198.51.100.20|real=198.51.100.20|proto=http|fhost=gateway.example|"
+            ),
+            "{body}"
+        );
+    }
+    // Round robin: every other first attempt meets the failing endpoint and is retried.
+    let mut retried = 0;
+    for _ in 0..4 {
+        let req = request("PUT", "/echo", "again");
+        let (status, body) = text(upstream.clone().oneshot(req).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "PUT is idempotent: retried on 502");
+        assert!(
+            body.contains(
+                "|xff=198.51.100.20|real=198.51.100.20|proto=http|fhost=gateway.example|"
+            ),
+            "{body}"
+        );
+        retried += 1;
+    }
+    assert_eq!(retried, 4);
 }
 
 #[tokio::test]
