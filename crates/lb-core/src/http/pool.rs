@@ -8,15 +8,17 @@
 //! closes it. Idle connections older than the idle timeout, or closed by the endpoint, are
 //! dropped when met at checkout.
 //!
-//! Each connection also keeps the timer that bounds its requests' wait for a response head: a
-//! request resets it to a later deadline, which tokio does with one atomic update, where a
-//! timer per request would be registered in and removed from the timer wheel every time.
+//! Each connection also keeps the timer that bounds its requests' wait for a response head. A
+//! request does not touch it: it carries its own deadline, and when the timer fires before that
+//! deadline (it was set for an earlier request) it is set again for the later one. A timer per
+//! request would be registered in and removed from the timer wheel every time, and even a reset
+//! per request costs more than the rest of the request's time keeping.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -163,13 +165,8 @@ impl EndpointPool {
         loop {
             let (mut sender, reused) = match self.checkout(started) {
                 Some(c) => {
-                    if timer.is_none()
-                        && let Some(mut t) = c.timer
-                    {
-                        // A later deadline than the timer's last: an atomic update, no
-                        // re-registration, unless the timer fired while the connection was idle.
-                        t.as_mut().reset(deadline);
-                        timer = Some(t);
+                    if timer.is_none() {
+                        timer = c.timer;
                     }
                     (c.sender, true)
                 }
@@ -178,7 +175,7 @@ impl EndpointPool {
                         timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     // Boxed: new connections are rare, and their state would make every
                     // request's future larger.
-                    match before(t, Box::pin(self.connect())).await {
+                    match before(t, deadline, Box::pin(self.connect())).await {
                         Some(Ok(sender)) => (sender, false),
                         Some(Err(e)) => return Err(failed(UpstreamErrorKind::Connect, Some(e))),
                         None => return Err(failed(UpstreamErrorKind::Timeout, None)),
@@ -186,13 +183,13 @@ impl EndpointPool {
                 }
             };
             let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            match before(t, sender.ready()).await {
+            match before(t, deadline, sender.ready()).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) if reused => continue,
                 Some(Err(e)) => return Err(failed(UpstreamErrorKind::Connect, Some(e.into()))),
                 None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
-            match before(t, sender.try_send_request(req)).await {
+            match before(t, deadline, sender.try_send_request(req)).await {
                 Some(Ok(res)) => {
                     return Ok(res.map(|body| PooledBody {
                         body,
@@ -222,9 +219,17 @@ impl EndpointPool {
     }
 }
 
-/// `fut`'s output, or `None` once `timer` has fired first.
-fn before<F: Future>(timer: &mut Timer, fut: F) -> Before<'_, F> {
-    Before { fut, timer }
+/// `fut`'s output, or `None` once `deadline` has passed first (as `timer` tells: a timer set
+/// for an earlier deadline is set again when it fires, one set for a later one at once).
+fn before<F: Future>(timer: &mut Timer, deadline: tokio::time::Instant, fut: F) -> Before<'_, F> {
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    Before {
+        fut,
+        timer,
+        deadline,
+    }
 }
 
 pin_project! {
@@ -234,6 +239,7 @@ pin_project! {
         #[pin]
         fut: F,
         timer: &'t mut Timer,
+        deadline: tokio::time::Instant,
     }
 }
 
@@ -245,7 +251,15 @@ impl<F: Future> Future for Before<'_, F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        this.timer.as_mut().poll(cx).map(|()| None)
+        loop {
+            ready!(this.timer.as_mut().poll(cx));
+            if this.timer.deadline() >= *this.deadline {
+                return Poll::Ready(None);
+            }
+            // Set for an earlier request: now for this one.
+            let deadline = *this.deadline;
+            this.timer.as_mut().reset(deadline);
+        }
     }
 }
 
