@@ -171,9 +171,11 @@ async fn forwards_with_proxy_headers_and_body() {
     );
     assert_eq!(fields[7], "body=hello");
 
-    // A trusted proxy's X-Forwarded-For is kept and extended.
+    // A trusted proxy's X-Forwarded-For is kept and extended; a configured scheme is sent (TLS
+    // ended in front of the upstream).
     let mut trusted = config(&[server.addr]);
     trusted.trusted_proxies = herd_lb_core::http::TrustedProxies::new(["198.51.100.0/24"]).unwrap();
+    trusted.forwarded_proto = Some("https".into());
     let upstream = HttpUpstream::from_config(&trusted).unwrap();
     let (_, body) = text(
         upstream
@@ -183,7 +185,7 @@ async fn forwards_with_proxy_headers_and_body() {
     )
     .await;
     assert!(
-        body.contains("xff=6.6.6.6, 198.51.100.20|real=6.6.6.6|"),
+        body.contains("xff=6.6.6.6, 198.51.100.20|real=6.6.6.6|proto=https|"),
         "{body}"
     );
 }

@@ -101,6 +101,8 @@ struct EndpointInner {
     pool: Arc<EndpointPool>,
     /// `Host` sent upstream (the authority), or none to keep the client's.
     host: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`, or none for the request URI's scheme (else `http`).
+    forwarded_proto: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -122,8 +124,49 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
         Poll::Ready(Ok(()))
     }
 
+    /// Sends `req` with its `Host` pointed at this endpoint (unless the upstream preserves the
+    /// client's), the client's host in `X-Forwarded-Host` and `X-Forwarded-Proto` set. These
+    /// two are set here, per attempt, rather than by [`HttpUpstream`] before the pick: the copy
+    /// a retry keeps then holds two header entries fewer, and the client's `Host` is read and
+    /// replaced in one lookup.
     fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
         let inner = &*self.inner;
+        let proto = inner
+            .forwarded_proto
+            .clone()
+            .unwrap_or_else(|| match req.uri().scheme_str() {
+                Some("https") => HeaderValue::from_static("https"),
+                _ => HeaderValue::from_static("http"),
+            });
+        // HTTP/2 carries the client's host in the URI (`:authority`), not in a header.
+        let uri_host = |uri: &Uri| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        };
+        let client_host = match &inner.host {
+            Some(host) => match req.headers_mut().insert(HOST, host.clone()) {
+                Some(client) => Some(client),
+                None => uri_host(req.uri()),
+            },
+            None => match req.headers().get(HOST) {
+                Some(client) => Some(client.clone()),
+                None => {
+                    let client = uri_host(req.uri());
+                    let host = client
+                        .clone()
+                        .or_else(|| HeaderValue::from_str(inner.pool.authority().as_str()).ok());
+                    if let Some(host) = host {
+                        req.headers_mut().insert(HOST, host);
+                    }
+                    client
+                }
+            },
+        };
+        let headers = req.headers_mut();
+        headers.insert(X_FORWARDED_PROTO, proto);
+        if let Some(client) = client_host {
+            headers.insert(X_FORWARDED_HOST, client);
+        }
         // Origin-form (`/path?query`) over HTTP/1.1, as nginx's `proxy_http_version 1.1`.
         let path = req
             .uri()
@@ -132,17 +175,6 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
-        match &inner.host {
-            Some(host) => {
-                req.headers_mut().insert(HOST, host.clone());
-            }
-            None if !req.headers().contains_key(HOST) => {
-                if let Ok(host) = HeaderValue::from_str(inner.pool.authority().as_str()) {
-                    req.headers_mut().insert(HOST, host);
-                }
-            }
-            None => {}
-        }
         Box::pin(Arc::clone(&inner.pool).send(req, inner.timeout))
     }
 }
@@ -466,29 +498,17 @@ impl HttpUpstream {
         self.balancer.endpoints()
     }
 
-    /// Makes `req` the request that goes upstream: hop-by-hop headers dropped, `X-Forwarded-For`
-    /// (with the peer appended), `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host` set.
+    /// Makes `req` the request that goes upstream, but for what the endpoint sets (`Host`,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host`): hop-by-hop headers dropped, `X-Forwarded-For`
+    /// (with the peer appended) and `X-Real-IP` set.
     fn rewrite<B>(&self, req: &mut Request<B>) {
         let settings = &self.settings;
         let peer = self.peer.or_else(|| peer_addr(req)).map(|a| a.ip());
         let client = peer.map(|ip| client_behind(ip, req.headers(), &settings.trusted_proxies));
-        let proto =
-            settings
-                .forwarded_proto
-                .clone()
-                .unwrap_or_else(|| match req.uri().scheme_str() {
-                    Some("https") => HeaderValue::from_static("https"),
-                    _ => HeaderValue::from_static("http"),
-                });
-        let original_host = req.headers().get(HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
-        // Room for the headers added below (and `Host`): one growth at most.
-        headers.reserve(5);
+        // Room for the headers added here and by the endpoint: one growth at most.
+        headers.reserve(4);
         let peer_value = peer.map(|ip| (ip, ip_header_value(ip)));
         if let Some((ip, value)) = &peer_value {
             let trusted = settings.trusted_proxies.contains(*ip);
@@ -505,15 +525,6 @@ impl HttpUpstream {
             (None, _) => {
                 headers.remove(X_REAL_IP);
             }
-        }
-        headers.insert(X_FORWARDED_PROTO, proto);
-        if let Some(host) = original_host {
-            // With `preserve_host` the client's host goes upstream also when it came in the
-            // URI (HTTP/2's `:authority`) rather than in a `Host` header.
-            if settings.preserve_host && !headers.contains_key(HOST) {
-                headers.insert(HOST, host.clone());
-            }
-            headers.insert(X_FORWARDED_HOST, host);
         }
     }
 }
@@ -545,6 +556,7 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
                 settings.max_idle_per_host,
             )),
             host,
+            forwarded_proto: settings.forwarded_proto.clone(),
             timeout: settings.request_timeout,
         }),
     }
