@@ -543,3 +543,91 @@ impl Drop for ServerThread {
         self.finish(Stop::Kill);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use axum::routing::get;
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::client::conn::http1;
+    use std::time::Instant;
+
+    type Sender = http1::SendRequest<Empty<Bytes>>;
+
+    /// A keep-alive client connection to `addr`, its I/O task spawned.
+    async fn connect(addr: SocketAddr) -> (Sender, tokio::task::JoinHandle<()>) {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (sender, task)
+    }
+
+    async fn fetch(sender: &mut Sender, path: &str) -> (http::StatusCode, String) {
+        sender.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", "test")
+            .body(Empty::new())
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_finishes_requests_and_closes_idle_connections_at_once() {
+        let app = || async {
+            Ok(axum::Router::new()
+                .route("/", get(|| async { "hi" }))
+                .route(
+                    "/slow",
+                    get(|| async {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        "done"
+                    }),
+                ))
+        };
+        let mut server = ServerThread::start("graceful", "127.0.0.1:0".parse().unwrap(), app)
+            .await
+            .unwrap();
+        let addr = server.addr();
+        // One connection idle after a request, one with a request in flight.
+        let (mut idle, idle_task) = connect(addr).await;
+        assert_eq!(fetch(&mut idle, "/").await.1, "hi");
+        let (mut busy, _busy_task) = connect(addr).await;
+        let in_flight = tokio::spawn(async move { fetch(&mut busy, "/slow").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let started = Instant::now();
+        let stopped = tokio::task::spawn_blocking(move || {
+            server.stop();
+            server
+        });
+        // The request in flight is answered, not cut.
+        assert_eq!(
+            in_flight.await.unwrap(),
+            (http::StatusCode::OK, "done".to_string())
+        );
+        // The idle connection is closed by the server (it is woken to see the drain), so
+        // the stop takes about as long as the slow request, not the 10 s bound.
+        tokio::time::timeout(Duration::from_secs(3), idle_task)
+            .await
+            .expect("the idle connection was closed")
+            .unwrap();
+        let server = stopped.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!server.is_running());
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "no longer accepting"
+        );
+    }
+}
