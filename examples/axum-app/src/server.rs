@@ -95,7 +95,8 @@ impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithConnectIn
 
 /// One connection's service as hyper calls it (`&self`, one call at a time on HTTP/1.1; on
 /// HTTP/2 each call returns before the next starts). A ready service is called in place; one
-/// that is not ready yet (never, for the apps here) is cloned and driven to readiness first.
+/// that is not ready yet (never, for the apps here) is driven to readiness and then called in
+/// the request's future, and the connection goes on with a clone.
 struct PerConnection<S> {
     service: RefCell<S>,
     spare: S,
@@ -117,7 +118,12 @@ where
         };
         match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => Either::Left(service.call(req)),
-            _ => Either::Right(self.spare.clone().oneshot(req)),
+            // It is now waiting for readiness, and may hold a place in a queue (a semaphore's):
+            // it goes on to serve this request, and the connection keeps a fresh clone.
+            _ => {
+                let waiting = std::mem::replace(&mut *service, self.spare.clone());
+                Either::Right(waiting.oneshot(req))
+            }
         }
     }
 }
@@ -628,6 +634,64 @@ mod tests {
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "no longer accepting"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_not_ready_at_once_is_driven_to_readiness_before_its_call() {
+        // One request at a time: the second call finds the service busy.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+        let inner = tower::ServiceBuilder::new()
+            .concurrency_limit(1)
+            .service(tower::service_fn(move |req: Request<Incoming>| {
+                let rx = Arc::clone(&rx);
+                async move {
+                    if req.uri().path() == "/first"
+                        && let Some(rx) = rx.lock().await.take()
+                    {
+                        let _ = rx.await;
+                    }
+                    Ok::<_, Infallible>(Response::new(req.uri().path().to_owned()))
+                }
+            }));
+        // Requests need a real `Incoming` body: serve over a socket, one `PerConnection` per
+        // connection as `serve` does (the limit's clones share their one slot).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let connection = PerConnection {
+                    service: RefCell::new(inner.clone()),
+                    spare: inner.clone(),
+                };
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), connection)
+                        .await;
+                });
+            }
+        });
+        let (mut a, _ta) = connect(addr).await;
+        let (mut b, _tb) = connect(addr).await;
+        let first = tokio::spawn(async move { fetch(&mut a, "/first").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::spawn(async move { fetch(&mut b, "/second").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "waits for the busy service");
+        tx.send(()).unwrap();
+        let within = |task| tokio::time::timeout(Duration::from_secs(5), task);
+        assert_eq!(
+            within(first).await.expect("first answered").unwrap().1,
+            "/first"
+        );
+        assert_eq!(
+            within(second)
+                .await
+                .expect("second answered, not stuck behind a lost waiter")
+                .unwrap()
+                .1,
+            "/second"
         );
     }
 }
