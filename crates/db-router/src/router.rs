@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::monitor;
-use crate::node::{Node, NodeState};
+use crate::node::{DownSignal, Node, NodeState};
 use crate::scope::{self, Consistency};
 use crate::status::{NodeStatus, ObservedRole, RouterStatus};
 
@@ -239,7 +239,7 @@ fn node_from_spec(
         max_connections,
         read_slot,
         state: NodeState::default(),
-        down: Notify::new(),
+        down: DownSignal::default(),
     }
 }
 
@@ -551,15 +551,20 @@ impl Shared {
     /// replayed it. `None` when no replica qualifies.
     pub(crate) fn pick_replica(&self, required: Option<Lsn>, tried: &[usize]) -> Option<Lease> {
         let excluded = self.excluded.load();
-        let snapshot = self.reads.load();
-        if excluded.len() >= snapshot.len() {
-            return None;
-        }
         let mut extra: Vec<usize>;
         let exclusions: &[usize] =
             if required.is_none() && tried.is_empty() && !self.config.prefer_lower_lag {
+                // With nothing excluded an empty read set is the only way to get no replica,
+                // and the pick says so itself.
+                if !excluded.is_empty() && excluded.len() >= self.reads.len() {
+                    return None;
+                }
                 &excluded
             } else {
+                let snapshot = self.reads.load();
+                if excluded.len() >= snapshot.len() {
+                    return None;
+                }
                 extra = excluded.as_ref().clone();
                 extra.extend_from_slice(tried);
                 for (slot, endpoint) in snapshot.iter().enumerate() {
@@ -695,12 +700,17 @@ pub(crate) async fn race_down<T>(
     operation: &'static str,
     fut: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
-    let down = node.down.notified();
-    tokio::pin!(down);
-    down.as_mut().enable();
-    tokio::select! {
-        biased;
-        result = fut => result,
-        () = down => Err(Error::NodeDown { node: node.name.to_string(), operation }.into_sqlx()),
+    match node.down.race(fut).await {
+        Some(result) => result,
+        None => Err(race_lost(node, operation)),
     }
+}
+
+#[cold]
+fn race_lost(node: &Node, operation: &'static str) -> sqlx::Error {
+    Error::NodeDown {
+        node: node.name.to_string(),
+        operation,
+    }
+    .into_sqlx()
 }
