@@ -287,5 +287,7 @@ fn update_eligibility(shared: &Shared, observations: &[Result<Observation, Strin
             excluded.push(slot);
         }
     }
+    let count = excluded.len();
     shared.excluded.store(Arc::new(excluded));
+    shared.excluded_count.store(count, Ordering::Release);
 }

@@ -111,9 +111,13 @@ impl DownSignal {
         self.notify.notify_waiters();
     }
 
-    /// Runs `fut`, or gives up with `None` when the signal is raised after this future was
+    /// Runs `fut`, or gives up with `lost()` when the signal is raised after this future was
     /// first polled. `fut` wins when both are ready at the same poll.
-    pub(crate) async fn race<F: Future>(&self, fut: F) -> Option<F::Output> {
+    pub(crate) async fn race<F: Future>(
+        &self,
+        fut: F,
+        lost: impl FnOnce() -> F::Output,
+    ) -> F::Output {
         let seen = self.raised.load(Ordering::Acquire);
         // Created before `fut` first runs: `notify_waiters` reaches it from here on, even
         // before it is registered (tokio's `Notified` guarantee).
@@ -122,7 +126,7 @@ impl DownSignal {
         // The waker the registered `notified` holds (its data and vtable addresses): while it
         // is the one polling, a wake-up by `raise` reaches this task and `raised` tells.
         let mut registered: Option<(usize, usize)> = None;
-        poll_fn(|cx| {
+        let finished = poll_fn(|cx| {
             if let Poll::Ready(output) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
@@ -140,7 +144,11 @@ impl DownSignal {
             registered = Some(waker);
             Poll::Pending
         })
-        .await
+        .await;
+        match finished {
+            Some(output) => output,
+            None => lost(),
+        }
     }
 }
 
@@ -190,8 +198,8 @@ mod tests {
         let signal = DownSignal::default();
         signal.raise();
         // A raise before the race started does not count, and `fut` wins a tie.
-        assert_eq!(signal.race(ready(1)).await, Some(1));
-        let waiting = signal.race(pending::<()>());
+        assert_eq!(signal.race(ready(Some(1)), || None).await, Some(1));
+        let waiting = signal.race(pending::<Option<()>>(), || None);
         let raise = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             signal.raise();
@@ -199,10 +207,13 @@ mod tests {
         let (raced, ()) = tokio::join!(waiting, raise);
         assert_eq!(raced, None);
         // A future that finishes after waiting a while is not disturbed.
-        let slow = signal.race(async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            2
-        });
+        let slow = signal.race(
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some(2)
+            },
+            || None,
+        );
         assert_eq!(slow.await, Some(2));
     }
 
@@ -220,7 +231,7 @@ mod tests {
             Arc::new(Count(AtomicU32::new(0))),
             Arc::new(Count(AtomicU32::new(0))),
         );
-        let mut raced = pin!(signal.race(pending::<()>()));
+        let mut raced = pin!(signal.race(pending::<Option<()>>(), || None));
         let first_waker = Waker::from(Arc::clone(&first));
         let second_waker = Waker::from(Arc::clone(&second));
         assert!(
