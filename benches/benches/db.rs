@@ -185,7 +185,7 @@ async fn paired(
     router: &DbRouter,
     direct: &PgPool,
     timed: Side,
-    totals: &Pairs,
+    totals: &[Pairs; 3],
     id: impl Fn() -> i32,
 ) -> Duration {
     let mut spent = Duration::ZERO;
@@ -195,7 +195,9 @@ async fn paired(
             Side::Router => router_time,
             Side::Direct => direct_time,
         };
-        totals.add(router_time, direct_time);
+        // Every pair, and the pairs of this id alone (which side ran first).
+        totals[0].add(router_time, direct_time);
+        totals[timed as usize + 1].add(router_time, direct_time);
     }
     spent
 }
@@ -203,8 +205,8 @@ async fn paired(
 /// Which side of a pair a criterion id reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    Router,
-    Direct,
+    Router = 0,
+    Direct = 1,
 }
 
 /// One query on `a` and one on `b`, `a` first when `a_first`; their times, `(a, b)`.
@@ -337,7 +339,7 @@ fn query(c: &mut Criterion) {
     // Paired: every iteration runs one query each way and reports the time of its own, so both
     // ids see the same mix of work; only the reported side differs.
     let (direct, twin, router) = (&direct, &twin, &router);
-    let totals = &Pairs::default();
+    let totals = &<[Pairs; 3]>::default();
     let spinners = Spinners::start();
     group.bench_function("direct_pool", |b| {
         b.to_async(&rt)
@@ -353,7 +355,18 @@ fn query(c: &mut Criterion) {
     // query ran next to a direct one, at the same moments: that ratio does not drift.
     println!(
         "db_query paired over both ids: {}",
-        totals.summary("router_auto", "direct_pool")
+        totals[0].summary("router_auto", "direct_pool")
+    );
+    // The same by id: a difference between the two is what running first or second in a
+    // pair costs here (the two ids run different numbers of pairs, so it can tilt the line
+    // above).
+    println!(
+        "db_query paired, router_auto's pairs (router first): {}",
+        totals[1].summary("router_auto", "direct_pool")
+    );
+    println!(
+        "db_query paired, direct_pool's pairs (direct first): {}",
+        totals[2].summary("router_auto", "direct_pool")
     );
     // The control: the same pairing between two plain pools on the same replica, each with its
     // own connection and server process. What it shows away from 1.0 is what two connections

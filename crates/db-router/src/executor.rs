@@ -6,6 +6,8 @@
 //! The statement then runs through the chosen node's `&PgPool` executor, so sqlx's own
 //! statement cache and connection handling apply unchanged.
 
+use std::future;
+
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
@@ -16,7 +18,9 @@ use sqlx::{Describe, Either, Execute, Executor, PgPool, SqlStr};
 
 use crate::classify::{Reason, Route};
 use crate::error::Error;
+use crate::lsn::Lsn;
 use crate::metrics;
+use crate::node::Node;
 use crate::node::{is_connection_error, is_read_only_violation};
 use crate::router::{DbRouter, Lease, Shared, race_down};
 use crate::scope::{self, Consistency};
@@ -93,17 +97,48 @@ impl Shared {
     }
 
     /// Routes and runs one statement with `op` (one of the `&PgPool` executor methods).
+    ///
+    /// The common read (a replica picked at once, answering) runs inline; every other path
+    /// is boxed, so this future, which every query allocates and moves, stays small.
     async fn run<T, F>(&self, parts: QueryParts, op: F) -> Result<T, sqlx::Error>
     where
         F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
     {
         let route = self.route(parts.sql.as_str());
-        match route {
-            Route::Primary(_) => {
-                self.run_on_writer(route, parts.into_query(), &op, true)
-                    .await
+        if let Route::Primary(_) = route {
+            return self
+                .run_on_writer(route, parts.into_query(), &op, true)
+                .await;
+        }
+        // One look at the client's scope: its token, unless it wrote since its last read.
+        let required = match Consistency::with_current(|client| {
+            if client.take_unsettled() {
+                Err(client.clone())
+            } else {
+                Ok(client.token())
             }
-            Route::Replica(_) => self.run_read(route, parts, &op).await,
+        }) {
+            None => None,
+            Some(Ok(token)) => token,
+            Some(Err(client)) => {
+                return Box::pin(self.read_after_write(route, parts, &op, client)).await;
+            }
+        };
+        let Some((lease, node)) = self.lease_replica(required, &[]) else {
+            return Box::pin(self.read_from_replicas(route, parts, &op, required, Vec::new()))
+                .await;
+        };
+        metrics::query(&node.metric_keys, route);
+        let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
+        match self.after_read(result, lease, node, &parts) {
+            ReadNext::Done(result) => result,
+            ReadNext::Elsewhere => {
+                let tried = node.read_slot.into_iter().collect();
+                Box::pin(self.read_from_replicas(route, parts, &op, required, tried)).await
+            }
+            ReadNext::Primary => {
+                Box::pin(self.run_on_writer(route, parts.into_query(), &op, true)).await
+            }
         }
     }
 
@@ -133,51 +168,95 @@ impl Shared {
         result
     }
 
-    async fn run_read<T, F>(
+    /// A read by a client that wrote since its last read: it must see that write, so its
+    /// token first rises to the primary's current position.
+    async fn read_after_write<T, F>(
         &self,
         route: Route,
         parts: QueryParts,
         op: &F,
+        client: Consistency,
     ) -> Result<T, sqlx::Error>
     where
         F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
     {
-        let required = match Consistency::current() {
-            None => None,
-            Some(client) => {
-                if client.take_unsettled() {
-                    // The client wrote in this scope: its reads must see that write.
-                    // The rare paths are boxed: kept inline, their futures would make every
-                    // read's future (moved a few times per query) several times larger.
-                    match Box::pin(self.writer_lsn()).await {
-                        Ok(lsn) => client.advance(lsn),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cannot read the primary's LSN: reading from the primary");
-                            client.mark_write();
-                            return Box::pin(self.run_on_writer(
-                                route,
-                                parts.into_query(),
-                                op,
-                                false,
-                            ))
-                            .await;
-                        }
-                    }
-                }
-                client.token()
+        match self.writer_lsn().await {
+            Ok(lsn) => client.advance(lsn),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the primary's LSN: reading from the primary");
+                client.mark_write();
+                return self
+                    .run_on_writer(route, parts.into_query(), op, false)
+                    .await;
             }
-        };
-        let mut tried: Vec<usize> = Vec::new();
+        }
+        self.read_from_replicas(route, parts, op, client.token(), Vec::new())
+            .await
+    }
+
+    /// A replica for a read that must see `required`, skipping the read-set slots in `tried`.
+    fn lease_replica(&self, required: Option<Lsn>, tried: &[usize]) -> Option<(Lease, &Node)> {
+        self.pick_replica(required, tried)
+            .and_then(|lease| self.nodes.get(lease.node).map(|node| (lease, node)))
+    }
+
+    /// What a read's attempt on `node` leads to; records its outcome.
+    fn after_read<T>(
+        &self,
+        result: Result<T, sqlx::Error>,
+        lease: Lease,
+        node: &Node,
+        parts: &QueryParts,
+    ) -> ReadNext<T> {
+        match result {
+            Ok(value) => {
+                lease.finish(Outcome::Success);
+                ReadNext::Done(Ok(value))
+            }
+            Err(e) if is_connection_error(&e) => {
+                lease.finish(Outcome::Failure);
+                node.mark_down(&e);
+                ReadNext::Elsewhere
+            }
+            Err(e) if is_read_only_violation(&e) && self.config.retry_misrouted => {
+                lease.finish(Outcome::Success);
+                metrics::misroute(&node.metric_keys);
+                tracing::warn!(node = %node.name, sql = parts.sql.as_str(), "a replica refused the statement as a write: retrying on the primary");
+                ReadNext::Primary
+            }
+            Err(e) => {
+                // The node answered: the statement itself failed.
+                lease.finish(Outcome::Success);
+                ReadNext::Done(Err(e))
+            }
+        }
+    }
+
+    /// A read that did not get (or lost) its replica at the first try: the other replicas
+    /// (waiting for one to replay `required`), then the fallback to the primary.
+    async fn read_from_replicas<T, F>(
+        &self,
+        route: Route,
+        parts: QueryParts,
+        op: &F,
+        required: Option<Lsn>,
+        mut tried: Vec<usize>,
+    ) -> Result<T, sqlx::Error>
+    where
+        F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
+    {
         loop {
-            let lease = match self.pick_replica(required, &tried) {
-                Some(lease) => Some(lease),
+            let picked = match self.lease_replica(required, &tried) {
+                Some(picked) => Some(picked),
                 None => match required {
-                    Some(lsn) => Box::pin(self.wait_for_replay(lsn, &tried)).await,
+                    Some(lsn) => self
+                        .wait_for_replay(lsn, &tried)
+                        .await
+                        .and_then(|l| self.nodes.get(l.node).map(|n| (l, n))),
                     None => None,
                 },
             };
-            let Some((lease, node)) = lease.and_then(|l| self.nodes.get(l.node).map(|n| (l, n)))
-            else {
+            let Some((lease, node)) = picked else {
                 let reason = if !tried.is_empty() {
                     "replica_errors"
                 } else if required.is_some() {
@@ -187,34 +266,33 @@ impl Shared {
                 };
                 self.fallback_node("query", reason)
                     .map_err(Error::into_sqlx)?;
-                return Box::pin(self.run_on_writer(route, parts.into_query(), op, false)).await;
+                return self
+                    .run_on_writer(route, parts.into_query(), op, false)
+                    .await;
             };
             metrics::query(&node.metric_keys, route);
             let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
-            match result {
-                Ok(value) => {
-                    lease.finish(Outcome::Success);
-                    return Ok(value);
-                }
-                Err(e) if is_connection_error(&e) => {
-                    lease.finish(Outcome::Failure);
-                    node.mark_down(&e);
-                    tried.extend(node.read_slot);
-                }
-                Err(e) if is_read_only_violation(&e) && self.config.retry_misrouted => {
-                    Lease::finish(lease, Outcome::Success);
-                    metrics::misroute(&node.metric_keys);
-                    tracing::warn!(node = %node.name, sql = parts.sql.as_str(), "a replica refused the statement as a write: retrying on the primary");
-                    return Box::pin(self.run_on_writer(route, parts.into_query(), op, true)).await;
-                }
-                Err(e) => {
-                    // The node answered: the statement itself failed.
-                    lease.finish(Outcome::Success);
-                    return Err(e);
+            match self.after_read(result, lease, node, &parts) {
+                ReadNext::Done(result) => return result,
+                ReadNext::Elsewhere => tried.extend(node.read_slot),
+                ReadNext::Primary => {
+                    return self
+                        .run_on_writer(route, parts.into_query(), op, true)
+                        .await;
                 }
             }
         }
     }
+}
+
+/// Where a read goes after an attempt on a replica.
+enum ReadNext<T> {
+    /// Answered (a row set or the statement's own error).
+    Done(Result<T, sqlx::Error>),
+    /// The replica failed: another replica, else the primary.
+    Elsewhere,
+    /// The replica refused a write: the primary.
+    Primary,
 }
 
 type Item = Either<PgQueryResult, PgRow>;
@@ -261,9 +339,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let parts = QueryParts::take(query);
-        let shared = &*self.shared;
-        Box::pin(async move { shared.run(parts?, |pool, q| pool.fetch_optional(q)).await })
+        match QueryParts::take(query) {
+            Ok(parts) => Box::pin(self.shared.run(parts, |pool, q| pool.fetch_optional(q))),
+            Err(e) => Box::pin(future::ready(Err(e))),
+        }
     }
 
     fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<PgQueryResult, sqlx::Error>>
@@ -271,9 +350,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let parts = QueryParts::take(query);
-        let shared = &*self.shared;
-        Box::pin(async move { shared.run(parts?, |pool, q| pool.execute(q)).await })
+        match QueryParts::take(query) {
+            Ok(parts) => Box::pin(self.shared.run(parts, |pool, q| pool.execute(q))),
+            Err(e) => Box::pin(future::ready(Err(e))),
+        }
     }
 
     fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Vec<PgRow>, sqlx::Error>>
@@ -281,9 +361,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let parts = QueryParts::take(query);
-        let shared = &*self.shared;
-        Box::pin(async move { shared.run(parts?, |pool, q| pool.fetch_all(q)).await })
+        match QueryParts::take(query) {
+            Ok(parts) => Box::pin(self.shared.run(parts, |pool, q| pool.fetch_all(q))),
+            Err(e) => Box::pin(future::ready(Err(e))),
+        }
     }
 
     fn prepare_with<'e>(

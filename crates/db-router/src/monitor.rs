@@ -178,7 +178,7 @@ fn record(node: &Node, observation: &Result<Observation, String>) {
             }
             s.eligible.store(false, Ordering::Release);
             *s.last_error.lock() = Some(e.clone());
-            node.down.notify_waiters();
+            node.down.raise();
             metrics::gauge(metrics::NODE_UP, &node.name, 0.0);
         }
     }
@@ -228,7 +228,7 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
         shared.writer.store(next, Ordering::Release);
         if let Some(old) = shared.nodes.get(current) {
             // Requests still waiting on the old write node give up now.
-            old.down.notify_waiters();
+            old.down.raise();
         }
     }
     for (i, node) in shared.nodes.iter().enumerate() {
@@ -287,5 +287,7 @@ fn update_eligibility(shared: &Shared, observations: &[Result<Observation, Strin
             excluded.push(slot);
         }
     }
+    let count = excluded.len();
     shared.excluded.store(Arc::new(excluded));
+    shared.excluded_count.store(count, Ordering::Release);
 }

@@ -1,7 +1,10 @@
 //! One PostgreSQL node: its pool and what the monitor and the request path know about it.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,8 +28,8 @@ pub(crate) struct Node {
     /// Index in the read set when this node may take reads.
     pub(crate) read_slot: Option<usize>,
     pub(crate) state: NodeState,
-    /// Woken when the node is found down, so requests waiting on it give up at once.
-    pub(crate) down: Notify,
+    /// Raised when the node is found down, so requests waiting on it give up at once.
+    pub(crate) down: DownSignal,
     /// Request-path counter keys with this node's label.
     pub(crate) metric_keys: NodeKeys,
 }
@@ -83,8 +86,79 @@ impl Node {
         }
         self.state.eligible.store(false, Ordering::Release);
         *self.state.last_error.lock() = Some(error.to_string());
-        self.down.notify_waiters();
+        self.down.raise();
     }
+}
+
+/// "This node was found down": wakes every request racing against it (see
+/// [`race`](Self::race)).
+///
+/// A request registers with the [`Notify`] once, when its work first has to wait, and
+/// afterwards only reads `raised` on each poll (no lock) while its waker stays the same.
+#[derive(Debug, Default)]
+pub(crate) struct DownSignal {
+    notify: Notify,
+    /// How many times the signal was raised: a request compares it with the count it saw
+    /// when it started.
+    raised: AtomicU64,
+}
+
+impl DownSignal {
+    /// Wakes every request racing against the node (and makes the ones about to wait give up).
+    pub(crate) fn raise(&self) {
+        // Counted before the wake-up, so that a woken request sees the new count.
+        self.raised.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Runs `fut`, or gives up with `lost()` when the signal is raised after this future was
+    /// first polled. `fut` wins when both are ready at the same poll.
+    pub(crate) async fn race<F: Future>(
+        &self,
+        fut: F,
+        lost: impl FnOnce() -> F::Output,
+    ) -> F::Output {
+        let seen = self.raised.load(Ordering::Acquire);
+        // Created before `fut` first runs: `notify_waiters` reaches it from here on, even
+        // before it is registered (tokio's `Notified` guarantee).
+        let mut notified = pin!(self.notify.notified());
+        let mut fut = pin!(fut);
+        // The waker the registered `notified` holds (its data and vtable addresses): while it
+        // is the one polling, a wake-up by `raise` reaches this task and `raised` tells.
+        let mut registered: Option<(usize, usize)> = None;
+        let finished = poll_fn(|cx| {
+            if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            let waker = waker_id(cx.waker());
+            if registered == Some(waker) {
+                if self.raised.load(Ordering::Acquire) != seen {
+                    return Poll::Ready(None);
+                }
+                return Poll::Pending;
+            }
+            // First wait, or another waker: (re-)register it (tokio's lock, once).
+            if notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            registered = Some(waker);
+            Poll::Pending
+        })
+        .await;
+        match finished {
+            Some(output) => output,
+            None => lost(),
+        }
+    }
+}
+
+/// A waker's identity, as [`Waker::will_wake`] compares them (as integers, so that the future
+/// holding it stays `Send`).
+fn waker_id(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 /// Errors that say the node (or the way to it) failed, not the statement: safe to retry a
@@ -108,4 +182,83 @@ pub(crate) fn is_connection_error(err: &sqlx::Error) -> bool {
 /// SQLSTATE 25006 `read_only_sql_transaction`: a write reached a replica.
 pub(crate) fn is_read_only_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "25006"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::{pending, ready};
+    use std::sync::Arc;
+    use std::task::{Context, Wake};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ready_future_wins_and_a_raise_stops_a_waiting_one() {
+        let signal = DownSignal::default();
+        signal.raise();
+        // A raise before the race started does not count, and `fut` wins a tie.
+        assert_eq!(signal.race(ready(Some(1)), || None).await, Some(1));
+        let waiting = signal.race(pending::<Option<()>>(), || None);
+        let raise = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            signal.raise();
+        };
+        let (raced, ()) = tokio::join!(waiting, raise);
+        assert_eq!(raced, None);
+        // A future that finishes after waiting a while is not disturbed.
+        let slow = signal.race(
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some(2)
+            },
+            || None,
+        );
+        assert_eq!(slow.await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_raise_reaches_the_latest_waker() {
+        let signal = DownSignal::default();
+        /// Counts its wake-ups.
+        struct Count(AtomicU32);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (first, second) = (
+            Arc::new(Count(AtomicU32::new(0))),
+            Arc::new(Count(AtomicU32::new(0))),
+        );
+        let mut raced = pin!(signal.race(pending::<Option<()>>(), || None));
+        let first_waker = Waker::from(Arc::clone(&first));
+        let second_waker = Waker::from(Arc::clone(&second));
+        assert!(
+            raced
+                .as_mut()
+                .poll(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        assert!(
+            raced
+                .as_mut()
+                .poll(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        // Polled by another waker: that one is woken by the next raise.
+        assert!(
+            raced
+                .as_mut()
+                .poll(&mut Context::from_waker(&second_waker))
+                .is_pending()
+        );
+        signal.raise();
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            raced.as_mut().poll(&mut Context::from_waker(&second_waker)),
+            Poll::Ready(None)
+        );
+    }
 }

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::monitor;
-use crate::node::{Node, NodeState};
+use crate::node::{DownSignal, Node, NodeState};
 use crate::scope::{self, Consistency};
 use crate::status::{NodeStatus, ObservedRole, RouterStatus};
 
@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
     /// Read-set indices that may not take reads now (kept by the monitor).
     pub(crate) excluded: ArcSwap<Vec<usize>>,
+    /// The length of `excluded` (stored after it): a read's pick loads `excluded` only when
+    /// this is not 0.
+    pub(crate) excluded_count: AtomicUsize,
     pub(crate) writer: AtomicUsize,
     pub(crate) primary_lsn: AtomicU64,
     pub(crate) classifier: Classifier,
@@ -184,6 +187,7 @@ impl DbRouterBuilder {
             nodes,
             reads,
             policy,
+            excluded_count: AtomicUsize::new(all_reads.len()),
             excluded: ArcSwap::from_pointee(all_reads),
             writer: AtomicUsize::new(NO_WRITER),
             primary_lsn: AtomicU64::new(0),
@@ -239,7 +243,7 @@ fn node_from_spec(
         max_connections,
         read_slot,
         state: NodeState::default(),
-        down: Notify::new(),
+        down: DownSignal::default(),
     }
 }
 
@@ -550,33 +554,40 @@ impl Shared {
     /// the read-set indices in `tried` and, with `required`, replicas not known to have
     /// replayed it. `None` when no replica qualifies.
     pub(crate) fn pick_replica(&self, required: Option<Lsn>, tried: &[usize]) -> Option<Lease> {
+        let simple = required.is_none() && tried.is_empty() && !self.config.prefer_lower_lag;
+        if simple && self.excluded_count.load(Ordering::Acquire) == 0 {
+            // The common case: every replica may take reads. An empty read set is the only way
+            // to get none, and the pick says so itself.
+            return self.pick_excluding(&[]);
+        }
         let excluded = self.excluded.load();
         let snapshot = self.reads.load();
         if excluded.len() >= snapshot.len() {
             return None;
         }
-        let mut extra: Vec<usize>;
-        let exclusions: &[usize] =
-            if required.is_none() && tried.is_empty() && !self.config.prefer_lower_lag {
-                &excluded
-            } else {
-                extra = excluded.as_ref().clone();
-                extra.extend_from_slice(tried);
-                for (slot, endpoint) in snapshot.iter().enumerate() {
-                    let covered = required.is_none_or(|lsn| {
-                        self.nodes
-                            .get(*endpoint.service())
-                            .is_some_and(|n| n.state.replay_lsn() >= lsn)
-                    });
-                    if !covered {
-                        extra.push(slot);
-                    }
-                }
-                if self.config.prefer_lower_lag {
-                    self.keep_least_lagged(&snapshot, &mut extra);
-                }
-                &extra
-            };
+        if simple {
+            return self.pick_excluding(&excluded);
+        }
+        let mut exclusions = excluded.as_ref().clone();
+        exclusions.extend_from_slice(tried);
+        for (slot, endpoint) in snapshot.iter().enumerate() {
+            let covered = required.is_none_or(|lsn| {
+                self.nodes
+                    .get(*endpoint.service())
+                    .is_some_and(|n| n.state.replay_lsn() >= lsn)
+            });
+            if !covered {
+                exclusions.push(slot);
+            }
+        }
+        if self.config.prefer_lower_lag {
+            self.keep_least_lagged(&snapshot, &mut exclusions);
+        }
+        self.pick_excluding(&exclusions)
+    }
+
+    /// A replica by lb-core's policy among the read-set slots not in `exclusions`.
+    fn pick_excluding(&self, exclusions: &[usize]) -> Option<Lease> {
         let ctx = PickContext::new().excluding(exclusions);
         let picked = self.reads.pick(&self.policy, &ctx).ok()?;
         // lb-core ignores exclusions when they rule out everything; for us that means "none".
@@ -690,17 +701,19 @@ impl Shared {
 /// Runs `fut` against `node`, giving up with [`Error::NodeDown`] as soon as the node is found
 /// down (a dead primary would otherwise keep a request in sqlx's connect retries until
 /// `acquire_timeout`).
-pub(crate) async fn race_down<T>(
+pub(crate) fn race_down<T>(
     node: &Node,
     operation: &'static str,
     fut: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
-    let down = node.down.notified();
-    tokio::pin!(down);
-    down.as_mut().enable();
-    tokio::select! {
-        biased;
-        result = fut => result,
-        () = down => Err(Error::NodeDown { node: node.name.to_string(), operation }.into_sqlx()),
+) -> impl Future<Output = Result<T, sqlx::Error>> {
+    node.down.race(fut, move || Err(race_lost(node, operation)))
+}
+
+#[cold]
+fn race_lost(node: &Node, operation: &'static str) -> sqlx::Error {
+    Error::NodeDown {
+        node: node.name.to_string(),
+        operation,
     }
+    .into_sqlx()
 }

@@ -122,6 +122,11 @@ impl Consistency {
     pub fn current() -> Option<Consistency> {
         CONSISTENCY.try_with(Clone::clone).ok()
     }
+
+    /// `f` on the state of the current scope, without cloning it (`None` outside a scope).
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Consistency) -> R) -> Option<R> {
+        CONSISTENCY.try_with(f).ok()
+    }
 }
 
 #[cfg(test)]
