@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Full};
 
 use super::pool::PooledBody;
 use crate::balancer::BoxError;
@@ -21,7 +21,7 @@ pub struct UpstreamBody {
 
 #[derive(Debug)]
 enum Kind {
-    Full(Option<Bytes>),
+    Full(Full<Bytes>),
     Stream(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -29,7 +29,7 @@ impl UpstreamBody {
     /// A complete body held in memory; can be replayed.
     pub fn full(bytes: Bytes) -> Self {
         Self {
-            kind: Kind::Full(Some(bytes)),
+            kind: Kind::Full(Full::new(bytes)),
         }
     }
 
@@ -43,8 +43,8 @@ impl UpstreamBody {
     /// A copy for a retry, if the body is buffered.
     pub fn try_clone(&self) -> Option<Self> {
         match &self.kind {
-            Kind::Full(bytes) => Some(Self {
-                kind: Kind::Full(bytes.clone()),
+            Kind::Full(full) => Some(Self {
+                kind: Kind::Full(full.clone()),
             }),
             Kind::Stream(_) => None,
         }
@@ -60,26 +60,23 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
-            Kind::Full(bytes) => Poll::Ready(
-                bytes
-                    .take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
+            Kind::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
             Kind::Stream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            Kind::Full(full) => full.is_end_stream(),
             Kind::Stream(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Full(full) => full.size_hint(),
             Kind::Stream(body) => body.size_hint(),
         }
     }
@@ -94,7 +91,7 @@ pub struct ProxyBody {
 
 enum ProxyKind {
     Endpoint(PooledBody),
-    Full(Option<Bytes>),
+    Full(Full<Bytes>),
     Boxed(BoxBody<Bytes, BoxError>),
 }
 
@@ -115,7 +112,7 @@ impl fmt::Debug for ProxyBody {
 impl Default for ProxyBody {
     fn default() -> Self {
         Self {
-            kind: ProxyKind::Full(None),
+            kind: ProxyKind::Full(Full::default()),
         }
     }
 }
@@ -135,7 +132,7 @@ impl ProxyBody {
     /// A complete body held in memory.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self {
-            kind: ProxyKind::Full(Some(bytes.into())),
+            kind: ProxyKind::Full(Full::new(bytes.into())),
         }
     }
 
@@ -156,12 +153,9 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             ProxyKind::Endpoint(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ProxyKind::Full(bytes) => Poll::Ready(
-                bytes
-                    .take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
+            ProxyKind::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
             ProxyKind::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -169,7 +163,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             ProxyKind::Endpoint(body) => body.is_end_stream(),
-            ProxyKind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            ProxyKind::Full(full) => full.is_end_stream(),
             ProxyKind::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -177,9 +171,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             ProxyKind::Endpoint(body) => body.size_hint(),
-            ProxyKind::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            ProxyKind::Full(full) => full.size_hint(),
             ProxyKind::Boxed(body) => body.size_hint(),
         }
     }
