@@ -197,7 +197,13 @@ impl Shared {
     /// A replica for a read that must see `required`, skipping the read-set slots in `tried`.
     fn lease_replica(&self, required: Option<Lsn>, tried: &[usize]) -> Option<(Lease, &Node)> {
         self.pick_replica(required, tried)
-            .and_then(|lease| self.nodes.get(lease.node).map(|node| (lease, node)))
+            .and_then(|lease| self.with_node(lease))
+    }
+
+    /// A lease with the node it is on.
+    fn with_node(&self, lease: Lease) -> Option<(Lease, &Node)> {
+        let node = self.nodes.get(lease.node)?;
+        Some((lease, node))
     }
 
     /// What a read's attempt on `node` leads to; records its outcome.
@@ -252,7 +258,7 @@ impl Shared {
                     Some(lsn) => self
                         .wait_for_replay(lsn, &tried)
                         .await
-                        .and_then(|l| self.nodes.get(l.node).map(|n| (l, n))),
+                        .and_then(|lease| self.with_node(lease)),
                     None => None,
                 },
             };

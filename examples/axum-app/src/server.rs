@@ -224,7 +224,7 @@ impl Connections {
     /// Tells every connection to finish and waits until all have closed.
     async fn drain(&self) {
         self.draining.store(true, Ordering::Release);
-        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        let wakers = std::mem::take(&mut *self.wakers());
         for waker in wakers.into_values() {
             waker.wake();
         }
@@ -233,6 +233,7 @@ impl Connections {
         }
     }
 
+    /// The wakers' map (a panic elsewhere while it was held leaves it usable).
     fn wakers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
         self.wakers.lock().unwrap_or_else(|e| e.into_inner())
     }

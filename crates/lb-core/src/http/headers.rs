@@ -45,14 +45,13 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 thread_local! {
-    /// The address this thread formatted last, and its value: a connection's requests, and the
-    /// two headers of one request, share their client.
+    /// The address this thread formatted last, and its value.
     static LAST_IP: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
 }
 
-/// `ip` as a header value. This runs twice for every proxied request (`X-Forwarded-For`,
-/// `X-Real-IP`), so the last one formatted on this thread is kept: a clone of it is a reference
-/// count, where formatting is a check and an allocation.
+/// `ip` as a header value. This runs for every proxied request, and a connection's requests
+/// share their client, so the last one formatted on this thread is kept: a clone of it is a
+/// reference count, where formatting is a check and an allocation.
 pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
     LAST_IP.with_borrow_mut(|last| match last {
         Some((cached, value)) if *cached == ip => value.clone(),
@@ -108,26 +107,21 @@ pub(crate) fn append_forwarded_for(
         headers.insert(X_FORWARDED_FOR, value);
         return;
     }
-    let peer = peer.to_string();
-    let incoming: Vec<String> = if keep_incoming {
-        headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    headers.remove(&X_FORWARDED_FOR);
-    let mut value = incoming.join(", ");
-    if !value.is_empty() {
-        value.push_str(", ");
+    let mut joined = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !joined.is_empty() {
+        joined.push_str(", ");
     }
-    value.push_str(&peer);
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    joined.push_str(&peer.to_string());
+    // `insert` replaces every incoming value.
+    headers.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&joined).unwrap_or(value),
+    );
 }
 
 #[cfg(test)]
