@@ -21,7 +21,9 @@ pub struct UpstreamBody {
 
 #[derive(Debug)]
 enum Kind {
-    Full(Full<Bytes>),
+    /// Not yet sent (`None` once sent or when empty). Not http-body-util's `Full`: the request
+    /// head writer reads the bytes in place.
+    Full(Option<Bytes>),
     Stream(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -29,7 +31,7 @@ impl UpstreamBody {
     /// A complete body held in memory; can be replayed.
     pub fn full(bytes: Bytes) -> Self {
         Self {
-            kind: Kind::Full(Full::new(bytes)),
+            kind: Kind::Full(Some(bytes).filter(|b| !b.is_empty())),
         }
     }
 
@@ -37,6 +39,15 @@ impl UpstreamBody {
     pub fn stream(body: UnsyncBoxBody<Bytes, BoxError>) -> Self {
         Self {
             kind: Kind::Stream(body),
+        }
+    }
+
+    /// The whole body, if it is buffered and not yet read.
+    pub(crate) fn full_bytes(&self) -> Option<&[u8]> {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => Some(bytes),
+            Kind::Full(None) => Some(&[]),
+            Kind::Stream(_) => None,
         }
     }
 
@@ -60,23 +71,21 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
-            Kind::Full(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
+            Kind::Full(full) => Poll::Ready(full.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(full) => full.is_end_stream(),
+            Kind::Full(full) => full.is_none(),
             Kind::Stream(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(full) => full.size_hint(),
+            Kind::Full(full) => SizeHint::with_exact(full.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream(body) => body.size_hint(),
         }
     }

@@ -2,6 +2,7 @@
 
 mod body;
 mod client_ip;
+mod h1;
 mod headers;
 pub mod key;
 mod pool;

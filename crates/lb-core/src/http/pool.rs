@@ -1,12 +1,11 @@
 //! Keep-alive HTTP/1.1 connections to one endpoint, pooled per thread.
 //!
 //! Each thread that sends requests keeps its own idle connections, as nginx keeps its `keepalive`
-//! connections per worker process: a request reuses a connection whose I/O task runs on its own
-//! thread, so sending it and reading the answer never wakes another thread (or, when a server
-//! runs one single-threaded runtime per core, another runtime). A connection goes back to the
-//! pool when its response body has been read to the end and dropped; a body dropped early
-//! closes it. Idle connections older than the idle timeout, or closed by the endpoint, are
-//! dropped when met at checkout.
+//! connections per worker process. The exchange itself runs in the request's future and its
+//! response body (see [`super::h1`]), so a request never wakes another task or thread. A
+//! connection goes back to the pool as soon as its response body has been read to the end; a
+//! body dropped early closes it. Idle connections older than the idle timeout, or closed by the
+//! endpoint, are dropped when met at checkout.
 //!
 //! Each connection also keeps the timer that bounds its requests' wait for a response head. A
 //! request does not touch it: it carries its own deadline, and when the timer fires before that
@@ -22,20 +21,17 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::Response;
 use http::uri::Authority;
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt as _;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::body::UpstreamBody;
+use super::h1::{Conn, Framing, Head, LAST_CHUNK, ProtocolError, RequestFraming, write_chunk};
 use super::upstream::{UpstreamError, UpstreamErrorKind};
 use crate::balancer::BoxError;
-
-type Sender = SendRequest<UpstreamBody>;
 
 /// A connection's request timer (boxed: it is pinned and moves with the connection).
 type Timer = Pin<Box<Sleep>>;
@@ -50,7 +46,7 @@ pub(crate) struct EndpointPool {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     /// When the connection stops being reused (`None`: never).
     expires: Option<Instant>,
     timer: Option<Timer>,
@@ -59,6 +55,21 @@ struct Idle {
 thread_local! {
     /// This thread's idle connections, by endpoint (entries of dropped endpoints are pruned).
     static IDLE: RefCell<Vec<(Weak<EndpointPool>, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A request ready for the wire: its head (with a buffered body after it) written once, so it
+/// can be sent again as it is on another connection.
+pub(crate) struct Message {
+    /// The head, and the whole body when it is buffered.
+    pub(crate) bytes: Vec<u8>,
+    /// A body streamed after the head (sent once).
+    pub(crate) stream: Option<UpstreamBody>,
+    pub(crate) framing: RequestFraming,
+    /// A `HEAD` request: its response has no body.
+    pub(crate) head_request: bool,
+    /// May be sent again on a new connection when a reused one closed without answering
+    /// (an idempotent request with a buffered body).
+    pub(crate) resendable: bool,
 }
 
 impl EndpointPool {
@@ -101,8 +112,8 @@ impl EndpointPool {
     /// The most recently used idle connection that is still open and fresh at `now`.
     fn checkout(self: &Arc<Self>, now: Instant) -> Option<Idle> {
         self.with_idle(|idle| {
-            while let Some(c) = idle.pop() {
-                if !c.sender.is_closed() && c.expires.is_none_or(|at| now < at) {
+            while let Some(mut c) = idle.pop() {
+                if c.expires.is_none_or(|at| now < at) && c.conn.is_reusable() {
                     return Some(c);
                 }
             }
@@ -110,17 +121,14 @@ impl EndpointPool {
         })
     }
 
-    /// Keeps a connection whose exchange is over, if it is open and the pool has room. `since`
-    /// is when the exchange started: its idle time is counted from then, which retires it a
-    /// little early rather than late, for one clock read per request instead of two.
-    fn checkin(self: &Arc<Self>, sender: Sender, since: Instant, timer: Option<Timer>) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Keeps a connection whose exchange is over, if the pool has room. `since` is when the
+    /// exchange started: its idle time is counted from then, which retires it a little early
+    /// rather than late, for one clock read per request instead of two.
+    fn checkin(self: &Arc<Self>, conn: Conn, since: Instant, timer: Option<Timer>) {
         self.with_idle(|idle| {
             if idle.len() < self.max_idle {
                 idle.push(Idle {
-                    sender,
+                    conn,
                     expires: since.checked_add(self.idle_timeout),
                     timer,
                 });
@@ -128,29 +136,24 @@ impl EndpointPool {
         });
     }
 
-    async fn connect(&self) -> Result<Sender, BoxError> {
+    async fn connect(&self) -> Result<Conn, BoxError> {
         let port = self.authority.port_u16().unwrap_or(80);
         let connect = tokio::net::TcpStream::connect((self.authority.host(), port));
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| format!("no connection within {:?}", self.connect_timeout))??;
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or a new one, and waits
-    /// at most `timeout` for the response head. A request that a reused connection could not
-    /// take (closed meanwhile) is sent again on another; a failure before anything was sent is a
-    /// [`UpstreamErrorKind::Connect`], safe to retry.
+    /// Sends `msg` on an idle connection, or a new one, and waits at most `timeout` for the
+    /// response head. A request that a reused connection could not take (closed meanwhile, so
+    /// nothing was sent, or closed unanswered when the request may be sent again) goes out
+    /// again on another; a failure before anything was sent is a [`UpstreamErrorKind::Connect`],
+    /// safe to retry.
     pub(crate) async fn send(
         self: Arc<Self>,
-        mut req: Request<UpstreamBody>,
+        mut msg: Message,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         // One clock reading: tokio's instant wraps the standard one.
@@ -163,12 +166,12 @@ impl EndpointPool {
         let failed = |kind, source| UpstreamError::new(&self.authority, kind, source);
         let mut timer: Option<Timer> = None;
         loop {
-            let (mut sender, reused) = match self.checkout(started) {
+            let (mut conn, reused) = match self.checkout(started) {
                 Some(c) => {
                     if timer.is_none() {
                         timer = c.timer;
                     }
-                    (c.sender, true)
+                    (c.conn, true)
                 }
                 None => {
                     let t =
@@ -176,47 +179,126 @@ impl EndpointPool {
                     // Boxed: new connections are rare, and their state would make every
                     // request's future larger.
                     match before(t, deadline, Box::pin(self.connect())).await {
-                        Some(Ok(sender)) => (sender, false),
+                        Some(Ok(conn)) => (conn, false),
                         Some(Err(e)) => return Err(failed(UpstreamErrorKind::Connect, Some(e))),
                         None => return Err(failed(UpstreamErrorKind::Timeout, None)),
                     }
                 }
             };
             let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            match before(t, deadline, sender.ready()).await {
+            let mut written = 0;
+            match before(t, deadline, conn.write_all(&msg.bytes, &mut written)).await {
                 Some(Ok(())) => {}
-                Some(Err(_)) if reused => continue,
-                Some(Err(e)) => return Err(failed(UpstreamErrorKind::Connect, Some(e.into()))),
+                Some(Err(_)) if reused && written == 0 => continue,
+                Some(Err(e)) => {
+                    let kind = if written == 0 {
+                        UpstreamErrorKind::Connect
+                    } else {
+                        UpstreamErrorKind::Request
+                    };
+                    return Err(failed(kind, Some(e.into())));
+                }
                 None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
-            match before(t, deadline, sender.try_send_request(req)).await {
-                Some(Ok(res)) => {
-                    return Ok(res.map(|body| PooledBody {
-                        body,
-                        done: false,
-                        connection: Some(Connection {
-                            sender,
-                            pool: self,
-                            since: started,
-                            timer: timer.take(),
-                        }),
-                    }));
+            if let Some(body) = msg.stream.take() {
+                match before(
+                    t,
+                    deadline,
+                    Box::pin(send_body(&mut conn, body, msg.framing)),
+                )
+                .await
+                {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => return Err(failed(UpstreamErrorKind::Request, Some(e))),
+                    None => return Err(failed(UpstreamErrorKind::Timeout, None)),
                 }
-                Some(Err(mut e)) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    Some(_) => {
-                        let source = e.into_error().into();
-                        return Err(failed(UpstreamErrorKind::Connect, Some(source)));
-                    }
-                    None => {
-                        let source = e.into_error().into();
-                        return Err(failed(UpstreamErrorKind::Request, Some(source)));
-                    }
-                },
+            }
+            match before(t, deadline, conn.read_head(msg.head_request)).await {
+                Some(Ok(head)) => return Ok(self.response(conn, head, started, timer.take())),
+                Some(Err(e)) if reused && msg.resendable && ProtocolError::is_unanswered(&e) => {
+                    continue;
+                }
+                Some(Err(e)) => return Err(failed(UpstreamErrorKind::Request, Some(e.into()))),
                 None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
         }
     }
+
+    /// The response to hand on. A body already read whole (the common case) is taken out now,
+    /// and the connection goes back to the pool before the response is on its way.
+    fn response(
+        self: Arc<Self>,
+        mut conn: Conn,
+        head: Head,
+        since: Instant,
+        timer: Option<Timer>,
+    ) -> Response<PooledBody> {
+        let mut framing = head.framing;
+        let mut data = None;
+        if let Framing::Length(n) = framing
+            && usize::try_from(n).is_ok_and(|n| n <= conn.buffered())
+        {
+            if n > 0 {
+                data = Some(conn.take(n as usize));
+            }
+            framing = Framing::Done;
+        }
+        let mut body = PooledBody {
+            data,
+            framing,
+            keep_alive: head.keep_alive,
+            connection: Some(Connection {
+                conn,
+                pool: self,
+                since,
+                timer,
+            }),
+        };
+        if matches!(body.framing, Framing::Done) {
+            body.release();
+        }
+        let mut res = Response::new(body);
+        *res.status_mut() = head.status;
+        *res.version_mut() = head.version;
+        *res.headers_mut() = head.headers;
+        res
+    }
+}
+
+/// Streams a request body after its head, framed as the head said.
+async fn send_body(
+    conn: &mut Conn,
+    mut body: UpstreamBody,
+    framing: RequestFraming,
+) -> Result<(), BoxError> {
+    let mut chunk = Vec::new();
+    let mut sent: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            RequestFraming::Chunked => {
+                chunk.clear();
+                write_chunk(&mut chunk, &data);
+                conn.write_all(&chunk, &mut 0).await?;
+            }
+            RequestFraming::Length(n) if sent <= n => conn.write_all(&data, &mut 0).await?,
+            _ => return Err("request body longer than its length".into()),
+        }
+    }
+    match framing {
+        RequestFraming::Chunked => conn.write_all(LAST_CHUNK, &mut 0).await?,
+        RequestFraming::Length(n) if sent != n => {
+            return Err("request body shorter than its length".into());
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// `fut`'s output, or `None` once `deadline` has passed first (as `timer` tells: a timer set
@@ -265,63 +347,99 @@ impl<F: Future> Future for Before<'_, F> {
 
 /// A connection on loan to a response body.
 struct Connection {
-    sender: Sender,
+    conn: Conn,
     pool: Arc<EndpointPool>,
     /// When its exchange started.
     since: Instant,
     timer: Option<Timer>,
 }
 
-/// Body of an endpoint's response: streamed from its connection, which goes back to the pool
-/// once the body has been read to the end.
+/// Body of an endpoint's response: read from its connection, which goes back to the pool as
+/// soon as the body has been read to its end (a body dropped before that closes it).
 pub struct PooledBody {
-    body: Incoming,
-    done: bool,
+    /// Bytes read with the head, passed on first.
+    data: Option<Bytes>,
+    framing: Framing,
+    /// The endpoint keeps the connection open after this response.
+    keep_alive: bool,
     connection: Option<Connection>,
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledBody")
-            .field("done", &self.done)
+            .field("framing", &self.framing)
             .finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    /// The exchange is over: the connection goes back to the pool if it can carry another.
+    fn release(&mut self) {
+        if let Some(c) = self.connection.take()
+            && self.keep_alive
+            && !c.conn.has_unread()
+        {
+            c.pool.checkin(c.conn, c.since, c.timer);
+        }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.done = true,
-            // A failed body leaves the connection in an unknown state: never reuse it.
-            Poll::Ready(Some(Err(_))) => this.connection = None,
-            _ => {}
+        if let Some(data) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        polled
+        let Some(c) = this.connection.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(c.conn.poll_body(cx, &mut this.framing)) {
+            Some(Ok(data)) => {
+                if matches!(this.framing, Framing::Done) {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            None => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                // A failed body leaves the connection in an unknown state: never reuse it.
+                this.framing = Framing::Done;
+                let authority = c.pool.authority().clone();
+                this.connection = None;
+                let kind = UpstreamErrorKind::Request;
+                Poll::Ready(Some(Err(UpstreamError::new(
+                    &authority,
+                    kind,
+                    Some(e.into()),
+                ))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.body.is_end_stream()
+        self.data.is_none() && matches!(self.framing, Framing::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if (self.done || self.body.is_end_stream())
-            && let Some(c) = self.connection.take()
-        {
-            c.pool.checkin(c.sender, c.since, c.timer);
+        let read = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(read + n),
+            Framing::Done => SizeHint::with_exact(read),
+            _ => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(read);
+                hint
+            }
         }
     }
 }

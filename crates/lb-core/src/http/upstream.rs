@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
@@ -21,12 +21,10 @@ use tower_service::Service;
 
 use super::body::{ProxyBody, UpstreamBody};
 use super::client_ip::{TrustedProxies, client_behind, peer_addr};
-use super::headers::{
-    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, append_forwarded_for, ip_header_value,
-    remove_hop_by_hop,
-};
+use super::h1::{Forwarding, RequestFraming, write_head};
+use super::headers::{X_REAL_IP, append_forwarded_for, ip_header_value, remove_hop_by_hop};
 use super::key::{by_cookie, by_header};
-use super::pool::{EndpointPool, PooledBody};
+use super::pool::{EndpointPool, Message, PooledBody};
 use crate::balancer::{Balancer, BoxError, ResponseFuture, RetryPolicy};
 use crate::config::BalancerConfig;
 use crate::endpoint::Outcome;
@@ -126,56 +124,62 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
 
     /// Sends `req` with its `Host` pointed at this endpoint (unless the upstream preserves the
     /// client's), the client's host in `X-Forwarded-Host` and `X-Forwarded-Proto` set. These
-    /// two are set here, per attempt, rather than by [`HttpUpstream`] before the pick: the copy
-    /// a retry keeps then holds two header entries fewer, and the client's `Host` is read and
-    /// replaced in one lookup.
-    fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
+    /// are written into the request head as it is written, per attempt, rather than set in the
+    /// request's header map: the copy a retry keeps holds fewer entries, and no map is changed.
+    fn call(&mut self, req: Request<UpstreamBody>) -> Self::Future {
         let inner = &*self.inner;
-        let proto = inner
-            .forwarded_proto
-            .clone()
-            .unwrap_or_else(|| match req.uri().scheme_str() {
-                Some("https") => HeaderValue::from_static("https"),
-                _ => HeaderValue::from_static("http"),
-            });
+        let (parts, body) = req.into_parts();
+        let proto: &[u8] = match (&inner.forwarded_proto, parts.uri.scheme_str()) {
+            (Some(proto), _) => proto.as_bytes(),
+            (None, Some("https")) => b"https",
+            (None, _) => b"http",
+        };
         // HTTP/2 carries the client's host in the URI (`:authority`), not in a header.
-        let uri_host = |uri: &Uri| {
-            uri.authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        let client_host = parts
+            .headers
+            .get(HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = match &inner.host {
+            Some(host) => Some(host.as_bytes()),
+            None if parts.headers.contains_key(HOST) => None,
+            None => Some(client_host.unwrap_or(inner.pool.authority().as_str().as_bytes())),
         };
-        let client_host = match &inner.host {
-            Some(host) => match req.headers_mut().insert(HOST, host.clone()) {
-                Some(client) => Some(client),
-                None => uri_host(req.uri()),
-            },
-            None => match req.headers().get(HOST) {
-                Some(client) => Some(client.clone()),
-                None => {
-                    let client = uri_host(req.uri());
-                    let host = client
-                        .clone()
-                        .or_else(|| HeaderValue::from_str(inner.pool.authority().as_str()).ok());
-                    if let Some(host) = host {
-                        req.headers_mut().insert(HOST, host);
-                    }
-                    client
-                }
-            },
+        let forwarding = Forwarding {
+            host,
+            proto,
+            forwarded_host: client_host,
         };
-        let headers = req.headers_mut();
-        headers.insert(X_FORWARDED_PROTO, proto);
-        if let Some(client) = client_host {
-            headers.insert(X_FORWARDED_HOST, client);
-        }
+        let full = body.full_bytes();
+        let len = full.map_or_else(|| body.size_hint().exact(), |b| Some(b.len() as u64));
+        let framing = RequestFraming::new(&parts.method, len);
         // Origin-form (`/path?query`) over HTTP/1.1, as nginx's `proxy_http_version 1.1`.
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-        *req.version_mut() = Version::HTTP_11;
-        Box::pin(Arc::clone(&inner.pool).send(req, inner.timeout))
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut bytes = Vec::with_capacity(256 + full.map_or(0, <[u8]>::len));
+        write_head(
+            &mut bytes,
+            &parts.method,
+            target,
+            &parts.headers,
+            &forwarding,
+            framing,
+        );
+        let resendable = full.is_some() && is_idempotent(&parts.method);
+        let stream = match full {
+            Some(data) => {
+                bytes.extend_from_slice(data);
+                None
+            }
+            None => Some(body),
+        };
+        let msg = Message {
+            bytes,
+            stream,
+            framing,
+            head_request: parts.method == Method::HEAD,
+            resendable,
+        };
+        Box::pin(Arc::clone(&inner.pool).send(msg, inner.timeout))
     }
 }
 
@@ -194,7 +198,7 @@ impl HttpRetry {
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -533,10 +537,8 @@ impl HttpUpstream {
 /// an error response.
 fn respond(result: Result<Response<PooledBody>, BoxError>) -> Response<ProxyBody> {
     match result {
-        Ok(mut res) => {
-            remove_hop_by_hop(res.headers_mut());
-            res.map(ProxyBody::endpoint)
-        }
+        // Hop-by-hop headers were left out as the head was read.
+        Ok(res) => res.map(ProxyBody::endpoint),
         Err(e) => failure_response(&e),
     }
 }
