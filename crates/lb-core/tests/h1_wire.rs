@@ -426,3 +426,32 @@ async fn streamed_request_bodies_go_chunked_or_by_length() {
     assert_eq!(seen[1].body, b"small");
     assert_eq!(server.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_request_sent_to_an_endpoint_directly_gets_its_host_and_forwarding_headers() {
+    let server =
+        Scripted::start(|_| Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
+    let upstream = upstream(server.addr);
+    // Through the balancer underneath, without the head `HttpUpstream` writes before the pick.
+    let mut req = Request::post("/direct?q=1")
+        .header("host", "client.example")
+        .header("x-forwarded-proto", "spoofed")
+        .header("content-length", "99")
+        .body(herd_lb_core::http::UpstreamBody::full("abc".into()))
+        .unwrap();
+    *req.version_mut() = http::Version::HTTP_10;
+    let res = upstream.balancer().clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let head = server.seen()[0].head.clone();
+    assert!(head.starts_with("POST /direct?q=1 HTTP/1.1\r\n"), "{head}");
+    for line in [
+        &format!("host: {}\r\n", server.addr),
+        "x-forwarded-proto: http\r\n",
+        "x-forwarded-host: client.example\r\n",
+        "content-length: 3\r\n",
+    ] {
+        assert_eq!(head.matches(line).count(), 1, "{line} in {head}");
+    }
+    assert!(!head.contains("spoofed") && !head.contains("99"), "{head}");
+    assert_eq!(server.seen()[0].body, b"abc");
+}

@@ -204,7 +204,7 @@ async fn the_peer_can_come_from_the_connection_instead_of_the_request() {
             .insert("x-real-ip", "6.6.6.6".parse().unwrap());
         req
     };
-    // No peer anywhere: neither the client's X-Forwarded-For nor its X-Real-IP goes on.
+    // No peer anywhere: the client's X-Forwarded-For goes on as it came, its X-Real-IP not.
     let body = echo(upstream.clone(), bare()).await;
     assert!(body.contains("|xff=6.6.6.6|real=|"), "{body}");
     // The connection's peer, with no extension in the request.

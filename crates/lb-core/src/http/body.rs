@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt as _, Full};
 
+use super::h1::Prefix;
 use super::pool::PooledBody;
 use crate::balancer::BoxError;
 
@@ -17,6 +18,8 @@ use crate::balancer::BoxError;
 #[derive(Debug)]
 pub struct UpstreamBody {
     kind: Kind,
+    /// The request's head as [`HttpUpstream`](super::HttpUpstream) wrote it before the pick.
+    prefix: Option<Prefix>,
 }
 
 #[derive(Debug)]
@@ -32,6 +35,7 @@ impl UpstreamBody {
     pub fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full(Some(bytes).filter(|b| !b.is_empty())),
+            prefix: None,
         }
     }
 
@@ -39,7 +43,19 @@ impl UpstreamBody {
     pub fn stream(body: UnsyncBoxBody<Bytes, BoxError>) -> Self {
         Self {
             kind: Kind::Stream(body),
+            prefix: None,
         }
+    }
+
+    /// This body behind the head `prefix`.
+    pub(crate) fn with_prefix(mut self, prefix: Prefix) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+
+    /// The head written before the pick, if any.
+    pub(crate) fn prefix(&self) -> Option<&Prefix> {
+        self.prefix.as_ref()
     }
 
     /// The whole body, if it is buffered and not yet read.
@@ -56,6 +72,7 @@ impl UpstreamBody {
         match &self.kind {
             Kind::Full(full) => Some(Self {
                 kind: Kind::Full(full.clone()),
+                prefix: self.prefix.clone(),
             }),
             Kind::Stream(_) => None,
         }

@@ -603,28 +603,45 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) forwarded_host: Option<&'a [u8]>,
 }
 
-/// Writes an HTTP/1.1 request head to `out`: origin-form target, the request's headers (but its
-/// framing headers and the ones `forwarding` replaces) and `forwarding`'s.
+/// The front of a request head written once, before the endpoint is picked: everything but a
+/// `Host` that names the endpoint, the framing header and the final empty line. A retry's copy
+/// of the request is then this (shared) and the body, with no header map to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Prefix {
+    pub(crate) bytes: Bytes,
+    /// It holds the `Host` line (the client's, kept): else the endpoint writes its own.
+    pub(crate) has_host: bool,
+}
+
+/// Appends `name: value` and CRLF.
+pub(crate) fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the request line, origin-form over HTTP/1.1.
+pub(crate) fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// Writes an HTTP/1.1 request head to `out`, all but its end ([`end_head`]): origin-form
+/// target, the request's headers (but its framing headers and the ones `forwarding` replaces)
+/// and `forwarding`'s.
 pub(crate) fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
     forwarding: &Forwarding<'_>,
-    framing: RequestFraming,
 ) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    write_request_line(out, method, target);
     if let Some(host) = forwarding.host {
-        line(b"host", host);
+        write_line(out, b"host", host);
     }
     for (name, value) in headers {
         let replaced = (forwarding.host.is_some() && name == HOST)
@@ -633,19 +650,21 @@ pub(crate) fn write_head(
             || name == CONTENT_LENGTH
             || name == TRANSFER_ENCODING;
         if !replaced {
-            line(name.as_str().as_bytes(), value.as_bytes());
+            write_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    line(b"x-forwarded-proto", forwarding.proto);
+    write_line(out, b"x-forwarded-proto", forwarding.proto);
     if let Some(host) = forwarding.forwarded_host {
-        line(b"x-forwarded-host", host);
+        write_line(out, b"x-forwarded-host", host);
     }
+}
+
+/// Ends a request head: its framing header and the empty line.
+pub(crate) fn end_head(out: &mut Vec<u8>, framing: RequestFraming) {
     match framing {
         RequestFraming::None => {}
-        RequestFraming::Length(n) => {
-            line(b"content-length", itoa_u64(n, &mut [0; 20]));
-        }
-        RequestFraming::Chunked => line(b"transfer-encoding", b"chunked"),
+        RequestFraming::Length(n) => write_line(out, b"content-length", itoa_u64(n, &mut [0; 20])),
+        RequestFraming::Chunked => write_line(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -876,14 +895,8 @@ mod tests {
             proto: b"https",
             forwarded_host: Some(b"client.example"),
         };
-        write_head(
-            &mut out,
-            &Method::POST,
-            "/a?b=1",
-            &headers,
-            &forwarding,
-            RequestFraming::new(&Method::POST, Some(3)),
-        );
+        write_head(&mut out, &Method::POST, "/a?b=1", &headers, &forwarding);
+        end_head(&mut out, RequestFraming::new(&Method::POST, Some(3)));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-kept: 1\r\n\

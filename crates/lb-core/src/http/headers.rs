@@ -30,25 +30,14 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) && HOP_BY_HOP.contains(name)
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than seven removals.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
+/// The headers a message's `Connection` header names: hop-by-hop too (RFC 9110 §7.6.1).
+pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect()
 }
 
 thread_local! {
@@ -102,66 +91,21 @@ fn format_ip(ip: IpAddr) -> HeaderValue {
     }
 }
 
-/// Appends `peer` to `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`); an incoming value
-/// is kept only when it came from a trusted proxy. `value` is `peer` as a header value.
-pub(crate) fn append_forwarded_for(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    value: HeaderValue,
-    keep_incoming: bool,
-) {
-    if !keep_incoming || !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, value);
-        return;
-    }
-    let mut joined = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if !joined.is_empty() {
-        joined.push_str(", ");
-    }
-    joined.push_str(&peer.to_string());
-    // `insert` replaces every incoming value.
-    headers.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&joined).unwrap_or(value),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_go_including_connection_named_ones() {
+    fn connection_names_its_own_hop_by_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.append(CONNECTION, HeaderValue::from_static(" upgrade ,,bad name"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn forwarded_for_appends_or_replaces() {
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        let add = |h: &mut HeaderMap, ip: IpAddr, keep| {
-            append_forwarded_for(h, ip, ip_header_value(ip), keep)
-        };
-        add(&mut h, [10, 0, 0, 2].into(), true);
-        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.0.0.2");
-        add(&mut h, [9, 9, 9, 9].into(), false);
-        assert_eq!(h[&X_FORWARDED_FOR], "9.9.9.9");
-        let mut h = HeaderMap::new();
-        add(&mut h, "::1".parse().unwrap(), true);
-        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+        assert_eq!(
+            connection_named(&h),
+            [KEEP_ALIVE, HeaderName::from_static("x-secret"), UPGRADE]
+        );
+        assert!(connection_named(&HeaderMap::new()).is_empty());
     }
 
     #[test]
@@ -197,17 +141,5 @@ mod tests {
         for name in ["host", "x-te", "content-length", "accept"] {
             assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
-    }
-
-    #[test]
-    fn messages_without_hop_by_hop_headers_are_left_alone() {
-        let mut h = HeaderMap::new();
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        h.insert(http::header::HOST, HeaderValue::from_static("a"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 2);
-        h.insert(TE, HeaderValue::from_static("trailers"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 2);
     }
 }

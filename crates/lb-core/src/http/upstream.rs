@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
@@ -21,8 +21,12 @@ use tower_service::Service;
 
 use super::body::{ProxyBody, UpstreamBody};
 use super::client_ip::{TrustedProxies, client_behind, peer_addr};
-use super::h1::{Forwarding, RequestFraming, write_head};
-use super::headers::{X_REAL_IP, append_forwarded_for, ip_header_value, remove_hop_by_hop};
+use super::h1::{
+    Forwarding, Prefix, RequestFraming, end_head, write_head, write_line, write_request_line,
+};
+use super::headers::{
+    X_FORWARDED_FOR, X_REAL_IP, connection_named, ip_header_value, is_hop_by_hop,
+};
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
 use crate::balancer::{Balancer, BoxError, ResponseFuture, RetryPolicy};
@@ -129,41 +133,25 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
     fn call(&mut self, req: Request<UpstreamBody>) -> Self::Future {
         let inner = &*self.inner;
         let (parts, body) = req.into_parts();
-        let proto: &[u8] = match (&inner.forwarded_proto, parts.uri.scheme_str()) {
-            (Some(proto), _) => proto.as_bytes(),
-            (None, Some("https")) => b"https",
-            (None, _) => b"http",
-        };
-        // HTTP/2 carries the client's host in the URI (`:authority`), not in a header.
-        let client_host = parts
-            .headers
-            .get(HOST)
-            .map(HeaderValue::as_bytes)
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
-        let host = match &inner.host {
-            Some(host) => Some(host.as_bytes()),
-            None if parts.headers.contains_key(HOST) => None,
-            None => Some(client_host.unwrap_or(inner.pool.authority().as_str().as_bytes())),
-        };
-        let forwarding = Forwarding {
-            host,
-            proto,
-            forwarded_host: client_host,
-        };
         let full = body.full_bytes();
         let len = full.map_or_else(|| body.size_hint().exact(), |b| Some(b.len() as u64));
         let framing = RequestFraming::new(&parts.method, len);
-        // Origin-form (`/path?query`) over HTTP/1.1, as nginx's `proxy_http_version 1.1`.
-        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let mut bytes = Vec::with_capacity(256 + full.map_or(0, <[u8]>::len));
-        write_head(
-            &mut bytes,
-            &parts.method,
-            target,
-            &parts.headers,
-            &forwarding,
-            framing,
-        );
+        let mut bytes = Vec::with_capacity(320 + full.map_or(0, <[u8]>::len));
+        match body.prefix() {
+            // Written by `HttpUpstream` before the pick: all but the endpoint's `Host`.
+            Some(prefix) => {
+                bytes.extend_from_slice(&prefix.bytes);
+                if !prefix.has_host {
+                    let host = inner.host.as_ref().map_or_else(
+                        || inner.pool.authority().as_str().as_bytes(),
+                        HeaderValue::as_bytes,
+                    );
+                    write_line(&mut bytes, b"host", host);
+                }
+            }
+            None => self.write_head(&mut bytes, &parts),
+        }
+        end_head(&mut bytes, framing);
         let resendable = full.is_some() && is_idempotent(&parts.method);
         let stream = match full {
             Some(data) => {
@@ -181,6 +169,52 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
         };
         Box::pin(Arc::clone(&inner.pool).send(msg, inner.timeout))
     }
+}
+
+impl HttpEndpoint {
+    /// The head of a request that came without one written before the pick (one sent to this
+    /// endpoint directly): its own headers, `Host` pointed here unless the client's is kept,
+    /// and the forwarding headers the endpoint sets.
+    fn write_head(&self, out: &mut Vec<u8>, parts: &http::request::Parts) {
+        let inner = &*self.inner;
+        let proto: &[u8] = match (&inner.forwarded_proto, parts.uri.scheme_str()) {
+            (Some(proto), _) => proto.as_bytes(),
+            (None, Some("https")) => b"https",
+            (None, _) => b"http",
+        };
+        let client_host = client_host(parts);
+        let host = match &inner.host {
+            Some(host) => Some(host.as_bytes()),
+            None if parts.headers.contains_key(HOST) => None,
+            None => Some(client_host.unwrap_or(inner.pool.authority().as_str().as_bytes())),
+        };
+        let forwarding = Forwarding {
+            host,
+            proto,
+            forwarded_host: client_host,
+        };
+        write_head(
+            out,
+            &parts.method,
+            target(&parts.uri),
+            &parts.headers,
+            &forwarding,
+        );
+    }
+}
+
+/// The client's host: its `Host`, or the URI's authority (HTTP/2 carries it as `:authority`).
+fn client_host(parts: &http::request::Parts) -> Option<&[u8]> {
+    parts
+        .headers
+        .get(HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+}
+
+/// Origin-form (`/path?query`), as nginx's `proxy_http_version 1.1` sends.
+fn target(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", PathAndQuery::as_str)
 }
 
 /// Retries for proxied HTTP: connect failures always (the request was not sent), and for
@@ -209,6 +243,11 @@ impl RetryPolicy<Request<UpstreamBody>, Response<PooledBody>, UpstreamError> for
     fn clone_request(&self, req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
         let body = req.body().try_clone()?;
         let mut copy = Request::new(body);
+        if copy.body().prefix().is_some() {
+            // The head is written: the method alone decides retries.
+            *copy.method_mut() = req.method().clone();
+            return Some(copy);
+        }
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
@@ -372,6 +411,8 @@ struct Settings {
     retry_buffer_limit: usize,
     trusted_proxies: TrustedProxies,
     forwarded_proto: Option<HeaderValue>,
+    /// `hash_key = "client_ip"`: the pick reads `X-Real-IP` from the request's headers.
+    hash_client_ip: bool,
     active_health: Option<ActiveHealth>,
 }
 
@@ -448,6 +489,7 @@ impl HttpUpstream {
             retry_buffer_limit: config.retry_buffer_limit,
             trusted_proxies: config.trusted_proxies.clone(),
             forwarded_proto,
+            hash_client_ip: config.hash_key == Some(HashKeyConfig::ClientIp),
             active_health: None,
         };
         config
@@ -502,35 +544,91 @@ impl HttpUpstream {
         self.balancer.endpoints()
     }
 
-    /// Makes `req` the request that goes upstream, but for what the endpoint sets (`Host`,
-    /// `X-Forwarded-Proto`, `X-Forwarded-Host`): hop-by-hop headers dropped, `X-Forwarded-For`
-    /// (with the peer appended) and `X-Real-IP` set.
-    fn rewrite<B>(&self, req: &mut Request<B>) {
+    /// The request's head as every endpoint gets it, written once before the pick (see
+    /// [`Prefix`]): the request line; the client's headers but hop-by-hop ones (also those its
+    /// `Connection` names) and those set here; `X-Forwarded-For` with the peer appended (an
+    /// incoming value is kept only from a trusted proxy); `X-Real-IP`; `X-Forwarded-Proto`;
+    /// `X-Forwarded-Host`; and the client's `Host` when it is kept. With `hash_key =
+    /// "client_ip"` the `X-Real-IP` value also goes into the request's headers, for the pick.
+    fn prefix<B>(&self, req: &mut Request<B>) -> Prefix {
         let settings = &self.settings;
         let peer = self.peer.or_else(|| peer_addr(req)).map(|a| a.ip());
-        let client = peer.map(|ip| client_behind(ip, req.headers(), &settings.trusted_proxies));
-        let headers = req.headers_mut();
-        remove_hop_by_hop(headers);
-        // Room for the headers added here and by the endpoint: one growth at most.
-        headers.reserve(4);
-        let peer_value = peer.map(|ip| (ip, ip_header_value(ip)));
-        if let Some((ip, value)) = &peer_value {
-            let trusted = settings.trusted_proxies.contains(*ip);
-            append_forwarded_for(headers, *ip, value.clone(), trusted);
+        let headers = req.headers();
+        let client = peer.map(|ip| client_behind(ip, headers, &settings.trusted_proxies));
+        let mut out = Vec::with_capacity(256);
+        write_request_line(&mut out, req.method(), target(req.uri()));
+        let client_host = headers
+            .get(HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+        let has_host = settings.preserve_host && client_host.is_some();
+        if let Some(host) = client_host.filter(|_| has_host) {
+            write_line(&mut out, b"host", host);
         }
-        match (client, peer_value) {
-            (Some(ip), Some((peer, value))) if ip == peer => {
-                headers.insert(X_REAL_IP, value);
+        let named = connection_named(headers);
+        for (name, value) in headers {
+            if !set_by_proxy(name) && !named.contains(name) {
+                write_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
-            (Some(ip), _) => {
-                headers.insert(X_REAL_IP, ip_header_value(ip));
+        }
+        if let Some(ip) = peer {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            if settings.trusted_proxies.contains(ip) {
+                for value in headers.get_all(X_FORWARDED_FOR) {
+                    let value = value.as_bytes().trim_ascii();
+                    if !value.is_empty() {
+                        out.extend_from_slice(value);
+                        out.extend_from_slice(b", ");
+                    }
+                }
             }
-            // Never the client's own claim.
-            (None, _) => {
-                headers.remove(X_REAL_IP);
+            out.extend_from_slice(ip_header_value(ip).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else {
+            // No peer to add: the incoming value goes on as it came.
+            for value in headers.get_all(X_FORWARDED_FOR) {
+                write_line(&mut out, b"x-forwarded-for", value.as_bytes());
             }
+        }
+        // Never the client's own claim: none when the client is unknown.
+        let real_ip = client.map(ip_header_value);
+        if let Some(value) = &real_ip {
+            write_line(&mut out, b"x-real-ip", value.as_bytes());
+        }
+        let proto: &[u8] = match (&settings.forwarded_proto, req.uri().scheme_str()) {
+            (Some(proto), _) => proto.as_bytes(),
+            (None, Some("https")) => b"https",
+            (None, _) => b"http",
+        };
+        write_line(&mut out, b"x-forwarded-proto", proto);
+        if let Some(host) = client_host {
+            write_line(&mut out, b"x-forwarded-host", host);
+        }
+        if settings.hash_client_ip {
+            match real_ip {
+                Some(value) => req.headers_mut().insert(X_REAL_IP, value),
+                None => req.headers_mut().remove(X_REAL_IP),
+            };
+        }
+        Prefix {
+            bytes: Bytes::from(out),
+            has_host,
         }
     }
+}
+
+/// Headers the proxy sets or frames itself, never passed on as the client sent them.
+fn set_by_proxy(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "x-forwarded-for"
+            | "x-real-ip"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+    ) || is_hop_by_hop(name)
 }
 
 /// The endpoint's answer as the client gets it (hop-by-hop headers dropped), or the failure as
@@ -663,12 +761,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> ProxyFuture {
-        self.rewrite(&mut req);
+        let prefix = self.prefix(&mut req);
         if req.body().is_end_stream() {
             // No body (most requests): straight to the balancer, nothing to read first.
-            let fut = self
-                .balancer
-                .call(req.map(|_| UpstreamBody::full(Bytes::new())));
+            let body = UpstreamBody::full(Bytes::new()).with_prefix(prefix);
+            let fut = self.balancer.call(req.map(|_| body));
             return ProxyFuture {
                 kind: ProxyKind::Balanced { fut },
             };
@@ -678,7 +775,7 @@ where
         let limit = self.settings.retry_buffer_limit;
         let fut = Box::pin(async move {
             let body = match prepare_body(body, limit).await {
-                Ok(body) => body,
+                Ok(body) => body.with_prefix(prefix),
                 Err(e) => {
                     return error_response(
                         StatusCode::BAD_REQUEST,
