@@ -243,7 +243,9 @@ async fn interim_responses_are_skipped_and_head_responses_have_no_body() {
     })
     .await;
     let upstream = upstream(server.addr);
-    let post = request("POST", Body::from("data"));
+    let mut post = request("POST", Body::from("data"));
+    post.headers_mut()
+        .insert("expect", "100-continue".parse().unwrap());
     assert_eq!(
         send(&upstream, post).await,
         (StatusCode::CREATED, Ok("ok".into()))
@@ -273,6 +275,7 @@ async fn interim_responses_are_skipped_and_head_responses_have_no_body() {
     assert_eq!(server.connections(), 1);
     let seen = server.seen();
     assert_eq!(seen[0].body, b"data");
+    assert!(!seen[0].head.contains("expect"), "{}", seen[0].head);
     assert!(
         seen[0].head.contains("content-length: 4\r\n"),
         "{}",

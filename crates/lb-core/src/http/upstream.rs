@@ -617,13 +617,16 @@ impl HttpUpstream {
     }
 }
 
-/// Headers the proxy sets or frames itself, never passed on as the client sent them.
+/// Headers the proxy sets or frames itself, never passed on as the client sent them. `Expect:
+/// 100-continue` is answered by the server in front (hyper sends `100 Continue` when the body is
+/// read) and the body follows the head at once, as nginx does.
 fn set_by_proxy(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "host"
             | "content-length"
             | "transfer-encoding"
+            | "expect"
             | "x-forwarded-for"
             | "x-real-ip"
             | "x-forwarded-proto"
