@@ -18,8 +18,10 @@
 //!   exponential ejection with jitter, one probe on return, a cap on the ejected share, panic
 //!   mode), slow start, and active checks (HTTP, TCP, closures) in a background task.
 //! - [`BalancerConfig`]: the whole balancer from TOML/JSON/env with documented defaults.
-//! - `http` (feature `http`): [`http::HttpUpstream`], a reverse-proxy service over pooled
-//!   keep-alive hyper connections; client IPs behind trusted proxies; hashing keys.
+//! - `http` (feature `http`): [`http::HttpUpstream`], a reverse-proxy service speaking HTTP/1.1
+//!   to its endpoints over keep-alive connections pooled per thread (the exchange runs in the
+//!   request's own future, as nginx's and pingora's upstream sides do); client IPs behind trusted
+//!   proxies; hashing keys.
 //! - `rate_limit` (feature `rate-limit`): per-client, per-route GCRA limits answering 429.
 //!
 //! Metrics (through the `metrics` facade): `herd_lb_requests_total{endpoint,outcome}`,
