@@ -458,3 +458,211 @@ async fn a_request_sent_to_an_endpoint_directly_gets_its_host_and_forwarding_hea
     assert!(!head.contains("spoofed") && !head.contains("99"), "{head}");
     assert_eq!(server.seen()[0].body, b"abc");
 }
+
+/// An endpoint that reads one request head only, answers with `reply` at once (without reading
+/// the request body), then either closes (`close`) or holds the connection open unread.
+async fn early_responder(reply: &'static str, close: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    if fill(&mut stream, &mut buf).await.is_none() {
+                        return;
+                    }
+                }
+                stream.write_all(reply.as_bytes()).await.unwrap();
+                if !close {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn big_stream_body() -> Body {
+    let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = (0..512)
+        .map(|_| Ok(bytes::Bytes::from(vec![b'x'; 16 * 1024])))
+        .collect();
+    Body::from_stream(futures_util::stream::iter(pieces))
+}
+
+/// an endpoint that refuses an upload early (413, then closes without reading the body)
+/// must have its answer reach the client, as hyper's client delivered it.
+#[tokio::test]
+async fn an_early_final_response_to_an_upload_reaches_the_client() {
+    let addr = early_responder(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        true,
+    )
+    .await;
+    let upstream = upstream(addr);
+    let (status, body) = send(&upstream, request("PUT", big_stream_body())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body:?}");
+}
+
+/// the same when the endpoint answers and keeps the connection without reading: the proxy
+/// must not sit writing until the attempt timeout.
+#[tokio::test]
+async fn an_early_response_while_the_endpoint_stops_reading_is_not_a_timeout() {
+    let addr = early_responder(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .await;
+    let mut config = HttpUpstreamConfig::default();
+    config.balancer.endpoints = vec![EndpointConfig {
+        address: addr.to_string(),
+        weight: 1.0,
+        max_in_flight: None,
+    }];
+    config.balancer.retries.max_attempts = 1;
+    config.request_timeout = Duration::from_secs(2);
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let (status, body) = send(&upstream, request("PUT", big_stream_body())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body:?}");
+}
+
+/// RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing: the
+/// connection must not be reused (hyper refused the response).
+#[tokio::test]
+async fn transfer_encoding_in_an_http10_response_never_leaves_the_connection_reusable() {
+    let server = Scripted::start(|_| {
+        Reply::Keep(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let _ = send(&upstream, get()).await;
+    let _ = send(&upstream, get()).await;
+    assert_eq!(
+        server.connections(),
+        2,
+        "an HTTP/1.0 + TE connection was reused"
+    );
+}
+
+/// a chunk-size line must be hex digits then BWS/`;`/CR. `0x5` is not size 0 with an
+/// extension `x5` (hyper: "Invalid chunk size line").
+#[tokio::test]
+async fn junk_after_a_chunk_size_is_refused() {
+    let server = Scripted::start(|_| {
+        Reply::Keep(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        )
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let (status, body) = send(&upstream, get()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_err(), "accepted as {body:?}");
+}
+
+/// a reused connection that answered with an interim response and then closed did answer:
+/// the request reached the endpoint's application (103 Early Hints) and is not "unanswered".
+#[tokio::test]
+async fn an_interim_response_then_close_is_not_an_unanswered_request() {
+    let server = Scripted::start(|n| match n {
+        2 => Reply::Close("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"),
+        _ => Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let _ = send(&upstream, get()).await;
+    let _ = send(&upstream, get()).await;
+    assert_eq!(server.seen().len(), 2, "the request went out again");
+}
+
+/// an absolute-form URI without a path but with a query (`http://h?x=1`) must be sent as
+/// `/?x=1` (hyper wrote the URI's Display), never as the request-target `?x=1`.
+#[tokio::test]
+async fn a_query_without_a_path_gets_a_slash() {
+    let server =
+        Scripted::start(|_| Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
+    let upstream = upstream(server.addr);
+    let mut req = get();
+    *req.uri_mut() = "http://client.example?x=1".parse().unwrap();
+    let _ = send(&upstream, req).await;
+    let seen = server.seen();
+    assert!(
+        seen[0].head.starts_with("GET /?x=1 HTTP/1.1\r\n"),
+        "{}",
+        seen[0].head
+    );
+}
+
+/// RFC 9110 §8.6: a recipient that accepts duplicated equal Content-Length values must
+/// forward a single one.
+#[tokio::test]
+async fn duplicate_content_lengths_are_forwarded_as_one() {
+    let server = Scripted::start(|n| match n {
+        1 => Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok"),
+        _ => Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"),
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    for _ in 0..2 {
+        let res = upstream.clone().oneshot(get()).await.unwrap();
+        let values: Vec<_> = res.headers().get_all("content-length").iter().collect();
+        assert_eq!(values, ["2"]);
+    }
+}
+
+/// response trailers of a chunked body reach the client's body as a trailers frame, as
+/// they did through hyper's `Incoming`.
+#[tokio::test]
+async fn response_trailers_are_passed_on() {
+    let server = Scripted::start(|_| {
+        Reply::Keep(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n",
+        )
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let mut req = get();
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    let res = upstream.clone().oneshot(req).await.unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.as_bytes().to_vec()),
+        Some(b"0".to_vec())
+    );
+}
+
+/// RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length "ought to be
+/// handled as an error"; a proxy that forwards it should at least not reuse the connection
+/// (pingora, nginx close it).
+#[tokio::test]
+async fn te_and_cl_together_retire_the_connection() {
+    let server = Scripted::start(|_| {
+        Reply::Keep(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let _ = send(&upstream, get()).await;
+    let _ = send(&upstream, get()).await;
+    assert_eq!(server.connections(), 2);
+}
+
+/// HTTP/1.0 `Connection: close` wins over a `keep-alive` token in the same response.
+#[tokio::test]
+async fn http10_close_wins_over_keep_alive() {
+    let server = Scripted::start(|_| {
+        Reply::Keep("HTTP/1.0 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let _ = send(&upstream, get()).await;
+    let _ = send(&upstream, get()).await;
+    assert_eq!(server.connections(), 2);
+}

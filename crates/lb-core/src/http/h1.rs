@@ -17,13 +17,14 @@ use bytes::{Bytes, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::Frame;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_hop_by_hop};
 
-/// The largest response head read (nginx's `large_client_header_buffers` is 32 KiB).
+/// The largest response head read (nginx reads it into `proxy_buffer_size`, 4 or 8 KiB).
 const MAX_HEAD: usize = 64 * 1024;
 /// The most response headers read.
 const MAX_HEADERS: usize = 100;
@@ -103,20 +104,85 @@ impl Conn {
         }
     }
 
-    /// Writes `bytes`, counting into `written` what was sent (so a caller knows whether anything
-    /// left before a failure).
-    pub(crate) async fn write_all(&mut self, bytes: &[u8], written: &mut usize) -> io::Result<()> {
-        while *written < bytes.len() {
-            let n = std::future::poll_fn(|cx| {
-                Pin::new(&mut self.io).poll_write(cx, &bytes[*written..])
-            })
-            .await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            *written += n;
+    /// Writes `bytes` (counting into `written`) and, whenever the endpoint stops taking them,
+    /// reads what it sent meanwhile: an endpoint may answer before the whole request is sent
+    /// (413, 401, a redirect) and stop reading, or answer and close. A final response head
+    /// found that way ends the write, `Ok(Some(head))`; the connection must not be reused then.
+    /// Costs nothing more while writes go through.
+    /// `went_out`: part of the request was sent before these bytes.
+    pub(crate) async fn write_watching(
+        &mut self,
+        bytes: &[u8],
+        written: &mut usize,
+        head_request: bool,
+        went_out: bool,
+    ) -> io::Result<Option<Head>> {
+        let mut reading = true;
+        let result = std::future::poll_fn(|cx| {
+            self.poll_write_watching(cx, bytes, written, head_request, &mut reading)
+        })
+        .await;
+        match result {
+            // The endpoint may have answered and closed (a reset: it did not read all): its
+            // answer, if it sent one, rather than the failure. The socket is broken, so the
+            // read ends at once.
+            Err(e) if went_out || *written > 0 => match self.read_head(head_request).await {
+                Ok(head) => Ok(Some(head)),
+                Err(_) => Err(e),
+            },
+            result => result,
         }
-        Ok(())
+    }
+
+    fn poll_write_watching(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+        written: &mut usize,
+        head_request: bool,
+        reading: &mut bool,
+    ) -> Poll<io::Result<Option<Head>>> {
+        while *written < bytes.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    while *reading {
+                        match self.poll_fill(cx) {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                if let Some(head) = self.buffered_head(head_request)? {
+                                    return Poll::Ready(Ok(Some(head)));
+                                }
+                            }
+                            // Closed or failed: the write will tell.
+                            Poll::Ready(_) => *reading = false,
+                            Poll::Pending => break,
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(None))
+    }
+
+    /// A final response head from the bytes read so far (interim ones skipped), if complete.
+    fn buffered_head(&mut self, head_request: bool) -> io::Result<Option<Head>> {
+        while !self.read.is_empty() {
+            match parse_head(&mut self.read, head_request)? {
+                Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(ProtocolError::Upgrade.into());
+                }
+                Some(head) if head.status.is_informational() => {}
+                Some(head) => return Ok(Some(head)),
+                None if self.read.len() >= MAX_HEAD => {
+                    return Err(ProtocolError::HeadTooLarge.into());
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
@@ -131,10 +197,17 @@ impl Conn {
     /// request was `HEAD`, so the response has no body whatever its headers say. Fails with
     /// [`ProtocolError::ClosedBeforeHead`] when the endpoint closed without sending a byte.
     pub(crate) async fn read_head(&mut self, head_request: bool) -> io::Result<Head> {
-        std::future::poll_fn(|cx| self.poll_head(cx, head_request)).await
+        // Whether an interim response came: then the request was answered, if not finally.
+        let mut interim = false;
+        std::future::poll_fn(|cx| self.poll_head(cx, head_request, &mut interim)).await
     }
 
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<io::Result<Head>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        interim: &mut bool,
+    ) -> Poll<io::Result<Head>> {
         loop {
             if !self.read.is_empty() {
                 match parse_head(&mut self.read, head_request)? {
@@ -142,6 +215,7 @@ impl Conn {
                         if head.status == StatusCode::SWITCHING_PROTOCOLS {
                             return Poll::Ready(Err(ProtocolError::Upgrade.into()));
                         }
+                        *interim = true;
                         continue;
                     }
                     Some(head) => return Poll::Ready(Ok(head)),
@@ -151,7 +225,7 @@ impl Conn {
                     None => {}
                 }
             }
-            let empty = self.read.is_empty();
+            let empty = self.read.is_empty() && !*interim;
             match ready!(self.poll_fill(cx)) {
                 Ok(0) if empty => return Poll::Ready(Err(ProtocolError::ClosedBeforeHead.into())),
                 Ok(0) => return Poll::Ready(Err(ProtocolError::ClosedInHead.into())),
@@ -165,12 +239,13 @@ impl Conn {
         }
     }
 
-    /// The next piece of a body framed by `framing`, `None` at its end.
+    /// The next piece of a body framed by `framing` (a chunked body's trailers last), `None` at
+    /// its end.
     pub(crate) fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
         framing: &mut Framing,
-    ) -> Poll<Option<io::Result<Bytes>>> {
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             match framing {
                 Framing::Length(0) | Framing::Done => return Poll::Ready(None),
@@ -184,7 +259,7 @@ impl Conn {
                         if *left == 0 {
                             *framing = Framing::Done;
                         }
-                        return Poll::Ready(Some(Ok(self.read.split_to(n).freeze())));
+                        return Poll::Ready(Some(Ok(Frame::data(self.read.split_to(n).freeze()))));
                     }
                     let left = *left;
                     if ready!(self.poll_fill(cx))? == 0 {
@@ -194,10 +269,11 @@ impl Conn {
                 }
                 Framing::Chunked(decoder) => {
                     match decoder.decode(&mut self.read) {
-                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Ok(Decoded::Done) => {
+                            let trailers = decoder.take_trailers();
                             *framing = Framing::Done;
-                            return Poll::Ready(None);
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                         }
                         Ok(Decoded::NeedMore) => {}
                         Err(e) => return Poll::Ready(Some(Err(e.into()))),
@@ -209,7 +285,7 @@ impl Conn {
                 }
                 Framing::Close => {
                     if !self.read.is_empty() {
-                        return Poll::Ready(Some(Ok(self.read.split().freeze())));
+                        return Poll::Ready(Some(Ok(Frame::data(self.read.split().freeze()))));
                     }
                     if ready!(self.poll_fill(cx))? == 0 {
                         *framing = Framing::Done;
@@ -285,9 +361,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     let base = buf.as_ptr() as usize;
     let mut found: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(res.headers.len());
     let mut length: Option<u64> = None;
+    // The Content-Length values were one plain number (forwarded as they came).
+    let mut plain_length = true;
     let mut chunked = false;
     let mut encoded = false;
-    let mut close = version == Version::HTTP_10;
+    let mut close = false;
+    let mut keep_alive_token = false;
     let mut named = false;
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -296,6 +375,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
             let n = content_length(h.value).ok_or(ProtocolError::ContentLength)?;
             if length.is_some_and(|m| m != n) {
                 return Err(ProtocolError::ContentLength.into());
+            }
+            plain_length &= length.is_none() && h.value.iter().all(u8::is_ascii_digit);
+            if length.is_some() {
+                // A repeat: one value goes on (RFC 9110 §8.6), the first one or the number.
+                length = Some(n);
+                continue;
             }
             length = Some(n);
         } else if name == TRANSFER_ENCODING {
@@ -308,7 +393,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    close = close && version != Version::HTTP_10;
+                    keep_alive_token = true;
                 } else if !token.is_empty() {
                     named = true;
                 }
@@ -331,6 +416,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
             .map_err(|_| ProtocolError::Head(httparse::Error::HeaderValue))?;
         headers.append(name, value);
     }
+    if let (Some(n), false, false) = (length, encoded, plain_length) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
     if named {
         remove_connection_named(&head, &mut headers);
     }
@@ -347,6 +435,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     } else {
         length.map_or(Framing::Close, Framing::Length)
     };
+    // HTTP/1.0 closes unless asked not to; `close` wins over `keep-alive`. Framing that says two
+    // things (Transfer-Encoding with Content-Length, or in HTTP/1.0: RFC 9112 §6.1, §6.3) is
+    // read as Transfer-Encoding says, but the connection is not trusted with another request.
+    let close = close
+        || (version == Version::HTTP_10 && (!keep_alive_token || encoded))
+        || (encoded && length.is_some());
     let keep_alive = !close && !matches!(framing, Framing::Close);
     Ok(Some(Head {
         status,
@@ -412,12 +506,14 @@ pub(crate) enum Decoded {
 }
 
 /// Decodes a chunked body (RFC 9112 §7.1) as its bytes arrive: chunk data is passed on as it
-/// comes, extensions and trailers are skipped (bounded), line ends must be CRLF.
+/// comes, extensions are skipped and trailers kept (both bounded), line ends must be CRLF.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkedDecoder {
     state: ChunkState,
-    /// Bytes of extensions and trailers skipped so far.
+    /// Bytes of extensions and trailers read so far.
     meta: u64,
+    /// The trailer section's lines, each with its CRLF.
+    trailers: Vec<u8>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -430,7 +526,11 @@ enum ChunkState {
         size: u64,
         digits: u8,
     },
-    /// After the size: optional whitespace and extensions up to CR.
+    /// Whitespace after the size: more of it, `;` or CR.
+    SizeLws {
+        size: u64,
+    },
+    /// In the extensions, up to CR.
     Ext {
         size: u64,
     },
@@ -499,7 +599,15 @@ impl ChunkedDecoder {
                     },
                     None => self.after_size(size, b)?,
                 },
-                S::Ext { size } => self.after_size(size, b)?,
+                S::SizeLws { size } => self.after_size(size, b)?,
+                S::Ext { size } => match b {
+                    b'\r' => S::SizeLf { size },
+                    b'\n' => return Err(ProtocolError::Chunked("bare LF in chunk extensions")),
+                    _ => {
+                        self.count_meta()?;
+                        S::Ext { size }
+                    }
+                },
                 S::SizeLf { size } => match b {
                     b'\n' if size == 0 => S::Trailer,
                     b'\n' => S::Data { left: size },
@@ -515,20 +623,27 @@ impl ChunkedDecoder {
                 },
                 S::Trailer => match b {
                     b'\r' => S::EndLf,
+                    b'\n' => return Err(ProtocolError::Chunked("bare LF in trailers")),
                     _ => {
                         self.count_meta()?;
+                        self.trailers.push(b);
                         S::TrailerLine
                     }
                 },
                 S::TrailerLine => {
                     self.count_meta()?;
+                    self.trailers.push(b);
                     match b {
                         b'\r' => S::TrailerLf,
+                        b'\n' => return Err(ProtocolError::Chunked("bare LF in trailers")),
                         _ => S::TrailerLine,
                     }
                 }
                 S::TrailerLf => match b {
-                    b'\n' => S::Trailer,
+                    b'\n' => {
+                        self.trailers.push(b);
+                        S::Trailer
+                    }
                     _ => return Err(ProtocolError::Chunked("LF expected in trailers")),
                 },
                 S::EndLf => match b {
@@ -543,15 +658,53 @@ impl ChunkedDecoder {
         Ok(result)
     }
 
+    /// The trailer fields, once the body has ended: those that parse as header fields, without
+    /// the ones a trailer may not carry (framing, routing, hop-by-hop: RFC 9110 §6.5.1).
+    pub(crate) fn take_trailers(&mut self) -> Option<HeaderMap> {
+        if self.trailers.is_empty() {
+            return None;
+        }
+        self.trailers.extend_from_slice(b"\r\n");
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let Ok(httparse::Status::Complete((_, fields))) =
+            httparse::parse_headers(&self.trailers, &mut slots)
+        else {
+            tracing::debug!("chunked body: trailers that do not parse are dropped");
+            return None;
+        };
+        let mut map = HeaderMap::with_capacity(fields.len());
+        for field in fields {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderValue::from_bytes(field.value),
+            ) else {
+                continue;
+            };
+            let forbidden = matches!(
+                name.as_str(),
+                "content-length" | "host" | "content-type" | "content-encoding"
+            ) || is_hop_by_hop(&name);
+            if !forbidden {
+                map.append(name, value);
+            }
+        }
+        (!map.is_empty()).then_some(map)
+    }
+
     /// The state after byte `b` that follows a chunk size (or its extensions).
     fn after_size(&mut self, size: u64, b: u8) -> Result<ChunkState, ProtocolError> {
         match b {
             b'\r' => Ok(ChunkState::SizeLf { size }),
             b'\n' => Err(ProtocolError::Chunked("bare LF after chunk size")),
-            _ => {
+            b';' => {
                 self.count_meta()?;
                 Ok(ChunkState::Ext { size })
             }
+            b' ' | b'\t' => {
+                self.count_meta()?;
+                Ok(ChunkState::SizeLws { size })
+            }
+            _ => Err(ProtocolError::Chunked("invalid chunk size line")),
         }
     }
 
@@ -621,11 +774,20 @@ pub(crate) fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the request line, origin-form over HTTP/1.1.
-pub(crate) fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
+/// Appends the request line over HTTP/1.1 with `uri` in origin form (`/path?query`), as nginx's
+/// `proxy_http_version 1.1` sends: the path is `/` when the URI has none (`http://host?q`
+/// included); `*` (asterisk-form) stays.
+pub(crate) fn write_request_line(out: &mut Vec<u8>, method: &Method, uri: &Uri) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(match uri.path() {
+        "" => b"/",
+        path => path.as_bytes(),
+    });
+    if let Some(query) = uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
@@ -635,11 +797,11 @@ pub(crate) fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &st
 pub(crate) fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
-    target: &str,
+    uri: &Uri,
     headers: &HeaderMap,
     forwarding: &Forwarding<'_>,
 ) {
-    write_request_line(out, method, target);
+    write_request_line(out, method, uri);
     if let Some(host) = forwarding.host {
         write_line(out, b"host", host);
     }
@@ -737,11 +899,31 @@ mod tests {
             decode_all(&bytes).unwrap(),
             (b"hello, world".to_vec(), true)
         );
+        let lws = b"5 \t;a=b \r\nhello\r\n0 \r\n\r\n";
+        assert_eq!(decode_all(&[lws]).unwrap(), (b"hello".to_vec(), true));
         let upper = b"A\r\n0123456789\r\n0\r\n\r\n";
         assert_eq!(
             decode_all(&[upper]).unwrap(),
             (b"0123456789".to_vec(), true)
         );
+    }
+
+    #[test]
+    fn trailers_are_kept_without_the_fields_a_trailer_may_not_carry() {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf =
+            BytesMut::from(&b"0\r\ngrpc-status: 0\r\ncontent-length: 5\r\nx-sum: ab\r\n\r\n"[..]);
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::Done);
+        let trailers = decoder.take_trailers().unwrap();
+        assert_eq!(trailers.len(), 2, "{trailers:?}");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-sum"], "ab");
+        let mut none = ChunkedDecoder::default();
+        assert_eq!(
+            none.decode(&mut BytesMut::from(&b"0\r\n\r\n"[..])).unwrap(),
+            Decoded::Done
+        );
+        assert!(none.take_trailers().is_none());
     }
 
     #[test]
@@ -764,6 +946,9 @@ mod tests {
             b"5\r\nhelloXX0\r\n\r\n",
             b"fffffffffffffffff\r\n",
             b"0\r\n\rX",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5;a\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_all(&[bad]).is_err(),
@@ -895,7 +1080,8 @@ mod tests {
             proto: b"https",
             forwarded_host: Some(b"client.example"),
         };
-        write_head(&mut out, &Method::POST, "/a?b=1", &headers, &forwarding);
+        let uri: http::Uri = "/a?b=1".parse().unwrap();
+        write_head(&mut out, &Method::POST, &uri, &headers, &forwarding);
         end_head(&mut out, RequestFraming::new(&Method::POST, Some(3)));
         assert_eq!(
             String::from_utf8(out).unwrap(),

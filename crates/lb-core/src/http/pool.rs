@@ -187,8 +187,18 @@ impl EndpointPool {
             };
             let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             let mut written = 0;
-            match before(t, deadline, conn.write_all(&msg.bytes, &mut written)).await {
-                Some(Ok(())) => {}
+            let early = before(
+                t,
+                deadline,
+                conn.write_watching(&msg.bytes, &mut written, msg.head_request, false),
+            );
+            match early.await {
+                Some(Ok(None)) => {}
+                Some(Ok(Some(mut head))) => {
+                    // Answered before the whole request went out: the connection is done.
+                    head.keep_alive = false;
+                    return Ok(self.response(conn, head, started, timer.take()));
+                }
                 Some(Err(_)) if reused && written == 0 => continue,
                 Some(Err(e)) => {
                     let kind = if written == 0 {
@@ -204,11 +214,15 @@ impl EndpointPool {
                 match before(
                     t,
                     deadline,
-                    Box::pin(send_body(&mut conn, body, msg.framing)),
+                    Box::pin(send_body(&mut conn, body, msg.framing, msg.head_request)),
                 )
                 .await
                 {
-                    Some(Ok(())) => {}
+                    Some(Ok(None)) => {}
+                    Some(Ok(Some(mut head))) => {
+                        head.keep_alive = false;
+                        return Ok(self.response(conn, head, started, timer.take()));
+                    }
                     Some(Err(e)) => return Err(failed(UpstreamErrorKind::Request, Some(e))),
                     None => return Err(failed(UpstreamErrorKind::Timeout, None)),
                 }
@@ -265,12 +279,24 @@ impl EndpointPool {
     }
 }
 
-/// Streams a request body after its head, framed as the head said.
+/// Streams a request body after its head, framed as the head said; a final response head that
+/// arrives while the endpoint stops reading ends it (see [`Conn::write_watching`]).
 async fn send_body(
     conn: &mut Conn,
     mut body: UpstreamBody,
     framing: RequestFraming,
-) -> Result<(), BoxError> {
+    head_request: bool,
+) -> Result<Option<Head>, BoxError> {
+    macro_rules! write {
+        ($bytes:expr) => {
+            if let Some(head) = conn
+                .write_watching($bytes, &mut 0, head_request, true)
+                .await?
+            {
+                return Ok(Some(head));
+            }
+        };
+    }
     let mut chunk = Vec::new();
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -285,20 +311,20 @@ async fn send_body(
             RequestFraming::Chunked => {
                 chunk.clear();
                 write_chunk(&mut chunk, &data);
-                conn.write_all(&chunk, &mut 0).await?;
+                write!(&chunk);
             }
-            RequestFraming::Length(n) if sent <= n => conn.write_all(&data, &mut 0).await?,
+            RequestFraming::Length(n) if sent <= n => write!(&data),
             _ => return Err("request body longer than its length".into()),
         }
     }
     match framing {
-        RequestFraming::Chunked => conn.write_all(LAST_CHUNK, &mut 0).await?,
+        RequestFraming::Chunked => write!(LAST_CHUNK),
         RequestFraming::Length(n) if sent != n => {
             return Err("request body shorter than its length".into());
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 /// `fut`'s output, or `None` once `deadline` has passed first (as `timer` tells: a timer set
@@ -401,11 +427,11 @@ impl Body for PooledBody {
             return Poll::Ready(None);
         };
         match ready!(c.conn.poll_body(cx, &mut this.framing)) {
-            Some(Ok(data)) => {
+            Some(Ok(frame)) => {
                 if matches!(this.framing, Framing::Done) {
                     this.release();
                 }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+                Poll::Ready(Some(Ok(frame)))
             }
             None => {
                 this.release();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
@@ -193,13 +193,7 @@ impl HttpEndpoint {
             proto,
             forwarded_host: client_host,
         };
-        write_head(
-            out,
-            &parts.method,
-            target(&parts.uri),
-            &parts.headers,
-            &forwarding,
-        );
+        write_head(out, &parts.method, &parts.uri, &parts.headers, &forwarding);
     }
 }
 
@@ -210,11 +204,6 @@ fn client_host(parts: &http::request::Parts) -> Option<&[u8]> {
         .get(HOST)
         .map(HeaderValue::as_bytes)
         .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
-}
-
-/// Origin-form (`/path?query`), as nginx's `proxy_http_version 1.1` sends.
-fn target(uri: &Uri) -> &str {
-    uri.path_and_query().map_or("/", PathAndQuery::as_str)
 }
 
 /// Retries for proxied HTTP: connect failures always (the request was not sent), and for
@@ -556,7 +545,7 @@ impl HttpUpstream {
         let headers = req.headers();
         let client = peer.map(|ip| client_behind(ip, headers, &settings.trusted_proxies));
         let mut out = Vec::with_capacity(256);
-        write_request_line(&mut out, req.method(), target(req.uri()));
+        write_request_line(&mut out, req.method(), req.uri());
         let client_host = headers
             .get(HOST)
             .map(HeaderValue::as_bytes)
