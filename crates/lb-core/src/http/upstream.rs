@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -546,21 +546,39 @@ impl HttpUpstream {
         let client = peer.map(|ip| client_behind(ip, headers, &settings.trusted_proxies));
         let mut out = Vec::with_capacity(256);
         write_request_line(&mut out, req.method(), req.uri());
-        let client_host = headers
-            .get(HOST)
-            .map(HeaderValue::as_bytes)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+        // One pass over the headers, which also finds `Host` and `Connection`.
+        let start = out.len();
+        let mut host_header = None;
+        let mut connection = false;
+        for (name, value) in headers {
+            if name == HOST {
+                host_header = Some(value.as_bytes());
+            } else if name == CONNECTION {
+                connection = true;
+            } else if !set_by_proxy(name) {
+                write_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        if connection {
+            // Rare: headers the client's `Connection` names are hop-by-hop too.
+            let named = connection_named(headers);
+            if !named.is_empty() {
+                out.truncate(start);
+                for (name, value) in headers {
+                    if !set_by_proxy(name) && !named.contains(name) {
+                        write_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
+            }
+        }
+        let client_host =
+            host_header.or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
         let has_host = settings.preserve_host && client_host.is_some();
         if let Some(host) = client_host.filter(|_| has_host) {
             write_line(&mut out, b"host", host);
         }
-        let named = connection_named(headers);
-        for (name, value) in headers {
-            if !set_by_proxy(name) && !named.contains(name) {
-                write_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-        if let Some(ip) = peer {
+        let peer_value = peer.map(ip_header_value);
+        if let (Some(ip), Some(peer_value)) = (peer, &peer_value) {
             out.extend_from_slice(b"x-forwarded-for: ");
             if settings.trusted_proxies.contains(ip) {
                 for value in headers.get_all(X_FORWARDED_FOR) {
@@ -571,7 +589,7 @@ impl HttpUpstream {
                     }
                 }
             }
-            out.extend_from_slice(ip_header_value(ip).as_bytes());
+            out.extend_from_slice(peer_value.as_bytes());
             out.extend_from_slice(b"\r\n");
         } else {
             // No peer to add: the incoming value goes on as it came.
@@ -580,7 +598,10 @@ impl HttpUpstream {
             }
         }
         // Never the client's own claim: none when the client is unknown.
-        let real_ip = client.map(ip_header_value);
+        let real_ip = match (client, peer_value) {
+            (Some(client), Some(value)) if Some(client) == peer => Some(value),
+            (client, _) => client.map(ip_header_value),
+        };
         if let Some(value) = &real_ip {
             write_line(&mut out, b"x-real-ip", value.as_bytes());
         }
