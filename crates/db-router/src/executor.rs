@@ -351,6 +351,27 @@ impl<'c> Executor<'c> for &'c DbRouter {
         }
     }
 
+    /// Overrides sqlx's default (`fetch_optional` wrapped in a second boxed future): the check
+    /// for a row happens inside the one future this returns.
+    fn fetch_one<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<PgRow, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match QueryParts::take(query) {
+            Ok(parts) => {
+                let shared = &*self.shared;
+                Box::pin(async move {
+                    shared
+                        .run(parts, |pool, q| pool.fetch_optional(q))
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)
+                })
+            }
+            Err(e) => Box::pin(future::ready(Err(e))),
+        }
+    }
+
     fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<PgQueryResult, sqlx::Error>>
     where
         'c: 'e,

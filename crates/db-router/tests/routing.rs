@@ -119,6 +119,19 @@ async fn automatic_routing_sends_reads_to_replicas_and_writes_to_the_primary() {
         .await
         .unwrap();
     assert!(none.is_none());
+    // `fetch_one` (the router's own, not sqlx's default over `fetch_optional`): a row, or
+    // `RowNotFound`.
+    let one = (&router)
+        .fetch_one(sqlx::query("SELECT inet_server_port() AS port, $1::int AS v").bind(7))
+        .await
+        .unwrap();
+    assert_eq!(one.get::<i32, _>("v"), 7);
+    assert!(replica_ports.contains(&(one.get::<i32, _>("port") as u16)));
+    let missing = (&router)
+        .fetch_one(sqlx::query("SELECT 1 WHERE false"))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, sqlx::Error::RowNotFound), "{missing:?}");
     let done =
         sqlx::raw_sql("INSERT INTO routing_t (v) VALUES (2); INSERT INTO routing_t (v) VALUES (3)")
             .execute(&router)

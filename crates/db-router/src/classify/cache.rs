@@ -70,19 +70,27 @@ impl RouteCache {
 fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let word = |chunk: &[u8]| <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
     let mut h = bytes.len() as u64;
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
-        let word = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
-        h = mix(h, word);
+        h = mix(h, word(chunk));
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0_u8; 8];
-        for (to, from) in word.iter_mut().zip(rest) {
-            *to = *from;
-        }
-        h = mix(h, u64::from_le_bytes(word));
+    let rest = chunks.remainder().len();
+    if rest != 0 {
+        // The last eight bytes (overlapping the last whole word) cover the rest in one read;
+        // shorter statements are padded with zeros (the length is in the hash already).
+        let last = match bytes.len().checked_sub(8) {
+            Some(start) => bytes.get(start..).map_or(0, word),
+            None => {
+                let mut padded = [0_u8; 8];
+                for (to, from) in padded.iter_mut().zip(bytes) {
+                    *to = *from;
+                }
+                u64::from_le_bytes(padded)
+            }
+        };
+        h = mix(h, last);
     }
     // Fold the high bits (the best mixed) into the low ones used to pick a slot.
     h ^ (h >> 32)
@@ -146,5 +154,14 @@ mod tests {
         assert_ne!(hash(b"SELECT 1"), hash(b"SELECT 2"));
         assert_ne!(hash(b"SELECT 1 "), hash(b"SELECT 1"));
         assert_ne!(hash(b"abcdefgh1"), hash(b"abcdefgh2"));
+        // Every byte of a tail counts, whatever the length.
+        let sql = b"SELECT v FROM bench_kv WHERE id = $1";
+        for len in 0..=sql.len() {
+            for i in 0..len {
+                let mut changed = sql[..len].to_vec();
+                changed[i] ^= 1;
+                assert_ne!(hash(&sql[..len]), hash(&changed), "len {len}, byte {i}");
+            }
+        }
     }
 }
