@@ -9,7 +9,9 @@
 //!
 //! A third proxy gives the floor: [`herd_benches::floor`], a bare hyper proxy on the same
 //! threads, with none of a gateway's work per request (no balancing decision, header rewriting,
-//! timeouts or retries). It shows what the hyper and tokio stack herd is built on costs by itself.
+//! timeouts or retries). It shows what hyper's server and client and tokio cost by themselves;
+//! herd's gateway uses hyper's server but speaks HTTP/1.1 to the backends itself, so it can cost
+//! less than the floor.
 //!
 //! Each is loaded in turn with `wrk -t2 -c64 -d10s --latency` on loopback; the program prints
 //! requests/s, p99 and CPU time per request (the proxy's, the backends', wrk's) for each, and
