@@ -666,3 +666,60 @@ async fn http10_close_wins_over_keep_alive() {
     let _ = send(&upstream, get()).await;
     assert_eq!(server.connections(), 2);
 }
+
+/// A body that stalls longer than the request timeout ends with an error naming the endpoint
+/// (nginx's `proxy_read_timeout`), instead of holding the client forever; a body that keeps
+/// coming is not cut.
+#[tokio::test]
+async fn a_stalled_body_times_out_between_reads() {
+    let server =
+        Scripted::start(|_| Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")).await;
+    let mut config = HttpUpstreamConfig::default();
+    config.balancer.endpoints = vec![EndpointConfig {
+        address: server.addr.to_string(),
+        weight: 1.0,
+        max_in_flight: None,
+    }];
+    config.request_timeout = Duration::from_millis(300);
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let res = upstream.clone().oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let collected = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
+        .await
+        .expect("the body must not hang");
+    let error = collected.unwrap_err().to_string();
+    assert!(
+        error.contains("timed out") && error.contains(&server.addr.to_string()),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A body sent in pieces 200 ms apart, each within the timeout, arrives whole.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_request(&mut stream, &mut buf).await;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n")
+            .await
+            .unwrap();
+        for piece in [b"x", b"y", b"z"] {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stream.write_all(piece).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    config.balancer.endpoints[0].address = addr.to_string();
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    assert_eq!(
+        send(&upstream, get()).await,
+        (StatusCode::OK, Ok("xyz".into()))
+    );
+}

@@ -159,10 +159,7 @@ impl EndpointPool {
         // One clock reading: tokio's instant wraps the standard one.
         let now = tokio::time::Instant::now();
         let started = now.into_std();
-        // As `tokio::time::timeout` does, a deadline past what `Instant` holds means never.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+        let deadline = after(now, timeout);
         let failed = |kind, source| UpstreamError::new(&self.authority, kind, source);
         let mut timer: Option<Timer> = None;
         loop {
@@ -197,7 +194,7 @@ impl EndpointPool {
                 Some(Ok(Some(mut head))) => {
                     // Answered before the whole request went out: the connection is done.
                     head.keep_alive = false;
-                    return Ok(self.response(conn, head, started, timer.take()));
+                    return Ok(self.response(conn, head, started, timer.take(), timeout));
                 }
                 Some(Err(_)) if reused && written == 0 => continue,
                 Some(Err(e)) => {
@@ -221,14 +218,16 @@ impl EndpointPool {
                     Some(Ok(None)) => {}
                     Some(Ok(Some(mut head))) => {
                         head.keep_alive = false;
-                        return Ok(self.response(conn, head, started, timer.take()));
+                        return Ok(self.response(conn, head, started, timer.take(), timeout));
                     }
                     Some(Err(e)) => return Err(failed(UpstreamErrorKind::Request, Some(e))),
                     None => return Err(failed(UpstreamErrorKind::Timeout, None)),
                 }
             }
             match before(t, deadline, conn.read_head(msg.head_request)).await {
-                Some(Ok(head)) => return Ok(self.response(conn, head, started, timer.take())),
+                Some(Ok(head)) => {
+                    return Ok(self.response(conn, head, started, timer.take(), timeout));
+                }
                 Some(Err(e)) if reused && msg.resendable && ProtocolError::is_unanswered(&e) => {
                     continue;
                 }
@@ -246,6 +245,7 @@ impl EndpointPool {
         head: Head,
         since: Instant,
         timer: Option<Timer>,
+        read_timeout: Duration,
     ) -> Response<PooledBody> {
         let mut framing = head.framing;
         let mut data = None;
@@ -266,6 +266,8 @@ impl EndpointPool {
                 pool: self,
                 since,
                 timer,
+                read_timeout,
+                waiting: false,
             }),
         };
         if matches!(body.framing, Framing::Done) {
@@ -327,6 +329,18 @@ async fn send_body(
     Ok(None)
 }
 
+/// `timeout` after `now`; as `tokio::time::timeout` does, a deadline past what `Instant` holds
+/// means never.
+fn after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// `timeout` from now.
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    after(tokio::time::Instant::now(), timeout)
+}
+
 /// `fut`'s output, or `None` once `deadline` has passed first (as `timer` tells: a timer set
 /// for an earlier deadline is set again when it fires, one set for a later one at once).
 fn before<F: Future>(timer: &mut Timer, deadline: tokio::time::Instant, fut: F) -> Before<'_, F> {
@@ -378,6 +392,10 @@ struct Connection {
     /// When its exchange started.
     since: Instant,
     timer: Option<Timer>,
+    /// The longest wait for more of the body (`proxy_read_timeout`).
+    read_timeout: Duration,
+    /// The body is waiting for the endpoint, since the timer's deadline less `read_timeout`.
+    waiting: bool,
 }
 
 /// Body of an endpoint's response: read from its connection, which goes back to the pool as
@@ -426,7 +444,31 @@ impl Body for PooledBody {
         let Some(c) = this.connection.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(c.conn.poll_body(cx, &mut this.framing)) {
+        let polled = match c.conn.poll_body(cx, &mut this.framing) {
+            Poll::Ready(polled) => {
+                c.waiting = false;
+                polled
+            }
+            Poll::Pending => {
+                // As nginx's `proxy_read_timeout`: each wait for more of the body is bounded
+                // too. The timer is set when a wait starts; a body read whole never sets it.
+                let timeout = c.read_timeout;
+                let timer = c
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !c.waiting {
+                    c.waiting = true;
+                    timer.as_mut().reset(deadline_after(timeout));
+                }
+                ready!(timer.as_mut().poll(cx));
+                this.framing = Framing::Done;
+                let authority = c.pool.authority().clone();
+                this.connection = None;
+                let kind = UpstreamErrorKind::Timeout;
+                return Poll::Ready(Some(Err(UpstreamError::new(&authority, kind, None))));
+            }
+        };
+        match polled {
             Some(Ok(frame)) => {
                 if matches!(this.framing, Framing::Done) {
                     this.release();

@@ -310,7 +310,9 @@ pub struct HttpUpstreamConfig {
     /// `proxy_connect_timeout`. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Per-attempt time to the response head (`proxy_read_timeout`). Default 60 s.
+    /// Per-attempt time to the response head, and the longest wait for each further piece of
+    /// the body (`proxy_read_timeout`; a body that stalls longer ends with an error). Default
+    /// 60 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Idle keep-alive connections kept per endpoint and per thread that sends requests
