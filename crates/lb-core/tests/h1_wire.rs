@@ -162,6 +162,10 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
 }
 
 fn upstream(addr: SocketAddr) -> HttpUpstream {
+    upstream_with_timeout(addr, Duration::from_secs(5))
+}
+
+fn upstream_with_timeout(addr: SocketAddr, timeout: Duration) -> HttpUpstream {
     let mut config = HttpUpstreamConfig::default();
     config.balancer.endpoints = vec![EndpointConfig {
         address: addr.to_string(),
@@ -170,7 +174,7 @@ fn upstream(addr: SocketAddr) -> HttpUpstream {
     }];
     // One attempt: what the exchange itself does is under test, not the balancer's retries.
     config.balancer.retries.max_attempts = 1;
-    config.request_timeout = Duration::from_secs(5);
+    config.request_timeout = timeout;
     HttpUpstream::from_config(&config).unwrap()
 }
 
@@ -514,15 +518,7 @@ async fn an_early_response_while_the_endpoint_stops_reading_is_not_a_timeout() {
         false,
     )
     .await;
-    let mut config = HttpUpstreamConfig::default();
-    config.balancer.endpoints = vec![EndpointConfig {
-        address: addr.to_string(),
-        weight: 1.0,
-        max_in_flight: None,
-    }];
-    config.balancer.retries.max_attempts = 1;
-    config.request_timeout = Duration::from_secs(2);
-    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let upstream = upstream_with_timeout(addr, Duration::from_secs(2));
     let (status, body) = send(&upstream, request("PUT", big_stream_body())).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body:?}");
 }
@@ -674,14 +670,8 @@ async fn http10_close_wins_over_keep_alive() {
 async fn a_stalled_body_times_out_between_reads() {
     let server =
         Scripted::start(|_| Reply::Keep("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")).await;
-    let mut config = HttpUpstreamConfig::default();
-    config.balancer.endpoints = vec![EndpointConfig {
-        address: server.addr.to_string(),
-        weight: 1.0,
-        max_in_flight: None,
-    }];
-    config.request_timeout = Duration::from_millis(300);
-    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let timeout = Duration::from_millis(300);
+    let upstream = upstream_with_timeout(server.addr, timeout);
     let res = upstream.clone().oneshot(get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let started = std::time::Instant::now();
@@ -716,8 +706,7 @@ async fn a_stalled_body_times_out_between_reads() {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
-    config.balancer.endpoints[0].address = addr.to_string();
-    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let upstream = upstream_with_timeout(addr, timeout);
     assert_eq!(
         send(&upstream, get()).await,
         (StatusCode::OK, Ok("xyz".into()))

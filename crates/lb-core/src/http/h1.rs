@@ -151,7 +151,7 @@ impl Conn {
                     while *reading {
                         match self.poll_fill(cx) {
                             Poll::Ready(Ok(n)) if n > 0 => {
-                                if let Some(head) = self.buffered_head(head_request)? {
+                                if let Some(head) = self.buffered_head(head_request, &mut false)? {
                                     return Poll::Ready(Ok(Some(head)));
                                 }
                             }
@@ -167,14 +167,19 @@ impl Conn {
         Poll::Ready(Ok(None))
     }
 
-    /// A final response head from the bytes read so far (interim ones skipped), if complete.
-    fn buffered_head(&mut self, head_request: bool) -> io::Result<Option<Head>> {
+    /// A final response head from the bytes read so far, if complete. Interim ones are skipped
+    /// (noted in `interim`); a `101` is refused, as no upgrade is ever asked for.
+    fn buffered_head(
+        &mut self,
+        head_request: bool,
+        interim: &mut bool,
+    ) -> io::Result<Option<Head>> {
         while !self.read.is_empty() {
             match parse_head(&mut self.read, head_request)? {
                 Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(ProtocolError::Upgrade.into());
                 }
-                Some(head) if head.status.is_informational() => {}
+                Some(head) if head.status.is_informational() => *interim = true,
                 Some(head) => return Ok(Some(head)),
                 None if self.read.len() >= MAX_HEAD => {
                     return Err(ProtocolError::HeadTooLarge.into());
@@ -209,21 +214,8 @@ impl Conn {
         interim: &mut bool,
     ) -> Poll<io::Result<Head>> {
         loop {
-            if !self.read.is_empty() {
-                match parse_head(&mut self.read, head_request)? {
-                    Some(head) if head.status.is_informational() => {
-                        if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                            return Poll::Ready(Err(ProtocolError::Upgrade.into()));
-                        }
-                        *interim = true;
-                        continue;
-                    }
-                    Some(head) => return Poll::Ready(Ok(head)),
-                    None if self.read.len() >= MAX_HEAD => {
-                        return Poll::Ready(Err(ProtocolError::HeadTooLarge.into()));
-                    }
-                    None => {}
-                }
+            if let Some(head) = self.buffered_head(head_request, interim)? {
+                return Poll::Ready(Ok(head));
             }
             let empty = self.read.is_empty() && !*interim;
             match ready!(self.poll_fill(cx)) {
@@ -747,7 +739,7 @@ impl RequestFraming {
 }
 
 /// The request head's headers that the endpoint sets, written after the request's own.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Forwarding<'a> {
     /// `Host` to send instead of the request's (none: keep the request's).
     pub(crate) host: Option<&'a [u8]>,
