@@ -308,7 +308,30 @@ impl RouterConfig {
                     format!("{prefix}{}", i + 1)
                 };
                 let name = node.name.clone().unwrap_or(default_name);
-                specs.push(node_spec(node, name, implied)?);
+                let hosts = split_hosts(&node.url)
+                    .map_err(|message| Error::config(Some(&name), "url", message))?;
+                if hosts.len() == 1 {
+                    specs.push(node_spec(node, name, implied)?);
+                    continue;
+                }
+                if implied == Some(Role::Primary) {
+                    return Err(Error::config(
+                        Some(&name),
+                        "url",
+                        "names several hosts, but there is one primary: list them under `nodes` (role `auto`)",
+                    ));
+                }
+                for (host, url) in hosts {
+                    let one = NodeConfig {
+                        url,
+                        ..node.clone()
+                    };
+                    let name = match &node.name {
+                        Some(given) => format!("{given}-{host}"),
+                        None => host,
+                    };
+                    specs.push(node_spec(&one, name, implied)?);
+                }
             }
         }
         if specs.is_empty() {
@@ -369,6 +392,57 @@ impl RouterConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The hosts of a libpq-style connection URL, each with the URL that reaches only it:
+/// `postgres://app@db-1:5432,db-2:5432/app?target_session_attrs=read-write` gives
+/// `("db-1:5432", "postgres://app@db-1:5432/app")` and `("db-2:5432", ...)`.
+///
+/// `target_session_attrs` (libpq's choice of which host to connect to) is dropped: the router
+/// connects to every host and sends each statement to the node that fits it, following
+/// failovers. A URL with one host gives itself unchanged.
+fn split_hosts(url: &str) -> Result<Vec<(String, String)>, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(vec![(String::new(), url.to_owned())]);
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return Ok(vec![(hosts.to_owned(), url.to_owned())]);
+    }
+    let tail = without_param(tail, "target_session_attrs");
+    hosts
+        .split(',')
+        .map(|host| {
+            if host.is_empty() {
+                return Err(format!("an empty host in the host list {hosts:?}"));
+            }
+            Ok((
+                host.to_owned(),
+                format!("{scheme}://{userinfo}{host}{tail}"),
+            ))
+        })
+        .collect()
+}
+
+/// `tail` (`/db?a=1&b=2`) without the query parameter `name`.
+fn without_param(tail: &str, name: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(name))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
     }
 }
 
@@ -551,5 +625,50 @@ mod tests {
                 .is_err()
         );
         assert!(toml::from_str::<RouterConfig>("check_interval = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn a_multi_host_url_is_one_auto_node_per_host() {
+        let c = parse(
+            r#"
+            [[nodes]]
+            url = "postgres://app:pw@db-1:5432,db-2:5433,[::1]:5434/app?target_session_attrs=read-write&sslmode=disable"
+            "#,
+        );
+        assert_eq!(
+            c.nodes().unwrap(),
+            vec![
+                ("db-1:5432".to_string(), Role::Auto),
+                ("db-2:5433".to_string(), Role::Auto),
+                ("[::1]:5434".to_string(), Role::Auto),
+            ]
+        );
+        let specs = c.node_specs().unwrap();
+        assert_eq!(specs[1].connect.get_host(), "db-2");
+        assert_eq!(specs[1].connect.get_port(), 5433);
+        assert_eq!(specs[1].connect.get_database(), Some("app"));
+        assert_eq!(specs[1].connect.get_username(), "app");
+        assert_eq!(
+            split_hosts("postgres://a@h1,h2/db?target_session_attrs=any").unwrap()[1].1,
+            "postgres://a@h2/db"
+        );
+        let named = parse("[[replicas]]\nname = \"r\"\nurl = \"postgres://h1,h2/db\"");
+        assert_eq!(
+            named.nodes().unwrap(),
+            vec![
+                ("r-h1".to_string(), Role::Replica),
+                ("r-h2".to_string(), Role::Replica)
+            ]
+        );
+        let primary = parse("[primary]\nurl = \"postgres://h1,h2/db\"");
+        assert!(primary.nodes().unwrap_err().to_string().contains("nodes"));
+        let empty = parse("[[nodes]]\nurl = \"postgres://h1,,h2/db\"");
+        assert!(
+            empty
+                .nodes()
+                .unwrap_err()
+                .to_string()
+                .contains("empty host")
+        );
     }
 }

@@ -3,18 +3,25 @@
 //! The query is taken apart (SQL, arguments, persistence) so the SQL can be classified and
 //! a read can be retried elsewhere: on another replica after a connection error before any
 //! row arrived, and on the primary after a replica refused it as a write (SQLSTATE 25006).
-//! The statement then runs through the chosen node's `&PgPool` executor, so sqlx's own
-//! statement cache and connection handling apply unchanged.
+//! The statement then runs on a connection from the chosen node's pool, through sqlx's own
+//! `&mut PgConnection` executor, so sqlx's statement cache and connection handling apply
+//! unchanged.
+//!
+//! Only the wait for that connection races the node's down signal: a statement that was sent
+//! is never abandoned because the monitor found the node down (a failed or slow check, a
+//! failover), since it may commit anyway and the caller would be told it failed. It finishes
+//! or fails on its own, bounded by the server's `statement_timeout` and the connection.
 
 use std::future;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use herd_lb_core::Outcome;
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgStatement, PgTypeInfo, Postgres};
-use sqlx::{Describe, Either, Execute, Executor, PgPool, SqlStr};
+use sqlx::{Describe, Either, Execute, Executor, SqlStr};
 
 use crate::classify::{Reason, Route};
 use crate::error::Error;
@@ -96,13 +103,13 @@ impl Shared {
         self.routes.route(sql, |sql| self.classifier.classify(sql))
     }
 
-    /// Routes and runs one statement with `op` (one of the `&PgPool` executor methods).
+    /// Routes and runs one statement with `op` (one of the connection's executor methods).
     ///
     /// The common read (a replica picked at once, answering) runs inline; every other path
     /// is boxed, so this future, which every query allocates and moves, stays small.
     async fn run<T, F>(&self, parts: QueryParts, op: F) -> Result<T, sqlx::Error>
     where
-        F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
+        F: Op<T>,
     {
         let route = self.route(parts.sql.as_str());
         if let Route::Primary(_) = route {
@@ -129,7 +136,7 @@ impl Shared {
                 .await;
         };
         metrics::query(&node.metric_keys, route);
-        let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
+        let result = attempt(node, &op, parts.attempt()).await;
         match self.after_read(result, lease, node, &parts) {
             ReadNext::Done(result) => result,
             ReadNext::Elsewhere => {
@@ -150,11 +157,11 @@ impl Shared {
         is_write: bool,
     ) -> Result<T, sqlx::Error>
     where
-        F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
+        F: Op<T>,
     {
         let node = self.writer_or_err("query").map_err(Error::into_sqlx)?;
         metrics::query(&node.metric_keys, route);
-        let result = race_down(node, "query", op(&node.pool, query)).await;
+        let result = attempt(node, op, query).await;
         match &result {
             Ok(_) if is_write => {
                 if let Some(client) = Consistency::current() {
@@ -178,7 +185,7 @@ impl Shared {
         client: Consistency,
     ) -> Result<T, sqlx::Error>
     where
-        F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
+        F: Op<T>,
     {
         match self.writer_lsn().await {
             Ok(lsn) => client.advance(lsn),
@@ -219,6 +226,12 @@ impl Shared {
                 lease.finish(Outcome::Success);
                 ReadNext::Done(Ok(value))
             }
+            Err(e @ sqlx::Error::PoolTimedOut) => {
+                // Saturation is backpressure, not a dead node: the caller gets the error, the
+                // replica keeps its standing (the lease ends without an outcome).
+                drop(lease);
+                ReadNext::Done(Err(e))
+            }
             Err(e) if is_connection_error(&e) => {
                 lease.finish(Outcome::Failure);
                 node.mark_down(&e);
@@ -249,7 +262,7 @@ impl Shared {
         mut tried: Vec<usize>,
     ) -> Result<T, sqlx::Error>
     where
-        F: Fn(&PgPool, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>,
+        F: Op<T>,
     {
         loop {
             let picked = match self.lease_replica(required, &tried) {
@@ -277,7 +290,7 @@ impl Shared {
                     .await;
             };
             metrics::query(&node.metric_keys, route);
-            let result = race_down(node, "query", op(&node.pool, parts.attempt())).await;
+            let result = attempt(node, op, parts.attempt()).await;
             match self.after_read(result, lease, node, &parts) {
                 ReadNext::Done(result) => return result,
                 ReadNext::Elsewhere => tried.extend(node.read_slot),
@@ -301,6 +314,33 @@ enum ReadNext<T> {
     Primary,
 }
 
+/// One of the connection's executor methods, run on a pooled connection it owns.
+pub(crate) trait Op<T>:
+    Fn(PoolConnection<Postgres>, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>
+{
+}
+
+impl<T, F> Op<T> for F where
+    F: Fn(PoolConnection<Postgres>, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>
+{
+}
+
+/// One attempt of a statement on `node`: a connection from its pool, given up as soon as the
+/// node is found down (nothing was sent yet, so any statement may go elsewhere or fail
+/// cleanly), then the statement on that connection, which nothing here interrupts.
+async fn attempt<T>(node: &Node, op: &impl Op<T>, query: RoutedQuery) -> Result<T, sqlx::Error> {
+    let connection = match race_down(node, "query", node.pool.acquire()).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            if matches!(e, sqlx::Error::PoolTimedOut) {
+                metrics::pool_timeout(&node.name);
+            }
+            return Err(e);
+        }
+    };
+    op(connection, query).await
+}
+
 type Item = Either<PgQueryResult, PgRow>;
 
 impl<'c> Executor<'c> for &'c DbRouter {
@@ -317,8 +357,15 @@ impl<'c> Executor<'c> for &'c DbRouter {
         // first item, and only then hand the rest to the caller.
         let opened = async move {
             shared
-                .run(parts?, |pool, q| {
-                    let mut rest = pool.fetch_many(q);
+                .run(parts?, |mut connection, q| {
+                    // The rest of the rows stream from the connection the stream owns.
+                    let mut rest: BoxStream<'static, Result<Item, sqlx::Error>> =
+                        Box::pin(async_stream::try_stream! {
+                            let mut rows = connection.fetch_many(q);
+                            while let Some(item) = rows.try_next().await? {
+                                yield item;
+                            }
+                        });
                     async move {
                         match rest.next().await {
                             Some(Err(e)) => Err(e),
@@ -346,7 +393,9 @@ impl<'c> Executor<'c> for &'c DbRouter {
         E: 'q + Execute<'q, Postgres>,
     {
         match QueryParts::take(query) {
-            Ok(parts) => Box::pin(self.shared.run(parts, |pool, q| pool.fetch_optional(q))),
+            Ok(parts) => Box::pin(self.shared.run(parts, |mut c, q| {
+                async move { c.fetch_optional(q).await }.boxed()
+            })),
             Err(e) => Box::pin(future::ready(Err(e))),
         }
     }
@@ -363,7 +412,9 @@ impl<'c> Executor<'c> for &'c DbRouter {
                 let shared = &*self.shared;
                 Box::pin(async move {
                     shared
-                        .run(parts, |pool, q| pool.fetch_optional(q))
+                        .run(parts, |mut c, q| {
+                            async move { c.fetch_optional(q).await }.boxed()
+                        })
                         .await?
                         .ok_or(sqlx::Error::RowNotFound)
                 })
@@ -378,7 +429,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
         E: 'q + Execute<'q, Postgres>,
     {
         match QueryParts::take(query) {
-            Ok(parts) => Box::pin(self.shared.run(parts, |pool, q| pool.execute(q))),
+            Ok(parts) => Box::pin(
+                self.shared
+                    .run(parts, |mut c, q| async move { c.execute(q).await }.boxed()),
+            ),
             Err(e) => Box::pin(future::ready(Err(e))),
         }
     }
@@ -389,7 +443,9 @@ impl<'c> Executor<'c> for &'c DbRouter {
         E: 'q + Execute<'q, Postgres>,
     {
         match QueryParts::take(query) {
-            Ok(parts) => Box::pin(self.shared.run(parts, |pool, q| pool.fetch_all(q))),
+            Ok(parts) => Box::pin(self.shared.run(parts, |mut c, q| {
+                async move { c.fetch_all(q).await }.boxed()
+            })),
             Err(e) => Box::pin(future::ready(Err(e))),
         }
     }

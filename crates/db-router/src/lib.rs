@@ -62,6 +62,7 @@
 pub mod classify;
 mod config;
 mod error;
+mod error_class;
 mod executor;
 mod lsn;
 pub mod metrics;
@@ -82,6 +83,7 @@ pub mod health;
 pub use classify::{Classifier, FunctionPolicy, Reason, Route, classify};
 pub use config::{Fallback, NodeConfig, PoolConfig, ReadYourWritesConfig, Role, RouterConfig};
 pub use error::Error;
+pub use error_class::ErrorClass;
 pub use lsn::Lsn;
 pub use router::{DbRouter, DbRouterBuilder, PickedPool};
 pub use scope::{Consistency, on_primary};

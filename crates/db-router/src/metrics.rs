@@ -20,6 +20,9 @@ pub const REPLICA_ELIGIBLE: &str = "herd_db_replica_eligible";
 pub const FALLBACK_TO_PRIMARY_TOTAL: &str = "herd_db_fallback_to_primary_total";
 /// Counter: statements a replica refused as writes (SQLSTATE 25006), retried on the primary.
 pub const MISROUTES_TOTAL: &str = "herd_db_misroutes_total";
+/// Counter: statements that found the node's pool full for `acquire_timeout` and failed
+/// without running, by `node` (saturation: the node is not marked down for it).
+pub const POOL_TIMEOUTS_TOTAL: &str = "herd_db_pool_timeouts_total";
 /// Gauge: 1 when the monitor reached the node at its last check, by `node`.
 pub const NODE_UP: &str = "herd_db_node_up";
 /// Gauge: 1 for the node currently taking writes, by `node`.
@@ -79,6 +82,10 @@ pub(crate) fn query(keys: &NodeKeys, route: Route) {
 
 pub(crate) fn fallback(reason: &'static str) {
     metrics::counter!(FALLBACK_TO_PRIMARY_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn pool_timeout(node: &Arc<str>) {
+    metrics::counter!(POOL_TIMEOUTS_TOTAL, "node" => Arc::clone(node)).increment(1);
 }
 
 pub(crate) fn misroute(keys: &NodeKeys) {

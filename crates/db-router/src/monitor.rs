@@ -99,21 +99,17 @@ async fn check_node(
     timeout: Duration,
 ) -> Result<Observation, String> {
     let outcome = tokio::time::timeout(timeout, async {
-        if slot.is_none() {
-            let conn = node
-                .connect
-                .connect()
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            *slot = Some(conn);
+        let reused = slot.is_some();
+        match query_node(node, slot).await {
+            // The monitor's own connection broke (terminated, reset by a restarted proxy):
+            // that says nothing about the node yet, so one fresh connection decides, within
+            // the same time bound. A node that is really down fails this one too.
+            Err(_) if reused => {
+                drop_connection(slot).await;
+                query_node(node, slot).await
+            }
+            outcome => outcome,
         }
-        let Some(conn) = slot.as_mut() else {
-            return Err("no connection".to_string());
-        };
-        sqlx::query_as::<_, CheckRow>(CHECK_SQL)
-            .fetch_one(conn)
-            .await
-            .map_err(|e| format!("check query: {e}"))
     })
     .await;
     let row = match outcome {
@@ -137,6 +133,25 @@ async fn check_node(
         replay_age,
         timeline: timeline.and_then(|t| u32::from_str_radix(&t, 16).ok()),
     })
+}
+
+/// Runs the check query on the slot's connection, connecting first when there is none.
+async fn query_node(node: &Node, slot: &mut Option<PgConnection>) -> Result<CheckRow, String> {
+    if slot.is_none() {
+        let conn = node
+            .monitor_connect
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        *slot = Some(conn);
+    }
+    let Some(conn) = slot.as_mut() else {
+        return Err("no connection".to_string());
+    };
+    sqlx::query_as::<_, CheckRow>(CHECK_SQL)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| format!("check query: {e}"))
 }
 
 async fn drop_connection(slot: &mut Option<PgConnection>) {
@@ -201,8 +216,21 @@ fn record(node: &Node, observation: &Result<Observation, String>) {
 /// The write node: among reachable, writable nodes that may take writes, the one on the
 /// highest timeline (a promoted replica beats a returning old primary that still thinks it
 /// is one); on a tie the current writer stays, else the first in configuration order.
+///
+/// A node on a timeline older than the newest one this router has ever seen is never chosen,
+/// even when it is the only writable node left: it is an old primary that came back after a
+/// failover, and writing to it would fork the data (fencing by timeline).
 fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) {
     let current = shared.writer.load(Ordering::Acquire);
+    let newest = observations
+        .iter()
+        .filter_map(|o| o.as_ref().ok().and_then(|o| o.timeline))
+        .max()
+        .unwrap_or(0);
+    let newest = shared
+        .newest_timeline
+        .fetch_max(newest, Ordering::AcqRel)
+        .max(newest);
     let mut best: Option<(usize, u32)> = None;
     for (i, (node, observation)) in shared.nodes.iter().zip(observations).enumerate() {
         let Ok(o) = observation else { continue };
@@ -210,6 +238,10 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
             continue;
         }
         let tli = o.timeline.unwrap_or(0);
+        if tli < newest {
+            tracing::debug!(node = %node.name, timeline = tli, newest, "writable node on an old timeline: not written to");
+            continue;
+        }
         best = match best {
             None => Some((i, tli)),
             Some((_, best_tli)) if tli > best_tli => Some((i, tli)),

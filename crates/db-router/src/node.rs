@@ -22,8 +22,9 @@ pub(crate) struct Node {
     pub(crate) role: Role,
     pub(crate) weight: f64,
     pub(crate) pool: PgPool,
-    /// For the monitor's own connection, so a saturated pool never delays a check.
-    pub(crate) connect: PgConnectOptions,
+    /// For the monitor's own connection, so a saturated pool never delays a check; its
+    /// `application_name` ends in ` monitor`, so it can be told apart in `pg_stat_activity`.
+    pub(crate) monitor_connect: PgConnectOptions,
     pub(crate) max_connections: u32,
     /// Index in the read set when this node may take reads.
     pub(crate) read_slot: Option<usize>,
@@ -163,11 +164,13 @@ fn waker_id(waker: &Waker) -> (usize, usize) {
 
 /// Errors that say the node (or the way to it) failed, not the statement: safe to retry a
 /// read elsewhere, and a reason to stop using the node.
+///
+/// A full pool ([`sqlx::Error::PoolTimedOut`]) is not one: saturation is backpressure, and
+/// taking a busy node out would only push its load onto the others.
 pub(crate) fn is_connection_error(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,

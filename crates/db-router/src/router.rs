@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use herd_lb_core::{EndpointSet, InFlightGuard, Outcome, PickContext, Policy};
@@ -90,6 +90,9 @@ pub(crate) struct Shared {
     /// this is not 0.
     pub(crate) excluded_count: AtomicUsize,
     pub(crate) writer: AtomicUsize,
+    /// The newest timeline any writable node has reported: a node on an older one is an old
+    /// primary that came back after a failover, and is never written to.
+    pub(crate) newest_timeline: AtomicU32,
     pub(crate) primary_lsn: AtomicU64,
     pub(crate) classifier: Classifier,
     /// Routes of recently classified SQL text (automatic routing only).
@@ -190,6 +193,7 @@ impl DbRouterBuilder {
             excluded_count: AtomicUsize::new(all_reads.len()),
             excluded: ArcSwap::from_pointee(all_reads),
             writer: AtomicUsize::new(NO_WRITER),
+            newest_timeline: AtomicU32::new(0),
             primary_lsn: AtomicU64::new(0),
             routes: RouteCache::new(),
             classifier: Classifier::new(&self.config.write_functions, self.config.function_policy),
@@ -233,13 +237,19 @@ fn node_from_spec(
             pool_config.max_connections,
         ),
     };
+    let monitor_name = format!(
+        "{} monitor",
+        spec.connect
+            .get_application_name()
+            .unwrap_or("herd-db-router")
+    );
     Node {
         metric_keys: crate::metrics::NodeKeys::new(&name),
         name,
         role: spec.role,
         weight: spec.weight,
         pool,
-        connect: spec.connect,
+        monitor_connect: spec.connect.application_name(&monitor_name),
         max_connections,
         read_slot,
         state: NodeState::default(),

@@ -478,3 +478,125 @@ async fn all_replicas_down_then_failover_to_a_promoted_replica() {
         "{old:#?}"
     );
 }
+
+/// A monitor check is made to fail again and again while 500 writes run: the primary's backend
+/// serving the monitor's connection is paused (SIGSTOP) past `check_timeout`, then resumed. Each
+/// failed check marks the primary down, which stops new writes from starting, but a write already
+/// sent is never abandoned. So the table holds exactly the acknowledged writes: none is lost, and
+/// none reported failed was committed (a client's retry would have duplicated it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_monitor_checks_abort_no_write_in_flight() {
+    let pg = PgCluster::start(0).await.unwrap();
+    let config = RouterConfig {
+        nodes: vec![NodeConfig::new(pg.primary_url()).name("db")],
+        check_interval: Duration::from_millis(40),
+        check_timeout: Duration::from_millis(100),
+        ..RouterConfig::default()
+    };
+    let router = DbRouter::connect(config).await.unwrap();
+    sqlx::query("CREATE TABLE burst (k int PRIMARY KEY)")
+        .execute(&router)
+        .await
+        .unwrap();
+    let admin = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pauser = {
+        let (admin, done) = (admin.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut paused = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let pids: Vec<i32> = sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'herd-db-router monitor'",
+                )
+                .fetch_all(&admin)
+                .await
+                .unwrap();
+                for pid in &pids {
+                    signal(*pid, "-STOP");
+                }
+                sleep(Duration::from_millis(150)).await;
+                for pid in &pids {
+                    signal(*pid, "-CONT");
+                }
+                paused += pids.len();
+                sleep(Duration::from_millis(60)).await;
+            }
+            paused
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..10_i32 {
+        let router = router.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            for i in 0..50_i32 {
+                let k = w * 50 + i;
+                // Long enough (20 ms on the server) for checks to fail while it runs.
+                let result = sqlx::query("INSERT INTO burst (k) SELECT $1 FROM pg_sleep(0.02)")
+                    .bind(k)
+                    .execute(&router)
+                    .await;
+                match result {
+                    Ok(_) => acked.push(k),
+                    Err(e) => {
+                        failed.push((k, e.to_string()));
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    let (mut acked, mut failed) = (HashSet::new(), Vec::new());
+    for w in writers {
+        let (a, f) = w.await.unwrap();
+        acked.extend(a);
+        failed.extend(f);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let paused = pauser.await.unwrap();
+    let stored: HashSet<i32> = sqlx::query_scalar("SELECT k FROM burst")
+        .fetch_all(&admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    eprintln!(
+        "500 writes: {} acknowledged, {} failed, {} stored; the monitor's backend paused {paused} times",
+        acked.len(),
+        failed.len(),
+        stored.len()
+    );
+    assert!(
+        paused >= 3,
+        "the drill needs failed checks during the burst"
+    );
+    assert!(
+        !failed.is_empty(),
+        "no write was refused while the primary was marked down: the checks did not fail"
+    );
+    assert_eq!(acked.len() + failed.len(), 500);
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    let committed_but_failed: Vec<_> = failed.iter().filter(|(k, _)| stored.contains(k)).collect();
+    assert!(
+        committed_but_failed.is_empty(),
+        "reported failed but committed: {committed_but_failed:?}"
+    );
+    for (_, e) in &failed {
+        assert!(
+            e.contains("no writable primary") || e.contains("went down"),
+            "a write failed for another reason: {e}"
+        );
+    }
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to a server process of the test's own cluster.
+fn signal(pid: i32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}

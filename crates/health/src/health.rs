@@ -22,7 +22,7 @@ use crate::report::{CheckEntry, HealthReport};
 /// | endpoint | what it evaluates | fails when |
 /// |---|---|---|
 /// | [`live`](Self::live) | the process only, never dependencies | the app called [`mark_broken`](Self::mark_broken) |
-/// | [`ready`](Self::ready) | critical checks | draining, not yet started, or a critical check fails |
+/// | [`ready`](Self::ready) | critical checks, shared dependencies excepted | draining, not yet started, or such a check fails |
 /// | [`startup`](Self::startup) | the started flag | [`mark_started`](Self::mark_started) not called yet |
 /// | [`deep`](Self::deep) | every check | a critical check fails (non-critical failures only `warn`) |
 /// | [`group`](Self::group) | checks carrying the group's tags | as `deep`, over those checks |
@@ -506,7 +506,7 @@ impl Health {
             }
             return report;
         }
-        self.evaluate(|registered| registered.options.is_critical(), details)
+        self.evaluate(|registered| registered.options.fails_readiness(), details)
             .await
     }
 
@@ -591,6 +591,24 @@ mod tests {
             .unwrap();
         assert_eq!(failing.ready().await.status, Status::Fail);
         assert_eq!(failing.deep().await.status, Status::Fail);
+    }
+
+    #[tokio::test]
+    async fn a_shared_dependency_fails_deep_health_but_not_readiness() {
+        let health = Health::builder()
+            .started(true)
+            .check(fixed("cache", Status::Pass))
+            .check_with(
+                fixed("database", Status::Fail),
+                CheckOptions::new().shared_dependency(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(health.ready().await.status, Status::Pass);
+        assert_eq!(health.deep().await.status, Status::Fail);
+        assert!(CheckOptions::new().shared_dependency().is_critical());
+        assert!(!CheckOptions::new().shared_dependency().fails_readiness());
+        assert!(CheckOptions::new().fails_readiness());
     }
 
     #[tokio::test]

@@ -13,11 +13,18 @@ use std::time::Duration;
 /// - A **critical** check that fails makes `/health/ready` and `/health` fail (503). A
 ///   non-critical one only ever makes them `warn` (200), like ASP.NET Core's
 ///   `failureStatus: Degraded`, and is not run by `/health/ready` at all.
+/// - A **shared dependency** (the database cluster, the Redis Cluster: one that every instance
+///   of the service uses) fails `/health` like a critical check but never `/health/ready`: when
+///   it fails, it fails for every instance at once, and taking them all out of the balancer
+///   would turn a failover the application rides out (reads from replicas, retried sessions)
+///   into a full outage. Kubernetes' probe guidance says the same: readiness should not check
+///   what all replicas share.
 /// - **Tags** select checks for groups (`/health/{group}`), e.g. the `replication` tag
 ///   ([`tags::REPLICATION`](crate::tags::REPLICATION)) puts a check on `/health/replication`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOptions {
     pub(crate) critical: bool,
+    pub(crate) shared: bool,
     pub(crate) tags: BTreeSet<Cow<'static, str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cache_ttl: Option<Duration>,
@@ -36,6 +43,7 @@ impl CheckOptions {
     pub fn new() -> Self {
         CheckOptions {
             critical: true,
+            shared: false,
             tags: BTreeSet::new(),
             timeout: None,
             cache_ttl: None,
@@ -54,6 +62,14 @@ impl CheckOptions {
     /// part of `/health/ready`.
     pub fn non_critical(self) -> Self {
         self.critical(false)
+    }
+
+    /// Marks the check as one of a dependency every instance shares: critical for `/health`,
+    /// not part of `/health/ready` (see the [type docs](Self)).
+    pub fn shared_dependency(mut self) -> Self {
+        self.critical = true;
+        self.shared = true;
+        self
     }
 
     /// Adds a tag.
@@ -102,9 +118,14 @@ impl CheckOptions {
         self
     }
 
-    /// Whether a failure fails readiness.
+    /// Whether a failure fails `/health` (and, unless it is a shared dependency, readiness).
     pub fn is_critical(&self) -> bool {
         self.critical
+    }
+
+    /// Whether a failure fails readiness: critical and not a shared dependency.
+    pub fn fails_readiness(&self) -> bool {
+        self.critical && !self.shared
     }
 
     /// Whether the check carries `tag`.
