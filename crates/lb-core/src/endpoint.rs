@@ -7,7 +7,7 @@ use std::sync::atomic::{
 };
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -68,9 +68,18 @@ impl Pool {
     }
 
     /// Reserves an ejection slot if `max_ejection_percent` allows one more.
+    ///
+    /// A set of two or more may always eject one endpoint, however small its percentage comes
+    /// out (Envoy's classic rule, its `always_eject_one_host` today): a small set with a low
+    /// percentage still loses a single bad endpoint to peers that can take its traffic. A set of
+    /// one ejects only at 100 %: ejecting its only endpoint moves no traffic (panic mode sends
+    /// it back there) and would only report as unhealthy what fails the way every endpoint does.
     fn try_reserve_ejection(&self) -> bool {
         let size = self.size.load(Ordering::Relaxed);
-        let cap = (size * usize::from(self.outlier.max_ejection_percent.min(100)) / 100).max(1);
+        let mut cap = size * usize::from(self.outlier.max_ejection_percent.min(100)) / 100;
+        if cap == 0 && size >= 2 {
+            cap = 1;
+        }
         self.ejected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
@@ -148,6 +157,8 @@ struct EndpointMetrics {
     failure: metrics::Counter,
     ejections: metrics::Counter,
     healthy: metrics::Gauge,
+    client_error: metrics::Counter,
+    dependency_unavailable: metrics::Counter,
 }
 
 impl EndpointMetrics {
@@ -159,7 +170,9 @@ impl EndpointMetrics {
             in_flight: metrics::gauge!("herd_lb_in_flight", "endpoint" => l.clone()),
             latency: metrics::histogram!("herd_lb_latency_seconds", "endpoint" => l.clone()),
             ejections: metrics::counter!("herd_lb_ejections_total", "endpoint" => l.clone()),
-            healthy: metrics::gauge!("herd_lb_endpoint_healthy", "endpoint" => l),
+            healthy: metrics::gauge!("herd_lb_endpoint_healthy", "endpoint" => l.clone()),
+            client_error: metrics::counter!("herd_lb_requests_total", "endpoint" => l.clone(), "outcome" => "client_error"),
+            dependency_unavailable: metrics::counter!("herd_lb_requests_total", "endpoint" => l, "outcome" => "dependency_unavailable"),
         }
     }
 }
@@ -312,12 +325,15 @@ impl EndpointState {
         (requests, self.failures.load(Ordering::Relaxed))
     }
 
-    /// Where the endpoint stands now.
+    /// Where the endpoint stands now. An ejection counts only until its time ends, read from
+    /// the clock now: an idle endpoint whose ejection is over reports as it stands otherwise,
+    /// with no request needed first (its first request is still the one probe, see
+    /// [`OutlierDetection`]).
     pub fn status(&self) -> EndpointStatus {
         let flags = self.flags.load(Ordering::Relaxed);
         if flags & DRAINING != 0 {
             EndpointStatus::Draining
-        } else if flags & EJECTED != 0 {
+        } else if flags & EJECTED != 0 && self.ejection_lasts() {
             EndpointStatus::Ejected
         } else if flags & ACTIVE_DOWN != 0 {
             EndpointStatus::Unhealthy
@@ -328,17 +344,37 @@ impl EndpointState {
         }
     }
 
-    /// Neither ejected nor failing active checks (draining endpoints count as healthy).
+    /// Neither ejected (until a time not yet reached) nor failing active checks (draining
+    /// endpoints count as healthy).
     pub fn is_healthy(&self) -> bool {
+        let flags = self.flags.load(Ordering::Relaxed);
+        flags & ACTIVE_DOWN == 0 && (flags & EJECTED == 0 || !self.ejection_lasts())
+    }
+
+    /// Neither flag set: not ejected, even one whose time is up and whose probe has not yet
+    /// returned it, and not failing active checks. Picks go by this, not by the clock.
+    #[inline]
+    pub(crate) fn unflagged(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & (EJECTED | ACTIVE_DOWN) == 0
     }
 
-    /// When the current ejection ends (`None` when not ejected).
+    /// When the current ejection ends (`None` when not ejected, or when its time is over).
     pub fn ejected_until(&self) -> Option<Instant> {
         if self.flags.load(Ordering::Relaxed) & EJECTED == 0 {
             return None;
         }
-        self.passive.lock().ejected_until
+        self.passive
+            .lock()
+            .ejected_until
+            .filter(|until| Instant::now() < *until)
+    }
+
+    /// An ejection is on and its time not yet over.
+    fn ejection_lasts(&self) -> bool {
+        self.passive
+            .lock()
+            .ejected_until
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Whether a pick may use this endpoint. `ignore_health` is the panic mode.
@@ -469,18 +505,63 @@ impl EndpointState {
         if probe {
             let mut passive = self.passive.lock();
             passive.probe_in_flight = false;
-            if self.flags.fetch_and(!EJECTED, Ordering::AcqRel) & EJECTED != 0 {
-                passive.ejected_until = None;
-                passive.returned_at = Some(Instant::now());
-                passive.window_failures = 0;
-                if self.member.load(Ordering::Relaxed) {
-                    self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
-                }
-                drop(passive);
-                self.metrics.healthy.set(1.0);
-                self.begin_slow_start();
-                tracing::info!(endpoint = %self.label, "endpoint returned after a successful probe");
-            }
+            self.return_from_ejection(passive, "endpoint returned after a successful probe");
+        }
+    }
+
+    /// Ends an ejection (if one is on): frees its slot under `max_ejection_percent`, reports the
+    /// endpoint healthy (unless active checks hold it down) and starts its slow start.
+    fn return_from_ejection(&self, mut passive: MutexGuard<'_, Passive>, why: &'static str) {
+        let before = self.flags.fetch_and(!EJECTED, Ordering::AcqRel);
+        if before & EJECTED == 0 {
+            return;
+        }
+        passive.ejected_until = None;
+        passive.returned_at = Some(Instant::now());
+        passive.window_failures = 0;
+        if self.member.load(Ordering::Relaxed) {
+            self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(passive);
+        let active_down = before & ACTIVE_DOWN != 0;
+        self.metrics
+            .healthy
+            .set(if active_down { 0.0 } else { 1.0 });
+        self.begin_slow_start();
+        tracing::info!(endpoint = %self.label, "{why}");
+    }
+
+    /// An active check passed: an ejection whose time is over ends now, as a successful probe
+    /// would end it, so an idle endpoint returns (its metrics and its slot under
+    /// `max_ejection_percent` included) without waiting for traffic. An ejection still running
+    /// is left alone: it was earned by failed requests, which a check of one path does not
+    /// outweigh. A probe in flight decides instead.
+    pub(crate) fn active_check_passed(&self) {
+        if self.flags.load(Ordering::Relaxed) & EJECTED == 0 {
+            return;
+        }
+        let passive = self.passive.lock();
+        let over = passive
+            .ejected_until
+            .is_none_or(|until| until <= Instant::now());
+        if over && !passive.probe_in_flight {
+            self.return_from_ejection(
+                passive,
+                "endpoint returned: its ejection ended and an active check passed",
+            );
+        }
+    }
+
+    /// A request that says nothing about the endpoint's health ended: counted apart, and a probe
+    /// it was leaves the endpoint ejected, to be probed again by the next request.
+    #[cold]
+    fn on_neither(&self, outcome: Outcome, probe: bool) {
+        match outcome {
+            Outcome::DependencyUnavailable => self.metrics.dependency_unavailable.increment(1),
+            _ => self.metrics.client_error.increment(1),
+        }
+        if probe {
+            self.passive.lock().probe_in_flight = false;
         }
     }
 
@@ -607,12 +688,28 @@ impl EndpointState {
 }
 
 /// What a finished request means for the endpoint's health.
+///
+/// Blame goes where the fault is, as Envoy splits local-origin from upstream errors: only a
+/// [`Failure`](Self::Failure) counts towards ejection; a [`ClientError`](Self::ClientError) or a
+/// [`DependencyUnavailable`](Self::DependencyUnavailable) counts neither for nor against the
+/// endpoint. Each is counted in `herd_lb_requests_total{endpoint, outcome}` with `outcome` one of
+/// `success`, `failure`, `client_error`, `dependency_unavailable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The endpoint answered well.
     Success,
     /// Counts towards ejection (transport error, 5xx, timeout ...).
     Failure,
+    /// The request failed by the client's fault (its body broke off, did not parse, was too
+    /// large or too slow): nothing about the endpoint. Resets no failure count and adds none;
+    /// latency is not recorded.
+    ClientError,
+    /// The endpoint answered that a dependency every endpoint shares is unavailable (a database
+    /// failing over): the endpoint itself works, and its peers would fail alike, so this is
+    /// not its fault. Resets no failure count and adds none; latency is not recorded (a fast
+    /// refusal would draw latency-ranked traffic).
+    DependencyUnavailable,
 }
 
 /// An in-flight slot on one endpoint; dropping it ends the request.
@@ -687,12 +784,22 @@ impl InFlightGuard {
         if self.recorded {
             return;
         }
-        if self.latency_weight != 0 {
-            self.record_latency();
-        }
         match outcome {
-            Outcome::Success => self.state.on_success(self.probe),
-            Outcome::Failure => self.state.on_failure(self.probe),
+            Outcome::Success => {
+                if self.latency_weight != 0 {
+                    self.record_latency();
+                }
+                self.state.on_success(self.probe);
+            }
+            Outcome::Failure => {
+                if self.latency_weight != 0 {
+                    self.record_latency();
+                }
+                self.state.on_failure(self.probe);
+            }
+            Outcome::ClientError | Outcome::DependencyUnavailable => {
+                self.state.on_neither(outcome, self.probe);
+            }
         }
         self.state.metrics.in_flight.decrement(1.0);
         self.state.release_completed();
@@ -934,5 +1041,120 @@ mod tests {
         assert_eq!(s.in_flight(), 1);
         drop(guard);
         assert_eq!((s.in_flight(), s.completed()), (0, (0, 0)));
+    }
+
+    /// An endpoint that ejects after `consecutive` failures in a row, for `base` (no jitter),
+    /// in a set of `size`.
+    fn strict_state(consecutive: u32, base: Duration, size: usize) -> Arc<EndpointState> {
+        let outlier = OutlierDetection {
+            consecutive_failures: Some(consecutive),
+            base_ejection: base,
+            jitter: 0.0,
+            max_ejection_percent: 100,
+            ..OutlierDetection::default()
+        };
+        let pool = Pool::new(outlier, None, EwmaConfig::default(), SharedRng::seeded(1));
+        pool.size.store(size, Ordering::Relaxed);
+        Arc::new(EndpointState::new("a".into(), 1.0, 0, Arc::new(pool)))
+    }
+
+    fn finish(s: &Arc<EndpointState>, outcome: Outcome) {
+        s.acquire(0, false, None).expect("slot").record(outcome);
+    }
+
+    #[test]
+    fn client_errors_and_dependency_outages_neither_count_nor_reset() {
+        let s = strict_state(2, Duration::from_secs(30), 2);
+        finish(&s, Outcome::Failure);
+        for _ in 0..10 {
+            finish(&s, Outcome::ClientError);
+            finish(&s, Outcome::DependencyUnavailable);
+        }
+        assert_eq!(s.status(), EndpointStatus::Healthy);
+        assert_eq!(
+            s.completed(),
+            (21, 1),
+            "counted as requests, not as failures"
+        );
+        // Nor did they reset the run of failures: one more ejects.
+        finish(&s, Outcome::Failure);
+        assert_eq!(s.status(), EndpointStatus::Ejected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_ends_in_a_client_error_leaves_the_next_request_to_probe() {
+        let s = strict_state(1, Duration::from_secs(1), 2);
+        finish(&s, Outcome::Failure);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let probe = s.acquire(0, false, None).expect("the probe");
+        assert!(probe.is_probe());
+        probe.record(Outcome::ClientError);
+        assert!(s.ejected_until().is_none(), "its time is still over");
+        assert_eq!(s.pool.ejected.load(Ordering::Relaxed), 1, "not returned");
+        let probe = s.acquire(0, false, None).expect("another probe");
+        assert!(probe.is_probe());
+        probe.success();
+        assert_eq!(s.pool.ejected.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_ejection_reads_healthy_and_a_passing_check_returns_the_endpoint() {
+        let s = strict_state(1, Duration::from_secs(10), 2);
+        finish(&s, Outcome::Failure);
+        assert_eq!(
+            (s.status(), s.is_healthy()),
+            (EndpointStatus::Ejected, false)
+        );
+        // A check during the ejection does not cut it short.
+        s.active_check_passed();
+        assert_eq!(s.status(), EndpointStatus::Ejected);
+        assert!(s.ejected_until().is_some());
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // Read from the clock: healthy at once, with no request.
+        assert_eq!(
+            (s.status(), s.is_healthy()),
+            (EndpointStatus::Healthy, true)
+        );
+        assert!(s.ejected_until().is_none());
+        // Picks still go by the flag (one probe) until a probe or a check returns it.
+        assert!(!s.unflagged());
+        assert_eq!(s.pool.ejected.load(Ordering::Relaxed), 1);
+        s.active_check_passed();
+        assert!(s.unflagged());
+        assert_eq!(
+            s.pool.ejected.load(Ordering::Relaxed),
+            0,
+            "its slot is free"
+        );
+        assert_eq!(s.availability(false), Availability::Ready);
+    }
+
+    #[test]
+    fn max_ejection_percent_lets_a_set_of_two_or_more_eject_one_and_an_only_endpoint_none() {
+        let pool = |size: usize, percent: u8| {
+            let outlier = OutlierDetection {
+                max_ejection_percent: percent,
+                ..OutlierDetection::default()
+            };
+            let pool = Pool::new(outlier, None, EwmaConfig::default(), SharedRng::seeded(1));
+            pool.size.store(size, Ordering::Relaxed);
+            pool
+        };
+        let ejectable = |pool: Pool| (0..10).take_while(|_| pool.try_reserve_ejection()).count();
+        assert_eq!(
+            ejectable(pool(1, 50)),
+            0,
+            "its ejection would move no traffic"
+        );
+        assert_eq!(ejectable(pool(1, 100)), 1);
+        assert_eq!(
+            ejectable(pool(2, 10)),
+            1,
+            "one of a small set may always go"
+        );
+        assert_eq!(ejectable(pool(3, 50)), 1);
+        assert_eq!(ejectable(pool(4, 50)), 2);
+        assert_eq!(ejectable(pool(10, 30)), 3);
     }
 }

@@ -536,7 +536,7 @@ fn choose<K, S, P: Pick + ?Sized>(
     }
     let any_healthy = c
         .states()
-        .any(|s| s.is_healthy() && s.status() != crate::EndpointStatus::Draining);
+        .any(|s| s.unflagged() && s.status() != crate::EndpointStatus::Draining);
     if ctx.ignore_health() || any_healthy {
         return None;
     }

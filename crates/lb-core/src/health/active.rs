@@ -176,6 +176,8 @@ where
                         if streak.ok >= config.rise && state.is_active_down() {
                             state.set_active_healthy(true);
                         }
+                        // An ejection whose time is over ends here, not only at the next request.
+                        state.active_check_passed();
                     }
                     Err(reason) => {
                         streak.failed = streak.failed.saturating_add(1);

@@ -10,6 +10,13 @@ use serde::Deserialize;
 /// either trigger ejects. An ejected endpoint gets no traffic until its ejection time ends; then
 /// exactly one probe request is let through, and only its success returns the endpoint to service
 /// (a failed probe ejects it again for twice as long, up to [`max_ejection`](Self::max_ejection)).
+/// With active checks on, a check that passes once the ejection time is over returns it too
+/// (Envoy's `successful_active_health_check_uneject_host`, but never before the time is over), so
+/// an idle endpoint does not wait for traffic. Reports ([`EndpointState::status`](crate::EndpointState::status))
+/// read the ejection's end from the clock: an endpoint whose time is over reports healthy at once.
+///
+/// Only [`Outcome::Failure`](crate::Outcome::Failure) counts: a client's fault and a shared
+/// dependency's outage (`ClientError`, `DependencyUnavailable`) neither count nor reset.
 ///
 /// ```
 /// # use herd_lb_core::OutlierDetection;
@@ -39,8 +46,9 @@ pub struct OutlierDetection {
     /// Random extra ejection time, as a fraction of the ejection time, so that endpoints ejected
     /// together do not return together. Default 0.1.
     pub jitter: f64,
-    /// At most this percentage of the endpoints is ejected at once (at least one may always be).
-    /// Default 50.
+    /// At most this percentage of the endpoints is ejected at once. In a set of two or more, one
+    /// may always be, however low the percentage (as Envoy's `always_eject_one_host`); the only
+    /// endpoint of a set of one only at 100 (its ejection would move no traffic). Default 50.
     pub max_ejection_percent: u8,
 }
 
