@@ -24,10 +24,12 @@
 //!   proxies; hashing keys.
 //! - `rate_limit` (feature `rate-limit`): per-client, per-route GCRA limits answering 429.
 //!
-//! Metrics (through the `metrics` facade): `herd_lb_requests_total{endpoint,outcome}`,
+//! Metrics (through the `metrics` facade): `herd_lb_requests_total{endpoint,outcome}` (`outcome`
+//! one of `success`, `failure`, `client_error`, `dependency_unavailable`; see [`Outcome`]),
 //! `herd_lb_in_flight{endpoint}`, `herd_lb_latency_seconds{endpoint}`,
 //! `herd_lb_ejections_total{endpoint}`, `herd_lb_endpoint_healthy{endpoint}`,
-//! `herd_lb_rate_limited_total`. Each attempt runs in a `herd_lb` tracing span with the chosen
+//! `herd_lb_rate_limited_total`; with `http`, `herd_lb_client_errors_total{reason}` and
+//! `herd_lb_dependency_unavailable_total{dependency}`. Each attempt runs in a `herd_lb` tracing span with the chosen
 //! `endpoint`. Latency is measured on every request when the policy ranks by it (Peak-EWMA), and
 //! otherwise on 1 in 8 requests per endpoint, each sample standing for 8 in the histogram (reading
 //! the clock costs more than the rest of a pick); see [`EwmaConfig`] to time every request.

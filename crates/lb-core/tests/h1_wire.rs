@@ -348,7 +348,7 @@ async fn a_request_a_reused_connection_leaves_unanswered_goes_again_only_if_idem
 }
 
 #[tokio::test]
-async fn broken_responses_become_502_naming_the_endpoint() {
+async fn broken_responses_become_502_without_the_endpoint_address() {
     for reply in [
         "NOT HTTP AT ALL\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
@@ -362,8 +362,8 @@ async fn broken_responses_become_502_naming_the_endpoint() {
         let upstream = upstream(server.addr);
         let (status, body) = send(&upstream, get()).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{reply}");
-        let body = body.unwrap();
-        assert!(body.contains(&server.addr.to_string()), "{reply}: {body}");
+        // What happened, not where: the address and the parse error stay in the log.
+        assert_eq!(body.unwrap(), "upstream request failed\n", "{reply}");
     }
 }
 
@@ -459,7 +459,11 @@ async fn a_request_sent_to_an_endpoint_directly_gets_its_host_and_forwarding_hea
     ] {
         assert_eq!(head.matches(line).count(), 1, "{line} in {head}");
     }
-    assert!(!head.contains("spoofed") && !head.contains("99"), "{head}");
+    // Not `99` alone: the endpoint's port may hold it.
+    assert!(
+        !head.contains("spoofed") && !head.contains("content-length: 99"),
+        "{head}"
+    );
     assert_eq!(server.seen()[0].body, b"abc");
 }
 

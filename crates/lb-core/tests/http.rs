@@ -437,8 +437,10 @@ async fn failures_map_to_502_503_504() {
     // 503: no endpoints.
     let upstream = HttpUpstream::from_config(&config(&[])).unwrap();
     let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
+    let (status, body) = text(res).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "no upstream endpoint available\n");
 
     // 502: nothing listens (connect refused), and no other endpoint to retry on.
     let closed = {
@@ -448,10 +450,8 @@ async fn failures_map_to_502_503_504() {
     let upstream = HttpUpstream::from_config(&config(&[closed])).unwrap();
     let (status, body) = text(upstream.oneshot(request("GET", "/", "")).await.unwrap()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(
-        body.contains(&closed.to_string()) && body.contains("connect failed"),
-        "{body}"
-    );
+    // What happened, never the endpoint's address or the error's internals.
+    assert_eq!(body, "upstream connect failed\n");
 
     // 504: the attempt timeout fires.
     let server = Server::start(named("a")).await;
@@ -461,7 +461,7 @@ async fn failures_map_to_502_503_504() {
     let upstream = HttpUpstream::from_config(&slow).unwrap();
     let (status, body) = text(upstream.oneshot(request("GET", "/slow", "")).await.unwrap()).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(body.contains("timed out"), "{body}");
+    assert_eq!(body, "upstream timed out\n");
 
     // Bad settings are refused with the field named.
     let mut bad = config(&[server.addr]);

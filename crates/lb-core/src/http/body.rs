@@ -1,11 +1,13 @@
 //! The upstream's bodies: requests that can be sent again on a retry when they are small and
-//! complete, and responses that are streamed from a pooled connection without boxing.
+//! complete, and responses that are streamed from a pooled connection without boxing; and the
+//! error of a client's request body that failed ([`ClientBodyError`]).
 
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt as _, Full};
@@ -200,5 +202,135 @@ impl Body for ProxyBody {
             ProxyKind::Full(full) => full.size_hint(),
             ProxyKind::Boxed(body) => body.size_hint(),
         }
+    }
+}
+
+/// How a client's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientBodyErrorKind {
+    /// It broke off (the client went away), did not parse (malformed chunked framing: a bad
+    /// chunk size, a chunk shorter than its size, a missing CRLF) or disagreed with its own
+    /// length: 400 Bad Request.
+    Invalid,
+    /// It went past a size limit (a body wrapped in `http_body_util::Limited`, as tower-http's
+    /// `RequestBodyLimit` does): 413 Content Too Large.
+    TooLarge,
+    /// It did not arrive within the time allowed (the upstream's `request_timeout`): 408 Request
+    /// Timeout, as nginx's `client_body_timeout`.
+    Timeout,
+}
+
+impl fmt::Display for ClientBodyErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Invalid => "invalid or incomplete",
+            Self::TooLarge => "too large",
+            Self::Timeout => "timed out",
+        })
+    }
+}
+
+/// The client's request body failed while it was read to be forwarded: the client's fault,
+/// never the endpoint's.
+///
+/// Made where the body is read (the error the client's body yields is wrapped as it comes out,
+/// so it is never mistaken for a failure of the connection to the endpoint). It is the source
+/// of an [`UpstreamError`](super::UpstreamError) of kind
+/// [`ClientBody`](super::UpstreamErrorKind::ClientBody) (see
+/// [`UpstreamError::client_body`](super::UpstreamError::client_body)), and
+/// [`HttpUpstream`](super::HttpUpstream) answers it with [`status`](Self::status) itself,
+/// records [`Outcome::ClientError`](crate::Outcome::ClientError) for the endpoint and never
+/// retries it.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body {kind}")]
+pub struct ClientBodyError {
+    kind: ClientBodyErrorKind,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl ClientBodyError {
+    /// The error a client's body yielded: [`TooLarge`](ClientBodyErrorKind::TooLarge) when an
+    /// `http_body_util::LengthLimitError` is in its chain, else
+    /// [`Invalid`](ClientBodyErrorKind::Invalid).
+    pub fn from_body_error(error: BoxError) -> Self {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+        let mut kind = ClientBodyErrorKind::Invalid;
+        while let Some(e) = next {
+            if e.is::<http_body_util::LengthLimitError>() {
+                kind = ClientBodyErrorKind::TooLarge;
+                break;
+            }
+            next = e.source();
+        }
+        Self {
+            kind,
+            source: Some(error),
+        }
+    }
+
+    /// A body whose frames disagree with its framing (longer or shorter than its length).
+    pub(crate) fn invalid(reason: &'static str) -> Self {
+        Self {
+            kind: ClientBodyErrorKind::Invalid,
+            source: Some(reason.into()),
+        }
+    }
+
+    /// A body that did not arrive in time.
+    pub(crate) fn timeout() -> Self {
+        Self {
+            kind: ClientBodyErrorKind::Timeout,
+            source: None,
+        }
+    }
+
+    /// How the body failed.
+    pub fn kind(&self) -> ClientBodyErrorKind {
+        self.kind
+    }
+
+    /// The status the client is answered with: 400, 413 or 408.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ClientBodyErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ClientBodyErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ClientBodyErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body error that wraps another, as a server's own body error type does.
+    #[derive(Debug, thiserror::Error)]
+    #[error("body failed")]
+    struct Wrapped(#[source] BoxError);
+
+    #[tokio::test]
+    async fn client_body_errors_answer_400_413_or_408() {
+        let broken = ClientBodyError::from_body_error("invalid chunk size".into());
+        assert_eq!(broken.kind(), ClientBodyErrorKind::Invalid);
+        assert_eq!(broken.status(), StatusCode::BAD_REQUEST);
+
+        let over = http_body_util::Limited::new(Full::new(Bytes::from_static(b"abc")), 2);
+        let Err(limit) = over.collect().await else {
+            panic!("3 bytes over a limit of 2");
+        };
+        let too_large = ClientBodyError::from_body_error(Box::new(Wrapped(limit)));
+        assert_eq!(too_large.kind(), ClientBodyErrorKind::TooLarge);
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        assert_eq!(
+            ClientBodyError::timeout().status(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            ClientBodyError::invalid("request body shorter than its length").to_string(),
+            "client request body invalid or incomplete"
+        );
     }
 }

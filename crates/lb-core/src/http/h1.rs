@@ -22,7 +22,7 @@ use http_body::Frame;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_hop_by_hop};
+use super::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_dependency_signal, is_hop_by_hop};
 
 /// The largest response head read (nginx reads it into `proxy_buffer_size`, 4 or 8 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -360,6 +360,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     let mut close = false;
     let mut keep_alive_token = false;
     let mut named = false;
+    // The dependency signal is kept only where it means something (and is removed before the
+    // client sees it): on a 5xx.
+    let server_error = status.is_server_error();
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ProtocolError::Head(httparse::Error::HeaderName))?;
@@ -391,7 +394,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
                 }
             }
             continue;
-        } else if is_hop_by_hop(&name) {
+        } else if is_hop_by_hop(&name) || (!server_error && is_dependency_signal(&name)) {
             continue;
         }
         let start = h.value.as_ptr() as usize - base;
@@ -1016,6 +1019,25 @@ mod tests {
 
         let h = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
         assert!(matches!(h.framing, Framing::Close) && !h.keep_alive);
+    }
+
+    #[test]
+    fn the_dependency_signal_is_read_from_a_5xx_only() {
+        let text = "HTTP/1.1 {status}\r\nx-herd-dependency-unavailable: postgres\r\nx-kept: 1\r\ncontent-length: 0\r\n\r\n";
+        let h = head(&text.replace("{status}", "503 Service Unavailable"), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers["x-herd-dependency-unavailable"], "postgres");
+        for status in ["200 OK", "404 Not Found"] {
+            let h = head(&text.replace("{status}", status), false)
+                .unwrap()
+                .unwrap();
+            assert!(
+                !h.headers.contains_key("x-herd-dependency-unavailable"),
+                "{status}"
+            );
+            assert_eq!(h.headers["x-kept"], "1");
+        }
     }
 
     #[test]

@@ -13,6 +13,38 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// `x-herd-dependency-unavailable`: the response header by which an endpoint says it failed
+/// because a dependency that every endpoint shares is unavailable (PostgreSQL failing over, a
+/// Redis Cluster failover), not by a fault of its own. Its value is a short token naming the
+/// dependency: `postgres`, `redis`.
+///
+/// An instance sets it on its 503 (any 5xx counts), best with `Retry-After`. On such a response
+/// [`HttpUpstream`](super::HttpUpstream):
+/// - records [`Outcome::DependencyUnavailable`](crate::Outcome::DependencyUnavailable) for the
+///   endpoint, not a failure: `consecutive_failures` and `max_fails` do not move, so the
+///   endpoint is not ejected (and its latency is not sampled);
+/// - counts it in `herd_lb_requests_total{endpoint, outcome="dependency_unavailable"}` and in
+///   `herd_lb_dependency_unavailable_total{dependency}` (the token lowercased; `other` for a
+///   value that is not a token of at most 32 characters);
+/// - does not retry the request on another endpoint, which shares the dependency;
+/// - passes the response on without the header, which is internal detail. It is dropped from
+///   every other response too, where it means nothing.
+///
+/// A 5xx without it and every transport error still count against the endpoint, so an
+/// instance that fails while its peers succeed is ejected as before. The instance is the one
+/// that knows whether its failure is its own: where Envoy separates local-origin errors from
+/// the upstream's and ejects on consecutive 5xx, this header separates, among the upstream's
+/// 5xx, the ones that are no endpoint's fault.
+pub const X_HERD_DEPENDENCY_UNAVAILABLE: HeaderName =
+    HeaderName::from_static("x-herd-dependency-unavailable");
+
+/// Whether `name` is [`X_HERD_DEPENDENCY_UNAVAILABLE`].
+#[inline]
+pub(crate) fn is_dependency_signal(name: &HeaderName) -> bool {
+    // The length first: one load, and almost no other name has 29 bytes.
+    name.as_str().len() == 29 && *name == X_HERD_DEPENDENCY_UNAVAILABLE
+}
+
 const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     KEEP_ALIVE,

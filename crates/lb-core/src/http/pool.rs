@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use http_body_util::BodyExt as _;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::body::UpstreamBody;
+use super::body::{ClientBodyError, UpstreamBody};
 use super::h1::{Conn, Framing, Head, LAST_CHUNK, ProtocolError, RequestFraming, write_chunk};
 use super::upstream::{UpstreamError, UpstreamErrorKind};
 use crate::balancer::BoxError;
@@ -208,19 +209,31 @@ impl EndpointPool {
                 None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
             if let Some(body) = msg.stream.take() {
-                match before(
-                    t,
-                    deadline,
-                    Box::pin(send_body(&mut conn, body, msg.framing, msg.head_request)),
-                )
-                .await
-                {
+                // Set while the client's body is awaited: a deadline met then is the client's.
+                let awaiting_client = AtomicBool::new(false);
+                let sending = send_body(
+                    &mut conn,
+                    body,
+                    msg.framing,
+                    msg.head_request,
+                    &awaiting_client,
+                );
+                match before(t, deadline, Box::pin(sending)).await {
                     Some(Ok(None)) => {}
                     Some(Ok(Some(mut head))) => {
                         head.keep_alive = false;
                         return Ok(self.response(conn, head, started, timer.take(), timeout));
                     }
-                    Some(Err(e)) => return Err(failed(UpstreamErrorKind::Request, Some(e))),
+                    Some(Err(BodyFailure::Client(e))) => {
+                        return Err(failed(UpstreamErrorKind::ClientBody, Some(e.into())));
+                    }
+                    Some(Err(BodyFailure::Endpoint(e))) => {
+                        return Err(failed(UpstreamErrorKind::Request, Some(e.into())));
+                    }
+                    None if awaiting_client.load(Ordering::Relaxed) => {
+                        let e = ClientBodyError::timeout();
+                        return Err(failed(UpstreamErrorKind::ClientBody, Some(e.into())));
+                    }
                     None => return Err(failed(UpstreamErrorKind::Timeout, None)),
                 }
             }
@@ -281,14 +294,31 @@ impl EndpointPool {
     }
 }
 
+/// Which side failed while a request body streamed.
+enum BodyFailure {
+    /// The client's body: its fault.
+    Client(ClientBodyError),
+    /// The connection to the endpoint.
+    Endpoint(std::io::Error),
+}
+
+impl From<std::io::Error> for BodyFailure {
+    fn from(e: std::io::Error) -> Self {
+        Self::Endpoint(e)
+    }
+}
+
 /// Streams a request body after its head, framed as the head said; a final response head that
-/// arrives while the endpoint stops reading ends it (see [`Conn::write_watching`]).
+/// arrives while the endpoint stops reading ends it (see [`Conn::write_watching`]). An error of
+/// the client's body is wrapped as it comes out of the body, and `awaiting_client` is set while
+/// the next piece of it is awaited, so that neither is blamed on the endpoint.
 async fn send_body(
     conn: &mut Conn,
     mut body: UpstreamBody,
     framing: RequestFraming,
     head_request: bool,
-) -> Result<Option<Head>, BoxError> {
+    awaiting_client: &AtomicBool,
+) -> Result<Option<Head>, BodyFailure> {
     macro_rules! write {
         ($bytes:expr) => {
             if let Some(head) = conn
@@ -301,8 +331,16 @@ async fn send_body(
     }
     let mut chunk = Vec::new();
     let mut sent: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
+    loop {
+        awaiting_client.store(true, Ordering::Relaxed);
+        let frame = body.frame().await;
+        awaiting_client.store(false, Ordering::Relaxed);
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(BodyFailure::Client(ClientBodyError::from_body_error(e))),
+        };
+        let Ok(data) = frame.into_data() else {
             continue;
         };
         if data.is_empty() {
@@ -316,13 +354,17 @@ async fn send_body(
                 write!(&chunk);
             }
             RequestFraming::Length(n) if sent <= n => write!(&data),
-            _ => return Err("request body longer than its length".into()),
+            _ => {
+                let e = ClientBodyError::invalid("request body longer than its length");
+                return Err(BodyFailure::Client(e));
+            }
         }
     }
     match framing {
         RequestFraming::Chunked => write!(LAST_CHUNK),
         RequestFraming::Length(n) if sent != n => {
-            return Err("request body shorter than its length".into());
+            let e = ClientBodyError::invalid("request body shorter than its length");
+            return Err(BodyFailure::Client(e));
         }
         _ => {}
     }

@@ -19,13 +19,14 @@ use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower_service::Service;
 
-use super::body::{ProxyBody, UpstreamBody};
+use super::body::{ClientBodyError, ClientBodyErrorKind, ProxyBody, UpstreamBody};
 use super::client_ip::{TrustedProxies, client_behind, peer_addr};
 use super::h1::{
     Forwarding, Prefix, RequestFraming, end_head, write_head, write_line, write_request_line,
 };
 use super::headers::{
-    X_FORWARDED_FOR, X_REAL_IP, connection_named, ip_header_value, is_hop_by_hop,
+    X_FORWARDED_FOR, X_HERD_DEPENDENCY_UNAVAILABLE, X_REAL_IP, connection_named, ip_header_value,
+    is_hop_by_hop,
 };
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
@@ -46,6 +47,11 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// The request failed after it may have been sent.
     Request,
+    /// The client's request body failed while it was streamed to the endpoint (broke off, did
+    /// not parse, too large, too slow; the source is a [`ClientBodyError`]): the client's fault,
+    /// not the endpoint's. Answered 400, 413 or 408, never retried, never counted against the
+    /// endpoint.
+    ClientBody,
 }
 
 impl fmt::Display for UpstreamErrorKind {
@@ -54,6 +60,7 @@ impl fmt::Display for UpstreamErrorKind {
             Self::Connect => "connect failed",
             Self::Timeout => "timed out",
             Self::Request => "request failed",
+            Self::ClientBody => "client request body failed",
         })
     }
 }
@@ -89,6 +96,15 @@ impl UpstreamError {
     /// What went wrong.
     pub fn kind(&self) -> UpstreamErrorKind {
         self.kind
+    }
+
+    /// The client's body error, when the client's request body is what failed
+    /// ([`UpstreamErrorKind::ClientBody`]): its [`status`](ClientBodyError::status) is the answer.
+    pub fn client_body(&self) -> Option<&ClientBodyError> {
+        if self.kind != UpstreamErrorKind::ClientBody {
+            return None;
+        }
+        self.source.as_deref()?.downcast_ref::<ClientBodyError>()
     }
 }
 
@@ -208,7 +224,9 @@ fn client_host(parts: &http::request::Parts) -> Option<&[u8]> {
 
 /// Retries for proxied HTTP: connect failures always (the request was not sent), and for
 /// idempotent methods also timeouts, other transport errors and the configured statuses.
-/// Only buffered bodies can be sent again.
+/// Only buffered bodies can be sent again. Never retried: a failure of the client's own body,
+/// and a response carrying [`X_HERD_DEPENDENCY_UNAVAILABLE`] (every endpoint shares the
+/// dependency, so another would fail alike).
 #[derive(Debug, Clone)]
 pub struct HttpRetry {
     statuses: Vec<StatusCode>,
@@ -251,8 +269,13 @@ impl RetryPolicy<Request<UpstreamBody>, Response<PooledBody>, UpstreamError> for
     ) -> bool {
         match result {
             Err(e) if e.kind == UpstreamErrorKind::Connect => true,
+            Err(e) if e.kind == UpstreamErrorKind::ClientBody => false,
             Err(_) => is_idempotent(req.method()),
-            Ok(res) => is_idempotent(req.method()) && self.statuses.contains(&res.status()),
+            Ok(res) => {
+                is_idempotent(req.method())
+                    && self.statuses.contains(&res.status())
+                    && !res.headers().contains_key(X_HERD_DEPENDENCY_UNAVAILABLE)
+            }
         }
     }
 }
@@ -312,7 +335,10 @@ pub struct HttpUpstreamConfig {
     pub connect_timeout: Duration,
     /// Per-attempt time to the response head, and the longest wait for each further piece of
     /// the body (`proxy_read_timeout`; a body that stalls longer ends with an error). Default
-    /// 60 s.
+    /// 60 s. It also bounds the wait for the client's request body (nginx's
+    /// `client_body_timeout`): a buffered body must arrive within it, and a streamed one within
+    /// the attempt's time; a client that is slower is answered 408 and the endpoint is not
+    /// blamed.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Idle keep-alive connections kept per endpoint and per thread that sends requests
@@ -366,7 +392,12 @@ type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
 /// `X-Forwarded-Host`, points the URI (and by default `Host`) at the picked endpoint, streams the
 /// body (buffering small bodies so they can be retried) and forwards over pooled keep-alive
 /// connections. Failures become responses, as an HTTP layer should answer: 503 when no endpoint
-/// can take the request, 504 on an attempt timeout, 502 on other upstream failures.
+/// can take the request, 504 on an attempt timeout, 502 on other upstream failures, and 400,
+/// 413 or 408 when the client's own request body fails (see [`ClientBodyError`]; never counted
+/// against an endpoint). Their bodies say what happened ("upstream connect failed") and never
+/// name an endpoint; the endpoint and the error chain are logged (`tracing`). An endpoint's 5xx
+/// carrying [`X_HERD_DEPENDENCY_UNAVAILABLE`] is passed on without that header and counted
+/// apart, not against the endpoint (see the [module docs](super)).
 ///
 /// ```no_run
 /// use axum::{Router, body::Body, extract::Request};
@@ -437,8 +468,14 @@ impl HttpUpstream {
                 })?,
             );
         }
+        // Blame where the fault is: the client's body, and a dependency every endpoint shares,
+        // are no endpoint's failure (the success path is the first arm, one status check).
         let classify = |result: Result<&Response<PooledBody>, &UpstreamError>| match result {
             Ok(res) if !res.status().is_server_error() => Outcome::Success,
+            Ok(res) if res.headers().contains_key(X_HERD_DEPENDENCY_UNAVAILABLE) => {
+                Outcome::DependencyUnavailable
+            }
+            Err(e) if e.kind() == UpstreamErrorKind::ClientBody => Outcome::ClientError,
             _ => Outcome::Failure,
         };
         let mut builder = config
@@ -650,10 +687,45 @@ fn set_by_proxy(name: &HeaderName) -> bool {
 /// an error response.
 fn respond(result: Result<Response<PooledBody>, BoxError>) -> Response<ProxyBody> {
     match result {
-        // Hop-by-hop headers were left out as the head was read.
-        Ok(res) => res.map(ProxyBody::endpoint),
+        // Hop-by-hop headers were left out as the head was read, and the dependency signal
+        // from any but a 5xx.
+        Ok(mut res) => {
+            if res.status().is_server_error() {
+                take_dependency_signal(&mut res);
+            }
+            res.map(ProxyBody::endpoint)
+        }
         Err(e) => failure_response(&e),
     }
+}
+
+/// Removes [`X_HERD_DEPENDENCY_UNAVAILABLE`] from an endpoint's 5xx before the client sees it,
+/// counting the outage by the dependency it names.
+#[cold]
+fn take_dependency_signal(res: &mut Response<PooledBody>) {
+    let Some(value) = res.headers_mut().remove(X_HERD_DEPENDENCY_UNAVAILABLE) else {
+        return;
+    };
+    let dependency = dependency_label(value.as_bytes());
+    tracing::debug!(%dependency, status = %res.status(), "an endpoint reports a shared dependency unavailable");
+    metrics::counter!("herd_lb_dependency_unavailable_total", "dependency" => dependency)
+        .increment(1);
+}
+
+/// The dependency a signal names, as a metric label: a short token (letters, digits, `-`, `_`,
+/// `.`; at most 32), lowercased, else `other` (a label's values must stay few).
+fn dependency_label(value: &[u8]) -> metrics::SharedString {
+    let token = value.trim_ascii();
+    let valid = (1..=32).contains(&token.len())
+        && token
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return metrics::SharedString::const_str("other");
+    }
+    let mut label = String::from_utf8_lossy(token).into_owned();
+    label.make_ascii_lowercase();
+    metrics::SharedString::from(label)
 }
 
 fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
@@ -677,15 +749,23 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
     }
 }
 
-/// Buffers a complete small body (so it can be retried); streams anything else.
-async fn prepare_body<B>(body: B, limit: usize) -> Result<UpstreamBody, BoxError>
+/// Buffers a complete small body (so it can be retried), waiting at most `timeout` for it;
+/// streams anything else. Fails only by the client's fault.
+async fn prepare_body<B>(
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<UpstreamBody, ClientBodyError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let small = body.size_hint().upper().is_some_and(|n| n <= limit as u64);
     if small {
-        let collected = body.collect().await.map_err(Into::into)?;
+        let collected = within(timeout, body.collect())
+            .await
+            .ok_or_else(ClientBodyError::timeout)?
+            .map_err(|e| ClientBodyError::from_body_error(e.into()))?;
         return Ok(UpstreamBody::full(collected.to_bytes()));
     }
     Ok(UpstreamBody::stream(
@@ -693,8 +773,29 @@ where
     ))
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let mut res = Response::new(ProxyBody::full(format!("{message}\n")));
+/// `fut`'s output, or `None` once `timeout` has passed. The timer starts only when `fut` is not
+/// ready at once: a body that came with its head costs no timer and no clock reading.
+async fn within<F: Future>(timeout: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep(timeout)));
+        }
+        match timer.as_mut().as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// A response the upstream writes itself: `message` (a line) as plain text.
+fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(Bytes::from_static(message.as_bytes())));
     *res.status_mut() = status;
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -703,23 +804,63 @@ fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     res
 }
 
+/// The answer to a failure. Its body says what happened and nothing more: no endpoint address
+/// and no error internals, which go to the log (with the endpoint and the error's chain).
 fn failure_response(error: &BoxError) -> Response<ProxyBody> {
     if let Some(pick) = error.downcast_ref::<PickError>() {
-        let mut res = error_response(StatusCode::SERVICE_UNAVAILABLE, &pick.to_string());
+        tracing::debug!(error = %pick, "no endpoint could take the request");
+        let message = match pick {
+            PickError::NoEndpoints => "no upstream endpoint available\n",
+            _ => "all upstream endpoints are busy\n",
+        };
+        let mut res = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         return res;
     }
     if let Some(upstream) = error.downcast_ref::<UpstreamError>() {
-        tracing::warn!(error = %upstream, "upstream request failed");
-        let status = match upstream.kind() {
-            UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
+        if let Some(client) = upstream.client_body() {
+            tracing::debug!(endpoint = upstream.endpoint(), error = %Chain(client), "the client's request body failed");
+            return client_error_response(client);
+        }
+        tracing::warn!(endpoint = upstream.endpoint(), error = %Chain(upstream), "upstream request failed");
+        let (status, message) = match upstream.kind() {
+            UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+            UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "upstream connect failed\n"),
+            _ => (StatusCode::BAD_GATEWAY, "upstream request failed\n"),
         };
-        return error_response(status, &upstream.to_string());
+        return error_response(status, message);
     }
-    tracing::warn!(%error, "upstream request failed");
-    error_response(StatusCode::BAD_GATEWAY, &error.to_string())
+    tracing::warn!(error = %Chain(&**error), "upstream request failed");
+    error_response(StatusCode::BAD_GATEWAY, "upstream request failed\n")
+}
+
+/// The answer to a client whose request body failed (400, 413 or 408), counted in
+/// `herd_lb_client_errors_total{reason}`.
+#[cold]
+fn client_error_response(error: &ClientBodyError) -> Response<ProxyBody> {
+    let (reason, message) = match error.kind() {
+        ClientBodyErrorKind::TooLarge => ("body_too_large", "request body too large\n"),
+        ClientBodyErrorKind::Timeout => ("body_timeout", "request body timed out\n"),
+        _ => ("body_invalid", "invalid or incomplete request body\n"),
+    };
+    metrics::counter!("herd_lb_client_errors_total", "reason" => reason).increment(1);
+    error_response(error.status(), message)
+}
+
+/// An error and its sources, `error: source: source ...`, for logs.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
 }
 
 pin_project! {
@@ -788,14 +929,13 @@ where
         let (parts, body) = req.into_parts();
         let mut balancer = self.balancer.clone();
         let limit = self.settings.retry_buffer_limit;
+        let timeout = self.settings.request_timeout;
         let fut = Box::pin(async move {
-            let body = match prepare_body(body, limit).await {
+            let body = match prepare_body(body, limit, timeout).await {
                 Ok(body) => body.with_prefix(prefix),
                 Err(e) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        &format!("reading the request body: {e}"),
-                    );
+                    tracing::debug!(error = %Chain(&e), "the client's request body failed");
+                    return client_error_response(&e);
                 }
             };
             if let Err(e) = std::future::poll_fn(|cx| balancer.poll_ready(cx)).await {
@@ -806,5 +946,59 @@ where
         ProxyFuture {
             kind: ProxyKind::Boxed { fut },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependency_labels_are_short_lowercase_tokens() {
+        assert_eq!(&*dependency_label(b"postgres"), "postgres");
+        assert_eq!(&*dependency_label(b" Redis "), "redis");
+        assert_eq!(
+            &*dependency_label(b"redis-cluster.sessions_1"),
+            "redis-cluster.sessions_1"
+        );
+        assert_eq!(&*dependency_label(b""), "other");
+        assert_eq!(&*dependency_label(b"postgres: 10.0.0.7 down"), "other");
+        assert_eq!(&*dependency_label(&[b'a'; 33]), "other");
+    }
+
+    #[tokio::test]
+    async fn error_responses_say_what_happened_and_never_where() {
+        let authority = Authority::from_static("10.1.2.3:8080");
+        let refused: BoxError = Box::new(UpstreamError::new(
+            &authority,
+            UpstreamErrorKind::Connect,
+            Some("connection refused (os error 111)".into()),
+        ));
+        let res = failure_response(&refused);
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+        let client: BoxError = Box::new(UpstreamError::new(
+            &authority,
+            UpstreamErrorKind::ClientBody,
+            Some(Box::new(ClientBodyError::timeout())),
+        ));
+        assert_eq!(
+            failure_response(&client).status(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        let other: BoxError = "something internal at 10.1.2.3".into();
+        assert_eq!(failure_response(&other).status(), StatusCode::BAD_GATEWAY);
+        let mut bodies = Vec::new();
+        for error in [&refused, &client, &other] {
+            let body = failure_response(error).into_body().collect().await;
+            bodies.push(body.map(|b| b.to_bytes()).unwrap_or_default());
+        }
+        assert_eq!(
+            bodies,
+            [
+                "upstream connect failed\n",
+                "request body timed out\n",
+                "upstream request failed\n"
+            ]
+        );
     }
 }
