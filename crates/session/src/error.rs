@@ -107,6 +107,7 @@ pub struct StoreError {
     operation: StoreOperation,
     node: Option<String>,
     timed_out: bool,
+    failover: bool,
     message: String,
 }
 
@@ -118,6 +119,7 @@ impl StoreError {
             operation,
             node: None,
             timed_out: false,
+            failover: false,
             message: message.into(),
         }
     }
@@ -131,6 +133,28 @@ impl StoreError {
         Self {
             timed_out: true,
             ..Self::new(store, operation, format!("timed out after {after:?}"))
+        }
+    }
+
+    /// The operation kept meeting errors a failover explains (redirects, `CLUSTERDOWN`, a dead
+    /// or unreachable master) for `waited` without the cluster getting a new master; `last` is
+    /// the last of them.
+    pub fn failover_timeout(
+        store: &'static str,
+        operation: StoreOperation,
+        waited: std::time::Duration,
+        last: impl fmt::Display,
+    ) -> Self {
+        Self {
+            timed_out: true,
+            failover: true,
+            ..Self::new(
+                store,
+                operation,
+                format!(
+                    "no master took over within the failover wait ({waited:?}); last error: {last}"
+                ),
+            )
         }
     }
 
@@ -155,9 +179,16 @@ impl StoreError {
         self.node.as_deref()
     }
 
-    /// Whether the operation timed out (rather than failing outright).
+    /// Whether the operation timed out (rather than failing outright); also true after a
+    /// failover wait ran out.
     pub fn is_timeout(&self) -> bool {
         self.timed_out
+    }
+
+    /// Whether the operation waited out a failover for as long as the store allows, and the
+    /// cluster still had no master for the key (see [`failover_timeout`](Self::failover_timeout)).
+    pub fn is_failover_timeout(&self) -> bool {
+        self.failover
     }
 }
 
@@ -262,7 +293,20 @@ mod tests {
             StoreOperation::Load,
             std::time::Duration::from_millis(5),
         );
-        assert!(timeout.is_timeout());
+        assert!(timeout.is_timeout() && !timeout.is_failover_timeout());
+        let failover = StoreError::failover_timeout(
+            "redis",
+            StoreOperation::Save,
+            std::time::Duration::from_secs(4),
+            "connection refused",
+        )
+        .with_node("127.0.0.1:7001 (slot 12)");
+        assert!(failover.is_failover_timeout() && failover.is_timeout());
+        assert_eq!(
+            failover.to_string(),
+            "session store `redis` failed to save on 127.0.0.1:7001 (slot 12): no master took \
+             over within the failover wait (4s); last error: connection refused"
+        );
         assert_eq!(
             timeout.to_string(),
             "session store `memory` failed to load: timed out after 5ms"

@@ -7,6 +7,9 @@
 //! | `herd_session_conflicts_total` | `store`, `kind` = `merged`/`same_field` | saves that met a concurrent change (and merged); fields changed on both sides |
 //! | `herd_session_store_errors_total` | `store`, `operation` | failed store operations |
 //! | `herd_session_cookies_rejected_total` | `store`, `reason` = `forged`/`unknown` | cookies that did not lead to a session |
+//! | `herd_session_store_failover_retries_total` | `store`, `operation` | store attempts repeated after an error a failover explains |
+//! | `herd_session_store_failover_waits_total` | `store`, `operation`, `outcome` = `recovered`/`gave_up` | store operations that waited out a failover, and how they ended |
+//! | `herd_session_store_failover_wait_seconds` (histogram) | `store`, `operation` | how long those operations waited |
 //!
 //! Keys are built once per layer and the recorder is looked up at every event, so counting
 //! allocates nothing and works whether the exporter was installed before or after the layer.
@@ -18,6 +21,9 @@ const SAVES: &str = "herd_session_saves_total";
 const CONFLICTS: &str = "herd_session_conflicts_total";
 const STORE_ERRORS: &str = "herd_session_store_errors_total";
 const COOKIES_REJECTED: &str = "herd_session_cookies_rejected_total";
+const FAILOVER_RETRIES: &str = "herd_session_store_failover_retries_total";
+const FAILOVER_WAITS: &str = "herd_session_store_failover_waits_total";
+const FAILOVER_WAIT_SECONDS: &str = "herd_session_store_failover_wait_seconds";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -117,6 +123,38 @@ impl Metrics {
             None => increment(&key(name, self.store, label, value), by),
         }
     }
+}
+
+/// A store attempt repeated during a failover. Rare: the key is built when needed.
+#[cfg(feature = "redis")]
+pub(crate) fn failover_retry(store: &'static str, operation: &'static str) {
+    increment(&key(FAILOVER_RETRIES, store, "operation", operation), 1);
+}
+
+/// A store operation that waited out a failover ended (`outcome` = `recovered`/`gave_up`)
+/// after `waited`.
+#[cfg(feature = "redis")]
+pub(crate) fn failover_waited(
+    store: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+    waited: std::time::Duration,
+) {
+    let labels = || {
+        vec![
+            Label::from_static_parts("store", store),
+            Label::from_static_parts("operation", operation),
+        ]
+    };
+    let mut counted = labels();
+    counted.push(Label::from_static_parts("outcome", outcome));
+    increment(&Key::from_parts(FAILOVER_WAITS, counted), 1);
+    let histogram = Key::from_parts(FAILOVER_WAIT_SECONDS, labels());
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_histogram(&histogram, &METADATA)
+            .record(waited.as_secs_f64());
+    });
 }
 
 fn key(name: &'static str, store: &'static str, label: &'static str, value: &'static str) -> Key {

@@ -8,28 +8,79 @@
 //! * save: write version `v + 1` only if the stored version is still `v`; otherwise return
 //!   what is stored (for the merge) or that the key is gone (never recreate it);
 //! * touch: `PEXPIRE`, which does nothing on a missing key.
+//!
+//! Failovers: an operation whose error a Redis Cluster failover explains (`MOVED`, `ASK`,
+//! `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `LOADING`, a refused, reset or timed-out
+//! connection) is retried with a short backoff until it succeeds or
+//! [`failover_timeout`](RedisStoreConfig::failover_timeout) has passed since its first such
+//! error; the `redis` crate's cluster client re-reads the slot map on the redirects and
+//! connection errors each retry meets. Any other error (`WRONGTYPE`, a script error, a reply
+//! of the wrong shape) fails at once.
+//!
+//! Retried writes are safe because every write is idempotent or carries a write token:
+//!
+//! * A create or save may have been applied even though its reply was lost (the master died
+//!   after the write, or the reply timed out). Retried, a plain check-and-set would then find
+//!   its own write: `create` would see the key taken (and the layer would mint another id),
+//!   `save` would see version `v + 1` and report a conflict, whose merge under
+//!   [`ConflictRule::LastWriteWins`](crate::ConflictRule) re-applies this request's fields on
+//!   top of whatever a later request saved meanwhile: a lost update. So each create/save call
+//!   takes a unique token (the same on every retry), and the scripts keep the tokens of the
+//!   last [`WRITE_LOG_ENTRIES`] writes in field `w`. A create or save whose token is in the
+//!   log has already been applied and answers as if it had just been (created / `Saved`),
+//!   whatever happened to the session since: no second write, no false conflict, no merge.
+//!   Only if more than [`WRITE_LOG_ENTRIES`] saves landed between the lost reply and the
+//!   retry does the token drop out and the retry fall back to an ordinary conflict.
+//! * An attempt that timed out may still reach Redis after its retry did. The version check
+//!   makes at most one of them write, and the token makes the other one see that it did.
+//! * A write acknowledged by a master that dies before replicating it is lost with the
+//!   master (Redis replicates asynchronously); no retry is involved, and the layer's next
+//!   save simply conflicts or finds the session as the replica had it.
+//! * Touch (`PEXPIRE`) and delete are idempotent; loads and pings read only.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value,
+};
 use serde::Deserialize;
 
 use super::{SaveOutcome, SessionStore, Stored};
 use crate::error::{StoreError, StoreOperation};
 use crate::id::StoreKey;
+use crate::metrics;
 use crate::record::{SessionRecord, duration_ms};
 
 const STORE: &str = "redis";
 
+/// How many write tokens a session keeps (field `w`), newest last; see the module docs.
+const WRITE_LOG_ENTRIES: usize = 8;
+
+/// Length of a write token: 32 hex digits (each log entry is a space and a token, so the log
+/// is cut to `WRITE_LOG_ENTRIES * 33` = 264 characters in `SAVE`).
+const WRITE_TOKEN_LEN: usize = 32;
+
+/// The log length `SAVE` cuts to (the literal in the script; a test checks the script uses it).
+const WRITE_LOG_CHARS: usize = WRITE_LOG_ENTRIES * (1 + WRITE_TOKEN_LEN);
+const _: () = assert!(WRITE_LOG_CHARS == 264);
+
+/// `ARGV`: record JSON, TTL in ms, write token. Answers 1 when created, also when this token
+/// created it before (a retry), 0 when the key exists.
 const CREATE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', '1', 'd', ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local w = redis.call('HGET', KEYS[1], 'w')
+  if w and string.find(w, ARGV[3], 1, true) then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', '1', 'd', ARGV[1], 'w', ' ' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
@@ -40,16 +91,46 @@ if not r[1] or not r[2] then return false end
 return {r[1], r[2], redis.call('PTTL', KEYS[1])}
 ";
 
+/// `ARGV`: expected version, new version, record JSON, TTL in ms, write token. Answers `{2}`
+/// saved, `{3}` saved before by this token (a retry), `{0}` gone, `{1, v, d, pttl}` conflict.
 const SAVE: &str = r"
-local v = redis.call('HGET', KEYS[1], 'v')
+local s = redis.call('HMGET', KEYS[1], 'v', 'w')
+local v = s[1]
 if not v then return {0} end
 if v ~= ARGV[1] then
+  if s[2] and string.find(s[2], ARGV[5], 1, true) then return {3} end
   return {1, v, redis.call('HGET', KEYS[1], 'd'), redis.call('PTTL', KEYS[1])}
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+local w = string.sub((s[2] or '') .. ' ' .. ARGV[5], -264)
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'w', w)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {2}
 ";
+
+/// Redis' default `cluster-node-timeout`, assumed when the cluster does not say its own.
+const DEFAULT_CLUSTER_NODE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The default failover wait for a cluster with this `cluster-node-timeout`: how long Redis
+/// takes to replace a dead master. A master is suspected (`PFAIL`) by a node that had no answer
+/// for the node timeout, and failed (`FAIL`) once a majority of masters suspect it, each of
+/// which notices within about another half node timeout; then the replica waits 0.5-1 s (plus
+/// 1 s per rank behind a better replica) before its election, and the client re-reads the slot
+/// map. With a 2 s node timeout that measured 4.3-4.5 s from SIGKILL to a served slot on a busy
+/// 2-core machine, so "node timeout + 2 s" alone would fail requests in a routine failover.
+fn failover_wait_for(node_timeout: Duration) -> Duration {
+    node_timeout
+        .saturating_add(node_timeout / 2)
+        .saturating_add(Duration::from_secs(2))
+}
+
+/// Retries of the cluster client itself (redirects, reconnects), and the bounds of its pauses
+/// between them in milliseconds.
+const CLIENT_RETRIES: u32 = 3;
+const CLIENT_RETRY_WAIT_MS: (u64, u64) = (10, 100);
+
+/// First pause before a retry during a failover; doubled per retry up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 /// Settings of a [`RedisStore`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -64,6 +145,20 @@ pub struct RedisStoreConfig {
     /// Deadline for opening a connection. Default 5 seconds.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long an operation keeps retrying errors that a Redis Cluster failover explains
+    /// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `LOADING`, refused,
+    /// reset or timed-out connections), counted from its first such error, before it fails
+    /// with an error that says so. Retries pause 25 ms, doubling up to 250 ms; each attempt
+    /// still has [`timeout`](Self::timeout). Other errors fail at once. `0s` turns the wait off.
+    ///
+    /// Default (`None`): on a cluster, 1.5 times the cluster's own `cluster-node-timeout` plus
+    /// 2 s, about the longest a replica takes to replace a dead master (detection, majority
+    /// agreement, election delay, slot map re-read): 5 s for a 2 s node timeout. The node
+    /// timeout is read with `CONFIG GET` when [`RedisStore::cluster`] connects; when the cluster
+    /// does not say (or with [`RedisStore::from_cluster_connection`]) Redis' default of 15 s is
+    /// assumed, giving 24.5 s. On a standalone server, no wait: there is no failover to wait for.
+    #[serde(with = "humantime_serde")]
+    pub failover_timeout: Option<Duration>,
 }
 
 impl Default for RedisStoreConfig {
@@ -72,6 +167,7 @@ impl Default for RedisStoreConfig {
             key_prefix: "herd:session:".to_owned(),
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
+            failover_timeout: None,
         }
     }
 }
@@ -100,6 +196,9 @@ pub struct RedisStore {
     /// Where the store points, for error messages: the server, or the cluster's seed nodes.
     nodes: Arc<str>,
     scripts: Arc<Scripts>,
+    /// The failover wait in force (see [`RedisStoreConfig::failover_timeout`]).
+    failover_wait: Duration,
+    tokens: Arc<WriteTokens>,
 }
 
 #[derive(Clone)]
@@ -128,9 +227,17 @@ impl RedisStore {
             StoreError::new(STORE, StoreOperation::Connect, error.to_string())
                 .with_node(&*described)
         };
+        // The client's own retries follow redirects and reconnect; waiting out a failover is
+        // left to the store (`wait_out_failover`), which bounds it by time. The client's
+        // default retry waits (1.28 s and up, 16 retries) would instead sleep through the
+        // store's timeout on the first dead-master error.
         let client = ClusterClient::builder(urls.iter().map(String::as_str))
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.timeout)
+            .retries(CLIENT_RETRIES)
+            .min_retry_wait(CLIENT_RETRY_WAIT_MS.0)
+            .max_retry_wait(CLIENT_RETRY_WAIT_MS.1)
+            .retry_wait_formula(CLIENT_RETRY_WAIT_MS.0, 2)
             .build()
             .map_err(fail)?;
         let connection =
@@ -141,10 +248,21 @@ impl RedisStore {
                         .with_node(&*described)
                 })?
                 .map_err(fail)?;
+        let failover_wait = match config.failover_timeout {
+            Some(wait) => wait,
+            None => {
+                let mut probe = connection.clone();
+                node_timeout(&mut probe, config.timeout).await.map_or_else(
+                    || failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT),
+                    failover_wait_for,
+                )
+            }
+        };
         Ok(Self::with(
             Connection::Cluster(connection),
             config,
             described,
+            failover_wait,
         ))
     }
 
@@ -171,22 +289,31 @@ impl RedisStore {
                 .with_node(&*described)
         })?
         .map_err(fail)?;
+        let failover_wait = config.failover_timeout.unwrap_or_default();
         Ok(Self::with(
             Connection::Standalone(connection),
             config,
             described,
+            failover_wait,
         ))
     }
 
-    /// A store over a cluster connection the application already has.
+    /// A store over a cluster connection the application already has. Without a
+    /// [`failover_timeout`](RedisStoreConfig::failover_timeout) it waits out failovers for
+    /// 24.5 s (as for Redis' default `cluster-node-timeout` of 15 s): set it when the cluster's
+    /// node timeout differs.
     pub fn from_cluster_connection(
         connection: ClusterConnection,
         config: RedisStoreConfig,
     ) -> Self {
+        let failover_wait = config
+            .failover_timeout
+            .unwrap_or_else(|| failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT));
         Self::with(
             Connection::Cluster(connection),
             config,
             "redis cluster".to_owned(),
+            failover_wait,
         )
     }
 
@@ -195,14 +322,21 @@ impl RedisStore {
         connection: ConnectionManager,
         config: RedisStoreConfig,
     ) -> Self {
+        let failover_wait = config.failover_timeout.unwrap_or_default();
         Self::with(
             Connection::Standalone(connection),
             config,
             "redis".to_owned(),
+            failover_wait,
         )
     }
 
-    fn with(connection: Connection, config: RedisStoreConfig, nodes: String) -> Self {
+    fn with(
+        connection: Connection,
+        config: RedisStoreConfig,
+        nodes: String,
+        failover_wait: Duration,
+    ) -> Self {
         Self {
             connection,
             config: Arc::new(config),
@@ -212,7 +346,15 @@ impl RedisStore {
                 load: Script::new(LOAD),
                 save: Script::new(SAVE),
             }),
+            failover_wait,
+            tokens: Arc::new(WriteTokens::new()),
         }
+    }
+
+    /// How long an operation waits out a failover: the configured
+    /// [`failover_timeout`](RedisStoreConfig::failover_timeout), or the default it resolved to.
+    pub fn failover_timeout(&self) -> Duration {
+        self.failover_wait
     }
 
     /// The settings in use.
@@ -225,35 +367,221 @@ impl RedisStore {
         format!("{}{key}", self.config.key_prefix)
     }
 
-    /// Sends `PING`; for health checks.
+    /// Sends `PING`; for health checks. One attempt, never the failover wait: a health probe
+    /// reports how the store is now.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let reply: Value = self
-            .run(StoreOperation::Ping, async move {
-                redis::cmd("PING").query_async(&mut connection).await
-            })
-            .await?;
+            .attempt(redis::cmd("PING").query_async(&mut connection))
+            .await
+            .map_err(|failure| self.failed(StoreOperation::Ping, failure))?;
         match reply {
             Value::SimpleString(_) | Value::BulkString(_) | Value::Okay => Ok(()),
             other => Err(self.unexpected(StoreOperation::Ping, &other)),
         }
     }
 
-    /// Runs one operation under the store's timeout, naming the operation and nodes on error.
-    async fn run<T>(
+    /// Runs one operation on `key`: `attempt` once, under the store's timeout, and again while
+    /// its errors look like a failover (see [`wait_out_failover`](Self::wait_out_failover)).
+    /// Every attempt must be safe to repeat (see the module docs).
+    async fn run<T, F, Fut>(
         &self,
         operation: StoreOperation,
+        key: &str,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        match self.attempt(attempt(self.connection.clone())).await {
+            Ok(value) => Ok(value),
+            Err(failure) => {
+                self.wait_out_failover(operation, key, attempt, failure)
+                    .await
+            }
+        }
+    }
+
+    /// One attempt under the store's timeout.
+    async fn attempt<T>(
+        &self,
         future: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, Failure> {
         match tokio::time::timeout(self.config.timeout, future).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
-                Err(StoreError::new(STORE, operation, error.to_string()).with_node(&*self.nodes))
+            Ok(Err(error)) => Err(Failure::Redis(error)),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    /// The slow path of [`run`](Self::run): while the errors are ones a failover explains,
+    /// retry with a short, growing pause until an attempt succeeds or the failover wait has
+    /// passed since the first error; fail at once on any other error.
+    #[inline(never)]
+    async fn wait_out_failover<T, F, Fut>(
+        &self,
+        operation: StoreOperation,
+        key: &str,
+        mut attempt: F,
+        mut failure: Failure,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        if !failure.failover_explained() || self.failover_wait.is_zero() {
+            return Err(self.failed(operation, failure));
+        }
+        let started = Instant::now();
+        let mut pause = FIRST_PAUSE;
+        let mut retries = 0_u32;
+        loop {
+            let waited = started.elapsed();
+            let Some(left) = self
+                .failover_wait
+                .checked_sub(waited)
+                .filter(|left| !left.is_zero())
+            else {
+                metrics::failover_waited(STORE, operation.as_str(), "gave_up", waited);
+                return Err(self
+                    .failover_exceeded(operation, key, waited, retries, failure)
+                    .await);
+            };
+            tokio::time::sleep(jittered(pause, retries).min(left)).await;
+            pause = pause.saturating_mul(2).min(MAX_PAUSE);
+            retries = retries.saturating_add(1);
+            metrics::failover_retry(STORE, operation.as_str());
+            tracing::debug!(
+                operation = operation.as_str(),
+                retries,
+                error = %failure,
+                "session store: waiting out a failover"
+            );
+            match self.attempt(attempt(self.connection.clone())).await {
+                Ok(value) => {
+                    let waited = started.elapsed();
+                    metrics::failover_waited(STORE, operation.as_str(), "recovered", waited);
+                    tracing::debug!(
+                        operation = operation.as_str(),
+                        retries,
+                        ?waited,
+                        "session store: operation went through after a failover"
+                    );
+                    return Ok(value);
+                }
+                Err(next) if next.failover_explained() => failure = next,
+                Err(next) => return Err(self.failed(operation, next)),
             }
-            Err(_) => {
-                Err(StoreError::timeout(STORE, operation, self.config.timeout)
-                    .with_node(&*self.nodes))
+        }
+    }
+
+    /// The error for a failure that is not (or no longer) waited out.
+    fn failed(&self, operation: StoreOperation, failure: Failure) -> StoreError {
+        match failure {
+            Failure::Redis(error) => {
+                StoreError::new(STORE, operation, error.to_string()).with_node(&*self.nodes)
             }
+            Failure::Timeout => {
+                StoreError::timeout(STORE, operation, self.config.timeout).with_node(&*self.nodes)
+            }
+        }
+    }
+
+    /// The error for a failover wait that ran out, naming the node that serves `key` when the
+    /// cluster can still say.
+    async fn failover_exceeded(
+        &self,
+        operation: StoreOperation,
+        key: &str,
+        waited: Duration,
+        retries: u32,
+        last: Failure,
+    ) -> StoreError {
+        let node = match &self.connection {
+            Connection::Cluster(connection) => {
+                let mut connection = connection.clone();
+                let slot = key_slot(key.as_bytes());
+                match slot_owner(&mut connection, slot, self.config.timeout).await {
+                    Some(owner) => format!("{owner} (slot {slot})"),
+                    None => format!("slot {slot} via {}", self.nodes),
+                }
+            }
+            Connection::Standalone(_) => self.nodes.to_string(),
+        };
+        tracing::warn!(
+            operation = operation.as_str(),
+            %node,
+            ?waited,
+            retries,
+            error = %last,
+            "session store: no new master within the failover wait"
+        );
+        StoreError::failover_timeout(STORE, operation, waited, last.to_string()).with_node(node)
+    }
+
+    /// [`SessionStore::create`] as the write with `token` (every retry of one create carries
+    /// the same token).
+    async fn create_as(
+        &self,
+        key: &StoreKey,
+        record: &SessionRecord,
+        ttl: Duration,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let redis_key = self.redis_key(key);
+        let mut invocation = self.scripts.create.key(&redis_key);
+        invocation
+            .arg(record.to_json())
+            .arg(duration_ms(ttl).max(1))
+            .arg(token);
+        let invocation = &invocation;
+        let created: i64 = self
+            .run(
+                StoreOperation::Create,
+                &redis_key,
+                |mut connection| async move { invocation.invoke_async(&mut connection).await },
+            )
+            .await?;
+        Ok(created == 1)
+    }
+
+    /// [`SessionStore::save`] as the write with `token` (every retry of one save carries the
+    /// same token).
+    async fn save_as(
+        &self,
+        key: &StoreKey,
+        expected_version: u64,
+        record: &SessionRecord,
+        ttl: Duration,
+        token: &str,
+    ) -> Result<SaveOutcome, StoreError> {
+        let version = expected_version.saturating_add(1);
+        let redis_key = self.redis_key(key);
+        let mut invocation = self.scripts.save.key(&redis_key);
+        invocation
+            .arg(expected_version)
+            .arg(version)
+            .arg(record.to_json())
+            .arg(duration_ms(ttl).max(1))
+            .arg(token);
+        let invocation = &invocation;
+        let reply: Vec<Value> = self
+            .run(
+                StoreOperation::Save,
+                &redis_key,
+                |mut connection| async move { invocation.invoke_async(&mut connection).await },
+            )
+            .await?;
+        let mut items = reply.into_iter();
+        match (items.next(), items.next(), items.next(), items.next()) {
+            // 3: an earlier attempt of this very save was applied (its reply was lost).
+            (Some(Value::Int(2 | 3)), None, ..) => Ok(SaveOutcome::Saved { version }),
+            (Some(Value::Int(0)), None, ..) => Ok(SaveOutcome::Gone),
+            (Some(Value::Int(1)), Some(current), Some(json), Some(pttl)) => self
+                .stored(StoreOperation::Save, current, json, pttl)
+                .map(SaveOutcome::Conflict),
+            (first, ..) => Err(self.unexpected(StoreOperation::Save, &first.unwrap_or(Value::Nil))),
         }
     }
 
@@ -348,26 +676,19 @@ impl SessionStore for RedisStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
-        let mut invocation = self.scripts.create.key(self.redis_key(key));
-        invocation
-            .arg(record.to_json())
-            .arg(duration_ms(ttl).max(1));
-        let created: i64 = self
-            .run(StoreOperation::Create, async move {
-                invocation.invoke_async(&mut connection).await
-            })
-            .await?;
-        Ok(created == 1)
+        self.create_as(key, &record, ttl, &self.tokens.next()).await
     }
 
     async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError> {
-        let mut connection = self.connection.clone();
-        let invocation = self.scripts.load.key(self.redis_key(key));
+        let redis_key = self.redis_key(key);
+        let invocation = self.scripts.load.key(&redis_key);
+        let invocation = &invocation;
         let reply: Value = self
-            .run(StoreOperation::Load, async move {
-                invocation.invoke_async(&mut connection).await
-            })
+            .run(
+                StoreOperation::Load,
+                &redis_key,
+                |mut connection| async move { invocation.invoke_async(&mut connection).await },
+            )
             .await?;
         match reply {
             Value::Nil => Ok(None),
@@ -388,59 +709,216 @@ impl SessionStore for RedisStore {
         record: Arc<SessionRecord>,
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
-        let mut connection = self.connection.clone();
-        let version = expected_version.saturating_add(1);
-        let mut invocation = self.scripts.save.key(self.redis_key(key));
-        invocation
-            .arg(expected_version)
-            .arg(version)
-            .arg(record.to_json())
-            .arg(duration_ms(ttl).max(1));
-        let reply: Vec<Value> = self
-            .run(StoreOperation::Save, async move {
-                invocation.invoke_async(&mut connection).await
-            })
-            .await?;
-        let mut items = reply.into_iter();
-        match (items.next(), items.next(), items.next(), items.next()) {
-            (Some(Value::Int(2)), None, ..) => Ok(SaveOutcome::Saved { version }),
-            (Some(Value::Int(0)), None, ..) => Ok(SaveOutcome::Gone),
-            (Some(Value::Int(1)), Some(current), Some(json), Some(pttl)) => self
-                .stored(StoreOperation::Save, current, json, pttl)
-                .map(SaveOutcome::Conflict),
-            (first, ..) => Err(self.unexpected(StoreOperation::Save, &first.unwrap_or(Value::Nil))),
-        }
+        self.save_as(key, expected_version, &record, ttl, &self.tokens.next())
+            .await
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
         let redis_key = self.redis_key(key);
+        let command = redis::cmd("DEL").arg(&redis_key).to_owned();
+        let command = &command;
         let _: i64 = self
-            .run(StoreOperation::Delete, async move {
-                redis::cmd("DEL")
-                    .arg(redis_key)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .run(
+                StoreOperation::Delete,
+                &redis_key,
+                |mut connection| async move { command.query_async(&mut connection).await },
+            )
             .await?;
         Ok(())
     }
 
     async fn touch(&self, key: &StoreKey, ttl: Duration) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
         let redis_key = self.redis_key(key);
-        let ms = duration_ms(ttl).max(1);
+        let command = redis::cmd("PEXPIRE")
+            .arg(&redis_key)
+            .arg(duration_ms(ttl).max(1))
+            .to_owned();
+        let command = &command;
         let touched: i64 = self
-            .run(StoreOperation::Touch, async move {
-                redis::cmd("PEXPIRE")
-                    .arg(redis_key)
-                    .arg(ms)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .run(
+                StoreOperation::Touch,
+                &redis_key,
+                |mut connection| async move { command.query_async(&mut connection).await },
+            )
             .await?;
         Ok(touched == 1)
     }
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Redis or the client answered with an error.
+    Redis(RedisError),
+    /// No answer within the store's timeout.
+    Timeout,
+}
+
+impl Failure {
+    fn failover_explained(&self) -> bool {
+        match self {
+            Failure::Redis(error) => failover_explained(error),
+            // A dead or unreachable master is silent until the connection breaks.
+            Failure::Timeout => true,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Redis(error) => error.fmt(f),
+            Failure::Timeout => f.write_str("no reply within the store's timeout"),
+        }
+    }
+}
+
+/// Whether a failover (or a slot migration) explains `error`, so that the same command is
+/// expected to succeed once the cluster has a master for the slot again: redirects, the
+/// cluster's "not now" answers, a master demoted to replica or still loading its data, and
+/// transport errors (refused, reset, dropped, timed out) or no connection to the slot's node.
+/// Command errors (`WRONGTYPE`, script errors, `NOPERM`, bad replies) are not.
+fn failover_explained(error: &RedisError) -> bool {
+    match error.kind() {
+        ErrorKind::Server(kind) => matches!(
+            kind,
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::BusyLoading
+        ),
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => true,
+        _ => false,
+    }
+}
+
+/// `pause` give or take a quarter, so that requests waiting out the same failover do not
+/// retry in lockstep. `seed` varies the draw between retries.
+fn jittered(pause: Duration, seed: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ seed.wrapping_mul(0x9E37_79B9);
+    let quarter = pause / 4;
+    let offset = quarter.mul_f64(f64::from(nanos % 1024) / 1024.0 * 2.0);
+    pause - quarter + offset
+}
+
+/// Unique write tokens: a random per-store prefix and a counter, as 32 hex digits.
+struct WriteTokens {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl WriteTokens {
+    fn new() -> Self {
+        use rand::TryRng as _;
+        // Uniqueness is all a token needs; if the OS has no randomness, the clock and the
+        // process id still tell instances apart.
+        let prefix = rand::rngs::SysRng.try_next_u64().unwrap_or_else(|_| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ (u64::from(std::process::id()) << 32)
+        });
+        Self {
+            prefix,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:016x}", self.prefix)
+    }
+}
+
+/// The cluster's `cluster-node-timeout`, asked of any node; `None` when it cannot be read
+/// (e.g. `CONFIG` is disabled, as in some managed services).
+async fn node_timeout(connection: &mut ClusterConnection, timeout: Duration) -> Option<Duration> {
+    let command = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("cluster-node-timeout")
+        .to_owned();
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let reply = tokio::time::timeout(timeout, connection.route_command(command, routing))
+        .await
+        .ok()?
+        .ok()?;
+    // RESP2: ["cluster-node-timeout", "15000"]; RESP3: a map.
+    let value = match reply {
+        Value::Array(items) => items.into_iter().nth(1)?,
+        Value::Map(pairs) => pairs.into_iter().next()?.1,
+        _ => return None,
+    };
+    let ms: u64 = text(value)?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+/// `host:port` of the master serving `slot`, from `CLUSTER SLOTS` on any node.
+async fn slot_owner(
+    connection: &mut ClusterConnection,
+    slot: u16,
+    timeout: Duration,
+) -> Option<String> {
+    let command = redis::cmd("CLUSTER").arg("SLOTS").to_owned();
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let reply = tokio::time::timeout(timeout, connection.route_command(command, routing))
+        .await
+        .ok()?
+        .ok()?;
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges.into_iter().find_map(|range| {
+        let Value::Array(parts) = range else {
+            return None;
+        };
+        let mut parts = parts.into_iter();
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if !(start..=end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let mut master = master.into_iter();
+        let host = text(master.next()?)?;
+        let Some(Value::Int(port)) = master.next() else {
+            return None;
+        };
+        Some(format!("{host}:{port}"))
+    })
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16-XMODEM of the key, or of its `{hash tag}`,
+/// modulo 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = key.get(open + 1..)?;
+            let close = rest.iter().position(|&b| b == b'}')?;
+            rest.get(..close)
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    let crc = tagged.iter().fold(0_u16, |mut crc, &byte| {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+        crc
+    });
+    crc % 16384
 }
 
 fn text(value: Value) -> Option<String> {
@@ -482,11 +960,177 @@ mod tests {
     }
 
     #[test]
+    fn save_keeps_the_write_log_at_its_length_and_tokens_are_unique() {
+        assert!(SAVE.contains(&format!("-{WRITE_LOG_CHARS})")));
+        let tokens = WriteTokens::new();
+        let (a, b) = (tokens.next(), tokens.next());
+        assert_eq!(a.len(), WRITE_TOKEN_LEN);
+        assert_ne!(a, b);
+        assert_ne!(
+            a[..16],
+            WriteTokens::new().next()[..16],
+            "per-store prefixes differ"
+        );
+    }
+
+    #[test]
+    fn only_errors_a_failover_explains_are_waited_out() {
+        let io = |kind| RedisError::from(std::io::Error::new(kind, "x"));
+        for error in [
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::Moved),
+                "MOVED",
+                "12 h:1".into(),
+            )),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::Ask), "ASK")),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::TryAgain), "TRYAGAIN")),
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ClusterDown),
+                "CLUSTERDOWN",
+            )),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::MasterDown), "MASTERDOWN")),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "READONLY")),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "LOADING")),
+            RedisError::from((ErrorKind::ClusterConnectionNotFound, "no connection")),
+            io(std::io::ErrorKind::ConnectionRefused),
+            io(std::io::ErrorKind::ConnectionReset),
+            io(std::io::ErrorKind::TimedOut),
+            io(std::io::ErrorKind::UnexpectedEof),
+        ] {
+            assert!(failover_explained(&error), "{error:?}");
+        }
+        for error in [
+            redis::make_extension_error("WRONGTYPE".into(), Some("wrong kind".into())),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "script")),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::NoPerm), "NOPERM")),
+            RedisError::from((ErrorKind::UnexpectedReturnType, "bad reply")),
+            RedisError::from((ErrorKind::AuthenticationFailed, "auth")),
+            RedisError::from((ErrorKind::Parse, "garbage")),
+        ] {
+            assert!(!failover_explained(&error), "{error:?}");
+        }
+        assert!(Failure::Timeout.failover_explained());
+    }
+
+    #[test]
+    fn retry_pauses_stay_near_their_step() {
+        for seed in 0..50 {
+            let pause = jittered(Duration::from_millis(100), seed);
+            assert!(pause >= Duration::from_millis(75) && pause <= Duration::from_millis(125));
+        }
+    }
+
+    #[test]
+    fn default_failover_wait_follows_the_node_timeout() {
+        assert_eq!(
+            failover_wait_for(Duration::from_secs(2)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT),
+            Duration::from_millis(24_500)
+        );
+    }
+
+    #[test]
+    fn key_slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    }
+
+    /// An attempt whose reply was lost, retried with its token: the create and the save answer
+    /// as applied, not as "taken"/conflict, even after another request saved on top; once the
+    /// token has left the log the retry is an ordinary conflict.
+    #[tokio::test]
+    async fn retried_writes_find_their_own_token() {
+        let server = herd_testkit::shared::redis().await.unwrap();
+        let store = RedisStore::standalone(&server.url(), RedisStoreConfig::default())
+            .await
+            .unwrap();
+        let key = crate::SessionIdGenerator::new()
+            .generate()
+            .unwrap()
+            .store_key();
+        let ttl = Duration::from_secs(60);
+        let record = SessionRecord::new(None);
+        let token = |n: u64| format!("{:032x}", 0xabc0 + n);
+
+        assert!(
+            store
+                .create_as(&key, &record, ttl, &token(0))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .create_as(&key, &record, ttl, &token(0))
+                .await
+                .unwrap(),
+            "retry"
+        );
+        assert!(
+            !store
+                .create_as(&key, &record, ttl, &token(1))
+                .await
+                .unwrap(),
+            "taken"
+        );
+
+        let saved = |outcome: SaveOutcome| matches!(outcome, SaveOutcome::Saved { version: 2 });
+        assert!(saved(
+            store
+                .save_as(&key, 1, &record, ttl, &token(2))
+                .await
+                .unwrap()
+        ));
+        assert!(saved(
+            store
+                .save_as(&key, 1, &record, ttl, &token(2))
+                .await
+                .unwrap()
+        ));
+        // Another request saves version 3 before the retry arrives: still this save's own.
+        store
+            .save_as(&key, 2, &record, ttl, &token(3))
+            .await
+            .unwrap();
+        assert!(saved(
+            store
+                .save_as(&key, 1, &record, ttl, &token(2))
+                .await
+                .unwrap()
+        ));
+        for version in 3..3 + WRITE_LOG_ENTRIES as u64 {
+            let token = token(version + 10);
+            let outcome = store.save_as(&key, version, &record, ttl, &token).await;
+            assert!(matches!(outcome.unwrap(), SaveOutcome::Saved { .. }));
+        }
+        match store
+            .save_as(&key, 1, &record, ttl, &token(2))
+            .await
+            .unwrap()
+        {
+            SaveOutcome::Conflict(stored) => assert_eq!(stored.version, 11),
+            other => panic!("a token out of the log must conflict, got {other:?}"),
+        }
+        store.delete(&key).await.unwrap();
+    }
+
+    #[test]
     fn config_defaults_and_humantime() {
         let config: RedisStoreConfig =
             serde_json::from_str(r#"{"timeout": "250ms", "key_prefix": "app:s:"}"#).unwrap();
         assert_eq!(config.timeout, Duration::from_millis(250));
         assert_eq!(config.key_prefix, "app:s:");
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.failover_timeout, None,
+            "default: the cluster's node timeout + 2 s"
+        );
+        let config: RedisStoreConfig =
+            serde_json::from_str(r#"{"failover_timeout": "7s"}"#).unwrap();
+        assert_eq!(config.failover_timeout, Some(Duration::from_secs(7)));
     }
 }
