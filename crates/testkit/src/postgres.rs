@@ -215,6 +215,44 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Makes the primary's commits wait until a replica has flushed them to disk
+    /// (`synchronous_standby_names = '*'`, set with `ALTER SYSTEM` on the primary only, so that a
+    /// promoted replica does not wait for a standby it does not have). With it a failover loses
+    /// no acknowledged commit; with asynchronous streaming replication (the default) the last
+    /// commits before a crash can be lost, whatever the clients do.
+    ///
+    /// # Errors
+    /// When the primary cannot be reached or refuses the setting.
+    pub async fn synchronous_commit(&self) -> Result<()> {
+        let primary = &self.primary;
+        let mut conn = primary.connect().await?;
+        for sql in [
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            "SELECT pg_reload_conf()",
+        ] {
+            sqlx::raw_sql(sql)
+                .execute(&mut conn)
+                .await
+                .map_err(|source| primary.sql_error("set synchronous_standby_names", source))?;
+        }
+        let _ = conn.close().await;
+        // Reloaded asynchronously: wait until the walsender reports the standby as synchronous.
+        process::wait_until(
+            || "a synchronous standby".to_owned(),
+            START_TIMEOUT,
+            || async move {
+                let n: i64 = primary
+                    .query_scalar(
+                        "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')",
+                        "read pg_stat_replication",
+                    )
+                    .await?;
+                Ok((n > 0 || self.replicas.is_empty()).then_some(()))
+            },
+        )
+        .await
+    }
+
     /// The pids of every running server and of the cleanup watchdog (to prove nothing outlives a drop).
     pub fn pids(&self) -> Vec<u32> {
         self.nodes()

@@ -7,16 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herd_cache_cluster::{Backend, Cache, RedisConfig};
-use herd_db_router::{Consistency, DbRouter, NodeConfig, Role, RouterConfig};
+use herd_db_router::{Consistency, DbRouter, ErrorClass, NodeConfig, RouterConfig};
 use herd_health::{
     CheckOptions, Health, HealthConfig, HttpMetricsLayer, PrometheusMetrics, ShowDetails,
 };
+use herd_lb_core::http::X_HERD_DEPENDENCY_UNAVAILABLE as DEPENDENCY_UNAVAILABLE;
 use herd_session::{
     RedisStore, RedisStoreConfig, Session, SessionError, SessionLayer, SigningKeys,
 };
@@ -34,9 +36,10 @@ const SCHEMA: &str = include_str!("schema.sql");
 pub struct InstanceConfig {
     /// Shown by `/api/whoami` and in logs, e.g. `instance-1`.
     pub name: String,
-    /// The PostgreSQL primary.
+    /// A PostgreSQL node, usually the primary (a libpq-style multi-host URL names several).
     pub database_url: String,
-    /// Its streaming replicas.
+    /// More nodes, usually its streaming replicas. Every node is given to the router with role
+    /// `auto`, so a promoted replica takes the writes without a restart.
     pub replica_urls: Vec<String>,
     /// Sessions and cache.
     pub redis: RedisTarget,
@@ -112,25 +115,17 @@ pub async fn migrate(db: &DbRouter) -> Result<(), sqlx::Error> {
 /// # Errors
 /// [`StartError`] naming the back end that failed.
 pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
-    let mut router_config = RouterConfig {
-        primary: Some(
-            NodeConfig::new(&config.database_url)
-                .name("primary")
-                .role(Role::Primary),
-        ),
+    // Every known node with role `auto`: the monitor finds the writable one and follows a
+    // promotion, so a failover needs no restart and no new URLs.
+    let router_config = RouterConfig {
+        nodes: std::iter::once(&config.database_url)
+            .chain(&config.replica_urls)
+            .enumerate()
+            .map(|(i, url)| NodeConfig::new(url).name(format!("db{}", i + 1)))
+            .collect(),
         check_interval: Duration::from_millis(250),
         ..RouterConfig::default()
     };
-    router_config.replicas = config
-        .replica_urls
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            NodeConfig::new(url)
-                .name(format!("replica{}", i + 1))
-                .role(Role::Replica)
-        })
-        .collect();
     let db = DbRouter::connect(router_config).await?;
     migrate(&db).await?;
 
@@ -155,12 +150,17 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
             show_details: ShowDetails::Always,
             ..HealthConfig::default()
         })
+        // The database and the session store are shared by every instance: their failures show
+        // on /health but never fail readiness, so a failover does not take every instance out
+        // of the gateway at once.
         .check_with(
             herd_db_router::health::RouterCheck::new(db.clone()),
-            CheckOptions::new().tag(herd_health::tags::REPLICATION),
+            CheckOptions::new()
+                .shared_dependency()
+                .tag(herd_health::tags::REPLICATION),
         )
         .check_with(cache.health_check(), CheckOptions::new().non_critical())
-        .check(store.clone())
+        .check_with(store.clone(), CheckOptions::new().shared_dependency())
         .metrics(metrics()?)
         .build()?;
 
@@ -182,6 +182,8 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
         .route("/api/notes", get(list_notes).post(create_note))
         .route("/api/notes/{id}", get(get_note).delete(delete_note))
         .route("/api/stats", get(stats))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_your_writes,
@@ -197,37 +199,115 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
 }
 
 /// An API error: a status and a message, sent as `{"error": "..."}`.
+///
+/// A failure of a dependency every instance shares (the database, the session store) is a 503
+/// with `Retry-After` and the `x-herd-dependency-unavailable` header, which tells the gateway
+/// not to count it against this instance (and which the gateway removes).
 #[derive(Debug)]
-struct ApiError(StatusCode, String);
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// The shared dependency that failed, for 503s.
+    dependency: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            dependency: None,
+        }
+    }
+
+    fn unavailable(dependency: &'static str, message: &str) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.to_owned(),
+            dependency: Some(dependency),
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if let Some(dependency) = self.dependency {
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(DEPENDENCY_UNAVAILABLE, HeaderValue::from_static(dependency));
+        }
+        response
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        tracing::warn!(error = %e, "database error");
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database is unavailable".into(),
-        )
+        let class = ErrorClass::of(&e);
+        match class {
+            ErrorClass::InvalidData => {
+                tracing::debug!(error = %e, "rejected data");
+                ApiError::new(StatusCode::BAD_REQUEST, "the database rejected that value")
+            }
+            ErrorClass::Conflict => {
+                tracing::debug!(error = %e, "conflict");
+                ApiError::new(StatusCode::CONFLICT, "that conflicts with stored data")
+            }
+            _ if class.is_dependency_failure() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("postgres", "the database is unavailable, try again")
+            }
+            _ => {
+                tracing::error!(error = %e, "database error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
     }
 }
 
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         tracing::warn!(error = %e, "session error");
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "sessions are unavailable".into(),
-        )
+        ApiError::unavailable("redis", "sessions are unavailable, try again")
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
+}
+
+/// `axum::Json` with the API's JSON error body for a rejected request.
+#[derive(Debug, FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+struct ApiJson<T>(T);
+
+/// `axum::extract::Path` with the API's JSON error body for a rejected path.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+struct Path<T>(T);
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
 fn unauthorized() -> ApiError {
-    ApiError(StatusCode::UNAUTHORIZED, "log in first".into())
+    ApiError::new(StatusCode::UNAUTHORIZED, "log in first")
 }
 
 /// Read-your-writes across instances, with the token kept in the user's session: every request
@@ -289,20 +369,20 @@ struct Credentials {
 async fn signup(
     State(s): State<AppState>,
     session: Session,
-    Json(c): Json<Credentials>,
+    ApiJson(c): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let username = c.username.trim().to_owned();
     if username.is_empty() || username.len() > 64 || c.password.len() < 8 {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "a username of 1-64 characters and a password of at least 8".into(),
+            "a username of 1-64 characters and a password of at least 8",
         ));
     }
     let password = c.password;
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "hashing failed".into()))?
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "hashing failed".into()))?;
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "hashing failed"))?
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "hashing failed"))?;
     let row = sqlx::query(
         "INSERT INTO users (username, password_hash) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING RETURNING id",
     )
@@ -311,9 +391,9 @@ async fn signup(
     .fetch_optional(&s.db)
     .await?;
     let Some(row) = row else {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "that username is taken".into(),
+            "that username is taken",
         ));
     };
     start_session(&session, row.get::<i64, _>("id"), &username).await?;
@@ -326,7 +406,7 @@ async fn signup(
 async fn login(
     State(s): State<AppState>,
     session: Session,
-    Json(c): Json<Credentials>,
+    ApiJson(c): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     // Reads the user from the primary: a just-created account may not be on a replica yet.
     let row = herd_db_router::on_primary(
@@ -335,12 +415,7 @@ async fn login(
             .fetch_optional(&s.db),
     )
     .await?;
-    let wrong = || {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "wrong username or password".into(),
-        )
-    };
+    let wrong = || ApiError::new(StatusCode::UNAUTHORIZED, "wrong username or password");
     let Some(row) = row else {
         return Err(wrong());
     };
@@ -414,14 +489,14 @@ async fn list_notes(
 async fn create_note(
     State(s): State<AppState>,
     session: Session,
-    Json(n): Json<NewNote>,
+    ApiJson(n): ApiJson<NewNote>,
 ) -> Result<impl IntoResponse, ApiError> {
     let uid = user_id(&session).await?;
     let body = n.body.trim();
     if body.is_empty() || body.len() > 10_000 {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "a note has 1-10000 characters".into(),
+            "a note has 1-10000 characters",
         ));
     }
     let id: i64 =
@@ -450,7 +525,7 @@ async fn get_note(
         .bind(uid)
         .fetch_optional(&s.db)
         .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no note {id}")))?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no note {id}")))?;
     Ok(Json(Note {
         id: row.get("id"),
         body: row.get("body"),
@@ -469,7 +544,10 @@ async fn delete_note(
         .execute(&s.db)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no note {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no note {id}"),
+        ));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -497,7 +575,8 @@ async fn stats(State(s): State<AppState>) -> Result<Response, ApiError> {
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "stats");
-            ApiError(StatusCode::SERVICE_UNAVAILABLE, "stats are unavailable".into())
+            // The cache fails open, so this is the loader's query: the database's failure.
+            ApiError::unavailable("postgres", "stats are unavailable, try again")
         })?
         .unwrap_or(Stats { users: 0, notes: 0 });
     let mut response = Json(stats).into_response();

@@ -70,6 +70,10 @@ enum Command {
         /// Balancing policy.
         #[arg(long, value_enum, default_value_t = Policy::P2c)]
         policy: Policy,
+        /// A proxy in front of the gateway (IP or CIDR; repeat for each) whose
+        /// `X-Forwarded-For` is believed for the client IP that rate limits key on.
+        #[arg(long = "trusted-proxy")]
+        trusted_proxies: Vec<String>,
     },
 }
 
@@ -101,7 +105,13 @@ async fn main() -> ExitCode {
             listen,
             backends,
             policy,
-        } => run_gateway(listen, backends, policy).await,
+            trusted_proxies,
+        } => {
+            let config = GatewayConfig::new(backends)
+                .policy(policy)
+                .trusted_proxies(trusted_proxies);
+            run_gateway(listen, config).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,13 +245,8 @@ async fn run_instance(port: u16, name: Option<String>, key: Option<String>) -> R
     Ok(())
 }
 
-async fn run_gateway(
-    listen: SocketAddr,
-    backends: Vec<String>,
-    policy: Policy,
-) -> Result<(), String> {
-    let gateway =
-        axum_app::gateway::spawn(GatewayConfig::new(backends).policy(policy), listen).await?;
+async fn run_gateway(listen: SocketAddr, config: GatewayConfig) -> Result<(), String> {
+    let gateway = axum_app::gateway::spawn(config, listen).await?;
     println!("gateway listening on {}", gateway.server.url());
     shutdown_signal().await;
     drop(gateway);

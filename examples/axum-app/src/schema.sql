@@ -1,4 +1,7 @@
--- The demo's schema; applied at start-up on the primary (idempotent).
+-- The demo's schema; applied at start-up on the primary (idempotent). Instances starting at
+-- the same time take turns: `IF NOT EXISTS` alone races (two creators, one unique violation).
+BEGIN;
+SELECT pg_advisory_xact_lock(7276504301);
 CREATE TABLE IF NOT EXISTS users (
     id            bigserial PRIMARY KEY,
     username      text NOT NULL UNIQUE CHECK (length(username) BETWEEN 1 AND 64),
@@ -12,3 +15,4 @@ CREATE TABLE IF NOT EXISTS notes (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS notes_user_id ON notes (user_id, id);
+COMMIT;

@@ -21,7 +21,7 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
@@ -128,6 +128,32 @@ where
     }
 }
 
+/// Bounds on what clients can hold open, so that slow or idle clients cannot exhaust a server
+/// (a slowloris sending one header byte a second, or thousands of idle connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Longest wait for a whole request head, idle keep-alive time before it included (default
+    /// 20 s; nginx's `client_header_timeout` and `keepalive_timeout` in one). A connection that
+    /// has not sent a complete head by then is closed.
+    pub header_read_timeout: Duration,
+    /// Most connections open at once on one accepting thread (default 10 000; nginx's
+    /// `worker_connections`). Past it a new connection is answered `503` with `Retry-After`
+    /// and closed at once, without reading its request.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(20),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The whole answer to a connection over [`ServerLimits::max_connections`].
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 33\r\n\r\n{\"error\":\"the server is overloaded\"}";
+
 /// How a server thread ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -210,15 +236,20 @@ struct Connections {
 
 impl Connections {
     /// `connection`, ended gracefully once [`drain`](Self::drain) is called.
-    fn watch<C: GracefulConnection>(self: &Arc<Self>, connection: C) -> Watched<C> {
-        self.open.fetch_add(1, Ordering::AcqRel);
+    fn watch<C: GracefulConnection>(connection: C, slot: OpenSlot) -> Watched<C> {
         Watched {
             connection,
-            shared: Arc::clone(self),
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id: slot.0.next_id.fetch_add(1, Ordering::Relaxed),
+            shared: slot,
             waker: None,
             draining: false,
         }
+    }
+
+    /// Counts a connection as open until the slot is dropped.
+    fn open(self: &Arc<Self>) -> OpenSlot {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenSlot(Arc::clone(self))
     }
 
     /// Tells every connection to finish and waits until all have closed.
@@ -239,12 +270,29 @@ impl Connections {
     }
 }
 
+/// One open connection, counted from its accept (before its first byte) to its end.
+struct OpenSlot(Arc<Connections>);
+
+impl std::ops::Deref for OpenSlot {
+    type Target = Connections;
+
+    fn deref(&self) -> &Connections {
+        &self.0
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pin_project! {
     /// A connection that finishes gracefully when its [`Connections`] drain.
     struct Watched<C> {
         #[pin]
         connection: C,
-        shared: Arc<Connections>,
+        shared: OpenSlot,
         id: u64,
         waker: Option<Waker>,
         draining: bool,
@@ -256,7 +304,6 @@ pin_project! {
             if this.waker.is_some() {
                 this.shared.wakers().remove(this.id);
             }
-            this.shared.open.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -282,32 +329,69 @@ impl<C: GracefulConnection> Future for Watched<C> {
     }
 }
 
+/// Waits until the client has sent enough to tell HTTP/1 from HTTP/2 (one byte that does not
+/// begin the HTTP/2 preface, or the whole preface), for up to `within`; `false` when it did not
+/// (closed, or too slow).
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let decided = async {
+        let mut buf = [0_u8; 24];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => return true,
+                // Part of the preface: real HTTP/2 clients send it whole, so this is rare.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(within, decided).await.unwrap_or(false)
+}
+
 /// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, with upgrades) until told to stop; returns
 /// how it was stopped. A graceful stop closes the listener and lets open connections finish their
 /// requests, for up to 10 s.
 async fn serve<A: App>(
     listener: tokio::net::TcpListener,
     app: A,
+    limits: ServerLimits,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Stop {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper applies no header read timeout at all.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
     let connections = Arc::new(Connections::default());
     let how = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.open.load(Ordering::Acquire) >= limits.max_connections => {
+                    // One non-blocking write into the fresh socket's empty send buffer, then
+                    // close: an overloaded server spends nothing more on it.
+                    let _ = stream.try_write(OVERLOADED);
+                    tracing::debug!("connection refused: max_connections reached");
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let slot = connections.open();
                     let service = app.connection(peer);
-                    let service = PerConnection {
-                        service: RefCell::new(service.clone()),
-                        spare: service,
-                    };
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = connections.watch(connection);
+                    let builder = builder.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = connection.await {
+                        // hyper's header timeout starts once it knows the protocol: a client
+                        // that sends nothing (or a never-ending HTTP/2 preface) is bounded here.
+                        if !first_bytes(&stream, limits.header_read_timeout).await {
+                            return;
+                        }
+                        let service = PerConnection {
+                            service: RefCell::new(service.clone()),
+                            spare: service,
+                        };
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(error) = Connections::watch(connection, slot).await {
                             tracing::debug!(%error, %peer, "connection ended with an error");
                         }
                     });
@@ -414,6 +498,25 @@ impl ServerThread {
         Fut: Future<Output = Result<A, String>>,
         A: App,
     {
+        Self::start_with_limits(name, bind, threads, ServerLimits::default(), build).await
+    }
+
+    /// [`start_with`](Self::start_with) with [`ServerLimits`] of its own.
+    ///
+    /// # Errors
+    /// When the port cannot be bound, a thread or runtime cannot be started, or `build` fails.
+    pub async fn start_with_limits<F, Fut, A>(
+        name: &str,
+        bind: SocketAddr,
+        threads: Threads,
+        limits: ServerLimits,
+        build: F,
+    ) -> Result<ServerThread, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<A, String>>,
+        A: App,
+    {
         let (workers, per_core) = match threads {
             Threads::WorkStealing(n) => (n.max(1), false),
             Threads::PerCore(n) => (n.max(1), true),
@@ -450,7 +553,7 @@ impl ServerThread {
                     }
                 };
                 let _ = ready_tx.send(Ok((addr, app.clone())));
-                serve(listener, app, first_stop).await
+                serve(listener, app, limits, first_stop).await
             },
         )?;
         let mut server = ServerThread {
@@ -485,7 +588,7 @@ impl ServerThread {
                         match listen(addr, true) {
                             Ok(listener) => {
                                 let _ = ready_tx.send(Ok(()));
-                                serve(listener, app, stop).await
+                                serve(listener, app, limits, stop).await
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(format!("{label}: bind {addr}: {e}")));
@@ -636,6 +739,93 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "no longer accepting"
         );
+    }
+
+    async fn limited(limits: ServerLimits) -> ServerThread {
+        let app = || async { Ok(axum::Router::new().route("/", get(|| async { "hi" }))) };
+        ServerThread::start_with_limits(
+            "limited",
+            "127.0.0.1:0".parse().unwrap(),
+            Threads::WorkStealing(1),
+            limits,
+            app,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Reads until the server closes the connection (or 10 s pass); what it sent.
+    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_slowloris_head_and_an_idle_connection_are_closed_at_the_header_timeout() {
+        use tokio::io::AsyncWriteExt as _;
+        let server = limited(ServerLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServerLimits::default()
+        })
+        .await;
+        // One header byte every 100 ms: never a whole head.
+        let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        let started = Instant::now();
+        let trickle = async {
+            for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+                if slow.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), trickle).await;
+        // Closed (hyper sends nothing more), long before the trickle would have ended.
+        assert_eq!(read_to_close(&mut slow).await, "");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // A connection that sends nothing is closed too.
+        let mut idle = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(read_to_close(&mut idle).await, "");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn past_max_connections_a_new_connection_gets_503_and_the_others_are_served() {
+        let server = limited(ServerLimits {
+            max_connections: 2,
+            ..ServerLimits::default()
+        })
+        .await;
+        let (mut a, _a) = connect(server.addr()).await;
+        let (mut b, _b) = connect(server.addr()).await;
+        assert_eq!(fetch(&mut a, "/").await.1, "hi");
+        assert_eq!(fetch(&mut b, "/").await.1, "hi");
+        let mut third = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        let answer = read_to_close(&mut third).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+        assert!(answer.contains("Retry-After: 1"), "{answer:?}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["error"],
+            "the server is overloaded"
+        );
+        // The open connections are still served; a closed one frees its place.
+        assert_eq!(fetch(&mut a, "/").await.1, "hi");
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut c, _c) = connect(server.addr()).await;
+        assert_eq!(fetch(&mut c, "/").await.1, "hi");
     }
 
     #[tokio::test]

@@ -109,3 +109,4 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
 ) -> T {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
+pub(crate) mod procs;
