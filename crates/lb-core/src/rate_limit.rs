@@ -1,23 +1,32 @@
-//! Per-client rate limiting for HTTP services (nginx `limit_req`), using `governor`'s GCRA.
+//! Per-client rate limiting for HTTP services (nginx `limit_req`), by GCRA.
+//!
+//! Clients are keyed by address prefix: an IPv6 client by its /64 (one subscriber's network,
+//! which hands out 2^64 addresses for free), an IPv4 client by its whole address; both lengths
+//! are configurable. Each client's state is one timestamp (the GCRA's theoretical arrival
+//! time) in a table with a hard size bound: a new client first clears up to
+//! [`SWEEP_PER_INSERT`] states that are back to a full burst (forgetting those loses nothing),
+//! and when its shard is still full the oldest state is dropped, as nginx's `limit_req_zone`
+//! drops its least recently used state when the zone is full. Every request costs O(1); no
+//! request ever scans the table.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::Error;
+use crate::ewma::clock;
 use crate::http::{TrustedProxies, client_ip};
 
 /// A rate: `requests` per `per`, with bursts of up to `burst` requests served without delay
@@ -63,18 +72,26 @@ impl QuotaConfig {
         self
     }
 
-    fn quota(&self, field: &'static str) -> Result<Quota, Error> {
+    fn gcra(&self, field: &'static str) -> Result<Gcra, Error> {
         let invalid = |reason: &str| Error::InvalidConfig {
             field,
             reason: reason.to_string(),
         };
-        let requests =
-            NonZeroU32::new(self.requests).ok_or_else(|| invalid("requests must be > 0"))?;
-        let burst = NonZeroU32::new(self.burst.unwrap_or(self.requests))
-            .ok_or_else(|| invalid("burst must be > 0"))?;
-        let period = self.per / requests.get();
-        let quota = Quota::with_period(period).ok_or_else(|| invalid("period must be > 0"))?;
-        Ok(quota.allow_burst(burst))
+        if self.requests == 0 {
+            return Err(invalid("requests must be > 0"));
+        }
+        let burst = self.burst.unwrap_or(self.requests);
+        if burst == 0 {
+            return Err(invalid("burst must be > 0"));
+        }
+        let period = u64::try_from((self.per / self.requests).as_nanos()).unwrap_or(u64::MAX);
+        if period == 0 {
+            return Err(invalid("period must be > 0"));
+        }
+        Ok(Gcra {
+            period,
+            tolerance: period.saturating_mul(u64::from(burst - 1)),
+        })
     }
 }
 
@@ -88,7 +105,7 @@ pub struct RouteLimit {
     pub quota: QuotaConfig,
 }
 
-/// Rate limits keyed by client IP.
+/// Rate limits keyed by client address prefix.
 ///
 /// ```
 /// # use herd_lb_core::rate_limit::RateLimitConfig;
@@ -96,8 +113,10 @@ pub struct RouteLimit {
 ///     default = { requests = 100, per = "1s", burst = 200 }
 ///     routes = [{ path_prefix = "/login", requests = 5, per = "1m" }]
 ///     trusted_proxies = ["10.0.0.0/8"]
+///     ipv6_prefix_len = 56
 /// "#).unwrap();
 /// assert_eq!(c.routes[0].quota.requests, 5);
+/// assert_eq!(c.ipv4_prefix_len, 32);
 /// assert_eq!(c.max_tracked_clients, 100_000);
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -109,10 +128,21 @@ pub struct RateLimitConfig {
     pub routes: Vec<RouteLimit>,
     /// Proxies whose `X-Forwarded-For` is believed when finding the client IP. Default none.
     pub trusted_proxies: TrustedProxies,
-    /// When more clients than this are tracked, the state of every client that is back to a full
-    /// burst is dropped (checked every 256 requests), so memory stays bounded under many distinct
-    /// clients: at most this many plus the clients seen within one replenish interval of their
-    /// quota. Default 100 000.
+    /// IPv4 clients sharing this many leading address bits share a quota. Default 32 (each
+    /// address on its own); 24 would key by /24. At most 32.
+    pub ipv4_prefix_len: u8,
+    /// IPv6 clients sharing this many leading address bits share a quota. Default 64: one
+    /// site's or subscriber's network (RFC 6177), whose 2^64 addresses would otherwise each
+    /// get a quota of their own. At most 128. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+    /// what a dual-stack socket reports for an IPv4 client) counts as IPv4.
+    pub ipv6_prefix_len: u8,
+    /// Hard bound on the client states kept, over all quotas together (a client limited on
+    /// two routes counts twice), rounded up to a multiple of 64 (the table's shards); about
+    /// 80 bytes each. A new client first drops up to two states that are back to a full burst;
+    /// when its shard is still full, the shard's oldest state is dropped even though that
+    /// client was still paying off a burst (it starts again from a full one), counted in
+    /// `herd_lb_rate_limit_evictions_total`. Set it above the number of clients active within
+    /// one burst refill time. Default 100 000 (about 8 MB). At least 1.
     pub max_tracked_clients: usize,
 }
 
@@ -122,54 +152,243 @@ impl Default for RateLimitConfig {
             default: Some(QuotaConfig::per_second(100)),
             routes: Vec::new(),
             trusted_proxies: TrustedProxies::none(),
+            ipv4_prefix_len: 32,
+            ipv6_prefix_len: 64,
             max_tracked_clients: 100_000,
         }
     }
 }
 
+/// States a new client looks at, from the oldest, before it is stored: each one back to a full
+/// burst is dropped. Two per insert keep the table at the clients active within one refill
+/// time while a client arrives at most once per request.
+pub const SWEEP_PER_INSERT: usize = 2;
+
+/// Shards of the state table (a power of two): one lock each.
+const SHARDS: usize = 64;
+
+/// The generic cell rate algorithm (what governor and nginx's `limit_req` compute): a client's
+/// state is its theoretical arrival time `tat`; a request at `now` is allowed when
+/// `now >= tat - tolerance`, and then moves `tat` to `max(tat, now) + period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gcra {
+    /// Nanoseconds between two requests at the sustained rate.
+    period: u64,
+    /// `period * (burst - 1)`: how far ahead of `now` the arrival time may run.
+    tolerance: u64,
+}
+
+impl Gcra {
+    /// The client's new arrival time, or how many nanoseconds until it may send again.
+    #[inline]
+    fn check(self, tat: Option<u64>, now: u64) -> Result<u64, u64> {
+        let tat = tat.unwrap_or(now);
+        let earliest = tat.saturating_sub(self.tolerance);
+        if now < earliest {
+            Err(earliest - now)
+        } else {
+            Ok(tat.max(now).saturating_add(self.period))
+        }
+    }
+}
+
+/// One client of one quota: the masked address (IPv4 in the low 32 bits of `lo`) and the
+/// quota's index, with the address family in the top bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClientKey {
+    hi: u64,
+    lo: u64,
+    quota: u32,
+}
+
+const IPV6_FLAG: u32 = 1 << 31;
+
+/// A key with its hash, computed once per request (SipHash, randomly keyed: client addresses
+/// are chosen by clients): the shard comes from its middle bits, the shard's map takes it as
+/// it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hashed {
+    hash: u64,
+    key: ClientKey,
+}
+
+impl Hash for Hashed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Passes a [`Hashed`] key's hash through.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else still hashes, just not as fast.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Arrival times, nanoseconds since the table's start.
+    tats: HashMap<Hashed, u64, BuildHasherDefault<PassThrough>>,
+    /// The keys of `tats`, each once, oldest first (sweeps move a busy one to the back).
+    order: VecDeque<Hashed>,
+}
+
+impl Shard {
+    /// Makes room for one more state: drops rested states from the front (at most
+    /// [`SWEEP_PER_INSERT`] looked at), then the oldest one if the shard is still full.
+    fn make_room(&mut self, now: u64, capacity: usize) {
+        for _ in 0..SWEEP_PER_INSERT {
+            let Some(key) = self.order.pop_front() else {
+                return;
+            };
+            match self.tats.get(&key) {
+                // Back to a full burst: the same as no state at all.
+                Some(&tat) if tat <= now => {
+                    self.tats.remove(&key);
+                }
+                Some(_) => self.order.push_back(key),
+                None => {}
+            }
+        }
+        while self.tats.len() >= capacity {
+            let Some(key) = self.order.pop_front() else {
+                break;
+            };
+            if self.tats.remove(&key).is_some() {
+                metrics::counter!("herd_lb_rate_limit_evictions_total").increment(1);
+            }
+        }
+    }
+}
+
+/// A shard on its own cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(Mutex<Shard>);
+
+/// Every client state of every quota, bounded.
+struct Table {
+    shards: Box<[Padded]>,
+    per_shard: usize,
+    hasher: RandomState,
+    /// Raw clock ticks at construction: arrival times are nanoseconds since then.
+    start: u64,
+}
+
+impl Table {
+    fn new(max_tracked: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+            per_shard: max_tracked.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            start: clock::raw(),
+        }
+    }
+
+    /// Applies `gcra` to `key`'s state: `Err(nanoseconds to wait)` when over quota.
+    #[inline]
+    fn check(&self, gcra: Gcra, key: ClientKey) -> Result<(), u64> {
+        let hashed = Hashed {
+            // Every bit of the key goes in: a fold first would let clients pick collisions.
+            hash: self.hasher.hash_one((key.hi, key.lo, key.quota)),
+            key,
+        };
+        // Middle bits: the map uses the low bits for the bucket and the top seven as tags.
+        let index = (hashed.hash >> 32) as usize % SHARDS;
+        let Some(shard) = self.shards.get(index) else {
+            return Ok(());
+        };
+        let now = clock::ns_between(self.start, clock::raw());
+        let mut shard = shard.0.lock();
+        if let Some(tat) = shard.tats.get_mut(&hashed) {
+            *tat = gcra.check(Some(*tat), now)?;
+            return Ok(());
+        }
+        // A new (or forgotten) client is always within its quota: burst >= 1.
+        let tat = gcra.check(None, now)?;
+        shard.make_room(now, self.per_shard);
+        shard.tats.insert(hashed, tat);
+        shard.order.push_back(hashed);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().tats.len()).sum()
+    }
+}
+
 struct Limits {
-    default: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    routes: Vec<(String, DefaultKeyedRateLimiter<IpAddr>)>,
+    default: Option<Gcra>,
+    /// Path prefix, quota; a quota's index in the table is its position here plus one.
+    routes: Vec<(String, Gcra)>,
     trusted: TrustedProxies,
-    max_tracked: usize,
-    checks: AtomicU64,
-    clock: DefaultClock,
+    ipv4_mask: u32,
+    ipv6_mask: u128,
+    table: Table,
 }
 
 impl Limits {
-    fn limiter_for(&self, path: &str) -> Option<&DefaultKeyedRateLimiter<IpAddr>> {
-        self.routes
+    /// The quota for `path` and its index (0 for the default).
+    fn quota_for(&self, path: &str) -> Option<(u32, Gcra)> {
+        let route = self
+            .routes
             .iter()
-            .filter(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, l)| l)
-            .or(self.default.as_ref())
-    }
-
-    fn tracked(&self) -> usize {
-        self.default.as_ref().map_or(0, |l| l.len())
-            + self.routes.iter().map(|(_, l)| l.len()).sum::<usize>()
-    }
-
-    /// Every 256 checks: drop idle clients' state once too many are tracked.
-    fn upkeep(&self) {
-        if !self
-            .checks
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(256)
-            || self.tracked() <= self.max_tracked
-        {
-            return;
-        }
-        for limiter in self
-            .default
-            .iter()
-            .chain(self.routes.iter().map(|(_, l)| l))
-        {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            .enumerate()
+            .filter(|(_, (prefix, _))| path.starts_with(prefix.as_str()))
+            .max_by_key(|(_, (prefix, _))| prefix.len());
+        match route {
+            Some((index, (_, gcra))) => Some((u32::try_from(index + 1).ok()?, *gcra)),
+            None => self.default.map(|gcra| (0, gcra)),
         }
     }
+
+    /// The key of `ip` for quota `quota`: the address cut to its configured prefix.
+    #[inline]
+    fn key(&self, quota: u32, ip: IpAddr) -> ClientKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => ClientKey {
+                hi: 0,
+                lo: u64::from(u32::from(v4) & self.ipv4_mask),
+                quota,
+            },
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & self.ipv6_mask;
+                ClientKey {
+                    hi: (bits >> 64) as u64,
+                    lo: bits as u64,
+                    quota: quota | IPV6_FLAG,
+                }
+            }
+        }
+    }
+}
+
+/// The top `len` bits set.
+fn prefix_mask_v4(len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0)
+}
+
+/// The top `len` bits set.
+fn prefix_mask_v6(len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0)
 }
 
 /// Layer answering 429 Too Many Requests (with `Retry-After`) to clients over their quota.
@@ -190,41 +409,72 @@ impl std::fmt::Debug for RateLimitLayer {
                     .map(|(p, _)| p)
                     .collect::<Vec<_>>(),
             )
-            .field("tracked_clients", &self.limits.tracked())
+            .field("tracked_clients", &self.limits.table.len())
             .finish_non_exhaustive()
     }
 }
 
 impl RateLimitLayer {
-    /// Builds the limiters; zero rates or bursts are refused with the field named.
+    /// Builds the limiters; zero rates or bursts, prefix lengths past the address and a zero
+    /// client bound are refused with the field named.
     pub fn new(config: &RateLimitConfig) -> Result<Self, Error> {
         let default = config
             .default
             .as_ref()
-            .map(|q| q.quota("rate_limit.default").map(RateLimiter::keyed))
+            .map(|q| q.gcra("rate_limit.default"))
             .transpose()?;
         let mut routes = Vec::new();
         for route in &config.routes {
             routes.push((
                 route.path_prefix.clone(),
-                RateLimiter::keyed(route.quota.quota("rate_limit.routes")?),
+                route.quota.gcra("rate_limit.routes")?,
             ));
+        }
+        if u32::try_from(routes.len()).is_err() {
+            return Err(Error::InvalidConfig {
+                field: "rate_limit.routes",
+                reason: "too many routes".into(),
+            });
+        }
+        if config.ipv4_prefix_len > 32 {
+            return Err(Error::InvalidConfig {
+                field: "rate_limit.ipv4_prefix_len",
+                reason: format!(
+                    "{} is longer than an IPv4 address (32)",
+                    config.ipv4_prefix_len
+                ),
+            });
+        }
+        if config.ipv6_prefix_len > 128 {
+            return Err(Error::InvalidConfig {
+                field: "rate_limit.ipv6_prefix_len",
+                reason: format!(
+                    "{} is longer than an IPv6 address (128)",
+                    config.ipv6_prefix_len
+                ),
+            });
+        }
+        if config.max_tracked_clients == 0 {
+            return Err(Error::InvalidConfig {
+                field: "rate_limit.max_tracked_clients",
+                reason: "must be at least 1".into(),
+            });
         }
         Ok(Self {
             limits: Arc::new(Limits {
                 default,
                 routes,
                 trusted: config.trusted_proxies.clone(),
-                max_tracked: config.max_tracked_clients,
-                checks: AtomicU64::new(0),
-                clock: DefaultClock::default(),
+                ipv4_mask: prefix_mask_v4(config.ipv4_prefix_len),
+                ipv6_mask: prefix_mask_v6(config.ipv6_prefix_len),
+                table: Table::new(config.max_tracked_clients),
             }),
         })
     }
 
-    /// Clients currently tracked over all routes (for tests and metrics).
+    /// Client states currently kept over all quotas (for tests and metrics).
     pub fn tracked_clients(&self) -> usize {
-        self.limits.tracked()
+        self.limits.table.len()
     }
 }
 
@@ -288,21 +538,18 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let limits = &self.limits;
-        if let Some(limiter) = limits.limiter_for(req.uri().path()) {
+        if let Some((quota, gcra)) = limits.quota_for(req.uri().path()) {
             // Without a known peer all such requests share one bucket (fail closed, not open).
             let ip = client_ip(&req, &limits.trusted).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            let verdict = limiter.check_key(&ip);
-            limits.upkeep();
-            if let Err(not_until) = verdict {
-                let wait = not_until.wait_time_from(limits.clock.now());
+            if let Err(wait_ns) = limits.table.check(gcra, limits.key(quota, ip)) {
+                let wait = Duration::from_nanos(wait_ns);
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 metrics::counter!("herd_lb_rate_limited_total").increment(1);
                 tracing::debug!(client = %ip, path = req.uri().path(), ?wait, "rate limited");
                 let mut res = Response::new(ResBody::default());
                 *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                    res.headers_mut().insert(RETRY_AFTER, v);
-                }
+                res.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
                 return Box::pin(std::future::ready(Ok(res)));
             }
         }
@@ -395,9 +642,25 @@ mod tests {
         );
     }
 
+    async fn status(
+        svc: &RateLimit<
+            impl Service<
+                Request<()>,
+                Response = Response<String>,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + Clone,
+        >,
+        ip: &str,
+        path: &str,
+    ) -> StatusCode {
+        let ip: IpAddr = ip.parse().unwrap();
+        svc.clone().oneshot(req(ip, path)).await.unwrap().status()
+    }
+
     #[tokio::test]
     async fn memory_stays_bounded_under_many_clients() {
-        // 1000/s: a client's state is droppable 1 ms after its request.
+        // 1000/s: a client's state is back to a full burst 1 ms after its request.
         let config = RateLimitConfig {
             default: Some(QuotaConfig::per_second(1_000)),
             max_tracked_clients: 1_000,
@@ -409,12 +672,192 @@ mod tests {
             let ip = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i));
             let _ = svc.clone().oneshot(req(ip, "/")).await.unwrap();
         }
-        // Without upkeep all 20 000 would stay.
         assert!(
-            layer.tracked_clients() <= 2_000,
+            layer.tracked_clients() <= 1_024,
             "{}",
             layer.tracked_clients()
         );
+    }
+
+    #[tokio::test]
+    async fn the_bound_is_hard_even_when_no_client_has_rested() {
+        // One request a minute: no state rests during the test, so only the hard bound (and
+        // not the sweep of rested states) keeps memory down. Before, every state was kept
+        // and every 256th request scanned all of them.
+        let config = RateLimitConfig {
+            default: Some(QuotaConfig::per_minute(1)),
+            max_tracked_clients: 1_000,
+            ..RateLimitConfig::default()
+        };
+        let layer = RateLimitLayer::new(&config).unwrap();
+        let svc = layer.layer(ok_service());
+        for i in 0..20_000u32 {
+            let ip = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i));
+            let _ = svc.clone().oneshot(req(ip, "/")).await.unwrap();
+            assert!(layer.tracked_clients() <= 1_024, "after {i}");
+        }
+        // A shard holds its 16 most recent clients: the last one is still limited.
+        assert_eq!(
+            status(&svc, "10.0.78.31", "/").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[tokio::test]
+    async fn a_limited_client_stays_limited_while_others_come_and_go() {
+        // Rested states are swept, busy ones kept: the bound is far away, so the limited
+        // client's state survives thousands of new clients.
+        let config = RateLimitConfig {
+            default: Some(QuotaConfig::per_second(1_000)),
+            routes: vec![RouteLimit {
+                path_prefix: "/login".into(),
+                quota: QuotaConfig::per_minute(2),
+            }],
+            max_tracked_clients: 10_000,
+            ..RateLimitConfig::default()
+        };
+        let layer = RateLimitLayer::new(&config).unwrap();
+        let svc = layer.layer(ok_service());
+        for _ in 0..2 {
+            assert_eq!(status(&svc, "192.0.2.7", "/login").await, StatusCode::OK);
+        }
+        for i in 0..5_000u32 {
+            let ip = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i));
+            let _ = svc.clone().oneshot(req(ip, "/")).await.unwrap();
+        }
+        assert!(layer.tracked_clients() < 5_000, "rested states are swept");
+        assert_eq!(
+            status(&svc, "192.0.2.7", "/login").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[tokio::test]
+    async fn ipv6_clients_are_keyed_by_their_64_and_ipv4_by_address() {
+        let config = RateLimitConfig {
+            default: Some(QuotaConfig::per_minute(1)),
+            ..RateLimitConfig::default()
+        };
+        let svc = RateLimitLayer::new(&config).unwrap().layer(ok_service());
+        assert_eq!(status(&svc, "2001:db8:1:2::1", "/").await, StatusCode::OK);
+        // Another address of the same /64 shares the quota...
+        assert_eq!(
+            status(&svc, "2001:db8:1:2:ffff:ffff:ffff:fffe", "/").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // ...the next /64 does not.
+        assert_eq!(status(&svc, "2001:db8:1:3::1", "/").await, StatusCode::OK);
+        // IPv4 by whole address; the IPv4-mapped form is the same client.
+        assert_eq!(status(&svc, "198.51.100.1", "/").await, StatusCode::OK);
+        assert_eq!(status(&svc, "198.51.100.2", "/").await, StatusCode::OK);
+        assert_eq!(
+            status(&svc, "::ffff:198.51.100.1", "/").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // An IPv6 address whose bits match an IPv4 key is another client.
+        assert_eq!(status(&svc, "::c633:6401", "/").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn prefix_lengths_are_configurable() {
+        let config = RateLimitConfig {
+            default: Some(QuotaConfig::per_minute(1)),
+            ipv4_prefix_len: 24,
+            ipv6_prefix_len: 128,
+            ..RateLimitConfig::default()
+        };
+        let svc = RateLimitLayer::new(&config).unwrap().layer(ok_service());
+        assert_eq!(status(&svc, "203.0.113.1", "/").await, StatusCode::OK);
+        assert_eq!(
+            status(&svc, "203.0.113.200", "/").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(status(&svc, "203.0.114.1", "/").await, StatusCode::OK);
+        assert_eq!(status(&svc, "2001:db8::1", "/").await, StatusCode::OK);
+        assert_eq!(status(&svc, "2001:db8::2", "/").await, StatusCode::OK);
+
+        // Zero-length prefixes: one bucket per family.
+        let config = RateLimitConfig {
+            default: Some(QuotaConfig::per_minute(1)),
+            ipv4_prefix_len: 0,
+            ipv6_prefix_len: 0,
+            ..RateLimitConfig::default()
+        };
+        let svc = RateLimitLayer::new(&config).unwrap().layer(ok_service());
+        assert_eq!(status(&svc, "203.0.113.1", "/").await, StatusCode::OK);
+        assert_eq!(
+            status(&svc, "8.8.8.8", "/").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(status(&svc, "2001:db8::1", "/").await, StatusCode::OK);
+        assert_eq!(
+            status(&svc, "fe80::1", "/").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[test]
+    fn masks_and_gcra_arithmetic() {
+        assert_eq!(prefix_mask_v4(0), 0);
+        assert_eq!(prefix_mask_v4(24), 0xFFFF_FF00);
+        assert_eq!(prefix_mask_v4(32), u32::MAX);
+        assert_eq!(prefix_mask_v6(0), 0);
+        assert_eq!(prefix_mask_v6(64), u128::MAX << 64);
+        assert_eq!(prefix_mask_v6(128), u128::MAX);
+
+        // 10/s, burst 3: three at once, then one every 100 ms.
+        let gcra = QuotaConfig::per_second(10).with_burst(3).gcra("t").unwrap();
+        let ms = 1_000_000;
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(gcra.check(tat, 0).unwrap());
+        }
+        assert_eq!(gcra.check(tat, 0), Err(100 * ms));
+        assert_eq!(gcra.check(tat, 99 * ms), Err(ms));
+        assert!(gcra.check(tat, 100 * ms).is_ok());
+        // Far-future arrival times and huge periods saturate instead of overflowing.
+        let slow = QuotaConfig {
+            requests: 1,
+            per: Duration::MAX,
+            burst: Some(u32::MAX),
+        }
+        .gcra("t")
+        .unwrap();
+        assert_eq!(slow.period, u64::MAX);
+        assert_eq!(slow.check(Some(u64::MAX), u64::MAX), Ok(u64::MAX));
+        assert!(slow.check(None, 5).is_ok());
+    }
+
+    #[test]
+    fn bad_prefix_lengths_and_bounds_are_refused() {
+        for (config, field) in [
+            (
+                RateLimitConfig {
+                    ipv4_prefix_len: 33,
+                    ..RateLimitConfig::default()
+                },
+                "ipv4_prefix_len",
+            ),
+            (
+                RateLimitConfig {
+                    ipv6_prefix_len: 129,
+                    ..RateLimitConfig::default()
+                },
+                "ipv6_prefix_len",
+            ),
+            (
+                RateLimitConfig {
+                    max_tracked_clients: 0,
+                    ..RateLimitConfig::default()
+                },
+                "max_tracked_clients",
+            ),
+        ] {
+            let err = RateLimitLayer::new(&config).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let config: RateLimitConfig = toml::from_str("").unwrap();
+        assert_eq!((config.ipv4_prefix_len, config.ipv6_prefix_len), (32, 64));
     }
 
     #[test]
