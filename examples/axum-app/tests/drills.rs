@@ -132,3 +132,106 @@ async fn postgres_failover_needs_no_restart_and_loses_no_acknowledged_write() {
         assert_eq!(r.status(), 200, "{url}/health after the failover");
     }
 }
+
+/// The number of keys a Redis node holds (`redis-cli DBSIZE`).
+fn dbsize(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "DBSIZE"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// 8 logged-in clients × 20 r/s of `/api/whoami` and `/api/notes` for 15 s; the Redis master
+/// holding the most keys is SIGKILLed 5 s in. Its replica takes over after `cluster-node-timeout`
+/// (2 s here) and the instances wait for the new topology: no request fails, nobody is logged
+/// out, no instance is ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_master_failover_fails_no_request_and_logs_nobody_out() {
+    let d = Deployment::start(RedisCluster::builder()).await;
+    let gw = d.gateway_url.clone();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let c = client(&client_ip());
+        let user = sign_up(&c, &gw).await;
+        clients.push((c, user));
+    }
+    let watch = EjectionWatch::start(&gw);
+    let start = Instant::now();
+    let run_for = Duration::from_secs(15);
+    let mut workers = Vec::new();
+    for (c, user) in clients {
+        let gw = gw.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut logouts) = (0_u32, Vec::new(), 0_u32);
+            let mut slowest = Duration::ZERO;
+            let mut i = 0_u32;
+            while start.elapsed() < run_for {
+                i += 1;
+                let path = if i % 2 == 0 {
+                    "/api/whoami"
+                } else {
+                    "/api/notes"
+                };
+                let sent = Instant::now();
+                match c.get(format!("{gw}{path}")).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let v: Value = r.json().await.unwrap();
+                        if path == "/api/whoami" && v["user"].as_str() != Some(user.as_str()) {
+                            logouts += 1;
+                        }
+                        ok += 1;
+                    }
+                    Ok(r) if r.status() == 401 => logouts += 1,
+                    Ok(r) => {
+                        failed.push(format!("{path}: {} at {:?}", r.status(), start.elapsed()))
+                    }
+                    Err(e) => failed.push(format!("{path}: {e}")),
+                }
+                slowest = slowest.max(sent.elapsed());
+                tokio::time::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed())).await;
+            }
+            (ok, failed, logouts, slowest)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let masters = d.redis.masters().await.unwrap();
+    let victim = masters
+        .iter()
+        .max_by_key(|m| dbsize(m.port()))
+        .copied()
+        .unwrap();
+    let victim_port = victim.port();
+    victim.kill().unwrap();
+    let killed = Instant::now();
+    let failover = d
+        .redis
+        .wait_for_failover(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (mut ok, mut failed, mut logouts, mut slowest) = (0, Vec::new(), 0, Duration::ZERO);
+    for w in workers {
+        let (o, f, l, s) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+        logouts += l;
+        slowest = slowest.max(s);
+    }
+    let ejections = watch.ejections();
+    eprintln!(
+        "redis failover (master :{victim_port} killed, cluster recovered {failover:?} / {:?} after): \
+         {ok} requests ok, {} failed, {logouts} logouts, {ejections} ejections, slowest {slowest:?}",
+        killed.elapsed(),
+        failed.len()
+    );
+    assert!(ok > 1500, "too few requests to mean anything: {ok}");
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_eq!(logouts, 0, "users were logged out");
+    assert_eq!(
+        ejections, 0,
+        "an instance was ejected for the shared Redis failover"
+    );
+}
