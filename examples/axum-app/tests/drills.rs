@@ -171,7 +171,7 @@ async fn redis_master_failover_fails_no_request_and_logs_nobody_out() {
             let mut i = 0_u32;
             while start.elapsed() < run_for {
                 i += 1;
-                let path = if i % 2 == 0 {
+                let path = if i.is_multiple_of(2) {
                     "/api/whoami"
                 } else {
                     "/api/notes"
