@@ -296,8 +296,10 @@ async fn a_write_misrouted_to_a_replica_is_retried_on_the_primary() {
     );
 
     // With retries off, the replica's refusal reaches the caller.
+    // (Without the catalog read: with it, the router knows the function is volatile.)
     let strict = DbRouter::connect(RouterConfig {
         retry_misrouted: false,
+        catalog_refresh: None,
         ..config(pg)
     })
     .await
@@ -438,4 +440,55 @@ async fn a_pool_given_for_a_node_serves_it_and_an_unknown_node_name_is_refused()
         matches!(&err, Error::Config { node: Some(n), field: "pool", .. } if n == "replica9"),
         "{err}"
     );
+}
+
+/// A full pool is backpressure: the statement that cannot get a connection fails with
+/// `PoolTimedOut` (classed `Unavailable`), but the node is neither marked down nor ejected, and
+/// the statement holding the connection finishes.
+#[tokio::test]
+async fn a_full_pool_fails_the_waiting_statement_but_not_the_node() {
+    let pg = shared::pg().await.unwrap();
+    let tiny = herd_db_router::PoolConfig {
+        max_connections: 1,
+        acquire_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let config = RouterConfig {
+        primary: Some(NodeConfig::new(pg.primary_url()).pool(tiny.clone())),
+        replicas: pg
+            .replica_urls()
+            .into_iter()
+            .take(1)
+            .map(|u| NodeConfig::new(u).name("busy").pool(tiny.clone()))
+            .collect(),
+        check_interval: Duration::from_millis(100),
+        ..RouterConfig::default()
+    };
+    let router = DbRouter::connect(config).await.unwrap();
+    let holder = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            sqlx::query("SELECT pg_sleep(0.6)")
+                .execute(&router)
+                .await
+                .map(|_| ())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = sqlx::query("SELECT 1").execute(&router).await.unwrap_err();
+    assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err}");
+    assert_eq!(
+        herd_db_router::ErrorClass::of(&err),
+        herd_db_router::ErrorClass::Unavailable
+    );
+    let status = router.status();
+    let busy = status.node("busy").unwrap();
+    assert!(busy.reachable && busy.eligible, "{busy:#?}");
+    holder.await.unwrap().unwrap();
+    // And it serves again at once.
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&router)
+        .await
+        .unwrap();
+    assert!(standby, "the read went to the replica again");
 }
