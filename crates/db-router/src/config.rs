@@ -246,6 +246,12 @@ pub struct RouterConfig {
     /// Whether calls to functions not known to be read-only go to the primary
     /// (default [`FunctionPolicy::WriteList`]).
     pub function_policy: FunctionPolicy,
+    /// How often the router reads the primary's function catalog (`pg_proc`: which functions
+    /// are `VOLATILE`) and `standard_conforming_strings` for the classifier; also read once
+    /// when the router is built. Default 60 s; `null` never reads it (the compiled-in lists
+    /// of PostgreSQL's built-ins then decide).
+    #[serde(with = "humantime_serde")]
+    pub catalog_refresh: Option<Duration>,
     /// Read-your-writes settings.
     pub read_your_writes: ReadYourWritesConfig,
 }
@@ -266,6 +272,7 @@ impl Default for RouterConfig {
             retry_misrouted: true,
             write_functions: Vec::new(),
             function_policy: FunctionPolicy::WriteList,
+            catalog_refresh: Some(Duration::from_secs(60)),
             read_your_writes: ReadYourWritesConfig::default(),
         }
     }

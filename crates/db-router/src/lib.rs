@@ -80,7 +80,10 @@ pub mod layer;
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
 
-pub use classify::{Classifier, FunctionPolicy, Reason, Route, classify};
+pub use classify::{
+    Catalog, CatalogFunction, Classifier, FunctionPolicy, Reason, Route, SAFE_VOLATILE, Volatility,
+    classify,
+};
 pub use config::{Fallback, NodeConfig, PoolConfig, ReadYourWritesConfig, Role, RouterConfig};
 pub use error::Error;
 pub use error_class::ErrorClass;

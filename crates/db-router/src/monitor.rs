@@ -74,6 +74,7 @@ pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections
             return;
         };
         check_all(&shared, &mut connections).await;
+        crate::classify::catalog::refresh_if_due(&shared);
     }
 }
 

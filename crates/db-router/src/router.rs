@@ -203,6 +203,7 @@ impl DbRouterBuilder {
         });
         let mut connections = monitor::Connections::new(shared.nodes.len());
         monitor::check_all(&shared, &mut connections).await;
+        crate::classify::catalog::first_refresh(&shared).await;
         let task = tokio::spawn(monitor::run(
             Arc::downgrade(&shared),
             Arc::clone(&shared.wake),

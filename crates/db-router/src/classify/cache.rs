@@ -6,8 +6,15 @@
 //! by a hash of the text; a hit also compares the whole text, so a hash collision can only
 //! cost a miss, never a wrong route. Slots are `ArcSwap`s: readers on many threads never
 //! write to shared memory.
+//!
+//! A route depends on the server's catalog too (which functions are volatile, how strings
+//! are read). Each entry carries the cache's generation from before it was classified;
+//! [`RouteCache::invalidate`], called after a new catalog is swapped in, moves the
+//! generation on, so no route classified with the old catalog is served again, even one
+//! stored after the swap by a reader that started before it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 
@@ -22,6 +29,7 @@ const MAX_LEN: usize = 2048;
 #[derive(Debug)]
 struct Entry {
     hash: u64,
+    generation: u64,
     sql: Box<str>,
     route: Route,
 }
@@ -30,12 +38,22 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct RouteCache {
     slots: Box<[ArcSwapOption<Entry>]>,
+    generation: AtomicU64,
 }
 
 impl RouteCache {
     pub(crate) fn new() -> Self {
         Self {
             slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets every route remembered so far (the catalog changed).
+    pub(crate) fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for slot in self.slots.iter() {
+            slot.store(None);
         }
     }
 
@@ -44,6 +62,8 @@ impl RouteCache {
         if sql.len() > MAX_LEN {
             return classify(sql);
         }
+        // Read before classifying: see the module docs.
+        let generation = self.generation.load(Ordering::Acquire);
         let hash = hash(sql.as_bytes());
         // `SLOTS` is a power of two: the low bits pick the slot.
         let Some(slot) = self.slots.get(hash as usize & (SLOTS - 1)) else {
@@ -51,6 +71,7 @@ impl RouteCache {
         };
         if let Some(entry) = &*slot.load()
             && entry.hash == hash
+            && entry.generation == generation
             && *entry.sql == *sql
         {
             return entry.route;
@@ -58,6 +79,7 @@ impl RouteCache {
         let route = classify(sql);
         slot.store(Some(Arc::new(Entry {
             hash,
+            generation,
             sql: sql.into(),
             route,
         })));
@@ -99,7 +121,7 @@ fn hash(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::classify;
+    use crate::classify::{Reason, classify};
 
     #[test]
     fn remembers_routes_and_tells_statements_apart() {
@@ -146,6 +168,35 @@ mod tests {
         assert_eq!(
             cache.route("SELECT 1 FOR UPDATE", classify),
             classify("SELECT 1 FOR UPDATE")
+        );
+    }
+
+    #[test]
+    fn invalidate_forgets_routes_even_those_stored_late() {
+        let cache = RouteCache::new();
+        let sql = "SELECT app.touch(1)";
+        assert!(
+            cache
+                .route(sql, |_| Route::Replica(Reason::ReadOnly))
+                .is_replica()
+        );
+        assert!(cache.route(sql, |_| unreachable!("cached")).is_replica());
+        cache.invalidate();
+        assert!(
+            cache
+                .route(sql, |_| Route::Primary(Reason::VolatileFunction))
+                .is_primary()
+        );
+        // A reader that classified with the old catalog and stores after the swap.
+        let stale = cache.route("SELECT 2", |_| {
+            cache.invalidate();
+            Route::Replica(Reason::ReadOnly)
+        });
+        assert!(stale.is_replica());
+        assert!(
+            cache
+                .route("SELECT 2", |_| Route::Primary(Reason::VolatileFunction))
+                .is_primary()
         );
     }
 

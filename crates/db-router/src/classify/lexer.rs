@@ -1,21 +1,38 @@
-//! A PostgreSQL lexer that knows just enough to classify a statement.
+//! A PostgreSQL lexer that reads SQL the way the server's own scanner does, for every token
+//! class that decides a route.
 //!
-//! It never allocates and never fails half-way: an unterminated string, identifier or
-//! comment ends the token stream with [`Token::Unterminated`], which the classifier sends
-//! to the primary. What it must be right about is where code ends and text begins:
-//! `--` comments, nested `/* */` comments, `"quoted identifiers"`, standard `'strings'`,
-//! `E'escape strings'` (where `\'` does not end the string) and `$tag$dollar quoted$tag$`
-//! bodies, so that a keyword inside any of them is never mistaken for code.
+//! The rules follow `src/backend/parser/scan.l`; each one below names the scan.l rule it
+//! mirrors. What the lexer must never get wrong is where code ends and text begins: a keyword
+//! or a call inside a comment, a string or a quoted identifier never counts, and one outside
+//! them always does. Where PostgreSQL versions read the same text differently (a number
+//! followed by letters is an error since PostgreSQL 15 and two tokens before; `\v` is
+//! whitespace since 16), the lexer takes the reading under which the statement can run at
+//! all, or the one that shows more code.
+//!
+//! It never allocates, never fails half-way and takes time linear in the input: an
+//! unterminated string, identifier or comment ends the token stream with
+//! [`Token::Unterminated`], which the classifier sends to the primary.
 
 /// One significant token. Whitespace and comments are skipped, except that a
 /// leading comment is reported once through [`Lexer::leading_comments`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Token<'a> {
-    /// An unquoted word: keyword or identifier, as written (case preserved).
+    /// An unquoted word (`{identifier}`): keyword or identifier, as written (case preserved).
     Word(&'a [u8]),
-    /// A `"quoted identifier"`, without the quotes (doubled quotes left as written).
+    /// A `"quoted identifier"` (`{xdstart}`), without the quotes; doubled quotes are left as
+    /// written.
     QuotedIdent(&'a [u8]),
-    /// Any string literal or dollar-quoted body; its content never matters.
+    /// A `U&"identifier"` with Unicode escapes (`{xuistart}`): the body as written and the
+    /// escape character (`\` unless a `UESCAPE 'c'` clause follows, which the lexer takes in).
+    /// `escape` is 0 when the `UESCAPE` clause could not be read (the name is then unknown).
+    UnicodeIdent {
+        /// The text between the quotes, doubled quotes as written.
+        body: &'a [u8],
+        /// The escape character.
+        escape: u8,
+    },
+    /// Any string constant (`''`, `E''`, `N''`, `B''`, `X''`, `U&''`, `$$`), including
+    /// continuation segments; its content never matters.
     Literal,
     /// A number or a `$1` parameter.
     Number,
@@ -31,10 +48,26 @@ pub(crate) enum Token<'a> {
     Dot,
     /// `::`
     Cast,
-    /// Any other operator or punctuation.
+    /// An operator (`{operator}`), cut where scan.l cuts it; one-character `self` tokens other
+    /// than those above (`+`, `-`, `*`, `/`, `%`, `^`, `<`, `>`, `=`, `[`, `]`, `:`) too.
+    Op(&'a [u8]),
+    /// Any other character (`{other}`), including a `$` that starts no parameter or quote.
     Other,
+    /// A NUL byte: the server never sees past it, so the text is not what it would run.
+    Nul,
     /// A string, identifier or comment that never ends.
     Unterminated,
+}
+
+/// How the body of a single-quoted string is read (scan.l's exclusive states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StringMode {
+    /// `<xq>` and `<xus>`: only a doubled quote stands for a quote.
+    Standard,
+    /// `<xe>`: a backslash escapes the next character, a quote included.
+    Escape,
+    /// `<xb>` and `<xh>`: no escapes at all and no doubled quotes; the first quote ends it.
+    Bits,
 }
 
 /// Iterator over the significant tokens of one SQL string.
@@ -42,13 +75,23 @@ pub(crate) enum Token<'a> {
 pub(crate) struct Lexer<'a> {
     src: &'a [u8],
     pos: usize,
+    /// The server's `standard_conforming_strings`: when off, `'...'` reads backslash escapes.
+    standard_strings: bool,
 }
 
 impl<'a> Lexer<'a> {
+    /// A lexer with `standard_conforming_strings` on (the server default since 9.1).
+    #[cfg(test)]
     pub(crate) fn new(sql: &'a str) -> Self {
+        Self::with_settings(sql, true)
+    }
+
+    /// A lexer with the server's `standard_conforming_strings` setting.
+    pub(crate) fn with_settings(sql: &'a str, standard_conforming_strings: bool) -> Self {
         Self {
             src: sql.as_bytes(),
             pos: 0,
+            standard_strings: standard_conforming_strings,
         }
     }
 
@@ -84,6 +127,8 @@ impl<'a> Lexer<'a> {
         self.src.get(self.pos + ahead).copied()
     }
 
+    /// `{space}+`: `[ \t\n\r\f]`, and `\v` (whitespace since PostgreSQL 16, a syntax error
+    /// before: reading it as a space shows the most code).
     #[inline]
     fn skip_whitespace(&mut self) {
         let rest = self.rest();
@@ -93,28 +138,32 @@ impl<'a> Lexer<'a> {
             .unwrap_or(rest.len());
     }
 
+    /// `{comment}`: `--` and everything up to a newline, where scan.l's `{newline}` is
+    /// `[\n\r]` (a lone carriage return ends the comment too).
     fn skip_line_comment(&mut self) {
-        match memchr(b'\n', self.rest()) {
+        let rest = self.rest();
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
             Some(i) => self.pos += i + 1,
             None => self.pos = self.src.len(),
         }
     }
 
-    /// Skips a `/* */` comment that starts at `pos`, honouring nesting as PostgreSQL
-    /// does. Returns `false` if it never ends.
+    /// `{xcstart}` ... `{xcstop}`: a `/* */` comment that starts at `pos`, nesting as
+    /// scan.l's `xcdepth` does. Returns `false` if it never ends (`<xc><<EOF>>`).
     fn skip_block_comment(&mut self) -> bool {
         let mut depth = 0usize;
-        while self.pos < self.src.len() {
-            match (self.peek(0), self.peek(1)) {
-                (Some(b'/'), Some(b'*')) => {
+        self.pos += 2;
+        while let Some(b) = self.peek(0) {
+            match (b, self.peek(1)) {
+                (b'/', Some(b'*')) => {
                     depth += 1;
                     self.pos += 2;
                 }
-                (Some(b'*'), Some(b'/')) => {
-                    depth -= 1;
+                (b'*', Some(b'/')) => {
                     self.pos += 2;
-                    if depth == 0 {
-                        return true;
+                    match depth.checked_sub(1) {
+                        Some(d) => depth = d,
+                        None => return true,
                     }
                 }
                 _ => self.pos += 1,
@@ -123,16 +172,16 @@ impl<'a> Lexer<'a> {
         false
     }
 
-    /// Skips a quoted run that starts at `pos` (on the opening quote). A doubled quote
-    /// stands for itself; with `backslash_escapes`, `\x` never ends the run.
-    fn skip_quoted(&mut self, quote: u8, backslash_escapes: bool) -> bool {
-        self.pos += 1;
+    /// Reads a single-quoted string body from just after its opening quote up to and
+    /// including the closing quote, then any continuation segments (`{quotecontinue}`: a
+    /// quote after whitespace that holds a newline continues the same string, in the same
+    /// mode). Returns `false` if it never ends.
+    fn string_body(&mut self, mode: StringMode) -> bool {
         loop {
             let rest = self.rest();
-            let found = if backslash_escapes {
-                rest.iter().position(|&b| b == quote || b == b'\\')
-            } else {
-                memchr(quote, rest)
+            let found = match mode {
+                StringMode::Escape => rest.iter().position(|&b| b == b'\'' || b == b'\\'),
+                StringMode::Standard | StringMode::Bits => memchr(b'\'', rest),
             };
             let Some(i) = found else {
                 self.pos = self.src.len();
@@ -140,31 +189,69 @@ impl<'a> Lexer<'a> {
             };
             self.pos += i;
             if self.peek(0) == Some(b'\\') {
+                // `{xeescape}`, `{xeoctesc}`, `{xehexesc}`, `{xeunicode}`: the character
+                // after a backslash never ends the string; longer escapes hold no quote.
+                if self.peek(1).is_none() {
+                    self.pos = self.src.len();
+                    return false;
+                }
                 self.pos += 2;
                 continue;
             }
-            if self.peek(1) == Some(quote) {
+            // At a quote: `{xqdouble}` (not in bit strings), else the end of this segment.
+            if mode != StringMode::Bits && self.peek(1) == Some(b'\'') {
                 self.pos += 2;
                 continue;
             }
             self.pos += 1;
-            return true;
+            match self.continuation() {
+                Some(next) => self.pos = next + 1,
+                None => return true,
+            }
         }
     }
 
-    /// At a `$`: a dollar-quoted body (`$$...$$`, `$tag$...$tag$`) or a `$1` parameter.
+    /// `{quotecontinue}` after a closing quote: `{whitespace_with_newline}{quote}`, that is
+    /// horizontal space and `--` comments, a newline, then any whitespace or `--` comments
+    /// that end in a newline, then a quote. Returns the position of that quote.
+    fn continuation(&self) -> Option<usize> {
+        let src = self.src;
+        let mut i = self.pos;
+        let mut newline = false;
+        loop {
+            match src.get(i).copied() {
+                Some(b' ' | b'\t' | 0x0C | 0x0B) => i += 1,
+                Some(b'\n' | b'\r') => {
+                    newline = true;
+                    i += 1;
+                }
+                Some(b'-') if src.get(i + 1) == Some(&b'-') => {
+                    let end = src
+                        .get(i..)
+                        .unwrap_or_default()
+                        .iter()
+                        .position(|&b| b == b'\n' || b == b'\r')?;
+                    // A comment is part of the whitespace only up to its newline.
+                    i += end;
+                }
+                Some(b'\'') if newline => return Some(i),
+                _ => return None,
+            }
+        }
+    }
+
+    /// At a `$`: `{dolqdelim}` (a `$tag$` body that ends at the first identical tag),
+    /// `{param}` (`$1`), or `{dolqfailed}` / `{other}` (a lone `$`).
     fn dollar(&mut self) -> Token<'a> {
         let start = self.pos;
         let mut end = start + 1;
-        match self.src.get(end) {
-            Some(b) if b.is_ascii_digit() => {
-                while self.src.get(end).is_some_and(u8::is_ascii_digit) {
-                    end += 1;
-                }
-                self.pos = end;
-                return Token::Number;
+        if self.src.get(end).is_some_and(u8::is_ascii_digit) {
+            while self.src.get(end).is_some_and(u8::is_ascii_digit) {
+                end += 1;
             }
-            _ => {}
+            // `{param_junk}` is an error since PostgreSQL 15, two tokens before.
+            self.pos = end;
+            return Token::Number;
         }
         // A tag is an identifier without `$`; it may not start with a digit (handled above).
         while self
@@ -175,12 +262,14 @@ impl<'a> Lexer<'a> {
             end += 1;
         }
         if self.src.get(end) != Some(&b'$') {
-            // A lone `$` is not valid SQL; treat it as punctuation.
+            // `{dolqfailed}`: the `$` alone is `{other}`; the rest is read again.
             self.pos = start + 1;
             return Token::Other;
         }
         let tag = self.src.get(start..=end).unwrap_or_default();
         let body_start = end + 1;
+        // Every `$` in the body starts a token in `<xdolq>`, and a `{dolqdelim}` there is the
+        // longest `$ident$` at that `$`: so the body ends at the first occurrence of the tag.
         match find(self.src.get(body_start..).unwrap_or_default(), tag) {
             Some(i) => {
                 self.pos = body_start + i + tag.len();
@@ -193,6 +282,9 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// `{identifier}`, or a one-letter string prefix: `{xbstart}`, `{xhstart}`, `{xnstart}`,
+    /// `{xestart}`, `{xusstart}`, `{xuistart}` (and `{xufailed}`, which is the identifier
+    /// `u` followed by `&`).
     fn word(&mut self) -> Token<'a> {
         let start = self.pos;
         let rest = self.rest();
@@ -204,18 +296,33 @@ impl<'a> Lexer<'a> {
         if word.len() != 1 {
             return Token::Word(word);
         }
-        // String prefixes: E'..' (backslash escapes), B'..', X'..', N'..', U&'..' / U&"..".
         match (word, self.peek(0)) {
-            ([b'e' | b'E'], Some(b'\'')) => self.literal(true),
-            ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => self.literal(false),
+            ([b'e' | b'E'], Some(b'\'')) => self.literal(StringMode::Escape),
+            ([b'b' | b'B' | b'x' | b'X'], Some(b'\'')) => self.literal(StringMode::Bits),
+            // `{xnstart}` eats only the `n`; the string after it is a plain `{xqstart}`.
+            ([b'n' | b'N'], Some(b'\'')) => self.literal(self.plain_mode()),
             ([b'u' | b'U'], Some(b'&')) => match self.peek(1) {
                 Some(b'\'') => {
+                    // `{xusstart}`: `<xus>` reads like `<xq>` (an error with
+                    // standard_conforming_strings off, wherever it ends).
                     self.pos += 1;
-                    self.literal(false)
+                    match self.literal(StringMode::Standard) {
+                        Token::Literal => {
+                            self.uescape();
+                            Token::Literal
+                        }
+                        other => other,
+                    }
                 }
                 Some(b'"') => {
                     self.pos += 1;
-                    self.quoted_ident()
+                    match self.quoted_ident() {
+                        Token::QuotedIdent(body) => Token::UnicodeIdent {
+                            body,
+                            escape: self.uescape(),
+                        },
+                        other => other,
+                    }
                 }
                 _ => Token::Word(word),
             },
@@ -223,52 +330,179 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn literal(&mut self, backslash_escapes: bool) -> Token<'a> {
-        if self.skip_quoted(b'\'', backslash_escapes) {
+    /// The mode of a plain `'...'` string: `<xq>`, or `<xe>` with standard_conforming_strings
+    /// off (scan.l's `{xqstart}` action).
+    #[inline]
+    fn plain_mode(&self) -> StringMode {
+        if self.standard_strings {
+            StringMode::Standard
+        } else {
+            StringMode::Escape
+        }
+    }
+
+    /// After a `U&` string or identifier: the grammar's `UESCAPE 'c'` clause (taken in by
+    /// parser.c's look-ahead, with any whitespace or comments between). Consumes it when
+    /// present and returns the escape character: `\` without a clause, 0 when the clause is
+    /// there but its string is not one plain character (the server rejects most such
+    /// clauses; the classifier treats the name as unknown).
+    fn uescape(&mut self) -> u8 {
+        let saved = self.pos;
+        let mut ahead = Lexer {
+            src: self.src,
+            pos: self.pos,
+            standard_strings: self.standard_strings,
+        };
+        if !ahead.leading_comments(|_| {}) {
+            return b'\\';
+        }
+        match ahead.next() {
+            Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"uescape") => {}
+            _ => {
+                self.pos = saved;
+                return b'\\';
+            }
+        }
+        if !ahead.leading_comments(|_| {}) {
+            self.pos = ahead.pos;
+            return 0;
+        }
+        let string_start = ahead.pos;
+        let token = ahead.next();
+        self.pos = ahead.pos;
+        match (token, self.src.get(string_start..ahead.pos)) {
+            (Some(Token::Literal), Some([b'\'', c, b'\'']))
+                if *c != b'\\' || self.standard_strings =>
+            {
+                *c
+            }
+            _ => 0,
+        }
+    }
+
+    fn literal(&mut self, mode: StringMode) -> Token<'a> {
+        self.pos += 1; // the opening quote
+        if self.string_body(mode) {
             Token::Literal
         } else {
             Token::Unterminated
         }
     }
 
+    /// `{xdstart}` ... `{xdstop}`: a quoted identifier that starts at `pos` (on the quote);
+    /// `{xddouble}` stands for one quote.
     fn quoted_ident(&mut self) -> Token<'a> {
         let start = self.pos + 1;
-        if self.skip_quoted(b'"', false) {
-            let end = self.pos.saturating_sub(1);
-            Token::QuotedIdent(self.src.get(start..end).unwrap_or_default())
-        } else {
-            Token::Unterminated
+        self.pos = start;
+        loop {
+            let Some(i) = memchr(b'"', self.rest()) else {
+                self.pos = self.src.len();
+                return Token::Unterminated;
+            };
+            self.pos += i;
+            if self.peek(1) == Some(b'"') {
+                self.pos += 2;
+                continue;
+            }
+            let end = self.pos;
+            self.pos += 1;
+            return Token::QuotedIdent(self.src.get(start..end).unwrap_or_default());
         }
     }
 
+    /// `{decinteger}`, `{hexinteger}`, `{octinteger}`, `{bininteger}`, `{numeric}`, `{real}`.
+    /// The `*_junk` and `*fail` rules are errors since PostgreSQL 15; before, the letters
+    /// after a number were a token of their own (`1e'...'` was `1` and `E'...'`), so the
+    /// lexer stops the number where a valid one stops and reads on from there.
     fn number(&mut self) -> Token<'a> {
-        // Digits, a decimal point, exponents and `_` separators; precision is irrelevant.
-        while let Some(b) = self.peek(0) {
-            let exponent_sign = (b == b'+' || b == b'-')
-                && matches!(
-                    self.pos.checked_sub(1).and_then(|i| self.src.get(i)),
-                    Some(b'e' | b'E')
-                );
-            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || exponent_sign {
+        let digits = |lexer: &mut Self, radix_ok: fn(u8) -> bool| {
+            let start = lexer.pos;
+            while let Some(b) = lexer.peek(0) {
+                if radix_ok(b) || (b == b'_' && lexer.peek(1).is_some_and(radix_ok)) {
+                    lexer.pos += 1;
+                } else {
+                    break;
+                }
+            }
+            lexer.pos > start
+        };
+        if self.peek(0) == Some(b'0') {
+            let radix: Option<fn(u8) -> bool> = match self.peek(1) {
+                Some(b'x' | b'X') => Some(|b: u8| b.is_ascii_hexdigit()),
+                Some(b'o' | b'O') => Some(|b: u8| (b'0'..=b'7').contains(&b)),
+                Some(b'b' | b'B') => Some(|b: u8| b == b'0' || b == b'1'),
+                _ => None,
+            };
+            if let Some(ok) = radix {
+                let at = self.pos;
+                self.pos += 2;
+                if self.peek(0) == Some(b'_') {
+                    self.pos += 1;
+                }
+                if digits(self, ok) {
+                    return Token::Number;
+                }
+                self.pos = at; // `{hexfail}` and kin: `0`, then the rest read again
+            }
+        }
+        let integer = digits(self, |b| b.is_ascii_digit());
+        // `{numericfail}`: `1..` is an integer followed by `..`.
+        if self.peek(0) == Some(b'.') && self.peek(1) != Some(b'.') {
+            let at = self.pos;
+            self.pos += 1;
+            let fraction = digits(self, |b| b.is_ascii_digit());
+            if !integer && !fraction {
+                self.pos = at;
+                return Token::Dot;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek(0) {
+            let at = self.pos;
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek(0) {
                 self.pos += 1;
-            } else {
-                break;
+            }
+            if !digits(self, |b| b.is_ascii_digit()) {
+                self.pos = at; // `{realfail}`
             }
         }
         Token::Number
     }
 
+    /// `{operator}`: a run of `op_chars`, cut before an embedded `/*` or `--`, and without
+    /// trailing `+`/`-` unless the run holds one of `~!@#^&|\`?%`. A single character that
+    /// is also in `self` stays that character.
     fn operator(&mut self) -> Token<'a> {
-        // An operator run ends before a comment start, as in PostgreSQL's lexer.
-        while let Some(b) = self.peek(0) {
-            let comment = matches!((b, self.peek(1)), (b'-', Some(b'-')) | (b'/', Some(b'*')));
+        let start = self.pos;
+        let mut end = start;
+        while let Some(&b) = self.src.get(end) {
+            let next = self.src.get(end + 1).copied();
+            let comment = matches!((b, next), (b'-', Some(b'-')) | (b'/', Some(b'*')));
             if is_operator_byte(b) && !comment {
-                self.pos += 1;
+                end += 1;
             } else {
                 break;
             }
         }
-        Token::Other
+        let run = self.src.get(start..end).unwrap_or_default();
+        let mut len = run.len();
+        if len > 1 && matches!(run.last(), Some(b'+' | b'-')) {
+            let special = run.iter().any(|b| {
+                matches!(
+                    b,
+                    b'~' | b'!' | b'@' | b'#' | b'^' | b'&' | b'|' | b'`' | b'?' | b'%'
+                )
+            });
+            if !special {
+                while len > 1 && matches!(run.get(len - 1), Some(b'+' | b'-')) {
+                    len -= 1;
+                }
+            }
+        }
+        // Never empty: the caller saw an operator byte that starts no comment.
+        let len = len.max(1);
+        self.pos = start + len;
+        Token::Op(self.src.get(start..start + len).unwrap_or_default())
     }
 }
 
@@ -294,7 +528,7 @@ impl<'a> Iterator for Lexer<'a> {
                     }
                     Token::Unterminated
                 }
-                b'\'' => self.literal(false),
+                b'\'' => self.literal(self.plain_mode()),
                 b'"' => self.quoted_ident(),
                 b'$' => self.dollar(),
                 b'(' => self.single(Token::LParen),
@@ -305,9 +539,14 @@ impl<'a> Iterator for Lexer<'a> {
                     self.pos += 2;
                     Token::Cast
                 }
+                b':' | b'[' | b']' => {
+                    self.pos += 1;
+                    Token::Op(self.src.get(self.pos - 1..self.pos).unwrap_or_default())
+                }
                 b'.' if self.peek(1).is_some_and(|d| d.is_ascii_digit()) => self.number(),
                 b'.' => self.single(Token::Dot),
                 b'0'..=b'9' => self.number(),
+                0 => self.single(Token::Nul),
                 b if is_operator_byte(b) => self.operator(),
                 _ => self.single(Token::Other),
             };
@@ -336,33 +575,37 @@ static CLASSES: [u8; 256] = {
     while b < 256 {
         let c = b as u8;
         let mut class = 0;
-        if c.is_ascii_whitespace() || c == 0x0B {
+        // scan.l `{space}`, plus `\v` (PostgreSQL 16's `{space}`).
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0C | 0x0B) {
             class |= SPACE;
         }
+        // `ident_start`: `[A-Za-z\200-\377_]`.
         if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             class |= IDENT_START | IDENT;
         }
+        // `ident_cont` adds `[0-9\$]`.
         if c.is_ascii_digit() || c == b'$' {
             class |= IDENT;
         }
+        // `op_chars`: `[\~\!\@\#\^\&\|\`\?\+\-\*\/\%\<\>\=]`.
         if matches!(
             c,
-            b'+' | b'-'
-                | b'*'
-                | b'/'
-                | b'<'
-                | b'>'
-                | b'='
-                | b'~'
-                | b'!'
+            b'~' | b'!'
                 | b'@'
                 | b'#'
-                | b'%'
                 | b'^'
                 | b'&'
                 | b'|'
                 | b'`'
                 | b'?'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+                | b'%'
+                | b'<'
+                | b'>'
+                | b'='
         ) {
             class |= OPERATOR;
         }
@@ -398,10 +641,147 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
+    let (&first, tail) = needle.split_first()?;
+    let mut from = 0;
+    // Jump from `$` to `$` rather than comparing at every byte: bounded by the body's length
+    // times the tag's, and most bodies hold few `$`.
+    while let Some(i) = haystack.get(from..).and_then(|h| memchr(first, h)) {
+        let at = from + i;
+        if haystack.get(at + 1..at + 1 + tail.len()) == Some(tail) {
+            return Some(at);
+        }
+        from = at + 1;
     }
-    haystack.windows(needle.len()).position(|w| w == needle)
+    None
+}
+
+/// The longest prefix of `name` that PostgreSQL keeps of an identifier (`NAMEDATALEN - 1`,
+/// 63 bytes), cut at a character boundary as `truncate_identifier` does for UTF-8.
+pub(crate) fn truncate_identifier(name: &[u8]) -> &[u8] {
+    const MAX: usize = 63;
+    if name.len() <= MAX {
+        return name;
+    }
+    let mut end = MAX;
+    while end > 0 && name.get(end).is_some_and(|b| b & 0xC0 == 0x80) {
+        end -= 1;
+    }
+    name.get(..end).unwrap_or_default()
+}
+
+/// The name an identifier token stands for, as PostgreSQL resolves it, written into `buf`:
+/// unquoted words fold ASCII letters to lowercase (`downcase_identifier` for UTF-8), quoted
+/// ones are exact with doubled quotes undone, `U&` ones have their escapes decoded
+/// (`str_udeescape`); all are cut to 63 bytes. `None` for a token that names nothing or a
+/// `U&` name that cannot be decoded.
+pub(crate) fn identifier<'b>(token: Token<'_>, buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
+    let mut len = 0usize;
+    let mut push = |b: u8, len: &mut usize| -> bool {
+        // Keep one byte beyond 63 so the cut below can see a character boundary.
+        if let Some(slot) = buf.get_mut(*len) {
+            *slot = b;
+            *len += 1;
+            true
+        } else {
+            false
+        }
+    };
+    match token {
+        Token::Word(word) => {
+            for &b in word {
+                if !push(b.to_ascii_lowercase(), &mut len) {
+                    break;
+                }
+            }
+        }
+        Token::QuotedIdent(body) => {
+            let mut bytes = body.iter();
+            while let Some(&b) = bytes.next() {
+                if b == b'"' {
+                    bytes.next(); // `""` stands for one quote
+                }
+                if !push(b, &mut len) {
+                    break;
+                }
+            }
+        }
+        Token::UnicodeIdent { body, escape } => {
+            if escape == 0 {
+                return None;
+            }
+            let mut rest = body;
+            let mut pending_high: Option<u32> = None;
+            while let Some((&b, tail)) = rest.split_first() {
+                rest = tail;
+                let b = if b == b'"' {
+                    rest = rest.get(1..).unwrap_or_default();
+                    b'"'
+                } else {
+                    b
+                };
+                if b != escape {
+                    if pending_high.is_some() {
+                        return None;
+                    }
+                    if !push(b, &mut len) {
+                        break;
+                    }
+                    continue;
+                }
+                // `\\`, `\XXXX` or `\+XXXXXX`.
+                let code = match rest.first() {
+                    Some(&c) if c == escape => {
+                        rest = rest.get(1..).unwrap_or_default();
+                        if pending_high.is_some() || !push(escape, &mut len) {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Some(b'+') => {
+                        let code = hex(rest.get(1..7)?)?;
+                        rest = rest.get(7..).unwrap_or_default();
+                        code
+                    }
+                    _ => {
+                        let code = hex(rest.get(..4)?)?;
+                        rest = rest.get(4..).unwrap_or_default();
+                        code
+                    }
+                };
+                let code = match (pending_high.take(), code) {
+                    (None, 0xD800..=0xDBFF) => {
+                        pending_high = Some(code);
+                        continue;
+                    }
+                    (Some(high), 0xDC00..=0xDFFF) => {
+                        0x10000 + ((high - 0xD800) << 10) + (code - 0xDC00)
+                    }
+                    (Some(_), _) | (None, 0xDC00..=0xDFFF) => return None,
+                    (None, code) => code,
+                };
+                let c = char::from_u32(code).filter(|&c| c != '\0')?;
+                let mut utf8 = [0u8; 4];
+                for &b in c.encode_utf8(&mut utf8).as_bytes() {
+                    if !push(b, &mut len) {
+                        break;
+                    }
+                }
+            }
+            if pending_high.is_some() {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    let name = buf.get(..len)?;
+    Some(truncate_identifier(name))
+}
+
+fn hex(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0u32, |acc, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(acc * 16 + v)
+    })
 }
 
 #[cfg(test)]
@@ -411,6 +791,15 @@ mod tests {
 
     fn tokens(sql: &str) -> Vec<Token<'_>> {
         Lexer::new(sql).collect()
+    }
+
+    fn tokens_scs_off(sql: &str) -> Vec<Token<'_>> {
+        Lexer::with_settings(sql, false).collect()
+    }
+
+    fn name(token: Token<'_>) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        identifier(token, &mut buf).map(<[u8]>::to_vec)
     }
 
     #[test]
@@ -434,49 +823,276 @@ mod tests {
         );
     }
 
+    /// scan.l `{identifier}`: `ident_start` then `ident_cont`, which holds `$` and digits;
+    /// bytes from 0x80 up are letters.
     #[test]
-    fn comments_are_skipped_and_nest() {
+    fn rule_identifier() {
+        assert_eq!(
+            tokens("a$b _x1 ñame"),
+            vec![Word(b"a$b"), Word(b"_x1"), Word("ñame".as_bytes())]
+        );
+        assert_eq!(name(Word(b"NextVal")), Some(b"nextval".to_vec()));
+        // `downcase_identifier` folds ASCII only in UTF-8.
+        assert_eq!(name(Word("ÉA".as_bytes())), Some("Éa".as_bytes().to_vec()));
+    }
+
+    /// scan.l `{comment}`: `"--"{non_newline}*` where `non_newline` is `[^\n\r]`.
+    #[test]
+    fn rule_comment_ends_at_newline_or_carriage_return() {
         assert_eq!(tokens("a -- update\n b"), vec![Word(b"a"), Word(b"b")]);
+        assert_eq!(tokens("a -- update\r b"), vec![Word(b"a"), Word(b"b")]);
+        assert_eq!(tokens("a -- x\x0b for update"), vec![Word(b"a")]);
+        assert_eq!(tokens("a--b"), vec![Word(b"a")]);
+    }
+
+    /// scan.l `{xcstart}`, `<xc>{xcstart}` (depth + 1), `<xc>{xcstop}`, `<xc><<EOF>>`.
+    #[test]
+    fn rule_xc_nested_comments() {
         assert_eq!(
             tokens("a /* x /* update */ still comment */ b"),
             vec![Word(b"a"), Word(b"b")]
         );
         assert_eq!(tokens("a /* never ends"), vec![Word(b"a"), Unterminated]);
-        assert_eq!(tokens("a--b"), vec![Word(b"a")]);
-        assert_eq!(tokens("1-/**/-2"), vec![Number, Other, Other, Number]);
+        assert_eq!(tokens("a /* /* */ b"), vec![Word(b"a"), Unterminated]);
+        assert_eq!(
+            tokens("a /**/ b /***/ c /*/ d */ e"),
+            vec![Word(b"a"), Word(b"b"), Word(b"c"), Word(b"e")]
+        );
+        // `{operator}` stops before a comment start.
+        assert_eq!(tokens("1-/**/-2"), vec![Number, Op(b"-"), Op(b"-"), Number]);
+        assert_eq!(tokens("1 +/* c */2"), vec![Number, Op(b"+"), Number]);
     }
 
+    /// scan.l `{space}`: `[ \t\n\r\f]` (and `\v` since PostgreSQL 16).
     #[test]
-    fn strings_hide_their_content() {
+    fn rule_space() {
+        assert_eq!(tokens("a\t\n\r\x0c\x0bb"), vec![Word(b"a"), Word(b"b")]);
+    }
+
+    /// scan.l `{xqstart}` with standard_conforming_strings on: `<xq>`, where only `''`
+    /// stands for a quote and a backslash is an ordinary character.
+    #[test]
+    fn rule_xq_standard_strings() {
         assert_eq!(tokens("'it''s; update'"), vec![Literal]);
-        assert_eq!(tokens(r"E'it\'s; update' x"), vec![Literal, Word(b"x")]);
-        // In a standard string a backslash is just a character.
         assert_eq!(tokens(r"'a\' x"), vec![Literal, Word(b"x")]);
         assert_eq!(tokens("'never ends"), vec![Unterminated]);
-        assert_eq!(tokens("U&'d\\0061t' x"), vec![Literal, Word(b"x")]);
-        assert_eq!(tokens("B'101' X'ff'"), vec![Literal, Literal]);
     }
 
+    /// scan.l `{xqstart}` with standard_conforming_strings off: `<xe>`, backslash escapes.
     #[test]
-    fn dollar_quotes_and_parameters() {
-        assert_eq!(tokens("$$ update; $$ x"), vec![Literal, Word(b"x")]);
+    fn rule_xqstart_without_standard_conforming_strings() {
+        assert_eq!(tokens_scs_off(r"'a\' x"), vec![Unterminated]);
         assert_eq!(
-            tokens("$fn$ a $$ b $fn$ x"),
-            vec![Literal, Word(b"x")],
-            "an inner $$ does not end a tagged body"
+            tokens_scs_off(r"'a\' , f(1) --' x"),
+            vec![Literal, Word(b"x")]
         );
-        assert_eq!(tokens("$1 $23"), vec![Number, Number]);
-        assert_eq!(tokens("$a$ never"), vec![Unterminated]);
-        assert_eq!(tokens("a$b"), vec![Word(b"a$b")]);
+        assert_eq!(
+            tokens(r"'a\' , f(1) --' x"),
+            vec![Literal, Comma, Word(b"f"), LParen, Number, RParen]
+        );
+        assert_eq!(tokens_scs_off(r"'a\\' x"), vec![Literal, Word(b"x")]);
+        // `{xnstart}` eats only the `n`: the string after it follows the setting too.
+        assert_eq!(tokens_scs_off(r"N'a\' x' y"), vec![Literal, Word(b"y")]);
+        assert_eq!(
+            tokens(r"N'a\' z' y"),
+            vec![Literal, Word(b"z"), Unterminated]
+        );
+        // ... and `x'` there starts a hexadecimal string (`{xhstart}`), as in the server.
+        assert_eq!(tokens(r"N'a\' x' y"), vec![Literal, Unterminated]);
     }
 
+    /// scan.l `{xestart}`: `<xe>` with `{xeescape}`, `{xeoctesc}`, `{xehexesc}`, `{xeunicode}`.
     #[test]
-    fn quoted_identifiers() {
+    fn rule_xe_escape_strings() {
+        assert_eq!(tokens(r"E'it\'s; update' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens(r"e'\\' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens(r"E'\x27\047\u0027' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens(r"E'ends with \"), vec![Unterminated]);
+        assert_eq!(tokens(r"E'\"), vec![Unterminated]);
+    }
+
+    /// scan.l `{xbstart}` / `{xhstart}`: `[^']*` then the first quote ends the body; there is
+    /// no `{xqdouble}` in `<xb>` and `<xh>`.
+    #[test]
+    fn rule_xb_xh_bit_strings() {
+        assert_eq!(tokens("B'101' X'ff'"), vec![Literal, Literal]);
+        assert_eq!(tokens(r"b'1\' x"), vec![Literal, Word(b"x")]);
+        // `B'1'` then a new plain string `' , f(1) , '`.
+        assert_eq!(
+            tokens_scs_off(r"B'1''\' , f(1) --'"),
+            vec![Literal, Literal]
+        );
+    }
+
+    /// scan.l `{quotecontinue}`: a quote after whitespace holding a newline continues the
+    /// string in the same state (so an `E''` string's continuation reads escapes too).
+    #[test]
+    fn rule_quotecontinue() {
+        assert_eq!(tokens("'a'\n'b' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens("'a' -- c\n 'b' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(
+            tokens("'a' 'b'"),
+            vec![Literal, Literal],
+            "no newline: two strings"
+        );
+        assert_eq!(
+            tokens("'a' /* c */\n'b'"),
+            vec![Literal, Literal],
+            "block comments do not continue"
+        );
+        assert_eq!(tokens("E'a'\n'\\' , f(1) --' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(
+            tokens("'a'\n'\\' , f(1) --' x"),
+            vec![Literal, Comma, Word(b"f"), LParen, Number, RParen]
+        );
+        assert_eq!(tokens("'a'\r\n\t'b'"), vec![Literal]);
+    }
+
+    /// scan.l `{dolqdelim}`, `<xdolq>{dolqdelim}` (a different tag is text), `{dolqfailed}`.
+    #[test]
+    fn rule_dollar_quotes() {
+        assert_eq!(tokens("$$ update; $$ x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens("$fn$ a $$ b $fn$ x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens("$b$ $a$b$ x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens("$a$ never"), vec![Unterminated]);
+        assert_eq!(tokens("$é$ x $é$ y"), vec![Literal, Word(b"y")]);
+        assert_eq!(tokens("$ x"), vec![Other, Word(b"x")]);
+        assert_eq!(tokens("$a x"), vec![Other, Word(b"a"), Word(b"x")]);
+        // A tag cannot start with a digit; after a number a `$` starts a quote.
+        assert_eq!(tokens("1$a$ x $a$ y"), vec![Number, Literal, Word(b"y")]);
+    }
+
+    /// scan.l `{param}` (and `{param_junk}`, an error since 15, two tokens before).
+    #[test]
+    fn rule_param() {
+        assert_eq!(tokens("$1 $23"), vec![Number, Number]);
+        assert_eq!(tokens("$1for"), vec![Number, Word(b"for")]);
+    }
+
+    /// scan.l `{xdstart}`, `{xddouble}`, `{xdstop}`, `<xd><<EOF>>`; names are exact and cut at
+    /// 63 bytes (`truncate_identifier`).
+    #[test]
+    fn rule_xd_quoted_identifiers() {
         assert_eq!(
             tokens(r#""Update" "a""b""#),
             vec![QuotedIdent(b"Update"), QuotedIdent(b"a\"\"b")]
         );
         assert_eq!(tokens(r#""open"#), vec![Unterminated]);
+        assert_eq!(name(QuotedIdent(b"a\"\"b")), Some(b"a\"b".to_vec()));
+        assert_eq!(name(QuotedIdent(b"NextVal")), Some(b"NextVal".to_vec()));
+        let long = format!("{}x", "é".repeat(31)); // 62 bytes of é, then x: 63
+        assert_eq!(
+            name(QuotedIdent(long.as_bytes())).map(|n| n.len()),
+            Some(63)
+        );
+        let longer = "é".repeat(40); // 80 bytes: cut to 62 at a character boundary
+        assert_eq!(
+            name(QuotedIdent(longer.as_bytes())).map(|n| n.len()),
+            Some(62)
+        );
+        let words = "a".repeat(70);
+        assert_eq!(name(Word(words.as_bytes())).map(|n| n.len()), Some(63));
+    }
+
+    /// scan.l `{xuistart}` and parser.c's `UESCAPE` look-ahead with `str_udeescape`.
+    #[test]
+    fn rule_xui_unicode_identifiers() {
+        let t = tokens(r#"U&"\0070g_advisory_lock"(1)"#);
+        assert_eq!(
+            t[0],
+            UnicodeIdent {
+                body: br"\0070g_advisory_lock",
+                escape: b'\\'
+            }
+        );
+        assert_eq!(t[1], LParen);
+        assert_eq!(name(t[0]), Some(b"pg_advisory_lock".to_vec()));
+        let t = tokens(
+            r#"u&"!0070g_sleep" /* c */ UESCAPE -- c
+            '!' (1)"#,
+        );
+        assert_eq!(
+            t[0],
+            UnicodeIdent {
+                body: b"!0070g_sleep",
+                escape: b'!'
+            }
+        );
+        assert_eq!(t[1], LParen);
+        assert_eq!(name(t[0]), Some(b"pg_sleep".to_vec()));
+        assert_eq!(
+            name(tokens(r#"U&"a\+000062\\""""#)[0]),
+            Some(br#"ab\""#.to_vec())
+        );
+        assert_eq!(
+            name(tokens(r#"U&"\D83D\DE00""#)[0]),
+            Some("😀".as_bytes().to_vec())
+        );
+        assert_eq!(
+            name(tokens(r#"U&"\D83Dx""#)[0]),
+            None,
+            "a lone surrogate is an error"
+        );
+        assert_eq!(name(tokens(r#"U&"\00""#)[0]), None);
+        assert_eq!(name(tokens(r#"U&"x" UESCAPE 'ab'"#)[0]), None);
+        // `{xufailed}`: `u&` not followed by a quote is the identifier `u` and `&`.
+        assert_eq!(tokens("u&x"), vec![Word(b"u"), Op(b"&"), Word(b"x")]);
+    }
+
+    /// scan.l `{xusstart}`: `<xus>` reads like `<xq>`; an optional `UESCAPE` string follows.
+    #[test]
+    fn rule_xus_unicode_strings() {
+        assert_eq!(tokens(r"U&'d\0061t\+000061' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens(r"U&'a\' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(tokens("U&'!0061' UESCAPE '!' x"), vec![Literal, Word(b"x")]);
+        assert_eq!(
+            tokens("U&'a'\n'b' UESCAPE '!' , x"),
+            vec![Literal, Comma, Word(b"x")]
+        );
+    }
+
+    /// scan.l `{decinteger}`, `{numeric}`, `{real}`, `{hexinteger}`, `{numericfail}`,
+    /// `{realfail}` and the `*_junk` rules (letters after a number are a token of their own,
+    /// as before PostgreSQL 15).
+    #[test]
+    fn rule_numbers() {
+        assert_eq!(
+            tokens("1 1.5 .5 1e5 1.5E-3 1_000 0x1F 0o17 0b101"),
+            vec![Number; 9]
+        );
+        assert_eq!(tokens("1..5"), vec![Number, Dot, Number]);
+        assert_eq!(
+            tokens("1for update"),
+            vec![Number, Word(b"for"), Word(b"update")]
+        );
+        assert_eq!(tokens(r"1e'\' x'"), vec![Number, Literal]);
+        assert_eq!(tokens("1e"), vec![Number, Word(b"e")]);
+        assert_eq!(tokens("0x"), vec![Number, Word(b"x")]);
+        assert_eq!(tokens("0x'ff'"), vec![Number, Literal]);
+        assert_eq!(tokens("1.x"), vec![Number, Word(b"x")]);
+    }
+
+    /// scan.l `{operator}` and `{self}`: embedded comment starts cut the run; trailing `+`/`-`
+    /// are dropped unless the run holds a non-SQL operator character.
+    #[test]
+    fn rule_operator() {
+        assert_eq!(tokens("a ### b"), vec![Word(b"a"), Op(b"###"), Word(b"b")]);
+        assert_eq!(tokens("a=-1"), vec![Word(b"a"), Op(b"="), Op(b"-"), Number]);
+        assert_eq!(tokens("a?-1"), vec![Word(b"a"), Op(b"?-"), Number]);
+        assert_eq!(tokens("a<>b"), vec![Word(b"a"), Op(b"<>"), Word(b"b")]);
+        assert_eq!(
+            tokens("a[1]:b"),
+            vec![Word(b"a"), Op(b"["), Number, Op(b"]"), Op(b":"), Word(b"b")]
+        );
+        assert_eq!(
+            tokens("a @-- c\n b"),
+            vec![Word(b"a"), Op(b"@"), Word(b"b")]
+        );
+    }
+
+    #[test]
+    fn nul_is_a_token_of_its_own() {
+        assert_eq!(tokens("a\0b"), vec![Word(b"a"), Nul, Word(b"b")]);
     }
 
     #[test]
@@ -499,5 +1115,19 @@ mod tests {
                 Word("ñame".as_bytes())
             ]
         );
+    }
+
+    /// Bounded time on hostile input: many `$` in a dollar body, deep comment nesting.
+    #[test]
+    fn linear_on_hostile_input() {
+        let body = "$a".repeat(100_000);
+        let sql = format!("$ab${body}");
+        let start = std::time::Instant::now();
+        assert_eq!(tokens(&sql), vec![Unterminated]);
+        let nested = "/*".repeat(100_000);
+        assert_eq!(tokens(&nested), vec![Unterminated]);
+        let quotes = "'\n".repeat(100_000);
+        let _ = tokens(&quotes);
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 }
