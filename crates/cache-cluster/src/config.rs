@@ -137,6 +137,7 @@ impl Default for CircuitConfig {
 ///     r#"{ "urls": ["redis://127.0.0.1:7000"], "response_timeout": "100ms", "read_from_replicas": true }"#,
 /// ).unwrap();
 /// assert_eq!(config.retries, 2);
+/// assert_eq!(config.failover_timeout, None); // the cluster's node timeout decides
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -165,6 +166,20 @@ pub struct RedisConfig {
     /// resharding; errors trigger an immediate re-read as well. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub topology_refresh_interval: Duration,
+    /// How long a cluster command keeps retrying errors that a failover explains (`MOVED`,
+    /// `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `LOADING`, refused, reset or
+    /// timed-out connections), counted from its first such error, before the call fails with
+    /// [`Error::FailoverTimeout`](crate::Error::FailoverTimeout) (and fail-open takes over).
+    /// Retries pause 25 ms, doubling up to 250 ms, and ask the topology watcher for a fresh
+    /// slot map; other errors fail at once. `0s` turns the wait off (fail open at the first
+    /// error, as the circuit then decides). Cluster only.
+    ///
+    /// Default (`None`): 1.5 times the cluster's `cluster-node-timeout` (read with `CONFIG GET`
+    /// at connect; Redis' default of 15 s when the cluster does not say) plus 2 s, about the
+    /// longest a replica takes to replace a dead master: 5 s for a 2 s node timeout, 24.5 s
+    /// for Redis' default.
+    #[serde(with = "humantime_serde")]
+    pub failover_timeout: Option<Duration>,
     /// Multiplexed cluster connections, used in turn (cluster only; each one talks to every
     /// node). One connection already pipelines every concurrent request; more can pay when
     /// many tasks wait on the same node on an otherwise idle machine (in the `cache`
@@ -183,6 +198,7 @@ impl Default for RedisConfig {
             retries: 2,
             read_from_replicas: false,
             topology_refresh_interval: Duration::from_secs(1),
+            failover_timeout: None,
             connections: 1,
         }
     }

@@ -30,6 +30,27 @@ pub enum Error {
         #[source]
         source: Arc<redis::RedisError>,
     },
+    /// A cluster command kept meeting errors a failover explains (redirects, `CLUSTERDOWN`, a
+    /// dead or unreachable master) for the whole
+    /// [`failover_timeout`](crate::RedisConfig::failover_timeout) without the cluster getting a
+    /// new master for the key's slot.
+    #[error(
+        "{backend} {operation} on {target}: no master took over within the failover wait \
+         ({waited:?}); last error: {source}"
+    )]
+    FailoverTimeout {
+        /// `"redis-cluster"`.
+        backend: &'static str,
+        /// The command, e.g. `"GET"`.
+        operation: &'static str,
+        /// The node serving the key's slot when known, else the slot.
+        target: String,
+        /// How long the command waited.
+        waited: std::time::Duration,
+        /// The last error met.
+        #[source]
+        source: Arc<redis::RedisError>,
+    },
     /// The backend was skipped because the circuit is open after consecutive failures.
     #[error("{operation} skipped: cache backend circuit is open after consecutive failures")]
     CircuitOpen {
@@ -63,6 +84,7 @@ impl Error {
             Self::Config { .. } => "config",
             Self::Backend { source, .. } if source.is_timeout() => "timeout",
             Self::Backend { .. } => "backend",
+            Self::FailoverTimeout { .. } => "failover_timeout",
             Self::CircuitOpen { .. } => "circuit_open",
             Self::Encode { .. } => "encode",
             Self::Load { .. } => "loader",

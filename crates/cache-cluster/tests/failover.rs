@@ -1,4 +1,5 @@
-//! SIGKILL a master of a cluster of our own while `get_or_load` runs steadily.
+//! SIGKILL a master of a cluster of our own while `get_or_load` runs steadily, with the
+//! failover wait turned off: calls fail open and the dead shard's circuit opens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -16,7 +17,13 @@ async fn killing_a_master_fails_no_call_and_hits_resume_after_failover() {
         .start()
         .await
         .unwrap();
-    let backend = Backend::cluster(RedisConfig::new(rc.urls())).await.unwrap();
+    // The failover wait off: this test is about failing open (per-shard circuits) when calls
+    // do fail; `tests/failover_wait.rs` drills the default, which waits the failover out.
+    let no_wait = RedisConfig {
+        failover_timeout: Some(Duration::ZERO),
+        ..RedisConfig::new(rc.urls())
+    };
+    let backend = Backend::cluster(no_wait).await.unwrap();
     // No L1: every hit must come from the cluster, so the measurement is about Redis.
     let config = CacheConfig {
         namespace: "failover".into(),
