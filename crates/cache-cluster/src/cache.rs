@@ -697,10 +697,17 @@ impl Inner {
         if !self.refreshing.lock().insert(key.clone()) {
             return;
         }
-        let inner = Arc::clone(self);
+        // Unmarks the key however the refresh ends: done, failed, a panicking loader (the task
+        // unwinds), or the task dropped with its runtime. Otherwise the key would stay marked
+        // and never be refreshed again.
+        let refresh = Refreshing {
+            inner: Arc::clone(self),
+            key,
+        };
         tokio::spawn(async move {
-            let result = inner
-                .clone()
+            let inner = &refresh.inner;
+            let key = &refresh.key;
+            let result = Arc::clone(inner)
                 .load_and_store(key.clone(), ttl, loader, LockMode::Skip)
                 .await;
             if let Err(error) = result {
@@ -709,7 +716,7 @@ impl Inner {
             } else {
                 inner.publish(vec![key.clone()]).await;
             }
-            inner.refreshing.lock().remove(&key);
+            drop(refresh);
         });
     }
 
@@ -868,9 +875,80 @@ impl Inner {
     }
 }
 
+/// A key marked as refreshing in the background; dropping this unmarks it.
+struct Refreshing {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.inner.refreshing.lock().remove(&self.key);
+    }
+}
+
 enum LockOutcome<T> {
     Held(String),
     NotUsed,
     ValueArrived(Option<T>),
     Skipped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_background_refresh_does_not_leave_its_key_marked() {
+        let config = CacheConfig {
+            l1: None,
+            stale_ttl: Duration::from_secs(60),
+            ..CacheConfig::default()
+        };
+        let cache = Cache::builder(Backend::memory())
+            .config(config)
+            .build()
+            .await
+            .unwrap();
+        cache
+            .set("k", &1u32, Duration::from_millis(20))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // Stale: the old value comes back and a refresh starts in the background; its loader
+        // panics.
+        let value = cache
+            .get_or_load("k", Duration::from_secs(60), || async {
+                if true {
+                    panic!("loader bug");
+                }
+                Ok::<_, std::io::Error>(Some(2u32))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, Some(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.inner.refreshing.lock().contains("k") {
+            assert!(
+                Instant::now() < deadline,
+                "the key stayed marked as refreshing"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // So the next stale read refreshes it again.
+        let value = cache
+            .get_or_load("k", Duration::from_secs(60), || async {
+                Ok::<_, std::io::Error>(Some(3u32))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, Some(1), "still the stale value, refreshed behind it");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get::<u32>("k").await != Some(3) {
+            assert!(Instant::now() < deadline, "no second refresh");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }

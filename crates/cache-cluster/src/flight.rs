@@ -45,9 +45,16 @@ impl Flights {
         let load = start();
         let flights = Arc::clone(self);
         let owned_key = key.to_owned();
+        // The entry goes when the load ends, however it ends: a load that panics (or is
+        // dropped with its runtime) must not leave a finished flight that every later caller
+        // of the key joins and gets its error from.
+        let landing = Landing {
+            flights,
+            key: owned_key,
+        };
         let task = tokio::spawn(async move {
             let result = load.await;
-            flights.running.lock().remove(&owned_key);
+            drop(landing);
             result
         });
         let key_for_error = key.to_owned();
@@ -68,6 +75,18 @@ impl Flights {
     #[cfg(test)]
     pub(crate) fn in_progress(&self, key: &str) -> bool {
         self.running.lock().contains_key(key)
+    }
+}
+
+/// Removes a flight's entry when dropped.
+struct Landing {
+    flights: Arc<Flights>,
+    key: String,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.flights.running.lock().remove(&self.key);
     }
 }
 
@@ -113,5 +132,30 @@ mod tests {
         let (_, started_again) =
             flights.join_or_start("k", || async { Ok(Arc::new(()) as _) }.boxed());
         assert!(started_again, "a failed load is not kept");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_load_is_not_kept() {
+        let flights = Arc::new(Flights::default());
+        let (flight, started) = flights.join_or_start("p", || {
+            async {
+                if true {
+                    panic!("loader bug");
+                }
+                Ok(Arc::new(()) as Arc<dyn Any + Send + Sync>)
+            }
+            .boxed()
+        });
+        assert!(started);
+        assert!(matches!(flight.await, Err(Error::Load { .. })));
+        assert!(!flights.in_progress("p"));
+        let (flight, started_again) =
+            flights.join_or_start("p", || async { Ok(Arc::new(5u8) as _) }.boxed());
+        assert!(
+            started_again,
+            "a panicked load was joined instead of a new one"
+        );
+        let value = flight.await.unwrap();
+        assert_eq!(value.downcast_ref::<u8>(), Some(&5));
     }
 }

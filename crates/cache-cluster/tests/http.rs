@@ -92,6 +92,38 @@ async fn start() -> (SocketAddr, Hits) {
             }),
         )
         .route(
+            "/huge-max-age",
+            get(|s, h| counted(s, h, "max-age=18446744073709551615")),
+        )
+        .route(
+            "/overflowing-max-age",
+            get(|s, h| counted(s, h, "public, max-age=99999999999999999999999999")),
+        )
+        .route(
+            "/host",
+            get(|State(hits): State<Hits>, headers: HeaderMap| async move {
+                let n = hits.fetch_add(1, Ordering::SeqCst);
+                let host = headers
+                    .get(header::HOST)
+                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+                format!("call {n} host {host:?}")
+            }),
+        )
+        .route(
+            "/tenant",
+            get(|State(hits): State<Hits>, headers: HeaderMap| async move {
+                let n = hits.fetch_add(1, Ordering::SeqCst);
+                let tenant: Vec<u8> = headers
+                    .get("x-tenant")
+                    .map(|h| h.as_bytes().to_vec())
+                    .unwrap_or_default();
+                (
+                    [(header::VARY, "X-Tenant")],
+                    format!("call {n} tenant {tenant:?}"),
+                )
+            }),
+        )
+        .route(
             "/missing",
             get(|State(hits): State<Hits>| async move {
                 hits.fetch_add(1, Ordering::SeqCst);
@@ -102,7 +134,7 @@ async fn start() -> (SocketAddr, Hits) {
         .layer(
             HttpCacheLayer::new(cache)
                 .default_ttl(Duration::from_secs(60))
-                .max_body_size(1024),
+                .max_entry_size(1024),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -123,9 +155,23 @@ async fn send(
     url: String,
     headers: &[(&str, &str)],
 ) -> Reply {
+    let headers: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (*name, value.as_bytes()))
+        .collect();
+    send_bytes(client, method, url, &headers).await
+}
+
+/// [`send`] with header values as bytes (not necessarily UTF-8).
+async fn send_bytes(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    method: &str,
+    url: String,
+    headers: &[(&str, &[u8])],
+) -> Reply {
     let mut request = http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
-        request = request.header(*name, *value);
+        request = request.header(*name, http::HeaderValue::from_bytes(value).unwrap());
     }
     let response = client
         .request(request.body(Empty::new()).unwrap())
@@ -300,4 +346,97 @@ async fn caches_by_cache_control_vary_and_limits() {
             .as_deref(),
         Some("MISS")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_neither_panic_nor_mix_up_pages() {
+    let (addr, hits) = start().await;
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let url = |path: &str| format!("http://{addr}{path}");
+    let calls = || hits.load(Ordering::SeqCst);
+    let x_cache = |reply: &Reply| reply.x_cache.clone().unwrap_or_default();
+
+    // max-age at and past u64::MAX: stored (capped at max_ttl), no overflow, no panic.
+    for path in ["/huge-max-age", "/overflowing-max-age"] {
+        let first = send(&client, "GET", url(path), &[]).await;
+        assert_eq!(
+            (first.status, x_cache(&first).as_str()),
+            (StatusCode::OK, "MISS")
+        );
+        let second = send(&client, "GET", url(path), &[]).await;
+        assert_eq!(x_cache(&second), "HIT", "{path}");
+        assert_eq!(second.body, first.body);
+    }
+
+    // A request with a Cookie: a response without `public` is not stored...
+    let cookie = [("cookie", "sid=alice")];
+    let before = calls();
+    let alice = send(&client, "GET", url("/default?session"), &cookie).await;
+    send(&client, "GET", url("/default?session"), &cookie).await;
+    assert_eq!(calls(), before + 2, "a page for a cookie was stored");
+    assert_eq!(x_cache(&alice), "MISS");
+    // ...nor served to anyone else; and an anonymous request's page is not served to a
+    // request with credentials (it may be a different page for a signed-in user).
+    send(&client, "GET", url("/default?anonymous"), &[]).await;
+    assert_eq!(
+        x_cache(&send(&client, "GET", url("/default?anonymous"), &[]).await),
+        "HIT"
+    );
+    let before = calls();
+    let signed_in = send(&client, "GET", url("/default?anonymous"), &cookie).await;
+    assert_eq!(
+        (x_cache(&signed_in).as_str(), calls()),
+        ("MISS", before + 1)
+    );
+    let bearer = [("authorization", "Bearer t")];
+    let with_token = send(&client, "GET", url("/default?anonymous"), &bearer).await;
+    assert_eq!(
+        (x_cache(&with_token).as_str(), calls()),
+        ("MISS", before + 2)
+    );
+    // `public` responses are shared, cookie or not.
+    send(&client, "GET", url("/public?c"), &cookie).await;
+    assert_eq!(
+        x_cache(&send(&client, "GET", url("/public?c"), &[("cookie", "sid=bob")]).await),
+        "HIT"
+    );
+
+    // Host is in the key.
+    let a = send(&client, "GET", url("/host"), &[("host", "a.example")]).await;
+    let b = send(&client, "GET", url("/host"), &[("host", "b.example")]).await;
+    assert_eq!(x_cache(&b), "MISS", "{}", b.body);
+    assert!(a.body.ends_with("\"a.example\")") && b.body.ends_with("\"b.example\")"));
+    let a_again = send(&client, "GET", url("/host"), &[("host", "a.example")]).await;
+    assert_eq!(
+        (x_cache(&a_again), a_again.body),
+        ("HIT".to_owned(), a.body)
+    );
+
+    // Vary values are keyed byte for byte: two invalid UTF-8 values are two pages.
+    let ff = send_bytes(&client, "GET", url("/tenant"), &[("x-tenant", b"\xff")]).await;
+    let fe = send_bytes(&client, "GET", url("/tenant"), &[("x-tenant", b"\xfe")]).await;
+    assert_eq!(x_cache(&fe), "MISS");
+    assert!(
+        ff.body.ends_with("[255]") && fe.body.ends_with("[254]"),
+        "{}",
+        fe.body
+    );
+    let ff_again = send_bytes(&client, "GET", url("/tenant"), &[("x-tenant", b"\xff")]).await;
+    assert_eq!(
+        (x_cache(&ff_again), ff_again.body),
+        ("HIT".to_owned(), ff.body)
+    );
+
+    // A key past max_key_size (4096 by default): served, never stored.
+    let long = format!("/default?q={}", "a".repeat(5000));
+    let before = calls();
+    for _ in 0..2 {
+        let reply = send(&client, "GET", url(&long), &[]).await;
+        assert_eq!(
+            (reply.status, x_cache(&reply).as_str()),
+            (StatusCode::OK, "MISS")
+        );
+    }
+    assert_eq!(calls(), before + 2);
 }
