@@ -175,9 +175,9 @@ pub struct RedisConfig {
     /// error, as the circuit then decides). Cluster only.
     ///
     /// Default (`None`): 1.5 times the cluster's `cluster-node-timeout` (read with `CONFIG GET`
-    /// at connect; Redis' default of 15 s when the cluster does not say) plus 2 s, about the
-    /// longest a replica takes to replace a dead master: 5 s for a 2 s node timeout, 24.5 s
-    /// for Redis' default.
+    /// at connect; Redis' default of 15 s when the cluster does not say) plus 3 s, the longest
+    /// a replica takes to replace a dead master with a second to spare: 6 s for a 2 s node
+    /// timeout, 25.5 s for Redis' default.
     #[serde(with = "humantime_serde")]
     pub failover_timeout: Option<Duration>,
     /// Multiplexed cluster connections, used in turn (cluster only; each one talks to every

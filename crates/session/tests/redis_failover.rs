@@ -83,8 +83,8 @@ async fn killing_the_busiest_master_fails_no_request_and_loses_no_session() {
             .unwrap();
         assert_eq!(
             store.failover_timeout(),
-            Duration::from_secs(5),
-            "default: 1.5 x the cluster's node timeout (read from it) plus 2 s"
+            Duration::from_secs(6),
+            "default: 1.5 x the cluster's node timeout (read from it) plus 3 s"
         );
         instances.push(
             serve(app(

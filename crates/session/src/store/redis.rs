@@ -111,16 +111,18 @@ return {2}
 const DEFAULT_CLUSTER_NODE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The default failover wait for a cluster with this `cluster-node-timeout`: how long Redis
-/// takes to replace a dead master. A master is suspected (`PFAIL`) by a node that had no answer
-/// for the node timeout, and failed (`FAIL`) once a majority of masters suspect it, each of
-/// which notices within about another half node timeout; then the replica waits 0.5-1 s (plus
-/// 1 s per rank behind a better replica) before its election, and the client re-reads the slot
-/// map. With a 2 s node timeout that measured 4.3-4.5 s from SIGKILL to a served slot on a busy
-/// 2-core machine, so "node timeout + 2 s" alone would fail requests in a routine failover.
+/// takes to replace a dead master, with a second to spare. A master is suspected (`PFAIL`) by
+/// a node whose ping went unanswered for the node timeout (and pings go out at least every half
+/// node timeout), and failed (`FAIL`) once a majority of masters suspect it and gossip says so
+/// (up to about 1 s); then the replica waits 0.5-1 s (plus 1 s per rank behind a better
+/// replica) before its election, and the client re-reads the slot map: at worst about
+/// 1.5 x node timeout + 2 s. With a 2 s node timeout, SIGKILL to a served slot measured
+/// 3.5-5.0 s on a busy 2-core machine, so "node timeout + 2 s" would fail requests in routine
+/// failovers there.
 fn failover_wait_for(node_timeout: Duration) -> Duration {
     node_timeout
         .saturating_add(node_timeout / 2)
-        .saturating_add(Duration::from_secs(2))
+        .saturating_add(Duration::from_secs(3))
 }
 
 /// Retries of the cluster client itself (redirects, reconnects), and the bounds of its pauses
@@ -152,11 +154,12 @@ pub struct RedisStoreConfig {
     /// still has [`timeout`](Self::timeout). Other errors fail at once. `0s` turns the wait off.
     ///
     /// Default (`None`): on a cluster, 1.5 times the cluster's own `cluster-node-timeout` plus
-    /// 2 s, about the longest a replica takes to replace a dead master (detection, majority
-    /// agreement, election delay, slot map re-read): 5 s for a 2 s node timeout. The node
-    /// timeout is read with `CONFIG GET` when [`RedisStore::cluster`] connects; when the cluster
-    /// does not say (or with [`RedisStore::from_cluster_connection`]) Redis' default of 15 s is
-    /// assumed, giving 24.5 s. On a standalone server, no wait: there is no failover to wait for.
+    /// 3 s, the longest a replica takes to replace a dead master (detection, majority
+    /// agreement, election delay, slot map re-read) with a second to spare: 6 s for a 2 s node
+    /// timeout. The node timeout is read with `CONFIG GET` when [`RedisStore::cluster`]
+    /// connects; when the cluster does not say (or with
+    /// [`RedisStore::from_cluster_connection`]) Redis' default of 15 s is assumed, giving
+    /// 25.5 s. On a standalone server, no wait: there is no failover to wait for.
     #[serde(with = "humantime_serde")]
     pub failover_timeout: Option<Duration>,
 }
@@ -300,7 +303,7 @@ impl RedisStore {
 
     /// A store over a cluster connection the application already has. Without a
     /// [`failover_timeout`](RedisStoreConfig::failover_timeout) it waits out failovers for
-    /// 24.5 s (as for Redis' default `cluster-node-timeout` of 15 s): set it when the cluster's
+    /// 25.5 s (as for Redis' default `cluster-node-timeout` of 15 s): set it when the cluster's
     /// node timeout differs.
     pub fn from_cluster_connection(
         connection: ClusterConnection,
@@ -1024,11 +1027,11 @@ mod tests {
     fn default_failover_wait_follows_the_node_timeout() {
         assert_eq!(
             failover_wait_for(Duration::from_secs(2)),
-            Duration::from_secs(5)
+            Duration::from_secs(6)
         );
         assert_eq!(
             failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT),
-            Duration::from_millis(24_500)
+            Duration::from_millis(25_500)
         );
     }
 
@@ -1127,7 +1130,7 @@ mod tests {
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
         assert_eq!(
             config.failover_timeout, None,
-            "default: the cluster's node timeout + 2 s"
+            "default: from the cluster's node timeout"
         );
         let config: RedisStoreConfig =
             serde_json::from_str(r#"{"failover_timeout": "7s"}"#).unwrap();
