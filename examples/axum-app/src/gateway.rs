@@ -72,6 +72,7 @@ pub struct GatewayConfig {
     backends: Vec<String>,
     policy: Policy,
     trusted_proxies: Vec<String>,
+    admin_networks: Vec<String>,
     rate_limits: bool,
     response_cache: bool,
 }
@@ -84,6 +85,7 @@ impl GatewayConfig {
             backends,
             policy: Policy::P2c,
             trusted_proxies: Vec::new(),
+            admin_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
             rate_limits: true,
             response_cache: true,
         }
@@ -101,7 +103,17 @@ impl GatewayConfig {
         self
     }
 
-    /// Per-IP rate limits (100 r/s on `/api`, 5 r/min on `/api/auth/login`); on by default.
+    /// Networks (IPs or CIDRs) whose connections may reach the operators' pages: the gateway's
+    /// `/admin` and `/lb-health`, and the instances' `/metrics` and `/health*` through it.
+    /// Others get a 404 there. Judged by the connection's peer address, which a client cannot
+    /// forge with a header. Default: loopback only (`127.0.0.0/8`, `::1`).
+    pub fn admin_networks(mut self, networks: Vec<String>) -> Self {
+        self.admin_networks = networks;
+        self
+    }
+
+    /// Per-IP rate limits (100 r/s on `/api`, 5 r/min on `/api/auth/login` and on
+    /// `/api/auth/signup`); on by default.
     pub fn rate_limits(mut self, on: bool) -> Self {
         self.rate_limits = on;
         self
@@ -173,8 +185,22 @@ pub struct GatewayService {
     pages: Router,
     page_paths: &'static [&'static str],
     upstream: HttpUpstream,
+    /// Who may reach the operators' pages.
+    admin_networks: TrustedProxies,
     /// The client, when this copy serves one connection (see [`GatewayService::connection`]).
     peer: Option<SocketAddr>,
+    /// Whether that client is on an admin network (decided once per connection).
+    admin: bool,
+}
+
+/// Paths only admin networks reach: the gateway's own pages and the instances' operational
+/// endpoints. Matched on the raw path as the instances' router matches it (no percent-decoding,
+/// case-sensitive), so `/%68ealth` or `/Health` reach no health endpoint either.
+fn is_admin_path(path: &str) -> bool {
+    [LB_HEALTH, ADMIN, "/metrics", "/health"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 impl GatewayService {
@@ -185,6 +211,8 @@ impl GatewayService {
             pages: self.pages.clone(),
             page_paths: self.page_paths,
             upstream: self.upstream.clone().with_peer(peer),
+            admin: self.admin_networks.contains(peer.ip()),
+            admin_networks: self.admin_networks.clone(),
             peer: Some(peer),
         }
     }
@@ -214,6 +242,18 @@ impl Service<Request<Incoming>> for GatewayService {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if !self.admin && is_admin_path(req.uri().path()) {
+            return futures_util::future::Either::Right(Box::pin(async {
+                let body = ProxyBody::full(&b"{\"error\":\"no such endpoint\"}"[..]);
+                let mut res = Response::new(body);
+                *res.status_mut() = http::StatusCode::NOT_FOUND;
+                res.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Ok(res)
+            }));
+        }
         if !self.page_paths.contains(&req.uri().path()) {
             return futures_util::future::Either::Left(self.upstream.call(req));
         }
@@ -292,7 +332,10 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
         pages,
         page_paths,
         upstream,
+        admin_networks: TrustedProxies::new(&config.admin_networks)
+            .map_err(|e| format!("admin networks: {e}"))?,
         peer: None,
+        admin: false,
     };
     if !config.rate_limits {
         return Ok(tower::util::Either::Right(gateway));
@@ -308,6 +351,11 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
             },
             RouteLimit {
                 path_prefix: "/api/auth/login".to_owned(),
+                quota: QuotaConfig::per_minute(5),
+            },
+            // Each sign-up costs a password hash (19 MiB, ~50 ms of a core).
+            RouteLimit {
+                path_prefix: "/api/auth/signup".to_owned(),
                 quota: QuotaConfig::per_minute(5),
             },
         ],
@@ -424,5 +472,22 @@ mod tests {
         assert_eq!(authority("http://127.0.0.1:3001"), "127.0.0.1:3001");
         assert_eq!(authority("http://127.0.0.1:3001/"), "127.0.0.1:3001");
         assert_eq!(authority("127.0.0.1:3001"), "127.0.0.1:3001");
+    }
+
+    #[test]
+    fn operator_paths_are_told_apart_from_the_api() {
+        for path in [
+            "/admin",
+            "/lb-health",
+            "/metrics",
+            "/health",
+            "/health/ready",
+            "/health/replication",
+        ] {
+            assert!(is_admin_path(path), "{path}");
+        }
+        for path in ["/", "/api/whoami", "/healthz", "/metricsfoo", "/api/health", "/adminx"] {
+            assert!(!is_admin_path(path), "{path}");
+        }
     }
 }

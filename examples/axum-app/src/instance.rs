@@ -65,6 +65,8 @@ struct AppState {
     name: Arc<str>,
     db: DbRouter,
     cache: Cache,
+    /// Password hashing, bounded (see [`auth::Hashing`]).
+    hashing: Arc<auth::Hashing>,
 }
 
 /// Why an instance could not start.
@@ -88,6 +90,9 @@ pub enum StartError {
     /// The health registry refused its configuration.
     #[error("health: {0}")]
     Health(#[from] herd_health::Error),
+    /// The password-hashing stage could not be set up.
+    #[error("password hashing: {0}")]
+    Hashing(String),
 }
 
 /// The process-wide Prometheus recorder (one per process, shared by in-process instances).
@@ -168,10 +173,17 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
         .secure(config.secure_cookies)
         .build()?;
 
+    // Two hashes at once (19 MiB each), 32 more queued for up to 2 s: a flood of sign-ups gets
+    // 503 + Retry-After instead of exhausting the instance's memory and CPU.
+    let hashing = tokio::task::spawn_blocking(|| auth::Hashing::new(2, 32, Duration::from_secs(2)))
+        .await
+        .map_err(|e| StartError::Hashing(e.to_string()))?
+        .map_err(|e| StartError::Hashing(e.to_string()))?;
     let state = AppState {
         name: config.name.into(),
         db: db.clone(),
         cache,
+        hashing: Arc::new(hashing),
     };
     let api = Router::new()
         .route("/", get(page))
@@ -209,6 +221,8 @@ struct ApiError {
     message: String,
     /// The shared dependency that failed, for 503s.
     dependency: Option<&'static str>,
+    /// Send `Retry-After: 1` (always with a dependency).
+    retry_after: bool,
 }
 
 impl ApiError {
@@ -217,6 +231,7 @@ impl ApiError {
             status,
             message: message.into(),
             dependency: None,
+            retry_after: false,
         }
     }
 
@@ -225,6 +240,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.to_owned(),
             dependency: Some(dependency),
+            retry_after: true,
         }
     }
 }
@@ -236,9 +252,11 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response();
-        if let Some(dependency) = self.dependency {
-            let headers = response.headers_mut();
+        let headers = response.headers_mut();
+        if self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(dependency) = self.dependency {
             headers.insert(DEPENDENCY_UNAVAILABLE, HeaderValue::from_static(dependency));
         }
         response
@@ -273,6 +291,17 @@ impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         tracing::warn!(error = %e, "session error");
         ApiError::unavailable("redis", "sessions are unavailable, try again")
+    }
+}
+
+impl From<auth::Busy> for ApiError {
+    fn from(_: auth::Busy) -> Self {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many sign-ups and logins at once, try again",
+        );
+        e.retry_after = true;
+        e
     }
 }
 
@@ -378,11 +407,17 @@ async fn signup(
             "a username of 1-64 characters and a password of at least 8",
         ));
     }
-    let password = c.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "hashing failed"))?
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "hashing failed"))?;
+    if c.password.len() > 1024 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a password of at most 1024 bytes",
+        ));
+    }
+    let hash = s
+        .hashing
+        .hash(c.password)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
     let row = sqlx::query(
         "INSERT INTO users (username, password_hash) VALUES ($1, $2) ON CONFLICT (username) DO NOTHING RETURNING id",
     )
@@ -416,17 +451,18 @@ async fn login(
     )
     .await?;
     let wrong = || ApiError::new(StatusCode::UNAUTHORIZED, "wrong username or password");
+    if c.password.len() > 1024 {
+        return Err(wrong());
+    }
+    // An unknown name costs a verification too (against a decoy), so timing tells no one
+    // which accounts exist.
+    let stored: Option<String> = row.as_ref().map(|r| r.get("password_hash"));
+    if !s.hashing.verify(c.password, stored).await? {
+        return Err(wrong());
+    }
     let Some(row) = row else {
         return Err(wrong());
     };
-    let stored: String = row.get("password_hash");
-    let password = c.password;
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        return Err(wrong());
-    }
     start_session(&session, row.get::<i64, _>("id"), c.username.trim()).await?;
     Ok(Json(serde_json::json!({ "user": c.username.trim() })))
 }

@@ -58,6 +58,10 @@ enum Command {
         /// without one, a fresh key is used and sessions work on this instance only.
         #[arg(long, env = "SESSION_KEY", hide_env_values = true)]
         session_key: Option<String>,
+        /// Session cookies without `Secure` (and without the `__Host-` name), for plain-HTTP
+        /// local tries only: behind TLS, leave it off.
+        #[arg(long)]
+        insecure_cookies: bool,
     },
     /// The gateway in front of running instances.
     Gateway {
@@ -74,6 +78,10 @@ enum Command {
         /// `X-Forwarded-For` is believed for the client IP that rate limits key on.
         #[arg(long = "trusted-proxy")]
         trusted_proxies: Vec<String>,
+        /// A network (IP or CIDR; repeat for each) whose connections may reach `/admin`,
+        /// `/lb-health` and the instances' `/metrics` and `/health*` (default: loopback).
+        #[arg(long = "admin-network")]
+        admin_networks: Vec<String>,
     },
 }
 
@@ -100,16 +108,21 @@ async fn main() -> ExitCode {
             port,
             name,
             session_key,
-        } => run_instance(port, name, session_key).await,
+            insecure_cookies,
+        } => run_instance(port, name, session_key, !insecure_cookies).await,
         Command::Gateway {
             listen,
             backends,
             policy,
             trusted_proxies,
+            admin_networks,
         } => {
-            let config = GatewayConfig::new(backends)
+            let mut config = GatewayConfig::new(backends)
                 .policy(policy)
                 .trusted_proxies(trusted_proxies);
+            if !admin_networks.is_empty() {
+                config = config.admin_networks(admin_networks);
+            }
             run_gateway(listen, config).await
         }
     };
@@ -143,6 +156,8 @@ async fn run_all(gateway_port: u16, first: u16, policy: Policy) -> Result<(), St
             replica_urls: topology.replica_urls.clone(),
             redis: topology.redis.clone(),
             session_keys: keys.clone(),
+            // The all-in-one demo serves plain HTTP on localhost: `Secure` cookies would never
+            // come back from curl or a test client there.
             secure_cookies: false,
         };
         instances.push(instance::spawn(config, localhost(port)).await?);
@@ -208,7 +223,12 @@ fn print_banner(topology: &Topology, backends: &[String], gateway: &str, policy:
     println!("Ctrl-C stops everything and removes the local databases.");
 }
 
-async fn run_instance(port: u16, name: Option<String>, key: Option<String>) -> Result<(), String> {
+async fn run_instance(
+    port: u16,
+    name: Option<String>,
+    key: Option<String>,
+    secure_cookies: bool,
+) -> Result<(), String> {
     let topology = Topology::from_env_or_start(1)
         .await
         .map_err(|e| e.to_string())?;
@@ -229,7 +249,7 @@ async fn run_instance(port: u16, name: Option<String>, key: Option<String>) -> R
         replica_urls: topology.replica_urls.clone(),
         redis: topology.redis.clone(),
         session_keys: keys,
-        secure_cookies: false,
+        secure_cookies,
     };
     let mut running = instance::spawn(config, localhost(port)).await?;
     println!(

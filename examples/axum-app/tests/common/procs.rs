@@ -114,6 +114,8 @@ impl Deployment {
                     port.to_string(),
                     "--name".into(),
                     name.clone(),
+                    // Plain HTTP on loopback: the test client would not send `Secure` cookies.
+                    "--insecure-cookies".into(),
                 ],
                 &env,
             ));
