@@ -7,11 +7,17 @@
 //! let config: herd_session::SessionConfig = toml::from_str(r#"
 //!     idle_timeout = "20m"
 //!     absolute_timeout = "8h"
-//!     [cookie]
-//!     name = "__Host-sid"
 //! "#).unwrap();
 //! assert_eq!(config.idle_timeout, std::time::Duration::from_secs(20 * 60));
 //! assert!(config.cookie.secure);
+//! assert_eq!(config.cookie.effective_name(), "__Host-sid");
+//!
+//! // Plain-HTTP local development: the opt-out also drops the prefix, which needs Secure.
+//! let local: herd_session::SessionConfig = toml::from_str(r#"
+//!     [cookie]
+//!     secure = false
+//! "#).unwrap();
+//! assert_eq!(local.cookie.effective_name(), "sid");
 //! ```
 
 use std::time::Duration;
@@ -92,14 +98,39 @@ impl SessionConfig {
 }
 
 /// The session cookie's name and attributes.
+///
+/// # Which cookie is the session's
+///
+/// A request normally carries at most one cookie with the session's name. When it carries
+/// several, none is used: the request gets no session (as with no cookie), counted in
+/// `herd_session_cookies_rejected_total{reason="ambiguous"}`, and the response does not clear
+/// the cookie. The `Cookie` header says nothing of where a cookie came from, and a browser
+/// orders same-named cookies by path length and age, both of which a sibling subdomain (or
+/// any host under the same registrable domain, or a man in the middle on plain HTTP) can
+/// choose when it plants a `Domain=` cookie of its own: "the first one that verifies wins"
+/// would let it log a user into its own session, and a removal could only delete this host's
+/// cookie and hand the next request to the planted one. Refusing is the one answer that no
+/// ordering can game, and it fails closed. OWASP ASVS v4 has no rule for duplicates as such:
+/// its V3.4.4 asks for the `__Host-` prefix so that no other host can set the cookie in the
+/// first place, which is why that is the default here. With a `__Host-` name a browser accepts no planted
+/// cookie at all (it must be Secure, Path=/ and host-only), so several values can only come
+/// from a hand-made request. The same rule bounds the work a request can cause: scanning
+/// stops at the second value, and at most one value per request is verified (one HMAC per
+/// signing key, or one decryption with the cookie store), however many `sid=` pairs the
+/// header repeats.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CookieConfig {
-    /// Cookie name. Default `"sid"`. A `__Host-` prefix (recommended when the service owns its
-    /// host) makes the browser insist on Secure, Path=/ and no Domain, which is checked here.
-    pub name: String,
+    /// Cookie name. Default (`None`): [`HOST_COOKIE_NAME`] (`__Host-sid`) when the cookie is
+    /// Secure with `Path=/` and no Domain, which is the default; [`SECURE_COOKIE_NAME`]
+    /// (`__Secure-sid`) when it is Secure with another path or a Domain; [`PLAIN_COOKIE_NAME`]
+    /// (`sid`) when it is not Secure. A name of your own that starts with `__Host-` or
+    /// `__Secure-` (in any case, as browsers compare them) is checked against the rules the
+    /// browser would enforce by dropping the cookie: [`ConfigError::CookiePrefix`].
+    pub name: Option<String>,
     /// Send the cookie over HTTPS only. Default `true`; turn off only for plain-HTTP localhost
-    /// development.
+    /// development (which also makes the default name `sid`, since the `__Host-` prefix
+    /// requires Secure).
     pub secure: bool,
     /// Hide the cookie from JavaScript. Default `true`.
     pub http_only: bool,
@@ -114,10 +145,17 @@ pub struct CookieConfig {
     pub persistent: bool,
 }
 
+/// The default cookie name when the cookie is Secure, with `Path=/` and no Domain.
+pub const HOST_COOKIE_NAME: &str = "__Host-sid";
+/// The default cookie name when the cookie is Secure with another path or a Domain.
+pub const SECURE_COOKIE_NAME: &str = "__Secure-sid";
+/// The default cookie name when the cookie is not Secure (plain-HTTP development).
+pub const PLAIN_COOKIE_NAME: &str = "sid";
+
 impl Default for CookieConfig {
     fn default() -> Self {
         Self {
-            name: "sid".to_owned(),
+            name: None,
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
@@ -128,11 +166,28 @@ impl Default for CookieConfig {
     }
 }
 
+/// Whether `name` starts with `prefix`, compared as browsers do: ignoring ASCII case.
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+}
+
 impl CookieConfig {
+    /// The cookie's name: [`name`](Self::name) when set, else the default it documents.
+    pub fn effective_name(&self) -> &str {
+        match &self.name {
+            Some(name) => name,
+            None if self.secure && self.path == "/" && self.domain.is_none() => HOST_COOKIE_NAME,
+            None if self.secure => SECURE_COOKIE_NAME,
+            None => PLAIN_COOKIE_NAME,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.effective_name();
         let is_token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if self.name.is_empty() || !self.name.bytes().all(is_token_char) {
-            return Err(ConfigError::CookieName(self.name.clone()));
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(ConfigError::CookieName(name.to_owned()));
         }
         let is_attribute_char = |b: u8| b.is_ascii_graphic() && b != b';' && b != b',';
         if !self.path.starts_with('/') || !self.path.bytes().all(is_attribute_char) {
@@ -150,12 +205,15 @@ impl CookieConfig {
             });
         }
         let prefix_error = |rule| ConfigError::CookiePrefix {
-            name: self.name.clone(),
+            name: name.to_owned(),
             rule,
         };
-        if self.name.starts_with("__Host-") {
+        if has_prefix(name, "__Host-") {
             if !self.secure {
-                return Err(prefix_error("a __Host- cookie must be Secure"));
+                return Err(prefix_error(
+                    "a __Host- cookie must be Secure (for plain-HTTP development leave the name \
+                     unset: it is then `sid`)",
+                ));
             }
             if self.path != "/" {
                 return Err(prefix_error("a __Host- cookie must have Path=/"));
@@ -164,7 +222,7 @@ impl CookieConfig {
                 return Err(prefix_error("a __Host- cookie must not have a Domain"));
             }
         }
-        if self.name.starts_with("__Secure-") && !self.secure {
+        if has_prefix(name, "__Secure-") && !self.secure {
             return Err(prefix_error("a __Secure- cookie must be Secure"));
         }
         if self.same_site == SameSite::None && !self.secure {
@@ -247,7 +305,8 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.idle_timeout, Duration::from_secs(1800));
         assert_eq!(config.max_size, 65_536);
-        assert_eq!(config.cookie.name, "sid");
+        assert_eq!(config.cookie.name, None);
+        assert_eq!(config.cookie.effective_name(), "__Host-sid");
         assert!(config.cookie.secure && config.cookie.http_only);
         assert_eq!(config.cookie.same_site, SameSite::Lax);
         assert_eq!(config.cookie.path, "/");
@@ -293,11 +352,11 @@ mod tests {
             ConfigError::Zero("max_save_attempts")
         );
         assert!(matches!(
-            with(|c| c.cookie.name = "a b".into()),
+            with(|c| c.cookie.name = Some("a b".into())),
             ConfigError::CookieName(_)
         ));
         assert!(matches!(
-            with(|c| c.cookie.name = String::new()),
+            with(|c| c.cookie.name = Some(String::new())),
             ConfigError::CookieName(_)
         ));
         assert!(matches!(
@@ -309,14 +368,14 @@ mod tests {
         ));
         assert!(matches!(
             with(|c| {
-                c.cookie.name = "__Host-sid".into();
+                c.cookie.name = Some("__Host-sid".into());
                 c.cookie.domain = Some("example.com".into());
             }),
             ConfigError::CookiePrefix { .. }
         ));
         assert!(matches!(
             with(|c| {
-                c.cookie.name = "__Secure-sid".into();
+                c.cookie.name = Some("__Secure-sid".into());
                 c.cookie.secure = false;
             }),
             ConfigError::CookiePrefix { .. }
@@ -328,5 +387,74 @@ mod tests {
             }),
             ConfigError::CookiePrefix { .. }
         ));
+    }
+
+    #[test]
+    fn the_default_name_follows_secure_path_and_domain() {
+        let mut cookie = CookieConfig::default();
+        assert_eq!(cookie.effective_name(), HOST_COOKIE_NAME);
+        cookie.path = "/app".into();
+        assert_eq!(cookie.effective_name(), SECURE_COOKIE_NAME);
+        cookie.path = "/".into();
+        cookie.domain = Some("example.com".into());
+        assert_eq!(cookie.effective_name(), SECURE_COOKIE_NAME);
+        cookie.domain = None;
+        cookie.secure = false;
+        assert_eq!(cookie.effective_name(), PLAIN_COOKIE_NAME);
+        // Each default is valid with the attributes that chose it.
+        for (secure, path, domain) in [
+            (true, "/", None),
+            (true, "/app", None),
+            (true, "/", Some("example.com")),
+            (false, "/", None),
+        ] {
+            let config = SessionConfig {
+                cookie: CookieConfig {
+                    secure,
+                    path: path.into(),
+                    domain: domain.map(Into::into),
+                    ..CookieConfig::default()
+                },
+                ..SessionConfig::default()
+            };
+            config.validate().unwrap();
+        }
+        // A name of one's own wins.
+        cookie.name = Some("app_session".into());
+        assert_eq!(cookie.effective_name(), "app_session");
+    }
+
+    #[test]
+    fn host_prefix_rules_are_checked_in_any_case() {
+        let with_name = |name: &str, f: fn(&mut CookieConfig)| {
+            let mut config = SessionConfig::default();
+            config.cookie.name = Some(name.into());
+            f(&mut config.cookie);
+            config.validate()
+        };
+        for name in ["__Host-sid", "__host-sid", "__HOST-sid"] {
+            assert!(with_name(name, |_| {}).is_ok(), "{name}");
+            for (broken, f) in [
+                (
+                    "Secure",
+                    (|c: &mut CookieConfig| c.secure = false) as fn(&mut CookieConfig),
+                ),
+                ("Path=/", |c| c.path = "/app".into()),
+                ("Domain", |c| c.domain = Some("example.com".into())),
+            ] {
+                let error = with_name(name, f).unwrap_err();
+                assert!(
+                    matches!(&error, ConfigError::CookiePrefix { rule, .. } if rule.contains(broken)),
+                    "{name} without {broken}: {error}"
+                );
+            }
+        }
+        assert!(matches!(
+            with_name("__secure-sid", |c| c.secure = false),
+            Err(ConfigError::CookiePrefix { .. })
+        ));
+        // The message says what to do.
+        let error = with_name("__Host-sid", |c| c.secure = false).unwrap_err();
+        assert!(error.to_string().contains("must be Secure"), "{error}");
     }
 }

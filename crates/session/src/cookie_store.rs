@@ -104,7 +104,7 @@ fn derive(secret: &[u8]) -> Option<cookie::Key> {
 /// when the rolling expiry is due, or drop a cookie that did not open.
 pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), SessionError> {
     let config = &session.shared().config;
-    let name = config.cookie.name.as_str();
+    let name = config.cookie.effective_name();
     let mut state = session.state();
     let modified = state.cycle || !state.changes.is_empty();
     let (record, ttl) = if modified {

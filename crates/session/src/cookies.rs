@@ -25,6 +25,30 @@ pub(crate) fn request_values<'a>(
         })
 }
 
+/// The session cookie a request carries, by the rule documented on
+/// [`CookieConfig`](crate::CookieConfig): one value, none, or more than one (ambiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Candidate<'a> {
+    /// No cookie of that name.
+    Absent,
+    /// Exactly one value.
+    One(&'a [u8]),
+    /// Several values: none of them is used.
+    Ambiguous,
+}
+
+/// The one value of cookie `name` in `headers`. Scanning stops at a second value, so a header
+/// repeating the name thousands of times costs no more than one that repeats it twice, and
+/// nothing is verified here.
+pub(crate) fn session_cookie<'a>(headers: &'a HeaderMap, name: &'a str) -> Candidate<'a> {
+    let mut values = request_values(headers, name);
+    match (values.next(), values.next()) {
+        (None, _) => Candidate::Absent,
+        (Some(value), None) => Candidate::One(value),
+        (Some(_), Some(_)) => Candidate::Ambiguous,
+    }
+}
+
 /// The values of one cookie in one `Cookie` header. The header is scanned as bytes, split at
 /// `;` eight bytes at a time, and only pairs that start with the name are looked at further.
 struct NamedValues<'a> {
@@ -137,12 +161,13 @@ pub(crate) struct SetCookieTemplate {
 impl SetCookieTemplate {
     pub(crate) fn new(config: &CookieConfig) -> Self {
         let empty = set_cookie(config, "", None);
+        let name = config.effective_name();
         let attributes = empty
-            .strip_prefix(&format!("{}=", config.name))
+            .strip_prefix(&format!("{name}="))
             .unwrap_or_default()
             .to_owned();
         Self {
-            name: config.name.clone(),
+            name: name.to_owned(),
             attributes,
             persistent: config.persistent,
         }
@@ -196,7 +221,7 @@ fn decimal_len(n: u64) -> usize {
 
 /// The `Set-Cookie` text for `value`, with every configured attribute.
 pub(crate) fn set_cookie(config: &CookieConfig, value: &str, max_age: Option<Duration>) -> String {
-    let mut cookie = Cookie::build((config.name.as_str(), value))
+    let mut cookie = Cookie::build((config.effective_name(), value))
         .http_only(config.http_only)
         .secure(config.secure)
         .same_site(config.same_site.into())
@@ -232,6 +257,62 @@ mod tests {
             request_values(&headers, "x").collect::<Vec<_>>(),
             [b"sid=no"]
         );
+    }
+
+    #[test]
+    fn one_value_or_ambiguous() {
+        let headers = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(COOKIE, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        assert_eq!(
+            session_cookie(&headers(&["a=1; b=2"]), "sid"),
+            Candidate::Absent
+        );
+        assert_eq!(
+            session_cookie(&headers(&["a=1; sid=x; b=2"]), "sid"),
+            Candidate::One(b"x")
+        );
+        // Two in one header, or one in each of two headers, or an empty second one.
+        for case in [
+            &["sid=x; sid=y"][..],
+            &["sid=x", "sid=y"],
+            &["sid=x; sid="],
+            &["sid=x; sid=x"],
+        ] {
+            assert_eq!(
+                session_cookie(&headers(case), "sid"),
+                Candidate::Ambiguous,
+                "{case:?}"
+            );
+        }
+        // Other names, and names that merely start alike, are not candidates.
+        assert_eq!(
+            session_cookie(&headers(&["sidx=1; __Host-sid=2; sid=3"]), "sid"),
+            Candidate::One(b"3")
+        );
+        assert_eq!(
+            session_cookie(&headers(&["__host-sid=1; __Host-sid=2"]), "__Host-sid"),
+            Candidate::One(b"2")
+        );
+    }
+
+    #[test]
+    fn thousands_of_values_are_scanned_only_up_to_the_second() {
+        // 8 KiB of `sid=` pairs: the scan ends at the second pair, long before the end.
+        let pairs = "sid=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB; "
+            .repeat(90);
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_str(&pairs).unwrap());
+        assert_eq!(session_cookie(&headers, "sid"), Candidate::Ambiguous);
+        let mut scanned = request_values(&headers, "sid");
+        scanned.next();
+        scanned.next();
+        // Nothing past the second value was read: the rest is still ahead of the iterator.
+        assert_eq!(scanned.count(), 88);
     }
 
     #[test]
@@ -289,7 +370,7 @@ mod tests {
         let template = String::from_utf8(template).unwrap();
         assert_eq!(
             template,
-            "sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60"
+            "__Host-sid=a.b; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60"
         );
         assert!(!removal.contains("Secure") && !removal.contains("Domain"));
     }

@@ -74,6 +74,25 @@ impl Key {
         Self::from_bytes(&secret)
     }
 
+    /// The secret as standard base64, the text [`from_base64`](Self::from_base64) and the
+    /// [`SigningKeys`] deserializer read: how a new key gets into configuration.
+    ///
+    /// ```
+    /// use herd_session::Key;
+    /// // Once, by an operator; the text goes into every instance's secret configuration.
+    /// let text = Key::generate()?.to_base64();
+    /// assert_eq!(text.len(), 88); // 64 random bytes
+    /// let key = Key::from_base64(&text)?;
+    /// assert_eq!(key.to_base64(), text);
+    /// # Ok::<(), herd_session::ConfigError>(())
+    /// ```
+    ///
+    /// The text is the secret itself: print it only where the secret may go, and never log it
+    /// (`Debug` stays redacted).
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(&self.secret)
+    }
+
     /// The raw secret, for deriving other keys (the cookie store's encryption key).
     #[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
     pub(crate) fn secret(&self) -> &[u8] {
@@ -81,6 +100,8 @@ impl Key {
     }
 
     fn mac(&self, cookie_name: &str, id_text: &[u8]) -> HmacSha256 {
+        #[cfg(test)]
+        MACS.with(|macs| macs.set(macs.get() + 1));
         let mut mac = self.keyed.clone();
         mac.update(cookie_name.as_bytes());
         mac.update(b"=");
@@ -202,6 +223,12 @@ pub(crate) struct Verified {
 }
 
 #[cfg(test)]
+thread_local! {
+    /// HMACs computed on this thread, for tests that bound the work a request causes.
+    pub(crate) static MACS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::id::SessionIdGenerator;
@@ -280,6 +307,26 @@ mod tests {
                 .unwrap()
                 .signed_with_old_key
         );
+    }
+
+    #[test]
+    fn generated_keys_print_as_base64_and_read_back() {
+        let key = Key::generate().unwrap();
+        let text = key.to_base64();
+        assert!(
+            text.bytes().all(|b| b.is_ascii_graphic()),
+            "printable: {text}"
+        );
+        assert_eq!(STANDARD.decode(&text).unwrap().len(), 64);
+        let read = Key::from_base64(&text).unwrap();
+        let id = SessionIdGenerator::from_seed(3).generate().unwrap();
+        let value = SigningKeys::new(key.clone()).sign("sid", &id);
+        assert!(SigningKeys::new(read).verify("sid", &value).is_some());
+        // Two generated keys differ, and the text round-trips through configuration.
+        assert_ne!(Key::generate().unwrap().to_base64(), text);
+        let keys: SigningKeys = serde_json::from_str(&format!("[\"{text}\"]")).unwrap();
+        assert!(keys.verify("sid", &value).is_some());
+        assert!(!format!("{key:?}").contains(&text));
     }
 
     #[test]

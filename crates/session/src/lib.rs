@@ -40,9 +40,14 @@
 //!   save retries; a field changed on both sides is settled by [`ConflictRule`] and counted.
 //!   A slow request cannot bring back a session that was destroyed or cycled meanwhile.
 //! * **Secure defaults.** 256-bit ids from the OS CSPRNG; cookie signed with HMAC-SHA256 under
-//!   rotating [`SigningKeys`]; `HttpOnly; Secure; SameSite=Lax; Path=/`; Max-Age kept in step
-//!   with the store's expiry; idle (30 min) and absolute (12 h) timeouts; stores see only a
-//!   SHA-256 of the id. [`Session::cycle_id`] on log-in, [`Session::destroy`] on log-out.
+//!   rotating [`SigningKeys`] (make a key with `Key::generate()?.to_base64()`); the cookie is
+//!   `__Host-sid` with `HttpOnly; Secure; SameSite=Lax; Path=/`, so no other host (a sibling
+//!   subdomain included) can plant one, and `sid` only after the explicit `.secure(false)`
+//!   opt-out for plain-HTTP development; a request carrying the session cookie more than once
+//!   gets no session, and at most one value per request is verified ([`CookieConfig`] says
+//!   why); Max-Age kept in step with the store's expiry; idle (30 min) and absolute (12 h)
+//!   timeouts; stores see only a SHA-256 of the id. [`Session::cycle_id`] on log-in,
+//!   [`Session::destroy`] on log-out.
 //! * **Bad input is not an error page.** A malformed, forged, expired or unknown cookie gives
 //!   a fresh empty session. Data over the size limit (64 KiB) is a typed
 //!   [`SessionError::TooLarge`]. An unreachable store answers `503` by default
@@ -83,7 +88,10 @@ pub mod store;
 #[cfg(feature = "axum")]
 mod extract;
 
-pub use config::{ConflictRule, CookieConfig, OnStoreError, SameSite, SessionConfig, TtlExtension};
+pub use config::{
+    ConflictRule, CookieConfig, HOST_COOKIE_NAME, OnStoreError, PLAIN_COOKIE_NAME,
+    SECURE_COOKIE_NAME, SameSite, SessionConfig, TtlExtension,
+};
 pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
 pub use id::{SessionId, SessionIdGenerator, StoreKey};
 pub use keys::{Key, MIN_KEY_LEN, SigningKeys};

@@ -6,7 +6,7 @@
 //! | `herd_session_saves_total` | `store`, `outcome` = `created`/`saved`/`touched`/`gone`/`too_large`/`gave_up` | writes and their results |
 //! | `herd_session_conflicts_total` | `store`, `kind` = `merged`/`same_field` | saves that met a concurrent change (and merged); fields changed on both sides |
 //! | `herd_session_store_errors_total` | `store`, `operation` | failed store operations |
-//! | `herd_session_cookies_rejected_total` | `store`, `reason` = `forged`/`unknown` | cookies that did not lead to a session |
+//! | `herd_session_cookies_rejected_total` | `store`, `reason` = `forged`/`unknown`/`ambiguous` | cookies that did not lead to a session (`ambiguous`: several cookies with the session's name) |
 //! | `herd_session_store_failover_retries_total` | `store`, `operation` | store attempts repeated after an error a failover explains |
 //! | `herd_session_store_failover_waits_total` | `store`, `operation`, `outcome` = `recovered`/`gave_up` | store operations that waited out a failover, and how they ended |
 //! | `herd_session_store_failover_wait_seconds` (histogram) | `store`, `operation` | how long those operations waited |
@@ -38,7 +38,7 @@ const SAVE_OUTCOMES: [&str; 6] = [
     "gave_up",
 ];
 const CONFLICT_KINDS: [&str; 2] = ["merged", "same_field"];
-const REJECT_REASONS: [&str; 2] = ["forged", "unknown"];
+const REJECT_REASONS: [&str; 3] = ["forged", "unknown", "ambiguous"];
 
 /// Pre-built metric keys for one store.
 #[derive(Debug)]

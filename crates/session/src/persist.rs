@@ -607,7 +607,7 @@ impl Session {
     fn signed_cookie(&self, id: &SessionId, ttl: Duration) -> CookieAction {
         let shared = self.shared();
         CookieAction::Set {
-            value: shared.keys.sign(&shared.config.cookie.name, id),
+            value: shared.keys.sign(shared.config.cookie.effective_name(), id),
             ttl,
         }
     }

@@ -126,13 +126,19 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// Cookie name (default `"sid"`).
+    /// Cookie name. Default: `__Host-sid` for a Secure cookie with `Path=/` and no Domain (the
+    /// defaults), `__Secure-sid` for a Secure one with another path or a Domain, `sid` when
+    /// not Secure; see [`CookieConfig::name`](crate::CookieConfig::name). A `__Host-` or
+    /// `__Secure-` name whose attributes break its prefix's rules fails
+    /// [`build`](Self::build) with [`ConfigError::CookiePrefix`].
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
-        self.config.cookie.name = name.into();
+        self.config.cookie.name = Some(name.into());
         self
     }
 
-    /// Secure attribute (default `true`; `false` only for plain-HTTP localhost).
+    /// Secure attribute. Default `true`; `secure(false)` is the explicit opt-out for
+    /// plain-HTTP local development, and also makes the default cookie name `sid` (the
+    /// `__Host-` prefix requires Secure). [`build`](Self::build) logs a warning when it is off.
     pub fn secure(mut self, secure: bool) -> Self {
         self.config.cookie.secure = secure;
         self
@@ -219,8 +225,20 @@ impl SessionLayerBuilder {
     }
 
     /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] naming the first setting that cannot work, e.g.
+    /// [`ConfigError::CookiePrefix`] for a `__Host-` cookie that is not Secure, has another
+    /// path than `/` or has a Domain.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         self.config.validate()?;
+        if !self.config.cookie.secure {
+            tracing::warn!(
+                cookie = self.config.cookie.effective_name(),
+                "session cookies are not Secure: browsers send them over plain HTTP; use this \
+                 only for local development"
+            );
+        }
         let store_name = self.backend.name();
         Ok(SessionLayer {
             shared: Arc::new(Shared {

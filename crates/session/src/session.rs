@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
 use crate::config::{OnStoreError, SessionConfig};
-use crate::cookies::{self, CookieAction, SetCookieTemplate};
+use crate::cookies::{self, Candidate, CookieAction, SetCookieTemplate};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionIdGenerator, StoreKey};
 use crate::keys::SigningKeys;
@@ -73,6 +73,9 @@ pub(crate) enum Presented {
     Nothing,
     /// A cookie that is malformed or carries a bad signature (or cannot be decrypted).
     Rejected,
+    /// Several cookies with the session's name: none is used, and none is cleared (a
+    /// removal could only reach this host's own cookie).
+    Ambiguous,
     /// A correctly signed id; `resign` when an older key signed it.
     Id { id: SessionId, resign: bool },
     /// The cookie store's sealed session, opened lazily.
@@ -176,29 +179,34 @@ impl Session {
         }
     }
 
+    /// What the request's cookie says. At most one value is ever looked at: several values
+    /// of the session cookie give no session at all (see [`CookieConfig`](crate::CookieConfig)
+    /// for why), so a request costs at most one verification however many it sends.
     fn presented(shared: &Shared, headers: &HeaderMap) -> Presented {
-        let name = shared.config.cookie.name.as_str();
-        let mut values = cookies::request_values(headers, name).peekable();
-        if values.peek().is_none() {
-            return Presented::Nothing;
-        }
-        match &shared.backend {
-            Backend::Store(_) => {
-                for value in values {
-                    if let Some(verified) = shared.keys.verify(name, value) {
-                        return Presented::Id {
-                            id: verified.id,
-                            resign: verified.signed_with_old_key,
-                        };
-                    }
-                }
-                shared.metrics.cookie_rejected("forged");
-                Presented::Rejected
+        let name = shared.config.cookie.effective_name();
+        let value = match cookies::session_cookie(headers, name) {
+            Candidate::Absent => return Presented::Nothing,
+            Candidate::Ambiguous => {
+                shared.metrics.cookie_rejected("ambiguous");
+                return Presented::Ambiguous;
             }
+            Candidate::One(value) => value,
+        };
+        match &shared.backend {
+            Backend::Store(_) => match shared.keys.verify(name, value) {
+                Some(verified) => Presented::Id {
+                    id: verified.id,
+                    resign: verified.signed_with_old_key,
+                },
+                None => {
+                    shared.metrics.cookie_rejected("forged");
+                    Presented::Rejected
+                }
+            },
             #[cfg(feature = "cookie-store")]
-            Backend::Cookie(_) => match values.find_map(|value| std::str::from_utf8(value).ok()) {
-                Some(value) => Presented::Sealed(value.to_owned()),
-                None => Presented::Nothing,
+            Backend::Cookie(_) => match std::str::from_utf8(value) {
+                Ok(value) => Presented::Sealed(value.to_owned()),
+                Err(_) => Presented::Nothing,
             },
         }
     }
@@ -293,7 +301,7 @@ impl Session {
             }
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(value), Backend::Cookie(cookie_store)) => Ok(cookie_store
-                .open(&shared.config.cookie.name, value)
+                .open(shared.config.cookie.effective_name(), value)
                 .map(|s| (None, s))),
             _ => return,
         };
@@ -576,5 +584,231 @@ mod tests {
         // Errors are serde_json's own (a map key that is not a string).
         let bad: std::collections::BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into_iter().collect();
         assert!(to_raw_value(&bad).is_err());
+    }
+
+    #[cfg(feature = "memory")]
+    mod cookies {
+        use std::convert::Infallible;
+
+        use http::header::{COOKIE, SET_COOKIE};
+        use http::{HeaderValue, Request, Response};
+        use tower::{Layer as _, ServiceExt as _};
+
+        use super::*;
+        use crate::keys::{Key, MACS};
+        use crate::{ConfigError, CookieConfig, MemoryStore, SessionLayer};
+
+        fn keys() -> SigningKeys {
+            SigningKeys::with_rotation(vec![
+                Key::from_bytes(&[1; 32]).unwrap(),
+                Key::from_bytes(&[2; 32]).unwrap(),
+                Key::from_bytes(&[3; 32]).unwrap(),
+            ])
+            .unwrap()
+        }
+
+        fn shared(config: SessionConfig) -> Arc<Shared> {
+            Arc::new(Shared {
+                backend: Backend::Store(Arc::new(MemoryStore::new())),
+                set_cookie: SetCookieTemplate::new(&config.cookie),
+                metrics: Metrics::new("memory"),
+                config,
+                keys: keys(),
+                ids: SessionIdGenerator::from_seed(9),
+            })
+        }
+
+        fn headers(cookie: &str) -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            headers.insert(COOKIE, HeaderValue::from_str(cookie).unwrap());
+            headers
+        }
+
+        /// What `cookie` presents, and how many HMACs that took.
+        fn presented(shared: &Shared, cookie: &str) -> (Presented, usize) {
+            MACS.with(|macs| macs.set(0));
+            let presented = Session::presented(shared, &headers(cookie));
+            (presented, MACS.with(std::cell::Cell::get))
+        }
+
+        fn signed(shared: &Shared, seed: u64) -> String {
+            let id = SessionIdGenerator::from_seed(seed).generate().unwrap();
+            shared.keys.sign(shared.config.cookie.effective_name(), &id)
+        }
+
+        #[test]
+        fn one_signed_cookie_is_the_session() {
+            let shared = shared(SessionConfig::default());
+            let value = signed(&shared, 1);
+            let (got, macs) = presented(&shared, &format!("__Host-sid={value}"));
+            assert!(
+                matches!(got, Presented::Id { resign: false, .. }),
+                "{got:?}"
+            );
+            assert_eq!(macs, 1);
+            // The default name is `__Host-sid`: a plain `sid` is some other cookie.
+            let (got, macs) = presented(&shared, &format!("sid={value}"));
+            assert!(matches!(got, Presented::Nothing), "{got:?}");
+            assert_eq!(macs, 0);
+        }
+
+        #[test]
+        fn a_planted_second_cookie_never_wins() {
+            // A sibling subdomain plants a cookie it got by signing in itself: validly signed.
+            let config = SessionConfig {
+                cookie: CookieConfig {
+                    name: Some("sid".into()),
+                    ..CookieConfig::default()
+                },
+                ..SessionConfig::default()
+            };
+            let shared = shared(config);
+            let victim = signed(&shared, 1);
+            let planted = signed(&shared, 2);
+            for header in [
+                format!("sid={planted}; sid={victim}"),
+                format!("sid={victim}; sid={planted}"),
+                format!("sid={victim}; other=1; sid=garbage"),
+                format!("sid=garbage; sid={victim}"),
+            ] {
+                let (got, macs) = presented(&shared, &header);
+                assert!(matches!(got, Presented::Ambiguous), "{header}: {got:?}");
+                assert_eq!(macs, 0, "nothing is verified once it is ambiguous");
+            }
+        }
+
+        #[test]
+        fn thousands_of_session_cookies_cost_no_hmac() {
+            let shared = shared(SessionConfig::default());
+            // Well formed, signed with a key the layer does not have.
+            let id = SessionIdGenerator::from_seed(4).generate().unwrap();
+            let other = SigningKeys::new(Key::from_bytes(&[9; 32]).unwrap());
+            let forged = format!("__Host-sid={}", other.sign("__Host-sid", &id));
+            let header = vec![forged.as_str(); 2_000].join("; ");
+            let (got, macs) = presented(&shared, &header);
+            assert!(matches!(got, Presented::Ambiguous), "{got:?}");
+            assert_eq!(macs, 0);
+            // One forged value: one HMAC per signing key (three here), never more.
+            let (got, macs) = presented(&shared, &forged);
+            assert!(matches!(got, Presented::Rejected), "{got:?}");
+            assert_eq!(macs, 3);
+        }
+
+        async fn call(layer: &SessionLayer, cookie: Option<String>) -> Response<String> {
+            let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
+                // Never touches the session: only the cookie decides the response's cookie.
+                drop(req);
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }));
+            let mut request = Request::get("/").body(()).unwrap();
+            if let Some(cookie) = cookie {
+                request
+                    .headers_mut()
+                    .insert(COOKIE, HeaderValue::from_str(&cookie).unwrap());
+            }
+            service.oneshot(request).await.unwrap()
+        }
+
+        async fn login(layer: &SessionLayer) -> String {
+            let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
+                let session = req.extensions().get::<Session>().cloned().unwrap();
+                session.insert("user", 7).await.unwrap();
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }));
+            let response = service
+                .oneshot(Request::get("/").body(()).unwrap())
+                .await
+                .unwrap();
+            let header = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+            header.split(';').next().unwrap().to_owned()
+        }
+
+        #[tokio::test]
+        async fn the_default_cookie_is_host_prefixed_and_secure() {
+            let layer = SessionLayer::builder(MemoryStore::new(), keys())
+                .build()
+                .unwrap();
+            let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
+                let session = req.extensions().get::<Session>().cloned().unwrap();
+                session.insert("user", 7).await.unwrap();
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }));
+            let response = service
+                .oneshot(Request::get("/").body(()).unwrap())
+                .await
+                .unwrap();
+            let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+            assert!(set_cookie.starts_with("__Host-sid="), "{set_cookie}");
+            assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+            assert!(set_cookie.contains("; Path=/"), "{set_cookie}");
+            assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+
+            // The explicit opt-out: not Secure, plain `sid`.
+            let local = SessionLayer::builder(MemoryStore::new(), keys())
+                .secure(false)
+                .build()
+                .unwrap();
+            assert!(login(&local).await.starts_with("sid="));
+            // A `__Host-` name that breaks its rules does not build.
+            let error = SessionLayer::builder(MemoryStore::new(), keys())
+                .cookie_name("__Host-sid")
+                .secure(false)
+                .build()
+                .unwrap_err();
+            assert!(matches!(error, ConfigError::CookiePrefix { .. }), "{error}");
+            let error = SessionLayer::builder(MemoryStore::new(), keys())
+                .domain("example.com")
+                .cookie_name("__Host-sid")
+                .build()
+                .unwrap_err();
+            assert!(error.to_string().contains("Domain"), "{error}");
+        }
+
+        #[tokio::test]
+        async fn duplicates_give_no_session_and_are_not_cleared() {
+            let layer = SessionLayer::builder(MemoryStore::new(), keys())
+                .cookie_name("sid")
+                .build()
+                .unwrap();
+            let mine = login(&layer).await;
+            let theirs = login(&layer).await;
+            // Alone, each cookie is a session: the response needs no cookie change.
+            let alone = call(&layer, Some(mine.clone())).await;
+            assert!(alone.headers().get(SET_COOKIE).is_none());
+            // Together: no session, and no removal that would leave only the other one.
+            let both = call(&layer, Some(format!("{theirs}; {mine}"))).await;
+            assert!(both.headers().get(SET_COOKIE).is_none());
+            // A forged cookie on its own is still cleared.
+            let forged = call(&layer, Some("sid=forged".into())).await;
+            let removal = forged.headers()[SET_COOKIE].to_str().unwrap();
+            assert!(removal.contains("Max-Age=0"), "{removal}");
+        }
+
+        #[tokio::test]
+        async fn duplicates_do_not_reach_the_handler_as_a_session() {
+            let layer = SessionLayer::builder(MemoryStore::new(), keys())
+                .cookie_name("sid")
+                .build()
+                .unwrap();
+            let mine = login(&layer).await;
+            let theirs = login(&layer).await;
+            let service = layer.layer(tower::service_fn(|req: Request<()>| async move {
+                let session = req.extensions().get::<Session>().cloned().unwrap();
+                let user: Option<u32> = session.get("user").await.unwrap();
+                Ok::<_, Infallible>(Response::new(format!("{user:?}")))
+            }));
+            for (cookie, expected) in [
+                (mine.clone(), "Some(7)"),
+                (format!("{mine}; {theirs}"), "None"),
+                (format!("{theirs}; {mine}"), "None"),
+            ] {
+                let mut request = Request::get("/").body(()).unwrap();
+                request
+                    .headers_mut()
+                    .insert(COOKIE, HeaderValue::from_str(&cookie).unwrap());
+                let response = service.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.into_body(), expected, "{cookie}");
+            }
+        }
     }
 }
