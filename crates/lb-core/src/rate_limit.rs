@@ -167,9 +167,9 @@ pub const SWEEP_PER_INSERT: usize = 2;
 /// Shards of the state table (a power of two): one lock each.
 const SHARDS: usize = 64;
 
-/// The generic cell rate algorithm (what governor and nginx's `limit_req` compute): a client's
-/// state is its theoretical arrival time `tat`; a request at `now` is allowed when
-/// `now >= tat - tolerance`, and then moves `tat` to `max(tat, now) + period`.
+/// The generic cell rate algorithm (governor's rule; nginx's `limit_req` leaky bucket is its
+/// twin): a client's state is its theoretical arrival time `tat`; a request at `now` is allowed
+/// when `now >= tat - tolerance`, and then moves `tat` to `max(tat, now) + period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Gcra {
     /// Nanoseconds between two requests at the sustained rate.
