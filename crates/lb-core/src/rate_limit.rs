@@ -430,7 +430,8 @@ impl RateLimitLayer {
                 route.quota.gcra("rate_limit.routes")?,
             ));
         }
-        if u32::try_from(routes.len()).is_err() {
+        // A quota's index shares its `u32` with the address-family flag.
+        if routes.len() >= (IPV6_FLAG - 1) as usize {
             return Err(Error::InvalidConfig {
                 field: "rate_limit.routes",
                 reason: "too many routes".into(),
