@@ -112,9 +112,9 @@ impl SessionConfig {
 /// cookie and hand the next request to the planted one. Refusing is the one answer that no
 /// ordering can game, and it fails closed. OWASP ASVS v4 has no rule for duplicates as such:
 /// its V3.4.4 asks for the `__Host-` prefix so that no other host can set the cookie in the
-/// first place, which is why that is the default here. With a `__Host-` name a browser accepts no planted
-/// cookie at all (it must be Secure, Path=/ and host-only), so several values can only come
-/// from a hand-made request. The same rule bounds the work a request can cause: scanning
+/// first place, which is why that is the default here. With a `__Host-` name a browser
+/// accepts no planted cookie at all (it must be Secure, Path=/ and host-only), so several
+/// values can only come from a hand-made request. The same rule bounds the work a request can cause: scanning
 /// stops at the second value, and at most one value per request is verified (one HMAC per
 /// signing key, or one decryption with the cookie store), however many `sid=` pairs the
 /// header repeats.
@@ -443,10 +443,9 @@ mod tests {
                 ("Domain", |c| c.domain = Some("example.com".into())),
             ] {
                 let error = with_name(name, f).unwrap_err();
-                assert!(
-                    matches!(&error, ConfigError::CookiePrefix { rule, .. } if rule.contains(broken)),
-                    "{name} without {broken}: {error}"
-                );
+                let named = matches!(&error, ConfigError::CookiePrefix { rule, .. }
+                    if rule.contains(broken));
+                assert!(named, "{name} without {broken}: {error}");
             }
         }
         assert!(matches!(

@@ -303,8 +303,8 @@ mod tests {
     #[test]
     fn thousands_of_values_are_scanned_only_up_to_the_second() {
         // 8 KiB of `sid=` pairs: the scan ends at the second pair, long before the end.
-        let pairs = "sid=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB; "
-            .repeat(90);
+        let pair = format!("sid={}.{}; ", "A".repeat(43), "B".repeat(43));
+        let pairs = pair.repeat(90);
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_str(&pairs).unwrap());
         assert_eq!(session_cookie(&headers, "sid"), Candidate::Ambiguous);
