@@ -324,6 +324,35 @@ fn decoy(standard_strings: bool) -> BoxedStrategy<Sql> {
         .boxed()
 }
 
+/// A call next to text whose end only an exact lexer finds: whether the call is code is
+/// decided by scan.l's rules (a comment ends at the first `*/` whatever quotes it holds,
+/// comments nest, `E'\\'` ends after the escaped backslash, a `U&` string has no backslash
+/// escapes, a dollar quote ends at its own tag only).
+fn lexical_trap(standard_strings: bool) -> BoxedStrategy<Sql> {
+    (call(), 0..7u8)
+        .prop_map(move |(c, shape)| {
+            let code = |text: String| Sql {
+                text,
+                primary: c.primary,
+            };
+            match shape {
+                0 => code(format!("/* it's */ ({})::text", c.text)),
+                1 => Sql::read(format!(
+                    "/* /* */ ({})::text */ 'hidden'",
+                    c.text.replace("*/", "")
+                )),
+                2 => code(format!("(E'\\\\' || ({})::text)", c.text)),
+                3 if standard_strings => {
+                    code(format!("(U&'\\' UESCAPE '!' || ({})::text)", c.text))
+                }
+                4 => code(format!("($a$ $b$ $a$ || ({})::text)", c.text)),
+                5 => Sql::read(format!("$a$ $b$ ({})::text $b$ $a$", c.text)),
+                _ => code(format!("(SELECT ({})::text AS \"it's\")", c.text)),
+            }
+        })
+        .boxed()
+}
+
 /// Text whose code depends on `standard_conforming_strings`: with it on, the call after
 /// `'a\'` is code.
 fn backslash_trap(standard_strings: bool) -> BoxedStrategy<Sql> {
@@ -355,6 +384,7 @@ fn expr(standard_strings: bool) -> BoxedStrategy<Sql> {
         1 => Just(Sql::read("i.name")),
         1 => Just(Sql::read("'7'")),
         1 => Just(Sql::read("(1 OPERATOR(app.###) 2)::text")).prop_map(|s| Sql { primary: Some("volatile operator"), ..s }),
+        2 => lexical_trap(standard_strings),
     ];
     leaf.prop_recursive(2, 6, 2, move |inner| {
         prop_oneof![
@@ -433,14 +463,14 @@ fn select(standard_strings: bool) -> BoxedStrategy<Sql> {
                     parts.push(order);
                 }
                 if let Some(limit) = limit {
-                    parts.push(Sql::read(" LIMIT length("));
+                    parts.push(Sql::read(" LIMIT (SELECT length("));
                     parts.push(limit);
-                    parts.push(Sql::read(") + 1"));
+                    parts.push(Sql::read(") + 1 FROM app.items i LIMIT 1)"));
                 }
                 if let Some(offset) = offset {
-                    parts.push(Sql::read(" OFFSET length("));
+                    parts.push(Sql::read(" OFFSET (SELECT length("));
                     parts.push(offset);
-                    parts.push(Sql::read(") * 0"));
+                    parts.push(Sql::read(") * 0 FROM app.items i LIMIT 1)"));
                 }
                 if let Some(lock) = lock {
                     parts.push(Sql::read(" "));

@@ -453,6 +453,10 @@ impl<'c, 'a> Scan<'c, 'a> {
                 return Some(reason);
             }
         }
+        if self.explain == Explain::Prefix && !matches!(token, Token::Word(_) | Token::LParen) {
+            // `EXPLAIN` followed by anything but options or a statement.
+            return Some(Reason::NotReadOnly);
+        }
         let verdict = match token {
             Token::Word(word) => self.word(word),
             Token::QuotedIdent(_) | Token::UnicodeIdent { .. } => {
@@ -500,6 +504,10 @@ impl<'c, 'a> Scan<'c, 'a> {
 
     /// After the last token: a name after a `.` that ended the statement is attribute notation.
     fn finish(&mut self) -> Option<Reason> {
+        if self.explain != Explain::Done {
+            // `EXPLAIN` with no statement after it.
+            return Some(Reason::NotReadOnly);
+        }
         if self.attribute {
             self.attribute = false;
             // The name is the last token recorded: `prev(0)` from here.

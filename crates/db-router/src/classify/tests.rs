@@ -409,3 +409,15 @@ fn standard_conforming_strings_off_is_honoured() {
     assert_eq!(off.classify(shown), Route::Primary(Reason::WritingFunction));
     assert!(on.classify(shown).is_replica());
 }
+
+#[test]
+fn explain_without_a_statement_is_not_a_read() {
+    for sql in [
+        "EXPLAIN",
+        "EXPLAIN (COSTS OFF)",
+        "EXPLAIN 'x'",
+        "EXPLAIN VERBOSE",
+    ] {
+        assert_eq!(route(sql), Route::Primary(Reason::NotReadOnly), "{sql}");
+    }
+}
