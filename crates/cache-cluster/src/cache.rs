@@ -831,7 +831,11 @@ impl Inner {
         // Another instance is loading: wait for its value rather than load it again.
         let full = self.data_key(key);
         let circuit = self.circuit_for(&full);
-        let deadline = Instant::now() + lock.wait;
+        // A configured wait too long for the clock waits (practically) forever, not panics.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(lock.wait)
+            .unwrap_or(now + Duration::from_secs(86_400));
         while Instant::now() < deadline {
             tokio::time::sleep(lock.poll_interval).await;
             if !circuit.allows() {

@@ -74,7 +74,7 @@ impl MemoryBackend {
     fn write(&self, key: String, value: Vec<u8>, ttl: Duration) {
         let mut state = self.inner.state.lock();
         let now = Instant::now();
-        state.values.insert(key, (value, now + ttl));
+        state.values.insert(key, (value, expiry(now, ttl)));
         state.writes = state.writes.wrapping_add(1);
         if state.writes.is_multiple_of(SWEEP_EVERY) {
             state.values.retain(|_, (_, until)| *until > now);
@@ -113,7 +113,7 @@ impl MemoryBackend {
         }
         state
             .values
-            .insert(key.to_owned(), (value.to_vec(), now + ttl));
+            .insert(key.to_owned(), (value.to_vec(), expiry(now, ttl)));
         Ok(true)
     }
 
@@ -166,7 +166,7 @@ impl MemoryBackend {
         ttl: Duration,
     ) -> Result<(), Error> {
         let mut state = self.inner.state.lock();
-        let until = Instant::now() + ttl;
+        let until = expiry(Instant::now(), ttl);
         let (set, expiry) = state
             .tags
             .entry(tag_key.to_owned())
@@ -228,5 +228,31 @@ impl MemoryBackend {
             latency: Some(Duration::ZERO),
             error: None,
         }]
+    }
+}
+
+/// When a value stored at `now` for `ttl` expires: a TTL too long for the clock (e.g.
+/// `Duration::MAX`) keeps it for about a century instead of overflowing.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_too_long_for_the_clock_neither_panics_nor_expires() {
+        let backend = MemoryBackend::new();
+        backend.insert_raw("k", b"v".to_vec(), Duration::MAX);
+        let now = Instant::now();
+        assert!(expiry(now, Duration::MAX) > now + Duration::from_secs(3600));
+        assert_eq!(
+            expiry(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
     }
 }
