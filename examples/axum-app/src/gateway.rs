@@ -32,7 +32,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tower::{Layer as _, Service, ServiceExt as _};
 
-use crate::server::{App, ServerThread, Threads, WithConnectInfo};
+use crate::server::{App, ServerLimits, ServerThread, Threads, WithConnectInfo};
 
 /// The gateway's balancing policy (`--policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +73,7 @@ pub struct GatewayConfig {
     policy: Policy,
     trusted_proxies: Vec<String>,
     admin_networks: Vec<String>,
+    server_limits: ServerLimits,
     rate_limits: bool,
     response_cache: bool,
 }
@@ -86,6 +87,7 @@ impl GatewayConfig {
             policy: Policy::P2c,
             trusted_proxies: Vec::new(),
             admin_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            server_limits: ServerLimits::default(),
             rate_limits: true,
             response_cache: true,
         }
@@ -109,6 +111,13 @@ impl GatewayConfig {
     /// forge with a header. Default: loopback only (`127.0.0.0/8`, `::1`).
     pub fn admin_networks(mut self, networks: Vec<String>) -> Self {
         self.admin_networks = networks;
+        self
+    }
+
+    /// Header read timeout and connection cap of the gateway's listener (default
+    /// [`ServerLimits::default`]).
+    pub fn server_limits(mut self, limits: ServerLimits) -> Self {
+        self.server_limits = limits;
         self
     }
 
@@ -379,10 +388,12 @@ fn trusted_proxies(list: &[String]) -> Result<TrustedProxies, String> {
 /// A message naming what failed.
 pub async fn spawn(config: GatewayConfig, bind: SocketAddr) -> Result<RunningGateway, String> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let server = ServerThread::start_with(
+    let limits = config.server_limits;
+    let server = ServerThread::start_with_limits(
         "gateway",
         bind,
         Threads::PerCore(cores),
+        limits,
         move || async move { app(&config).await },
     )
     .await?;
@@ -486,7 +497,14 @@ mod tests {
         ] {
             assert!(is_admin_path(path), "{path}");
         }
-        for path in ["/", "/api/whoami", "/healthz", "/metricsfoo", "/api/health", "/adminx"] {
+        for path in [
+            "/",
+            "/api/whoami",
+            "/healthz",
+            "/metricsfoo",
+            "/api/health",
+            "/adminx",
+        ] {
             assert!(!is_admin_path(path), "{path}");
         }
     }

@@ -140,6 +140,9 @@ pub struct ServerLimits {
     /// `worker_connections`). Past it a new connection is answered `503` with `Retry-After`
     /// and closed at once, without reading its request.
     pub max_connections: usize,
+    /// Most bytes of a request head (default 64 KiB, at least 8 KiB; nginx allows 4 × 8 KiB
+    /// `large_client_header_buffers`). A longer head is answered `431`.
+    pub max_head_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -147,6 +150,7 @@ impl Default for ServerLimits {
         ServerLimits {
             header_read_timeout: Duration::from_secs(20),
             max_connections: 10_000,
+            max_head_bytes: 64 * 1024,
         }
     }
 }
@@ -362,7 +366,8 @@ async fn serve<A: App>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8 * 1024));
     builder.http2().timer(TokioTimer::new());
     let connections = Arc::new(Connections::default());
     let how = loop {
