@@ -414,7 +414,9 @@ async fn a_client_body_that_stalls_is_408_and_no_endpoint_failure() {
     let backend = Server::start(uploads(Arc::clone(&hits))).await;
     let mut config = config(&[backend.addr]);
     config.balancer.outlier_detection = eject_on_any_failure();
-    config.request_timeout = Duration::from_millis(300);
+    // The client's stall is bounded by its own timeout; the endpoint's is far away.
+    config.client_body_timeout = Duration::from_millis(300);
+    config.request_timeout = Duration::from_secs(60);
     let upstream = HttpUpstream::from_config(&config).unwrap();
     let gateway = Server::gateway(upstream.clone()).await;
 
@@ -424,10 +426,16 @@ async fn a_client_body_that_stalls_is_408_and_no_endpoint_failure() {
     let buffered =
         "POST /upload HTTP/1.1\r\nhost: gateway.example\r\ncontent-length: 10\r\n\r\nhello";
     for stalled in [streamed.as_str(), buffered] {
+        let started = std::time::Instant::now();
         let answer = raw(gateway.addr, stalled.as_bytes(), Then::Wait).await;
         let (status, body) = answer.unwrap_or_else(|| panic!("no answer to {stalled:?}"));
         assert_eq!(status, 408, "{stalled:?}: {body}");
         assert!(!body.contains("127.0.0.1"), "{body}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
     }
     let state = endpoint(&upstream, backend.addr);
     assert_eq!(state.status, EndpointStatus::Healthy, "{state:?}");
@@ -435,6 +443,184 @@ async fn a_client_body_that_stalls_is_408_and_no_endpoint_failure() {
     // Only the streamed one reached an endpoint; the buffered one failed before the pick.
     assert_eq!(requests(backend.addr, "client_error"), 1);
     assert!(recorded().counter("herd_lb_client_errors_total{reason=body_timeout}") >= 2);
+}
+
+/// Writes `head`, then each of `pieces` `gap` apart, on a new connection; the response (status
+/// and body) within 10 s.
+async fn paced(addr: SocketAddr, head: &str, pieces: &[&str], gap: Duration) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in pieces {
+        tokio::time::sleep(gap).await;
+        stream.write_all(piece.as_bytes()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream))
+        .await
+        .ok()
+        .flatten()
+        .expect("an answer within 10 s")
+}
+
+/// An upload that keeps coming is forwarded however long it takes in all: the client body
+/// timeout is between two pieces (nginx's `client_body_timeout`), and the request timeout is
+/// the endpoint's, not the client's. Streamed and buffered bodies alike.
+#[tokio::test]
+async fn a_slow_upload_that_keeps_coming_outlasts_the_request_timeout() {
+    recorded();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let backend = Server::start(uploads(Arc::clone(&hits))).await;
+    let mut config = config(&[backend.addr]);
+    config.balancer.outlier_detection = eject_on_any_failure();
+    config.request_timeout = Duration::from_millis(300);
+    config.client_body_timeout = Duration::from_secs(2);
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let gateway = Server::gateway(upstream.clone()).await;
+    let gap = Duration::from_millis(150);
+
+    // Streamed: eight chunks 150 ms apart, 1.2 s in all against a request timeout of 300 ms.
+    let mut chunks = vec!["2\r\nab\r\n"; 8];
+    chunks.push("0\r\n\r\n");
+    let started = std::time::Instant::now();
+    let (status, body) = paced(gateway.addr, CHUNKED_HEAD, &chunks, gap).await;
+    assert_eq!((status, body.as_str()), (200, "got 16"));
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+
+    // Buffered (a length under the retry buffer): the same pace.
+    let head = "POST /upload HTTP/1.1\r\nhost: gateway.example\r\ncontent-length: 16\r\n\r\n";
+    let (status, body) = paced(gateway.addr, head, &["ab"; 8], gap).await;
+    assert_eq!((status, body.as_str()), (200, "got 16"));
+
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let state = endpoint(&upstream, backend.addr);
+    assert_eq!((state.status, state.failures), (EndpointStatus::Healthy, 0));
+}
+
+/// Once the upload is sent, the request timeout bounds the wait for the endpoint's answer: an
+/// endpoint that reads the whole body and then says nothing is a 504, counted from the body's
+/// end, not from the request's start.
+#[tokio::test]
+async fn the_request_timeout_bounds_the_answer_after_the_upload() {
+    recorded();
+    let slow = Router::new().route(
+        "/upload",
+        post(|body: String| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            format!("got {}", body.len())
+        }),
+    );
+    let backend = Server::start(slow).await;
+    let mut config = config(&[backend.addr]);
+    config.request_timeout = Duration::from_millis(400);
+    config.client_body_timeout = Duration::from_secs(2);
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let gateway = Server::gateway(upstream.clone()).await;
+
+    let mut chunks = vec!["2\r\nab\r\n"; 4];
+    chunks.push("0\r\n\r\n");
+    let started = std::time::Instant::now();
+    let (status, body) = paced(
+        gateway.addr,
+        CHUNKED_HEAD,
+        &chunks,
+        Duration::from_millis(150),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    // 5 gaps of 150 ms for the upload, then 400 ms for the answer; well before the 3 s.
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+}
+
+// ---- 1b. the client's Host ---------------------------------------------------------------
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, a request with two, or one whose `Host`
+/// is not a valid authority is answered 400 by the gateway itself: no endpoint is picked, so
+/// none is blamed, and the refusal is counted by its reason.
+#[tokio::test]
+async fn a_missing_repeated_or_invalid_host_is_400_before_any_endpoint() {
+    recorded();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let backend = Server::start(uploads(Arc::clone(&hits))).await;
+    let mut config = config(&[backend.addr]);
+    config.balancer.outlier_detection = eject_on_any_failure();
+    let upstream = HttpUpstream::from_config(&config).unwrap();
+    let gateway = Server::gateway(upstream.clone()).await;
+    let before = |reason: &str| {
+        recorded().counter(&format!("herd_lb_client_errors_total{{reason={reason}}}"))
+    };
+    let counts = ["host_missing", "host_repeated", "host_invalid"].map(before);
+
+    let refused = [
+        ("GET / HTTP/1.1\r\n\r\n", "missing Host header\n"),
+        (
+            "GET http://gateway.example/ HTTP/1.1\r\n\r\n",
+            "missing Host header\n",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: gateway.example\r\nhost: evil.example\r\n\r\n",
+            "more than one Host header\n",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: gateway.example\r\nHost: gateway.example\r\n\r\n",
+            "more than one Host header\n",
+        ),
+        (
+            "GET / HTTP/1.0\r\nhost: a\r\nhost: b\r\n\r\n",
+            "more than one Host header\n",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: user@gateway.example\r\n\r\n",
+            "invalid Host header\n",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: gateway.example:99999\r\n\r\n",
+            "invalid Host header\n",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: gateway.example/x\r\n\r\n",
+            "invalid Host header\n",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: a\"b\r\n\r\n",
+            "invalid Host header\n",
+        ),
+        ("GET / HTTP/1.1\r\nhost:\r\n\r\n", "invalid Host header\n"),
+        (
+            "GET http://gateway.example/ HTTP/1.1\r\nhost: bad host\r\n\r\n",
+            "invalid Host header\n",
+        ),
+    ];
+    for (request, answer) in refused {
+        let (status, body) = raw(gateway.addr, request.as_bytes(), Then::Wait)
+            .await
+            .unwrap_or_else(|| panic!("no answer to {request:?}"));
+        assert_eq!(status, 400, "{request:?}: {body}");
+        assert_eq!(body, answer, "{request:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let after = ["host_missing", "host_repeated", "host_invalid"].map(before);
+    assert!(after[0] >= counts[0] + 2, "{after:?}");
+    assert!(after[1] >= counts[1] + 3, "{after:?}");
+    assert!(after[2] >= counts[2] + 6, "{after:?}");
+
+    // Served: a valid Host, an IPv6 literal, and HTTP/1.0 without one.
+    for request in [
+        "GET / HTTP/1.1\r\nhost: gateway.example:8080\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: [::1]:3000\r\n\r\n",
+        "GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let (status, body) = raw(gateway.addr, request.as_bytes(), Then::Wait)
+            .await
+            .unwrap_or_else(|| panic!("no answer to {request:?}"));
+        assert_eq!((status, body.as_str()), (200, "ok"), "{request:?}");
+    }
+    let state = endpoint(&upstream, backend.addr);
+    assert_eq!((state.status, state.failures), (EndpointStatus::Healthy, 0));
+    assert_eq!(requests(backend.addr, "failure"), 0);
+    assert_eq!(requests(backend.addr, "client_error"), 0);
 }
 
 /// A streamed body of `n` pieces of 1 KiB each, of no announced size.

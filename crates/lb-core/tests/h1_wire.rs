@@ -637,6 +637,28 @@ async fn response_trailers_are_passed_on() {
     );
 }
 
+/// Response trailers lose what a trailer may not carry (RFC 9110 §6.5.1): a `Set-Cookie` or
+/// an `Authorization` after the body would reach a client that merges trailers into the head
+/// unchecked, and the dependency signal is the proxy's alone.
+#[tokio::test]
+async fn response_trailers_lose_cookies_credentials_and_framing() {
+    let server = Scripted::start(|_| {
+        Reply::Keep(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\
+             set-cookie: sid=forged; Path=/\r\nauthorization: Bearer x\r\n\
+             www-authenticate: Basic\r\ncontent-length: 99\r\nlocation: /elsewhere\r\n\
+             x-herd-dependency-unavailable: postgres\r\ngrpc-status: 0\r\n\r\n",
+        )
+    })
+    .await;
+    let upstream = upstream(server.addr);
+    let res = upstream.clone().oneshot(get()).await.unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let names: Vec<&str> = trailers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["grpc-status"], "{trailers:?}");
+}
+
 /// RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length "ought to be
 /// handled as an error"; a proxy that forwards it should at least not reuse the connection
 /// (pingora, nginx close it).

@@ -284,7 +284,10 @@ async fn client_ip_hashing_keeps_each_client_on_one_endpoint() {
         let peer: SocketAddr = format!("198.51.100.{client}:4000").parse().unwrap();
         let mut served = std::collections::HashSet::new();
         for _ in 0..5 {
-            let req = Request::get("/").body(Body::empty()).unwrap();
+            let req = Request::get("/")
+                .header("host", "gateway.example")
+                .body(Body::empty())
+                .unwrap();
             let (status, name) =
                 text(upstream.clone().with_peer(peer).oneshot(req).await.unwrap()).await;
             assert_eq!(status, StatusCode::OK);
@@ -312,6 +315,7 @@ async fn streams_large_bodies_and_reuses_connections() {
             .collect::<Vec<_>>(),
     );
     let mut req = Request::post("/echo")
+        .header("host", "gateway.example")
         .body(Body::from_stream(chunks))
         .unwrap();
     req.extensions_mut()
@@ -350,6 +354,7 @@ async fn preserve_host_sends_the_clients_host_also_from_the_uri() {
     assert!(body.starts_with("host=gateway.example|"), "{body}");
     // HTTP/2 carries the host in the URI (`:authority`), not in a header.
     let mut req = Request::post("http://h2.example/echo")
+        .version(http::Version::HTTP_2)
         .body(Body::empty())
         .unwrap();
     req.extensions_mut()

@@ -216,8 +216,8 @@ pub enum ClientBodyErrorKind {
     /// It went past a size limit (a body wrapped in `http_body_util::Limited`, as tower-http's
     /// `RequestBodyLimit` does): 413 Content Too Large.
     TooLarge,
-    /// It did not arrive within the time allowed (the upstream's `request_timeout`): 408 Request
-    /// Timeout, as nginx's `client_body_timeout`.
+    /// It stalled: no further piece of it came within the upstream's `client_body_timeout`
+    /// (reset by each piece, as nginx's `client_body_timeout`): 408 Request Timeout.
     Timeout,
 }
 
@@ -278,7 +278,7 @@ impl ClientBodyError {
         }
     }
 
-    /// A body that did not arrive in time.
+    /// A body that stalled past the client body timeout.
     pub(crate) fn timeout() -> Self {
         Self {
             kind: ClientBodyErrorKind::Timeout,

@@ -22,7 +22,9 @@ use http_body::Frame;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_dependency_signal, is_hop_by_hop};
+use super::headers::{
+    forbidden_in_trailers, is_dependency_signal, is_hop_by_hop, stripped_from_requests,
+};
 
 /// The largest response head read (nginx reads it into `proxy_buffer_size`, 4 or 8 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -330,7 +332,7 @@ pub(crate) struct Head {
 }
 
 /// Parses a response head from the front of `buf` (consuming it), or `None` if incomplete.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
+pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -654,7 +656,8 @@ impl ChunkedDecoder {
     }
 
     /// The trailer fields, once the body has ended: those that parse as header fields, without
-    /// the ones a trailer may not carry (framing, routing, hop-by-hop: RFC 9110 §6.5.1).
+    /// the ones a trailer may not carry (framing, routing, credentials, cookies, hop-by-hop:
+    /// RFC 9110 §6.5.1; see [`forbidden_in_trailers`]).
     pub(crate) fn take_trailers(&mut self) -> Option<HeaderMap> {
         if self.trailers.is_empty() {
             return None;
@@ -675,11 +678,7 @@ impl ChunkedDecoder {
             ) else {
                 continue;
             };
-            let forbidden = matches!(
-                name.as_str(),
-                "content-length" | "host" | "content-type" | "content-encoding"
-            ) || is_hop_by_hop(&name);
-            if !forbidden {
+            if !forbidden_in_trailers(&name) {
                 map.append(name, value);
             }
         }
@@ -754,7 +753,7 @@ pub(crate) struct Forwarding<'a> {
 /// The front of a request head written once, before the endpoint is picked: everything but a
 /// `Host` that names the endpoint, the framing header and the final empty line. A retry's copy
 /// of the request is then this (shared) and the body, with no header map to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Prefix {
     pub(crate) bytes: Bytes,
     /// It holds the `Host` line (the client's, kept): else the endpoint writes its own.
@@ -787,8 +786,8 @@ pub(crate) fn write_request_line(out: &mut Vec<u8>, method: &Method, uri: &Uri) 
 }
 
 /// Writes an HTTP/1.1 request head to `out`, all but its end ([`end_head`]): origin-form
-/// target, the request's headers (but its framing headers and the ones `forwarding` replaces)
-/// and `forwarding`'s.
+/// target, the request's headers (but those [`stripped_from_requests`], its `Host` only when
+/// `forwarding` replaces it) and `forwarding`'s.
 pub(crate) fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
@@ -801,11 +800,11 @@ pub(crate) fn write_head(
         write_line(out, b"host", host);
     }
     for (name, value) in headers {
-        let replaced = (forwarding.host.is_some() && name == HOST)
-            || name == X_FORWARDED_PROTO
-            || name == X_FORWARDED_HOST
-            || name == CONTENT_LENGTH
-            || name == TRANSFER_ENCODING;
+        let replaced = if name == HOST {
+            forwarding.host.is_some()
+        } else {
+            stripped_from_requests(name)
+        };
         if !replaced {
             write_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
@@ -860,6 +859,18 @@ pub(crate) fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
 
 /// The end of a chunked body.
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends the end of a chunked request body with the client's `trailers`, but those a trailer
+/// may not carry ([`forbidden_in_trailers`]).
+pub(crate) fn write_last_chunk(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        if !forbidden_in_trailers(name) {
+            write_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
 
 #[cfg(test)]
 mod tests {
@@ -953,6 +964,34 @@ mod tests {
         }
         let long_ext = [b"1;".as_slice(), &vec![b'e'; 70_000], b"\r\n"].concat();
         assert!(decode_all(&[&long_ext]).is_err());
+    }
+
+    #[test]
+    fn request_trailers_keep_only_what_a_trailer_may_carry() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert("set-cookie", HeaderValue::from_static("sid=forged"));
+        trailers.insert("authorization", HeaderValue::from_static("Bearer x"));
+        trailers.insert("content-length", HeaderValue::from_static("0"));
+        let mut out = Vec::new();
+        write_last_chunk(&mut out, &trailers);
+        assert_eq!(out, b"0\r\nx-checksum: abc\r\n\r\n");
+        out.clear();
+        write_last_chunk(&mut out, &HeaderMap::new());
+        assert_eq!(out, LAST_CHUNK);
+    }
+
+    #[test]
+    fn response_trailers_lose_cookies_credentials_and_signals() {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(
+            &b"0\r\nset-cookie: sid=forged\r\nauthorization: x\r\nwww-authenticate: y\r\n\
+               x-herd-dependency-unavailable: postgres\r\ngrpc-status: 0\r\n\r\n"[..],
+        );
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::Done);
+        let trailers = decoder.take_trailers().unwrap();
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["grpc-status"], "0");
     }
 
     #[test]
@@ -1085,7 +1124,15 @@ mod tests {
     fn request_heads_carry_the_forwarding_headers_once() {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("client.example"));
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("spoofed"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+        headers.insert(
+            "forwarded",
+            HeaderValue::from_static("for=6.6.6.6;proto=https"),
+        );
+        headers.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic c2VjcmV0"),
+        );
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
         let mut out = Vec::new();

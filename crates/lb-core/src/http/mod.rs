@@ -13,7 +13,9 @@
 //!   `herd_lb_client_errors_total{reason}`, and never retried. It is told apart where the body is
 //!   read, not from an error's text: the body's error is wrapped in a [`ClientBodyError`] as it
 //!   comes out, the source of an [`UpstreamError`] of kind [`UpstreamErrorKind::ClientBody`]
-//!   (see [`UpstreamError::client_body`]).
+//!   (see [`UpstreamError::client_body`]). A request whose `Host` RFC 9112 §3.2 refuses (none
+//!   on HTTP/1.1, two, or one that is not a valid `host[:port]`) is answered 400 before any
+//!   endpoint is picked, counted by the same metric (see [`HttpUpstream`]).
 //! - **A dependency every endpoint shares.** An instance that fails because a shared dependency
 //!   is down (PostgreSQL failing over, a Redis Cluster failover) says so with
 //!   [`X_HERD_DEPENDENCY_UNAVAILABLE`] on its 5xx: recorded as

@@ -16,7 +16,6 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -30,7 +29,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::body::{ClientBodyError, UpstreamBody};
-use super::h1::{Conn, Framing, Head, LAST_CHUNK, ProtocolError, RequestFraming, write_chunk};
+use super::h1::{
+    Conn, Framing, Head, LAST_CHUNK, ProtocolError, RequestFraming, write_chunk, write_last_chunk,
+};
 use super::upstream::{UpstreamError, UpstreamErrorKind};
 use crate::balancer::BoxError;
 
@@ -44,6 +45,8 @@ pub(crate) struct EndpointPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// The longest wait for each piece of a streamed request body (`client_body_timeout`).
+    body_timeout: Duration,
 }
 
 struct Idle {
@@ -79,12 +82,14 @@ impl EndpointPool {
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
+        body_timeout: Duration,
     ) -> Self {
         Self {
             authority,
             connect_timeout,
             idle_timeout,
             max_idle,
+            body_timeout,
         }
     }
 
@@ -148,10 +153,13 @@ impl EndpointPool {
     }
 
     /// Sends `msg` on an idle connection, or a new one, and waits at most `timeout` for the
-    /// response head. A request that a reused connection could not take (closed meanwhile, so
-    /// nothing was sent, or closed unanswered when the request may be sent again) goes out
-    /// again on another; a failure before anything was sent is a [`UpstreamErrorKind::Connect`],
-    /// safe to retry.
+    /// response head: from the start, or, when a body is streamed after the head, from the
+    /// body's end. While a body streams, each wait for its next piece is bounded by the pool's
+    /// body timeout (the client's: 408) and each wait for the endpoint to take one by
+    /// `timeout` (the endpoint's: 504), so an upload may take as long as it keeps moving. A
+    /// request that a reused connection could not take (closed meanwhile, so nothing was sent,
+    /// or closed unanswered when the request may be sent again) goes out again on another; a
+    /// failure before anything was sent is a [`UpstreamErrorKind::Connect`], safe to retry.
     pub(crate) async fn send(
         self: Arc<Self>,
         mut msg: Message,
@@ -160,7 +168,7 @@ impl EndpointPool {
         // One clock reading: tokio's instant wraps the standard one.
         let now = tokio::time::Instant::now();
         let started = now.into_std();
-        let deadline = after(now, timeout);
+        let mut deadline = after(now, timeout);
         let failed = |kind, source| UpstreamError::new(&self.authority, kind, source);
         let mut timer: Option<Timer> = None;
         loop {
@@ -209,33 +217,31 @@ impl EndpointPool {
                 None => return Err(failed(UpstreamErrorKind::Timeout, None)),
             }
             if let Some(body) = msg.stream.take() {
-                // Set while the client's body is awaited: a deadline met then is the client's.
-                let awaiting_client = AtomicBool::new(false);
-                let sending = send_body(
-                    &mut conn,
-                    body,
-                    msg.framing,
-                    msg.head_request,
-                    &awaiting_client,
-                );
-                match before(t, deadline, Box::pin(sending)).await {
-                    Some(Ok(None)) => {}
-                    Some(Ok(Some(mut head))) => {
+                let waits = BodyWaits {
+                    client: self.body_timeout,
+                    endpoint: timeout,
+                };
+                // Boxed: streamed bodies are the rarer kind, and their state would make every
+                // request's future larger.
+                let sending = send_body(&mut conn, body, msg.framing, msg.head_request, t, waits);
+                match Box::pin(sending).await {
+                    Ok(None) => {}
+                    Ok(Some(mut head)) => {
                         head.keep_alive = false;
                         return Ok(self.response(conn, head, started, timer.take(), timeout));
                     }
-                    Some(Err(BodyFailure::Client(e))) => {
+                    Err(BodyFailure::Client(e)) => {
                         return Err(failed(UpstreamErrorKind::ClientBody, Some(e.into())));
                     }
-                    Some(Err(BodyFailure::Endpoint(e))) => {
+                    Err(BodyFailure::Endpoint(e)) => {
                         return Err(failed(UpstreamErrorKind::Request, Some(e.into())));
                     }
-                    None if awaiting_client.load(Ordering::Relaxed) => {
-                        let e = ClientBodyError::timeout();
-                        return Err(failed(UpstreamErrorKind::ClientBody, Some(e.into())));
+                    Err(BodyFailure::EndpointTimeout) => {
+                        return Err(failed(UpstreamErrorKind::Timeout, None));
                     }
-                    None => return Err(failed(UpstreamErrorKind::Timeout, None)),
                 }
+                // The upload took the client's time: the endpoint's starts at its end.
+                deadline = deadline_after(timeout);
             }
             match before(t, deadline, conn.read_head(msg.head_request)).await {
                 Some(Ok(head)) => {
@@ -296,10 +302,21 @@ impl EndpointPool {
 
 /// Which side failed while a request body streamed.
 enum BodyFailure {
-    /// The client's body: its fault.
+    /// The client's body: its fault (it broke, or stalled past the client body timeout).
     Client(ClientBodyError),
     /// The connection to the endpoint.
     Endpoint(std::io::Error),
+    /// The endpoint took no more of the body within the request timeout.
+    EndpointTimeout,
+}
+
+/// The longest waits while a request body streams.
+#[derive(Clone, Copy)]
+struct BodyWaits {
+    /// For the client's next piece (`client_body_timeout`).
+    client: Duration,
+    /// For the endpoint to take a piece (`request_timeout`, as nginx's `proxy_send_timeout`).
+    endpoint: Duration,
 }
 
 impl From<std::io::Error> for BodyFailure {
@@ -308,40 +325,52 @@ impl From<std::io::Error> for BodyFailure {
     }
 }
 
-/// Streams a request body after its head, framed as the head said; a final response head that
-/// arrives while the endpoint stops reading ends it (see [`Conn::write_watching`]). An error of
-/// the client's body is wrapped as it comes out of the body, and `awaiting_client` is set while
-/// the next piece of it is awaited, so that neither is blamed on the endpoint.
+/// Streams a request body after its head, framed as the head said, with the client's trailers
+/// (those a trailer may carry) after a chunked one; a final response head that arrives while
+/// the endpoint stops reading ends it (see [`Conn::write_watching`]). Each wait is bounded on
+/// its own (`waits`, on the connection's `timer`), so which side stalled is known; an error of
+/// the client's body is wrapped as it comes out of the body. Neither is blamed on the endpoint.
 async fn send_body(
     conn: &mut Conn,
     mut body: UpstreamBody,
     framing: RequestFraming,
     head_request: bool,
-    awaiting_client: &AtomicBool,
+    timer: &mut Timer,
+    waits: BodyWaits,
 ) -> Result<Option<Head>, BodyFailure> {
     macro_rules! write {
-        ($bytes:expr) => {
-            if let Some(head) = conn
-                .write_watching($bytes, &mut 0, head_request, true)
-                .await?
-            {
-                return Ok(Some(head));
+        ($bytes:expr) => {{
+            let mut written = 0;
+            let write = conn.write_watching($bytes, &mut written, head_request, true);
+            match within(timer, waits.endpoint, write).await {
+                None => return Err(BodyFailure::EndpointTimeout),
+                Some(result) => {
+                    if let Some(head) = result? {
+                        return Ok(Some(head));
+                    }
+                }
             }
-        };
+        }};
     }
     let mut chunk = Vec::new();
     let mut sent: u64 = 0;
+    let mut trailers = None;
     loop {
-        awaiting_client.store(true, Ordering::Relaxed);
-        let frame = body.frame().await;
-        awaiting_client.store(false, Ordering::Relaxed);
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Err(BodyFailure::Client(ClientBodyError::from_body_error(e))),
+        let frame = match within(timer, waits.client, body.frame()).await {
+            None => return Err(BodyFailure::Client(ClientBodyError::timeout())),
+            Some(None) => break,
+            Some(Some(Ok(frame))) => frame,
+            Some(Some(Err(e))) => {
+                return Err(BodyFailure::Client(ClientBodyError::from_body_error(e)));
+            }
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // A framing by length has no place for trailers; they are dropped then.
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
         };
         if data.is_empty() {
             continue;
@@ -361,7 +390,16 @@ async fn send_body(
         }
     }
     match framing {
-        RequestFraming::Chunked => write!(LAST_CHUNK),
+        RequestFraming::Chunked => match &trailers {
+            Some(trailers) => {
+                chunk.clear();
+                write_last_chunk(&mut chunk, trailers);
+                write!(&chunk);
+            }
+            None => {
+                write!(LAST_CHUNK);
+            }
+        },
         RequestFraming::Length(n) if sent != n => {
             let e = ClientBodyError::invalid("request body shorter than its length");
             return Err(BodyFailure::Client(e));
@@ -385,29 +423,41 @@ fn deadline_after(timeout: Duration) -> tokio::time::Instant {
 
 /// `fut`'s output, or `None` once `deadline` has passed first (as `timer` tells: a timer set
 /// for an earlier deadline is set again when it fires, one set for a later one at once).
-fn before<F: Future>(timer: &mut Timer, deadline: tokio::time::Instant, fut: F) -> Before<'_, F> {
-    if timer.deadline() > deadline {
-        timer.as_mut().reset(deadline);
-    }
-    Before {
+fn before<F: Future>(timer: &mut Timer, deadline: tokio::time::Instant, fut: F) -> Bounded<'_, F> {
+    Bounded {
         fut,
         timer,
-        deadline,
+        deadline: Some(deadline),
+        timeout: Duration::ZERO,
+    }
+}
+
+/// `fut`'s output, or `None` once `timeout` has passed from the first time it was not ready
+/// (on `timer`, as [`before`]): one wait that costs no clock reading when `fut` is ready at
+/// once, as a piece of a body that has already arrived is.
+fn within<F: Future>(timer: &mut Timer, timeout: Duration, fut: F) -> Bounded<'_, F> {
+    Bounded {
+        fut,
+        timer,
+        deadline: None,
+        timeout,
     }
 }
 
 pin_project! {
-    /// [`before`]'s future: a struct rather than an `async fn`, which would hold `fut` twice
-    /// and make every request's (boxed, moved) future larger.
-    struct Before<'t, F> {
+    /// [`before`]'s and [`within`]'s future: a struct rather than an `async fn`, which would
+    /// hold `fut` twice and make every request's (boxed, moved) future larger.
+    struct Bounded<'t, F> {
         #[pin]
         fut: F,
         timer: &'t mut Timer,
-        deadline: tokio::time::Instant,
+        // None until a deadline `timeout` from the first wait is set.
+        deadline: Option<tokio::time::Instant>,
+        timeout: Duration,
     }
 }
 
-impl<F: Future> Future for Before<'_, F> {
+impl<F: Future> Future for Bounded<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -415,13 +465,17 @@ impl<F: Future> Future for Before<'_, F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
+        let timeout = *this.timeout;
+        let deadline = *this.deadline.get_or_insert_with(|| deadline_after(timeout));
+        if this.timer.deadline() > deadline {
+            this.timer.as_mut().reset(deadline);
+        }
         loop {
             ready!(this.timer.as_mut().poll(cx));
-            if this.timer.deadline() >= *this.deadline {
+            if this.timer.deadline() >= deadline {
                 return Poll::Ready(None);
             }
-            // Set for an earlier request: now for this one.
-            let deadline = *this.deadline;
+            // Set for an earlier wait: now for this one.
             this.timer.as_mut().reset(deadline);
         }
     }

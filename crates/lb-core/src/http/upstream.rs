@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
@@ -25,8 +25,8 @@ use super::h1::{
     Forwarding, Prefix, RequestFraming, end_head, write_head, write_line, write_request_line,
 };
 use super::headers::{
-    X_FORWARDED_FOR, X_HERD_DEPENDENCY_UNAVAILABLE, X_REAL_IP, connection_named, ip_header_value,
-    is_hop_by_hop,
+    HostError, X_FORWARDED_FOR, X_HERD_DEPENDENCY_UNAVAILABLE, X_REAL_IP, connection_named,
+    ip_header_value, is_hop_by_hop, valid_host,
 };
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
@@ -119,7 +119,8 @@ struct EndpointInner {
     pool: Arc<EndpointPool>,
     /// `Host` sent upstream (the authority), or none to keep the client's.
     host: Option<HeaderValue>,
-    /// `X-Forwarded-Proto`, or none for the request URI's scheme (else `http`).
+    /// `X-Forwarded-Proto` as configured; none: `http` (a request sent to the endpoint directly
+    /// says nothing of its connection, and its URI's scheme is the client's claim).
     forwarded_proto: Option<HeaderValue>,
     timeout: Duration,
 }
@@ -190,15 +191,15 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
 impl HttpEndpoint {
     /// The head of a request that came without one written before the pick (one sent to this
     /// endpoint directly): its own headers, `Host` pointed here unless the client's is kept,
-    /// and the forwarding headers the endpoint sets.
+    /// and the forwarding headers the endpoint sets. Nothing here can answer the client, so a
+    /// host that is not valid is left out of `X-Forwarded-Host` rather than refused.
     fn write_head(&self, out: &mut Vec<u8>, parts: &http::request::Parts) {
         let inner = &*self.inner;
-        let proto: &[u8] = match (&inner.forwarded_proto, parts.uri.scheme_str()) {
-            (Some(proto), _) => proto.as_bytes(),
-            (None, Some("https")) => b"https",
-            (None, _) => b"http",
-        };
-        let client_host = client_host(parts);
+        let proto: &[u8] = inner
+            .forwarded_proto
+            .as_ref()
+            .map_or(b"http", HeaderValue::as_bytes);
+        let client_host = client_host(parts).filter(|host| valid_host(host));
         let host = match &inner.host {
             Some(host) => Some(host.as_bytes()),
             None if parts.headers.contains_key(HOST) => None,
@@ -213,13 +214,14 @@ impl HttpEndpoint {
     }
 }
 
-/// The client's host: its `Host`, or the URI's authority (HTTP/2 carries it as `:authority`).
+/// The client's host: the URI's authority (an absolute-form target's, or HTTP/2's
+/// `:authority`), which RFC 9112 §3.2.2 puts before `Host`, else its `Host`.
 fn client_host(parts: &http::request::Parts) -> Option<&[u8]> {
     parts
-        .headers
-        .get(HOST)
-        .map(HeaderValue::as_bytes)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| parts.headers.get(HOST).map(HeaderValue::as_bytes))
 }
 
 /// Retries for proxied HTTP: connect failures always (the request was not sent), and for
@@ -333,14 +335,24 @@ pub struct HttpUpstreamConfig {
     /// `proxy_connect_timeout`. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Per-attempt time to the response head, and the longest wait for each further piece of
-    /// the body (`proxy_read_timeout`; a body that stalls longer ends with an error). Default
-    /// 60 s. It also bounds the wait for the client's request body (nginx's
-    /// `client_body_timeout`): a buffered body must arrive within it, and a streamed one within
-    /// the attempt's time; a client that is slower is answered 408 and the endpoint is not
-    /// blamed.
+    /// The endpoint's time to answer (`proxy_read_timeout`, and `proxy_send_timeout` for a
+    /// streamed body): per attempt, the time to the response head, counted from the start for
+    /// a request without a streamed body and from the body's end for one with it (an upload
+    /// takes the client's time, which is not the endpoint's); the longest wait for the endpoint
+    /// to take each piece of a streamed request body; and the longest wait for each further
+    /// piece of the response body (a body that stalls longer ends with an error). Past it the
+    /// client gets 504. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The longest wait for each further piece of the client's request body, reset whenever one
+    /// arrives (nginx's `client_body_timeout`, whose default this is too): a slow upload that
+    /// keeps coming is forwarded however long it takes in all, and one that stalls longer than
+    /// this is answered 408 Request Timeout, a client error that no endpoint is blamed for. It
+    /// applies alike to bodies buffered before the pick and to bodies streamed to the endpoint.
+    /// The connection's own limits (a header read timeout, a cap on connections) belong to the
+    /// server in front. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub client_body_timeout: Duration,
     /// Idle keep-alive connections kept per endpoint and per thread that sends requests
     /// (`keepalive`, which nginx also counts per worker process). Default 32.
     pub pool_max_idle_per_host: usize,
@@ -356,7 +368,12 @@ pub struct HttpUpstreamConfig {
     pub trusted_proxies: TrustedProxies,
     /// Keep the client's `Host` instead of the endpoint's authority. Default false.
     pub preserve_host: bool,
-    /// `X-Forwarded-Proto` value; default: the request URI's scheme, else `http`.
+    /// `X-Forwarded-Proto` value for every request, for when the scheme the client used is
+    /// known to the operator and not to this server (TLS ended by a load balancer in front).
+    /// Default none: the scheme of the connection the request came on, `https` for one the
+    /// server marks as TLS ([`HttpUpstream::with_tls`]) and `http` otherwise. Never the
+    /// request's own claim (an absolute-form `GET https://...` over plain TCP, or a client's
+    /// `X-Forwarded-Proto`).
     pub forwarded_proto: Option<String>,
     /// Request key for `consistent_hash`. Default none (P2C fallback).
     pub hash_key: Option<HashKeyConfig>,
@@ -370,6 +387,7 @@ impl Default for HttpUpstreamConfig {
             balancer: BalancerConfig::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 32,
             pool_idle_timeout: Duration::from_secs(60),
             retry_buffer_limit: 64 * 1024,
@@ -399,6 +417,24 @@ type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
 /// carrying [`X_HERD_DEPENDENCY_UNAVAILABLE`] is passed on without that header and counted
 /// apart, not against the endpoint (see the [module docs](super)).
 ///
+/// Forwarding headers come from the proxy alone, never from the client's claims:
+/// - `X-Forwarded-Proto` is the configured [`forwarded_proto`](HttpUpstreamConfig::forwarded_proto),
+///   else the scheme of the connection (`https` when the server marked it with
+///   [`with_tls`](Self::with_tls), `http` otherwise), never the request URI's scheme;
+/// - `X-Forwarded-Host` (and `Host` with `preserve_host`) is the validated host: the
+///   absolute-form target's authority, else `Host` (RFC 9112 §3.2.2);
+/// - the client's `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded` (RFC 7239) and
+///   `Proxy-Authorization` are dropped (`Forwarded` is not rewritten: herd speaks the
+///   `X-Forwarded-*` set, and a client's `Forwarded` passed on would read as the proxy's word).
+///
+/// `Host` is checked as RFC 9112 §3.2 asks of a server: an HTTP/1.1 request without one, a
+/// request with two `Host` lines, or one whose `Host` (or absolute-form authority) is not a valid
+/// `host[:port]` is answered 400 here, before any endpoint is picked, and counted in
+/// `herd_lb_client_errors_total{reason}` (`host_missing`, `host_repeated`, `host_invalid`).
+/// Trailers of a streamed request body go on without the fields a trailer may not carry
+/// (`Set-Cookie`, `Authorization`, `Host`, framing, hop-by-hop: RFC 9110 §6.5.1), and so do
+/// the endpoint's response trailers.
+///
 /// ```no_run
 /// use axum::{Router, body::Body, extract::Request};
 /// use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
@@ -422,6 +458,8 @@ pub struct HttpUpstream {
     settings: Arc<Settings>,
     /// The connection's peer, when this copy serves one connection ([`HttpUpstream::with_peer`]).
     peer: Option<SocketAddr>,
+    /// The connection is TLS ([`HttpUpstream::with_tls`]).
+    tls: bool,
 }
 
 struct Settings {
@@ -429,6 +467,7 @@ struct Settings {
     idle_timeout: Duration,
     max_idle_per_host: usize,
     request_timeout: Duration,
+    client_body_timeout: Duration,
     preserve_host: bool,
     retry_buffer_limit: usize,
     trusted_proxies: TrustedProxies,
@@ -513,6 +552,7 @@ impl HttpUpstream {
             idle_timeout: config.pool_idle_timeout,
             max_idle_per_host: config.pool_max_idle_per_host,
             request_timeout: config.request_timeout,
+            client_body_timeout: config.client_body_timeout,
             preserve_host: config.preserve_host,
             retry_buffer_limit: config.retry_buffer_limit,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -543,6 +583,7 @@ impl HttpUpstream {
             balancer,
             settings: Arc::new(settings),
             peer: None,
+            tls: false,
         })
     }
 
@@ -553,6 +594,25 @@ impl HttpUpstream {
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> Self {
         self.peer = Some(peer);
+        self
+    }
+
+    /// This upstream for the requests of one connection that came over TLS (`tls = true`) or
+    /// plain TCP: the server in front knows which of its listeners took the connection, and
+    /// `X-Forwarded-Proto` says `https` or `http` accordingly (unless
+    /// [`forwarded_proto`](HttpUpstreamConfig::forwarded_proto) is configured). A copy made
+    /// without it forwards as from plain TCP. A clone shares everything else.
+    ///
+    /// ```
+    /// # use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
+    /// # let upstream = HttpUpstream::from_config(&HttpUpstreamConfig::default()).unwrap();
+    /// # let peer = "127.0.0.1:50000".parse().unwrap();
+    /// // In the accept loop of a TLS listener, once per connection:
+    /// let per_connection = upstream.clone().with_peer(peer).with_tls(true);
+    /// ```
+    #[must_use]
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -578,19 +638,23 @@ impl HttpUpstream {
     /// incoming value is kept only from a trusted proxy); `X-Real-IP`; `X-Forwarded-Proto`;
     /// `X-Forwarded-Host`; and the client's `Host` when it is kept. With `hash_key =
     /// "client_ip"` the `X-Real-IP` value also goes into the request's headers, for the pick.
-    fn prefix<B>(&self, req: &mut Request<B>) -> Prefix {
+    /// A request whose `Host` RFC 9112 §3.2 refuses is an error (answered 400).
+    pub(crate) fn prefix<B>(&self, req: &mut Request<B>) -> Result<Prefix, HostError> {
         let settings = &self.settings;
         let peer = self.peer.or_else(|| peer_addr(req)).map(|a| a.ip());
         let headers = req.headers();
         let client = peer.map(|ip| client_behind(ip, headers, &settings.trusted_proxies));
         let mut out = Vec::with_capacity(256);
         write_request_line(&mut out, req.method(), req.uri());
-        // One pass over the headers, which also finds `Host` and `Connection`.
+        // One pass over the headers, which also finds `Host` (and whether it repeats) and
+        // `Connection`.
         let start = out.len();
         let mut host_header = None;
+        let mut repeated_host = false;
         let mut connection = false;
         for (name, value) in headers {
             if name == HOST {
+                repeated_host |= host_header.is_some();
                 host_header = Some(value.as_bytes());
             } else if name == CONNECTION {
                 connection = true;
@@ -610,8 +674,7 @@ impl HttpUpstream {
                 }
             }
         }
-        let client_host =
-            host_header.or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+        let client_host = checked_host(req.version(), req.uri(), host_header, repeated_host)?;
         let has_host = settings.preserve_host && client_host.is_some();
         if let Some(host) = client_host.filter(|_| has_host) {
             write_line(&mut out, b"host", host);
@@ -644,10 +707,11 @@ impl HttpUpstream {
         if let Some(value) = &real_ip {
             write_line(&mut out, b"x-real-ip", value.as_bytes());
         }
-        let proto: &[u8] = match (&settings.forwarded_proto, req.uri().scheme_str()) {
-            (Some(proto), _) => proto.as_bytes(),
-            (None, Some("https")) => b"https",
-            (None, _) => b"http",
+        // What the connection is, as the server said; never the request URI's scheme.
+        let proto: &[u8] = match &settings.forwarded_proto {
+            Some(proto) => proto.as_bytes(),
+            None if self.tls => b"https",
+            None => b"http",
         };
         write_line(&mut out, b"x-forwarded-proto", proto);
         if let Some(host) = client_host {
@@ -659,27 +723,74 @@ impl HttpUpstream {
                 None => req.headers_mut().remove(X_REAL_IP),
             };
         }
-        Prefix {
+        Ok(Prefix {
             bytes: Bytes::from(out),
             has_host,
-        }
+        })
     }
 }
 
-/// Headers the proxy sets or frames itself, never passed on as the client sent them. `Expect:
+/// The client's host as RFC 9112 §3.2 lets a server act on it: the absolute-form target's
+/// authority (§3.2.2: it overrides `Host`), else the one `Host`. Refused: two `Host` lines, a
+/// `Host` or an authority that is not a valid `host[:port]`, and an HTTP/1.1 request without
+/// `Host` (an HTTP/2 request carries its host as `:authority`, in the URI; HTTP/1.0 may have
+/// none).
+fn checked_host<'a>(
+    version: Version,
+    uri: &'a http::Uri,
+    host_header: Option<&'a [u8]>,
+    repeated: bool,
+) -> Result<Option<&'a [u8]>, HostError> {
+    if repeated {
+        return Err(HostError::Repeated);
+    }
+    match (uri.authority(), host_header) {
+        (None, Some(host)) if valid_host(host) => Ok(Some(host)),
+        (None, None) if version != Version::HTTP_11 => Ok(None),
+        (None, None) => Err(HostError::Missing),
+        (Some(authority), host) => {
+            let authority = authority.as_str().as_bytes();
+            if !valid_host(authority) || host.is_some_and(|h| !valid_host(h)) {
+                return Err(HostError::Invalid);
+            }
+            if host.is_none() && version == Version::HTTP_11 {
+                return Err(HostError::Missing);
+            }
+            Ok(Some(authority))
+        }
+        (None, Some(_)) => Err(HostError::Invalid),
+    }
+}
+
+/// The answer to a request whose `Host` is refused: 400, counted in
+/// `herd_lb_client_errors_total{reason}`.
+#[cold]
+fn host_error_response(error: HostError) -> Response<ProxyBody> {
+    let (reason, message) = error.describe();
+    tracing::debug!(reason, "request refused for its Host");
+    metrics::counter!("herd_lb_client_errors_total", "reason" => reason).increment(1);
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+/// Headers the proxy sets or frames itself, or that are meant for it alone, never passed on as
+/// the client sent them (`headers::stripped_from_requests`, and the client-address headers). `Expect:
 /// 100-continue` is answered by the server in front (hyper sends `100 Continue` when the body is
 /// read) and the body follows the head at once, as nginx does.
 fn set_by_proxy(name: &HeaderName) -> bool {
+    // One match over every name (not `stripped_from_requests` and then these two): this runs
+    // for each header of every request. A test keeps the two lists in step.
     matches!(
         name.as_str(),
         "host"
             | "content-length"
             | "transfer-encoding"
             | "expect"
-            | "x-forwarded-for"
-            | "x-real-ip"
+            | "forwarded"
+            | "proxy-authorization"
             | "x-forwarded-proto"
             | "x-forwarded-host"
+            | "x-forwarded-for"
+            | "x-real-ip"
     ) || is_hop_by_hop(name)
 }
 
@@ -741,6 +852,7 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
                 settings.connect_timeout,
                 settings.idle_timeout,
                 settings.max_idle_per_host,
+                settings.client_body_timeout,
             )),
             host,
             forwarded_proto: settings.forwarded_proto.clone(),
@@ -749,28 +861,57 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
     }
 }
 
-/// Buffers a complete small body (so it can be retried), waiting at most `timeout` for it;
-/// streams anything else. Fails only by the client's fault.
+/// Buffers a complete small body (so it can be retried), waiting at most `body_timeout` for
+/// each piece of it (nginx's `client_body_timeout`: between two reads, not for the whole);
+/// streams anything else (the endpoint's send bounds each piece the same way). Fails only by
+/// the client's fault. A buffered body's trailers are dropped: it goes with a `Content-Length`,
+/// as every body nginx buffers does (a body of a known small size has none on HTTP/1.1).
 async fn prepare_body<B>(
     body: B,
     limit: usize,
-    timeout: Duration,
+    body_timeout: Duration,
 ) -> Result<UpstreamBody, ClientBodyError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let small = body.size_hint().upper().is_some_and(|n| n <= limit as u64);
-    if small {
-        let collected = within(timeout, body.collect())
-            .await
-            .ok_or_else(ClientBodyError::timeout)?
-            .map_err(|e| ClientBodyError::from_body_error(e.into()))?;
-        return Ok(UpstreamBody::full(collected.to_bytes()));
+    if !small {
+        return Ok(UpstreamBody::stream(
+            body.map_err(Into::into).boxed_unsync(),
+        ));
     }
-    Ok(UpstreamBody::stream(
-        body.map_err(Into::into).boxed_unsync(),
-    ))
+    let mut body = std::pin::pin!(body);
+    // One piece (the common case) is kept as it came; more are joined.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    loop {
+        let data = match within(body_timeout, body.frame()).await {
+            None => return Err(ClientBodyError::timeout()),
+            Some(None) => break,
+            Some(Some(Err(e))) => return Err(ClientBodyError::from_body_error(e.into())),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        if first.is_none() && joined.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if held.saturating_add(data.len()) > limit {
+            // A body longer than its own size hint said.
+            return Err(ClientBodyError::invalid(
+                "request body longer than its size",
+            ));
+        }
+        if let Some(first) = first.take() {
+            joined.extend_from_slice(&first);
+        }
+        joined.extend_from_slice(&data);
+    }
+    Ok(UpstreamBody::full(first.unwrap_or_else(|| joined.freeze())))
 }
 
 /// `fut`'s output, or `None` once `timeout` has passed. The timer starts only when `fut` is not
@@ -865,7 +1006,8 @@ impl fmt::Display for Chain<'_> {
 
 pin_project! {
     /// Response future of [`HttpUpstream`]: a request without a body goes to the balancer at
-    /// once and is driven here without boxing; one with a body is read first, in a boxed future.
+    /// once and is driven here without boxing; one with a body is read first, in a boxed future
+    /// (as is the answer to one refused before the pick for its `Host`).
     pub struct ProxyFuture {
         #[pin]
         kind: ProxyKind,
@@ -917,8 +1059,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> ProxyFuture {
-        let prefix = self.prefix(&mut req);
-        if req.body().is_end_stream() {
+        let (prefix, refused) = match self.prefix(&mut req) {
+            Ok(prefix) => (prefix, None),
+            Err(e) => (Prefix::default(), Some(e)),
+        };
+        // One test for both rare cases, and no early return before the common one: its
+        // future is then built in place.
+        if refused.is_none() && req.body().is_end_stream() {
             // No body (most requests): straight to the balancer, nothing to read first.
             let body = UpstreamBody::full(Bytes::new()).with_prefix(prefix);
             let fut = self.balancer.call(req.map(|_| body));
@@ -926,12 +1073,37 @@ where
                 kind: ProxyKind::Balanced { fut },
             };
         }
+        self.not_at_once(req, prefix, refused)
+    }
+}
+
+impl HttpUpstream {
+    /// A request not sent at once, in a boxed future: one refused before the pick for its
+    /// `Host` is answered; one with a body has it read (buffered when small) before the pick.
+    #[inline(never)]
+    fn not_at_once<B>(
+        &self,
+        req: Request<B>,
+        prefix: Prefix,
+        refused: Option<HostError>,
+    ) -> ProxyFuture
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if let Some(e) = refused {
+            return ProxyFuture {
+                kind: ProxyKind::Boxed {
+                    fut: Box::pin(std::future::ready(host_error_response(e))),
+                },
+            };
+        }
         let (parts, body) = req.into_parts();
         let mut balancer = self.balancer.clone();
         let limit = self.settings.retry_buffer_limit;
-        let timeout = self.settings.request_timeout;
+        let body_timeout = self.settings.client_body_timeout;
         let fut = Box::pin(async move {
-            let body = match prepare_body(body, limit, timeout).await {
+            let body = match prepare_body(body, limit, body_timeout).await {
                 Ok(body) => body.with_prefix(prefix),
                 Err(e) => {
                     tracing::debug!(error = %Chain(&e), "the client's request body failed");
@@ -952,6 +1124,71 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_sets_or_drops_every_header_stripped_from_requests() {
+        for name in [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "expect",
+            "forwarded",
+            "proxy-authorization",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "connection",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "accept",
+            "cookie",
+            "authorization",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(
+                !super::super::headers::stripped_from_requests(&name) || set_by_proxy(&name),
+                "{name}"
+            );
+        }
+        assert!(set_by_proxy(&X_FORWARDED_FOR) && set_by_proxy(&X_REAL_IP));
+        assert!(!set_by_proxy(&HeaderName::from_static("authorization")));
+    }
+
+    #[test]
+    fn hosts_are_checked_as_rfc_9112_asks() {
+        let origin: http::Uri = "/a".parse().unwrap();
+        let absolute: http::Uri = "https://target.example:8443/a".parse().unwrap();
+        let userinfo: http::Uri = "http://user:pw@target.example/a".parse().unwrap();
+        let h11 = Version::HTTP_11;
+        let ok = |v, u, h| checked_host(v, u, h, false);
+        assert_eq!(
+            ok(h11, &origin, Some(b"a.example")),
+            Ok(Some(&b"a.example"[..]))
+        );
+        assert_eq!(ok(h11, &origin, None), Err(HostError::Missing));
+        assert_eq!(ok(Version::HTTP_10, &origin, None), Ok(None));
+        assert_eq!(ok(h11, &origin, Some(b"a b")), Err(HostError::Invalid));
+        assert_eq!(ok(h11, &origin, Some(b"")), Err(HostError::Invalid));
+        assert_eq!(
+            checked_host(h11, &origin, Some(b"a.example"), true),
+            Err(HostError::Repeated)
+        );
+        // The absolute-form target's authority wins over Host, which must still be valid.
+        assert_eq!(
+            ok(h11, &absolute, Some(b"other.example")),
+            Ok(Some(&b"target.example:8443"[..]))
+        );
+        assert_eq!(
+            ok(h11, &absolute, Some(b"bad host")),
+            Err(HostError::Invalid)
+        );
+        assert_eq!(ok(h11, &absolute, None), Err(HostError::Missing));
+        assert_eq!(
+            ok(Version::HTTP_2, &absolute, None),
+            Ok(Some(&b"target.example:8443"[..]))
+        );
+        assert_eq!(ok(h11, &userinfo, Some(b"x")), Err(HostError::Invalid));
+    }
 
     #[test]
     fn dependency_labels_are_short_lowercase_tokens() {
