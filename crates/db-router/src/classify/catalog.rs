@@ -108,6 +108,16 @@ impl NameSet {
         self.names.insert(name.into());
     }
 
+    /// `false` when no name of this first byte and length (at most 63) is in the set.
+    #[inline]
+    pub(crate) fn maybe(&self, first: u8, len: usize) -> bool {
+        self.shapes.as_ref().is_some_and(|shapes| {
+            shapes
+                .get(usize::from(first))
+                .is_some_and(|bits| bits & (1 << len.min(63)) != 0)
+        })
+    }
+
     #[inline]
     pub(crate) fn contains(&self, name: &[u8]) -> bool {
         let (Some(shapes), Some(&first)) = (&self.shapes, name.first()) else {
@@ -346,6 +356,11 @@ impl Catalog {
             }
             None => self.calls.contains(name),
         }
+    }
+
+    #[inline]
+    pub(crate) fn maybe_attribute(&self, first: u8, len: usize) -> bool {
+        self.attributes.maybe(first, len)
     }
 
     #[inline]

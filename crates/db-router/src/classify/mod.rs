@@ -281,6 +281,11 @@ impl Classifier {
         Scan::new(self, &catalog).run(sql)
     }
 
+    #[inline]
+    fn maybe_listed(&self, first: u8, len: usize) -> bool {
+        self.write_functions.maybe(first, len)
+    }
+
     fn listed(&self, schema: Option<&[u8]>, name: &[u8]) -> bool {
         if self.write_functions.is_empty() {
             return false;
@@ -460,7 +465,7 @@ impl<'c, 'a> Scan<'c, 'a> {
         let verdict = match token {
             Token::Word(word) => self.word(word),
             Token::QuotedIdent(_) | Token::UnicodeIdent { .. } => {
-                self.attribute = self.prev(0) == Token::Dot;
+                self.attribute = matches!(self.prev(0), Token::Dot);
                 None
             }
             Token::LParen => self.open(),
@@ -517,7 +522,7 @@ impl<'c, 'a> Scan<'c, 'a> {
     }
 
     fn word(&mut self, word: &'a [u8]) -> Option<Reason> {
-        if self.prev(0) == Token::Dot {
+        if matches!(self.prev(0), Token::Dot) {
             self.attribute = true;
         }
         if self.explain != Explain::Done
@@ -675,6 +680,19 @@ impl<'c, 'a> Scan<'c, 'a> {
 
     /// At a `.`: `pg_temp.x` names a temporary table of one connection.
     fn dot(&mut self) -> Option<Reason> {
+        // Most qualifiers are short table aliases: look closer only at what could fold to
+        // `pg_temp...`.
+        let maybe = match self.prev(0) {
+            Token::Word(w) => {
+                w.len() >= 7 && w.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'p'))
+            }
+            Token::QuotedIdent(b) => b.starts_with(b"pg_temp"),
+            Token::UnicodeIdent { .. } => true,
+            _ => false,
+        };
+        if !maybe {
+            return None;
+        }
         let mut buf = [0u8; 64];
         let schema = lexer::identifier(self.prev(0), &mut buf)?;
         let temp = schema.strip_prefix(b"pg_temp")?;
@@ -685,6 +703,16 @@ impl<'c, 'a> Scan<'c, 'a> {
 
     /// A name after a `.` with no `(` after it: attribute notation calls `name(x)`.
     fn attribute_call(&self) -> Option<Reason> {
+        // Most `x.name` are columns: rule them out on the unfolded word's shape first.
+        if let Token::Word(w) = self.prev(0) {
+            let first = w.first().map_or(0, u8::to_ascii_lowercase);
+            let len = w.len().min(63);
+            if !self.catalog.maybe_attribute(first, len)
+                && !self.classifier.maybe_listed(first, len)
+            {
+                return None;
+            }
+        }
         let mut buf = [0u8; 64];
         let Some(name) = lexer::identifier(self.prev(0), &mut buf) else {
             return Some(Reason::UnknownFunction);
