@@ -1,7 +1,8 @@
-//! Redis Cluster failover drill for the cache: callers keep setting, reading and loading
-//! through the cache while the master holding the most keys is SIGKILLed. With the default
-//! failover wait no caller sees an error, a fail-open miss or a needless load; then, with no
-//! replica left to take over, the wait runs out with a typed error naming the node. Plus: a
+//! Redis Cluster failover drills for the cache: callers keep setting, reading and loading
+//! through the cache while the master holding the most keys is SIGKILLed (or, in the second
+//! drill, SIGSTOPped: it hangs with its connections open). With the default failover wait no
+//! caller sees an error, a fail-open miss or a needless load; then, with no replica left to
+//! take over, the wait runs out with a typed error naming the node. Plus: a
 //! command error (WRONGTYPE) is not mistaken for a failover and fails at once.
 //!
 //! Run with: `cargo test -p herd-cache-cluster --test failover_wait -- --nocapture` (prints
@@ -30,8 +31,32 @@ struct Tally {
     slowest: Duration,
 }
 
+/// How the busiest master is taken down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL: its connections break at once.
+    Kill,
+    /// SIGSTOP: it stops answering but its connections stay open (like a master cut off by the
+    /// network), so clients only see timeouts.
+    Hang,
+}
+
+/// The drills run one at a time: each has a cluster of its own and both want the 2 cores.
+static DRILLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_master_surfaces_no_error_and_loses_no_value() {
+    let _one_at_a_time = DRILLS.lock().await;
+    drill(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_master_surfaces_no_error_and_loses_no_value() {
+    let _one_at_a_time = DRILLS.lock().await;
+    drill(Fault::Hang).await;
+}
+
+async fn drill(fault: Fault) {
     let started = Instant::now();
     let rc = RedisCluster::builder()
         .node_timeout(Duration::from_secs(2))
@@ -142,14 +167,13 @@ async fn killing_the_busiest_master_surfaces_no_error_and_loses_no_value() {
         }
     }
     let victim_key = victim_key.unwrap();
-    let killed = Instant::now();
-    victim.kill().unwrap();
-    let failover = rc.wait_for_failover(Duration::from_secs(30)).await.unwrap();
+    let downed = Instant::now();
+    let failover = take_down(&rc, victim, fault).await;
     println!(
-        "killed {} ({keys_on_victim} keys) {:?} into the drill; the cluster reported a new \
-         master after {failover:?}",
+        "{fault:?}: took down {} ({keys_on_victim} keys) {:?} into the drill; its slots had a \
+         new master after {failover:?}",
         victim.name(),
-        killed - drill_start
+        downed - drill_start
     );
     for worker in workers {
         worker.await.unwrap();
@@ -169,7 +193,7 @@ async fn killing_the_busiest_master_surfaces_no_error_and_loses_no_value() {
         }
     }
     println!(
-        "{operations} cache calls from {WORKERS} workers at {RATE}/s over {DRILL:?}: {} \
+        "{fault:?}: {operations} cache calls from {WORKERS} workers at {RATE}/s over {DRILL:?}: {} \
          failed, {} backend errors counted, {} loader calls, circuit opened: {}; slowest call \
          {slowest:?}; {missing} of {PRELOADED} preloaded values missing; drill done {:?} after \
          the start",
@@ -204,6 +228,9 @@ async fn killing_the_busiest_master_surfaces_no_error_and_loses_no_value() {
         "some call must have met (and waited out) the failover; slowest {slowest:?}"
     );
 
+    if fault == Fault::Hang {
+        return;
+    }
     // Now kill the promoted master, which has no replica: nothing can take over, so a write to
     // its slots waits out the bound and fails with an error that says so.
     let key = victim_key.as_str();
@@ -228,6 +255,55 @@ async fn killing_the_busiest_master_surfaces_no_error_and_loses_no_value() {
         took >= Duration::from_secs(6) && took < Duration::from_secs(8),
         "{took:?}"
     );
+}
+
+/// Takes `victim` down and waits until no slot is served by it any more; returns how long
+/// that took.
+async fn take_down(rc: &RedisCluster, victim: &RedisNode, fault: Fault) -> Duration {
+    let started = Instant::now();
+    match fault {
+        Fault::Kill => victim.kill().unwrap(),
+        Fault::Hang => {
+            let pid = victim.pid().unwrap().to_string();
+            let stopped = std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap();
+            assert!(stopped.success());
+        }
+    }
+    let other = rc
+        .nodes()
+        .iter()
+        .find(|n| n.port() != victim.port() && n.is_running())
+        .unwrap();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(client) = redis::Client::open(other.url()) else {
+            continue;
+        };
+        let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let Ok(slots) = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Vec<Vec<redis::Value>>>(&mut connection)
+            .await
+        else {
+            continue;
+        };
+        let victim_port = redis::Value::Int(i64::from(victim.port()));
+        let served_by_victim = slots.iter().any(|range| {
+            matches!(range.get(2), Some(redis::Value::Array(master)) if master.get(1) == Some(&victim_port))
+        });
+        if !served_by_victim {
+            return started.elapsed();
+        }
+    }
 }
 
 /// The running master holding the most keys, and how many it holds.

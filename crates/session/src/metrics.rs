@@ -10,6 +10,7 @@
 //! | `herd_session_store_failover_retries_total` | `store`, `operation` | store attempts repeated after an error a failover explains |
 //! | `herd_session_store_failover_waits_total` | `store`, `operation`, `outcome` = `recovered`/`gave_up` | store operations that waited out a failover, and how they ended |
 //! | `herd_session_store_failover_wait_seconds` (histogram) | `store`, `operation` | how long those operations waited |
+//! | `herd_session_store_topology_refreshes_total` | `store` | new cluster connections (fresh slot maps) made while waiting out a failover |
 //!
 //! Keys are built once per layer and the recorder is looked up at every event, so counting
 //! allocates nothing and works whether the exporter was installed before or after the layer.
@@ -24,6 +25,7 @@ const COOKIES_REJECTED: &str = "herd_session_cookies_rejected_total";
 const FAILOVER_RETRIES: &str = "herd_session_store_failover_retries_total";
 const FAILOVER_WAITS: &str = "herd_session_store_failover_waits_total";
 const FAILOVER_WAIT_SECONDS: &str = "herd_session_store_failover_wait_seconds";
+const TOPOLOGY_REFRESHES: &str = "herd_session_store_topology_refreshes_total";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -129,6 +131,16 @@ impl Metrics {
 #[cfg(feature = "redis")]
 pub(crate) fn failover_retry(store: &'static str, operation: &'static str) {
     increment(&key(FAILOVER_RETRIES, store, "operation", operation), 1);
+}
+
+/// A new cluster connection (a fresh slot map) made while waiting out a failover.
+#[cfg(feature = "redis")]
+pub(crate) fn topology_refresh(store: &'static str) {
+    let key = Key::from_parts(
+        TOPOLOGY_REFRESHES,
+        vec![Label::from_static_parts("store", store)],
+    );
+    increment(&key, 1);
 }
 
 /// A store operation that waited out a failover ended (`outcome` = `recovered`/`gave_up`)

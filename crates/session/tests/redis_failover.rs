@@ -1,6 +1,7 @@
-//! Redis Cluster failover drill for the session layer: logged-in clients keep reading and
-//! saving their sessions while the master holding the most sessions is SIGKILLed; no request
-//! may fail, no session may be lost, no save may be lost. Plus: a command error (WRONGTYPE) is
+//! Redis Cluster failover drills for the session layer: logged-in clients keep reading and
+//! saving their sessions while the master holding the most sessions is SIGKILLed (or, in the
+//! second drill, SIGSTOPped: it hangs with its connections open); no request may fail, no
+//! session may be lost, no save may be lost. Plus: a command error (WRONGTYPE) is
 //! not mistaken for a failover and fails at once.
 //!
 //! Run with: `cargo test -p herd-session --test redis_failover -- --nocapture` (prints figures).
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use herd_session::{
     RedisStore, RedisStoreConfig, SessionIdGenerator, SessionRecord, SessionStore, StoreOperation,
 };
-use herd_testkit::{RedisCluster, RedisServer, shared};
+use herd_testkit::{RedisCluster, RedisNode, RedisServer, shared};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 use common::scenarios;
@@ -66,8 +67,32 @@ struct Tally {
     slowest: Duration,
 }
 
+/// How the busiest master is taken down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL: its connections break at once.
+    Kill,
+    /// SIGSTOP: it stops answering but its connections stay open (like a master cut off by the
+    /// network), so clients only see timeouts.
+    Hang,
+}
+
+/// The drills run one at a time: each has a cluster of its own and both want the 2 cores.
+static DRILLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_master_fails_no_request_and_loses_no_session() {
+    let _one_at_a_time = DRILLS.lock().await;
+    drill(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_master_fails_no_request_and_loses_no_session() {
+    let _one_at_a_time = DRILLS.lock().await;
+    drill(Fault::Hang).await;
+}
+
+async fn drill(fault: Fault) {
     snapshotter();
     let started = Instant::now();
     let rc = RedisCluster::builder()
@@ -163,17 +188,14 @@ async fn killing_the_busiest_master_fails_no_request_and_loses_no_session() {
     }
 
     tokio::time::sleep_until((drill_start + KILL_AT).into()).await;
-    let victim = busiest_master(&rc).await;
-    let sessions_on_victim = victim.1;
-    let victim = victim.0;
-    let killed = Instant::now();
-    victim.kill().unwrap();
-    let failover = rc.wait_for_failover(Duration::from_secs(30)).await.unwrap();
+    let (victim, sessions_on_victim) = busiest_master(&rc).await;
+    let downed = Instant::now();
+    let failover = take_down(&rc, victim, fault).await;
     println!(
-        "killed {} ({sessions_on_victim} sessions) {:?} into the drill; the cluster reported a \
-         new master after {failover:?}",
+        "{fault:?}: took down {} ({sessions_on_victim} sessions) {:?} into the drill; its \
+         slots had a new master after {failover:?}",
         victim.name(),
-        killed - drill_start
+        downed - drill_start
     );
     for client in clients {
         client.await.unwrap();
@@ -206,10 +228,12 @@ async fn killing_the_busiest_master_fails_no_request_and_loses_no_session() {
     let (retries, _) = metric("herd_session_store_failover_retries_total");
     let (waits, _) = metric("herd_session_store_failover_waits_total");
     let (_, longest_wait) = metric("herd_session_store_failover_wait_seconds");
+    let (refreshes, _) = metric("herd_session_store_topology_refreshes_total");
     println!(
-        "{requests} requests from {CLIENTS} clients at {RATE}/s over {DRILL:?}: {} failed; \
+        "{fault:?}: {requests} requests from {CLIENTS} clients at {RATE}/s over {DRILL:?}: {} failed; \
          slowest request {slowest:?}; {waits} store operations waited out the failover \
-         ({retries} retries, longest wait {:.3} s); {} of {RESTING} resting sessions lost; \
+         ({retries} retries, {refreshes} fresh slot maps, longest wait {:.3} s); {} of \
+         {RESTING} resting sessions lost; \
          test took {:?}",
         failures.len(),
         longest_wait,
@@ -229,8 +253,66 @@ async fn killing_the_busiest_master_fails_no_request_and_loses_no_session() {
     assert!(waits > 0, "some operation met the failover");
 }
 
+/// Takes `victim` down and waits until no slot is served by it any more; returns how long
+/// that took.
+async fn take_down(rc: &RedisCluster, victim: &RedisNode, fault: Fault) -> Duration {
+    let started = Instant::now();
+    match fault {
+        Fault::Kill => victim.kill().unwrap(),
+        Fault::Hang => {
+            let pid = victim.pid().unwrap().to_string();
+            let stopped = std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap();
+            assert!(stopped.success());
+        }
+    }
+    let others: Vec<&RedisNode> = rc
+        .nodes()
+        .iter()
+        .filter(|n| n.port() != victim.port() && n.is_running())
+        .collect();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(slots) = cluster_slots(others[0]).await else {
+            continue;
+        };
+        if !slots.contains(&format!(":{}", victim.port())) {
+            return started.elapsed();
+        }
+    }
+}
+
+/// `CLUSTER SLOTS` of `node` as debug text, `None` when it does not answer.
+async fn cluster_slots(node: &RedisNode) -> Option<String> {
+    let client = redis::Client::open(node.url()).ok()?;
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    let slots: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    // Ports show up as integers after the host; render them as `:PORT` to search.
+    let mut text = String::new();
+    render(&slots, &mut text);
+    Some(text)
+}
+
+fn render(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::Array(items) => items.iter().for_each(|item| render(item, out)),
+        redis::Value::Int(n) => out.push_str(&format!(":{n} ")),
+        _ => {}
+    }
+}
+
 /// The running master holding the most keys, and how many it holds.
-async fn busiest_master(rc: &RedisCluster) -> (&herd_testkit::RedisNode, u64) {
+async fn busiest_master(rc: &RedisCluster) -> (&RedisNode, u64) {
     let mut busiest = None;
     for master in rc.masters().await.unwrap() {
         let client = redis::Client::open(master.url()).unwrap();

@@ -5,7 +5,8 @@
 //! Failovers: a command whose error a failover explains (`MOVED`, `ASK`, `TRYAGAIN`,
 //! `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `LOADING`, a refused, reset or timed-out
 //! connection) is retried with a short backoff, each retry asking the topology watcher for a
-//! fresh slot map and taking the newest connection, until it succeeds or
+//! fresh slot map and taking the newest connection (at once when the watcher puts one in
+//! place, rather than sitting out timeouts against a master that hangs), until it succeeds or
 //! [`failover_timeout`](RedisConfig::failover_timeout) has passed since its first such error.
 //! Other errors fail at once. Every retried command is safe to repeat: reads; `SET` and `DEL`
 //! (repeating them leaves the same state); `SADD` + `PEXPIRE NX/GT`; the lock release
@@ -248,6 +249,8 @@ impl ClusterBackend {
         let started = Instant::now();
         let mut pause = FIRST_PAUSE;
         let mut retries = 0_u32;
+        // Bumped when the watcher has put a connection with a fresh slot map in place.
+        let mut swaps = self.inner.resets.subscribe();
         loop {
             // Any failure may be a topology change: look now instead of at the next tick.
             self.inner.refresh_now.notify_one();
@@ -267,13 +270,22 @@ impl ClusterBackend {
                     source: Arc::new(error),
                 });
             };
-            tokio::time::sleep(jittered(pause, retries).min(left)).await;
+            tokio::select! {
+                () = tokio::time::sleep(jittered(pause, retries).min(left)) => {}
+                () = swapped(&mut swaps) => {}
+            }
             pause = pause.saturating_mul(2).min(MAX_PAUSE);
             retries = retries.saturating_add(1);
             metrics::counter!("herd_cache_failover_retries_total", "operation" => operation)
                 .increment(1);
             tracing::debug!(operation, retries, %error, "redis cluster: waiting out a failover");
-            match attempt(self.conn()).await {
+            let outcome = tokio::select! {
+                outcome = attempt(self.conn()) => outcome,
+                // A connection with a fresh slot map is in place: retry on it rather than sit
+                // out this attempt's timeouts against a master that hangs.
+                () = swapped(&mut swaps) => continue,
+            };
+            match outcome {
                 Ok(value) => {
                     let waited = started.elapsed();
                     metrics::counter!("herd_cache_failover_waits_total", "operation" => operation, "outcome" => "recovered")
@@ -773,10 +785,13 @@ impl Inner {
         Err(Error::backend(NAME, "CLUSTER SLOTS", "cluster", source))
     }
 
-    /// Seeds for a new connection: the configured ones plus every node of the last map, with the
-    /// credentials and settings of the first seed.
+    /// Seeds for a new connection: every node of the last map, with the credentials and
+    /// settings of the first configured seed; the configured seeds while there is no map (or
+    /// they are not TCP addresses). The map leaves out failed nodes, and the client connects to
+    /// every seed before it reads the slot map, so a dead or hanging old master among the
+    /// configured seeds would hold a reconnect after a failover for the whole connect timeout.
     fn current_seeds(&self) -> Vec<ConnectionInfo> {
-        let mut seeds = self.seeds.clone();
+        let mut seeds = Vec::new();
         if let Some(first) = self.seeds.first()
             && matches!(first.addr(), ConnectionAddr::Tcp(..))
         {
@@ -788,6 +803,9 @@ impl Inner {
                     seeds.push(first.clone().set_addr(ConnectionAddr::Tcp(host, port)));
                 }
             }
+        }
+        if seeds.is_empty() {
+            seeds.clone_from(&self.seeds);
         }
         seeds
     }
@@ -966,6 +984,13 @@ fn jittered(pause: Duration, seed: u32) -> Duration {
     let quarter = pause / 4;
     let offset = quarter.mul_f64(f64::from(nanos % 1024) / 1024.0 * 2.0);
     pause - quarter + offset
+}
+
+/// Resolves when `swaps` moves on (a new connection is in place); never if it cannot.
+async fn swapped(swaps: &mut watch::Receiver<u64>) {
+    if swaps.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The cluster's `cluster-node-timeout`, asked of any node; `None` when it cannot be read

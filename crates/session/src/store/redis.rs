@@ -14,8 +14,10 @@
 //! connection) is retried with a short backoff until it succeeds or
 //! [`failover_timeout`](RedisStoreConfig::failover_timeout) has passed since its first such
 //! error; the `redis` crate's cluster client re-reads the slot map on the redirects and
-//! connection errors each retry meets. Any other error (`WRONGTYPE`, a script error, a reply
-//! of the wrong shape) fails at once.
+//! connection errors each retry meets, and, because it does not after timeouts (a master that
+//! hangs or is cut off), the store also builds a new connection with a fresh slot map at most
+//! once a second while operations wait (see [`Rebuild`]). Any other error (`WRONGTYPE`, a
+//! script error, a reply of the wrong shape) fails at once.
 //!
 //! Retried writes are safe because every write is idempotent or carries a write token:
 //!
@@ -44,6 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -52,6 +55,7 @@ use redis::{
     Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value,
 };
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use super::{SaveOutcome, SessionStore, Stored};
 use crate::error::{StoreError, StoreOperation};
@@ -130,6 +134,9 @@ fn failover_wait_for(node_timeout: Duration) -> Duration {
 const CLIENT_RETRIES: u32 = 3;
 const CLIENT_RETRY_WAIT_MS: (u64, u64) = (10, 100);
 
+/// Least time between two connection rebuilds during failover waits (see [`Rebuild`]).
+const REBUILD_GAP: Duration = Duration::from_secs(1);
+
 /// First pause before a retry during a failover; doubled per retry up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
@@ -194,7 +201,7 @@ impl Default for RedisStoreConfig {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: Connection,
+    handle: Handle,
     config: Arc<RedisStoreConfig>,
     /// Where the store points, for error messages: the server, or the cluster's seed nodes.
     nodes: Arc<str>,
@@ -204,6 +211,37 @@ pub struct RedisStore {
     tokens: Arc<WriteTokens>,
 }
 
+/// What the store holds: the standalone connection manager, or the cluster connection in
+/// force (replaced when a failover wait re-reads the topology).
+#[derive(Clone)]
+enum Handle {
+    Standalone(ConnectionManager),
+    Cluster(Arc<ClusterHandle>),
+}
+
+struct ClusterHandle {
+    current: RwLock<ClusterConnection>,
+    /// Builds a connection with a fresh slot map; `None` for a connection the application
+    /// handed over.
+    rebuild: Option<Rebuild>,
+    /// Bumped when a rebuilt connection is put in force, so that operations waiting on the old
+    /// one retry at once.
+    swaps: watch::Sender<u64>,
+}
+
+/// The `redis` crate's cluster client re-reads the slot map after redirects and broken
+/// connections, but not after timeouts: a master that hangs or is cut off (rather than dying
+/// with its connections) keeps its slots in the client's map, and every command to them times
+/// out, even after a replica has taken over. So while a failover is waited out, the store
+/// builds a new connection, which reads the slot map afresh, at most once per
+/// [`REBUILD_GAP`], and uses it from then on.
+struct Rebuild {
+    client: ClusterClient,
+    /// When the last rebuild started; held while one runs.
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// One attempt's connection.
 #[derive(Clone)]
 enum Connection {
     Standalone(ConnectionManager),
@@ -234,15 +272,24 @@ impl RedisStore {
         // left to the store (`wait_out_failover`), which bounds it by time. The client's
         // default retry waits (1.28 s and up, 16 retries) would instead sleep through the
         // store's timeout on the first dead-master error.
-        let client = ClusterClient::builder(urls.iter().map(String::as_str))
-            .connection_timeout(config.connect_timeout)
-            .response_timeout(config.timeout)
-            .retries(CLIENT_RETRIES)
-            .min_retry_wait(CLIENT_RETRY_WAIT_MS.0)
-            .max_retry_wait(CLIENT_RETRY_WAIT_MS.1)
-            .retry_wait_formula(CLIENT_RETRY_WAIT_MS.0, 2)
-            .build()
-            .map_err(fail)?;
+        let client = |connection_timeout| {
+            ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(connection_timeout)
+                .response_timeout(config.timeout)
+                .retries(CLIENT_RETRIES)
+                .min_retry_wait(CLIENT_RETRY_WAIT_MS.0)
+                .max_retry_wait(CLIENT_RETRY_WAIT_MS.1)
+                .retry_wait_formula(CLIENT_RETRY_WAIT_MS.0, 2)
+                .build()
+                .map_err(fail)
+        };
+        // A rebuild during a failover must not wait the full connect timeout on a seed node
+        // that hangs: it connects to every seed before it reads the slot map.
+        let rebuild = Rebuild {
+            client: client(config.connect_timeout.min(config.timeout))?,
+            last: tokio::sync::Mutex::new(None),
+        };
+        let client = client(config.connect_timeout)?;
         let connection =
             tokio::time::timeout(config.connect_timeout, client.get_async_connection())
                 .await
@@ -261,12 +308,12 @@ impl RedisStore {
                 )
             }
         };
-        Ok(Self::with(
-            Connection::Cluster(connection),
-            config,
-            described,
-            failover_wait,
-        ))
+        let handle = Handle::Cluster(Arc::new(ClusterHandle {
+            current: RwLock::new(connection),
+            rebuild: Some(rebuild),
+            swaps: watch::Sender::new(0),
+        }));
+        Ok(Self::with(handle, config, described, failover_wait))
     }
 
     /// Connects to a single Redis server (`redis://host:port/db`), reconnecting on its own
@@ -294,7 +341,7 @@ impl RedisStore {
         .map_err(fail)?;
         let failover_wait = config.failover_timeout.unwrap_or_default();
         Ok(Self::with(
-            Connection::Standalone(connection),
+            Handle::Standalone(connection),
             config,
             described,
             failover_wait,
@@ -304,7 +351,9 @@ impl RedisStore {
     /// A store over a cluster connection the application already has. Without a
     /// [`failover_timeout`](RedisStoreConfig::failover_timeout) it waits out failovers for
     /// 25.5 s (as for Redis' default `cluster-node-timeout` of 15 s): set it when the cluster's
-    /// node timeout differs.
+    /// node timeout differs. Having no client of its own, the store cannot rebuild this
+    /// connection, so a master that hangs (rather than dies) stays in the connection's slot
+    /// map until the `redis` client notices otherwise; [`cluster`](Self::cluster) can.
     pub fn from_cluster_connection(
         connection: ClusterConnection,
         config: RedisStoreConfig,
@@ -312,12 +361,12 @@ impl RedisStore {
         let failover_wait = config
             .failover_timeout
             .unwrap_or_else(|| failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT));
-        Self::with(
-            Connection::Cluster(connection),
-            config,
-            "redis cluster".to_owned(),
-            failover_wait,
-        )
+        let handle = Handle::Cluster(Arc::new(ClusterHandle {
+            current: RwLock::new(connection),
+            rebuild: None,
+            swaps: watch::Sender::new(0),
+        }));
+        Self::with(handle, config, "redis cluster".to_owned(), failover_wait)
     }
 
     /// A store over a standalone connection manager the application already has.
@@ -327,7 +376,7 @@ impl RedisStore {
     ) -> Self {
         let failover_wait = config.failover_timeout.unwrap_or_default();
         Self::with(
-            Connection::Standalone(connection),
+            Handle::Standalone(connection),
             config,
             "redis".to_owned(),
             failover_wait,
@@ -335,13 +384,13 @@ impl RedisStore {
     }
 
     fn with(
-        connection: Connection,
+        handle: Handle,
         config: RedisStoreConfig,
         nodes: String,
         failover_wait: Duration,
     ) -> Self {
         Self {
-            connection,
+            handle,
             config: Arc::new(config),
             nodes: nodes.into(),
             scripts: Arc::new(Scripts {
@@ -351,6 +400,45 @@ impl RedisStore {
             }),
             failover_wait,
             tokens: Arc::new(WriteTokens::new()),
+        }
+    }
+
+    /// The connection for one attempt: the one in force now.
+    fn connection(&self) -> Connection {
+        match &self.handle {
+            Handle::Standalone(manager) => Connection::Standalone(manager.clone()),
+            Handle::Cluster(cluster) => Connection::Cluster(cluster.current.read().clone()),
+        }
+    }
+
+    /// During a failover wait: builds a new cluster connection, which reads the slot map
+    /// afresh, and puts it in force (see [`Rebuild`]). At most one at a time and one per
+    /// [`REBUILD_GAP`]; returns at once otherwise, and for standalone Redis.
+    async fn follow_topology(&self, within: Duration) {
+        let Handle::Cluster(cluster) = &self.handle else {
+            return;
+        };
+        let Some(rebuild) = &cluster.rebuild else {
+            return;
+        };
+        let Ok(mut last) = rebuild.last.try_lock() else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < REBUILD_GAP) || within.is_zero() {
+            return;
+        }
+        *last = Some(Instant::now());
+        match tokio::time::timeout(within, rebuild.client.get_async_connection()).await {
+            Ok(Ok(fresh)) => {
+                *cluster.current.write() = fresh;
+                cluster.swaps.send_modify(|n| *n = n.wrapping_add(1));
+                metrics::topology_refresh(STORE);
+                tracing::debug!("session store: new cluster connection with a fresh slot map");
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "session store: cluster reconnect failed");
+            }
+            Err(_) => tracing::debug!(?within, "session store: cluster reconnect timed out"),
         }
     }
 
@@ -373,7 +461,7 @@ impl RedisStore {
     /// Sends `PING`; for health checks. One attempt, never the failover wait: a health probe
     /// reports how the store is now.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let reply: Value = self
             .attempt(redis::cmd("PING").query_async(&mut connection))
             .await
@@ -397,7 +485,7 @@ impl RedisStore {
         F: FnMut(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        match self.attempt(attempt(self.connection.clone())).await {
+        match self.attempt(attempt(self.connection())).await {
             Ok(value) => Ok(value),
             Err(failure) => {
                 self.wait_out_failover(operation, key, attempt, failure)
@@ -439,6 +527,10 @@ impl RedisStore {
         let started = Instant::now();
         let mut pause = FIRST_PAUSE;
         let mut retries = 0_u32;
+        let mut swaps = match &self.handle {
+            Handle::Cluster(cluster) => Some(cluster.swaps.subscribe()),
+            Handle::Standalone(_) => None,
+        };
         loop {
             let waited = started.elapsed();
             let Some(left) = self
@@ -451,7 +543,12 @@ impl RedisStore {
                     .failover_exceeded(operation, key, waited, retries, failure)
                     .await);
             };
-            tokio::time::sleep(jittered(pause, retries).min(left)).await;
+            self.follow_topology(left).await;
+            let left = self.failover_wait.saturating_sub(started.elapsed());
+            tokio::select! {
+                () = tokio::time::sleep(jittered(pause, retries).min(left)) => {}
+                () = swapped(&mut swaps) => {}
+            }
             pause = pause.saturating_mul(2).min(MAX_PAUSE);
             retries = retries.saturating_add(1);
             metrics::failover_retry(STORE, operation.as_str());
@@ -461,7 +558,13 @@ impl RedisStore {
                 error = %failure,
                 "session store: waiting out a failover"
             );
-            match self.attempt(attempt(self.connection.clone())).await {
+            let outcome = tokio::select! {
+                outcome = self.attempt(attempt(self.connection())) => outcome,
+                // A rebuilt connection is in force: retry on it rather than sit out this
+                // attempt's timeout against a master that hangs.
+                () = swapped(&mut swaps) => continue,
+            };
+            match outcome {
                 Ok(value) => {
                     let waited = started.elapsed();
                     metrics::failover_waited(STORE, operation.as_str(), "recovered", waited);
@@ -501,9 +604,8 @@ impl RedisStore {
         retries: u32,
         last: Failure,
     ) -> StoreError {
-        let node = match &self.connection {
-            Connection::Cluster(connection) => {
-                let mut connection = connection.clone();
+        let node = match self.connection() {
+            Connection::Cluster(mut connection) => {
                 let slot = key_slot(key.as_bytes());
                 match slot_owner(&mut connection, slot, self.config.timeout).await {
                     Some(owner) => format!("{owner} (slot {slot})"),
@@ -655,9 +757,9 @@ impl ConnectionLike for Connection {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.connection {
-            Connection::Standalone(_) => "standalone",
-            Connection::Cluster(_) => "cluster",
+        let kind = match self.handle {
+            Handle::Standalone(_) => "standalone",
+            Handle::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
             .field("kind", &kind)
@@ -807,6 +909,16 @@ fn jittered(pause: Duration, seed: u32) -> Duration {
     let quarter = pause / 4;
     let offset = quarter.mul_f64(f64::from(nanos % 1024) / 1024.0 * 2.0);
     pause - quarter + offset
+}
+
+/// Resolves when `swaps` moves on (a rebuilt connection is in force); never without one.
+async fn swapped(swaps: &mut Option<watch::Receiver<u64>>) {
+    if let Some(swaps) = swaps
+        && swaps.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Unique write tokens: a random per-store prefix and a counter, as 32 hex digits.
