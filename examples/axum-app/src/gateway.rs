@@ -74,6 +74,7 @@ pub struct GatewayConfig {
     trusted_proxies: Vec<String>,
     admin_networks: Vec<String>,
     server_limits: ServerLimits,
+    client_body_timeout: Duration,
     rate_limits: bool,
     response_cache: bool,
 }
@@ -88,6 +89,7 @@ impl GatewayConfig {
             trusted_proxies: Vec::new(),
             admin_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
             server_limits: ServerLimits::default(),
+            client_body_timeout: Duration::from_secs(60),
             rate_limits: true,
             response_cache: true,
         }
@@ -121,6 +123,13 @@ impl GatewayConfig {
         self
     }
 
+    /// Longest wait for the next piece of a client's request body (default 60 s, nginx's
+    /// `client_body_timeout`): a stalled upload is answered 408.
+    pub fn client_body_timeout(mut self, timeout: Duration) -> Self {
+        self.client_body_timeout = timeout;
+        self
+    }
+
     /// Per-IP rate limits (100 r/s on `/api`, 5 r/min on `/api/auth/login` and on
     /// `/api/auth/signup`); on by default.
     pub fn rate_limits(mut self, on: bool) -> Self {
@@ -151,6 +160,7 @@ impl GatewayConfig {
         config.balancer.outlier_detection.fail_timeout = Duration::from_secs(30);
         config.connect_timeout = Duration::from_secs(1);
         config.request_timeout = Duration::from_secs(10);
+        config.client_body_timeout = self.client_body_timeout;
         config.trusted_proxies = TrustedProxies::new(&self.trusted_proxies)
             .map_err(|e| format!("trusted proxies: {e}"))?;
         config.active_health = Some(HttpActiveHealth {

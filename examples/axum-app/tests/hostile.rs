@@ -600,6 +600,40 @@ fn cases() -> Vec<Case> {
         send: Send::KeepOpen,
         want: Refused,
     });
+    // Bodies that stall (the gateway's client body timeout is 1 s here): 408, not a hang.
+    for (name, headers, sent) in [
+        ("declared body never sent", "Content-Length: 100\r\n", ""),
+        (
+            "Expect 100-continue, body never sent",
+            "Content-Length: 10\r\nExpect: 100-continue\r\n",
+            "",
+        ),
+        (
+            "3 GB declared, 2 bytes sent",
+            "Content-Length: 3000000000\r\n",
+            "{}",
+        ),
+        (
+            "chunked body that stops",
+            "Transfer-Encoding: chunked\r\n",
+            "5\r\n{\"a\":",
+        ),
+    ] {
+        let mut bytes = head(
+            "POST",
+            login,
+            &ip(),
+            &format!("Content-Type: application/json\r\n{headers}"),
+        )
+        .into_bytes();
+        bytes.extend_from_slice(sent.as_bytes());
+        c.push(Case {
+            name: name.to_owned(),
+            bytes,
+            send: Send::KeepOpen,
+            want: Refused,
+        });
+    }
     let pipelined: Vec<u8> = (0..50)
         .flat_map(|_| head("GET", "/api/whoami", &ip(), "").into_bytes())
         .collect();
@@ -662,7 +696,7 @@ async fn a_hundred_hostile_requests_get_4xx_leak_nothing_and_eject_nobody() {
     let d = demo().await;
     // A gateway of its own in front of the demo's instances: operators' pages only for
     // 127.0.0.1 (the cases come from 127.0.0.2), X-Forwarded-For believed from loopback (each
-    // case is its own client for the rate limits), a 1 s header timeout for the slow cases.
+    // case is its own client for the rate limits), 1 s header and body timeouts for the slow cases.
     let gw = gateway::spawn(
         GatewayConfig::new(d.instance_urls.clone())
             .trusted_proxies(vec!["127.0.0.0/8".into()])
@@ -670,7 +704,8 @@ async fn a_hundred_hostile_requests_get_4xx_leak_nothing_and_eject_nobody() {
             .server_limits(ServerLimits {
                 header_read_timeout: Duration::from_secs(1),
                 ..ServerLimits::default()
-            }),
+            })
+            .client_body_timeout(Duration::from_secs(1)),
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
