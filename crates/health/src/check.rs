@@ -319,6 +319,13 @@ pub trait HealthCheck: Send + Sync + 'static {
         ComponentType::Component
     }
 
+    /// Tags this check always carries, added to those given at registration: herd-db-router's
+    /// `RouterCheck` returns [`tags::REPLICATION`](crate::tags::REPLICATION), so it is served
+    /// on `/health/replication` with no registration option. None unless overridden.
+    fn tags(&self) -> &[&'static str] {
+        &[]
+    }
+
     /// Runs the check once.
     async fn check(&self) -> CheckResult;
 }
@@ -327,6 +334,10 @@ pub trait HealthCheck: Send + Sync + 'static {
 impl<T: HealthCheck + ?Sized> HealthCheck for Arc<T> {
     fn name(&self) -> &str {
         (**self).name()
+    }
+
+    fn tags(&self) -> &[&'static str] {
+        (**self).tags()
     }
 
     fn component_type(&self) -> ComponentType {

@@ -54,7 +54,8 @@ pub struct HealthConfig {
     pub details_token: Option<String>,
     /// How long [`Health::shutdown_signal`](crate::Health::shutdown_signal) waits between
     /// turning readiness to `fail` and letting the server stop accepting connections, so load
-    /// balancers notice first. Default 5 s.
+    /// balancers notice first. Default 5 s; 0 in the [development](Self::development) profile.
+    /// A second Ctrl-C or SIGTERM during the wait ends it at once.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
     /// Path prefix of the health endpoints. Default `/health`.
@@ -92,6 +93,31 @@ impl Default for HealthConfig {
             version: None,
             release_id: None,
             description: None,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// The development profile: the defaults, except that shutdown does not wait for load
+    /// balancers (`drain_delay` 0, so Ctrl-C stops the server at once; there is no balancer to
+    /// notice on a laptop) and details are shown (`show_details = "always"`, for a local
+    /// server only). Never for a deployed service: its balancer needs the drain delay, and
+    /// details show hosts and errors.
+    ///
+    /// ```
+    /// let config = if std::env::var_os("HERD_DEV").is_some() {
+    ///     herd_health::HealthConfig::development()
+    /// } else {
+    ///     herd_health::HealthConfig::default()
+    /// };
+    /// # let _ = config;
+    /// assert!(herd_health::HealthConfig::development().drain_delay.is_zero());
+    /// ```
+    pub fn development() -> Self {
+        HealthConfig {
+            drain_delay: Duration::ZERO,
+            show_details: ShowDetails::Always,
+            ..HealthConfig::default()
         }
     }
 }

@@ -110,8 +110,10 @@ impl HealthBuilder {
         self.check_arc(Arc::new(check), options)
     }
 
-    /// Registers a shared check object.
+    /// Registers a shared check object. The tags the check carries itself
+    /// ([`HealthCheck::tags`]) are added to `options`' tags.
     pub fn check_arc(mut self, check: Arc<dyn HealthCheck>, options: CheckOptions) -> Self {
+        let options = options.tags(check.tags().iter().copied());
         self.checks.push((check, options));
         self
     }
@@ -335,7 +337,8 @@ impl Health {
         self.report(Probe::Deep, true).await
     }
 
-    /// A group's health, or `None` if there is no such group.
+    /// A group's health, or `None` if there is no such group or no check carries any of its
+    /// tags (an empty group answers 404 over HTTP: passing would claim health nothing checked).
     pub async fn group(&self, name: &str) -> Option<HealthReport> {
         self.group_report(name, true).await
     }
@@ -361,15 +364,21 @@ impl Health {
         }
     }
 
-    /// A group's report with or without details, or `None` if there is no such group.
+    /// A group's report with or without details, or `None` if there is no such group or no
+    /// check carries any of its tags.
     pub async fn group_report(&self, name: &str, details: bool) -> Option<HealthReport> {
         let group_tags = self.inner.groups.get(name)?;
-        let report = self
-            .evaluate(
-                |registered| group_tags.iter().any(|tag| registered.options.has_tag(tag)),
-                details,
-            )
-            .await;
+        let in_group =
+            |registered: &Registered| group_tags.iter().any(|tag| registered.options.has_tag(tag));
+        if !self
+            .inner
+            .checks
+            .iter()
+            .any(|registered| in_group(registered))
+        {
+            return None;
+        }
+        let report = self.evaluate(in_group, details).await;
         Some(report)
     }
 
@@ -673,6 +682,50 @@ mod tests {
         let replication = health.group("replication").await.unwrap();
         assert!(replication.checks.contains_key("postgres:responseTime"));
         assert!(health.group("nope").await.is_none());
+    }
+
+    /// A check that tags itself, as herd-db-router's `RouterCheck` does.
+    struct SelfTagged;
+
+    #[async_trait::async_trait]
+    impl HealthCheck for SelfTagged {
+        fn name(&self) -> &str {
+            "database"
+        }
+
+        fn tags(&self) -> &[&'static str] {
+            &[tags::REPLICATION]
+        }
+
+        async fn check(&self) -> crate::CheckResult {
+            crate::CheckResult::pass()
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_groups_are_absent_and_checks_bring_their_own_tags() {
+        let untagged = Health::builder()
+            .config(HealthConfig {
+                groups: [("storage".to_owned(), vec!["datastore".to_owned()])].into(),
+                ..HealthConfig::default()
+            })
+            .check(fixed("jobs", Status::Pass))
+            .build()
+            .unwrap();
+        assert!(
+            untagged.group("replication").await.is_none(),
+            "an empty group must not pass"
+        );
+        assert!(untagged.group("storage").await.is_none());
+
+        let tagged = Health::builder()
+            .check_with(SelfTagged, CheckOptions::new().tag(tags::DATASTORE))
+            .build()
+            .unwrap();
+        let options = tagged.checks().next().unwrap().1;
+        assert!(options.has_tag(tags::REPLICATION) && options.has_tag(tags::DATASTORE));
+        let replication = tagged.group("replication").await.unwrap();
+        assert!(replication.checks.contains_key("database:responseTime"));
     }
 
     #[test]

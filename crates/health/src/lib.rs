@@ -20,10 +20,28 @@
 //!   accepting only after a delay, so balancers stop sending first.
 //!
 //! Checks of herd's other crates plug in the same way (they depend on this crate, not the
-//! other way round): herd-db-router's `health::RouterCheck` (nodes, roles, replica lag, pools;
-//! tag it [`tags::REPLICATION`] to serve it on `/health/replication`), herd-cache-cluster's
-//! check (PING per master, `cluster_state`, hit ratio) and herd-session's store check, each
-//! behind that crate's `health` feature.
+//! other way round), each behind that crate's `health` feature:
+//!
+//! | crate | check | what it reports |
+//! |---|---|---|
+//! | herd-db-router | `health::RouterCheck::new(router)`, named `database` | nodes, roles, replica lag, pools; tagged [`tags::REPLICATION`] by itself, so it is served on `/health/replication` too |
+//! | herd-cache-cluster | `cache.health_check()` (`CacheHealth`), named `cache` | `PING` per master, `cluster_state`, circuit, hit ratio |
+//! | herd-session | the store itself: `RedisStore` and `MemoryStore` implement [`HealthCheck`] (register a clone), named `session-store` | `PING` through the store's connection |
+//!
+//! The database and the Redis Cluster are shared by every instance: register them with
+//! [`CheckOptions::shared_dependency`], so their failure shows on `/health` without taking
+//! every instance out of the balancer at once. A group endpoint (`/health/replication`, or a
+//! configured one) answers 404 while no check carries its tags, rather than passing.
+//!
+//! **Details are hidden by default** ([`ShowDetails::Never`]): `/health` says only
+//! `{"status":"pass"}`. Show the per-check details (replica lag, node errors) with
+//! `show_details = "when-authorized"` and a `details_token` (requests with
+//! `Authorization: Bearer <token>`), or `"always"` for an endpoint only operators can reach;
+//! [`HealthConfig::development`] shows them and drops the drain delay for local runs.
+//!
+//! **Install the metrics recorder first.** The `metrics` facade drops what is recorded before a
+//! recorder is installed: call [`PrometheusMetrics::install`] at the start of `main`, before
+//! connecting to the database or the cache, or their start-up metrics never reach `/metrics`.
 //!
 //! Features: `axum` (the router and `MatchedPath` labels), `prometheus` (`/metrics`),
 //! `system` and `disk` (sysinfo checks), all on by default; `lb-core` (the

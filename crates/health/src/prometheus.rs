@@ -63,6 +63,20 @@ impl PrometheusMetrics {
     /// Builds the recorder, installs it as the global `metrics` recorder and spawns the upkeep
     /// task on the current Tokio runtime (it runs for the life of the process).
     ///
+    /// **Install it first**, before connecting to the database or the cache: the `metrics`
+    /// facade drops whatever is recorded while no recorder is installed, so the start-up
+    /// queries, the first monitor checks and the connection errors of a slow start would be
+    /// silently missing from `/metrics`.
+    ///
+    /// ```no_run
+    /// # async fn main_() -> Result<(), Box<dyn std::error::Error>> {
+    /// // First line of main, before anything that records a metric:
+    /// let metrics = herd_health::PrometheusMetrics::install(&Default::default())?;
+    /// // ... then connect the router, the cache and the session store, build Health with
+    /// // `.metrics(metrics)`.
+    /// # let _ = metrics; Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::NoRuntime`] outside a Tokio runtime, [`Error::Prometheus`] when the buckets

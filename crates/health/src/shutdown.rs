@@ -10,7 +10,9 @@ impl Health {
     /// liveness keeps passing) and waits `drain_delay` (default 5 s) before resolving. Pass it to
     /// `axum::serve(..).with_graceful_shutdown(..)`: the server keeps accepting and serving
     /// during the delay, while balancers and Kubernetes endpoints stop routing to this
-    /// instance, then it stops accepting and finishes in-flight requests.
+    /// instance, then it stops accepting and finishes in-flight requests. A second signal
+    /// during the delay ends it at once (an impatient Ctrl-C in development; for no delay at
+    /// all there, use [`HealthConfig::development`](crate::HealthConfig::development)).
     ///
     /// ```no_run
     /// # async fn run() -> std::io::Result<()> {
@@ -24,7 +26,7 @@ impl Health {
     /// # }
     /// ```
     pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.drain_on(termination())
+        self.drain_on_then(termination(), termination())
     }
 
     /// Like [`shutdown_signal`](Self::shutdown_signal) with a signal of your own (a channel,
@@ -34,16 +36,33 @@ impl Health {
     where
         F: Future + Send + 'static,
     {
+        self.drain_on_then(signal, std::future::pending::<()>())
+    }
+
+    /// [`drain_on`](Self::drain_on), and `hurry` (started only after `signal`) cuts the wait
+    /// short.
+    fn drain_on_then<F, H>(&self, signal: F, hurry: H) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future + Send + 'static,
+        H: Future + Send + 'static,
+    {
         let health = self.clone();
         async move {
             signal.await;
             health.drain();
             let delay = health.config().drain_delay;
+            if delay.is_zero() {
+                tracing::info!("shutdown requested; refusing connections now (no drain delay)");
+                return;
+            }
             tracing::info!(
                 ?delay,
-                "shutdown requested; waiting before refusing connections"
+                "shutdown requested; waiting before refusing connections (signal again to skip)"
             );
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = hurry => tracing::info!("second shutdown signal; not waiting any longer"),
+            }
         }
     }
 }

@@ -422,3 +422,20 @@ async fn the_layer_answers_probes_in_front_of_a_hyper_app() {
         "app saw /orders/8"
     );
 }
+
+#[tokio::test]
+async fn an_empty_group_answers_404_not_pass() {
+    let health = Health::builder()
+        .started(true)
+        .check(check::from_fn("jobs", || async { CheckResult::pass() }))
+        .build()
+        .unwrap();
+    let addr = serve(health.router()).await;
+    let client = client();
+    assert_eq!(
+        get(&client, addr, "/health/replication").await.status,
+        StatusCode::NOT_FOUND,
+        "nothing is tagged for replication: the group must not pass"
+    );
+    assert_eq!(get(&client, addr, "/health").await.status, StatusCode::OK);
+}
