@@ -430,9 +430,35 @@ impl Cache {
     ///   `stale_ttl` is returned while one background load replaces it.
     /// - `Ok(None)` from the loader is cached for `negative_ttl` when that is set.
     /// - Fail-open: when the backend is down or slow, the loader's value is returned.
+    /// - Use [`get_or_load_value`](Self::get_or_load_value) when the loader always has a value.
     ///
     /// The loader is `'static` because the load runs as its own task: it completes, and stores
-    /// its value, even if the caller that started it is cancelled.
+    /// its value, even if the caller that started it is cancelled. Give it what it needs by
+    /// value: clone handles (a `DbRouter`, a pool, an `Arc`) into a `move` closure.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User;
+    /// # async fn load_user(db: &herd_db_router::DbRouter, id: i64) -> Result<Option<User>, herd_db_router::sqlx::Error> { Ok(None) }
+    /// # async fn demo(cache: herd_cache_cluster::Cache, db: herd_db_router::DbRouter) -> Result<(), herd_cache_cluster::Error> {
+    /// let id = 42;
+    /// let user: Option<User> = cache
+    ///     .get_or_load(&format!("user:{id}"), Duration::from_secs(60), {
+    ///         let db = db.clone(); // the loader owns its handle
+    ///         move || async move { load_user(&db, id).await }
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Read-your-writes and other request state
+    ///
+    /// The load task, and a background refresh, run in the task-scoped state of the caller that
+    /// started them (herd-context): inside herd-db-router's read-your-writes scope, the loader's
+    /// reads go to a replica that has the client's writes, exactly as the handler's own reads
+    /// do. A caller that joins a load already in flight gets that load's value, read in its
+    /// starter's scope: as with any cached value, delete the key when you write what it caches
+    /// (then the next load starts after your write, in your scope).
     ///
     /// # Errors
     /// Only [`Error::Load`], when the loader failed (and no stale value could stand in).
@@ -484,6 +510,72 @@ impl Cache {
                 source: Arc::new("loader already used".into()),
             }),
         }
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a loader that always produces a value (like
+    /// moka's `try_get_with`): the value of `key`, or the loader's, stored for `ttl`, with the
+    /// same one load per key, locks, early and stale refreshes, fail-open and read-your-writes.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), herd_cache_cluster::Error> {
+    /// let cache = herd_cache_cluster::Cache::builder(herd_cache_cluster::Backend::memory()).build().await?;
+    /// let total: u64 = cache
+    ///     .get_or_load_value("orders:total", Duration::from_secs(5), || async {
+    ///         Ok::<_, std::io::Error>(1234) // e.g. SELECT count(*) ...
+    ///     })
+    ///     .await?;
+    /// assert_eq!(total, 1234);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// When the key holds an absent value cached by a `get_or_load` of the same key (with
+    /// `negative_ttl`), the loader is called and its value returned, without replacing the
+    /// entry.
+    ///
+    /// # Errors
+    /// Only [`Error::Load`], when the loader failed (and no stale value could stand in).
+    pub async fn get_or_load_value<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        // Kept here until a load takes it, so a cached absence can still be answered.
+        let slot = Arc::new(Mutex::new(Some(loader)));
+        let taken = Arc::clone(&slot);
+        let cached = self
+            .get_or_load(key, ttl, move || {
+                let loader = taken.lock().take();
+                async move {
+                    match loader {
+                        Some(loader) => loader().await.map(Some).map_err(Into::into),
+                        None => Err(BoxError::from("loader already used")),
+                    }
+                }
+            })
+            .await?;
+        if let Some(value) = cached {
+            return Ok(value);
+        }
+        // Our loader never returns `None`, so this absence came from the cache and the loader
+        // is still here.
+        let loader = slot.lock().take();
+        let loaded = match loader {
+            Some(loader) => loader().await.map_err(Into::into),
+            None => Err(BoxError::from("loader already used")),
+        };
+        loaded.map_err(|source| Error::Load {
+            key: key.to_owned(),
+            source: Arc::new(source),
+        })
     }
 }
 
@@ -704,7 +796,9 @@ impl Inner {
             inner: Arc::clone(self),
             key,
         };
-        tokio::spawn(async move {
+        // In the state of the request that found the value stale (captured here): the refresh
+        // reads as that request would have.
+        herd_context::spawn(async move {
             let inner = &refresh.inner;
             let key = &refresh.key;
             let result = Arc::clone(inner)
@@ -901,6 +995,51 @@ enum LockOutcome<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn get_or_load_value_returns_the_value_and_answers_a_cached_absence() {
+        let config = CacheConfig {
+            negative_ttl: Some(Duration::from_secs(60)),
+            ..CacheConfig::default()
+        };
+        let cache = Cache::builder(Backend::memory())
+            .config(config)
+            .build()
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        let n: u32 = cache
+            .get_or_load_value("n", ttl, || async { Ok::<_, std::io::Error>(7) })
+            .await
+            .unwrap();
+        assert_eq!(n, 7);
+        let again: u32 = cache
+            .get_or_load_value("n", ttl, || async {
+                Err::<u32, _>(std::io::Error::other("not called: cached"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, 7);
+
+        // An absence cached by `get_or_load` of the same key: the loader answers.
+        let absent: Option<u32> = cache
+            .get_or_load("gone", ttl, || async { Ok::<_, std::io::Error>(None) })
+            .await
+            .unwrap();
+        assert_eq!(absent, None);
+        let loaded: u32 = cache
+            .get_or_load_value("gone", ttl, || async { Ok::<_, std::io::Error>(9) })
+            .await
+            .unwrap();
+        assert_eq!(loaded, 9);
+
+        let failed = cache
+            .get_or_load_value("bad", ttl, || async {
+                Err::<u32, _>(std::io::Error::other("database down"))
+            })
+            .await;
+        assert!(matches!(failed, Err(Error::Load { ref key, .. }) if key == "bad"));
+    }
 
     #[tokio::test]
     async fn a_panicking_background_refresh_does_not_leave_its_key_marked() {

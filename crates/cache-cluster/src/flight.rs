@@ -16,7 +16,9 @@ pub(crate) type FlightResult = Result<Arc<dyn Any + Send + Sync>, Error>;
 type Flight = Shared<BoxFuture<'static, FlightResult>>;
 
 /// Loads in progress, by key. A load runs as its own task, so it completes (and stores its
-/// value) even when every caller waiting for it has gone away.
+/// value) even when every caller waiting for it has gone away. The task runs in the
+/// task-scoped state of the caller that started it (herd-context: a read-your-writes scope, a
+/// forced primary), so the loader reads as that caller would.
 #[derive(Default)]
 pub(crate) struct Flights {
     running: Mutex<HashMap<String, Flight>>,
@@ -52,7 +54,8 @@ impl Flights {
             flights,
             key: owned_key,
         };
-        let task = tokio::spawn(async move {
+        // Captured here, in the starting caller's task.
+        let task = herd_context::spawn(async move {
             let result = load.await;
             drop(landing);
             result

@@ -11,8 +11,12 @@
 //! - `warn` when no replica is eligible (every read goes to the primary);
 //! - per node, `utilization` of the pool (`warn` from 90 % in use);
 //! - WAL positions as text LSNs: `currentLsn` of the write node, `receiveLsn` and
-//!   `replayLsn` of each replica (tag the check `herd_health::tags::REPLICATION` to serve
-//!   them on `/health/replication`).
+//!   `replayLsn` of each replica.
+//!
+//! The check tags itself `herd_health::tags::REPLICATION`, so registering it also serves it on
+//! `/health/replication`. Register it as a shared dependency (the database is shared by every
+//! instance: its failure shows on `/health` but does not fail readiness everywhere at once):
+//! `.check_with(RouterCheck::new(router), CheckOptions::new().shared_dependency())`.
 //!
 //! ```no_run
 //! # async fn demo(router: herd_db_router::DbRouter) {
@@ -198,6 +202,11 @@ impl HealthCheck for RouterCheck {
 
     fn component_type(&self) -> ComponentType {
         ComponentType::Datastore
+    }
+
+    /// `replication`: the check is served on `/health/replication` without an option.
+    fn tags(&self) -> &[&'static str] {
+        &[herd_health::tags::REPLICATION]
     }
 
     async fn check(&self) -> CheckResult {

@@ -18,7 +18,10 @@
 //! - **Read-your-writes.** A [`Consistency`] scope carries a client's WAL position
 //!   ([`Lsn`]); its reads go to a replica that has replayed it, wait up to a bound, or go to
 //!   the primary. The `ReadYourWritesLayer` (feature `tower`) carries the token between
-//!   requests in a header or a cookie, so a user sees their own writes on every instance.
+//!   requests in the herd session (recommended), a signed cookie or a header, so a user sees
+//!   their own writes on every instance; tokens beyond what the primary has reported are
+//!   ignored. The scope follows work herd runs for the request in other tasks (cache loaders
+//!   and refreshes); [`spawn`] carries it into work you spawn yourself.
 //! - **Failover.** With `role = "auto"` the monitor follows the writable node; writes fail
 //!   fast with [`Error::NoPrimary`] while there is none, and go to a promoted replica within
 //!   two check intervals. A node that is read-only is never written to.
@@ -57,7 +60,20 @@
 //! println!("{count} users; write node {:?}", router.status().primary);
 //! # Ok(()) }
 //! ```
+//!
+//! # sqlx
+//!
+//! `&DbRouter` implements sqlx **0.9**'s `Executor`. Use the sqlx this crate re-exports
+//! (`use herd_db_router::sqlx;`) rather than adding sqlx to your `Cargo.toml` yourself: the
+//! versions cannot drift apart (with sqlx 0.8 in your own dependencies, every query on
+//! `&DbRouter` fails to compile with trait errors naming neither version). If you do add it,
+//! use `sqlx = { version = "0.9", default-features = false, features = ["runtime-tokio",
+//! "postgres"] }` (plus `macros` and the types you use).
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The sqlx this crate is built on (0.9): `use herd_db_router::sqlx;` keeps your queries and
+/// the router on the same version.
+pub use sqlx;
 
 pub mod classify;
 mod config;
@@ -90,6 +106,9 @@ pub use error_class::ErrorClass;
 pub use lsn::Lsn;
 pub use router::{DbRouter, DbRouterBuilder, PickedPool};
 pub use scope::{Consistency, on_primary};
+/// [`tokio::spawn`] carrying the current read-your-writes scope (and [`on_primary`]) into the
+/// new task; from herd-context.
+pub use herd_context::spawn;
 pub use status::{NodeStatus, ObservedRole, RouterStatus};
 
 #[cfg(feature = "tower")]

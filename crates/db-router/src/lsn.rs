@@ -43,6 +43,20 @@ impl Lsn {
     }
 }
 
+impl From<u64> for Lsn {
+    fn from(value: u64) -> Self {
+        Lsn(value)
+    }
+}
+
+/// The integer form, as token stores that know nothing of PostgreSQL keep it
+/// (herd-context's `TokenSlot`, herd-session's session).
+impl From<Lsn> for u64 {
+    fn from(lsn: Lsn) -> Self {
+        lsn.0
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)

@@ -23,6 +23,9 @@ pub const MISROUTES_TOTAL: &str = "herd_db_misroutes_total";
 /// Counter: statements that found the node's pool full for `acquire_timeout` and failed
 /// without running, by `node` (saturation: the node is not marked down for it).
 pub const POOL_TIMEOUTS_TOTAL: &str = "herd_db_pool_timeouts_total";
+/// Counter: read-your-writes tokens from clients ignored because they are beyond every WAL
+/// position the primary has reported (forged, or from writes lost in a failover).
+pub const TOKENS_IGNORED_TOTAL: &str = "herd_db_read_your_writes_tokens_ignored_total";
 /// Gauge: 1 when the monitor reached the node at its last check, by `node`.
 pub const NODE_UP: &str = "herd_db_node_up";
 /// Gauge: 1 for the node currently taking writes, by `node`.
@@ -82,6 +85,10 @@ pub(crate) fn query(keys: &NodeKeys, route: Route) {
 
 pub(crate) fn fallback(reason: &'static str) {
     metrics::counter!(FALLBACK_TO_PRIMARY_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn token_ignored() {
+    metrics::counter!(TOKENS_IGNORED_TOTAL).increment(1);
 }
 
 pub(crate) fn pool_timeout(node: &Arc<str>) {

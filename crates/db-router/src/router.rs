@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use herd_lb_core::{EndpointSet, InFlightGuard, Outcome, PickContext, Policy};
@@ -94,6 +94,12 @@ pub(crate) struct Shared {
     /// primary that came back after a failover, and is never written to.
     pub(crate) newest_timeline: AtomicU32,
     pub(crate) primary_lsn: AtomicU64,
+    /// One check of a client's token against the primary at a time (see `check_token`).
+    token_check: tokio::sync::Mutex<()>,
+    /// Checks of tokens against the primary started so far.
+    token_checks_started: AtomicU64,
+    /// The last check could not ask the primary.
+    token_check_failed: AtomicBool,
     pub(crate) classifier: Classifier,
     /// Routes of recently classified SQL text (automatic routing only).
     pub(crate) routes: RouteCache,
@@ -195,6 +201,9 @@ impl DbRouterBuilder {
             writer: AtomicUsize::new(NO_WRITER),
             newest_timeline: AtomicU32::new(0),
             primary_lsn: AtomicU64::new(0),
+            token_check: tokio::sync::Mutex::new(()),
+            token_checks_started: AtomicU64::new(0),
+            token_check_failed: AtomicBool::new(false),
             routes: RouteCache::new(),
             classifier: Classifier::new(&self.config.write_functions, self.config.function_policy),
             config: self.config,
@@ -356,6 +365,44 @@ impl DbRouter {
     /// committed so far.
     pub async fn current_lsn(&self) -> Result<Lsn, Error> {
         self.shared.writer_lsn().await
+    }
+
+    /// `token`, a client's read-your-writes token, if this router honours it: a token beyond
+    /// every WAL position the primary has reported is ignored (`None`), so a forged or
+    /// far-future one cannot make the client's every read wait `read_your_writes.max_wait`.
+    ///
+    /// A token newer than the position last seen (another instance's client wrote since this
+    /// router's last check) costs one `pg_current_wal_lsn()` on the primary; concurrent checks
+    /// share one query, and a flood of bad tokens runs at most one at a time. When the primary
+    /// cannot be asked, the token is kept: reads then wait at most `max_wait` for it.
+    /// [`ReadYourWritesLayer`](crate::ReadYourWritesLayer) checks every token it reads; call
+    /// this for tokens you carry yourself before [`Consistency::after`].
+    pub async fn check_token(&self, token: Lsn) -> Option<Lsn> {
+        let shared = &*self.shared;
+        if token.as_u64() <= shared.primary_lsn.load(Ordering::Acquire) {
+            return Some(token);
+        }
+        let arrived = shared.token_checks_started.load(Ordering::Acquire);
+        let _turn = shared.token_check.lock().await;
+        if shared.token_checks_started.load(Ordering::Acquire) == arrived {
+            // No check started since this token arrived: ask the primary now.
+            shared.token_checks_started.fetch_add(1, Ordering::AcqRel);
+            let failed = shared.writer_lsn().await.is_err();
+            shared.token_check_failed.store(failed, Ordering::Release);
+        }
+        if shared.token_check_failed.load(Ordering::Acquire) {
+            tracing::debug!(%token, "read-your-writes: cannot check a token against the primary; kept");
+            return Some(token);
+        }
+        // Either way the position below was read after the token was issued (a check that
+        // started after it arrived, or ours), so it covers every genuine token.
+        if token.as_u64() <= shared.primary_lsn.load(Ordering::Acquire) {
+            Some(token)
+        } else {
+            metrics::token_ignored();
+            tracing::debug!(%token, "read-your-writes: token beyond the primary's position; ignored");
+            None
+        }
     }
 
     /// Hands out `client`'s token at the end of its work: when it wrote, raises the token to

@@ -2,8 +2,8 @@
 //! client being served.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 
 use crate::lsn::Lsn;
 
@@ -23,7 +23,11 @@ tokio::task_local! {
 /// .await?;
 /// # Ok(()) }
 /// ```
+///
+/// Work herd spawns for the scope (a cache loader, a background refresh) runs in it too; see
+/// [`Consistency`] for work you spawn yourself.
 pub async fn on_primary<F: Future>(fut: F) -> F::Output {
+    propagate_scopes();
     FORCE_PRIMARY.scope((), fut).await
 }
 
@@ -38,7 +42,33 @@ pub(crate) fn primary_forced() -> bool {
 /// and reads through the router go only to replicas that have replayed the client's
 /// writes (waiting up to `read_your_writes.max_wait`, else reading from the primary).
 /// The tower layer `ReadYourWritesLayer` (feature `tower`) does this per HTTP request and
-/// carries the token between requests in a header or a cookie.
+/// carries the token between requests in the herd session, a signed cookie or a header.
+///
+/// # Work spawned for the client
+///
+/// The scope is a tokio task-local, so it belongs to the task that entered it. Work that herd
+/// runs for the client in other tasks carries it along: herd-cache-cluster's `get_or_load`
+/// loaders and background refreshes read exactly as the request that started them would
+/// (through [`herd_context`], which this crate registers with when a scope is first entered).
+/// For work you spawn yourself, use [`spawn`](crate::spawn) instead of `tokio::spawn`, or
+/// capture the scope with [`herd_context::Captured::current`] and
+/// [`run`](herd_context::Captured::run) the work in it:
+///
+/// ```no_run
+/// # async fn demo(router: herd_db_router::DbRouter) {
+/// # let client = herd_db_router::Consistency::new();
+/// client
+///     .scope(async {
+///         let router = router.clone();
+///         // Reads in the spawned task still see this client's writes.
+///         herd_db_router::spawn(async move {
+///             sqlx::query("SELECT 1").execute(&router).await
+///         })
+///         .await
+///     })
+///     .await;
+/// # }
+/// ```
 ///
 /// ```no_run
 /// # async fn demo(router: herd_db_router::DbRouter) -> Result<(), sqlx::Error> {
@@ -115,6 +145,7 @@ impl Consistency {
 
     /// Runs `fut` with this state as the current one for the router.
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        propagate_scopes();
         CONSISTENCY.scope(self.clone(), fut).await
     }
 
@@ -126,6 +157,53 @@ impl Consistency {
     /// `f` on the state of the current scope, without cloning it (`None` outside a scope).
     pub(crate) fn with_current<R>(f: impl FnOnce(&Consistency) -> R) -> Option<R> {
         CONSISTENCY.try_with(f).ok()
+    }
+}
+
+/// Registers the router's task-scoped state with [`herd_context`] (once), so work spawned
+/// through it (cache loaders, refreshes, [`herd_context::spawn`]) runs in the scope that was
+/// current where it was handed off. Done when the first scope is entered: before that there
+/// is nothing to carry.
+fn propagate_scopes() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| herd_context::register(&ROUTER_SCOPES));
+}
+
+static ROUTER_SCOPES: RouterScopes = RouterScopes;
+
+/// Captures the read-your-writes scope and a forced primary.
+struct RouterScopes;
+
+/// The router's scopes as captured in one task.
+struct CapturedScopes {
+    consistency: Option<Consistency>,
+    primary: bool,
+}
+
+impl herd_context::Propagate for RouterScopes {
+    fn capture(&self) -> Option<Box<dyn herd_context::Scope>> {
+        let consistency = Consistency::current();
+        let primary = primary_forced();
+        if consistency.is_none() && !primary {
+            return None;
+        }
+        Some(Box::new(CapturedScopes {
+            consistency,
+            primary,
+        }))
+    }
+}
+
+impl herd_context::Scope for CapturedScopes {
+    fn enter(&self, f: &mut dyn FnMut()) {
+        match (&self.consistency, self.primary) {
+            (Some(c), true) => {
+                CONSISTENCY.sync_scope(c.clone(), || FORCE_PRIMARY.sync_scope((), f))
+            }
+            (Some(c), false) => CONSISTENCY.sync_scope(c.clone(), f),
+            (None, true) => FORCE_PRIMARY.sync_scope((), f),
+            (None, false) => f(),
+        }
     }
 }
 
@@ -143,6 +221,42 @@ mod tests {
             .scope(async { Consistency::current().and_then(|c| c.token()) })
             .await;
         assert_eq!(seen, Some(Lsn::new(5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spawned_work_runs_in_the_scope_it_was_handed_off_from() {
+        let c = Consistency::after(Lsn::new(9));
+        let (token, forced) = c
+            .scope(on_primary(async {
+                herd_context::spawn(async {
+                    tokio::task::yield_now().await;
+                    (
+                        Consistency::current().and_then(|c| c.token()),
+                        primary_forced(),
+                    )
+                })
+                .await
+                .unwrap()
+            }))
+            .await;
+        assert_eq!((token, forced), (Some(Lsn::new(9)), true));
+        // The spawned work shares the client's state: its writes count for the client.
+        c.scope(async {
+            herd_context::spawn(async {
+                if let Some(c) = Consistency::current() {
+                    c.mark_write();
+                }
+            })
+            .await
+            .unwrap()
+        })
+        .await;
+        assert!(c.wrote());
+        assert!(
+            herd_context::spawn(async { Consistency::current().is_none() })
+                .await
+                .unwrap()
+        );
     }
 
     #[test]

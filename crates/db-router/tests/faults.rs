@@ -21,6 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, sleep};
 
 const INTERVAL: Duration = Duration::from_secs(1);
+/// The read-your-writes cookie's signing key, shared by both instances.
+const COOKIE_KEY: &[u8] = &[9; 32];
 
 async fn port_of(router: &DbRouter) -> u16 {
     let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
@@ -159,12 +161,12 @@ async fn lag_bound_and_read_your_writes_through_the_layer() {
     let cookie_apps = [
         serve(app(
             instance_a.clone(),
-            ReadYourWritesLayer::cookie(instance_a.clone()),
+            ReadYourWritesLayer::cookie(instance_a.clone(), [COOKIE_KEY]).unwrap(),
         ))
         .await,
         serve(app(
             instance_b.clone(),
-            ReadYourWritesLayer::cookie(instance_b.clone()),
+            ReadYourWritesLayer::cookie(instance_b.clone(), [COOKIE_KEY]).unwrap(),
         ))
         .await,
     ];
