@@ -40,7 +40,8 @@ const WRITING: &[&str] = &[
     "setval",
 ];
 
-/// Families of writing built-ins, matched by prefix: advisory locks are handled apart
+/// Families of writing built-ins, matched by prefix (all but `txid_current` start with `pg_`,
+/// which [`is_writing_builtin`] relies on): advisory locks are handled apart
 /// because their names put `advisory` in the middle (`pg_try_advisory_xact_lock_shared`).
 const WRITING_PREFIXES: &[&str] = &[
     "pg_backup_",             // pg_backup_start / pg_backup_stop
@@ -404,16 +405,24 @@ pub(super) fn is_writing_builtin(name: &[u8]) -> bool {
     ) {
         return false;
     }
-    if contains(name, b"advisory") {
-        return true; // pg_advisory_lock, pg_try_advisory_xact_lock, pg_advisory_unlock_all ...
-    }
-    if name.starts_with(b"pg_stat") && contains(name, b"reset") {
-        return true; // pg_stat_statements_reset and friends
-    }
-    sorted_contains(WRITING, name)
-        || WRITING_PREFIXES
+    // Every family starts with `pg_` (or is `txid_current*`): the scans only run for those.
+    if name.starts_with(b"pg_") {
+        if contains(name, b"advisory") {
+            return true; // pg_advisory_lock, pg_try_advisory_xact_lock, pg_advisory_unlock_all ...
+        }
+        if name.starts_with(b"pg_stat") && contains(name, b"reset") {
+            return true; // pg_stat_statements_reset and friends
+        }
+        if WRITING_PREFIXES
             .iter()
             .any(|p| name.starts_with(p.as_bytes()))
+        {
+            return true;
+        }
+    } else if name.starts_with(b"txid_current") {
+        return true;
+    }
+    sorted_contains(WRITING, name)
 }
 
 /// Words that may stand before `(` without being a function call: keywords with a
@@ -810,6 +819,13 @@ mod tests {
     fn no_function_is_both_read_only_and_writing() {
         for name in READ_ONLY {
             assert!(!is_writing_builtin(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn writing_prefixes_start_with_pg_or_are_txid_current() {
+        for p in WRITING_PREFIXES {
+            assert!(p.starts_with("pg_") || p.starts_with("txid_current"), "{p}");
         }
     }
 

@@ -675,6 +675,24 @@ pub(crate) fn truncate_identifier(name: &[u8]) -> &[u8] {
 /// (`str_udeescape`); all are cut to 63 bytes. `None` for a token that names nothing or a
 /// `U&` name that cannot be decoded.
 pub(crate) fn identifier<'b>(token: Token<'_>, buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
+    // The common cases first: an unquoted word, a quoted name without doubled quotes.
+    match token {
+        Token::Word(word) => {
+            let mut len = 0;
+            for (out, b) in buf.iter_mut().zip(word) {
+                *out = b.to_ascii_lowercase();
+                len += 1;
+            }
+            return Some(truncate_identifier(buf.get(..len)?));
+        }
+        Token::QuotedIdent(body) if memchr(b'"', body).is_none() => {
+            let len = body.len().min(64);
+            let out = buf.get_mut(..len)?;
+            out.copy_from_slice(body.get(..len)?);
+            return Some(truncate_identifier(out));
+        }
+        _ => {}
+    }
     let mut len = 0usize;
     let mut push = |b: u8, len: &mut usize| -> bool {
         // Keep one byte beyond 63 so the cut below can see a character boundary.
