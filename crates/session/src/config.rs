@@ -55,6 +55,14 @@ pub struct SessionConfig {
     /// another request's save landed, so this many concurrent writers to one session always
     /// succeed. Default 64.
     pub max_save_attempts: u32,
+    /// Also take the session from `Authorization: Bearer <token>`, for API clients (cookie
+    /// store only: the token is the sealed session, which any instance with the keys can
+    /// open). A request with a bearer token gets its new token, when the session changes or
+    /// its expiry rolls, in the [`SESSION_TOKEN_HEADER`](crate::SESSION_TOKEN_HEADER) response
+    /// header instead of a cookie, and an empty one when the session ends; a client logs in
+    /// through a handler that calls [`Session::use_bearer_token`](crate::Session::use_bearer_token).
+    /// Default `false`.
+    pub bearer_tokens: bool,
 }
 
 impl Default for SessionConfig {
@@ -68,6 +76,7 @@ impl Default for SessionConfig {
             on_store_error: OnStoreError::ServiceUnavailable,
             conflict_rule: ConflictRule::LastWriteWins,
             max_save_attempts: 64,
+            bearer_tokens: false,
         }
     }
 }

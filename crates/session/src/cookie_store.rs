@@ -19,7 +19,12 @@ use crate::session::{Session, apply_changes};
 use crate::store::Stored;
 
 /// Largest `name=value` the cookie store sends: the 4096 bytes browsers guarantee per cookie.
+/// A bearer token is held to the same bound.
 pub const MAX_COOKIE_LEN: usize = 4096;
+
+/// What a bearer token is sealed under instead of the cookie name, so that a session cookie is
+/// not a bearer token and a bearer token not a cookie.
+pub(crate) const BEARER_LABEL: &str = "herd-session bearer token";
 
 /// Seals and opens sessions kept in the cookie.
 pub(crate) struct CookieStore {
@@ -104,9 +109,10 @@ fn derive(secret: &[u8]) -> Option<cookie::Key> {
 /// when the rolling expiry is due, or drop a cookie that did not open.
 pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), SessionError> {
     let config = &session.shared().config;
-    let name = config.cookie.effective_name();
+    let name = session.sealing_name();
     let mut state = session.state();
-    let modified = state.cycle || !state.changes.is_empty();
+    // A session asked for as a bearer token is sealed again even when unchanged.
+    let modified = state.cycle || !state.changes.is_empty() || state.reseal;
     let (record, ttl) = if modified {
         let mut record = apply_changes(
             state.base.as_ref().map(|base| &*base.record),
@@ -175,6 +181,7 @@ pub(crate) fn persist(session: &Session, store: &CookieStore) -> Result<(), Sess
     });
     state.changes.clear();
     state.cycle = false;
+    state.reseal = false;
     Ok(())
 }
 

@@ -8,6 +8,10 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::CookieConfig;
 
+/// The response header carrying a new bearer token (see `SessionConfig::bearer_tokens`):
+/// `x-session-token`; an empty value means the session ended.
+pub const SESSION_TOKEN_HEADER: &str = "x-session-token";
+
 /// Every value the request carries for cookie `name`, in header order (a browser sends the
 /// most specific path first when several cookies share a name), as the header's bytes: the
 /// signed cookie's reader checks them character by character anyway, and the cookie store
@@ -144,6 +148,32 @@ impl CookieAction {
             }
             // Config validation and our own values (base64) rule this out.
             Err(error) => tracing::error!(%error, "session cookie is not a valid header value"),
+        }
+    }
+}
+
+impl CookieAction {
+    /// Puts the action in the bearer-token response header instead of a cookie: the new token,
+    /// or an empty value when the session ended (the client drops its token). A response that
+    /// carries a token is not to be stored by caches.
+    pub(crate) fn apply_bearer(&self, headers: &mut HeaderMap) {
+        let value = match self {
+            CookieAction::Keep => return,
+            CookieAction::Set { value, .. } => match HeaderValue::from_str(value) {
+                Ok(value) => value,
+                Err(error) => {
+                    tracing::error!(%error, "session token is not a valid header value");
+                    return;
+                }
+            },
+            CookieAction::Remove => HeaderValue::from_static(""),
+        };
+        headers.insert(SESSION_TOKEN_HEADER, value);
+        if !headers.contains_key(http::header::CACHE_CONTROL) {
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
         }
     }
 }

@@ -45,6 +45,10 @@ pub enum ConfigError {
         /// The rule broken.
         rule: &'static str,
     },
+    /// `bearer_tokens` with a session store: bearer tokens are sealed sessions, only the
+    /// cookie store (`SessionLayer::cookie_store_builder`) makes them.
+    #[error("bearer_tokens needs the cookie store (SessionLayer::cookie_store_builder)")]
+    BearerNeedsCookieStore,
     /// A setting that must be positive is zero.
     #[error("session setting `{0}` must be greater than zero")]
     Zero(&'static str),

@@ -40,7 +40,9 @@
 //!   save retries; a field changed on both sides is settled by [`ConflictRule`] and counted.
 //!   A slow request cannot bring back a session that was destroyed or cycled meanwhile.
 //! * **Secure defaults.** 256-bit ids from the OS CSPRNG; cookie signed with HMAC-SHA256 under
-//!   rotating [`SigningKeys`] (make a key with `Key::generate()?.to_base64()`); the cookie is
+//!   rotating [`SigningKeys`] (make a key with `cargo run -p herd-session --example keygen`
+//!   in a herd checkout, `openssl rand -base64 64` anywhere, or `Key::generate()?.to_base64()`
+//!   in code; every instance loads the same text with `Key::from_base64`); the cookie is
 //!   `__Host-sid` with `HttpOnly; Secure; SameSite=Lax; Path=/`, so no other host (a sibling
 //!   subdomain included) can plant one, and `sid` only after the explicit `.secure(false)`
 //!   opt-out for plain-HTTP development; a request carrying the session cookie more than once
@@ -60,10 +62,20 @@
 //! For plain hyper/tower services, the session is a request extension:
 //! `request.extensions().get::<Session>()`.
 //!
+//! **Read-your-writes.** The session is the recommended home of herd-db-router's
+//! read-your-writes token: add `ReadYourWritesLayer::session(router)` before this layer and the
+//! token rides in the session on every instance, with no cookie of its own (the layer puts a
+//! `herd_context::TokenSlot` in every request; see [`Session::read_your_writes`]). This crate
+//! does not depend on herd-db-router.
+//!
+//! **API clients.** With the cookie store, [`SessionLayerBuilder::bearer_tokens`] also reads
+//! the sealed session from `Authorization: Bearer`, for clients that are not browsers; see
+//! [`SessionLayer::cookie_store_builder`].
+//!
 //! # Features
 //!
-//! `axum` (default), `memory` (default), `redis` (default), `cookie-store`, `health`,
-//! `db-router`, and `full` for all of them.
+//! `axum` (default), `memory` (default), `redis` (default), `cookie-store`, `health`, and
+//! `full` for all of them.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -78,7 +90,6 @@ mod id;
 mod keys;
 mod metrics;
 mod persist;
-#[cfg(feature = "db-router")]
 mod read_your_writes;
 mod record;
 mod service;
@@ -92,6 +103,7 @@ pub use config::{
     ConflictRule, CookieConfig, HOST_COOKIE_NAME, OnStoreError, PLAIN_COOKIE_NAME,
     SECURE_COOKIE_NAME, SameSite, SessionConfig, TtlExtension,
 };
+pub use cookies::SESSION_TOKEN_HEADER;
 pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
 pub use id::{SessionId, SessionIdGenerator, StoreKey};
 pub use keys::{Key, MIN_KEY_LEN, SigningKeys};
@@ -106,8 +118,6 @@ pub use cookie_store::MAX_COOKIE_LEN;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::MissingSessionLayer;
-#[cfg(feature = "db-router")]
-#[cfg_attr(docsrs, doc(cfg(feature = "db-router")))]
 pub use read_your_writes::READ_YOUR_WRITES_FIELD;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]

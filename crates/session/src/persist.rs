@@ -76,7 +76,7 @@ impl Session {
             // The handler never looked at the session: nothing to save or touch. A cookie that
             // failed its signature check is dropped so the browser stops sending it.
             if matches!(self.presented_ref(), Presented::Rejected) {
-                CookieAction::Remove.apply(&shared.set_cookie, response.headers_mut());
+                self.send_cookie(&CookieAction::Remove, response.headers_mut());
             }
             return true;
         }
@@ -126,7 +126,7 @@ impl Session {
         match result {
             Ok(()) => {
                 let action = std::mem::take(&mut self.state().cookie);
-                action.apply(&shared.set_cookie, response.headers_mut());
+                self.send_cookie(&action, response.headers_mut());
             }
             Err(error @ (SessionError::Store(_) | SessionError::Conflict { .. }))
                 if !fail_closed =>
@@ -623,7 +623,6 @@ fn forget_state(state: &mut State) {
 
 /// Whether a field changed on both sides keeps the stored value (drops this request's change).
 fn keep_stored(rule: ConflictRule, name: &str, changes: &FieldChanges, latest: &Stored) -> bool {
-    #[cfg(feature = "db-router")]
     if name == crate::READ_YOUR_WRITES_FIELD {
         // The read-your-writes token only moves forward: keep the higher LSN.
         let ours = changes
@@ -638,7 +637,6 @@ fn keep_stored(rule: ConflictRule, name: &str, changes: &FieldChanges, latest: &
             return !ours_is_higher;
         }
     }
-    let _ = (name, changes, latest);
     rule == ConflictRule::FirstWriteWins
 }
 

@@ -1,56 +1,106 @@
-//! A session field for herd-db-router's read-your-writes token.
+//! The session as the home of a client's read-your-writes token.
 //!
-//! After a write, a handler stores the primary's commit [`Lsn`] in the session; later requests
-//! of the same user, on any instance, hand it to the router so their reads go to a replica
-//! that has replayed at least that far (or to the primary). The token only ever moves forward:
-//! when two requests save different tokens concurrently, the merge keeps the higher one rather
-//! than the last written.
+//! After a write, the primary's commit position (herd-db-router's `Lsn`) is stored in the
+//! session; later requests of the same user, on any instance, hand it to the router so their
+//! reads go to a replica that has replayed at least that far (or to the primary). With
+//! herd-db-router's `ReadYourWritesLayer::session` inside the [`SessionLayer`](crate::SessionLayer)
+//! this happens with no code: the layer puts a [`TokenSlot`] backed by the session into every
+//! request, and the router's layer reads and advances it. herd-session does not depend on
+//! herd-db-router: the token is a `u64` position (`Lsn` converts both ways) and the merge rule
+//! is herd-context's [`newer`](herd_context::newer).
+//!
+//! The token only moves forward: when two requests save different tokens concurrently, the
+//! higher one survives whichever saves last.
 
-use herd_db_router::Lsn;
+use std::sync::Arc;
+
+use herd_context::{TokenFuture, TokenSlot, TokenStore};
+use serde_json::value::RawValue;
 
 use crate::error::SessionError;
 use crate::session::Session;
 
-/// The reserved field holding the token, as its text form (`"16/B374D848"`).
+/// The reserved field holding the token: a JSON number (older versions stored PostgreSQL's
+/// `"16/B374D848"` text, which is still read).
 pub const READ_YOUR_WRITES_FIELD: &str = "__herd.db_router.lsn";
 
 impl Session {
-    /// The read-your-writes token stored in this session, if any. A stored value that is not
-    /// an LSN (written by something else) reads as no token.
-    pub async fn read_your_writes(&self) -> Result<Option<Lsn>, SessionError> {
-        let text: Option<String> = self.get(READ_YOUR_WRITES_FIELD).await?;
-        Ok(text.and_then(|text| match text.parse() {
-            Ok(lsn) => Some(lsn),
-            Err(error) => {
-                tracing::warn!(%error, "session holds an invalid read-your-writes token; ignored");
+    /// The read-your-writes token stored in this session, if any, as any type made from a
+    /// `u64` position (herd-db-router's `Lsn`, or `u64`). A stored value that is not a token
+    /// (written by something else) reads as no token.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: herd_session::Session) -> Result<(), herd_session::SessionError> {
+    /// let token: Option<u64> = session.read_your_writes().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_your_writes<T: From<u64>>(&self) -> Result<Option<T>, SessionError> {
+        let raw: Option<Box<RawValue>> = self.get(READ_YOUR_WRITES_FIELD).await?;
+        Ok(raw.and_then(|raw| match parse(raw.get()) {
+            Some(token) => Some(T::from(token)),
+            None => {
+                tracing::warn!("session holds an invalid read-your-writes token; ignored");
                 None
             }
         }))
     }
 
-    /// Raises the stored token to `lsn`; a lower `lsn` than the stored one changes nothing.
-    pub async fn advance_read_your_writes(&self, lsn: Lsn) -> Result<(), SessionError> {
+    /// Raises the stored token to `token` (herd-db-router's `Lsn`, or a `u64`); a lower one
+    /// than the stored one changes nothing.
+    pub async fn advance_read_your_writes<T: Into<u64>>(
+        &self,
+        token: T,
+    ) -> Result<(), SessionError> {
+        let token = token.into();
         if self
-            .read_your_writes()
+            .read_your_writes::<u64>()
             .await?
-            .is_some_and(|current| current >= lsn)
+            .is_some_and(|current| herd_context::newer(current, token))
         {
             return Ok(());
         }
-        self.insert(READ_YOUR_WRITES_FIELD, lsn.to_string()).await
+        self.insert(READ_YOUR_WRITES_FIELD, token).await
+    }
+
+    /// A [`TokenSlot`] backed by this session (the layer puts one in every request).
+    pub(crate) fn token_slot(&self) -> TokenSlot {
+        TokenSlot::new(Arc::new(SessionTokens(self.clone())))
     }
 }
 
-/// The merge rule for the token field: the higher LSN of `ours` and `theirs` (JSON texts).
-/// `None` when either side is not a valid token, so the ordinary rule applies.
+/// The session as a [`TokenStore`].
+struct SessionTokens(Session);
+
+impl TokenStore for SessionTokens {
+    fn load(&self) -> TokenFuture<'_, Option<u64>> {
+        Box::pin(async move { Ok(self.0.read_your_writes::<u64>().await?) })
+    }
+
+    fn advance(&self, token: u64) -> TokenFuture<'_, ()> {
+        Box::pin(async move { Ok(self.0.advance_read_your_writes(token).await?) })
+    }
+}
+
+/// A stored token: a JSON number, or an older version's `"X/Y"` hex text.
+fn parse(json: &str) -> Option<u64> {
+    if let Ok(token) = serde_json::from_str::<u64>(json) {
+        return Some(token);
+    }
+    let text = serde_json::from_str::<String>(json).ok()?;
+    let (hi, lo) = text.split_once('/')?;
+    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+        return None;
+    }
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// The merge rule for the token field: whether `ours` (JSON text) is to be kept over
+/// `theirs`, by herd-context's [`newer`](herd_context::newer). `None` when either side is not
+/// a valid token, so the ordinary rule applies.
 pub(crate) fn merge(ours: &str, theirs: &str) -> Option<bool> {
-    let parse = |json: &str| {
-        serde_json::from_str::<String>(json)
-            .ok()?
-            .parse::<Lsn>()
-            .ok()
-    };
-    Some(parse(ours)? >= parse(theirs)?)
+    Some(herd_context::newer(parse(ours)?, parse(theirs)?))
 }
 
 #[cfg(test)]
@@ -58,9 +108,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merge_keeps_the_higher_lsn() {
+    fn merge_keeps_the_higher_token_in_either_form() {
+        assert_eq!(merge("4294967296", "65535"), Some(true));
+        assert_eq!(merge("16", "32"), Some(false));
         assert_eq!(merge("\"1/0\"", "\"0/FFFF\""), Some(true));
-        assert_eq!(merge("\"0/10\"", "\"0/20\""), Some(false));
-        assert_eq!(merge("\"junk\"", "\"0/20\""), None);
+        assert_eq!(merge("\"0/10\"", "32"), Some(false));
+        assert_eq!(merge("\"junk\"", "32"), None);
+        assert_eq!(merge("-1", "32"), None);
+        assert_eq!(merge("\"123456789/0\"", "32"), None, "9 hex digits");
     }
 }

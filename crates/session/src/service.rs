@@ -20,7 +20,9 @@ use crate::store::SessionStore;
 /// Gives every request a [`Session`], loaded lazily and saved after the handler.
 ///
 /// The session goes into the request's extensions (and is an axum extractor with the
-/// `axum` feature). Store failures are answered by the layer itself with an HTTP status, as
+/// `axum` feature), with a [`herd_context::TokenSlot`] backed by it: herd-db-router's
+/// `ReadYourWritesLayer::session`, added before this layer, keeps the read-your-writes token
+/// in the session through it (see [`Session::read_your_writes`]). Store failures are answered by the layer itself with an HTTP status, as
 /// tower-http layers do, so the wrapped service's error type passes through unchanged:
 /// `503 Service Unavailable` when the store cannot be reached (unless
 /// [`OnStoreError::FailOpen`] is configured), `500` when the session is over its size limit.
@@ -72,6 +74,16 @@ impl SessionLayer {
     /// * size: the data limit defaults to [`MAX_COOKIE_LEN`](crate::MAX_COOKIE_LEN) and the
     ///   sealed `name=value` may not exceed it either (browsers keep about 4 KiB per cookie):
     ///   [`SessionError::TooLarge`](crate::SessionError::TooLarge) otherwise.
+    ///
+    /// For API clients (the stateless "JWT" setup, without a JWT library), turn on
+    /// [`bearer_tokens`](SessionLayerBuilder::bearer_tokens): the same sealed session is then
+    /// also read from `Authorization: Bearer <token>`, with the same keys, rotation, idle and
+    /// absolute expiry, and a tampered or expired token is a fresh empty session as a bad
+    /// cookie is. A log-in handler calls [`Session::use_bearer_token`](crate::Session::use_bearer_token)
+    /// to hand the client its token in the [`SESSION_TOKEN_HEADER`](crate::SESSION_TOKEN_HEADER)
+    /// response header; a request that brings a token gets a new one there whenever the session
+    /// changes or its expiry rolls. Tokens and cookies are sealed under different labels, so
+    /// neither is accepted as the other.
     ///
     /// ```
     /// use herd_session::{SessionLayer, SigningKeys};
@@ -211,6 +223,14 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Also take the session from `Authorization: Bearer <token>` and answer such requests
+    /// with the new token in a header (default `false`; cookie store only); see
+    /// [`SessionConfig::bearer_tokens`].
+    pub fn bearer_tokens(mut self, on: bool) -> Self {
+        self.config.bearer_tokens = on;
+        self
+    }
+
     /// Check-and-set attempts per save (default 64).
     pub fn max_save_attempts(mut self, attempts: u32) -> Self {
         self.config.max_save_attempts = attempts;
@@ -232,6 +252,9 @@ impl SessionLayerBuilder {
     /// path than `/` or has a Domain.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         self.config.validate()?;
+        if self.config.bearer_tokens && matches!(self.backend, Backend::Store(_)) {
+            return Err(ConfigError::BearerNeedsCookieStore);
+        }
         if !self.config.cookie.secure {
             tracing::warn!(
                 cookie = self.config.cookie.effective_name(),
@@ -292,6 +315,8 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let session = Session::from_headers(Arc::clone(&self.shared), request.headers());
+        // Where herd-db-router's `ReadYourWritesLayer::session` finds the client's token.
+        request.extensions_mut().insert(session.token_slot());
         request.extensions_mut().insert(session.clone());
         // Nothing is awaited before the inner call (the session loads lazily, in the
         // handler), so the service that was driven to readiness is called right here: no

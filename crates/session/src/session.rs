@@ -121,6 +121,9 @@ struct Inner {
     /// Set when a store failure is recorded in the state, so that the checks for one on every
     /// session call need no lock while there is none.
     failed: AtomicBool,
+    /// The session travels as a bearer token this request (it came as one, or the handler
+    /// asked for one), not as a cookie.
+    bearer: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -147,6 +150,8 @@ pub(crate) struct State {
     /// When the session was loaded (milliseconds since the Unix epoch): the time its
     /// absolute deadline is checked against for the rest of the request.
     pub(crate) loaded_at_ms: Option<u64>,
+    /// The handler asked for the session as a bearer token: seal it even if unchanged.
+    pub(crate) reseal: bool,
 }
 
 impl State {
@@ -166,7 +171,10 @@ impl State {
 impl Session {
     /// The session for a request with these headers.
     pub(crate) fn from_headers(shared: Arc<Shared>, headers: &HeaderMap) -> Self {
-        let presented = Self::presented(&shared, headers);
+        let (presented, bearer) = match Self::bearer_presented(&shared, headers) {
+            Some(presented) => (presented, true),
+            None => (Self::presented(&shared, headers), false),
+        };
         Self {
             inner: Arc::new(Inner {
                 shared,
@@ -174,8 +182,65 @@ impl Session {
                 loaded: OnceCell::new(),
                 loaded_now: AtomicBool::new(false),
                 failed: AtomicBool::new(false),
+                bearer: AtomicBool::new(bearer),
                 state: Mutex::new(State::default()),
             }),
+        }
+    }
+
+    /// The session a bearer token presents, when bearer tokens are on and the request has
+    /// one (`None`: look at the cookie). A bearer token wins over a cookie: it is an explicit
+    /// credential, which a browser never sends on its own. Several `Authorization: Bearer`
+    /// values give no session (as with several session cookies).
+    #[cfg(feature = "cookie-store")]
+    fn bearer_presented(shared: &Shared, headers: &HeaderMap) -> Option<Presented> {
+        if !shared.config.bearer_tokens || !matches!(shared.backend, Backend::Cookie(_)) {
+            return None;
+        }
+        let mut tokens = headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .filter_map(|value| {
+                let value = value.to_str().ok()?.trim();
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        match (tokens.next(), tokens.next()) {
+            (None, _) => None,
+            (Some(token), None) => Some(Presented::Sealed(token.to_owned())),
+            (Some(_), Some(_)) => {
+                shared.metrics.cookie_rejected("ambiguous");
+                Some(Presented::Ambiguous)
+            }
+        }
+    }
+
+    #[cfg(not(feature = "cookie-store"))]
+    fn bearer_presented(_shared: &Shared, _headers: &HeaderMap) -> Option<Presented> {
+        None
+    }
+
+    /// Whether the session travels as a bearer token in this request.
+    pub(crate) fn is_bearer(&self) -> bool {
+        self.inner.bearer.load(Ordering::Acquire)
+    }
+
+    /// The name the session is sealed under: the cookie's, or the bearer tokens' label.
+    #[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
+    pub(crate) fn sealing_name(&self) -> &str {
+        #[cfg(feature = "cookie-store")]
+        if self.is_bearer() {
+            return crate::cookie_store::BEARER_LABEL;
+        }
+        self.shared().config.cookie.effective_name()
+    }
+
+    /// Sends `action` the way the session travels: `Set-Cookie`, or the bearer-token header.
+    pub(crate) fn send_cookie(&self, action: &CookieAction, headers: &mut HeaderMap) {
+        if self.is_bearer() {
+            action.apply_bearer(headers);
+        } else {
+            action.apply(&self.shared().set_cookie, headers);
         }
     }
 
@@ -301,7 +366,7 @@ impl Session {
             }
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(value), Backend::Cookie(cookie_store)) => Ok(cookie_store
-                .open(shared.config.cookie.effective_name(), value)
+                .open(self.sealing_name(), value)
                 .map(|s| (None, s))),
             _ => return,
         };
@@ -488,6 +553,44 @@ impl Session {
             failure: state.failure.take(),
             ..State::default()
         };
+        Ok(())
+    }
+
+    /// Answers this request's session as a bearer token instead of a cookie: the response
+    /// carries it, sealed, in the [`SESSION_TOKEN_HEADER`](crate::SESSION_TOKEN_HEADER) header,
+    /// for an API client to send back as `Authorization: Bearer <token>` (typically from a
+    /// log-in handler). Needs the cookie store with
+    /// [`bearer_tokens`](crate::SessionConfig::bearer_tokens) on; otherwise it does nothing
+    /// but log a warning. Requests that come with a bearer token are answered this way
+    /// without it.
+    ///
+    /// ```no_run
+    /// # async fn login(session: herd_session::Session) -> Result<(), herd_session::SessionError> {
+    /// session.insert("user_id", 42).await?;
+    /// session.use_bearer_token().await?; // the response carries `x-session-token: <token>`
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`get`](Self::get): the session is loaded first.
+    pub async fn use_bearer_token(&self) -> Result<(), SessionError> {
+        let shared = self.shared();
+        let sealed = match &shared.backend {
+            Backend::Store(_) => false,
+            #[cfg(feature = "cookie-store")]
+            Backend::Cookie(_) => true,
+        };
+        if !(sealed && shared.config.bearer_tokens) {
+            tracing::warn!(
+                "Session::use_bearer_token needs the cookie store with bearer_tokens on; \
+                 the session stays in its cookie"
+            );
+            return Ok(());
+        }
+        self.ensure_loaded().await?;
+        if !self.inner.bearer.swap(true, Ordering::AcqRel) {
+            self.state().reseal = true;
+        }
         Ok(())
     }
 
