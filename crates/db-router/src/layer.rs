@@ -208,9 +208,9 @@ impl ReadYourWritesLayer {
     /// herd-session's `SessionLayer` (so it runs inside it); see the [module docs](self).
     ///
     /// A request with a session has it read at its start (one store read, which the handler's
-    /// own use of the session then reuses); a request without one costs nothing. A request
-    /// that finds no slot (no session layer around this one) runs with no token, and a
-    /// warning is logged once.
+    /// own use of the session then reuses, and the session's rolling expiry counts the
+    /// request); a request without one costs nothing. A request that finds no slot (no session
+    /// layer around this one) runs with no token, and a warning is logged once.
     pub fn session(router: DbRouter) -> Self {
         Self {
             router,

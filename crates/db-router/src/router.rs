@@ -5,6 +5,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use herd_lb_core::{EndpointSet, InFlightGuard, Outcome, PickContext, Policy};
@@ -374,7 +375,8 @@ impl DbRouter {
     /// A token newer than the position last seen (another instance's client wrote since this
     /// router's last check) costs one `pg_current_wal_lsn()` on the primary; concurrent checks
     /// share one query, and a flood of bad tokens runs at most one at a time. When the primary
-    /// cannot be asked, the token is kept: reads then wait at most `max_wait` for it.
+    /// cannot be asked, or does not answer within `read_your_writes.max_wait` (at least
+    /// 250 ms), the token is kept: reads then wait at most `max_wait` for it.
     /// [`ReadYourWritesLayer`](crate::ReadYourWritesLayer) checks every token it reads; call
     /// this for tokens you carry yourself before [`Consistency::after`].
     pub async fn check_token(&self, token: Lsn) -> Option<Lsn> {
@@ -382,26 +384,18 @@ impl DbRouter {
         if token.as_u64() <= shared.primary_lsn.load(Ordering::Acquire) {
             return Some(token);
         }
-        let arrived = shared.token_checks_started.load(Ordering::Acquire);
-        let _turn = shared.token_check.lock().await;
-        if shared.token_checks_started.load(Ordering::Acquire) == arrived {
-            // No check started since this token arrived: ask the primary now.
-            shared.token_checks_started.fetch_add(1, Ordering::AcqRel);
-            let failed = shared.writer_lsn().await.is_err();
-            shared.token_check_failed.store(failed, Ordering::Release);
-        }
-        if shared.token_check_failed.load(Ordering::Acquire) {
-            tracing::debug!(%token, "read-your-writes: cannot check a token against the primary; kept");
-            return Some(token);
-        }
-        // Either way the position below was read after the token was issued (a check that
-        // started after it arrived, or ours), so it covers every genuine token.
-        if token.as_u64() <= shared.primary_lsn.load(Ordering::Acquire) {
-            Some(token)
-        } else {
-            metrics::token_ignored();
-            tracing::debug!(%token, "read-your-writes: token beyond the primary's position; ignored");
-            None
+        // A primary that does not answer must not hold requests: past the bound, keep it.
+        let bound = shared
+            .config
+            .read_your_writes
+            .max_wait
+            .max(Duration::from_millis(250));
+        match tokio::time::timeout(bound, shared.check_token(token)).await {
+            Ok(checked) => checked,
+            Err(_) => {
+                tracing::debug!(%token, "read-your-writes: checking a token took too long; kept");
+                Some(token)
+            }
         }
     }
 
@@ -733,6 +727,34 @@ impl Shared {
                 return None;
             }
             tokio::time::sleep(settings.poll_interval).await;
+        }
+    }
+
+    /// [`DbRouter::check_token`] past the fast path: one check against the primary at a time,
+    /// shared by the tokens that arrived before it started.
+    async fn check_token(&self, token: Lsn) -> Option<Lsn> {
+        let arrived = self.token_checks_started.load(Ordering::Acquire);
+        let _turn = self.token_check.lock().await;
+        if self.token_checks_started.load(Ordering::Acquire) == arrived {
+            // No check started since this token arrived: ask the primary now. Marked failed
+            // until it answers, so that a check cut short leaves the tokens kept.
+            self.token_checks_started.fetch_add(1, Ordering::AcqRel);
+            self.token_check_failed.store(true, Ordering::Release);
+            let failed = self.writer_lsn().await.is_err();
+            self.token_check_failed.store(failed, Ordering::Release);
+        }
+        if self.token_check_failed.load(Ordering::Acquire) {
+            tracing::debug!(%token, "read-your-writes: cannot check a token against the primary; kept");
+            return Some(token);
+        }
+        // Either way the position below was read after the token was issued (a check that
+        // started after it arrived, or ours), so it covers every genuine token.
+        if token.as_u64() <= self.primary_lsn.load(Ordering::Acquire) {
+            Some(token)
+        } else {
+            metrics::token_ignored();
+            tracing::debug!(%token, "read-your-writes: token beyond the primary's position; ignored");
+            None
         }
     }
 
