@@ -659,7 +659,7 @@ impl<'c, 'a> Scan<'c, 'a> {
             Explain::OptionsStart => self.explain = Explain::Done, // `EXPLAIN ((SELECT ...))`
             _ => {}
         }
-        self.depth += 1;
+        self.depth = self.depth.saturating_add(1);
         verdict
     }
 
