@@ -22,9 +22,14 @@
 //!   their own writes on every instance; tokens beyond what the primary has reported are
 //!   ignored. The scope follows work herd runs for the request in other tasks (cache loaders
 //!   and refreshes); [`spawn`] carries it into work you spawn yourself.
-//! - **Failover.** With `role = "auto"` the monitor follows the writable node; writes fail
+//! - **Failover.** With `role = "auto"` (the default for `nodes`; give every node you know,
+//!   or one libpq-style multi-host URL) the monitor follows the writable node; writes fail
 //!   fast with [`Error::NoPrimary`] while there is none, and go to a promoted replica within
-//!   two check intervals. A node that is read-only is never written to.
+//!   two check intervals, without a restart. A node that is read-only, or an old primary back
+//!   on an older timeline, is never written to. A node found down stops new statements, never
+//!   one already sent: a write that may commit is not reported failed.
+//! - **Blame.** [`ErrorClass`] sorts errors by SQLSTATE class: a client's bad data (22xxx) or
+//!   conflict (23xxx) is a 4xx, an unavailable database a 503 with `Retry-After`.
 //! - **Observability.** [`DbRouter::status`], `herd_db_*` metrics (see [`metrics`]),
 //!   `tracing` events, and a herd-health check (feature `health`).
 //!
