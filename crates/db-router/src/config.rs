@@ -659,10 +659,13 @@ mod tests {
             split_hosts("postgres://a@h1,h2/db?target_session_attrs=any").unwrap()[1].1,
             "postgres://a@h2/db"
         );
-        let named = parse("[[replicas]]\nname = \"r\"\nurl = \"postgres://h1,h2/db\"");
+        let named = parse(
+            "[primary]\nurl = \"postgres://h0/db\"\n[[replicas]]\nname = \"r\"\nurl = \"postgres://h1,h2/db\"",
+        );
         assert_eq!(
             named.nodes().unwrap(),
             vec![
+                ("primary".to_string(), Role::Primary),
                 ("r-h1".to_string(), Role::Replica),
                 ("r-h2".to_string(), Role::Replica)
             ]
