@@ -1,33 +1,33 @@
-//! [`ErrorClass`]: whose fault a database error is, and what an HTTP service should answer.
-//!
-//! A service that maps every sqlx error to `503 database unavailable` blames itself (and, behind
-//! a balancer that counts 5xx, gets ejected) for a client's bad input: a NUL byte in a string
-//! (SQLSTATE 22021), a duplicate key (23505). [`ErrorClass::of`] sorts errors by SQLSTATE class
-//! and by the router's own errors, so the answer names the right culprit:
-//!
-//! | class | errors | answer |
-//! |---|---|---|
-//! | [`InvalidData`](ErrorClass::InvalidData) | `22xxx` data exceptions (bad encoding, out of range, invalid text) | 400 |
-//! | [`Conflict`](ErrorClass::Conflict) | `23xxx` integrity constraint violations (unique, foreign key, check, not null) | 409 |
-//! | [`Retryable`](ErrorClass::Retryable) | `40001` serialization failure, `40P01` deadlock | retry the transaction; 503 with `Retry-After` if out of retries |
-//! | [`Unavailable`](ErrorClass::Unavailable) | connection errors, `08xxx`, `57P01`–`57P03`, `57014` (statement timeout), `53xxx`, no writable primary, a full pool | 503 with `Retry-After`, marked as a shared dependency's failure |
-//! | [`Internal`](ErrorClass::Internal) | everything else: syntax errors, missing columns, decoding bugs | 500 |
-//!
-//! ```
-//! use herd_db_router::ErrorClass;
-//!
-//! let class = ErrorClass::of(&sqlx::Error::PoolTimedOut);
-//! assert_eq!(class, ErrorClass::Unavailable);
-//! assert_eq!(class.status(), 503);
-//! assert!(class.retry_after().is_some());
-//! assert!(class.is_dependency_failure());
-//! ```
+//! [`ErrorClass`]: whose fault a database error is.
 
 use std::time::Duration;
 
 use crate::error::Error;
 
-/// Whose fault a database error is; see the [module docs](self).
+/// Whose fault a database error is, and what an HTTP service should answer.
+///
+/// A service that maps every sqlx error to `503 database unavailable` blames itself (and, behind
+/// a balancer that counts 5xx, gets ejected) for a client's bad input: a NUL byte in a string
+/// (SQLSTATE 22021), a duplicate key (23505). [`ErrorClass::of`] sorts errors by SQLSTATE class
+/// and by the router's own errors, so the answer names the right culprit:
+///
+/// | class | errors | answer |
+/// |---|---|---|
+/// | [`InvalidData`](ErrorClass::InvalidData) | `22xxx` data exceptions (bad encoding, out of range, invalid text) | 400 |
+/// | [`Conflict`](ErrorClass::Conflict) | `23xxx` integrity constraint violations (unique, foreign key, check, not null) | 409 |
+/// | [`Retryable`](ErrorClass::Retryable) | `40001` serialization failure, `40P01` deadlock | retry the transaction; 503 with `Retry-After` if out of retries |
+/// | [`Unavailable`](ErrorClass::Unavailable) | connection errors, `08xxx`, `57P01`–`57P03`, `57014` (statement timeout), `53xxx`, no writable primary, a full pool | 503 with `Retry-After`, marked as a shared dependency's failure |
+/// | [`Internal`](ErrorClass::Internal) | everything else: syntax errors, missing columns, decoding bugs | 500 |
+///
+/// ```
+/// use herd_db_router::ErrorClass;
+///
+/// let class = ErrorClass::of(&sqlx::Error::PoolTimedOut);
+/// assert_eq!(class, ErrorClass::Unavailable);
+/// assert_eq!(class.status(), 503);
+/// assert!(class.retry_after().is_some());
+/// assert!(class.is_dependency_failure());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorClass {

@@ -22,9 +22,13 @@ const SAVES: &str = "herd_session_saves_total";
 const CONFLICTS: &str = "herd_session_conflicts_total";
 const STORE_ERRORS: &str = "herd_session_store_errors_total";
 const COOKIES_REJECTED: &str = "herd_session_cookies_rejected_total";
+#[cfg(feature = "redis")]
 const FAILOVER_RETRIES: &str = "herd_session_store_failover_retries_total";
+#[cfg(feature = "redis")]
 const FAILOVER_WAITS: &str = "herd_session_store_failover_waits_total";
+#[cfg(feature = "redis")]
 const FAILOVER_WAIT_SECONDS: &str = "herd_session_store_failover_wait_seconds";
+#[cfg(feature = "redis")]
 const TOPOLOGY_REFRESHES: &str = "herd_session_store_topology_refreshes_total";
 
 static METADATA: Metadata<'static> =

@@ -120,6 +120,8 @@ pub async fn migrate(db: &DbRouter) -> Result<(), sqlx::Error> {
 /// # Errors
 /// [`StartError`] naming the back end that failed.
 pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
+    // The recorder first: metrics recorded before it exists (start-up checks) would be lost.
+    let metrics = metrics()?;
     // Every known node with role `auto`: the monitor finds the writable one and follows a
     // promotion, so a failover needs no restart and no new URLs.
     let router_config = RouterConfig {
@@ -166,7 +168,7 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
         )
         .check_with(cache.health_check(), CheckOptions::new().non_critical())
         .check_with(store.clone(), CheckOptions::new().shared_dependency())
-        .metrics(metrics()?)
+        .metrics(metrics)
         .build()?;
 
     let sessions = SessionLayer::builder(store, config.session_keys.clone())

@@ -25,7 +25,7 @@
 //! and every other statement kind among them. A leading `/* herd:primary */` comment forces
 //! the primary.
 //!
-//! The [lexer](lexer) reads SQL as PostgreSQL's `scan.l` does (comments, quoted and `U&`
+//! The lexer reads SQL as PostgreSQL's `scan.l` does (comments, quoted and `U&`
 //! identifiers, every string form, dollar quotes, and plain strings with
 //! `standard_conforming_strings` off, as the server reports it), so keywords inside text
 //! never count and keywords outside it always do. The [`Catalog`] holds what the server
