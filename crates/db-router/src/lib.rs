@@ -108,12 +108,12 @@ pub use classify::{
 pub use config::{Fallback, NodeConfig, PoolConfig, ReadYourWritesConfig, Role, RouterConfig};
 pub use error::Error;
 pub use error_class::ErrorClass;
-pub use lsn::Lsn;
-pub use router::{DbRouter, DbRouterBuilder, PickedPool};
-pub use scope::{Consistency, on_primary};
 /// [`tokio::spawn`] carrying the current read-your-writes scope (and [`on_primary`]) into the
 /// new task; from herd-context.
 pub use herd_context::spawn;
+pub use lsn::Lsn;
+pub use router::{DbRouter, DbRouterBuilder, PickedPool};
+pub use scope::{Consistency, on_primary};
 pub use status::{NodeStatus, ObservedRole, RouterStatus};
 
 #[cfg(feature = "tower")]
