@@ -37,6 +37,9 @@
 
 mod body;
 mod client_ip;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod headers;
 pub mod key;

@@ -776,7 +776,7 @@ fn host_error_response(error: HostError) -> Response<ProxyBody> {
 /// the client sent them (`headers::stripped_from_requests`, and the client-address headers). `Expect:
 /// 100-continue` is answered by the server in front (hyper sends `100 Continue` when the body is
 /// read) and the body follows the head at once, as nginx does.
-fn set_by_proxy(name: &HeaderName) -> bool {
+pub(crate) fn set_by_proxy(name: &HeaderName) -> bool {
     // One match over every name (not `stripped_from_requests` and then these two): this runs
     // for each header of every request. A test keeps the two lists in step.
     matches!(
