@@ -6,31 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, client_ip, demo, unique};
-use serde_json::Value;
+use common::{backends, client, client_ip, demo, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// Per backend address: (healthy, failures) as the gateway reports them.
-async fn backends(gw: &str) -> Vec<(String, bool, u64)> {
-    let v: Value = reqwest::get(format!("{gw}/lb-health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["address"].as_str().unwrap().to_owned(),
-                b["healthy"].as_bool().unwrap(),
-                b["failures"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
 
 /// Sends `head` + `body` on a fresh connection, closes the write side, and returns what came
 /// back (status code and the whole text).

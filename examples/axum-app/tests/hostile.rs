@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum_app::gateway::{self, GatewayConfig};
 use axum_app::server::ServerLimits;
-use common::{client, client_ip, demo};
-use serde_json::Value;
+use common::{backends, client, client_ip, demo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -712,27 +711,7 @@ async fn a_hundred_hostile_requests_get_4xx_leak_nothing_and_eject_nobody() {
     .unwrap();
     let gw_url = gw.server.url();
     let gw_addr: std::net::SocketAddr = gw_url.trim_start_matches("http://").parse().unwrap();
-    let lb_health = || async {
-        let v: Value = reqwest::get(format!("{gw_url}/lb-health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["address"].as_str().unwrap().to_owned(),
-                    b["healthy"].as_bool().unwrap(),
-                    b["failures"].as_u64().unwrap(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    let before = lb_health().await;
+    let before = backends(&gw_url).await;
 
     // Another client, served all along.
     let stop = Arc::new(AtomicBool::new(false));
@@ -812,7 +791,7 @@ async fn a_hundred_hostile_requests_get_4xx_leak_nothing_and_eject_nobody() {
     }
     stop.store(true, Ordering::Relaxed);
     bystander.await.unwrap();
-    let after = lb_health().await;
+    let after = backends(&gw_url).await;
     eprintln!(
         "{} hostile cases: answers {tally:?}; bystander served {}, missed {}; backends {after:?}",
         cases.len(),

@@ -110,3 +110,25 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
 pub(crate) mod procs;
+
+/// Per backend address: (healthy, failures) as the gateway reports them.
+pub(crate) async fn backends(gw: &str) -> Vec<(String, bool, u64)> {
+    let v: serde_json::Value = reqwest::get(format!("{gw}/lb-health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_owned(),
+                b["healthy"].as_bool().unwrap(),
+                b["failures"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
