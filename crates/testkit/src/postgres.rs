@@ -344,7 +344,11 @@ impl PgNode {
         set("full_page_writes=off".into());
         set("max_wal_senders=10".into());
         set("max_replication_slots=10".into());
-        set("wal_keep_size=256MB".into());
+        // Bounded WAL on disk: a test's cluster keeps at most about 160 MB a node (many clusters
+        // run at once in `cargo test --workspace`, and CI's disk is shared with its builds).
+        set("wal_keep_size=64MB".into());
+        set("min_wal_size=32MB".into());
+        set("max_wal_size=96MB".into());
         set("wal_receiver_status_interval=1s".into());
         set("max_connections=200".into());
         set("shared_buffers=32MB".into());
