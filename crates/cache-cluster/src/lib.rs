@@ -39,7 +39,7 @@
 //! the hit ratio.
 //!
 //! # Features
-//! - `http`: [`http::HttpCacheLayer`], a tower layer caching GET/HEAD responses.
+//! - `tower`: [`http::HttpCacheLayer`], a tower layer caching GET/HEAD responses.
 //! - `health`: a `herd_health::HealthCheck` for [`Cache`].
 //! - `full`: all of the above.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -63,8 +63,8 @@ mod task;
 mod health;
 #[cfg(feature = "health")]
 pub use health::CacheHealth;
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod http;
 
 pub use backend::{Backend, ClusterBackend, MemoryBackend, NodeHealth, RedisBackend};

@@ -1,5 +1,5 @@
 //! The HTTP response cache layer in front of a real axum server on 127.0.0.1, called over TCP.
-#![cfg(feature = "http")]
+#![cfg(feature = "tower")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
