@@ -12,6 +12,7 @@ use arc_swap::ArcSwapOption;
 use crate::check::{HealthCheck, Status};
 use crate::config::HealthConfig;
 use crate::error::Error;
+use crate::metrics::DRAINING;
 use crate::options::{CheckOptions, tags};
 use crate::registry::Registered;
 use crate::report::{CheckEntry, HealthReport};
@@ -157,7 +158,7 @@ impl HealthBuilder {
         groups
             .entry(tags::REPLICATION.to_owned())
             .or_insert_with(|| vec![tags::REPLICATION.to_owned()]);
-        metrics::gauge!("herd_health_draining").set(0.0);
+        metrics::gauge!(DRAINING).set(0.0);
         Ok(Health {
             inner: Arc::new(Inner {
                 config,
@@ -281,7 +282,7 @@ impl Health {
     pub fn drain(&self) {
         if !self.inner.draining.swap(true, Ordering::AcqRel) {
             tracing::info!("draining: readiness now fails");
-            metrics::gauge!("herd_health_draining").set(1.0);
+            metrics::gauge!(DRAINING).set(1.0);
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::metrics::{HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL};
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -211,8 +212,8 @@ where
             ("route", route),
             ("status", status),
         ];
-        metrics::counter!("herd_http_requests_total", &labels).increment(1);
-        metrics::histogram!("herd_http_request_duration_seconds", &labels)
+        metrics::counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
+        metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels)
             .record(this.started.elapsed().as_secs_f64());
         Poll::Ready(output)
     }

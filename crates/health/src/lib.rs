@@ -87,6 +87,7 @@ mod health;
 mod http;
 mod http_metrics;
 mod layer;
+pub mod metrics;
 mod options;
 #[cfg(feature = "prometheus")]
 mod prometheus;

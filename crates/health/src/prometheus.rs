@@ -157,30 +157,33 @@ impl PrometheusMetrics {
 /// Describes herd-health's own metrics, so `/metrics` carries HELP lines and units.
 fn describe() {
     use metrics::Unit;
+
+    use crate::metrics::{
+        CHECK_DURATION_SECONDS, CHECK_RUNS_TOTAL, CHECK_STATUS, DRAINING,
+        HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
+    };
+
     metrics::describe_counter!(
-        "herd_http_requests_total",
+        HTTP_REQUESTS_TOTAL,
         "HTTP requests by method, matched route and status."
     );
     metrics::describe_histogram!(
-        "herd_http_request_duration_seconds",
+        HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "HTTP request duration by method, matched route and status."
     );
     metrics::describe_histogram!(
-        "herd_health_check_duration_seconds",
+        CHECK_DURATION_SECONDS,
         Unit::Seconds,
         "Duration of each health check run."
     );
-    metrics::describe_counter!(
-        "herd_health_check_runs_total",
-        "Health check runs by check and status."
-    );
+    metrics::describe_counter!(CHECK_RUNS_TOTAL, "Health check runs by check and status.");
     metrics::describe_gauge!(
-        "herd_health_check_status",
+        CHECK_STATUS,
         "Last status of each health check: 0 pass, 1 warn, 2 fail."
     );
     metrics::describe_gauge!(
-        "herd_health_draining",
+        DRAINING,
         "1 once the instance is draining (readiness fails)."
     );
 }

@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 use tracing::Instrument;
 
 use crate::check::{CheckResult, ComponentType, HealthCheck, Status};
+use crate::metrics::{CHECK_DURATION_SECONDS, CHECK_RUNS_TOTAL, CHECK_STATUS};
 use crate::options::CheckOptions;
 
 /// One run of a check: its result, how long it took and when it ran.
@@ -241,16 +242,16 @@ impl Registered {
             }
         }
         let name = self.name.to_string();
-        metrics::histogram!("herd_health_check_duration_seconds", "check" => name.clone())
+        metrics::histogram!(CHECK_DURATION_SECONDS, "check" => name.clone())
             .record(duration.as_secs_f64());
         metrics::counter!(
-            "herd_health_check_runs_total",
+            CHECK_RUNS_TOTAL,
             "check" => name.clone(),
             "status" => status.as_str()
         )
         .increment(1);
         // 0 pass, 1 warn, 2 fail: alert on `> 0` or `== 2`.
-        metrics::gauge!("herd_health_check_status", "check" => name).set(match status {
+        metrics::gauge!(CHECK_STATUS, "check" => name).set(match status {
             Status::Pass => 0.0,
             Status::Warn => 1.0,
             Status::Fail => 2.0,
