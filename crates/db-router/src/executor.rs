@@ -27,9 +27,9 @@ use crate::classify::{Reason, Route};
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics;
-use crate::node::Node;
-use crate::node::{is_connection_error, is_read_only_violation};
-use crate::router::{DbRouter, Lease, Shared, race_down};
+use crate::node::{Node, is_connection_error, is_read_only_violation, race_down};
+use crate::nodes::{Lease, Shared};
+use crate::router::DbRouter;
 use crate::scope::{self, Consistency};
 
 /// A statement rebuilt from its parts, for one attempt on one node.

@@ -89,6 +89,7 @@ mod lsn;
 pub mod metrics;
 mod monitor;
 mod node;
+mod nodes;
 mod router;
 mod scope;
 mod status;

@@ -1,6 +1,9 @@
 //! The background monitor: every `check_interval`, each node's role, WAL positions and lag;
 //! then the write node, each replica's eligibility, and the gauges.
 //!
+//! It also reads the primary's function catalog into the classifier every `catalog_refresh`
+//! (in a task of its own, so the checks never wait on it).
+//!
 //! It uses one dedicated connection per node (not the pools), so a saturated pool never
 //! delays a check, and it runs off the request path: requests only read what it wrote.
 
@@ -13,10 +16,11 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
+use crate::classify::catalog::Catalog;
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::node::Node;
-use crate::router::Shared;
+use crate::nodes::Shared;
 
 /// One query that works on a primary and on a standby.
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -74,7 +78,7 @@ pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections
             return;
         };
         check_all(&shared, &mut connections).await;
-        crate::classify::catalog::refresh_if_due(&shared);
+        read_catalog_if_due(&shared);
     }
 }
 
@@ -323,4 +327,93 @@ fn update_eligibility(shared: &Shared, observations: &[Result<Observation, Strin
     let count = excluded.len();
     shared.excluded.store(Arc::new(excluded));
     shared.excluded_count.store(count, Ordering::Release);
+}
+
+/// Reads the primary's catalog into the router's classifier, bounded by `timeout`, then makes
+/// the route cache forget every route classified before. Logs and keeps the current catalog
+/// when the primary cannot be read. Called by the router's builder after the first check
+/// and by the monitor (see [`read_catalog_if_due`]).
+async fn read_catalog(shared: &Shared, timeout: Duration) -> bool {
+    let Ok(node) = shared.writer_or_err("catalog") else {
+        return false;
+    };
+    let read = tokio::time::timeout(timeout, async {
+        let mut conn = node.pool.acquire().await?;
+        Catalog::load(&mut conn).await
+    })
+    .await;
+    match read {
+        Ok(Ok(catalog)) => {
+            tracing::debug!(node = %node.name, functions = catalog.functions(), "function catalog read");
+            shared.classifier.set_catalog(catalog);
+            // After the swap: a route classified with the old catalog and stored late carries
+            // the old generation and is never served.
+            shared.routes.invalidate();
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = %node.name, error = %e, "cannot read the function catalog: keeping the previous one");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(node = %node.name, ?timeout, "reading the function catalog timed out: keeping the previous one");
+            false
+        }
+    }
+}
+
+/// Bounds one catalog read: five check timeouts (5 s by default), since `pg_proc` is a few
+/// thousand rows.
+fn catalog_read_timeout(shared: &Shared) -> Duration {
+    shared.config.check_timeout.saturating_mul(5)
+}
+
+/// From the monitor loop, once per check: starts a catalog read in its own task when
+/// `catalog_refresh` has passed since the last successful one (or, until one succeeds, since
+/// the last attempt), so the checks never wait on it. One read at a time.
+pub(crate) fn read_catalog_if_due(shared: &Arc<Shared>) {
+    let Some(every) = shared.config.catalog_refresh else {
+        return;
+    };
+    let schedule = &shared.classifier.catalog_cell().refresh;
+    let now = tokio::time::Instant::now();
+    {
+        let mut state = schedule.lock();
+        if state.running {
+            return;
+        }
+        let due = match (state.last_success, state.last_attempt) {
+            (Some(ok), _) => now.duration_since(ok) >= every,
+            (None, Some(tried)) => now.duration_since(tried) >= every.min(Duration::from_secs(5)),
+            (None, None) => true,
+        };
+        if !due {
+            return;
+        }
+        state.running = true;
+        state.last_attempt = Some(now);
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let ok = read_catalog(&shared, catalog_read_timeout(&shared)).await;
+        let mut state = shared.classifier.catalog_cell().refresh.lock();
+        state.running = false;
+        if ok {
+            state.last_success = Some(tokio::time::Instant::now());
+        }
+    });
+}
+
+/// The builder's first read: at once, and recorded so the monitor waits a full interval.
+pub(crate) async fn first_catalog_read(shared: &Shared) {
+    if shared.config.catalog_refresh.is_none() {
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    let ok = read_catalog(shared, catalog_read_timeout(shared)).await;
+    let mut state = shared.classifier.catalog_cell().refresh.lock();
+    state.last_attempt = Some(now);
+    if ok {
+        state.last_success = Some(now);
+    }
 }

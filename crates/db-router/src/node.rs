@@ -13,6 +13,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::Notify;
 
 use crate::config::Role;
+use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::NodeKeys;
 
@@ -160,6 +161,26 @@ fn waker_id(waker: &Waker) -> (usize, usize) {
         waker.data() as usize,
         std::ptr::from_ref(waker.vtable()) as usize,
     )
+}
+
+/// Runs `fut` against `node`, giving up with [`Error::NodeDown`] as soon as the node is found
+/// down (a dead primary would otherwise keep a request in sqlx's connect retries until
+/// `acquire_timeout`).
+pub(crate) fn race_down<T>(
+    node: &Node,
+    operation: &'static str,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> impl Future<Output = Result<T, sqlx::Error>> {
+    node.down.race(fut, move || Err(race_lost(node, operation)))
+}
+
+#[cold]
+fn race_lost(node: &Node, operation: &'static str) -> sqlx::Error {
+    Error::NodeDown {
+        node: node.name.to_string(),
+        operation,
+    }
+    .into_sqlx()
 }
 
 /// Errors that say the node (or the way to it) failed, not the statement: safe to retry a

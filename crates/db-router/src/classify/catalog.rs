@@ -15,7 +15,6 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use foldhash::fast::FixedState;
 
@@ -436,101 +435,12 @@ impl CatalogCell {
     }
 }
 
-/// Reads the primary's catalog into the router's classifier, bounded by `timeout`, then makes
-/// the route cache forget every route classified before. Logs and keeps the current catalog
-/// when the primary cannot be read. Called by the router's builder after the first check
-/// and by the monitor (see [`refresh_if_due`]).
-pub(crate) async fn refresh(shared: &crate::router::Shared, timeout: Duration) -> bool {
-    let Ok(node) = shared.writer_or_err("catalog") else {
-        return false;
-    };
-    let read = tokio::time::timeout(timeout, async {
-        let mut conn = node.pool.acquire().await?;
-        Catalog::load(&mut conn).await
-    })
-    .await;
-    match read {
-        Ok(Ok(catalog)) => {
-            tracing::debug!(node = %node.name, functions = catalog.functions(), "function catalog read");
-            shared.classifier.set_catalog(catalog);
-            // After the swap: a route classified with the old catalog and stored late carries
-            // the old generation and is never served.
-            shared.routes.invalidate();
-            true
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(node = %node.name, error = %e, "cannot read the function catalog: keeping the previous one");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(node = %node.name, ?timeout, "reading the function catalog timed out: keeping the previous one");
-            false
-        }
-    }
-}
-
-/// Bounds one catalog read: five check timeouts (5 s by default), since `pg_proc` is a few
-/// thousand rows.
-pub(crate) fn refresh_timeout(shared: &crate::router::Shared) -> Duration {
-    shared.config.check_timeout.saturating_mul(5)
-}
-
-/// From the monitor loop, once per check: starts a catalog read in its own task when
-/// `catalog_refresh` has passed since the last successful one (or, until one succeeds, since
-/// the last attempt), so the checks never wait on it. One read at a time.
-pub(crate) fn refresh_if_due(shared: &Arc<crate::router::Shared>) {
-    let Some(every) = shared.config.catalog_refresh else {
-        return;
-    };
-    let schedule = &shared.classifier.catalog_cell().refresh;
-    let now = tokio::time::Instant::now();
-    {
-        let mut state = schedule.lock();
-        if state.running {
-            return;
-        }
-        let due = match (state.last_success, state.last_attempt) {
-            (Some(ok), _) => now.duration_since(ok) >= every,
-            (None, Some(tried)) => now.duration_since(tried) >= every.min(Duration::from_secs(5)),
-            (None, None) => true,
-        };
-        if !due {
-            return;
-        }
-        state.running = true;
-        state.last_attempt = Some(now);
-    }
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        let ok = refresh(&shared, refresh_timeout(&shared)).await;
-        let mut state = shared.classifier.catalog_cell().refresh.lock();
-        state.running = false;
-        if ok {
-            state.last_success = Some(tokio::time::Instant::now());
-        }
-    });
-}
-
-/// When the catalog was last read, for [`refresh_if_due`].
+/// When the catalog was last read, for the monitor's catalog reads.
 #[derive(Debug, Default)]
 pub(crate) struct RefreshState {
     pub(crate) running: bool,
     pub(crate) last_attempt: Option<tokio::time::Instant>,
     pub(crate) last_success: Option<tokio::time::Instant>,
-}
-
-/// The builder's first read: at once, and recorded so the monitor waits a full interval.
-pub(crate) async fn first_refresh(shared: &crate::router::Shared) {
-    if shared.config.catalog_refresh.is_none() {
-        return;
-    }
-    let now = tokio::time::Instant::now();
-    let ok = refresh(shared, refresh_timeout(shared)).await;
-    let mut state = shared.classifier.catalog_cell().refresh.lock();
-    state.last_attempt = Some(now);
-    if ok {
-        state.last_success = Some(now);
-    }
 }
 
 #[cfg(test)]
