@@ -1,22 +1,26 @@
-//! Per-endpoint load and health state, shared through `Arc`s so it survives membership changes.
+//! Per-endpoint load state (in-flight and completed counts, cap, weight, latency, slow start,
+//! drain), shared through `Arc`s so it survives membership changes. Outlier detection keeps its
+//! part of the state in [`Ejection`], beside its rules in `health::passive`.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::ewma::{EwmaConfig, EwmaEstimate, clock};
+use crate::health::passive::{Ejection, OutlierDetector};
 use crate::health::{OutlierDetection, SlowStart};
+use crate::metrics::EndpointMetrics;
 use crate::rng::SharedRng;
 
-const EJECTED: u8 = 1;
-const ACTIVE_DOWN: u8 = 2;
+/// Flag: ejected by outlier detection (set and cleared by [`Ejection`]).
+pub(crate) const EJECTED: u8 = 1;
+/// Flag: failing its active health checks.
+pub(crate) const ACTIVE_DOWN: u8 = 2;
 const DRAINING: u8 = 4;
 const SLOW_START: u8 = 8;
 
@@ -29,25 +33,23 @@ const COMPLETED_ONE: u64 = 1 << 32;
 /// 2^32 that would carry into the completed half.
 const IN_FLIGHT_LIMIT: u64 = 1 << 31;
 
-/// Settings shared by every endpoint of one [`EndpointSet`](crate::EndpointSet).
+/// What every endpoint of one [`EndpointSet`](crate::EndpointSet) shares: the set's settings,
+/// its outlier detector, its random source and the wait for a free slot.
 #[derive(Debug)]
-pub(crate) struct Pool {
-    pub(crate) outlier: OutlierDetection,
+pub(crate) struct SetShared {
+    pub(crate) outlier: OutlierDetector,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) ewma: EwmaConfig,
     /// [`EwmaConfig::sampling_mask`] of `ewma`.
     latency_mask: u64,
+    /// Ejection jitter; seeds the active health task.
     pub(crate) rng: SharedRng,
-    /// Members currently ejected by outlier detection (for `max_ejection_percent`).
-    pub(crate) ejected: AtomicUsize,
-    /// Members of the current snapshot.
-    pub(crate) size: AtomicUsize,
     /// Callers waiting for any endpoint to free a slot.
     pub(crate) waiting: AtomicUsize,
     pub(crate) released: Notify,
 }
 
-impl Pool {
+impl SetShared {
     pub(crate) fn new(
         outlier: OutlierDetection,
         slow_start: Option<SlowStart>,
@@ -55,36 +57,14 @@ impl Pool {
         rng: SharedRng,
     ) -> Self {
         Self {
-            outlier,
+            outlier: OutlierDetector::new(outlier),
             slow_start,
             latency_mask: ewma.sampling_mask(),
             ewma,
             rng,
-            ejected: AtomicUsize::new(0),
-            size: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             released: Notify::new(),
         }
-    }
-
-    /// Reserves an ejection slot if `max_ejection_percent` allows one more.
-    ///
-    /// A set of two or more may always eject one endpoint, however small its percentage comes
-    /// out (Envoy's classic rule, its `always_eject_one_host` today): a small set with a low
-    /// percentage still loses a single bad endpoint to peers that can take its traffic. A set of
-    /// one ejects only at 100 %: ejecting its only endpoint moves no traffic (panic mode sends
-    /// it back there) and would only report as unhealthy what fails the way every endpoint does.
-    fn try_reserve_ejection(&self) -> bool {
-        let size = self.size.load(Ordering::Relaxed);
-        let mut cap = size * usize::from(self.outlier.max_ejection_percent.min(100)) / 100;
-        if cap == 0 && size >= 2 {
-            cap = 1;
-        }
-        self.ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .is_ok()
     }
 }
 
@@ -108,11 +88,11 @@ pub enum EndpointStatus {
 /// Created by an [`EndpointSet`](crate::EndpointSet) and kept in an `Arc` that every snapshot
 /// containing the endpoint shares, so counters survive inserts, removals and weight changes of
 /// other endpoints. Reads are lock-free except [`ewma`](Self::ewma) and
-/// [`ejected_until`](Self::ejected_until).
 // `repr(C)` keeps the fields in this order and `align(64)` starts them on a cache line: the
 // first line holds everything a request touches on its endpoint (in-flight and completed counts,
-// cap, flags, the EWMA), the second the metric handles it records to; the rest is cold.
-// With many endpoints, a request then misses the cache on two lines per endpoint, not six.
+// cap, flags, the EWMA, the run of failures that starts `ejection`), the third the set's settings
+// and the metric handles it records to; the rest is cold. With many endpoints, a request then
+// misses the cache on two lines per endpoint, not six (`tests::hot_fields_share_two_lines`).
 #[repr(C, align(64))]
 pub struct EndpointState {
     /// Requests in flight (low 32 bits) and completed (high 32 bits, modulo 2^32): one atomic
@@ -120,10 +100,9 @@ pub struct EndpointState {
     load: AtomicU64,
     max_in_flight: AtomicUsize,
     flags: AtomicU8,
-    member: AtomicBool,
-    consecutive_failures: AtomicU32,
     ewma: EwmaEstimate,
-    pool: Arc<Pool>,
+    ejection: Ejection,
+    set: Arc<SetShared>,
     metrics: EndpointMetrics,
     label: Arc<str>,
     weight_bits: AtomicU64,
@@ -132,49 +111,8 @@ pub struct EndpointState {
     failures: AtomicU64,
     /// Current weight of smooth weighted round robin; lives here so it survives updates.
     pub(crate) swrr_current: AtomicI64,
-    passive: Mutex<Passive>,
     slow_start_since: Mutex<Option<Instant>>,
     idle: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Passive {
-    window_start: Option<Instant>,
-    window_failures: u32,
-    /// Ejections in a row (drives the exponential backoff).
-    ejections: u32,
-    ejected_until: Option<Instant>,
-    returned_at: Option<Instant>,
-    probe_in_flight: bool,
-}
-
-/// The handles every request records to come first.
-#[repr(C)]
-struct EndpointMetrics {
-    success: metrics::Counter,
-    in_flight: metrics::Gauge,
-    latency: metrics::Histogram,
-    failure: metrics::Counter,
-    ejections: metrics::Counter,
-    healthy: metrics::Gauge,
-    client_error: metrics::Counter,
-    dependency_unavailable: metrics::Counter,
-}
-
-impl EndpointMetrics {
-    fn new(label: &Arc<str>) -> Self {
-        let l = metrics::SharedString::from(Arc::clone(label));
-        Self {
-            success: metrics::counter!("herd_lb_requests_total", "endpoint" => l.clone(), "outcome" => "success"),
-            failure: metrics::counter!("herd_lb_requests_total", "endpoint" => l.clone(), "outcome" => "failure"),
-            in_flight: metrics::gauge!("herd_lb_in_flight", "endpoint" => l.clone()),
-            latency: metrics::histogram!("herd_lb_latency_seconds", "endpoint" => l.clone()),
-            ejections: metrics::counter!("herd_lb_ejections_total", "endpoint" => l.clone()),
-            healthy: metrics::gauge!("herd_lb_endpoint_healthy", "endpoint" => l.clone()),
-            client_error: metrics::counter!("herd_lb_requests_total", "endpoint" => l.clone(), "outcome" => "client_error"),
-            dependency_unavailable: metrics::counter!("herd_lb_requests_total", "endpoint" => l, "outcome" => "dependency_unavailable"),
-        }
-    }
 }
 
 impl fmt::Debug for EndpointState {
@@ -198,21 +136,24 @@ pub(crate) enum Availability {
 }
 
 impl EndpointState {
-    pub(crate) fn new(label: Arc<str>, weight: f64, max_in_flight: usize, pool: Arc<Pool>) -> Self {
+    pub(crate) fn new(
+        label: Arc<str>,
+        weight: f64,
+        max_in_flight: usize,
+        set: Arc<SetShared>,
+    ) -> Self {
         let metrics = EndpointMetrics::new(&label);
         metrics.healthy.set(1.0);
-        let ewma = EwmaEstimate::new(&pool.ewma);
+        let ewma = EwmaEstimate::new(&set.ewma);
         Self {
             label,
-            pool,
+            set,
             load: AtomicU64::new(0),
             max_in_flight: AtomicUsize::new(max_in_flight),
             weight_bits: AtomicU64::new(weight.to_bits()),
             flags: AtomicU8::new(0),
-            member: AtomicBool::new(true),
-            consecutive_failures: AtomicU32::new(0),
             ewma,
-            passive: Mutex::new(Passive::default()),
+            ejection: Ejection::new(),
             slow_start_since: Mutex::new(None),
             idle: Notify::new(),
             swrr_current: AtomicI64::new(0),
@@ -267,7 +208,7 @@ impl EndpointState {
 
     /// Slow-start factor in `(0, 1]` (1 when not ramping).
     pub(crate) fn slow_start_factor(&self) -> f64 {
-        let Some(config) = &self.pool.slow_start else {
+        let Some(config) = &self.set.slow_start else {
             return 1.0;
         };
         let since = *self.slow_start_since.lock();
@@ -297,7 +238,7 @@ impl EndpointState {
 
     /// Starts the slow-start ramp now, if the set has one configured.
     pub(crate) fn begin_slow_start(&self) {
-        if self.pool.slow_start.is_some() {
+        if self.set.slow_start.is_some() {
             *self.slow_start_since.lock() = Some(Instant::now());
             self.flags.fetch_or(SLOW_START, Ordering::Relaxed);
         }
@@ -363,17 +304,15 @@ impl EndpointState {
         if self.flags.load(Ordering::Relaxed) & EJECTED == 0 {
             return None;
         }
-        self.passive
-            .lock()
-            .ejected_until
+        self.ejection
+            .until()
             .filter(|until| Instant::now() < *until)
     }
 
     /// An ejection is on and its time not yet over.
     fn ejection_lasts(&self) -> bool {
-        self.passive
-            .lock()
-            .ejected_until
+        self.ejection
+            .until()
             .is_some_and(|until| Instant::now() < until)
     }
 
@@ -391,15 +330,10 @@ impl EndpointState {
         if ignore_health || flags & (EJECTED | ACTIVE_DOWN) == 0 {
             return Availability::Ready;
         }
-        if flags & ACTIVE_DOWN != 0 {
-            return Availability::No;
-        }
-        let passive = self.passive.lock();
-        match passive.ejected_until {
-            Some(until) if until <= Instant::now() && !passive.probe_in_flight => {
-                Availability::Probe
-            }
-            _ => Availability::No,
+        if flags & ACTIVE_DOWN == 0 && self.ejection.may_probe() {
+            Availability::Probe
+        } else {
+            Availability::No
         }
     }
 
@@ -434,25 +368,18 @@ impl EndpointState {
             return None;
         }
         if !ignore_health && flags & EJECTED != 0 {
-            let mut passive = self.passive.lock();
-            match passive.ejected_until {
-                Some(until) if until <= Instant::now() && !passive.probe_in_flight => {
-                    passive.probe_in_flight = true;
-                    probe = true;
-                }
-                _ => {
-                    drop(passive);
-                    self.release_slot();
-                    return None;
-                }
+            if !self.ejection.take_probe() {
+                self.release_slot();
+                return None;
             }
+            probe = true;
         }
         // Requests started so far (completed + in flight, modulo 2^32) number this one, so that
         // exactly 1 in `sampling` is timed, the endpoint's first included.
         let (start, latency_weight) = match now {
             Some(now) => (now, 1),
-            None if ((load >> 32).wrapping_add(before) & self.pool.latency_mask) == 0 => {
-                (clock::raw(), self.pool.latency_mask as u32 + 1)
+            None if ((load >> 32).wrapping_add(before) & self.set.latency_mask) == 0 => {
+                (clock::raw(), self.set.latency_mask as u32 + 1)
             }
             None => (0, 0),
         };
@@ -491,65 +418,21 @@ impl EndpointState {
         if before & IN_FLIGHT_MASK == 1 && self.flags.load(Ordering::Relaxed) & DRAINING != 0 {
             self.idle.notify_waiters();
         }
-        if self.pool.waiting.load(Ordering::Acquire) != 0 {
-            self.pool.released.notify_waiters();
+        if self.set.waiting.load(Ordering::Acquire) != 0 {
+            self.set.released.notify_waiters();
         }
     }
 
     #[inline]
     fn on_success(&self, probe: bool) {
         self.metrics.success.increment(1);
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-        }
-        if probe {
-            let mut passive = self.passive.lock();
-            passive.probe_in_flight = false;
-            self.return_from_ejection(passive, "endpoint returned after a successful probe");
-        }
+        self.ejection.on_success(self, probe);
     }
 
-    /// Ends an ejection (if one is on): frees its slot under `max_ejection_percent`, reports the
-    /// endpoint healthy (unless active checks hold it down) and starts its slow start.
-    fn return_from_ejection(&self, mut passive: MutexGuard<'_, Passive>, why: &'static str) {
-        let before = self.flags.fetch_and(!EJECTED, Ordering::AcqRel);
-        if before & EJECTED == 0 {
-            return;
-        }
-        passive.ejected_until = None;
-        passive.returned_at = Some(Instant::now());
-        passive.window_failures = 0;
-        if self.member.load(Ordering::Relaxed) {
-            self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
-        }
-        drop(passive);
-        let active_down = before & ACTIVE_DOWN != 0;
-        self.metrics
-            .healthy
-            .set(if active_down { 0.0 } else { 1.0 });
-        self.begin_slow_start();
-        tracing::info!(endpoint = %self.label, "{why}");
-    }
-
-    /// An active check passed: an ejection whose time is over ends now, as a successful probe
-    /// would end it, so an idle endpoint returns (its metrics and its slot under
-    /// `max_ejection_percent` included) without waiting for traffic. An ejection still running
-    /// is left alone: it was earned by failed requests, which a check of one path does not
-    /// outweigh. A probe in flight decides instead.
+    /// An active check passed: an ejection whose time is over ends (see
+    /// [`Ejection::check_passed`]).
     pub(crate) fn active_check_passed(&self) {
-        if self.flags.load(Ordering::Relaxed) & EJECTED == 0 {
-            return;
-        }
-        let passive = self.passive.lock();
-        let over = passive
-            .ejected_until
-            .is_none_or(|until| until <= Instant::now());
-        if over && !passive.probe_in_flight {
-            self.return_from_ejection(
-                passive,
-                "endpoint returned: its ejection ended and an active check passed",
-            );
-        }
+        self.ejection.check_passed(self);
     }
 
     /// A request that says nothing about the endpoint's health ended: counted apart, and a probe
@@ -561,78 +444,14 @@ impl EndpointState {
             _ => self.metrics.client_error.increment(1),
         }
         if probe {
-            self.passive.lock().probe_in_flight = false;
+            self.ejection.probe_abandoned();
         }
     }
 
     fn on_failure(&self, probe: bool) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.metrics.failure.increment(1);
-        let consecutive = self
-            .consecutive_failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        let outlier = &self.pool.outlier;
-        let now = Instant::now();
-        let mut passive = self.passive.lock();
-        if probe {
-            passive.probe_in_flight = false;
-            if self.flags.load(Ordering::Relaxed) & EJECTED != 0 {
-                passive.ejections = passive.ejections.saturating_add(1);
-                let until = now + self.jittered(outlier.ejection_time(passive.ejections));
-                passive.ejected_until = Some(until);
-                self.metrics.ejections.increment(1);
-                tracing::warn!(endpoint = %self.label, ejections = passive.ejections, "probe failed; endpoint ejected again");
-                return;
-            }
-        }
-        if self.flags.load(Ordering::Relaxed) & EJECTED != 0 {
-            return;
-        }
-        let window_expired = passive
-            .window_start
-            .is_none_or(|start| now.saturating_duration_since(start) > outlier.fail_timeout);
-        if window_expired {
-            passive.window_start = Some(now);
-            passive.window_failures = 0;
-        }
-        passive.window_failures = passive.window_failures.saturating_add(1);
-        let by_consecutive = outlier
-            .consecutive_failures
-            .is_some_and(|n| consecutive >= n.max(1));
-        let by_window = outlier
-            .max_fails
-            .is_some_and(|n| passive.window_failures >= n.max(1));
-        if !(by_consecutive || by_window) || !self.member.load(Ordering::Relaxed) {
-            return;
-        }
-        if !self.pool.try_reserve_ejection() {
-            tracing::debug!(endpoint = %self.label, "not ejected: max_ejection_percent reached");
-            return;
-        }
-        // Ejections in a row back off exponentially; a long healthy spell resets the count.
-        if passive
-            .returned_at
-            .is_some_and(|t| now.saturating_duration_since(t) > outlier.max_ejection)
-        {
-            passive.ejections = 0;
-        }
-        passive.ejections = passive.ejections.saturating_add(1);
-        let duration = self.jittered(outlier.ejection_time(passive.ejections));
-        passive.ejected_until = Some(now + duration);
-        passive.window_failures = 0;
-        passive.window_start = None;
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.flags.fetch_or(EJECTED, Ordering::AcqRel);
-        drop(passive);
-        self.metrics.ejections.increment(1);
-        self.metrics.healthy.set(0.0);
-        tracing::warn!(endpoint = %self.label, ?duration, consecutive, "endpoint ejected by outlier detection");
-    }
-
-    fn jittered(&self, base: Duration) -> Duration {
-        let jitter = self.pool.outlier.jitter.clamp(0.0, 10.0);
-        base.mul_f64(1.0 + jitter * self.pool.rng.unit_f64())
+        self.ejection.on_failure(self, probe);
     }
 
     /// Records the result of an active health check (after rise/fall thresholds).
@@ -678,12 +497,31 @@ impl EndpointState {
 
     /// Called when the endpoint leaves the set: frees its ejection slot.
     pub(crate) fn leave(&self) {
-        let _passive = self.passive.lock();
-        if self.member.swap(false, Ordering::AcqRel)
-            && self.flags.load(Ordering::Relaxed) & EJECTED != 0
-        {
-            self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.ejection.leave(self);
+    }
+
+    /// The flags byte (`EJECTED`, `ACTIVE_DOWN`, ...).
+    #[inline]
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// Sets `bits`; returns the flags before.
+    pub(crate) fn set_flags(&self, bits: u8) -> u8 {
+        self.flags.fetch_or(bits, Ordering::AcqRel)
+    }
+
+    /// Clears `bits`; returns the flags before.
+    pub(crate) fn clear_flags(&self, bits: u8) -> u8 {
+        self.flags.fetch_and(!bits, Ordering::AcqRel)
+    }
+
+    pub(crate) fn set(&self) -> &SetShared {
+        &self.set
+    }
+
+    pub(crate) fn metrics(&self) -> &EndpointMetrics {
+        &self.metrics
     }
 }
 
@@ -836,7 +674,7 @@ impl Drop for InFlightGuard {
             return;
         }
         if self.probe {
-            self.state.passive.lock().probe_in_flight = false;
+            self.state.ejection.probe_abandoned();
         }
         self.state.metrics.in_flight.decrement(1.0);
         self.state.release_slot();
@@ -848,13 +686,13 @@ mod tests {
     use super::*;
 
     fn state() -> Arc<EndpointState> {
-        let pool = Pool::new(
+        let set = SetShared::new(
             OutlierDetection::default(),
             None,
             EwmaConfig::default(),
             SharedRng::seeded(1),
         );
-        Arc::new(EndpointState::new("a".into(), 1.0, 0, Arc::new(pool)))
+        Arc::new(EndpointState::new("a".into(), 1.0, 0, Arc::new(set)))
     }
 
     #[test]
@@ -954,7 +792,7 @@ mod tests {
             sampling,
             ..EwmaConfig::default()
         };
-        let pool = Pool::new(
+        let set = SetShared::new(
             OutlierDetection::default(),
             None,
             ewma,
@@ -962,7 +800,7 @@ mod tests {
         );
         let count = Arc::new(HistogramCount::default());
         let state = metrics::with_local_recorder(&Recorder(Arc::clone(&count)), || {
-            EndpointState::new("a".into(), 1.0, 0, Arc::new(pool))
+            EndpointState::new("a".into(), 1.0, 0, Arc::new(set))
         });
         (Arc::new(state), count)
     }
@@ -1043,118 +881,22 @@ mod tests {
         assert_eq!((s.in_flight(), s.completed()), (0, (0, 0)));
     }
 
-    /// An endpoint that ejects after `consecutive` failures in a row, for `base` (no jitter),
-    /// in a set of `size`.
-    fn strict_state(consecutive: u32, base: Duration, size: usize) -> Arc<EndpointState> {
-        let outlier = OutlierDetection {
-            consecutive_failures: Some(consecutive),
-            base_ejection: base,
-            jitter: 0.0,
-            max_ejection_percent: 100,
-            ..OutlierDetection::default()
-        };
-        let pool = Pool::new(outlier, None, EwmaConfig::default(), SharedRng::seeded(1));
-        pool.size.store(size, Ordering::Relaxed);
-        Arc::new(EndpointState::new("a".into(), 1.0, 0, Arc::new(pool)))
-    }
-
-    fn finish(s: &Arc<EndpointState>, outcome: Outcome) {
-        s.acquire(0, false, None).expect("slot").record(outcome);
-    }
-
     #[test]
-    fn client_errors_and_dependency_outages_neither_count_nor_reset() {
-        let s = strict_state(2, Duration::from_secs(30), 2);
-        finish(&s, Outcome::Failure);
-        for _ in 0..10 {
-            finish(&s, Outcome::ClientError);
-            finish(&s, Outcome::DependencyUnavailable);
-        }
-        assert_eq!(s.status(), EndpointStatus::Healthy);
+    fn hot_fields_share_two_lines() {
+        use std::mem::{offset_of, size_of};
+        let line = |offset: usize| offset / 64;
+        // The first line: counts, cap, flags, EWMA and the run of failures (`Ejection`'s first
+        // field).
         assert_eq!(
-            s.completed(),
-            (21, 1),
-            "counted as requests, not as failures"
+            line(offset_of!(EndpointState, ewma) + size_of::<EwmaEstimate>() - 1),
+            0
         );
-        // Nor did they reset the run of failures: one more ejects.
-        finish(&s, Outcome::Failure);
-        assert_eq!(s.status(), EndpointStatus::Ejected);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_probe_that_ends_in_a_client_error_leaves_the_next_request_to_probe() {
-        let s = strict_state(1, Duration::from_secs(1), 2);
-        finish(&s, Outcome::Failure);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let probe = s.acquire(0, false, None).expect("the probe");
-        assert!(probe.is_probe());
-        probe.record(Outcome::ClientError);
-        assert!(s.ejected_until().is_none(), "its time is still over");
-        assert_eq!(s.pool.ejected.load(Ordering::Relaxed), 1, "not returned");
-        let probe = s.acquire(0, false, None).expect("another probe");
-        assert!(probe.is_probe());
-        probe.success();
-        assert_eq!(s.pool.ejected.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_ended_ejection_reads_healthy_and_a_passing_check_returns_the_endpoint() {
-        let s = strict_state(1, Duration::from_secs(10), 2);
-        finish(&s, Outcome::Failure);
+        assert_eq!(line(offset_of!(EndpointState, ejection) + 3), 0);
+        // One more: the set's settings and the handles every recorded request touches.
+        let handles = 3 * size_of::<metrics::Counter>();
         assert_eq!(
-            (s.status(), s.is_healthy()),
-            (EndpointStatus::Ejected, false)
+            line(offset_of!(EndpointState, set)),
+            line(offset_of!(EndpointState, metrics) + handles - 1)
         );
-        // A check during the ejection does not cut it short.
-        s.active_check_passed();
-        assert_eq!(s.status(), EndpointStatus::Ejected);
-        assert!(s.ejected_until().is_some());
-
-        tokio::time::advance(Duration::from_secs(10)).await;
-        // Read from the clock: healthy at once, with no request.
-        assert_eq!(
-            (s.status(), s.is_healthy()),
-            (EndpointStatus::Healthy, true)
-        );
-        assert!(s.ejected_until().is_none());
-        // Picks still go by the flag (one probe) until a probe or a check returns it.
-        assert!(!s.unflagged());
-        assert_eq!(s.pool.ejected.load(Ordering::Relaxed), 1);
-        s.active_check_passed();
-        assert!(s.unflagged());
-        assert_eq!(
-            s.pool.ejected.load(Ordering::Relaxed),
-            0,
-            "its slot is free"
-        );
-        assert_eq!(s.availability(false), Availability::Ready);
-    }
-
-    #[test]
-    fn max_ejection_percent_lets_a_set_of_two_or_more_eject_one_and_an_only_endpoint_none() {
-        let pool = |size: usize, percent: u8| {
-            let outlier = OutlierDetection {
-                max_ejection_percent: percent,
-                ..OutlierDetection::default()
-            };
-            let pool = Pool::new(outlier, None, EwmaConfig::default(), SharedRng::seeded(1));
-            pool.size.store(size, Ordering::Relaxed);
-            pool
-        };
-        let ejectable = |pool: Pool| (0..10).take_while(|_| pool.try_reserve_ejection()).count();
-        assert_eq!(
-            ejectable(pool(1, 50)),
-            0,
-            "its ejection would move no traffic"
-        );
-        assert_eq!(ejectable(pool(1, 100)), 1);
-        assert_eq!(
-            ejectable(pool(2, 10)),
-            1,
-            "one of a small set may always go"
-        );
-        assert_eq!(ejectable(pool(3, 50)), 1);
-        assert_eq!(ejectable(pool(4, 50)), 2);
-        assert_eq!(ejectable(pool(10, 30)), 3);
     }
 }

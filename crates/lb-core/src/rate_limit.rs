@@ -269,7 +269,7 @@ impl Shard {
                 break;
             };
             if self.tats.remove(&key).is_some() {
-                metrics::counter!("herd_lb_rate_limit_evictions_total").increment(1);
+                metrics::counter!(crate::metrics::RATE_LIMIT_EVICTIONS_TOTAL).increment(1);
             }
         }
     }
@@ -545,7 +545,7 @@ where
             if let Err(wait_ns) = limits.table.check(gcra, limits.key(quota, ip)) {
                 let wait = Duration::from_nanos(wait_ns);
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                metrics::counter!("herd_lb_rate_limited_total").increment(1);
+                metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
                 tracing::debug!(client = %ip, path = req.uri().path(), ?wait, "rate limited");
                 let mut res = Response::new(ResBody::default());
                 *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::endpoint::{EndpointState, InFlightGuard, Pool};
+use crate::endpoint::{EndpointState, InFlightGuard, SetShared};
 use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
 use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
@@ -67,7 +67,7 @@ pub struct EndpointSet<K, S = ()> {
 
 pub(crate) struct SetInner<K, S> {
     pub(crate) current: ArcSwap<Snapshot<K, S>>,
-    pool: Arc<Pool>,
+    shared: Arc<SetShared>,
     write: Mutex<()>,
     max_in_flight: Option<usize>,
 }
@@ -133,11 +133,11 @@ impl EndpointSetBuilder {
     /// Builds an empty set.
     pub fn build<K: EndpointKey, S>(self) -> EndpointSet<K, S> {
         let rng = self.seed.map_or_else(SharedRng::new, SharedRng::seeded);
-        let pool = Pool::new(self.outlier, self.slow_start, self.ewma, rng);
+        let shared = SetShared::new(self.outlier, self.slow_start, self.ewma, rng);
         EndpointSet {
             inner: Arc::new(SetInner {
                 current: ArcSwap::from_pointee(Snapshot::new(Vec::new())),
-                pool: Arc::new(pool),
+                shared: Arc::new(shared),
                 write: Mutex::new(()),
                 max_in_flight: self.max_in_flight,
             }),
@@ -188,7 +188,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
         S: Send + Sync + 'static,
     {
         config.validate()?;
-        let seed = self.inner.pool.rng.next_u64();
+        let seed = self.inner.shared.rng.next_u64();
         Ok(crate::health::active::spawn(
             Arc::downgrade(&self.inner),
             check,
@@ -244,7 +244,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
         let _writer = self.inner.write.lock();
         let current = self.inner.current.load_full();
         let next = change(current.entries())?;
-        self.inner.pool.size.store(next.len(), Ordering::Relaxed);
+        self.inner.shared.outlier.set_members(next.len());
         self.inner.current.store(Arc::new(Snapshot::new(next)));
         Ok(())
     }
@@ -256,7 +256,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
         S: Clone,
     {
         check_weight(&key, weight)?;
-        let pool = &self.inner.pool;
+        let shared = &self.inner.shared;
         let max = self.inner.max_in_flight.unwrap_or(0);
         self.update(|entries| {
             let mut next: Vec<Endpoint<K, S>> = entries.to_vec();
@@ -268,7 +268,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
                     key.to_string().into(),
                     weight,
                     max,
-                    Arc::clone(pool),
+                    Arc::clone(shared),
                 ));
                 if !entries.is_empty() {
                     state.begin_slow_start();
@@ -483,12 +483,12 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
             Err(PickError::Overloaded { .. }) if !max_wait.is_zero() => {}
             other => return other,
         }
-        let pool = &self.inner.pool;
+        let shared = &self.inner.shared;
         let started = Instant::now();
         let deadline = started + max_wait;
-        pool.waiting.fetch_add(1, Ordering::AcqRel);
+        shared.waiting.fetch_add(1, Ordering::AcqRel);
         let result = loop {
-            let released = pool.released.notified();
+            let released = shared.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             match self.pick(policy, ctx) {
@@ -505,7 +505,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
                 };
             }
         };
-        pool.waiting.fetch_sub(1, Ordering::AcqRel);
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
         result
     }
 }

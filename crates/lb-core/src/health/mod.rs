@@ -3,7 +3,7 @@
 pub(crate) mod active;
 #[cfg(feature = "http")]
 mod http_check;
-mod passive;
+pub(crate) mod passive;
 
 pub use active::{
     ActiveHealth, ActiveHealthConfig, CheckError, CheckFuture, HealthCheck, TcpCheck,

@@ -768,7 +768,7 @@ fn checked_host<'a>(
 fn host_error_response(error: HostError) -> Response<ProxyBody> {
     let (reason, message) = error.describe();
     tracing::debug!(reason, "request refused for its Host");
-    metrics::counter!("herd_lb_client_errors_total", "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::CLIENT_ERRORS_TOTAL, "reason" => reason).increment(1);
     error_response(StatusCode::BAD_REQUEST, message)
 }
 
@@ -819,7 +819,7 @@ fn take_dependency_signal(res: &mut Response<PooledBody>) {
     };
     let dependency = dependency_label(value.as_bytes());
     tracing::debug!(%dependency, status = %res.status(), "an endpoint reports a shared dependency unavailable");
-    metrics::counter!("herd_lb_dependency_unavailable_total", "dependency" => dependency)
+    metrics::counter!(crate::metrics::DEPENDENCY_UNAVAILABLE_TOTAL, "dependency" => dependency)
         .increment(1);
 }
 
@@ -985,7 +985,7 @@ fn client_error_response(error: &ClientBodyError) -> Response<ProxyBody> {
         ClientBodyErrorKind::Timeout => ("body_timeout", "request body timed out\n"),
         _ => ("body_invalid", "invalid or incomplete request body\n"),
     };
-    metrics::counter!("herd_lb_client_errors_total", "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::CLIENT_ERRORS_TOTAL, "reason" => reason).increment(1);
     error_response(error.status(), message)
 }
 

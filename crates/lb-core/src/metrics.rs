@@ -1,0 +1,61 @@
+//! Metric names, and the per-endpoint handles that record them (through the `metrics` facade;
+//! the application installs the exporter).
+
+use std::sync::Arc;
+
+/// Counter: requests completed on an endpoint, by `endpoint` and `outcome` (`success`,
+/// `failure`, `client_error`, `dependency_unavailable`; see [`Outcome`](crate::Outcome)).
+pub const REQUESTS_TOTAL: &str = "herd_lb_requests_total";
+/// Gauge: requests in flight on an endpoint, by `endpoint`.
+pub const IN_FLIGHT: &str = "herd_lb_in_flight";
+/// Histogram: seconds from taking an endpoint's slot to the end of its answer, by `endpoint`.
+/// Every request is timed when the policy ranks by latency; otherwise 1 in
+/// [`EwmaConfig::sampling`](crate::EwmaConfig::sampling), each sample recorded that many times.
+pub const LATENCY_SECONDS: &str = "herd_lb_latency_seconds";
+/// Counter: ejections by outlier detection, by `endpoint` (a failed probe's re-ejection counts).
+pub const EJECTIONS_TOTAL: &str = "herd_lb_ejections_total";
+/// Gauge: 1 when an endpoint is neither ejected nor failing active checks, else 0, by `endpoint`.
+pub const ENDPOINT_HEALTHY: &str = "herd_lb_endpoint_healthy";
+/// Counter: requests answered 429 by the rate limiter (no labels).
+pub const RATE_LIMITED_TOTAL: &str = "herd_lb_rate_limited_total";
+/// Counter: client states the rate limiter dropped while their client was still paying off a
+/// burst, to stay within `max_tracked_clients` (no labels).
+pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "herd_lb_rate_limit_evictions_total";
+/// Counter (feature `http`): requests the HTTP upstream answered itself for the client's fault,
+/// by `reason` (`body_invalid`, `body_too_large`, `body_timeout`, `host_missing`,
+/// `host_repeated`, `host_invalid`).
+pub const CLIENT_ERRORS_TOTAL: &str = "herd_lb_client_errors_total";
+/// Counter (feature `http`): endpoint answers saying a dependency every endpoint shares is
+/// unavailable, by `dependency` (the token the endpoint named, or `other`).
+pub const DEPENDENCY_UNAVAILABLE_TOTAL: &str = "herd_lb_dependency_unavailable_total";
+
+/// The handles one endpoint records to, registered once when it joins its set. Those every
+/// request records to come first.
+#[repr(C)]
+pub(crate) struct EndpointMetrics {
+    pub(crate) success: ::metrics::Counter,
+    pub(crate) in_flight: ::metrics::Gauge,
+    pub(crate) latency: ::metrics::Histogram,
+    pub(crate) failure: ::metrics::Counter,
+    pub(crate) ejections: ::metrics::Counter,
+    pub(crate) healthy: ::metrics::Gauge,
+    pub(crate) client_error: ::metrics::Counter,
+    pub(crate) dependency_unavailable: ::metrics::Counter,
+}
+
+impl EndpointMetrics {
+    pub(crate) fn new(label: &Arc<str>) -> Self {
+        let l = ::metrics::SharedString::from(Arc::clone(label));
+        let requests = |outcome: &'static str| ::metrics::counter!(REQUESTS_TOTAL, "endpoint" => l.clone(), "outcome" => outcome);
+        Self {
+            success: requests("success"),
+            failure: requests("failure"),
+            client_error: requests("client_error"),
+            dependency_unavailable: requests("dependency_unavailable"),
+            in_flight: ::metrics::gauge!(IN_FLIGHT, "endpoint" => l.clone()),
+            latency: ::metrics::histogram!(LATENCY_SECONDS, "endpoint" => l.clone()),
+            ejections: ::metrics::counter!(EJECTIONS_TOTAL, "endpoint" => l.clone()),
+            healthy: ::metrics::gauge!(ENDPOINT_HEALTHY, "endpoint" => l),
+        }
+    }
+}
