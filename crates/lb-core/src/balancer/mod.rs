@@ -24,7 +24,7 @@ use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
 use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
 use crate::policy::{Pick, Policy};
-use crate::set::{EndpointKey, EndpointSet, SnapshotCache, pick_from};
+use crate::set::{EndpointKey, EndpointSet, EndpointSetBuilder, SnapshotCache, pick_from};
 use crate::snapshot::{EndpointInfo, PickContext, RequestKey};
 
 /// Boxed error, as tower layers that add failure modes return.
@@ -141,12 +141,9 @@ where
     S: Service<Req>,
 {
     policy: Policy,
-    outlier: OutlierDetection,
-    slow_start: Option<SlowStart>,
-    ewma: EwmaConfig,
-    max_in_flight: Option<usize>,
+    /// The endpoint set's own settings (health, slow start, latency, caps, seed).
+    set: EndpointSetBuilder,
     queue_timeout: Duration,
-    seed: Option<u64>,
     key: Option<Box<KeyFn<Req>>>,
     classify: Classifier<S::Response, S::Error>,
     retry: Option<PendingRetry<Req, S::Response, S::Error>>,
@@ -157,9 +154,7 @@ impl<K, S: Service<Req>, Req> fmt::Debug for BalancerBuilder<K, S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancerBuilder")
             .field("policy", &self.policy)
-            .field("outlier", &self.outlier)
-            .field("slow_start", &self.slow_start)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("set", &self.set)
             .field("queue_timeout", &self.queue_timeout)
             .finish_non_exhaustive()
     }
@@ -172,12 +167,8 @@ impl<K, S: Service<Req>, Req> Default for BalancerBuilder<K, S, Req> {
     fn default() -> Self {
         Self {
             policy: Policy::default(),
-            outlier: OutlierDetection::default(),
-            slow_start: None,
-            ewma: EwmaConfig::default(),
-            max_in_flight: None,
+            set: EndpointSetBuilder::default(),
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
-            seed: None,
             key: None,
             classify: Classifier::Default,
             retry: None,
@@ -193,28 +184,27 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
         self
     }
 
-    /// Passive health (default: eject after 5 consecutive failures).
+    /// Passive health; see [`EndpointSetBuilder::outlier_detection`].
     pub fn outlier_detection(mut self, outlier: OutlierDetection) -> Self {
-        self.outlier = outlier;
+        self.set = self.set.outlier_detection(outlier);
         self
     }
 
-    /// Slow start for new and recovered endpoints (default: off).
+    /// Slow start for new and recovered endpoints; see [`EndpointSetBuilder::slow_start`].
     pub fn slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
-        self.slow_start = slow_start;
+        self.set = self.set.slow_start(slow_start);
         self
     }
 
-    /// Latency measurement (default: Peak-EWMA seed 30 ms, decay 10 s; 1 in 8 requests timed
-    /// unless the policy ranks by latency).
+    /// Latency measurement; see [`EndpointSetBuilder::ewma`].
     pub fn ewma(mut self, ewma: EwmaConfig) -> Self {
-        self.ewma = ewma;
+        self.set = self.set.ewma(ewma);
         self
     }
 
-    /// Per-endpoint concurrency cap for inserted endpoints (default: unlimited).
+    /// Per-endpoint concurrency cap; see [`EndpointSetBuilder::max_in_flight`].
     pub fn max_in_flight(mut self, max: Option<usize>) -> Self {
-        self.max_in_flight = max;
+        self.set = self.set.max_in_flight(max);
         self
     }
 
@@ -224,9 +214,10 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
         self
     }
 
-    /// Fixed seed for ejection jitter (policies take their own seeds).
+    /// Fixed seed for ejection jitter (policies take their own seeds); see
+    /// [`EndpointSetBuilder::seed`].
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.set = self.set.seed(seed);
         self
     }
 
@@ -258,14 +249,6 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
         if let Some((config, _)) = &self.retry {
             config.validate()?;
         }
-        let mut set = EndpointSet::<K, S>::builder()
-            .outlier_detection(self.outlier)
-            .slow_start(self.slow_start)
-            .ewma(self.ewma)
-            .max_in_flight(self.max_in_flight);
-        if let Some(seed) = self.seed {
-            set = set.seed(seed);
-        }
         let retry = self.retry.and_then(|(config, policy)| {
             (config.max_attempts > 1).then(|| Retry {
                 max_attempts: config.max_attempts,
@@ -277,7 +260,7 @@ impl<K: EndpointKey, S: Service<Req>, Req> BalancerBuilder<K, S, Req> {
                 ),
             })
         });
-        let set = set.build();
+        let set: EndpointSet<K, S> = self.set.build();
         Ok(Balancer {
             snapshot: set.snapshot_cache(),
             inner: Arc::new(Inner {
