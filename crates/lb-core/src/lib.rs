@@ -95,8 +95,8 @@ mod set;
 mod snapshot;
 
 pub use balancer::{
-    Balancer, BalancerBuilder, BoxError, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures,
-    ResponseFuture, RetryConfig, RetryPolicy,
+    Balancer, BalancerBuilder, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures, ResponseFuture,
+    RetryConfig, RetryPolicy,
 };
 pub use config::{BalancerConfig, EndpointConfig};
 pub use endpoint::{EndpointState, EndpointStatus, InFlightGuard, Outcome};
@@ -110,3 +110,5 @@ pub use policy::{
 pub use rng::{RngRef, SharedRng};
 pub use set::{EndpointKey, EndpointSet, EndpointSetBuilder, Picked};
 pub use snapshot::{Candidates, Endpoint, EndpointInfo, PickContext, RequestKey, Snapshot};
+/// A boxed error: what the balancer and layers that add a failure mode return (tower's).
+pub use tower::BoxError;

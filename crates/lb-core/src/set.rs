@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::endpoint::{EndpointState, InFlightGuard, SetShared};
 use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
-use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
+use crate::health::{ActiveHealth, ActiveHealthConfig, OutlierDetection, Probe, SlowStart};
 use crate::policy::Pick;
 use crate::rng::SharedRng;
 use crate::snapshot::{Endpoint, EndpointInfo, PickContext, Snapshot};
@@ -180,18 +180,18 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     /// [`ActiveHealth::stop`]: crate::health::ActiveHealth::stop
     pub fn spawn_active_health<C>(
         &self,
-        check: C,
+        probe: C,
         config: ActiveHealthConfig,
     ) -> Result<ActiveHealth, Error>
     where
-        C: HealthCheck<K>,
+        C: Probe<K>,
         S: Send + Sync + 'static,
     {
         config.validate()?;
         let seed = self.inner.shared.rng.next_u64();
         Ok(crate::health::active::spawn(
             Arc::downgrade(&self.inner),
-            check,
+            probe,
             config,
             SharedRng::seeded(seed),
         ))

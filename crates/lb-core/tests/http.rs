@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use herd_lb_core::EndpointStatus;
-use herd_lb_core::health::{ActiveHealthConfig, HttpCheck, TcpCheck};
+use herd_lb_core::health::{ActiveHealthConfig, HttpProbe, TcpProbe};
 use herd_lb_core::http::{ClientAddr, HttpUpstream, HttpUpstreamConfig};
 use herd_lb_core::{EndpointConfig, EndpointSet};
 use http_body_util::BodyExt;
@@ -578,7 +578,7 @@ async fn active_checks_mark_endpoints_down_and_up() {
         fall: 3,
     };
     let task = lb
-        .spawn_active_health(HttpCheck::new("/health"), check.clone())
+        .spawn_active_health(HttpProbe::new("/health"), check.clone())
         .unwrap();
     let status = |lb: &EndpointSet<String>| lb.endpoints()[0].status;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -590,7 +590,7 @@ async fn active_checks_mark_endpoints_down_and_up() {
     wait_for(|| status(&lb) == EndpointStatus::Healthy).await;
 
     // TCP check: a killed server goes down; dropping the balancer ends the task.
-    let tcp = lb.spawn_active_health(TcpCheck, check).unwrap();
+    let tcp = lb.spawn_active_health(TcpProbe, check).unwrap();
     other.kill();
     wait_for(|| lb.endpoints()[1].status == EndpointStatus::Unhealthy).await;
     drop(lb);

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
+use tower::BoxError;
 use tower::discover::{Change, Discover};
 use tower_service::Service;
 use tracing::Instrument;
@@ -22,13 +23,10 @@ pub use retry::{Classify, ErrorsAreFailures, RetryConfig, RetryPolicy};
 
 use crate::error::{Error, PickError};
 use crate::ewma::EwmaConfig;
-use crate::health::{ActiveHealth, ActiveHealthConfig, HealthCheck, OutlierDetection, SlowStart};
+use crate::health::{ActiveHealth, ActiveHealthConfig, OutlierDetection, Probe, SlowStart};
 use crate::policy::{Pick, Policy};
 use crate::set::{EndpointKey, EndpointSet, EndpointSetBuilder, SnapshotCache, pick_from};
 use crate::snapshot::{EndpointInfo, PickContext, RequestKey};
-
-/// Boxed error, as tower layers that add failure modes return.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type PendingRetry<Req, Res, E> = (RetryConfig, Box<dyn RetryPolicy<Req, Res, E>>);
 
@@ -338,14 +336,14 @@ where
     /// see [`EndpointSet::spawn_active_health`].
     pub fn spawn_active_health<C>(
         &self,
-        check: C,
+        probe: C,
         config: ActiveHealthConfig,
     ) -> Result<ActiveHealth, Error>
     where
-        C: HealthCheck<K>,
+        C: Probe<K>,
         S: Send + Sync + 'static,
     {
-        self.inner.set.spawn_active_health(check, config)
+        self.inner.set.spawn_active_health(probe, config)
     }
 
     /// Follows a `tower::discover::Discover` stream: inserts (weight 1) and removes endpoints as

@@ -1,4 +1,4 @@
-//! Active health checks: a background task probes every endpoint periodically.
+//! Active health checks: a background task probes every endpoint periodically with a [`Probe`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,25 +12,27 @@ use crate::error::Error;
 use crate::rng::SharedRng;
 use crate::set::{EndpointKey, SetInner};
 
-/// Boxed error of a failed check.
-pub type CheckError = Box<dyn std::error::Error + Send + Sync>;
+/// The error of a failed probe.
+pub type ProbeError = crate::BoxError;
 
-/// The future a [`HealthCheck`] returns.
-pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send>>;
+/// The future a [`Probe`] returns. Boxed: probes are closures returning futures of any type,
+/// and one runs per endpoint and interval, off the request path.
+pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send>>;
 
-/// One probe of one endpoint. Closures `Fn(&K) -> impl Future<Output = Result<(), E>>` implement it.
-pub trait HealthCheck<K>: Send + Sync + 'static {
-    /// Checks the endpoint; `Ok` means healthy. The runner applies the timeout.
-    fn check(&self, key: &K) -> CheckFuture;
+/// One active health probe of one endpoint (nginx `health_check`, Envoy's health checkers).
+/// Closures `Fn(&K) -> impl Future<Output = Result<(), E>>` implement it.
+pub trait Probe<K>: Send + Sync + 'static {
+    /// Probes the endpoint; `Ok` means healthy. The runner applies the timeout.
+    fn probe(&self, key: &K) -> ProbeFuture;
 }
 
-impl<K, F, Fut, E> HealthCheck<K> for F
+impl<K, F, Fut, E> Probe<K> for F
 where
     F: Fn(&K) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
-    E: Into<CheckError>,
+    E: Into<ProbeError>,
 {
-    fn check(&self, key: &K) -> CheckFuture {
+    fn probe(&self, key: &K) -> ProbeFuture {
         let fut = self(key);
         Box::pin(async move { fut.await.map_err(Into::into) })
     }
@@ -38,10 +40,10 @@ where
 
 /// Healthy when a TCP connection to the key's address (`Display`, e.g. `127.0.0.1:8080`) opens.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TcpCheck;
+pub struct TcpProbe;
 
-impl<K: EndpointKey> HealthCheck<K> for TcpCheck {
-    fn check(&self, key: &K) -> CheckFuture {
+impl<K: EndpointKey> Probe<K> for TcpProbe {
+    fn probe(&self, key: &K) -> ProbeFuture {
         let addr = key.to_string();
         Box::pin(async move {
             tokio::net::TcpStream::connect(&addr).await?;
@@ -138,14 +140,14 @@ struct Streak {
 
 pub(crate) fn spawn<K, S, C>(
     set: Weak<SetInner<K, S>>,
-    check: C,
+    probe: C,
     config: ActiveHealthConfig,
     rng: SharedRng,
 ) -> ActiveHealth
 where
     K: EndpointKey,
     S: Send + Sync + 'static,
-    C: HealthCheck<K>,
+    C: Probe<K>,
 {
     let task = tokio::spawn(async move {
         let mut streaks: HashMap<K, Streak> = HashMap::new();
@@ -154,7 +156,7 @@ where
             let snapshot = inner.current.load_full();
             drop(inner);
             let probes = snapshot.iter().map(|endpoint| {
-                let fut = check.check(endpoint.key());
+                let fut = probe.probe(endpoint.key());
                 let timeout = config.timeout;
                 async move {
                     match tokio::time::timeout(timeout, fut).await {

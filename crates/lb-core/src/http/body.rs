@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 
 use super::h1::Prefix;
 use super::pool::PooledBody;
-use crate::balancer::BoxError;
+use crate::BoxError;
 
 /// Body of a request sent upstream: either buffered (and replayable for retries) or streamed.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ use super::h1::{
     Conn, Framing, Head, LAST_CHUNK, ProtocolError, RequestFraming, write_chunk, write_last_chunk,
 };
 use super::upstream::{UpstreamError, UpstreamErrorKind};
-use crate::balancer::BoxError;
+use crate::BoxError;
 
 /// A connection's request timer (boxed: it is pinned and moves with the connection).
 type Timer = Pin<Box<Sleep>>;

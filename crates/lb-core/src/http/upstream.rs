@@ -30,11 +30,12 @@ use super::headers::{
 };
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
-use crate::balancer::{Balancer, BoxError, ResponseFuture, RetryPolicy};
+use crate::BoxError;
+use crate::balancer::{Balancer, ResponseFuture, RetryPolicy};
 use crate::config::BalancerConfig;
 use crate::endpoint::Outcome;
 use crate::error::{Error, PickError};
-use crate::health::{ActiveHealth, ActiveHealthConfig, HttpCheck, TcpCheck};
+use crate::health::{ActiveHealth, ActiveHealthConfig, HttpProbe, TcpProbe};
 use crate::snapshot::EndpointInfo;
 
 /// What went wrong in one attempt to one endpoint.
@@ -574,8 +575,8 @@ impl HttpUpstream {
             }
             let handle = match &active.path {
                 Some(path) => balancer
-                    .spawn_active_health(HttpCheck::new(path.clone()), active.check.clone())?,
-                None => balancer.spawn_active_health(TcpCheck, active.check.clone())?,
+                    .spawn_active_health(HttpProbe::new(path.clone()), active.check.clone())?,
+                None => balancer.spawn_active_health(TcpProbe, active.check.clone())?,
             };
             settings.active_health = Some(handle);
         }

@@ -1,4 +1,4 @@
-//! HTTP GET health check.
+//! HTTP GET health probe.
 
 use std::time::Duration;
 
@@ -9,19 +9,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::active::{CheckError, CheckFuture, HealthCheck};
+use super::active::{Probe, ProbeError, ProbeFuture};
 use crate::set::EndpointKey;
 
 /// Healthy when `GET http://{key}{path}` answers 2xx (nginx Plus `health_check uri=...`).
 ///
 /// The key's `Display` must be the endpoint's `host:port`. Connections are pooled between rounds.
 #[derive(Debug, Clone)]
-pub struct HttpCheck {
+pub struct HttpProbe {
     path: String,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
-impl HttpCheck {
+impl HttpProbe {
     /// Checks `path` (e.g. `/health`).
     pub fn new(path: impl Into<String>) -> Self {
         let mut connector = HttpConnector::new();
@@ -46,21 +46,21 @@ struct UnexpectedStatus {
     status: http::StatusCode,
 }
 
-impl<K: EndpointKey> HealthCheck<K> for HttpCheck {
-    fn check(&self, key: &K) -> CheckFuture {
+impl<K: EndpointKey> Probe<K> for HttpProbe {
+    fn probe(&self, key: &K) -> ProbeFuture {
         let uri = format!("http://{key}{}", self.path);
         let client = self.client.clone();
         Box::pin(async move {
             let parsed: Uri = uri
                 .parse()
-                .map_err(|e| -> CheckError { format!("health check URI {uri}: {e}").into() })?;
+                .map_err(|e| -> ProbeError { format!("health check URI {uri}: {e}").into() })?;
             let req = Request::get(parsed)
                 .header(http::header::USER_AGENT, "herd-lb-health-check")
                 .body(Empty::new())?;
             let res = client
                 .request(req)
                 .await
-                .map_err(|e| -> CheckError { format!("GET {uri}: {e}").into() })?;
+                .map_err(|e| -> ProbeError { format!("GET {uri}: {e}").into() })?;
             if res.status().is_success() {
                 Ok(())
             } else {
