@@ -95,7 +95,7 @@ impl CacheBuilder {
     /// Validates the configuration and, when the L1 is on, subscribes to invalidations.
     ///
     /// # Errors
-    /// [`Error::Config`] for an unusable namespace or L1 size, [`Error::Backend`] when the
+    /// [`Error::InvalidConfig`] for an unusable namespace or L1 size, [`Error::Backend`] when the
     /// invalidation subscription cannot be made.
     pub async fn build(self) -> Result<Cache, Error> {
         let Self {
@@ -104,7 +104,7 @@ impl CacheBuilder {
             seed,
         } = self;
         if config.namespace.is_empty() || config.namespace.contains(['{', '}', ':']) {
-            return Err(Error::Config {
+            return Err(Error::InvalidConfig {
                 field: "namespace",
                 reason: format!(
                     "{:?} must be non-empty without '{{', '}}' or ':'",
@@ -113,13 +113,13 @@ impl CacheBuilder {
             });
         }
         if config.l1.as_ref().is_some_and(|l1| l1.max_entries == 0) {
-            return Err(Error::Config {
+            return Err(Error::InvalidConfig {
                 field: "l1.max_entries",
                 reason: "must be at least 1".into(),
             });
         }
         if !config.early_refresh_beta.is_finite() || config.early_refresh_beta < 0.0 {
-            return Err(Error::Config {
+            return Err(Error::InvalidConfig {
                 field: "early_refresh_beta",
                 reason: "must be a finite number >= 0".into(),
             });

@@ -143,7 +143,8 @@ impl Default for CircuitConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Seed nodes (cluster) or the one server (standalone), as `redis://[user:password@]host:port`.
-    /// Default: empty (building a backend then fails with [`Error::Config`](crate::Error::Config)).
+    /// Default: empty (building a backend then fails with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig)).
     pub urls: Vec<String>,
     /// Timeout of one TCP connect + handshake. Default `1s`.
     #[serde(with = "humantime_serde")]

@@ -2,17 +2,18 @@
 
 use std::sync::Arc;
 
-/// A boxed error, as returned by loaders and by the HTTP layer's inner services.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// A boxed error, as returned by loaders and by the HTTP layer's inner services: tower's
+/// `BoxError`, the same type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors of this crate. Each names the operation and, where known, the node or key.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value is unusable.
-    #[error("invalid cache configuration: {field}: {reason}")]
-    Config {
-        /// The configuration field.
+    #[error("configuration field `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field's dotted path in its configuration type, e.g. `"l1.max_entries"`.
         field: &'static str,
         /// Why it is unusable.
         reason: String,
@@ -81,7 +82,7 @@ impl Error {
     /// A short label for the `kind` label of `herd_cache_errors_total`.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Self::Config { .. } => "config",
+            Self::InvalidConfig { .. } => "config",
             Self::Backend { source, .. } if source.is_timeout() => "timeout",
             Self::Backend { .. } => "backend",
             Self::FailoverTimeout { .. } => "failover_timeout",

@@ -432,7 +432,9 @@ async fn several_connections_serve_every_slot_and_zero_is_refused() {
         ..RedisConfig::new(rc.urls())
     };
     match Backend::cluster(zero).await {
-        Err(herd_cache_cluster::Error::Config { field, .. }) => assert_eq!(field, "connections"),
+        Err(herd_cache_cluster::Error::InvalidConfig { field, .. }) => {
+            assert_eq!(field, "connections")
+        }
         other => panic!("0 connections accepted: {other:?}"),
     }
     let config = RedisConfig {

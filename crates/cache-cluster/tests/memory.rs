@@ -213,7 +213,7 @@ async fn invalid_configuration_is_a_typed_error() {
         assert!(
             matches!(
                 result,
-                Err(Error::Config {
+                Err(Error::InvalidConfig {
                     field: "namespace",
                     ..
                 })
@@ -230,7 +230,7 @@ async fn invalid_configuration_is_a_typed_error() {
     };
     assert!(matches!(
         Cache::new(Backend::memory(), config).await,
-        Err(Error::Config {
+        Err(Error::InvalidConfig {
             field: "l1.max_entries",
             ..
         })
@@ -241,13 +241,29 @@ async fn invalid_configuration_is_a_typed_error() {
     };
     assert!(matches!(
         Cache::new(Backend::memory(), config).await,
-        Err(Error::Config {
+        Err(Error::InvalidConfig {
             field: "early_refresh_beta",
             ..
         })
     ));
+    // The workspace's one shape for configuration errors.
+    let error = Cache::builder(Backend::memory())
+        .namespace("a:b")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "configuration field `namespace`: \"a:b\" must be non-empty without '{', '}' or ':'"
+    );
     let no_urls = Backend::cluster(herd_cache_cluster::RedisConfig::default()).await;
-    assert!(matches!(no_urls, Err(Error::Config { field: "urls", .. })));
+    assert!(matches!(
+        no_urls,
+        Err(Error::InvalidConfig { field: "urls", .. })
+    ));
     let bad_url = Backend::redis(herd_cache_cluster::RedisConfig::new(["not a url"])).await;
-    assert!(matches!(bad_url, Err(Error::Config { field: "urls", .. })));
+    assert!(matches!(
+        bad_url,
+        Err(Error::InvalidConfig { field: "urls", .. })
+    ));
 }

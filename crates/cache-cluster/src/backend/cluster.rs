@@ -112,10 +112,10 @@ impl ClusterBackend {
     /// Connects to the cluster through the seed nodes in `config.urls` and reads its topology.
     ///
     /// # Errors
-    /// [`Error::Config`] for no or unparsable URLs, [`Error::Backend`] when no seed answers.
+    /// [`Error::InvalidConfig`] for no or unparsable URLs, [`Error::Backend`] when no seed answers.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
         if config.urls.is_empty() {
-            return Err(Error::Config {
+            return Err(Error::InvalidConfig {
                 field: "urls",
                 reason: "at least one seed node is required".into(),
             });
@@ -126,14 +126,14 @@ impl ClusterBackend {
             .map(|url| {
                 url.as_str()
                     .into_connection_info()
-                    .map_err(|e| Error::Config {
+                    .map_err(|e| Error::InvalidConfig {
                         field: "urls",
                         reason: format!("{url}: {e}"),
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if config.connections == 0 {
-            return Err(Error::Config {
+            return Err(Error::InvalidConfig {
                 field: "connections",
                 reason: "at least one connection is required".into(),
             });

@@ -44,17 +44,17 @@ impl RedisBackend {
     /// Connects to the server at `config.urls[0]`.
     ///
     /// # Errors
-    /// [`Error::Config`] for a missing or unparsable URL, [`Error::Backend`] when the server does
-    /// not answer within the connect timeout.
+    /// [`Error::InvalidConfig`] for a missing or unparsable URL, [`Error::Backend`] when the
+    /// server does not answer within the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
-        let url = config.urls.first().ok_or_else(|| Error::Config {
+        let url = config.urls.first().ok_or_else(|| Error::InvalidConfig {
             field: "urls",
             reason: "the server URL is required".into(),
         })?;
         let info = url
             .as_str()
             .into_connection_info()
-            .map_err(|e| Error::Config {
+            .map_err(|e| Error::InvalidConfig {
                 field: "urls",
                 reason: format!("{url}: {e}"),
             })?;

@@ -159,14 +159,14 @@ impl HttpCacheLayer {
     /// Caches in `cache` with `config`.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the field: a key header that is not a header name, a zero
+    /// [`Error::InvalidConfig`] naming the field: a key header that is not a header name, a zero
     /// `max_entry_size` or `max_key_size`.
     pub fn with_config(cache: Cache, config: &HttpCacheConfig) -> Result<Self, Error> {
         let key_headers = config
             .key_headers
             .iter()
             .map(|name| {
-                HeaderName::try_from(name.as_str()).map_err(|_| Error::Config {
+                HeaderName::try_from(name.as_str()).map_err(|_| Error::InvalidConfig {
                     field: "key_headers",
                     reason: format!("{name:?} is not a header name"),
                 })
@@ -177,7 +177,7 @@ impl HttpCacheLayer {
             ("max_key_size", config.max_key_size),
         ] {
             if value == 0 {
-                return Err(Error::Config {
+                return Err(Error::InvalidConfig {
                     field,
                     reason: "must be at least 1".into(),
                 });
