@@ -1,11 +1,24 @@
-//! `herd_health::HealthCheck` for a [`Cache`]: PING each master with its latency, the cluster
-//! state, the circuit and the hit ratio.
+//! [`CacheCheck`]: a herd-health check for a [`Cache`]: `PING` each master with its latency,
+//! the cluster state, the circuit and the hit ratio.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), herd_cache_cluster::Error> {
+//! use herd_cache_cluster::{Backend, Cache, health::CacheCheck};
+//! use herd_health::HealthCheck;
+//!
+//! let cache = Cache::builder(Backend::memory()).build().await?;
+//! let check = CacheCheck::new(cache).min_hit_ratio(0.5); // or `cache.health_check()`
+//! let result = check.check().await;
+//! assert_eq!(result.status(), herd_health::Status::Pass);
+//! # Ok(()) }
+//! ```
 
 use herd_health::{CheckResult, ComponentType, HealthCheck, Measurement, Status, async_trait};
 
 use crate::Cache;
 
-/// A health check over a [`Cache`]'s backend; see [`Cache::health_check`].
+/// A herd-health check over a [`Cache`]'s backend; see the [module docs](self).
 ///
 /// Reports, under the check's name (default `"cache"`):
 /// - `responseTime` per node (`component_id` = `host:port`): `PING` latency, `fail` when a node
@@ -14,13 +27,22 @@ use crate::Cache;
 /// - `hitRatio` in percent, `warn` below [`min_hit_ratio`](Self::min_hit_ratio) when set;
 /// - `circuit`: `warn` while backend calls are skipped (the cache is failing open).
 #[derive(Debug, Clone)]
-pub struct CacheHealth {
+pub struct CacheCheck {
     cache: Cache,
     name: String,
     min_hit_ratio: Option<f64>,
 }
 
-impl CacheHealth {
+impl CacheCheck {
+    /// A check of `cache`, named `"cache"`.
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            name: "cache".into(),
+            min_hit_ratio: None,
+        }
+    }
+
     /// Renames the check (the part before `:` in health+json keys).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -35,19 +57,16 @@ impl CacheHealth {
 }
 
 impl Cache {
-    /// A [`HealthCheck`] for this cache.
+    /// A [`CacheCheck`] (a herd-health [`HealthCheck`]) for this cache:
+    /// `CacheCheck::new(cache.clone())`.
     #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
-    pub fn health_check(&self) -> CacheHealth {
-        CacheHealth {
-            cache: self.clone(),
-            name: "cache".into(),
-            min_hit_ratio: None,
-        }
+    pub fn health_check(&self) -> CacheCheck {
+        CacheCheck::new(self.clone())
     }
 }
 
 #[async_trait]
-impl HealthCheck for CacheHealth {
+impl HealthCheck for CacheCheck {
     fn name(&self) -> &str {
         &self.name
     }

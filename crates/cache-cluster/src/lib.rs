@@ -40,7 +40,7 @@
 //!
 //! # Features
 //! - `tower`: [`http::HttpCacheLayer`], a tower layer caching GET/HEAD responses.
-//! - `health`: a `herd_health::HealthCheck` for [`Cache`].
+//! - `health`: [`health::CacheCheck`], a herd-health check for [`Cache`].
 //! - `full`: all of the above.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -60,9 +60,8 @@ mod task;
 
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
-mod health;
-#[cfg(feature = "health")]
-pub use health::CacheHealth;
+pub mod health;
+
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod http;
