@@ -507,17 +507,34 @@ impl Health {
     }
 
     async fn ready_report(&self, details: bool) -> HealthReport {
-        if let Some(reason) = self.not_serving_reason() {
-            // Answer at once, without touching dependencies: a draining or starting instance
-            // must not take traffic whatever its checks say.
-            let mut report = self.identified(Status::Fail, details);
-            if details {
-                report.output = Some(reason.to_owned());
-            }
+        if let Some(report) = self.not_ready_report(details) {
             return report;
         }
         self.evaluate(|registered| registered.options.fails_readiness(), details)
             .await
+    }
+
+    /// Readiness while starting or draining: answered at once, without touching dependencies,
+    /// since such an instance must not take traffic whatever its checks say.
+    fn not_ready_report(&self, details: bool) -> Option<HealthReport> {
+        let reason = self.not_serving_reason()?;
+        let mut report = self.identified(Status::Fail, details);
+        if details {
+            report.output = Some(reason.to_owned());
+        }
+        Some(report)
+    }
+
+    /// The report of a probe that needs no check to run (liveness, startup, readiness while
+    /// starting or draining), or `None` when checks must run, so the HTTP service answers the
+    /// frequent probes without an allocated future.
+    pub(crate) fn report_now(&self, probe: Probe, details: bool) -> Option<HealthReport> {
+        match probe {
+            Probe::Live => Some(self.live_report(details)),
+            Probe::Startup => Some(self.startup_report(details)),
+            Probe::Ready => self.not_ready_report(details),
+            Probe::Deep => None,
+        }
     }
 
     /// Runs (or reads the cache of) the selected checks concurrently and aggregates them: the

@@ -6,8 +6,6 @@
 //! shown according to [`ShowDetails`](crate::ShowDetails).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,8 +13,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::Full;
 
 use crate::config::ShowDetails;
+use crate::future::ResponseFuture;
 use crate::health::{Health, Probe};
-use crate::report::HEALTH_JSON;
+use crate::report::{HEALTH_JSON, HealthReport};
 
 /// What a request path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +73,9 @@ impl Health {
 
     /// The HTTP response for a route.
     pub(crate) async fn respond(&self, route: Route, details: bool) -> Response<Full<Bytes>> {
+        if let Some(response) = self.respond_now(&route, details) {
+            return response;
+        }
         let report = match route {
             Route::Probe(probe) => self.report(probe, details).await,
             Route::Group(name) => match self.group_report(&name, details).await {
@@ -82,12 +84,19 @@ impl Health {
             },
             Route::Metrics => return self.metrics_response(),
         };
-        let mut response = Response::new(Full::new(report.to_json()));
-        *response.status_mut() = report.status.http_status();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        report_response(&report)
+    }
+
+    /// The HTTP response for a route that needs no check to run (liveness, startup, readiness
+    /// while starting or draining, `/metrics`), or `None`.
+    fn respond_now(&self, route: &Route, details: bool) -> Option<Response<Full<Bytes>>> {
+        match route {
+            Route::Probe(probe) => self
+                .report_now(*probe, details)
+                .map(|report| report_response(&report)),
+            Route::Metrics => Some(self.metrics_response()),
+            Route::Group(_) => None,
+        }
     }
 
     #[cfg(feature = "prometheus")]
@@ -177,6 +186,15 @@ impl Health {
     }
 }
 
+fn report_response(report: &HealthReport) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(report.to_json()));
+    *response.status_mut() = report.status.http_status();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 fn not_found() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"not found")));
     *response.status_mut() = StatusCode::NOT_FOUND;
@@ -191,10 +209,6 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     response
 }
-
-/// Response future of [`HealthService`].
-pub(crate) type HealthFuture =
-    Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
 
 /// The health endpoints as a plain tower `Service` (see [`Health::service`]): routes by path,
 /// answers 404 for other paths and 405 for methods other than `GET` and `HEAD`. It never
@@ -234,7 +248,7 @@ impl HealthService {
 impl<B> tower_service::Service<Request<B>> for HealthService {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = HealthFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -242,21 +256,26 @@ impl<B> tower_service::Service<Request<B>> for HealthService {
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(route) = self.health.route(request.uri().path()) else {
-            return Box::pin(std::future::ready(Ok(not_found())));
+            return ResponseFuture::ready(not_found());
         };
         let head = request.method() == Method::HEAD;
         if !head && request.method() != Method::GET {
-            return Box::pin(std::future::ready(Ok(method_not_allowed())));
+            return ResponseFuture::ready(method_not_allowed());
         }
         let details = self.health.details_allowed(request.headers());
-        let health = self.health.clone();
-        Box::pin(async move {
-            let mut response = health.respond(route, details).await;
+        let without_body = move |mut response: Response<Full<Bytes>>| {
             if head {
                 *response.body_mut() = Full::new(Bytes::new());
             }
-            Ok(response)
-        })
+            response
+        };
+        if let Some(response) = self.health.respond_now(&route, details) {
+            return ResponseFuture::ready(without_body(response));
+        }
+        let health = self.health.clone();
+        ResponseFuture::evaluating(
+            async move { without_body(health.respond(route, details).await) },
+        )
     }
 }
 
@@ -295,6 +314,54 @@ mod tests {
         assert_eq!(root.route("/"), Some(Route::Probe(Probe::Deep)));
         assert_eq!(root.route("/live"), Some(Route::Probe(Probe::Live)));
         assert_eq!(root.route("/startup"), Some(Route::Probe(Probe::Startup)));
+    }
+
+    #[tokio::test]
+    async fn probes_that_run_no_check_are_answered_without_a_boxed_future() {
+        use tower_service::Service;
+
+        let health = Health::builder()
+            .check(crate::check::from_fn("queue", || async {
+                crate::CheckResult::pass()
+            }))
+            .started(true)
+            .build()
+            .unwrap();
+        let mut service = health.service();
+        let mut call = |method: Method, path: &str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            service.call(request)
+        };
+        for path in ["/health/live", "/health/startup", "/nowhere"] {
+            assert!(
+                format!("{:?}", call(Method::GET, path)).contains("ready"),
+                "{path}"
+            );
+        }
+        let ready = call(Method::GET, "/health/ready");
+        assert!(format!("{ready:?}").contains("evaluating"));
+        assert_eq!(ready.await.unwrap().status(), StatusCode::OK);
+
+        let head = call(Method::HEAD, "/health/live").await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(head.into_body())
+            .await
+            .unwrap();
+        assert!(body.to_bytes().is_empty());
+
+        health.drain();
+        let draining = call(Method::HEAD, "/health/ready");
+        assert!(format!("{draining:?}").contains("ready"));
+        let draining = draining.await.unwrap();
+        assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = http_body_util::BodyExt::collect(draining.into_body())
+            .await
+            .unwrap();
+        assert!(body.to_bytes().is_empty());
     }
 
     #[test]

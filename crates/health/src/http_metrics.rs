@@ -1,15 +1,11 @@
 //! A tower layer counting and timing HTTP requests by method, matched route and status.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
-use crate::metrics::{HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL};
+use crate::future::HttpMetricsFuture;
 use http::{Method, Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -130,7 +126,7 @@ impl<S> HttpMetrics<S> {
     }
 }
 
-const UNMATCHED: &str = "unmatched";
+pub(crate) const UNMATCHED: &str = "unmatched";
 
 /// Bounded method label: the standard methods by name, anything else `other`.
 fn method_label(method: &Method) -> &'static str {
@@ -154,7 +150,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = HttpMetricsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -163,59 +159,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let method = method_label(request.method());
         let (request, route) = self.route_of(request);
-        ResponseFuture {
-            inner: self.inner.call(request),
-            method,
-            route: Some(route),
-            started: Instant::now(),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`HttpMetrics`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        method: &'static str,
-        route: Option<String>,
-        started: Instant,
-    }
-}
-
-impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("inner", &self.inner)
-            .field("method", &self.method)
-            .field("route", &self.route)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = Result<Response<ResBody>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let output = std::task::ready!(this.inner.poll(cx));
-        let status = match &output {
-            Ok(response) => response.status().as_u16().to_string(),
-            Err(_) => "error".to_owned(),
-        };
-        let route = this.route.take().unwrap_or_else(|| UNMATCHED.to_owned());
-        let labels = [
-            ("method", this.method.to_string()),
-            ("route", route),
-            ("status", status),
-        ];
-        metrics::counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
-        metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels)
-            .record(this.started.elapsed().as_secs_f64());
-        Poll::Ready(output)
+        HttpMetricsFuture::new(self.inner.call(request), method, route)
     }
 }
 

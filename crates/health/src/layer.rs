@@ -1,21 +1,17 @@
 //! [`HealthLayer`]: the health endpoints in front of any HTTP service, for hyper or tower
 //! stacks without a router.
 
-use std::convert::Infallible;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::future::WithHealthFuture;
 use crate::health::Health;
-use crate::http::{HealthFuture, HealthService};
+use crate::http::HealthService;
 
 /// Answers the health endpoints (and `/metrics`) itself and passes every other request to the
 /// wrapped service, so a plain hyper application gets probes on its own port without a
@@ -102,64 +98,10 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let kind = if self.health.get_ref().route(request.uri().path()).is_some() {
-            Kind::Health {
-                future: self.health.call(request),
-            }
+        if self.health.get_ref().route(request.uri().path()).is_some() {
+            WithHealthFuture::health(self.health.call(request))
         } else {
-            Kind::Inner {
-                future: self.inner.call(request),
-            }
-        };
-        WithHealthFuture { kind }
-    }
-}
-
-pin_project! {
-    /// Response future of [`WithHealth`].
-    pub struct WithHealthFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProjection]
-    enum Kind<F> {
-        Health { future: HealthFuture },
-        Inner { #[pin] future: F },
-    }
-}
-
-impl<F> fmt::Debug for WithHealthFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            Kind::Health { .. } => "health",
-            Kind::Inner { .. } => "inner",
-        };
-        f.debug_struct("WithHealthFuture")
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-impl<F, ResBody, E> Future for WithHealthFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = Result<Response<Either<Full<Bytes>, ResBody>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProjection::Health { future } => {
-                let answered: Result<_, Infallible> = std::task::ready!(future.as_mut().poll(cx));
-                let Ok(response) = answered;
-                Poll::Ready(Ok(response.map(Either::Left)))
-            }
-            KindProjection::Inner { future } => {
-                let response = std::task::ready!(future.poll(cx))?;
-                Poll::Ready(Ok(response.map(Either::Right)))
-            }
+            WithHealthFuture::inner(self.inner.call(request))
         }
     }
 }

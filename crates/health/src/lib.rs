@@ -83,6 +83,7 @@ pub mod check;
 pub mod checks;
 mod config;
 mod error;
+pub mod future;
 mod health;
 mod http;
 mod http_metrics;
@@ -103,8 +104,8 @@ pub use config::{HealthConfig, ShowDetails};
 pub use error::Error;
 pub use health::{Health, HealthBuilder, Probe};
 pub use http::HealthService;
-pub use http_metrics::{HttpMetrics, HttpMetricsLayer, ResponseFuture};
-pub use layer::{HealthLayer, WithHealth, WithHealthFuture};
+pub use http_metrics::{HttpMetrics, HttpMetricsLayer};
+pub use layer::{HealthLayer, WithHealth};
 pub use options::{CheckOptions, tags};
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
