@@ -278,10 +278,33 @@ impl Default for RouterConfig {
     }
 }
 
+/// The list a node is configured in: the start of its fields' dotted paths in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeList {
+    Primary,
+    Replicas,
+    Nodes,
+}
+
+/// The dotted path of field `$field` (a literal) of a node configured in `$list` (a
+/// [`NodeList`]), as [`Error::InvalidConfig`] names it: `replicas.url`, `nodes.weight`, ...
+macro_rules! node_field {
+    ($list:expr, $field:literal) => {
+        match $list {
+            $crate::config::NodeList::Primary => concat!("primary.", $field),
+            $crate::config::NodeList::Replicas => concat!("replicas.", $field),
+            $crate::config::NodeList::Nodes => concat!("nodes.", $field),
+        }
+    };
+}
+pub(crate) use node_field;
+
 /// A validated node: name, role and ready-to-use connect options.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeSpec {
     pub(crate) name: String,
+    /// Where it was configured.
+    pub(crate) list: NodeList,
     pub(crate) role: Role,
     pub(crate) weight: f64,
     pub(crate) connect: PgConnectOptions,
@@ -290,7 +313,10 @@ pub(crate) struct NodeSpec {
 
 impl RouterConfig {
     /// Validates the nodes and returns them in order (`primary`, `replicas`, then `nodes`)
-    /// with their resolved names and roles. Errors name the node and the field.
+    /// with their resolved names and roles.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field (and the node, for one node's field).
     pub fn nodes(&self) -> Result<Vec<(String, Role)>, Error> {
         Ok(self
             .node_specs()?
@@ -303,11 +329,21 @@ impl RouterConfig {
         self.check_settings()?;
         let mut specs = Vec::new();
         let groups = [
-            (self.primary.as_slice(), Some(Role::Primary), "primary"),
-            (self.replicas.as_slice(), Some(Role::Replica), "replica"),
-            (self.nodes.as_slice(), None, "node"),
+            (
+                self.primary.as_slice(),
+                Some(Role::Primary),
+                "primary",
+                NodeList::Primary,
+            ),
+            (
+                self.replicas.as_slice(),
+                Some(Role::Replica),
+                "replica",
+                NodeList::Replicas,
+            ),
+            (self.nodes.as_slice(), None, "node", NodeList::Nodes),
         ];
-        for (group, implied, prefix) in groups {
+        for (group, implied, prefix, list) in groups {
             for (i, node) in group.iter().enumerate() {
                 let default_name = if implied == Some(Role::Primary) {
                     prefix.to_string()
@@ -315,16 +351,17 @@ impl RouterConfig {
                     format!("{prefix}{}", i + 1)
                 };
                 let name = node.name.clone().unwrap_or(default_name);
-                let hosts = split_hosts(&node.url)
-                    .map_err(|message| Error::config(Some(&name), "url", message))?;
+                let hosts = split_hosts(&node.url).map_err(|message| {
+                    Error::invalid_node_config(node_field!(list, "url"), &name, message)
+                })?;
                 if hosts.len() == 1 {
-                    specs.push(node_spec(node, name, implied)?);
+                    specs.push(node_spec(node, name, implied, list)?);
                     continue;
                 }
                 if implied == Some(Role::Primary) {
-                    return Err(Error::config(
-                        Some(&name),
-                        "url",
+                    return Err(Error::invalid_node_config(
+                        node_field!(list, "url"),
+                        &name,
                         "names several hosts, but there is one primary: list them under `nodes` (role `auto`)",
                     ));
                 }
@@ -337,37 +374,35 @@ impl RouterConfig {
                         Some(given) => format!("{given}-{host}"),
                         None => host,
                     };
-                    specs.push(node_spec(&one, name, implied)?);
+                    specs.push(node_spec(&one, name, implied, list)?);
                 }
             }
         }
         if specs.is_empty() {
-            return Err(Error::config(
-                None,
+            return Err(Error::invalid_config(
                 "nodes",
                 "no node configured: set `primary`/`replicas` or `nodes`",
             ));
         }
         for (i, a) in specs.iter().enumerate() {
             if specs.iter().skip(i + 1).any(|b| b.name == a.name) {
-                return Err(Error::config(
-                    Some(&a.name),
-                    "name",
+                return Err(Error::invalid_node_config(
+                    node_field!(a.list, "name"),
+                    &a.name,
                     "two nodes have this name",
                 ));
             }
         }
         if specs.iter().filter(|n| n.role == Role::Primary).count() > 1 {
-            return Err(Error::config(
-                None,
-                "role",
+            // `primary` holds one node at most: a second is an entry of `nodes`.
+            return Err(Error::invalid_config(
+                "nodes.role",
                 "more than one node has role `primary`",
             ));
         }
         if !specs.iter().any(|n| n.role.may_write()) {
-            return Err(Error::config(
-                None,
-                "role",
+            return Err(Error::invalid_config(
+                "primary",
                 "no node may take writes: add a `primary` or an `auto` node",
             ));
         }
@@ -376,15 +411,13 @@ impl RouterConfig {
 
     fn check_settings(&self) -> Result<(), Error> {
         if self.check_interval.is_zero() {
-            return Err(Error::config(
-                None,
+            return Err(Error::invalid_config(
                 "check_interval",
                 "must be greater than zero",
             ));
         }
         if self.check_timeout.is_zero() {
-            return Err(Error::config(
-                None,
+            return Err(Error::invalid_config(
                 "check_timeout",
                 "must be greater than zero",
             ));
@@ -392,8 +425,7 @@ impl RouterConfig {
         if self.read_your_writes.poll_interval.is_zero()
             && !self.read_your_writes.max_wait.is_zero()
         {
-            return Err(Error::config(
-                None,
+            return Err(Error::invalid_config(
                 "read_your_writes.poll_interval",
                 "must be greater than zero",
             ));
@@ -453,16 +485,24 @@ fn without_param(tail: &str, name: &str) -> String {
     }
 }
 
-fn node_spec(node: &NodeConfig, name: String, implied: Option<Role>) -> Result<NodeSpec, Error> {
+fn node_spec(
+    node: &NodeConfig,
+    name: String,
+    implied: Option<Role>,
+    list: NodeList,
+) -> Result<NodeSpec, Error> {
     if name.trim().is_empty() {
-        return Err(Error::config(None, "name", "a node name may not be empty"));
+        return Err(Error::invalid_config(
+            node_field!(list, "name"),
+            "a node name may not be empty",
+        ));
     }
     let role = match (implied, node.role) {
         (Some(implied), Some(given)) if implied != given => {
-            return Err(Error::config(
-                Some(&name),
-                "role",
-                format!(
+            return Err(Error::invalid_node_config(
+                node_field!(list, "role"),
+                &name,
+                format_args!(
                     "is `{}` but the node is listed as a {}",
                     given.as_str(),
                     implied.as_str()
@@ -473,31 +513,31 @@ fn node_spec(node: &NodeConfig, name: String, implied: Option<Role>) -> Result<N
         (None, given) => given.unwrap_or_default(),
     };
     if !(node.weight.is_finite() && node.weight > 0.0) {
-        return Err(Error::config(
-            Some(&name),
-            "weight",
+        return Err(Error::invalid_node_config(
+            node_field!(list, "weight"),
+            &name,
             format!("must be finite and > 0, got {}", node.weight),
         ));
     }
     let pool = &node.pool;
     if pool.max_connections == 0 {
-        return Err(Error::config(
-            Some(&name),
-            "pool.max_connections",
+        return Err(Error::invalid_node_config(
+            node_field!(list, "pool.max_connections"),
+            &name,
             "must be at least 1",
         ));
     }
     if pool.min_connections > pool.max_connections {
-        return Err(Error::config(
-            Some(&name),
-            "pool.min_connections",
+        return Err(Error::invalid_node_config(
+            node_field!(list, "pool.min_connections"),
+            &name,
             "is greater than pool.max_connections",
         ));
     }
     if pool.acquire_timeout.is_zero() {
-        return Err(Error::config(
-            Some(&name),
-            "pool.acquire_timeout",
+        return Err(Error::invalid_node_config(
+            node_field!(list, "pool.acquire_timeout"),
+            &name,
             "must be greater than zero",
         ));
     }
@@ -507,16 +547,16 @@ fn node_spec(node: &NodeConfig, name: String, implied: Option<Role>) -> Result<N
             .is_some_and(|s| s.eq_ignore_ascii_case(p))
     });
     if !scheme_ok {
-        return Err(Error::config(
-            Some(&name),
-            "url",
+        return Err(Error::invalid_node_config(
+            node_field!(list, "url"),
+            &name,
             "must start with postgres:// or postgresql://",
         ));
     }
     let mut connect: PgConnectOptions = node
         .url
         .parse()
-        .map_err(|e: sqlx::Error| Error::config(Some(&name), "url", e.to_string()))?;
+        .map_err(|e: sqlx::Error| Error::invalid_node_config(node_field!(list, "url"), &name, e))?;
     connect =
         connect.application_name(pool.application_name.as_deref().unwrap_or("herd-db-router"));
     if let Some(timeout) = pool.statement_timeout {
@@ -524,6 +564,7 @@ fn node_spec(node: &NodeConfig, name: String, implied: Option<Role>) -> Result<N
     }
     Ok(NodeSpec {
         name,
+        list,
         role,
         weight: node.weight,
         connect,
@@ -577,55 +618,59 @@ mod tests {
         );
     }
 
+    /// The field an invalid configuration is refused for, and the reason.
+    fn refused(config: &RouterConfig) -> (&'static str, String) {
+        match config.nodes() {
+            Err(Error::InvalidConfig { field, reason }) => (field, reason),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn errors_name_the_node_and_field() {
+    fn errors_name_the_field_and_node() {
         let bad_url = parse("[primary]\nurl = \"mysql://x\"");
-        let err = bad_url.nodes().unwrap_err().to_string();
-        assert!(err.contains("`primary`") && err.contains("url"), "{err}");
+        let (field, reason) = refused(&bad_url);
+        assert_eq!(field, "primary.url");
+        assert!(reason.starts_with("node `primary`: "), "{reason}");
+        assert_eq!(
+            bad_url.nodes().unwrap_err().to_string(),
+            "configuration field `primary.url`: node `primary`: must start with postgres:// or postgresql://"
+        );
 
         let bad_weight = parse(
             "[primary]\nurl = \"postgres://h/db\"\n[[replicas]]\nurl = \"postgres://h/db\"\nweight = -1.0",
         );
-        let err = bad_weight.nodes().unwrap_err().to_string();
-        assert!(
-            err.contains("`replica1`") && err.contains("weight"),
-            "{err}"
-        );
+        let (field, reason) = refused(&bad_weight);
+        assert_eq!(field, "replicas.weight");
+        assert!(reason.starts_with("node `replica1`: "), "{reason}");
 
         let conflict = parse("[[replicas]]\nurl = \"postgres://h/db\"\nrole = \"primary\"");
-        let err = conflict.nodes().unwrap_err().to_string();
-        assert!(err.contains("role"), "{err}");
+        assert_eq!(refused(&conflict).0, "replicas.role");
 
         let no_writer = parse("[[replicas]]\nurl = \"postgres://h/db\"");
-        assert!(
-            no_writer
-                .nodes()
-                .unwrap_err()
-                .to_string()
-                .contains("no node may take writes")
-        );
+        let (field, reason) = refused(&no_writer);
+        assert_eq!(field, "primary");
+        assert!(reason.contains("no node may take writes"), "{reason}");
 
-        let empty = RouterConfig::default();
-        assert!(
-            empty
-                .nodes()
-                .unwrap_err()
-                .to_string()
-                .contains("no node configured")
-        );
+        let (field, reason) = refused(&RouterConfig::default());
+        assert_eq!(field, "nodes");
+        assert!(reason.contains("no node configured"), "{reason}");
 
         let dup = parse(
             "[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"\n[[nodes]]\nname = \"a\"\nurl = \"postgres://h/db\"",
         );
-        assert!(dup.nodes().unwrap_err().to_string().contains("`a`"));
+        let (field, reason) = refused(&dup);
+        assert_eq!(field, "nodes.name");
+        assert!(reason.contains("`a`"), "{reason}");
 
         let pool = parse("[primary]\nurl = \"postgres://h/db\"\npool = { max_connections = 0 }");
-        assert!(
-            pool.nodes()
-                .unwrap_err()
-                .to_string()
-                .contains("pool.max_connections")
-        );
+        assert_eq!(refused(&pool).0, "primary.pool.max_connections");
+
+        let zero = RouterConfig {
+            check_interval: Duration::ZERO,
+            ..parse("[primary]\nurl = \"postgres://h/db\"")
+        };
+        assert_eq!(refused(&zero).0, "check_interval");
 
         assert!(
             toml::from_str::<RouterConfig>("[primary]\nurl = \"postgres://h/db\"\nbogus = 1")
@@ -671,14 +716,12 @@ mod tests {
             ]
         );
         let primary = parse("[primary]\nurl = \"postgres://h1,h2/db\"");
-        assert!(primary.nodes().unwrap_err().to_string().contains("nodes"));
+        let (field, reason) = refused(&primary);
+        assert_eq!(field, "primary.url");
+        assert!(reason.contains("`nodes`"), "{reason}");
         let empty = parse("[[nodes]]\nurl = \"postgres://h1,,h2/db\"");
-        assert!(
-            empty
-                .nodes()
-                .unwrap_err()
-                .to_string()
-                .contains("empty host")
-        );
+        let (field, reason) = refused(&empty);
+        assert_eq!(field, "nodes.url");
+        assert!(reason.contains("empty host"), "{reason}");
     }
 }

@@ -10,15 +10,17 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Invalid configuration, found when the router is built.
-    #[error("invalid configuration{}: field `{field}`: {message}", node.as_ref().map(|n| format!(" of node `{n}`")).unwrap_or_default())]
-    Config {
-        /// The node, when the problem is one node's.
-        node: Option<String>,
-        /// The configuration field.
+    /// Invalid configuration, found when the router (or the layer) is built.
+    #[error("configuration field `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field's dotted path in [`RouterConfig`](crate::RouterConfig)
+        /// (`check_interval`, `read_your_writes.poll_interval`, `replicas.url`,
+        /// `nodes.pool.max_connections`: a node's field under the list it is configured in), or
+        /// the method the value was given to (`DbRouterBuilder::pool`,
+        /// `ReadYourWritesLayer::cookie`).
         field: &'static str,
-        /// What is wrong with it.
-        message: String,
+        /// What is wrong with it, starting with ``node `name`: `` when it is one node's.
+        reason: String,
     },
     /// No reachable, writable node is known: the write was not attempted.
     #[error("no writable primary available for {operation}: {detail}")]
@@ -64,15 +66,22 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn config(
-        node: Option<&str>,
-        field: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Error::Config {
-            node: node.map(str::to_owned),
+    pub(crate) fn invalid_config(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig {
             field,
-            message: message.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::InvalidConfig`] for one node's field; the reason names the node.
+    pub(crate) fn invalid_node_config(
+        field: &'static str,
+        node: &str,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        Error::InvalidConfig {
+            field,
+            reason: format!("node `{node}`: {reason}"),
         }
     }
 
@@ -92,7 +101,7 @@ impl Error {
             Error::NoPrimary { .. } | Error::NoEligibleReplica { .. } | Error::NodeDown { .. } => {
                 io::ErrorKind::NotConnected
             }
-            Error::Config { .. } | Error::Parse { .. } => io::ErrorKind::InvalidInput,
+            Error::InvalidConfig { .. } | Error::Parse { .. } => io::ErrorKind::InvalidInput,
         };
         sqlx::Error::Io(io::Error::new(kind, self))
     }
@@ -125,16 +134,20 @@ mod tests {
     }
 
     #[test]
-    fn config_error_names_node_and_field() {
-        let e = Error::config(Some("replica2"), "url", "bad scheme");
+    fn config_error_names_field_and_node() {
+        let e = Error::invalid_node_config("replicas.url", "replica2", "bad scheme");
         assert_eq!(
             e.to_string(),
-            "invalid configuration of node `replica2`: field `url`: bad scheme"
+            "configuration field `replicas.url`: node `replica2`: bad scheme"
         );
-        let e = Error::config(None, "check_interval", "must be greater than zero");
+        let e = Error::invalid_config("check_interval", "must be greater than zero");
         assert_eq!(
             e.to_string(),
-            "invalid configuration: field `check_interval`: must be greater than zero"
+            "configuration field `check_interval`: must be greater than zero"
         );
+        assert!(matches!(
+            e.into_sqlx(),
+            sqlx::Error::Io(io) if io.kind() == io::ErrorKind::InvalidInput
+        ));
     }
 }

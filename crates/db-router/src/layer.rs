@@ -249,33 +249,36 @@ impl ReadYourWritesLayer {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Config`] when no key is given or one is shorter than [`MIN_COOKIE_KEY_LEN`].
+    /// [`Error::InvalidConfig`] when no key is given or one is shorter than
+    /// [`MIN_COOKIE_KEY_LEN`].
     pub fn cookie<I>(router: DbRouter, keys: I) -> Result<Self, Error>
     where
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
+        const FIELD: &str = "ReadYourWritesLayer::cookie";
         let keys = keys
             .into_iter()
-            .map(|key| {
+            .enumerate()
+            .map(|(i, key)| {
                 let key = key.as_ref();
                 if key.len() < MIN_COOKIE_KEY_LEN {
-                    return Err(Error::config(
-                        None,
-                        "read_your_writes cookie key",
-                        format!("{} bytes; at least {MIN_COOKIE_KEY_LEN} needed", key.len()),
+                    return Err(Error::invalid_config(
+                        FIELD,
+                        format!(
+                            "key {} is {} bytes; at least {MIN_COOKIE_KEY_LEN} needed",
+                            i.saturating_add(1),
+                            key.len()
+                        ),
                     ));
                 }
-                HmacSha256::new_from_slice(key)
-                    .map_err(|e| Error::config(None, "read_your_writes cookie key", e.to_string()))
+                HmacSha256::new_from_slice(key).map_err(|e| {
+                    Error::invalid_config(FIELD, format!("key {}: {e}", i.saturating_add(1)))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
-            return Err(Error::config(
-                None,
-                "read_your_writes cookie key",
-                "no key given",
-            ));
+            return Err(Error::invalid_config(FIELD, "no key given"));
         }
         Ok(Self {
             router,

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgPoolOptions, Postgres};
 use sqlx::{PgPool, Transaction};
 
 use crate::classify::Route;
-use crate::config::{NodeSpec, RouterConfig};
+use crate::config::{NodeSpec, RouterConfig, node_field};
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::monitor;
@@ -104,8 +104,8 @@ impl DbRouterBuilder {
     /// Validates the configuration, creates the pools (lazily: no connection is needed
     /// yet), runs one check of every node so roles are known, and starts the monitor.
     ///
-    /// Fails only on invalid configuration; unreachable nodes are reported by
-    /// [`DbRouter::status`] and retried every `check_interval`.
+    /// Fails only on invalid configuration ([`Error::InvalidConfig`]); unreachable nodes are
+    /// reported by [`DbRouter::status`] and retried every `check_interval`.
     pub async fn build(mut self) -> Result<DbRouter, Error> {
         let specs = self.config.node_specs()?;
         if let Some((unknown, _)) = self
@@ -113,17 +113,16 @@ impl DbRouterBuilder {
             .iter()
             .find(|(name, _)| !specs.iter().any(|s| &s.name == name))
         {
-            return Err(Error::config(
-                Some(unknown),
-                "pool",
-                "no node has this name, so the pool given for it cannot be used",
+            return Err(Error::invalid_config(
+                "DbRouterBuilder::pool",
+                format!("no node is called `{unknown}`, so the pool given for it cannot be used"),
             ));
         }
         let policy = self
             .config
             .selection
             .build(self.seed)
-            .map_err(|e| Error::config(None, "selection", e.to_string()))?;
+            .map_err(|e| Error::invalid_config("selection", e.to_string()))?;
         let mut reads_builder = EndpointSet::<Arc<str>, usize>::builder();
         if let Some(seed) = self.seed {
             reads_builder = reads_builder.seed(seed);
@@ -135,7 +134,9 @@ impl DbRouterBuilder {
             let read_slot = if spec.role.may_read() {
                 reads
                     .insert(Arc::clone(&name), index, spec.weight)
-                    .map_err(|e| Error::config(Some(&spec.name), "weight", e.to_string()))?;
+                    .map_err(|e| {
+                        Error::invalid_node_config(node_field!(spec.list, "weight"), &spec.name, e)
+                    })?;
                 Some(reads.len() - 1)
             } else {
                 None
