@@ -21,6 +21,7 @@ use crate::flight::Flights;
 use crate::invalidation::{self, Invalidation};
 use crate::l1::L1;
 use crate::stats::{CacheStats, Counters, Outcome, Tier};
+use crate::metrics::{EARLY_REFRESHES_TOTAL, ERRORS_TOTAL, LOAD_SECONDS, LOCK_WAIT_EXPIRED_TOTAL};
 use crate::task::AbortOnDrop;
 
 /// A typed cache over a [`Backend`], with an optional L1, one load per key, fail-open behaviour
@@ -638,14 +639,13 @@ impl Inner {
             Ok(())
         } else {
             let error = Error::CircuitOpen { operation };
-            metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
+            metrics::counter!(ERRORS_TOTAL, "kind" => error.kind()).increment(1);
             Err(error)
         }
     }
 
     fn skipped(&self, lookups: usize) {
-        metrics::counter!("herd_cache_errors_total", "kind" => "circuit_open")
-            .increment(lookups as u64);
+        metrics::counter!(ERRORS_TOTAL, "kind" => "circuit_open").increment(lookups as u64);
         for _ in 0..lookups {
             self.counters.record(Tier::L2, Outcome::Error);
         }
@@ -657,7 +657,7 @@ impl Inner {
             Ok(_) => circuit.record_success(),
             Err(error) => {
                 circuit.record_failure();
-                metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
+                metrics::counter!(ERRORS_TOTAL, "kind" => error.kind()).increment(1);
                 tracing::debug!(%error, "cache backend call failed");
             }
         }
@@ -667,7 +667,7 @@ impl Inner {
     fn backend_failed(&self, circuit: &Circuit, error: &Error) {
         circuit.record_failure();
         self.counters.record(Tier::L2, Outcome::Error);
-        metrics::counter!("herd_cache_errors_total", "kind" => error.kind()).increment(1);
+        metrics::counter!(ERRORS_TOTAL, "kind" => error.kind()).increment(1);
         tracing::debug!(%error, "cache backend read failed; treating as a miss");
     }
 
@@ -717,8 +717,7 @@ impl Inner {
                     DecodeError::Foreign => "decode_foreign",
                     DecodeError::Payload => "decode_payload",
                 };
-                metrics::counter!("herd_cache_errors_total", "kind" => "decode", "detail" => kind)
-                    .increment(1);
+                metrics::counter!(ERRORS_TOTAL, "kind" => "decode", "detail" => kind).increment(1);
                 tracing::debug!(
                     key,
                     ?error,
@@ -758,7 +757,7 @@ impl Inner {
         match self.read::<T>(&key).await {
             Read::Fresh(value, header) => {
                 if self.should_refresh_early(&header) {
-                    metrics::counter!("herd_cache_early_refreshes_total").increment(1);
+                    metrics::counter!(EARLY_REFRESHES_TOTAL).increment(1);
                     self.spawn_refresh(key, ttl, loader);
                 }
                 Ok(value)
@@ -842,14 +841,14 @@ impl Inner {
         self.counters.record_load();
         let loaded = loader().await;
         let load_time = started.elapsed();
-        metrics::histogram!("herd_cache_load_seconds").record(load_time.as_secs_f64());
+        metrics::histogram!(LOAD_SECONDS).record(load_time.as_secs_f64());
         let result = match loaded {
             Ok(value) => {
                 self.store(&key, value.as_ref(), ttl, load_time).await;
                 Ok(value)
             }
             Err(error) => {
-                metrics::counter!("herd_cache_errors_total", "kind" => "loader").increment(1);
+                metrics::counter!(ERRORS_TOTAL, "kind" => "loader").increment(1);
                 Err(Error::Load {
                     key: key.clone(),
                     source: Arc::new(error.into()),
@@ -885,7 +884,7 @@ impl Inner {
         let bytes = match codec::encode(value, Header::new(value.is_none(), ttl, load_time)) {
             Ok(bytes) => bytes,
             Err(error) => {
-                metrics::counter!("herd_cache_errors_total", "kind" => "encode").increment(1);
+                metrics::counter!(ERRORS_TOTAL, "kind" => "encode").increment(1);
                 tracing::warn!(key, %error, "loaded value cannot be serialized; not stored");
                 return;
             }
@@ -950,7 +949,7 @@ impl Inner {
                 Err(_) => break,
             }
         }
-        metrics::counter!("herd_cache_lock_wait_expired_total").increment(1);
+        metrics::counter!(LOCK_WAIT_EXPIRED_TOTAL).increment(1);
         LockOutcome::NotUsed
     }
 
@@ -966,8 +965,7 @@ impl Inner {
         }
         .encode();
         if let Err(error) = self.backend.publish(&self.channel, &payload).await {
-            metrics::counter!("herd_cache_errors_total", "kind" => "invalidation_publish")
-                .increment(1);
+            metrics::counter!(ERRORS_TOTAL, "kind" => "invalidation_publish").increment(1);
             tracing::debug!(%error, "publishing a cache invalidation failed");
         }
     }

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::CircuitConfig;
+use crate::metrics::CIRCUIT_OPENED_TOTAL;
 
 /// Counts consecutive failures; after `failure_threshold` of them backend calls are skipped for
 /// `open_for`. After that one call is let through (half-open): success closes the circuit, a
@@ -71,7 +72,7 @@ impl Circuit {
                 .max(1);
             self.open_until_ms.store(until, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);
-            metrics::counter!("herd_cache_circuit_opened_total").increment(1);
+            metrics::counter!(CIRCUIT_OPENED_TOTAL).increment(1);
             tracing::warn!(open_for = ?self.open_for, "cache backend circuit opened after consecutive failures");
         }
     }

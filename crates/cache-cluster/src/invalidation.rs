@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, PubSubEvent};
 use crate::error::Error;
 use crate::l1::L1;
+use crate::metrics::{ERRORS_TOTAL, INVALIDATIONS_RECEIVED_TOTAL};
 use crate::task::AbortOnDrop;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -49,10 +50,10 @@ pub(crate) async fn start(
                             for key in &msg.keys {
                                 l1.invalidate(key);
                             }
-                            metrics::counter!("herd_cache_invalidations_received_total").increment(1);
+                            metrics::counter!(INVALIDATIONS_RECEIVED_TOTAL).increment(1);
                         }
                         Some(_) => {}
-                        None => metrics::counter!("herd_cache_errors_total", "kind" => "invalidation_decode").increment(1),
+                        None => metrics::counter!(ERRORS_TOTAL, "kind" => "invalidation_decode").increment(1),
                     },
                     Some(PubSubEvent::Interrupted) => {
                         tracing::info!("cache invalidation subscription was interrupted; flushing L1");

@@ -59,6 +59,7 @@ mod stats;
 mod task;
 
 #[cfg(feature = "health")]
+pub mod metrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
 

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::metrics;
+
 /// What a lookup found, the `result` label of `herd_cache_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -63,28 +65,18 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn record(&self, tier: Tier, outcome: Outcome) {
-        // One `counter!` per label pair: literal labels make a static key, where labels from
-        // variables would build (allocate) a key on every lookup.
-        macro_rules! requests {
-            ($tier:literal, $result:literal) => {
-                metrics::counter!("herd_cache_requests_total", "tier" => $tier, "result" => $result)
-            };
-        }
-        let (counter, metric) = match (tier, outcome) {
-            (Tier::L1, Outcome::Hit) => (&self.l1_hits, requests!("l1", "hit")),
-            (Tier::L2, Outcome::Hit) => (&self.l2_hits, requests!("l2", "hit")),
-            (Tier::L1, Outcome::Miss) => (&self.misses, requests!("l1", "miss")),
-            (Tier::L2, Outcome::Miss) => (&self.misses, requests!("l2", "miss")),
-            (Tier::L1, Outcome::Stale) => (&self.stale, requests!("l1", "stale")),
-            (Tier::L2, Outcome::Stale) => (&self.stale, requests!("l2", "stale")),
-            (Tier::L1, Outcome::Error) => (&self.errors, requests!("l1", "error")),
-            (Tier::L2, Outcome::Error) => (&self.errors, requests!("l2", "error")),
+        let counter = match (tier, outcome) {
+            (Tier::L1, Outcome::Hit) => &self.l1_hits,
+            (Tier::L2, Outcome::Hit) => &self.l2_hits,
+            (_, Outcome::Miss) => &self.misses,
+            (_, Outcome::Stale) => &self.stale,
+            (_, Outcome::Error) => &self.errors,
         };
         // An L1 miss is followed by an L2 lookup; only the final answer counts as a miss.
         if !(tier == Tier::L1 && outcome == Outcome::Miss) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        metric.increment(1);
+        metrics::requests(tier, outcome).increment(1);
     }
 
     pub(crate) fn record_load(&self) {

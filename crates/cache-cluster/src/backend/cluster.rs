@@ -37,6 +37,9 @@ use super::topology::Topology;
 use super::{DELETE_IF_EQUALS, NodeHealth, PubSubEvent, ttl_ms};
 use crate::config::RedisConfig;
 use crate::error::Error;
+use crate::metrics::{
+    FAILOVER_RETRIES_TOTAL, FAILOVER_WAIT_SECONDS, FAILOVER_WAITS_TOTAL, TOPOLOGY_CHANGES_TOTAL,
+};
 use crate::slot::key_slot;
 use crate::task::AbortOnDrop;
 
@@ -256,9 +259,9 @@ impl ClusterBackend {
             self.inner.refresh_now.notify_one();
             let waited = started.elapsed();
             let Some(left) = wait.checked_sub(waited).filter(|left| !left.is_zero()) else {
-                metrics::counter!("herd_cache_failover_waits_total", "operation" => operation, "outcome" => "gave_up")
+                metrics::counter!(FAILOVER_WAITS_TOTAL, "operation" => operation, "outcome" => "gave_up")
                     .increment(1);
-                metrics::histogram!("herd_cache_failover_wait_seconds", "operation" => operation)
+                metrics::histogram!(FAILOVER_WAIT_SECONDS, "operation" => operation)
                     .record(waited.as_secs_f64());
                 let target = self.target(key);
                 tracing::warn!(operation, %target, ?waited, retries, %error, "redis cluster: no new master within the failover wait");
@@ -276,8 +279,7 @@ impl ClusterBackend {
             }
             pause = pause.saturating_mul(2).min(MAX_PAUSE);
             retries = retries.saturating_add(1);
-            metrics::counter!("herd_cache_failover_retries_total", "operation" => operation)
-                .increment(1);
+            metrics::counter!(FAILOVER_RETRIES_TOTAL, "operation" => operation).increment(1);
             tracing::debug!(operation, retries, %error, "redis cluster: waiting out a failover");
             let outcome = tokio::select! {
                 outcome = attempt(self.conn()) => outcome,
@@ -288,9 +290,9 @@ impl ClusterBackend {
             match outcome {
                 Ok(value) => {
                     let waited = started.elapsed();
-                    metrics::counter!("herd_cache_failover_waits_total", "operation" => operation, "outcome" => "recovered")
+                    metrics::counter!(FAILOVER_WAITS_TOTAL, "operation" => operation, "outcome" => "recovered")
                         .increment(1);
-                    metrics::histogram!("herd_cache_failover_wait_seconds", "operation" => operation)
+                    metrics::histogram!(FAILOVER_WAIT_SECONDS, "operation" => operation)
                         .record(waited.as_secs_f64());
                     tracing::debug!(
                         operation,
@@ -920,7 +922,7 @@ async fn watch_topology(inner: Arc<Inner>) {
                     inner.topology.store(Arc::new(topology));
                     if !previous.is_empty() {
                         tracing::info!(masters = ?inner.topology.load().masters(), "redis cluster topology changed; reconnecting");
-                        metrics::counter!("herd_cache_topology_changes_total").increment(1);
+                        metrics::counter!(TOPOLOGY_CHANGES_TOTAL).increment(1);
                         match connect_all(&inner.config, &inner.current_seeds()).await {
                             Ok(conns) => inner.conns.store(Arc::new(conns)),
                             Err(error) => {
