@@ -15,17 +15,18 @@ pub enum Error {
         name: String,
     },
     /// A configuration value is unusable.
-    #[error("invalid health configuration: {field}: {reason}")]
+    #[error("configuration field `{field}`: {reason}")]
     InvalidConfig {
-        /// The field, e.g. `base_path`.
+        /// The field's dotted path in [`HealthConfig`](crate::HealthConfig) or
+        /// `MetricsConfig`, e.g. `base_path`.
         field: &'static str,
         /// Why it is unusable.
         reason: String,
     },
     /// A duration that must be positive is zero.
-    #[error("invalid health configuration: {field} must be greater than zero (got {value:?})")]
+    #[error("configuration field `{field}`: must be greater than zero (got {value:?})")]
     ZeroDuration {
-        /// The field, e.g. `upkeep_interval`.
+        /// The field's dotted path, e.g. `upkeep_interval`.
         field: &'static str,
         /// The value given.
         value: Duration,
@@ -50,4 +51,29 @@ pub enum Error {
     #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
     #[error("installing the Prometheus recorder failed: {0}")]
     Prometheus(#[from] metrics_exporter_prometheus::BuildError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_field_like_every_herd_crate() {
+        let invalid = Error::InvalidConfig {
+            field: "base_path",
+            reason: "\"health\" must start with '/' and not end with '/'".to_owned(),
+        };
+        assert_eq!(
+            invalid.to_string(),
+            "configuration field `base_path`: \"health\" must start with '/' and not end with '/'"
+        );
+        let zero = Error::ZeroDuration {
+            field: "check_timeout",
+            value: Duration::ZERO,
+        };
+        assert_eq!(
+            zero.to_string(),
+            "configuration field `check_timeout`: must be greater than zero (got 0ns)"
+        );
+    }
 }

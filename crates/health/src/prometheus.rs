@@ -79,9 +79,9 @@ impl PrometheusMetrics {
     ///
     /// # Errors
     ///
-    /// [`Error::NoRuntime`] outside a Tokio runtime, [`Error::Prometheus`] when the buckets
-    /// are empty or a global recorder is already installed, [`Error::ZeroDuration`] for a zero
-    /// upkeep interval.
+    /// [`Error::NoRuntime`] outside a Tokio runtime, [`Error::InvalidConfig`] when the buckets
+    /// are empty, [`Error::Prometheus`] when a global recorder is already installed,
+    /// [`Error::ZeroDuration`] for a zero upkeep interval.
     pub fn install(config: &MetricsConfig) -> Result<Self, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
             operation: "PrometheusMetrics::install",
@@ -101,9 +101,15 @@ impl PrometheusMetrics {
     ///
     /// # Errors
     ///
-    /// [`Error::Prometheus`] when the buckets are empty, [`Error::ZeroDuration`] for a zero
+    /// [`Error::InvalidConfig`] when the buckets are empty, [`Error::ZeroDuration`] for a zero
     /// upkeep interval.
     pub fn build(config: &MetricsConfig) -> Result<(Self, PrometheusRecorder), Error> {
+        if config.buckets.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "buckets",
+                reason: "needs at least one bucket bound".to_owned(),
+            });
+        }
         if config.upkeep_interval.is_zero() {
             return Err(Error::ZeroDuration {
                 field: "upkeep_interval",
@@ -186,4 +192,28 @@ fn describe() {
         DRAINING,
         "1 once the instance is draining (readiness fails)."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_buckets_are_a_config_error_naming_the_field() {
+        let config = MetricsConfig {
+            buckets: Vec::new(),
+            ..MetricsConfig::default()
+        };
+        let error = PrometheusMetrics::build(&config).err();
+        assert!(
+            matches!(
+                error,
+                Some(Error::InvalidConfig {
+                    field: "buckets",
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
+    }
 }
