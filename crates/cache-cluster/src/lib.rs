@@ -54,12 +54,12 @@ mod error;
 mod flight;
 mod invalidation;
 mod l1;
+pub mod metrics;
 mod slot;
 mod stats;
 mod task;
 
 #[cfg(feature = "health")]
-pub mod metrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
 
