@@ -44,6 +44,11 @@
 //! - `full`: all of the above.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// First: its macros are visible in the modules declared after it.
+#[cfg(feature = "tower")]
+#[macro_use]
+mod macros;
+
 mod backend;
 mod cache;
 mod circuit;

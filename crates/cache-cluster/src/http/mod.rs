@@ -49,7 +49,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -60,6 +59,10 @@ use tower_service::Service;
 
 use crate::codec::now_ms;
 use crate::{Cache, Error};
+
+pub mod future;
+
+pub use future::ResponseFuture;
 
 /// The response body: a cached (or buffered) body, or the inner service's body untouched.
 pub type HttpCacheBody<B> = Either<Full<Bytes>, B>;
@@ -259,20 +262,7 @@ impl<S: fmt::Debug> fmt::Debug for HttpCache<S> {
 }
 
 impl<S> HttpCache<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, consuming the cache service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 /// A stored response.
@@ -296,29 +286,27 @@ where
 {
     type Response = Response<HttpCacheBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let request_cc = CacheControl::parse(req.headers());
+        if !(req.method() == Method::GET || req.method() == Method::HEAD) || request_cc.no_store {
+            return ResponseFuture::bypass(self.inner.call(req), false);
+        }
+        let settings = Arc::clone(&self.settings);
+        let Some(base) = base_key(&req, &settings.key_headers, settings.max_key_size) else {
+            // Too long to be a key: served, never stored.
+            return ResponseFuture::bypass(self.inner.call(req), true);
+        };
         // The clone is not ready; the instance we polled is, so that one serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
-        let settings = Arc::clone(&self.settings);
-        Box::pin(async move {
-            let request_cc = CacheControl::parse(req.headers());
-            if !(req.method() == Method::GET || req.method() == Method::HEAD) || request_cc.no_store
-            {
-                return inner.call(req).await.map(|res| res.map(Either::Right));
-            }
-            let Some(base) = base_key(&req, &settings.key_headers, settings.max_key_size) else {
-                // Too long to be a key: served, never stored.
-                let response = inner.call(req).await?;
-                return Ok(miss(response.map(Either::Right)));
-            };
+        ResponseFuture::cache(Box::pin(async move {
             let vary_key = format!("vary:{base}");
             // RFC 9111 §3.5: a response to a request with credentials is stored only when it
             // says a shared cache may, and such a request is answered only with such a response.
@@ -386,7 +374,7 @@ where
                 parts,
                 Either::Left(Full::new(body)),
             )))
-        })
+        }))
     }
 }
 
