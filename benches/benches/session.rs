@@ -51,7 +51,7 @@ fn herd_app(store: impl herd_session::SessionStore) -> Router {
     let keys = SigningKeys::new(Key::from_bytes(&[42; 32]).expect("bench key"));
     let layer = SessionLayer::builder(store, keys)
         .secure(false)
-        .id_generator(SessionIdGenerator::from_seed(1))
+        .id_generator(SessionIdGenerator::seeded(1))
         .build()
         .expect("herd session layer");
     Router::new().route("/", get(herd_counter)).layer(layer)

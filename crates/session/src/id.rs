@@ -158,7 +158,7 @@ impl fmt::Debug for StoreKey {
 /// Makes new session ids.
 ///
 /// [`new`](Self::new) reads every id straight from the operating system's CSPRNG; that is
-/// what production must use. [`from_seed`](Self::from_seed) gives a reproducible sequence
+/// what production must use. [`seeded`](Self::seeded) gives a reproducible sequence
 /// for tests and benchmarks only: anyone who knows the seed can predict every id.
 #[derive(Debug)]
 pub struct SessionIdGenerator {
@@ -180,7 +180,7 @@ impl SessionIdGenerator {
     }
 
     /// A deterministic generator (ChaCha12 seeded with `seed`) for tests and benchmarks.
-    pub fn from_seed(seed: u64) -> Self {
+    pub fn seeded(seed: u64) -> Self {
         Self {
             source: IdSource::Seeded(Box::new(Mutex::new(StdRng::seed_from_u64(seed)))),
         }
@@ -265,8 +265,8 @@ mod tests {
     fn os_ids_differ_and_seeded_ids_repeat() {
         let os = SessionIdGenerator::new();
         assert_ne!(os.generate().unwrap(), os.generate().unwrap());
-        let a = SessionIdGenerator::from_seed(7);
-        let b = SessionIdGenerator::from_seed(7);
+        let a = SessionIdGenerator::seeded(7);
+        let b = SessionIdGenerator::seeded(7);
         let first = a.generate().unwrap();
         assert_eq!(first, b.generate().unwrap());
         assert_ne!(first, a.generate().unwrap());
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn store_key_is_sha256_of_the_id_not_the_id() {
-        let id = SessionIdGenerator::from_seed(1).generate().unwrap();
+        let id = SessionIdGenerator::seeded(1).generate().unwrap();
         let key = id.store_key().to_string();
         assert_eq!(key.len(), 64);
         assert!(!key.contains(&id.to_text()));
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn debug_does_not_print_the_whole_id() {
-        let id = SessionIdGenerator::from_seed(3).generate().unwrap();
+        let id = SessionIdGenerator::seeded(3).generate().unwrap();
         assert!(!format!("{id:?}").contains(&id.to_text()));
     }
 }

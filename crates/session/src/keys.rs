@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn signed_value_verifies_and_tampering_fails() {
         let keys = SigningKeys::new(key(1));
-        let id = SessionIdGenerator::from_seed(1).generate().unwrap();
+        let id = SessionIdGenerator::seeded(1).generate().unwrap();
         let value = keys.sign("sid", &id);
         let verified = keys.verify("sid", &value).unwrap();
         assert_eq!(verified.id, id);
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn rotation_verifies_old_signatures_and_signs_with_the_newest() {
-        let id = SessionIdGenerator::from_seed(2).generate().unwrap();
+        let id = SessionIdGenerator::seeded(2).generate().unwrap();
         let old_value = SigningKeys::new(key(1)).sign("sid", &id);
         let rotated = SigningKeys::with_rotation(vec![key(2), key(1)]).unwrap();
         let verified = rotated.verify("sid", &old_value).unwrap();
@@ -319,7 +319,7 @@ mod tests {
         );
         assert_eq!(STANDARD.decode(&text).unwrap().len(), 64);
         let read = Key::from_base64(&text).unwrap();
-        let id = SessionIdGenerator::from_seed(3).generate().unwrap();
+        let id = SessionIdGenerator::seeded(3).generate().unwrap();
         let value = SigningKeys::new(key.clone()).sign("sid", &id);
         assert!(SigningKeys::new(read).verify("sid", &value).is_some());
         // Two generated keys differ, and the text round-trips through configuration.

@@ -717,7 +717,7 @@ mod tests {
                 metrics: Metrics::new("memory"),
                 config,
                 keys: keys(),
-                ids: SessionIdGenerator::from_seed(9),
+                ids: SessionIdGenerator::seeded(9),
             })
         }
 
@@ -735,7 +735,7 @@ mod tests {
         }
 
         fn signed(shared: &Shared, seed: u64) -> String {
-            let id = SessionIdGenerator::from_seed(seed).generate().unwrap();
+            let id = SessionIdGenerator::seeded(seed).generate().unwrap();
             shared.keys.sign(shared.config.cookie.effective_name(), &id)
         }
 
@@ -784,7 +784,7 @@ mod tests {
         fn thousands_of_session_cookies_cost_no_hmac() {
             let shared = shared(SessionConfig::default());
             // Well formed, signed with a key the layer does not have.
-            let id = SessionIdGenerator::from_seed(4).generate().unwrap();
+            let id = SessionIdGenerator::seeded(4).generate().unwrap();
             let other = SigningKeys::new(Key::from_bytes(&[9; 32]).unwrap());
             let forged = format!("__Host-sid={}", other.sign("__Host-sid", &id));
             let header = vec![forged.as_str(); 2_000].join("; ");

@@ -394,7 +394,7 @@ mod tests {
     use crate::id::SessionIdGenerator;
 
     fn key(seed: u64) -> StoreKey {
-        SessionIdGenerator::from_seed(seed)
+        SessionIdGenerator::seeded(seed)
             .generate()
             .unwrap()
             .store_key()
