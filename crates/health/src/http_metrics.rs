@@ -96,20 +96,7 @@ impl<S> HttpMetrics<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 
     fn route_of<B>(&self, request: Request<B>) -> (Request<B>, String) {
         #[cfg(feature = "axum")]

@@ -79,6 +79,9 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 pub mod check;
 pub mod checks;
 mod config;
