@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::Backend;
 use crate::circuit::{Circuit, Circuits};
+use crate::clock::Ticking;
 use crate::codec::{self, DecodeError, Header};
 use crate::config::CacheConfig;
 use crate::error::{BoxError, Error};
@@ -51,6 +52,8 @@ struct Inner {
     origin: u64,
     channel: String,
     _invalidation: Option<AbortOnDrop>,
+    /// Keeps the L1's coarse clock ticking while this cache lives (with an L1 only).
+    _clock: Option<Ticking>,
 }
 
 /// Builds a [`Cache`].
@@ -133,6 +136,7 @@ impl CacheBuilder {
         let prefix = format!("{}:v{}:", config.namespace, config.version);
         let channel = format!("{prefix}invalidate");
         let l1 = config.l1.as_ref().map(L1::new);
+        let l1_clock = l1.as_ref().map(|_| Ticking::start());
         let invalidation = match &l1 {
             Some(l1) => {
                 let channel = config.invalidation.then_some(channel.as_str());
@@ -154,6 +158,7 @@ impl CacheBuilder {
                 origin,
                 channel,
                 _invalidation: invalidation,
+                _clock: l1_clock,
             }),
         })
     }
