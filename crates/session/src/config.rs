@@ -85,22 +85,26 @@ impl SessionConfig {
     /// Checks the settings; the layer builder calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cookie.validate()?;
+        let positive = "must be greater than zero";
         if self.idle_timeout.is_zero() {
-            return Err(ConfigError::Zero("idle_timeout"));
+            return Err(ConfigError::invalid("idle_timeout", positive));
         }
         if let Some(absolute) = self.absolute_timeout
             && absolute < self.idle_timeout
         {
-            return Err(ConfigError::AbsoluteBelowIdle {
-                absolute,
-                idle: self.idle_timeout,
-            });
+            return Err(ConfigError::invalid(
+                "absolute_timeout",
+                format!(
+                    "{absolute:?} is shorter than idle_timeout ({:?})",
+                    self.idle_timeout
+                ),
+            ));
         }
         if self.max_size == 0 {
-            return Err(ConfigError::Zero("max_size"));
+            return Err(ConfigError::invalid("max_size", positive));
         }
         if self.max_save_attempts == 0 {
-            return Err(ConfigError::Zero("max_save_attempts"));
+            return Err(ConfigError::invalid("max_save_attempts", positive));
         }
         Ok(())
     }
@@ -135,7 +139,8 @@ pub struct CookieConfig {
     /// (`__Secure-sid`) when it is Secure with another path or a Domain; [`PLAIN_COOKIE_NAME`]
     /// (`sid`) when it is not Secure. A name of your own that starts with `__Host-` or
     /// `__Secure-` (in any case, as browsers compare them) is checked against the rules the
-    /// browser would enforce by dropping the cookie: [`ConfigError::CookiePrefix`].
+    /// browser would enforce by dropping the cookie: [`ConfigError::InvalidConfig`] with field
+    /// `cookie.name` names the rule broken.
     pub name: Option<String>,
     /// Send the cookie over HTTPS only. Default `true`; turn off only for plain-HTTP localhost
     /// development (which also makes the default name `sid`, since the `__Host-` prefix
@@ -196,26 +201,31 @@ impl CookieConfig {
         let name = self.effective_name();
         let is_token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if name.is_empty() || !name.bytes().all(is_token_char) {
-            return Err(ConfigError::CookieName(name.to_owned()));
+            return Err(ConfigError::invalid(
+                "cookie.name",
+                format!("{name:?} is not a non-empty RFC 6265 token"),
+            ));
         }
         let is_attribute_char = |b: u8| b.is_ascii_graphic() && b != b';' && b != b',';
         if !self.path.starts_with('/') || !self.path.bytes().all(is_attribute_char) {
-            return Err(ConfigError::CookieAttribute {
-                attribute: "path",
-                value: self.path.clone(),
-            });
+            return Err(ConfigError::invalid(
+                "cookie.path",
+                format!(
+                    "{:?} must start with `/` and have no spaces, `;` or `,`",
+                    self.path
+                ),
+            ));
         }
         if let Some(domain) = &self.domain
             && (domain.is_empty() || !domain.bytes().all(is_attribute_char))
         {
-            return Err(ConfigError::CookieAttribute {
-                attribute: "domain",
-                value: domain.clone(),
-            });
+            return Err(ConfigError::invalid(
+                "cookie.domain",
+                format!("{domain:?} must be non-empty, with no spaces, `;` or `,`"),
+            ));
         }
-        let prefix_error = |rule| ConfigError::CookiePrefix {
-            name: name.to_owned(),
-            rule,
+        let prefix_error = |rule: &str| {
+            ConfigError::invalid("cookie.name", format!("session cookie {name:?}: {rule}"))
         };
         if has_prefix(name, "__Host-") {
             if !self.secure {
@@ -235,7 +245,10 @@ impl CookieConfig {
             return Err(prefix_error("a __Secure- cookie must be Secure"));
         }
         if self.same_site == SameSite::None && !self.secure {
-            return Err(prefix_error("SameSite=None requires Secure"));
+            return Err(ConfigError::invalid(
+                "cookie.same_site",
+                "SameSite=None requires Secure",
+            ));
         }
         Ok(())
     }
@@ -347,55 +360,50 @@ mod tests {
             f(&mut config);
             config.validate().unwrap_err()
         };
+        let zero = with(|c| c.idle_timeout = Duration::ZERO);
         assert_eq!(
-            with(|c| c.idle_timeout = Duration::ZERO),
-            ConfigError::Zero("idle_timeout")
+            zero.to_string(),
+            "configuration field `idle_timeout`: must be greater than zero"
         );
-        assert!(matches!(
-            with(|c| c.absolute_timeout = Some(Duration::from_secs(60))),
-            ConfigError::AbsoluteBelowIdle { .. }
-        ));
-        assert_eq!(with(|c| c.max_size = 0), ConfigError::Zero("max_size"));
+        let below = with(|c| c.absolute_timeout = Some(Duration::from_secs(60)));
+        assert_eq!(below.field(), Some("absolute_timeout"));
+        assert!(below.to_string().contains("shorter than idle_timeout"), "{below}");
+        assert_eq!(with(|c| c.max_size = 0).field(), Some("max_size"));
         assert_eq!(
-            with(|c| c.max_save_attempts = 0),
-            ConfigError::Zero("max_save_attempts")
+            with(|c| c.max_save_attempts = 0).field(),
+            Some("max_save_attempts")
         );
-        assert!(matches!(
-            with(|c| c.cookie.name = Some("a b".into())),
-            ConfigError::CookieName(_)
-        ));
-        assert!(matches!(
-            with(|c| c.cookie.name = Some(String::new())),
-            ConfigError::CookieName(_)
-        ));
-        assert!(matches!(
-            with(|c| c.cookie.path = "/a;b".into()),
-            ConfigError::CookieAttribute {
-                attribute: "path",
-                ..
-            }
-        ));
-        assert!(matches!(
-            with(|c| {
-                c.cookie.name = Some("__Host-sid".into());
-                c.cookie.domain = Some("example.com".into());
-            }),
-            ConfigError::CookiePrefix { .. }
-        ));
-        assert!(matches!(
-            with(|c| {
-                c.cookie.name = Some("__Secure-sid".into());
-                c.cookie.secure = false;
-            }),
-            ConfigError::CookiePrefix { .. }
-        ));
-        assert!(matches!(
-            with(|c| {
-                c.cookie.same_site = SameSite::None;
-                c.cookie.secure = false;
-            }),
-            ConfigError::CookiePrefix { .. }
-        ));
+        assert_eq!(
+            with(|c| c.cookie.name = Some("a b".into())).field(),
+            Some("cookie.name")
+        );
+        assert_eq!(
+            with(|c| c.cookie.name = Some(String::new())).field(),
+            Some("cookie.name")
+        );
+        assert_eq!(
+            with(|c| c.cookie.path = "/a;b".into()).field(),
+            Some("cookie.path")
+        );
+        assert_eq!(
+            with(|c| c.cookie.domain = Some(String::new())).field(),
+            Some("cookie.domain")
+        );
+        let host_with_domain = with(|c| {
+            c.cookie.name = Some("__Host-sid".into());
+            c.cookie.domain = Some("example.com".into());
+        });
+        assert_eq!(host_with_domain.field(), Some("cookie.name"));
+        let secure_without_secure = with(|c| {
+            c.cookie.name = Some("__Secure-sid".into());
+            c.cookie.secure = false;
+        });
+        assert_eq!(secure_without_secure.field(), Some("cookie.name"));
+        let none_without_secure = with(|c| {
+            c.cookie.same_site = SameSite::None;
+            c.cookie.secure = false;
+        });
+        assert_eq!(none_without_secure.field(), Some("cookie.same_site"));
     }
 
     #[test]
@@ -452,15 +460,17 @@ mod tests {
                 ("Domain", |c| c.domain = Some("example.com".into())),
             ] {
                 let error = with_name(name, f).unwrap_err();
-                let named = matches!(&error, ConfigError::CookiePrefix { rule, .. }
-                    if rule.contains(broken));
+                let named = matches!(&error, ConfigError::InvalidConfig { field: "cookie.name", reason }
+                    if reason.contains(broken));
                 assert!(named, "{name} without {broken}: {error}");
             }
         }
-        assert!(matches!(
-            with_name("__secure-sid", |c| c.secure = false),
-            Err(ConfigError::CookiePrefix { .. })
-        ));
+        assert_eq!(
+            with_name("__secure-sid", |c| c.secure = false)
+                .unwrap_err()
+                .field(),
+            Some("cookie.name")
+        );
         // The message says what to do.
         let error = with_name("__Host-sid", |c| c.secure = false).unwrap_err();
         assert!(error.to_string().contains("must be Secure"), "{error}");

@@ -4,10 +4,25 @@ use std::fmt;
 
 use http::StatusCode;
 
-/// A session setting or key that cannot work; returned when the layer or a key is built.
+/// A layer or key that cannot be built: a setting that cannot work, or bad key material.
+///
+/// This is herd-session's setup error, the equivalent of the crate `Error` other herd crates
+/// return from their builders: settings use the shared shape
+/// [`InvalidConfig { field, reason }`](Self::InvalidConfig). It stays apart from
+/// [`SessionError`], which is what a request meets and answers with an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A setting that cannot work, e.g. a `__Host-` cookie name that is not Secure, a zero
+    /// idle timeout, or bearer tokens with a session store.
+    #[error("configuration field `{field}`: {reason}")]
+    InvalidConfig {
+        /// The setting's dotted path in [`SessionConfig`](crate::SessionConfig), e.g.
+        /// `cookie.name` or `idle_timeout`.
+        field: &'static str,
+        /// What is wrong, and where it helps, what to do.
+        reason: String,
+    },
     /// A secret key shorter than the minimum.
     #[error("session key is {len} bytes; at least {min} are required")]
     KeyTooShort {
@@ -25,41 +40,24 @@ pub enum ConfigError {
     /// The OS random source failed while generating a key.
     #[error("OS random source failed while generating a session key: {0}")]
     Random(String),
-    /// A cookie name that is empty or not an RFC 6265 token.
-    #[error("invalid session cookie name {0:?}: it must be a non-empty RFC 6265 token")]
-    CookieName(String),
-    /// A cookie path or domain with characters a cookie attribute cannot carry.
-    #[error("invalid session cookie {attribute} {value:?}")]
-    CookieAttribute {
-        /// `path` or `domain`.
-        attribute: &'static str,
-        /// The value given.
-        value: String,
-    },
-    /// A `__Host-`/`__Secure-` cookie name whose attributes break the prefix rules, which
-    /// browsers would enforce by silently dropping the cookie.
-    #[error("session cookie {name:?}: {rule}")]
-    CookiePrefix {
-        /// The cookie name.
-        name: String,
-        /// The rule broken.
-        rule: &'static str,
-    },
-    /// `bearer_tokens` with a session store: bearer tokens are sealed sessions, only the
-    /// cookie store (`SessionLayer::cookie_store_builder`) makes them.
-    #[error("bearer_tokens needs the cookie store (SessionLayer::cookie_store_builder)")]
-    BearerNeedsCookieStore,
-    /// A setting that must be positive is zero.
-    #[error("session setting `{0}` must be greater than zero")]
-    Zero(&'static str),
-    /// The absolute timeout is shorter than the idle timeout.
-    #[error("session absolute_timeout ({absolute:?}) is shorter than idle_timeout ({idle:?})")]
-    AbsoluteBelowIdle {
-        /// The absolute timeout.
-        absolute: std::time::Duration,
-        /// The idle timeout.
-        idle: std::time::Duration,
-    },
+}
+
+impl ConfigError {
+    /// `field` cannot work, for `reason`.
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The setting at fault, for [`InvalidConfig`](Self::InvalidConfig).
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidConfig { field, .. } => Some(field),
+            _ => None,
+        }
+    }
 }
 
 /// The store operation that failed.

@@ -142,7 +142,7 @@ impl SessionLayerBuilder {
     /// defaults), `__Secure-sid` for a Secure one with another path or a Domain, `sid` when
     /// not Secure; see [`CookieConfig::name`](crate::CookieConfig::name). A `__Host-` or
     /// `__Secure-` name whose attributes break its prefix's rules fails
-    /// [`build`](Self::build) with [`ConfigError::CookiePrefix`].
+    /// [`build`](Self::build) with [`ConfigError::InvalidConfig`] naming the rule.
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
         self.config.cookie.name = Some(name.into());
         self
@@ -247,13 +247,17 @@ impl SessionLayerBuilder {
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
-    /// The [`ConfigError`] naming the first setting that cannot work, e.g.
-    /// [`ConfigError::CookiePrefix`] for a `__Host-` cookie that is not Secure, has another
-    /// path than `/` or has a Domain.
+    /// [`ConfigError::InvalidConfig`] naming the first setting that cannot work, e.g.
+    /// `cookie.name` for a `__Host-` cookie that is not Secure, has another path than `/` or
+    /// has a Domain, or `bearer_tokens` with a session store.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         self.config.validate()?;
         if self.config.bearer_tokens && matches!(self.backend, Backend::Store(_)) {
-            return Err(ConfigError::BearerNeedsCookieStore);
+            return Err(ConfigError::invalid(
+                "bearer_tokens",
+                "bearer tokens are sealed sessions: they need the cookie store \
+                 (SessionLayer::cookie_store_builder)",
+            ));
         }
         if !self.config.cookie.secure {
             tracing::warn!(

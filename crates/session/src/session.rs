@@ -699,7 +699,7 @@ mod tests {
 
         use super::*;
         use crate::keys::{Key, MACS};
-        use crate::{ConfigError, CookieConfig, MemoryStore, SessionLayer};
+        use crate::{CookieConfig, MemoryStore, SessionLayer};
 
         fn keys() -> SigningKeys {
             SigningKeys::with_rotation(vec![
@@ -858,7 +858,7 @@ mod tests {
                 .secure(false)
                 .build()
                 .unwrap_err();
-            assert!(matches!(error, ConfigError::CookiePrefix { .. }), "{error}");
+            assert_eq!(error.field(), Some("cookie.name"), "{error}");
             let error = SessionLayer::builder(MemoryStore::new(), keys())
                 .domain("example.com")
                 .cookie_name("__Host-sid")

@@ -309,5 +309,11 @@ fn bearer_tokens_need_the_cookie_store() {
     let result = SessionLayer::builder(MemoryStore::new(), SigningKeys::new(key(1)))
         .bearer_tokens(true)
         .build();
-    assert!(matches!(result, Err(ConfigError::BearerNeedsCookieStore)));
+    assert!(matches!(
+        result,
+        Err(ConfigError::InvalidConfig {
+            field: "bearer_tokens",
+            ..
+        })
+    ));
 }
