@@ -383,7 +383,7 @@ async fn a_failover_wait_that_runs_out_fails_with_a_typed_error() {
         &server.url(),
         RedisStoreConfig {
             failover_timeout: Some(wait),
-            timeout: Duration::from_millis(200),
+            operation_timeout: Duration::from_millis(200),
             ..RedisStoreConfig::default()
         },
     )

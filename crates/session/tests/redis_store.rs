@@ -234,7 +234,7 @@ async fn redis_keys_do_not_reveal_session_ids() {
 async fn unreachable_store_answers_503_or_fails_open() {
     let server = RedisServer::start().await.unwrap();
     let config = RedisStoreConfig {
-        timeout: Duration::from_millis(300),
+        operation_timeout: Duration::from_millis(300),
         connect_timeout: Duration::from_millis(500),
         ..RedisStoreConfig::default()
     };

@@ -147,18 +147,22 @@ const MAX_PAUSE: Duration = Duration::from_millis(250);
 pub struct RedisStoreConfig {
     /// Prefix of every session key. Default `"herd:session:"`.
     pub key_prefix: String,
-    /// Deadline for one store operation (one round trip plus the client's own redirects and
-    /// retries). Default 1 second.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Deadline for opening a connection. Default 5 seconds.
+    /// Timeout of one TCP connect + handshake, and of a new cluster connection's first slot
+    /// map read. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Bound of one whole operation including the client's own retries and redirects (one
+    /// script call, `PEXPIRE`, `DEL` or `PING`); each reply is also awaited at most this long.
+    /// An operation that meets a failover is tried again, each attempt under this bound,
+    /// within [`failover_timeout`](Self::failover_timeout). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
     /// How long an operation keeps retrying errors that a Redis Cluster failover explains
     /// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `LOADING`, refused,
     /// reset or timed-out connections), counted from its first such error, before it fails
     /// with an error that says so. Retries pause 25 ms, doubling up to 250 ms; each attempt
-    /// still has [`timeout`](Self::timeout). Other errors fail at once. `0s` turns the wait off.
+    /// still has [`operation_timeout`](Self::operation_timeout). Other errors fail at once.
+    /// `0s` turns the wait off.
     ///
     /// Default (`None`): on a cluster, 1.5 times the cluster's own `cluster-node-timeout` plus
     /// 3 s, the longest a replica takes to replace a dead master (detection, majority
@@ -175,8 +179,8 @@ impl Default for RedisStoreConfig {
     fn default() -> Self {
         Self {
             key_prefix: "herd:session:".to_owned(),
-            timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(1),
             failover_timeout: None,
         }
     }
@@ -271,11 +275,11 @@ impl RedisStore {
         // The client's own retries follow redirects and reconnect; waiting out a failover is
         // left to the store (`wait_out_failover`), which bounds it by time. The client's
         // default retry waits (1.28 s and up, 16 retries) would instead sleep through the
-        // store's timeout on the first dead-master error.
+        // operation timeout on the first dead-master error.
         let client = |connection_timeout| {
             ClusterClient::builder(urls.iter().map(String::as_str))
                 .connection_timeout(connection_timeout)
-                .response_timeout(config.timeout)
+                .response_timeout(config.operation_timeout)
                 .retries(CLIENT_RETRIES)
                 .min_retry_wait(CLIENT_RETRY_WAIT_MS.0)
                 .max_retry_wait(CLIENT_RETRY_WAIT_MS.1)
@@ -286,7 +290,7 @@ impl RedisStore {
         // A rebuild during a failover must not wait the full connect timeout on a seed node
         // that hangs: it connects to every seed before it reads the slot map.
         let rebuild = Rebuild {
-            client: client(config.connect_timeout.min(config.timeout))?,
+            client: client(config.connect_timeout.min(config.operation_timeout))?,
             last: tokio::sync::Mutex::new(None),
         };
         let client = client(config.connect_timeout)?;
@@ -302,7 +306,7 @@ impl RedisStore {
             Some(wait) => wait,
             None => {
                 let mut probe = connection.clone();
-                node_timeout(&mut probe, config.timeout).await.map_or_else(
+                node_timeout(&mut probe, config.operation_timeout).await.map_or_else(
                     || failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT),
                     failover_wait_for,
                 )
@@ -327,7 +331,7 @@ impl RedisStore {
         let client = Client::open(url).map_err(fail)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.operation_timeout))
             .set_number_of_retries(2);
         let connection = tokio::time::timeout(
             config.connect_timeout,
@@ -472,8 +476,8 @@ impl RedisStore {
         }
     }
 
-    /// Runs one operation on `key`: `attempt` once, under the store's timeout, and again while
-    /// its errors look like a failover (see [`wait_out_failover`](Self::wait_out_failover)).
+    /// Runs one operation on `key`: `attempt` once, under the operation timeout, and again
+    /// while its errors look like a failover (see [`wait_out_failover`](Self::wait_out_failover)).
     /// Every attempt must be safe to repeat (see the module docs).
     async fn run<T, F, Fut>(
         &self,
@@ -494,12 +498,12 @@ impl RedisStore {
         }
     }
 
-    /// One attempt under the store's timeout.
+    /// One attempt under the operation timeout.
     async fn attempt<T>(
         &self,
         future: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Failure> {
-        match tokio::time::timeout(self.config.timeout, future).await {
+        match tokio::time::timeout(self.config.operation_timeout, future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(Failure::Redis(error)),
             Err(_) => Err(Failure::Timeout),
@@ -589,7 +593,7 @@ impl RedisStore {
                 StoreError::new(STORE, operation, error.to_string()).with_node(&*self.nodes)
             }
             Failure::Timeout => {
-                StoreError::timeout(STORE, operation, self.config.timeout).with_node(&*self.nodes)
+                StoreError::timeout(STORE, operation, self.config.operation_timeout).with_node(&*self.nodes)
             }
         }
     }
@@ -607,7 +611,7 @@ impl RedisStore {
         let node = match self.connection() {
             Connection::Cluster(mut connection) => {
                 let slot = key_slot(key.as_bytes());
-                match slot_owner(&mut connection, slot, self.config.timeout).await {
+                match slot_owner(&mut connection, slot, self.config.operation_timeout).await {
                     Some(owner) => format!("{owner} (slot {slot})"),
                     None => format!("slot {slot} via {}", self.nodes),
                 }
@@ -854,7 +858,7 @@ impl SessionStore for RedisStore {
 enum Failure {
     /// Redis or the client answered with an error.
     Redis(RedisError),
-    /// No answer within the store's timeout.
+    /// No answer within the operation timeout.
     Timeout,
 }
 
@@ -872,7 +876,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Redis(error) => error.fmt(f),
-            Failure::Timeout => f.write_str("no reply within the store's timeout"),
+            Failure::Timeout => f.write_str("no reply within the operation timeout"),
         }
     }
 }
@@ -1236,10 +1240,13 @@ mod tests {
     #[test]
     fn config_defaults_and_humantime() {
         let config: RedisStoreConfig =
-            serde_json::from_str(r#"{"timeout": "250ms", "key_prefix": "app:s:"}"#).unwrap();
-        assert_eq!(config.timeout, Duration::from_millis(250));
+            serde_json::from_str(r#"{"operation_timeout": "250ms", "key_prefix": "app:s:"}"#)
+                .unwrap();
+        assert_eq!(config.operation_timeout, Duration::from_millis(250));
         assert_eq!(config.key_prefix, "app:s:");
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
+        // The shared name (herd-cache-cluster's `RedisConfig` has it too); the old one is gone.
+        assert!(serde_json::from_str::<RedisStoreConfig>(r#"{"timeout": "1s"}"#).is_err());
         assert_eq!(
             config.failover_timeout, None,
             "default: from the cluster's node timeout"
