@@ -88,7 +88,7 @@ mod error;
 mod health;
 mod id;
 mod keys;
-mod metrics;
+pub mod metrics;
 mod persist;
 mod read_your_writes;
 mod record;

@@ -1,35 +1,37 @@
-//! The crate's metrics, through the `metrics` facade (the application installs the exporter).
-//!
-//! | name | labels | counts |
-//! |---|---|---|
-//! | `herd_session_loads_total` | `store`, `outcome` = `hit`/`miss`/`expired`/`error` | session reads |
-//! | `herd_session_saves_total` | `store`, `outcome` = `created`/`saved`/`touched`/`gone`/`too_large`/`gave_up` | writes and their results |
-//! | `herd_session_conflicts_total` | `store`, `kind` = `merged`/`same_field` | saves that met a concurrent change (and merged); fields changed on both sides |
-//! | `herd_session_store_errors_total` | `store`, `operation` | failed store operations |
-//! | `herd_session_cookies_rejected_total` | `store`, `reason` = `forged`/`unknown`/`ambiguous` | cookies that did not lead to a session (`ambiguous`: several cookies with the session's name) |
-//! | `herd_session_store_failover_retries_total` | `store`, `operation` | store attempts repeated after an error a failover explains |
-//! | `herd_session_store_failover_waits_total` | `store`, `operation`, `outcome` = `recovered`/`gave_up` | store operations that waited out a failover, and how they ended |
-//! | `herd_session_store_failover_wait_seconds` (histogram) | `store`, `operation` | how long those operations waited |
-//! | `herd_session_store_topology_refreshes_total` | `store` | new cluster connections (fresh slot maps) made while waiting out a failover |
+//! Metric names, and the calls that record them (through the `metrics` facade; the
+//! application installs the exporter). Every metric has a `store` label: `memory`, `redis`,
+//! `cookie`, or a store's own [`name`](crate::SessionStore::name).
 //!
 //! Keys are built once per layer and the recorder is looked up at every event, so counting
 //! allocates nothing and works whether the exporter was installed before or after the layer.
 
 use metrics::{Key, Label, Level, Metadata};
 
-const LOADS: &str = "herd_session_loads_total";
-const SAVES: &str = "herd_session_saves_total";
-const CONFLICTS: &str = "herd_session_conflicts_total";
-const STORE_ERRORS: &str = "herd_session_store_errors_total";
-const COOKIES_REJECTED: &str = "herd_session_cookies_rejected_total";
-#[cfg(feature = "redis")]
-const FAILOVER_RETRIES: &str = "herd_session_store_failover_retries_total";
-#[cfg(feature = "redis")]
-const FAILOVER_WAITS: &str = "herd_session_store_failover_waits_total";
-#[cfg(feature = "redis")]
-const FAILOVER_WAIT_SECONDS: &str = "herd_session_store_failover_wait_seconds";
-#[cfg(feature = "redis")]
-const TOPOLOGY_REFRESHES: &str = "herd_session_store_topology_refreshes_total";
+/// Counter: session reads, by `store` and `outcome` (`hit`, `miss`, `expired`, `error`).
+pub const LOADS_TOTAL: &str = "herd_session_loads_total";
+/// Counter: session writes and their results, by `store` and `outcome` (`created`, `saved`,
+/// `touched`, `gone`, `too_large`, `gave_up`).
+pub const SAVES_TOTAL: &str = "herd_session_saves_total";
+/// Counter: concurrent changes met by saves, by `store` and `kind`: `merged` (a save met
+/// another request's and merged), `same_field` (a field changed on both sides).
+pub const CONFLICTS_TOTAL: &str = "herd_session_conflicts_total";
+/// Counter: failed store operations, by `store` and `operation`
+/// ([`StoreOperation`](crate::StoreOperation)).
+pub const STORE_ERRORS_TOTAL: &str = "herd_session_store_errors_total";
+/// Counter: cookies (or bearer tokens) that did not lead to a session, by `store` and
+/// `reason`: `forged`, `unknown`, `ambiguous` (several values with the session's name).
+pub const COOKIES_REJECTED_TOTAL: &str = "herd_session_cookies_rejected_total";
+/// Counter: Redis store attempts repeated after an error a failover explains, by `store` and
+/// `operation`.
+pub const STORE_FAILOVER_RETRIES_TOTAL: &str = "herd_session_store_failover_retries_total";
+/// Counter: Redis store operations that waited out a failover, by `store`, `operation` and
+/// `outcome` (`recovered`, `gave_up`).
+pub const STORE_FAILOVER_WAITS_TOTAL: &str = "herd_session_store_failover_waits_total";
+/// Histogram: seconds those operations waited, by `store` and `operation`.
+pub const STORE_FAILOVER_WAIT_SECONDS: &str = "herd_session_store_failover_wait_seconds";
+/// Counter: new cluster connections (fresh slot maps) the Redis store made while waiting out a
+/// failover, by `store`.
+pub const STORE_TOPOLOGY_REFRESHES_TOTAL: &str = "herd_session_store_topology_refreshes_total";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -66,36 +68,36 @@ impl Metrics {
         };
         Self {
             store,
-            loads: keys(LOADS, "outcome", &LOAD_OUTCOMES),
-            saves: keys(SAVES, "outcome", &SAVE_OUTCOMES),
-            conflicts: keys(CONFLICTS, "kind", &CONFLICT_KINDS),
-            rejected: keys(COOKIES_REJECTED, "reason", &REJECT_REASONS),
+            loads: keys(LOADS_TOTAL, "outcome", &LOAD_OUTCOMES),
+            saves: keys(SAVES_TOTAL, "outcome", &SAVE_OUTCOMES),
+            conflicts: keys(CONFLICTS_TOTAL, "kind", &CONFLICT_KINDS),
+            rejected: keys(COOKIES_REJECTED_TOTAL, "reason", &REJECT_REASONS),
         }
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn load(&self, outcome: &'static str) {
-        self.count(LOADS, "outcome", &LOAD_OUTCOMES, &self.loads, outcome, 1);
+        self.count(LOADS_TOTAL, "outcome", &LOAD_OUTCOMES, &self.loads, outcome, 1);
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn save(&self, outcome: &'static str) {
-        self.count(SAVES, "outcome", &SAVE_OUTCOMES, &self.saves, outcome, 1);
+        self.count(SAVES_TOTAL, "outcome", &SAVE_OUTCOMES, &self.saves, outcome, 1);
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn conflict(&self, kind: &'static str) {
-        self.count(CONFLICTS, "kind", &CONFLICT_KINDS, &self.conflicts, kind, 1);
+        self.count(CONFLICTS_TOTAL, "kind", &CONFLICT_KINDS, &self.conflicts, kind, 1);
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn cookie_rejected(&self, reason: &'static str) {
         self.count(
-            COOKIES_REJECTED,
+            COOKIES_REJECTED_TOTAL,
             "reason",
             &REJECT_REASONS,
             &self.rejected,
@@ -106,7 +108,7 @@ impl Metrics {
 
     /// Store errors are rare: their key is built when needed.
     pub(crate) fn store_error(&self, operation: &'static str) {
-        increment(&key(STORE_ERRORS, self.store, "operation", operation), 1);
+        increment(&key(STORE_ERRORS_TOTAL, self.store, "operation", operation), 1);
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
@@ -134,14 +136,14 @@ impl Metrics {
 /// A store attempt repeated during a failover. Rare: the key is built when needed.
 #[cfg(feature = "redis")]
 pub(crate) fn failover_retry(store: &'static str, operation: &'static str) {
-    increment(&key(FAILOVER_RETRIES, store, "operation", operation), 1);
+    increment(&key(STORE_FAILOVER_RETRIES_TOTAL, store, "operation", operation), 1);
 }
 
 /// A new cluster connection (a fresh slot map) made while waiting out a failover.
 #[cfg(feature = "redis")]
 pub(crate) fn topology_refresh(store: &'static str) {
     let key = Key::from_parts(
-        TOPOLOGY_REFRESHES,
+        STORE_TOPOLOGY_REFRESHES_TOTAL,
         vec![Label::from_static_parts("store", store)],
     );
     increment(&key, 1);
@@ -164,8 +166,8 @@ pub(crate) fn failover_waited(
     };
     let mut counted = labels();
     counted.push(Label::from_static_parts("outcome", outcome));
-    increment(&Key::from_parts(FAILOVER_WAITS, counted), 1);
-    let histogram = Key::from_parts(FAILOVER_WAIT_SECONDS, labels());
+    increment(&Key::from_parts(STORE_FAILOVER_WAITS_TOTAL, counted), 1);
+    let histogram = Key::from_parts(STORE_FAILOVER_WAIT_SECONDS, labels());
     metrics::with_recorder(|recorder| {
         recorder
             .register_histogram(&histogram, &METADATA)
