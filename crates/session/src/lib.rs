@@ -85,7 +85,8 @@ mod cookie_store;
 mod cookies;
 mod error;
 #[cfg(feature = "health")]
-mod health;
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+pub mod health;
 mod id;
 mod keys;
 pub mod metrics;

@@ -167,7 +167,10 @@ pub async fn build(config: InstanceConfig) -> Result<Instance, StartError> {
                 .tag(herd_health::tags::REPLICATION),
         )
         .check_with(cache.health_check(), CheckOptions::new().non_critical())
-        .check_with(store.clone(), CheckOptions::new().shared_dependency())
+        .check_with(
+            herd_session::health::StoreCheck::new(store.clone()),
+            CheckOptions::new().shared_dependency(),
+        )
         .metrics(metrics)
         .build()?;
 
