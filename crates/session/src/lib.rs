@@ -84,10 +84,12 @@ mod config;
 mod cookie_store;
 mod cookies;
 mod error;
+pub mod future;
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
 mod id;
+mod macros;
 mod keys;
 pub mod metrics;
 mod persist;
@@ -109,7 +111,7 @@ pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
 pub use id::{SessionId, SessionIdGenerator, StoreKey};
 pub use keys::{Key, MIN_KEY_LEN, SigningKeys};
 pub use record::{FieldChanges, SessionRecord};
-pub use service::{SessionLayer, SessionLayerBuilder, SessionService, future};
+pub use service::{SessionLayer, SessionLayerBuilder, SessionService};
 pub use session::Session;
 pub use store::{SaveOutcome, SessionStore, Stored};
 

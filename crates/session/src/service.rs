@@ -11,7 +11,9 @@ use tower_service::Service;
 use crate::config::{ConflictRule, OnStoreError, SameSite, SessionConfig, TtlExtension};
 use crate::cookies::SetCookieTemplate;
 use crate::error::ConfigError;
+use crate::future;
 use crate::id::SessionIdGenerator;
+use crate::macros::inner_service_accessors;
 use crate::keys::SigningKeys;
 use crate::metrics::Metrics;
 use crate::session::{Backend, Session, Shared};
@@ -288,20 +290,7 @@ pub struct SessionService<S> {
 }
 
 impl<S> SessionService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
@@ -326,110 +315,5 @@ where
         // handler), so the service that was driven to readiness is called right here: no
         // clone of it has to move into the response future.
         future::ResponseFuture::new(self.inner.call(request), session)
-    }
-}
-
-pub mod future {
-    //! The response future of [`SessionService`](super::SessionService).
-
-    use std::fmt;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll, ready};
-
-    use http::Response;
-    use pin_project_lite::pin_project;
-
-    use crate::session::Session;
-
-    type Finishing<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
-
-    pin_project! {
-        /// Runs the inner service, then saves the session and sets its cookie.
-        pub struct ResponseFuture<F, B> {
-            #[pin]
-            state: State<F, B>,
-        }
-    }
-
-    pin_project! {
-        #[project = StateProj]
-        enum State<F, B> {
-            /// The inner service is answering.
-            Inner {
-                #[pin]
-                future: F,
-                session: Option<Session>,
-            },
-            /// The session is being saved (only when the handler used it).
-            Finishing { future: Finishing<B> },
-            /// The response was returned.
-            Done,
-        }
-    }
-
-    impl<F, B> ResponseFuture<F, B> {
-        pub(crate) fn new(future: F, session: Session) -> Self {
-            Self {
-                state: State::Inner {
-                    future,
-                    session: Some(session),
-                },
-            }
-        }
-    }
-
-    impl<F, B, E> Future for ResponseFuture<F, B>
-    where
-        F: Future<Output = Result<Response<B>, E>>,
-        B: From<String> + Send + 'static,
-    {
-        type Output = Result<Response<B>, E>;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            let mut this = self.project();
-            loop {
-                match this.state.as_mut().project() {
-                    StateProj::Inner { future, session } => {
-                        let result = ready!(future.poll(cx));
-                        let (mut response, session, plan) = match (result, session.take()) {
-                            (Ok(mut response), Some(session)) => {
-                                // A session the handler never read, or one the store saves
-                                // in place, is finished here, boxing nothing.
-                                match session.finish_now(&mut response) {
-                                    Ok(()) => {
-                                        this.state.set(State::Done);
-                                        return Poll::Ready(Ok(response));
-                                    }
-                                    Err(plan) => (response, session, plan),
-                                }
-                            }
-                            (result, _) => {
-                                this.state.set(State::Done);
-                                return Poll::Ready(result);
-                            }
-                        };
-                        let future = Box::pin(async move {
-                            session.finish_plan(plan, &mut response).await;
-                            response
-                        });
-                        this.state.set(State::Finishing { future });
-                    }
-                    StateProj::Finishing { future } => {
-                        let response = ready!(future.as_mut().poll(cx));
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(response));
-                    }
-                    // Polled after it completed: a caller bug; never wakes again.
-                    StateProj::Done => return Poll::Pending,
-                }
-            }
-        }
-    }
-
-    impl<F, B> fmt::Debug for ResponseFuture<F, B> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.debug_struct("ResponseFuture").finish_non_exhaustive()
-        }
     }
 }
