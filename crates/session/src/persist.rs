@@ -90,7 +90,7 @@ impl Session {
     }
 
     /// Saves and sets the cookie on `response` as far as that needs no waiting: everything
-    /// when the store answers in place ([`SessionStore::save_changes_now`]) or there is
+    /// when the store is the [`MemoryStore`](crate::MemoryStore) (saved in place) or there is
     /// nothing to store. Otherwise returns the store work left for
     /// [`finish_plan`](Self::finish_plan), so the layer boxes a future only for that.
     pub(crate) fn finish_now<B: From<String>>(
@@ -151,19 +151,17 @@ impl Session {
     /// [`persist`](Self::persist) as far as it needs no waiting; `Err` carries the store work
     /// left.
     fn persist_now(&self) -> Result<Result<(), SessionError>, Plan> {
-        let store: &dyn SessionStore = match &self.shared().backend {
-            Backend::Store(store) => store.as_ref(),
-            #[cfg(feature = "cookie-store")]
-            Backend::Cookie(cookie_store) => {
-                return Ok(crate::cookie_store::persist(self, cookie_store));
-            }
-        };
-        // One lock for planning and a save the store answers at once.
+        #[cfg(feature = "cookie-store")]
+        if let Backend::Cookie(cookie_store) = &self.shared().backend {
+            return Ok(crate::cookie_store::persist(self, cookie_store));
+        }
+        // One lock for planning and a save the store answers in place.
         let mut state = self.state();
         match self.plan(&mut state) {
             Plan::Nothing => Ok(Ok(())),
-            Plan::Update { id, key } => match self.update_now(store, &id, &key, &mut state) {
-                Some(done) => Ok(done),
+            #[cfg(feature = "memory")]
+            Plan::Update { id, key } => match self.shared().backend.in_place() {
+                Some(memory) => Ok(self.update_in_place(memory, &id, &key, &mut state)),
                 None => Err(Plan::Update { id, key }),
             },
             plan => Err(plan),
@@ -319,17 +317,17 @@ impl Session {
         Ok(())
     }
 
-    /// The field-level save for a store that answers at once: every attempt runs under the
-    /// state lock on the state's own base and changes, so nothing is copied or taken out
-    /// (and the store can change its record in place). `None` when the store answers only
-    /// asynchronously.
-    fn update_now(
+    /// The field-level save to the [`MemoryStore`](crate::MemoryStore): every attempt runs
+    /// under the state lock on the state's own base and changes, so nothing is copied or taken
+    /// out, and the store changes its record in place.
+    #[cfg(feature = "memory")]
+    fn update_in_place(
         &self,
-        store: &dyn SessionStore,
+        store: &crate::MemoryStore,
         id: &SessionId,
         key: &StoreKey,
         state: &mut State,
-    ) -> Option<Result<(), SessionError>> {
+    ) -> Result<(), SessionError> {
         let config = &self.shared().config;
         let span = store_span!("session.save", store);
         // The record this request loaded, kept once a conflict needs it for the clash rule.
@@ -344,7 +342,7 @@ impl Session {
                 ..
             } = &mut *state;
             let Some(base) = base.as_mut() else {
-                return Some(Ok(()));
+                return Ok(());
             };
             let ttl = match self.check_save(base, changes, *loaded_at_ms) {
                 Ok(ttl) => ttl,
@@ -352,31 +350,31 @@ impl Session {
                     if done.is_ok() {
                         forget_state(state);
                     }
-                    return Some(done);
+                    return done;
                 }
             };
             let (ttl, extended) = ttl;
-            let outcome = if span.is_disabled() {
-                store.save_changes_now(key, base, changes, ttl)
+            let outcome = Ok(if span.is_disabled() {
+                store.save_changes_entry(key, base, changes, ttl)
             } else {
-                span.in_scope(|| store.save_changes_now(key, base, changes, ttl))
-            }?;
+                span.in_scope(|| store.save_changes_entry(key, base, changes, ttl))
+            });
             let latest = match self.settle(outcome, id, ttl, extended, state) {
-                Attempt::Done(done) => return Some(done),
+                Attempt::Done(done) => return done,
                 Attempt::Conflict(latest) => latest,
             };
             let State { base, changes, .. } = &mut *state;
             let Some(base) = base.as_mut() else {
-                return Some(Ok(()));
+                return Ok(());
             };
             let loaded = loaded.get_or_insert_with(|| Arc::clone(&base.record));
             self.merge(attempt, changes, loaded, &latest, &mut same_field_counted);
             *base = latest;
         }
         self.shared().metrics.save("gave_up");
-        Some(Err(SessionError::Conflict {
+        Err(SessionError::Conflict {
             attempts: config.max_save_attempts,
-        }))
+        })
     }
 
     /// The field-level save for a store that has to be waited for. The changes are taken out
@@ -422,18 +420,8 @@ impl Session {
                     return done;
                 }
             };
-            let now = if span.is_disabled() {
-                store.save_changes_now(&key, &mut current, &mut changes, ttl)
-            } else {
-                span.in_scope(|| store.save_changes_now(&key, &mut current, &mut changes, ttl))
-            };
-            let outcome = match now {
-                Some(outcome) => outcome,
-                None => {
-                    let save = store.save_changes(&key, &mut current, &mut changes, ttl);
-                    in_span(save, &span).await
-                }
-            };
+            let save = store.save_changes(&key, &mut current, &mut changes, ttl);
+            let outcome = in_span(save, &span).await;
             let saved = matches!(outcome, Ok(SaveOutcome::Saved { .. }));
             let latest = {
                 let mut state = self.state();

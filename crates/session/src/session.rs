@@ -64,6 +64,19 @@ impl Backend {
 
 /// What a load found: the session (with its id and key when it came from a store), nothing,
 /// or a store failure.
+
+    /// The bundled [`MemoryStore`](crate::MemoryStore), which the layer reads and saves in
+    /// place on the request path: no boxed future, and a save changes the stored record
+    /// without copying it. Every other store (a wrapper around a `MemoryStore` too) is awaited
+    /// through [`SessionStore`].
+    #[cfg(feature = "memory")]
+    pub(crate) fn in_place(&self) -> Option<&crate::MemoryStore> {
+        match self {
+            Backend::Store(store) => (&**store as &dyn std::any::Any).downcast_ref(),
+            #[cfg(feature = "cookie-store")]
+            Backend::Cookie(_) => None,
+        }
+    }
 type Loaded = Result<Option<(Option<(SessionId, StoreKey)>, Stored)>, StoreError>;
 
 /// What the request's cookie said.
@@ -320,19 +333,23 @@ impl Session {
     }
 
     /// The load answered at once, without the once-cell's semaphore and futures: nothing to
-    /// read (no valid cookie), or a store that answers in place ([`SessionStore::load_now`]).
+    /// read (no valid cookie), or the [`MemoryStore`](crate::MemoryStore), read in place.
     /// Returns `false` when the load has to go the asynchronous way (a session always loads
     /// the same way: its cookie and store decide).
     fn load_now(&self) -> bool {
         let shared = self.shared();
         let loaded = match (&self.inner.presented, &shared.backend) {
-            (Presented::Id { id, .. }, Backend::Store(store)) => {
-                let key = id.store_key();
-                match store.load_now(&key) {
-                    Some(loaded) => Some((id, key, loaded)),
-                    None => return false,
+            #[cfg(feature = "memory")]
+            (Presented::Id { id, .. }, backend @ Backend::Store(_)) => match backend.in_place() {
+                Some(memory) => {
+                    let key = id.store_key();
+                    let stored = memory.load_entry(&key);
+                    Some((id, key, stored))
                 }
-            }
+                None => return false,
+            },
+            #[cfg(not(feature = "memory"))]
+            (Presented::Id { .. }, Backend::Store(_)) => return false,
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(_), Backend::Cookie(_)) => return false,
             _ => None,
@@ -344,10 +361,8 @@ impl Session {
             // Loaded (or destroyed) meanwhile: use that.
             return true;
         }
-        if let Some((id, key, loaded)) = loaded {
-            let loaded =
-                loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)));
-            self.apply_load(&mut state, loaded);
+        if let Some((id, key, stored)) = loaded {
+            self.apply_load(&mut state, Ok(stored.map(|stored| (Some((id.clone(), key)), stored))));
         }
         self.inner.loaded_now.store(true, Ordering::Release);
         true
@@ -359,7 +374,6 @@ impl Session {
             (Presented::Id { id, .. }, Backend::Store(store)) => {
                 let key = id.store_key();
                 // Through `&dyn`: `Arc`'s own impl would box a second future around the store's.
-                // (`ensure_loaded` has already asked `load_now`.)
                 let store: &dyn SessionStore = store.as_ref();
                 let loaded = store.load(&key).await;
                 loaded.map(|stored| stored.map(|stored| (Some((id.clone(), key)), stored)))
@@ -692,6 +706,16 @@ mod tests {
     #[cfg(feature = "memory")]
     mod cookies {
         use std::convert::Infallible;
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn only_the_bundled_memory_store_is_answered_in_place() {
+        let memory = crate::MemoryStore::new();
+        assert!(Backend::Store(Arc::new(memory.clone())).in_place().is_some());
+        // A wrapper (here an `Arc` of it) is a store of its own: awaited like any other.
+        let wrapped: Arc<dyn SessionStore> = Arc::new(Arc::new(memory));
+        assert!(Backend::Store(wrapped).in_place().is_none());
+    }
 
         use http::header::{COOKIE, SET_COOKIE};
         use http::{HeaderValue, Request, Response};

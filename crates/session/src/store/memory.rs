@@ -239,7 +239,8 @@ impl MemoryStore {
         self.shards.shards[index].lock()
     }
 
-    fn load_entry(&self, key: &StoreKey) -> Option<Stored> {
+    /// [`SessionStore::load`] answered in place (the layer calls this directly: no future).
+    pub(crate) fn load_entry(&self, key: &StoreKey) -> Option<Stored> {
         let now = Instant::now();
         self.shard(key).live_mut(key, now)?.stored(now)
     }
@@ -265,8 +266,9 @@ impl MemoryStore {
         SaveOutcome::Saved { version }
     }
 
-    /// Field-level check-and-set, changing the stored record in place.
-    fn save_changes_entry(
+    /// [`SessionStore::save_changes`] answered in place: a field-level check-and-set that
+    /// changes the stored record in place (the layer calls this directly: no future).
+    pub(crate) fn save_changes_entry(
         &self,
         key: &StoreKey,
         loaded: &mut Stored,
@@ -346,10 +348,6 @@ impl SessionStore for MemoryStore {
         Ok(self.save_entry(key, expected_version, record, ttl))
     }
 
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
-        Some(Ok(self.load_entry(key)))
-    }
-
     async fn save_changes(
         &self,
         key: &StoreKey,
@@ -358,16 +356,6 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
         Ok(self.save_changes_entry(key, loaded, changes, ttl))
-    }
-
-    fn save_changes_now(
-        &self,
-        key: &StoreKey,
-        loaded: &mut Stored,
-        changes: &mut FieldChanges,
-        ttl: Duration,
-    ) -> Option<Result<SaveOutcome, StoreError>> {
-        Some(Ok(self.save_changes_entry(key, loaded, changes, ttl)))
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
@@ -447,21 +435,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_at_once_without_futures() {
+    async fn the_layer_reads_and_saves_in_place() {
         let store = MemoryStore::new();
         let key = key(5);
         let ttl = Duration::from_secs(60);
         let record = Arc::new(SessionRecord::new(None));
-        assert!(store.load_now(&key).unwrap().unwrap().is_none());
+        assert!(store.load_entry(&key).is_none());
         store.create(&key, Arc::clone(&record), ttl).await.unwrap();
         drop(record);
-        let mut loaded = store.load_now(&key).unwrap().unwrap().unwrap();
+        let mut loaded = store.load_entry(&key).unwrap();
         assert_eq!(loaded.version, 1);
         let stale = loaded.clone();
         let mut change = changes(&[("n", Some("1"))]);
-        let saved = store.save_changes_now(&key, &mut loaded, &mut change, ttl);
+        let saved = store.save_changes_entry(&key, &mut loaded, &mut change, ttl);
         assert!(matches!(
-            saved.unwrap().unwrap(),
+            saved,
             SaveOutcome::Saved { version: 2 }
         ));
         assert!(change.is_empty(), "a save consumes the changes");
@@ -471,19 +459,19 @@ mod tests {
         // A save from the old version conflicts and changes nothing on either side.
         let mut stale_loaded = stale.clone();
         let mut change = changes(&[("n", Some("7"))]);
-        let conflict = store.save_changes_now(&key, &mut stale_loaded, &mut change, ttl);
-        assert!(matches!(conflict.unwrap().unwrap(), SaveOutcome::Conflict(s) if s.version == 2));
+        let conflict = store.save_changes_entry(&key, &mut stale_loaded, &mut change, ttl);
+        assert!(matches!(conflict, SaveOutcome::Conflict(s) if s.version == 2));
         assert_eq!(stale_loaded.version, 1);
         assert!(Arc::ptr_eq(&stale_loaded.record, &stale.record));
         assert_eq!(change.iter().collect::<Vec<_>>(), [("n", Some("7"))]);
-        let now = store.load_now(&key).unwrap().unwrap().unwrap();
+        let now = store.load_entry(&key).unwrap();
         assert_eq!(texts(&now.record), [("n".into(), "1".into())]);
 
         store.delete(&key).await.unwrap();
-        let gone = store.save_changes_now(&key, &mut loaded, &mut change, ttl);
-        assert!(matches!(gone.unwrap().unwrap(), SaveOutcome::Gone));
+        let gone = store.save_changes_entry(&key, &mut loaded, &mut change, ttl);
+        assert!(matches!(gone, SaveOutcome::Gone));
         assert_eq!(change.iter().count(), 1, "changes kept when not saved");
-        assert!(store.load_now(&key).unwrap().unwrap().is_none());
+        assert!(store.load_entry(&key).is_none());
     }
 
     #[tokio::test]
@@ -495,20 +483,14 @@ mod tests {
             .create(&key, Arc::new(SessionRecord::new(None)), ttl)
             .await
             .unwrap();
-        let mut loaded = store.load_now(&key).unwrap().unwrap().unwrap();
+        let mut loaded = store.load_entry(&key).unwrap();
         let mut first = changes(&[("a", Some("1")), ("b", Some("2"))]);
-        store
-            .save_changes_now(&key, &mut loaded, &mut first, ttl)
-            .unwrap()
-            .unwrap();
+        store.save_changes_entry(&key, &mut loaded, &mut first, ttl);
         let before = Arc::as_ptr(&loaded.record);
 
         // Only this request holds it: changed in place.
         let mut second = changes(&[("a", Some("10")), ("b", None), ("c", Some("3"))]);
-        store
-            .save_changes_now(&key, &mut loaded, &mut second, ttl)
-            .unwrap()
-            .unwrap();
+        store.save_changes_entry(&key, &mut loaded, &mut second, ttl);
         assert_eq!(Arc::as_ptr(&loaded.record), before);
         assert_eq!(
             texts(&loaded.record),
@@ -516,13 +498,10 @@ mod tests {
         );
 
         // Another request still reads the stored record: it keeps its snapshot.
-        let reader = store.load_now(&key).unwrap().unwrap().unwrap();
+        let reader = store.load_entry(&key).unwrap();
         let mut third = changes(&[("a", Some("11"))]);
         third.cleared = true;
-        store
-            .save_changes_now(&key, &mut loaded, &mut third, ttl)
-            .unwrap()
-            .unwrap();
+        store.save_changes_entry(&key, &mut loaded, &mut third, ttl);
         assert!(!Arc::ptr_eq(&loaded.record, &reader.record));
         assert_eq!(texts(&loaded.record), [("a".into(), "11".into())]);
         assert_eq!(

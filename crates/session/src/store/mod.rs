@@ -94,10 +94,17 @@ pub enum SaveOutcome {
 
 /// Storage for sessions. Object safe: the layer holds an `Arc<dyn SessionStore>`.
 ///
+/// Every operation is one `async fn` (through [`async_trait`](https://docs.rs/async-trait)):
+/// implement them with `#[async_trait]` and call them with `.await`, whatever the store.
 /// Implementations must make [`create`](Self::create) and [`save`](Self::save) atomic per key
 /// (a Lua script in Redis, an entry lock in memory) and apply the TTL they are given.
+///
+/// The layer awaits these futures for every store but one: the bundled
+/// [`MemoryStore`](crate::MemoryStore), which it recognizes (hence the [`Any`] bound) and reads
+/// and saves in place on the request path, with no boxed future and no copy of the record. A
+/// wrapper around a `MemoryStore` is awaited like any other store.
 #[async_trait]
-pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
+pub trait SessionStore: Any + Send + Sync + fmt::Debug {
     /// Short name for metrics labels and errors, e.g. `"redis"`.
     fn name(&self) -> &'static str;
 
@@ -110,7 +117,8 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Reads a session; `None` if absent or expired.
+    /// Reads a session; `None` if absent or expired. The layer calls it the first time a
+    /// request's handler needs the session, at most once per request.
     async fn load(&self, key: &StoreKey) -> Result<Option<Stored>, StoreError>;
 
     /// Replaces the session if its version is still `expected_version`, as version
@@ -134,14 +142,6 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
         self.save(key, loaded.version, record, ttl).await
-    }
-
-    /// [`load`](Self::load) answered at once, for stores that never wait (in-process
-    /// memory). `None`, the default, means "call `load`". The layer asks this first on every
-    /// request, so a store that answers here spares the boxed future of `load`.
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
-        let _ = key;
-        None
     }
 
     /// A check-and-set save given as field changes, the way the layer saves an existing
@@ -172,20 +172,6 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
             changes.clear();
         }
         Ok(outcome)
-    }
-
-    /// [`save_changes`](Self::save_changes) answered at once, like
-    /// [`load_now`](Self::load_now); `None`, the default, means "call `save_changes`". A store
-    /// either answers every call here or none.
-    fn save_changes_now(
-        &self,
-        key: &StoreKey,
-        loaded: &mut Stored,
-        changes: &mut FieldChanges,
-        ttl: Duration,
-    ) -> Option<Result<SaveOutcome, StoreError>> {
-        let _ = (key, loaded, changes, ttl);
-        None
     }
 
     /// Removes a session; removing an absent one is not an error.
@@ -235,10 +221,6 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         (**self).save_loaded(key, loaded, record, ttl).await
     }
 
-    fn load_now(&self, key: &StoreKey) -> Option<Result<Option<Stored>, StoreError>> {
-        (**self).load_now(key)
-    }
-
     async fn save_changes(
         &self,
         key: &StoreKey,
@@ -247,16 +229,6 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         ttl: Duration,
     ) -> Result<SaveOutcome, StoreError> {
         (**self).save_changes(key, loaded, changes, ttl).await
-    }
-
-    fn save_changes_now(
-        &self,
-        key: &StoreKey,
-        loaded: &mut Stored,
-        changes: &mut FieldChanges,
-        ttl: Duration,
-    ) -> Option<Result<SaveOutcome, StoreError>> {
-        (**self).save_changes_now(key, loaded, changes, ttl)
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
