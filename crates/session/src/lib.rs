@@ -89,8 +89,9 @@ pub mod future;
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
 mod id;
-mod macros;
 mod keys;
+mod macros;
+mod merge;
 pub mod metrics;
 mod persist;
 mod read_your_writes;
@@ -110,6 +111,7 @@ pub use cookies::SESSION_TOKEN_HEADER;
 pub use error::{ConfigError, SessionError, StoreError, StoreOperation};
 pub use id::{SessionId, SessionIdGenerator, StoreKey};
 pub use keys::{Key, MIN_KEY_LEN, SigningKeys};
+pub use merge::{Keep, MergeRule};
 pub use record::{FieldChanges, SessionRecord};
 pub use service::{SessionLayer, SessionLayerBuilder, SessionService};
 pub use session::Session;

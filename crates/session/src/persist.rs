@@ -1,21 +1,23 @@
 //! Writing a session back: create, check-and-set with field-level merge, touch, cookie.
 //!
-//! The merge rule: this request's changes are re-applied on top of whatever another request
-//! saved meanwhile, so changes to different fields both survive. A field changed on both
-//! sides (its stored value differs from the one this request loaded) is settled by
-//! [`ConflictRule`] and counted in `herd_session_conflicts_total{kind="same_field"}`. A save
-//! that finds the session gone (destroyed, cycled, expired) drops its changes and leaves the
-//! browser's cookie alone: the request that ended the session has already sent the cookie the
-//! browser should keep.
+//! The merge: this request's changes are re-applied on top of whatever another request saved
+//! meanwhile, so changes to different fields both survive. A field changed on both sides (its
+//! stored value differs from the one this request loaded) is settled by the field's
+//! [`MergeRule`](crate::MergeRule), else by [`ConflictRule`](crate::ConflictRule), and counted
+//! in `herd_session_conflicts_total{kind="same_field"}`. A save that finds the session gone
+//! (destroyed, cycled, expired) drops its changes and leaves the browser's cookie alone: the
+//! request that ended the session has already sent the cookie the browser should keep.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
-use crate::config::{ConflictRule, OnStoreError, TtlExtension};
+use crate::config::{OnStoreError, TtlExtension};
+use crate::merge::Keep;
 use crate::cookies::CookieAction;
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, StoreKey};
@@ -521,9 +523,10 @@ impl Session {
         }
     }
 
-    /// Applies the merge rule after a conflict: a field this request changed whose stored
-    /// value moved away from the one it loaded was changed on both sides; [`ConflictRule`]
-    /// says which side keeps it.
+    /// Applies the merge after a conflict: a field this request changed whose stored value
+    /// moved away from the one it loaded was changed on both sides; the field's
+    /// [`MergeRule`](crate::MergeRule), else the [`ConflictRule`](crate::ConflictRule), says which
+    /// side keeps it.
     fn merge(
         &self,
         attempt: u32,
@@ -542,7 +545,15 @@ impl Session {
             .cloned()
             .collect();
         for name in clashes {
-            if keep_stored(config.conflict_rule, &name, changes, latest) {
+            let ours = changes.fields.get(&name).and_then(|v| v.as_deref());
+            let stored = latest.record.field(&name);
+            let keep = self.shared().merge_rules.keep(
+                &name,
+                ours.map(RawValue::get),
+                stored.map(RawValue::get),
+                config.conflict_rule,
+            );
+            if keep == Keep::Stored {
                 changes.fields.remove(&name);
             }
             if same_field_counted
@@ -607,25 +618,6 @@ fn forget_state(state: &mut State) {
         cookie: std::mem::take(&mut state.cookie),
         ..State::default()
     };
-}
-
-/// Whether a field changed on both sides keeps the stored value (drops this request's change).
-fn keep_stored(rule: ConflictRule, name: &str, changes: &FieldChanges, latest: &Stored) -> bool {
-    if name == crate::READ_YOUR_WRITES_FIELD {
-        // The read-your-writes token only moves forward: keep the higher LSN.
-        let ours = changes
-            .fields
-            .get(name)
-            .and_then(|v| v.as_deref())
-            .map(|v| v.get());
-        let theirs = latest.record.field(name).map(|v| v.get());
-        if let (Some(ours), Some(theirs)) = (ours, theirs)
-            && let Some(ours_is_higher) = crate::read_your_writes::merge(ours, theirs)
-        {
-            return !ours_is_higher;
-        }
-    }
-    rule == ConflictRule::FirstWriteWins
 }
 
 /// Runs a store call inside `span`, or bare when no subscriber wants the span: entering a

@@ -6,11 +6,14 @@
 //! herd-db-router's `ReadYourWritesLayer::session` inside the [`SessionLayer`](crate::SessionLayer)
 //! this happens with no code: the layer puts a [`TokenSlot`] backed by the session into every
 //! request, and the router's layer reads and advances it. herd-session does not depend on
-//! herd-db-router: the token is a `u64` position (`Lsn` converts both ways) and the merge rule
-//! is herd-context's [`newer`](herd_context::newer).
+//! herd-db-router: the token is a `u64` position (`Lsn` converts both ways), and herd-context
+//! (where the token contract lives) supplies the rule that merges it, [`newer`](herd_context::newer).
 //!
-//! The token only moves forward: when two requests save different tokens concurrently, the
-//! higher one survives whichever saves last.
+//! The token only moves forward: every layer starts with a [`MergeRule`](crate::MergeRule) for
+//! [`READ_YOUR_WRITES_FIELD`], so when two requests save different tokens concurrently the
+//! higher one survives whichever saves last. The general merge knows nothing of tokens; a
+//! service may replace the rule with
+//! [`merge_rule`](crate::SessionLayerBuilder::merge_rule)`(READ_YOUR_WRITES_FIELD, ..)`.
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use herd_context::{TokenFuture, TokenSlot, TokenStore};
 use serde_json::value::RawValue;
 
 use crate::error::SessionError;
+use crate::merge::Keep;
 use crate::session::Session;
 
 /// The reserved field holding the token: a JSON number (older versions stored PostgreSQL's
@@ -96,11 +100,17 @@ fn parse(json: &str) -> Option<u64> {
     Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
-/// The merge rule for the token field: whether `ours` (JSON text) is to be kept over
-/// `theirs`, by herd-context's [`newer`](herd_context::newer). `None` when either side is not
-/// a valid token, so the ordinary rule applies.
-pub(crate) fn merge(ours: &str, theirs: &str) -> Option<bool> {
-    Some(herd_context::newer(parse(ours)?, parse(theirs)?))
+/// The [`MergeRule`](crate::MergeRule) every layer starts with for the token field: the newer
+/// position stays, by herd-context's [`newer`](herd_context::newer), whichever request saves
+/// last. `None` (the layer's [`ConflictRule`](crate::ConflictRule) decides) when a side holds
+/// no valid token.
+pub(crate) fn keep_newer(ours: Option<&str>, stored: Option<&str>) -> Option<Keep> {
+    let (ours, stored) = (parse(ours?)?, parse(stored?)?);
+    Some(if herd_context::newer(ours, stored) {
+        Keep::Ours
+    } else {
+        Keep::Stored
+    })
 }
 
 #[cfg(test)]
@@ -109,12 +119,14 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_higher_token_in_either_form() {
-        assert_eq!(merge("4294967296", "65535"), Some(true));
-        assert_eq!(merge("16", "32"), Some(false));
-        assert_eq!(merge("\"1/0\"", "\"0/FFFF\""), Some(true));
-        assert_eq!(merge("\"0/10\"", "32"), Some(false));
+        let merge = |ours, stored| keep_newer(Some(ours), Some(stored));
+        assert_eq!(merge("4294967296", "65535"), Some(Keep::Ours));
+        assert_eq!(merge("16", "32"), Some(Keep::Stored));
+        assert_eq!(merge("\"1/0\"", "\"0/FFFF\""), Some(Keep::Ours));
+        assert_eq!(merge("\"0/10\"", "32"), Some(Keep::Stored));
         assert_eq!(merge("\"junk\"", "32"), None);
         assert_eq!(merge("-1", "32"), None);
         assert_eq!(merge("\"123456789/0\"", "32"), None, "9 hex digits");
+        assert_eq!(keep_newer(None, Some("32")), None, "removed on one side");
     }
 }

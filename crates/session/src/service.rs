@@ -13,8 +13,9 @@ use crate::cookies::SetCookieTemplate;
 use crate::error::ConfigError;
 use crate::future;
 use crate::id::SessionIdGenerator;
-use crate::macros::inner_service_accessors;
 use crate::keys::SigningKeys;
+use crate::macros::inner_service_accessors;
+use crate::merge::{MergeRule, MergeRules};
 use crate::metrics::Metrics;
 use crate::session::{Backend, Session, Shared};
 use crate::store::SessionStore;
@@ -48,6 +49,7 @@ impl SessionLayer {
                 config,
                 keys,
                 ids: SessionIdGenerator::new(),
+                merge_rules: MergeRules::with_defaults(),
             }),
         }
     }
@@ -59,6 +61,7 @@ impl SessionLayer {
             config: SessionConfig::default(),
             keys,
             ids: SessionIdGenerator::new(),
+            merge_rules: MergeRules::with_defaults(),
         }
     }
 
@@ -104,6 +107,7 @@ impl SessionLayer {
             config,
             keys,
             ids: SessionIdGenerator::new(),
+            merge_rules: MergeRules::with_defaults(),
         }
     }
 
@@ -131,6 +135,7 @@ pub struct SessionLayerBuilder {
     config: SessionConfig,
     keys: SigningKeys,
     ids: SessionIdGenerator,
+    merge_rules: MergeRules,
 }
 
 impl SessionLayerBuilder {
@@ -218,10 +223,24 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// How a field changed on both sides of a concurrent save is settled (default last write
-    /// wins).
+    /// How a field changed on both sides of a concurrent save is settled when it has no
+    /// [`merge_rule`](Self::merge_rule) (default last write wins).
     pub fn conflict_rule(mut self, rule: ConflictRule) -> Self {
         self.config.conflict_rule = rule;
+        self
+    }
+
+    /// How `field`, when changed on both sides of a concurrent save, is settled: by `rule`
+    /// (a closure `Fn(Option<&str>, Option<&str>) -> Option<Keep>` over this request's and
+    /// the stored JSON text, or a [`ConflictRule`] for this field alone), falling back to
+    /// [`conflict_rule`](Self::conflict_rule) where it answers `None`. Replaces an earlier rule
+    /// for the same field, including the one every layer starts with for
+    /// [`READ_YOUR_WRITES_FIELD`](crate::READ_YOUR_WRITES_FIELD) (the newer token stays). See
+    /// [`MergeRule`].
+    ///
+    /// The cookie store keeps no server state and merges nothing: the rule is not used there.
+    pub fn merge_rule(mut self, field: impl Into<String>, rule: impl MergeRule) -> Self {
+        self.merge_rules.set(field.into(), Arc::new(rule));
         self
     }
 
@@ -277,6 +296,7 @@ impl SessionLayerBuilder {
                 config: self.config,
                 keys: self.keys,
                 ids: self.ids,
+                merge_rules: self.merge_rules,
             }),
         })
     }

@@ -17,6 +17,7 @@ use crate::cookies::{self, Candidate, CookieAction, SetCookieTemplate};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionIdGenerator, StoreKey};
 use crate::keys::SigningKeys;
+use crate::merge::MergeRules;
 use crate::metrics::Metrics;
 use crate::record::{FieldChanges, SessionRecord, unix_ms};
 use crate::store::{SessionStore, Stored};
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) ids: SessionIdGenerator,
     pub(crate) set_cookie: SetCookieTemplate,
     pub(crate) metrics: Metrics,
+    /// Per-field rules for fields changed on both sides of a concurrent save.
+    pub(crate) merge_rules: MergeRules,
 }
 
 impl fmt::Debug for Shared {
@@ -38,6 +41,7 @@ impl fmt::Debug for Shared {
             .field("config", &self.config)
             .field("keys", &self.keys)
             .field("ids", &self.ids)
+            .field("merge_rules", &self.merge_rules)
             .finish()
     }
 }
@@ -60,10 +64,6 @@ impl Backend {
             Backend::Cookie(_) => "cookie",
         }
     }
-}
-
-/// What a load found: the session (with its id and key when it came from a store), nothing,
-/// or a store failure.
 
     /// The bundled [`MemoryStore`](crate::MemoryStore), which the layer reads and saves in
     /// place on the request path: no boxed future, and a save changes the stored record
@@ -77,6 +77,10 @@ impl Backend {
             Backend::Cookie(_) => None,
         }
     }
+}
+
+/// What a load found: the session (with its id and key when it came from a store), nothing,
+/// or a store failure.
 type Loaded = Result<Option<(Option<(SessionId, StoreKey)>, Stored)>, StoreError>;
 
 /// What the request's cookie said.
@@ -704,10 +708,6 @@ mod tests {
     }
 
     #[cfg(feature = "memory")]
-    mod cookies {
-        use std::convert::Infallible;
-
-    #[cfg(feature = "memory")]
     #[test]
     fn only_the_bundled_memory_store_is_answered_in_place() {
         let memory = crate::MemoryStore::new();
@@ -716,6 +716,10 @@ mod tests {
         let wrapped: Arc<dyn SessionStore> = Arc::new(Arc::new(memory));
         assert!(Backend::Store(wrapped).in_place().is_none());
     }
+
+    #[cfg(feature = "memory")]
+    mod cookies {
+        use std::convert::Infallible;
 
         use http::header::{COOKIE, SET_COOKIE};
         use http::{HeaderValue, Request, Response};
@@ -742,6 +746,7 @@ mod tests {
                 config,
                 keys: keys(),
                 ids: SessionIdGenerator::seeded(9),
+                merge_rules: MergeRules::with_defaults(),
             })
         }
 

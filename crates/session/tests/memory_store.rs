@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herd_session::{
-    ConflictRule, Key, MemoryStore, SaveOutcome, SessionLayer, SessionRecord, SessionStore,
+    ConflictRule, Keep, Key, MemoryStore, SaveOutcome, SessionLayer, SessionRecord, SessionStore,
     SigningKeys, StoreError, StoreKey, Stored,
 };
 
@@ -42,6 +42,36 @@ async fn same_field_conflict_last_write_wins() {
 async fn same_field_conflict_first_write_wins() {
     scenarios::same_field_conflict_follows_rule(MemoryStore::new(), ConflictRule::FirstWriteWins)
         .await;
+}
+
+/// A field's merge rule wins over the layer's conflict rule, which still decides where the
+/// field's rule has no opinion.
+#[tokio::test]
+async fn a_field_merge_rule_overrides_the_conflict_rule() {
+    let store = MemoryStore::new();
+    let first = "\"from-first\"";
+    scenarios::same_field_conflict_settled_as(
+        store.clone(),
+        |b| {
+            b.conflict_rule(ConflictRule::LastWriteWins)
+                .merge_rule("x", ConflictRule::FirstWriteWins)
+        },
+        first,
+    )
+    .await;
+    // A closure sees both JSON texts: here it keeps whichever sorts first.
+    let smaller = |ours: Option<&str>, stored: Option<&str>| {
+        Some(if ours? <= stored? { Keep::Ours } else { Keep::Stored })
+    };
+    scenarios::same_field_conflict_settled_as(store.clone(), |b| b.merge_rule("x", smaller), first)
+        .await;
+    // No opinion: the conflict rule decides.
+    scenarios::same_field_conflict_settled_as(
+        store,
+        |b| b.merge_rule("x", |_: Option<&str>, _: Option<&str>| None),
+        "\"from-second\"",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -164,9 +164,23 @@ pub async fn same_field_conflict_follows_rule<S: SessionStore + Clone>(
     store: S,
     rule: ConflictRule,
 ) {
+    let expected = match rule {
+        ConflictRule::LastWriteWins => "\"from-second\"",
+        ConflictRule::FirstWriteWins => "\"from-first\"",
+    };
+    same_field_conflict_settled_as(store, |b| b.conflict_rule(rule), expected).await;
+}
+
+/// Two requests change field `x` (the first to save writes `"from-first"`, the second
+/// `"from-second"`) on a layer set up by `configure`: the stored value is `expected`.
+pub async fn same_field_conflict_settled_as<S: SessionStore + Clone>(
+    store: S,
+    configure: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder,
+    expected: &str,
+) {
     let holds = Arc::new(Holds::default());
     let addr = serve(app(
-        builder(&store).conflict_rule(rule).build().unwrap(),
+        configure(builder(&store)).build().unwrap(),
         holds.clone(),
     ))
     .await;
@@ -190,10 +204,6 @@ pub async fn same_field_conflict_follows_rule<S: SessionStore + Clone>(
     assert_eq!(second.await.unwrap().status, 200);
 
     let winner = browser.get(addr, "/get/x").await.body;
-    let expected = match rule {
-        ConflictRule::LastWriteWins => "\"from-second\"",
-        ConflictRule::FirstWriteWins => "\"from-first\"",
-    };
     assert_eq!(winner, expected);
 }
 
