@@ -14,19 +14,14 @@ pub enum Error {
         /// The refused weight.
         weight: f64,
     },
-    /// The bounded-load factor must be finite and > 1.
-    #[error("consistent hashing: balance factor {factor} must be a finite number > 1")]
-    InvalidBalanceFactor {
-        /// The refused factor.
-        factor: f64,
-    },
     /// The endpoint is not in the set.
     #[error("endpoint {endpoint}: not in the endpoint set")]
     UnknownEndpoint {
         /// The endpoint.
         endpoint: String,
     },
-    /// A configuration field has a value that cannot work.
+    /// A configuration field has a value that cannot work (the consistent-hash balance factor
+    /// is `policy.balance_factor`).
     #[error("configuration field `{field}`: {reason}")]
     InvalidConfig {
         /// Dotted path of the field.

@@ -19,8 +19,10 @@ use crate::policy::Pick;
 use crate::rng::SharedRng;
 use crate::snapshot::{Endpoint, EndpointInfo, PickContext, Snapshot};
 
-/// What a key needs to be: cloneable, comparable, hashable (for consistent hashing) and
-/// printable (for metrics labels and errors). `SocketAddr`, `String` and `http::Uri` qualify.
+/// What a key needs to be: cloneable, comparable, hashable (maps keyed by endpoint) and
+/// printable (metrics labels, errors, and the consistent-hash ring, which hashes the printed
+/// form, so gateways whose keys print alike agree). `SocketAddr`, `String` and `http::Uri`
+/// qualify.
 pub trait EndpointKey:
     Clone + Eq + Hash + fmt::Display + fmt::Debug + Send + Sync + 'static
 {

@@ -1,36 +1,67 @@
 //! Immutable endpoint snapshots that policies pick from.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::endpoint::{Availability, EndpointState, EndpointStatus};
 use crate::rng::SharedRng;
 
 /// A hashed request key for consistent hashing (client IP, header, cookie ...).
+///
+/// Keys made by [`of`](Self::of) and [`of_ip`](Self::of_ip) are XXH3-64 hashes, an algorithm
+/// with a specification and reference test vectors: a value maps to the same point of the ring
+/// in every gateway of a fleet, whatever compiler or herd version built it (a rolling upgrade
+/// keeps every key where it was). A key made from a number of your own (`RequestKey(n)`) is used
+/// as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RequestKey(pub u64);
 
 impl RequestKey {
-    /// Hashes any value with a fixed-key hasher, so the same value maps to the same endpoint
-    /// in every process of the fleet built with the same herd version.
-    pub fn of<T: Hash + ?Sized>(value: &T) -> Self {
-        Self(stable_hash(value))
+    /// The key of `bytes`: their XXH3-64 hash with seed 0.
+    ///
+    /// ```
+    /// # use herd_lb_core::RequestKey;
+    /// assert_eq!(RequestKey::of("user-42"), RequestKey(0x50fe_4b21_cf7b_09cd));
+    /// ```
+    pub fn of(bytes: impl AsRef<[u8]>) -> Self {
+        Self(xxh3_64(bytes.as_ref()))
+    }
+
+    /// The key of a client address: [`of`](Self::of) its octets, 4 for IPv4 and 16 for IPv6; an
+    /// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 client)
+    /// counts as the IPv4 address.
+    pub fn of_ip(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::of(v4.octets()),
+            IpAddr::V6(v6) => Self::of(v6.octets()),
+        }
     }
 }
 
-pub(crate) fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
-    // `DefaultHasher::new()` is SipHash with fixed zero keys: stable within a build, unlike
-    // `RandomState`, so the ring is the same in every gateway process.
-    #[allow(deprecated)]
-    let mut hasher = std::hash::DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
+/// The hash of an endpoint: XXH3-64 of its key's `Display` form (its label) with seed 0.
+fn endpoint_hash(label: &str) -> u64 {
+    xxh3_64(label.as_bytes())
+}
+
+/// Point `replica` of an endpoint on the hash ring: XXH3-64 (seed 0) of 12 bytes, the
+/// endpoint's hash (little-endian) and then `replica` (little-endian `u32`).
+///
+/// Not the label hashed with `replica` as the seed: for inputs of up to 3 bytes XXH3 XORs the
+/// seed into the bytes, so endpoints whose short labels differ in their last byte (`ep3`,
+/// `ep4`) would share most points and one would take the other's keys.
+fn ring_point(endpoint_hash: u64, replica: u32) -> u64 {
+    let mut input = [0u8; 12];
+    let (hash, index) = input.split_at_mut(8);
+    hash.copy_from_slice(&endpoint_hash.to_le_bytes());
+    index.copy_from_slice(&replica.to_le_bytes());
+    xxh3_64(&input)
 }
 
 /// What a pick should take into account besides load and health.
@@ -136,8 +167,9 @@ impl fmt::Debug for Candidates {
 const SAMPLE_TRIES: usize = 8;
 
 impl Candidates {
-    pub(crate) fn new(states: Vec<Arc<EndpointState>>, key_hashes: Vec<u64>) -> Self {
+    pub(crate) fn new(states: Vec<Arc<EndpointState>>) -> Self {
         let weights: Vec<f64> = states.iter().map(|s| s.weight()).collect();
+        let key_hashes = states.iter().map(|s| endpoint_hash(s.label())).collect();
         let total_weight = weights.iter().sum();
         let max_weight = weights.iter().copied().fold(0.0, f64::max);
         let uniform = weights.windows(2).all(|w| w[0] == w[1]);
@@ -316,7 +348,7 @@ impl Candidates {
         best
     }
 
-    /// Hash of endpoint `index`'s key.
+    /// Hash of endpoint `index`'s key: XXH3-64 of its `Display` form (0 when out of range).
     pub fn key_hash(&self, index: usize) -> u64 {
         self.key_hashes.get(index).copied().unwrap_or(0)
     }
@@ -347,9 +379,9 @@ impl Ring {
                 1.0
             };
             let count = (share * RING_POINTS).round().max(1.0) as u32;
-            let key_hash = c.key_hash(i);
+            let endpoint_hash = c.key_hash(i);
             for replica in 0..count {
-                points.push((stable_hash(&(key_hash, replica)), owner));
+                points.push((ring_point(endpoint_hash, replica), owner));
             }
         }
         points.sort_unstable();
@@ -440,18 +472,15 @@ impl<K: fmt::Debug, S> fmt::Debug for Snapshot<K, S> {
     }
 }
 
-impl<K: Hash, S> Snapshot<K, S> {
+impl<K, S> Snapshot<K, S> {
     pub(crate) fn new(entries: Vec<Endpoint<K, S>>) -> Self {
         let states = entries.iter().map(|e| Arc::clone(&e.state)).collect();
-        let hashes = entries.iter().map(|e| stable_hash(&e.key)).collect();
         Self {
-            candidates: Candidates::new(states, hashes),
+            candidates: Candidates::new(states),
             entries,
         }
     }
-}
 
-impl<K, S> Snapshot<K, S> {
     /// Number of endpoints.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -535,5 +564,35 @@ impl<K: Clone> EndpointInfo<K> {
             requests,
             failures,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Pinned: a change of algorithm, seed or input bytes moves keys between endpoints, which a
+    // fleet in a rolling upgrade must not see. The values are those of the reference C
+    // implementation (libxxhash 0.8.1, `XXH3_64bits` and `XXH3_64bits_withSeed`).
+    #[test]
+    fn request_keys_and_ring_points_are_pinned_xxh3_values() {
+        assert_eq!(RequestKey::of(b"").0, 0x2d06_8005_38d3_94c2);
+        assert_eq!(RequestKey::of("user-42").0, 0x50fe_4b21_cf7b_09cd);
+        assert_eq!(
+            RequestKey::of(b"abc123".as_slice()).0,
+            0x3373_9d7b_b974_4cd0
+        );
+        let v4: IpAddr = "192.0.2.1".parse().expect("address");
+        assert_eq!(RequestKey::of_ip(v4).0, 0x2c1c_901e_ed9a_dc4a);
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("address");
+        assert_eq!(RequestKey::of_ip(mapped), RequestKey::of_ip(v4));
+        let v6: IpAddr = "2001:db8::1".parse().expect("address");
+        assert_eq!(RequestKey::of_ip(v6).0, 0x275c_8fa5_8c2d_19a0);
+
+        assert_eq!(endpoint_hash("10.0.0.1:8000"), 0xb11b_d3b3_7e70_3127);
+        let endpoint = endpoint_hash("10.0.0.1:8000");
+        assert_eq!(ring_point(endpoint, 0), 0xbae6_30d7_131e_55cb);
+        assert_eq!(ring_point(endpoint, 1), 0x3e00_45cc_8b81_b32f);
+        assert_eq!(ring_point(endpoint, 2), 0x6b3b_aa78_0e95_b389);
     }
 }

@@ -103,8 +103,11 @@ impl ActiveHealthConfig {
         if self.timeout.is_zero() {
             return invalid("active_health.timeout", "must be > 0");
         }
-        if self.rise == 0 || self.fall == 0 {
-            return invalid("active_health.rise/fall", "must be at least 1");
+        if self.rise == 0 {
+            return invalid("active_health.rise", "must be at least 1");
+        }
+        if self.fall == 0 {
+            return invalid("active_health.fall", "must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return invalid("active_health.jitter", "must be within 0..=1");

@@ -10,7 +10,7 @@ use crate::snapshot::RequestKey;
 pub fn by_client_ip<B>(
     trusted: TrustedProxies,
 ) -> impl Fn(&Request<B>) -> Option<RequestKey> + Send + Sync + 'static {
-    move |req| client_ip(req, &trusted).map(|ip| RequestKey::of(&ip))
+    move |req| client_ip(req, &trusted).map(RequestKey::of_ip)
 }
 
 /// Key = the value of header `name` (e.g. `x-user-id`); no header, no key.
@@ -64,14 +64,14 @@ mod tests {
         let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(
             by_client_ip(TrustedProxies::none())(&req),
-            Some(RequestKey::of(&ip))
+            Some(RequestKey::of_ip(ip))
         );
         // The port does not matter: the same client keeps its key across connections.
         req.extensions_mut()
             .insert(ClientAddr("192.0.2.1:1000".parse().unwrap()));
         assert_eq!(
             by_client_ip(TrustedProxies::none())(&req),
-            Some(RequestKey::of(&ip))
+            Some(RequestKey::of_ip(ip))
         );
     }
 }

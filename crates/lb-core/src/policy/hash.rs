@@ -12,6 +12,14 @@ use crate::snapshot::{Candidates, PickContext};
 /// `balance_factor × (in-flight total + 1) × weight share` (rounded up) takes the request, so a
 /// hot key spills to the next endpoints instead of overloading one. A request without a key is
 /// routed by [`P2c`].
+///
+/// The mapping is fixed by documented algorithms, so every gateway of a fleet maps a key to the
+/// same endpoint, whatever compiler or herd version built it: an endpoint gets
+/// `round(160 × weight / heaviest weight)` points (at least one); with `h` the XXH3-64 hash
+/// (seed 0) of the endpoint key's `Display` form, point `r` (from 0) is the XXH3-64 hash of the
+/// 12 bytes `h` (little-endian) then `r` (little-endian `u32`). A request goes to the first point
+/// at or after its [`RequestKey`](crate::RequestKey) (the XXH3-64 hash of the value it is made
+/// from), wrapping around. Tests pin the hashes and a key → endpoint mapping.
 #[derive(Debug)]
 pub struct ConsistentHash {
     balance_factor: f64,
@@ -32,8 +40,9 @@ impl ConsistentHash {
     /// Uses `rng` for the P2C fallback.
     pub fn with_rng(balance_factor: f64, rng: SharedRng) -> Result<Self, Error> {
         if !balance_factor.is_finite() || balance_factor <= 1.0 {
-            return Err(Error::InvalidBalanceFactor {
-                factor: balance_factor,
+            return Err(Error::InvalidConfig {
+                field: "policy.balance_factor",
+                reason: format!("{balance_factor} is not a finite number > 1"),
             });
         }
         Ok(Self {
