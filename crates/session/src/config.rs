@@ -367,7 +367,10 @@ mod tests {
         );
         let below = with(|c| c.absolute_timeout = Some(Duration::from_secs(60)));
         assert_eq!(below.field(), Some("absolute_timeout"));
-        assert!(below.to_string().contains("shorter than idle_timeout"), "{below}");
+        assert!(
+            below.to_string().contains("shorter than idle_timeout"),
+            "{below}"
+        );
         assert_eq!(with(|c| c.max_size = 0).field(), Some("max_size"));
         assert_eq!(
             with(|c| c.max_save_attempts = 0).field(),

@@ -133,8 +133,14 @@ mod tests {
         let token = crate::READ_YOUR_WRITES_FIELD;
         // The token's default rule: the higher position stays, on either side.
         for fallback in [ConflictRule::LastWriteWins, ConflictRule::FirstWriteWins] {
-            assert_eq!(rules.keep(token, Some("7"), Some("9"), fallback), Keep::Stored);
-            assert_eq!(rules.keep(token, Some("9"), Some("7"), fallback), Keep::Ours);
+            assert_eq!(
+                rules.keep(token, Some("7"), Some("9"), fallback),
+                Keep::Stored
+            );
+            assert_eq!(
+                rules.keep(token, Some("9"), Some("7"), fallback),
+                Keep::Ours
+            );
         }
         // A value the rule cannot read, and other fields: the conflict rule.
         let lww = ConflictRule::LastWriteWins;

@@ -78,19 +78,40 @@ impl Metrics {
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn load(&self, outcome: &'static str) {
-        self.count(LOADS_TOTAL, "outcome", &LOAD_OUTCOMES, &self.loads, outcome, 1);
+        self.count(
+            LOADS_TOTAL,
+            "outcome",
+            &LOAD_OUTCOMES,
+            &self.loads,
+            outcome,
+            1,
+        );
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn save(&self, outcome: &'static str) {
-        self.count(SAVES_TOTAL, "outcome", &SAVE_OUTCOMES, &self.saves, outcome, 1);
+        self.count(
+            SAVES_TOTAL,
+            "outcome",
+            &SAVE_OUTCOMES,
+            &self.saves,
+            outcome,
+            1,
+        );
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
     #[inline(always)]
     pub(crate) fn conflict(&self, kind: &'static str) {
-        self.count(CONFLICTS_TOTAL, "kind", &CONFLICT_KINDS, &self.conflicts, kind, 1);
+        self.count(
+            CONFLICTS_TOTAL,
+            "kind",
+            &CONFLICT_KINDS,
+            &self.conflicts,
+            kind,
+            1,
+        );
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
@@ -108,7 +129,10 @@ impl Metrics {
 
     /// Store errors are rare: their key is built when needed.
     pub(crate) fn store_error(&self, operation: &'static str) {
-        increment(&key(STORE_ERRORS_TOTAL, self.store, "operation", operation), 1);
+        increment(
+            &key(STORE_ERRORS_TOTAL, self.store, "operation", operation),
+            1,
+        );
     }
 
     // Inlined so the label (always a literal) picks its key at compile time.
@@ -136,7 +160,10 @@ impl Metrics {
 /// A store attempt repeated during a failover. Rare: the key is built when needed.
 #[cfg(feature = "redis")]
 pub(crate) fn failover_retry(store: &'static str, operation: &'static str) {
-    increment(&key(STORE_FAILOVER_RETRIES_TOTAL, store, "operation", operation), 1);
+    increment(
+        &key(STORE_FAILOVER_RETRIES_TOTAL, store, "operation", operation),
+        1,
+    );
 }
 
 /// A new cluster connection (a fresh slot map) made while waiting out a failover.

@@ -17,10 +17,10 @@ use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use crate::config::{OnStoreError, TtlExtension};
-use crate::merge::Keep;
 use crate::cookies::CookieAction;
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, StoreKey};
+use crate::merge::Keep;
 use crate::record::{FieldChanges, SessionRecord};
 use crate::session::{Backend, Presented, Session, State, apply_changes};
 use crate::store::{SaveOutcome, SessionStore, Stored};

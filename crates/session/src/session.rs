@@ -366,7 +366,10 @@ impl Session {
             return true;
         }
         if let Some((id, key, stored)) = loaded {
-            self.apply_load(&mut state, Ok(stored.map(|stored| (Some((id.clone(), key)), stored))));
+            self.apply_load(
+                &mut state,
+                Ok(stored.map(|stored| (Some((id.clone(), key)), stored))),
+            );
         }
         self.inner.loaded_now.store(true, Ordering::Release);
         true
@@ -711,7 +714,11 @@ mod tests {
     #[test]
     fn only_the_bundled_memory_store_is_answered_in_place() {
         let memory = crate::MemoryStore::new();
-        assert!(Backend::Store(Arc::new(memory.clone())).in_place().is_some());
+        assert!(
+            Backend::Store(Arc::new(memory.clone()))
+                .in_place()
+                .is_some()
+        );
         // A wrapper (here an `Arc` of it) is a store of its own: awaited like any other.
         let wrapped: Arc<dyn SessionStore> = Arc::new(Arc::new(memory));
         assert!(Backend::Store(wrapped).in_place().is_none());

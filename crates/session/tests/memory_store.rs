@@ -61,7 +61,11 @@ async fn a_field_merge_rule_overrides_the_conflict_rule() {
     .await;
     // A closure sees both JSON texts: here it keeps whichever sorts first.
     let smaller = |ours: Option<&str>, stored: Option<&str>| {
-        Some(if ours? <= stored? { Keep::Ours } else { Keep::Stored })
+        Some(if ours? <= stored? {
+            Keep::Ours
+        } else {
+            Keep::Stored
+        })
     };
     scenarios::same_field_conflict_settled_as(store.clone(), |b| b.merge_rule("x", smaller), first)
         .await;

@@ -448,10 +448,7 @@ mod tests {
         let stale = loaded.clone();
         let mut change = changes(&[("n", Some("1"))]);
         let saved = store.save_changes_entry(&key, &mut loaded, &mut change, ttl);
-        assert!(matches!(
-            saved,
-            SaveOutcome::Saved { version: 2 }
-        ));
+        assert!(matches!(saved, SaveOutcome::Saved { version: 2 }));
         assert!(change.is_empty(), "a save consumes the changes");
         assert_eq!(loaded.version, 2);
         assert_eq!(texts(&loaded.record), [("n".into(), "1".into())]);

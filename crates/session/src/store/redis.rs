@@ -306,10 +306,12 @@ impl RedisStore {
             Some(wait) => wait,
             None => {
                 let mut probe = connection.clone();
-                node_timeout(&mut probe, config.operation_timeout).await.map_or_else(
-                    || failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT),
-                    failover_wait_for,
-                )
+                node_timeout(&mut probe, config.operation_timeout)
+                    .await
+                    .map_or_else(
+                        || failover_wait_for(DEFAULT_CLUSTER_NODE_TIMEOUT),
+                        failover_wait_for,
+                    )
             }
         };
         let handle = Handle::Cluster(Arc::new(ClusterHandle {
@@ -593,7 +595,8 @@ impl RedisStore {
                 StoreError::new(STORE, operation, error.to_string()).with_node(&*self.nodes)
             }
             Failure::Timeout => {
-                StoreError::timeout(STORE, operation, self.config.operation_timeout).with_node(&*self.nodes)
+                StoreError::timeout(STORE, operation, self.config.operation_timeout)
+                    .with_node(&*self.nodes)
             }
         }
     }
