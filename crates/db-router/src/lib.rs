@@ -86,6 +86,8 @@ mod error;
 mod error_class;
 mod executor;
 mod lsn;
+#[cfg(feature = "tower")]
+mod macros;
 pub mod metrics;
 mod monitor;
 mod node;

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
+use tokio::task::futures::TaskLocalFuture;
+
 use crate::lsn::Lsn;
 
 tokio::task_local! {
@@ -145,8 +147,14 @@ impl Consistency {
 
     /// Runs `fut` with this state as the current one for the router.
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        self.scoped(fut).await
+    }
+
+    /// [`scope`](Self::scope) as a future that can be named (for the tower layer's
+    /// `ResponseFuture`).
+    pub(crate) fn scoped<F: Future>(&self, fut: F) -> TaskLocalFuture<Consistency, F> {
         propagate_scopes();
-        CONSISTENCY.scope(self.clone(), fut).await
+        CONSISTENCY.scope(self.clone(), fut)
     }
 
     /// The state of the scope the current task runs in.
