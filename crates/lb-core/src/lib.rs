@@ -76,11 +76,19 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 mod balancer;
 mod config;
 mod endpoint;
 pub mod error;
 mod ewma;
+pub mod future {
+    //! The response future of [`Balancer`](crate::Balancer) (the HTTP upstream's and the rate
+    //! limiter's are in `http::future` and `rate_limit::future`).
+    pub use crate::balancer::ResponseFuture;
+}
 pub mod health;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -95,8 +103,8 @@ mod set;
 mod snapshot;
 
 pub use balancer::{
-    Balancer, BalancerBuilder, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures, ResponseFuture,
-    RetryConfig, RetryPolicy,
+    Balancer, BalancerBuilder, Classify, DEFAULT_QUEUE_TIMEOUT, ErrorsAreFailures, RetryConfig,
+    RetryPolicy,
 };
 pub use config::{BalancerConfig, EndpointConfig};
 pub use endpoint::{EndpointState, EndpointStatus, InFlightGuard, Outcome};

@@ -21,8 +21,9 @@ use axum::routing::get;
 use herd_cache_cluster::http::HttpCacheLayer;
 use herd_cache_cluster::{Backend, Cache};
 use herd_lb_core::health::ActiveHealthConfig;
+use herd_lb_core::http::future::ResponseFuture as ProxyFuture;
 use herd_lb_core::http::{
-    HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, ProxyBody, ProxyFuture, TrustedProxies,
+    HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, ProxyBody, TrustedProxies,
 };
 use herd_lb_core::rate_limit::{
     QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer, RouteLimit,

@@ -13,9 +13,17 @@ use super::{BoxError, Classifier};
 use crate::endpoint::InFlightGuard;
 use crate::snapshot::RequestKey;
 
+/// Attempts after the first, and a request that waits for a free slot: `Inner::route`, an
+/// `async fn` (a loop of picks, waits on the set's `Notify` and calls), whose future type has
+/// no name on stable Rust. Boxed rather than written out as a state machine because these paths
+/// are rare (a failed attempt within the retry budget, a set at its concurrency caps) and the
+/// request that takes one has already waited or failed; the common path, one attempt on a ready
+/// endpoint, is not boxed.
 pub(super) type BoxedResponse<Res> = Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>;
 
-/// An endpoint that was not ready at once, driven to readiness and then called.
+/// An endpoint that was not ready at once, driven to readiness and then called. Boxed so that
+/// the response future does not hold the endpoint's service and the request on every call for
+/// a case that is rare (an HTTP endpoint is always ready).
 type BoxedCall<S, Req> = Pin<
     Box<
         dyn Future<Output = Result<<S as Service<Req>>::Future, <S as Service<Req>>::Error>> + Send,

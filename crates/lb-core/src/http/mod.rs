@@ -37,6 +37,7 @@
 
 mod body;
 mod client_ip;
+pub mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -52,5 +53,5 @@ pub use headers::X_HERD_DEPENDENCY_UNAVAILABLE;
 pub use pool::PooledBody;
 pub use upstream::{
     HashKeyConfig, HttpActiveHealth, HttpEndpoint, HttpRetry, HttpUpstream, HttpUpstreamConfig,
-    ProxyFuture, UpstreamError, UpstreamErrorKind,
+    UpstreamError, UpstreamErrorKind,
 };

@@ -4,9 +4,8 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,12 +14,12 @@ use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower_service::Service;
 
 use super::body::{ClientBodyError, ClientBodyErrorKind, ProxyBody, UpstreamBody};
 use super::client_ip::{TrustedProxies, client_behind, peer_addr};
+use super::future::{EndpointFuture, ResponseFuture};
 use super::h1::{
     Forwarding, Prefix, RequestFraming, end_head, write_head, write_line, write_request_line,
 };
@@ -31,7 +30,7 @@ use super::headers::{
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
 use crate::BoxError;
-use crate::balancer::{Balancer, ResponseFuture, RetryPolicy};
+use crate::balancer::{Balancer, RetryPolicy};
 use crate::config::BalancerConfig;
 use crate::endpoint::Outcome;
 use crate::error::{Error, PickError};
@@ -138,7 +137,7 @@ impl fmt::Debug for HttpEndpoint {
 impl Service<Request<UpstreamBody>> for HttpEndpoint {
     type Response = Response<PooledBody>;
     type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
+    type Future = EndpointFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
         Poll::Ready(Ok(()))
@@ -185,7 +184,7 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
             head_request: parts.method == Method::HEAD,
             resendable,
         };
-        Box::pin(Arc::clone(&inner.pool).send(msg, inner.timeout))
+        EndpointFuture::new(Box::pin(Arc::clone(&inner.pool).send(msg, inner.timeout)))
     }
 }
 
@@ -797,7 +796,7 @@ pub(crate) fn set_by_proxy(name: &HeaderName) -> bool {
 
 /// The endpoint's answer as the client gets it (hop-by-hop headers dropped), or the failure as
 /// an error response.
-fn respond(result: Result<Response<PooledBody>, BoxError>) -> Response<ProxyBody> {
+pub(super) fn respond(result: Result<Response<PooledBody>, BoxError>) -> Response<ProxyBody> {
     match result {
         // Hop-by-hop headers were left out as the head was read, and the dependency signal
         // from any but a 5xx.
@@ -936,7 +935,7 @@ async fn within<F: Future>(timeout: Duration, fut: F) -> Option<F::Output> {
 }
 
 /// A response the upstream writes itself: `message` (a line) as plain text.
-fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+pub(super) fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(Bytes::from_static(message.as_bytes())));
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -1005,46 +1004,6 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-pin_project! {
-    /// Response future of [`HttpUpstream`]: a request without a body goes to the balancer at
-    /// once and is driven here without boxing; one with a body is read first, in a boxed future
-    /// (as is the answer to one refused before the pick for its `Host`).
-    pub struct ProxyFuture {
-        #[pin]
-        kind: ProxyKind,
-    }
-}
-
-pin_project! {
-    #[project = ProxyKindProj]
-    enum ProxyKind {
-        Balanced {
-            #[pin]
-            fut: ResponseFuture<HttpEndpoint, Request<UpstreamBody>>,
-        },
-        Boxed {
-            fut: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>,
-        },
-    }
-}
-
-impl fmt::Debug for ProxyFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ProxyFuture")
-    }
-}
-
-impl Future for ProxyFuture {
-    type Output = Result<Response<ProxyBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            ProxyKindProj::Balanced { fut } => Poll::Ready(Ok(respond(ready!(fut.poll(cx))))),
-            ProxyKindProj::Boxed { fut } => fut.as_mut().poll(cx).map(Ok),
-        }
-    }
-}
-
 impl<B> Service<Request<B>> for HttpUpstream
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -1052,14 +1011,14 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ProxyFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The balancer is always ready (it picks when called); its failures become responses.
         self.balancer.poll_ready(cx).map(|_| Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<B>) -> ProxyFuture {
+    fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
         let (prefix, refused) = match self.prefix(&mut req) {
             Ok(prefix) => (prefix, None),
             Err(e) => (Prefix::default(), Some(e)),
@@ -1069,35 +1028,28 @@ where
         if refused.is_none() && req.body().is_end_stream() {
             // No body (most requests): straight to the balancer, nothing to read first.
             let body = UpstreamBody::full(Bytes::new()).with_prefix(prefix);
-            let fut = self.balancer.call(req.map(|_| body));
-            return ProxyFuture {
-                kind: ProxyKind::Balanced { fut },
-            };
+            return ResponseFuture::balanced(self.balancer.call(req.map(|_| body)));
         }
         self.not_at_once(req, prefix, refused)
     }
 }
 
 impl HttpUpstream {
-    /// A request not sent at once, in a boxed future: one refused before the pick for its
-    /// `Host` is answered; one with a body has it read (buffered when small) before the pick.
+    /// A request not sent at once: one refused before the pick for its `Host` is answered; one
+    /// with a body has it read (buffered when small) before the pick, in a boxed future.
     #[inline(never)]
     fn not_at_once<B>(
         &self,
         req: Request<B>,
         prefix: Prefix,
         refused: Option<HostError>,
-    ) -> ProxyFuture
+    ) -> ResponseFuture
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         if let Some(e) = refused {
-            return ProxyFuture {
-                kind: ProxyKind::Boxed {
-                    fut: Box::pin(std::future::ready(host_error_response(e))),
-                },
-            };
+            return ResponseFuture::answered(host_error_response(e));
         }
         let (parts, body) = req.into_parts();
         let mut balancer = self.balancer.clone();
@@ -1116,9 +1068,7 @@ impl HttpUpstream {
             }
             respond(balancer.call(Request::from_parts(parts, body)).await)
         });
-        ProxyFuture {
-            kind: ProxyKind::Boxed { fut },
-        }
+        ResponseFuture::with_body(fut)
     }
 }
 

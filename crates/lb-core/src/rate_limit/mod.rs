@@ -9,17 +9,16 @@
 //! drops its least recently used state when the zone is full. Every request costs O(1); no
 //! request ever scans the table.
 
+pub mod future;
+
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderValue, RETRY_AFTER};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tower_layer::Layer;
@@ -28,6 +27,7 @@ use tower_service::Service;
 use crate::error::Error;
 use crate::ewma::clock;
 use crate::http::{TrustedProxies, client_ip};
+use future::ResponseFuture;
 
 /// A rate: `requests` per `per`, with bursts of up to `burst` requests served without delay
 /// (nginx `rate=100r/s burst=N nodelay`).
@@ -506,32 +506,17 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 }
 
 impl<S> RateLimit<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-    S::Error: Send + 'static,
+    ResBody: Default,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -544,17 +529,15 @@ where
             let ip = client_ip(&req, &limits.trusted).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             if let Err(wait_ns) = limits.table.check(gcra, limits.key(quota, ip)) {
                 let wait = Duration::from_nanos(wait_ns);
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let secs = wait
+                    .as_secs()
+                    .saturating_add(u64::from(wait.subsec_nanos() > 0));
                 metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
                 tracing::debug!(client = %ip, path = req.uri().path(), ?wait, "rate limited");
-                let mut res = Response::new(ResBody::default());
-                *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                res.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                return Box::pin(std::future::ready(Ok(res)));
+                return ResponseFuture::limited(secs.max(1));
             }
         }
-        Box::pin(self.inner.call(req))
+        ResponseFuture::admitted(self.inner.call(req))
     }
 }
 
@@ -562,6 +545,8 @@ where
 mod tests {
     use super::*;
     use crate::http::ClientAddr;
+    use http::StatusCode;
+    use http::header::RETRY_AFTER;
     use std::convert::Infallible;
     use tower::ServiceExt;
 
