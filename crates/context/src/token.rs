@@ -5,7 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// The error type of a [`TokenStore`].
+/// The error type of a [`TokenStore`]: tower's `BoxError` (the same type, so a store's error
+/// passes through herd's tower layers unchanged), defined here because this crate does not
+/// depend on tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The future a [`TokenStore`] method returns.
