@@ -21,8 +21,8 @@ use crate::error::{BoxError, Error};
 use crate::flight::Flights;
 use crate::invalidation::{self, Invalidation};
 use crate::l1::L1;
-use crate::stats::{CacheStats, Counters, Outcome, Tier};
 use crate::metrics::{EARLY_REFRESHES_TOTAL, ERRORS_TOTAL, LOAD_SECONDS, LOCK_WAIT_EXPIRED_TOTAL};
+use crate::stats::{CacheStats, Counters, Outcome, Tier};
 use crate::task::AbortOnDrop;
 
 /// A typed cache over a [`Backend`], with an optional L1, one load per key, fail-open behaviour
@@ -330,10 +330,11 @@ impl Cache {
                     .await,
             )?;
         }
+        let written = inner.fingerprint(&bytes);
         if let Some(l1) = &inner.l1 {
-            l1.insert(key, Some(value.clone()), ttl);
+            l1.insert(key, Some(value.clone()), ttl, written);
         }
-        inner.publish(vec![key.to_owned()]).await;
+        inner.publish(vec![key.to_owned()], vec![written]).await;
         Ok(())
     }
 
@@ -367,14 +368,17 @@ impl Cache {
                 .set_many(&encoded, ttl.saturating_add(inner.config.stale_ttl))
                 .await,
         )?;
+        let written: Vec<Option<u64>> = encoded
+            .iter()
+            .map(|(_, bytes)| inner.fingerprint(bytes))
+            .collect();
         if let Some(l1) = &inner.l1 {
-            for (key, value) in items {
-                l1.insert(key.as_ref(), Some(value.clone()), ttl);
+            for ((key, value), &written) in items.iter().zip(&written) {
+                l1.insert(key.as_ref(), Some(value.clone()), ttl, written);
             }
         }
-        inner
-            .publish(items.iter().map(|(k, _)| k.as_ref().to_owned()).collect())
-            .await;
+        let keys = items.iter().map(|(k, _)| k.as_ref().to_owned()).collect();
+        inner.publish(keys, written).await;
         Ok(())
     }
 
@@ -391,7 +395,7 @@ impl Cache {
         let circuit = inner.circuit_for(&full);
         inner.guard(circuit, "DEL")?;
         inner.checked(circuit, inner.backend.delete(&[full]).await)?;
-        inner.publish(vec![key.to_owned()]).await;
+        inner.publish(vec![key.to_owned()], Vec::new()).await;
         Ok(())
     }
 
@@ -421,7 +425,7 @@ impl Cache {
         doomed.push(tag_key);
         inner.checked(circuit, inner.backend.delete(&doomed).await)?;
         if !keys.is_empty() {
-            inner.publish(keys.clone()).await;
+            inner.publish(keys.clone(), Vec::new()).await;
         }
         Ok(keys.len() as u64)
     }
@@ -507,9 +511,10 @@ impl Cache {
         // We joined a load of the same key for another type: load our own.
         match loader {
             Some(loader) => {
-                Arc::clone(&self.inner)
+                let loaded = Arc::clone(&self.inner)
                     .load_and_store(key.to_owned(), ttl, loader, LockMode::Wait)
-                    .await
+                    .await?;
+                Ok(loaded.value)
             }
             None => Err(Error::Load {
                 key: key.to_owned(),
@@ -708,11 +713,13 @@ impl Inner {
             self.counters.record(Tier::L2, Outcome::Miss);
             return Read::Missing;
         };
+        // Before `decode_owned` takes the bytes apart.
+        let written = self.fingerprint(&bytes);
         match codec::decode_owned::<T>(bytes) {
             Ok((header, value)) if header.is_fresh() => {
                 self.counters.record(Tier::L2, Outcome::Hit);
                 if let Some(l1) = &self.l1 {
-                    l1.insert(key, value.clone(), header.remaining());
+                    l1.insert(key, value.clone(), header.remaining(), written);
                 }
                 Read::Fresh(value, header)
             }
@@ -774,10 +781,16 @@ impl Inner {
             }
             Read::Stale(..) => {
                 self.counters.record(Tier::L2, Outcome::Miss);
-                self.load_and_store(key, ttl, loader, LockMode::Wait).await
+                let loaded = self
+                    .load_and_store(key, ttl, loader, LockMode::Wait)
+                    .await?;
+                Ok(loaded.value)
             }
             Read::Missing | Read::Failed => {
-                self.load_and_store(key, ttl, loader, LockMode::Wait).await
+                let loaded = self
+                    .load_and_store(key, ttl, loader, LockMode::Wait)
+                    .await?;
+                Ok(loaded.value)
             }
         }
     }
@@ -808,11 +821,12 @@ impl Inner {
             let result = Arc::clone(inner)
                 .load_and_store(key.clone(), ttl, loader, LockMode::Skip)
                 .await;
-            if let Err(error) = result {
+            match result {
+                Ok(Loaded { written, .. }) => inner.publish(vec![key.clone()], vec![written]).await,
                 // The old value stays in place (fail-safe).
-                tracing::debug!(%error, "background refresh failed; the previous value stays");
-            } else {
-                inner.publish(vec![key.clone()]).await;
+                Err(error) => {
+                    tracing::debug!(%error, "background refresh failed; the previous value stays");
+                }
             }
             drop(refresh);
         });
@@ -824,7 +838,7 @@ impl Inner {
         ttl: Duration,
         loader: F,
         lock_mode: LockMode,
-    ) -> Result<Option<T>, Error>
+    ) -> Result<Loaded<T>, Error>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
@@ -834,7 +848,12 @@ impl Inner {
         let lock = match self.acquire_lock::<T>(&key, lock_mode).await {
             LockOutcome::Held(token) => Some(token),
             LockOutcome::NotUsed => None,
-            LockOutcome::ValueArrived(value) => return Ok(value),
+            LockOutcome::ValueArrived(value) => {
+                return Ok(Loaded {
+                    value,
+                    written: None,
+                });
+            }
             LockOutcome::Skipped => {
                 return Err(Error::Load {
                     key,
@@ -849,8 +868,8 @@ impl Inner {
         metrics::histogram!(LOAD_SECONDS).record(load_time.as_secs_f64());
         let result = match loaded {
             Ok(value) => {
-                self.store(&key, value.as_ref(), ttl, load_time).await;
-                Ok(value)
+                let written = self.store(&key, value.as_ref(), ttl, load_time).await;
+                Ok(Loaded { value, written })
             }
             Err(error) => {
                 metrics::counter!(ERRORS_TOTAL, "kind" => "loader").increment(1);
@@ -873,33 +892,46 @@ impl Inner {
         result
     }
 
-    /// Writes a loaded value to the backend and the L1 (a `None` only with `negative_ttl`).
-    async fn store<T>(&self, key: &str, value: Option<&T>, ttl: Duration, load_time: Duration)
+    /// Writes a loaded value to the backend and the L1 (a `None` only with `negative_ttl`);
+    /// returns the fingerprint of the bytes written, for the invalidation that announces them.
+    async fn store<T>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        ttl: Duration,
+        load_time: Duration,
+    ) -> Option<u64>
     where
         T: Serialize + Clone + Send + Sync + 'static,
     {
         let ttl = match (value, self.config.negative_ttl) {
             (Some(_), _) => ttl,
             (None, Some(negative_ttl)) => negative_ttl,
-            (None, None) => return,
+            (None, None) => return None,
         };
-        if let Some(l1) = &self.l1 {
-            l1.insert(key, value.cloned(), ttl);
-        }
         let bytes = match codec::encode(value, Header::new(value.is_none(), ttl, load_time)) {
             Ok(bytes) => bytes,
             Err(error) => {
                 metrics::counter!(ERRORS_TOTAL, "kind" => "encode").increment(1);
                 tracing::warn!(key, %error, "loaded value cannot be serialized; not stored");
-                return;
+                // Kept here only, where it was loaded.
+                if let Some(l1) = &self.l1 {
+                    l1.insert(key, value.cloned(), ttl, None);
+                }
+                return None;
             }
         };
+        let written = self.fingerprint(&bytes);
+        if let Some(l1) = &self.l1 {
+            l1.insert(key, value.cloned(), ttl, written);
+        }
         let full = self.data_key(key);
         let circuit = self.circuit_for(&full);
         if circuit.allows() {
             let stored_ttl = ttl.saturating_add(self.config.stale_ttl);
             let _ = self.checked(circuit, self.backend.set(&full, &bytes, stored_ttl).await);
         }
+        written
     }
 
     async fn acquire_lock<T>(&self, key: &str, mode: LockMode) -> LockOutcome<T>
@@ -945,7 +977,8 @@ impl Inner {
                         && header.is_fresh()
                     {
                         if let Some(l1) = &self.l1 {
-                            l1.insert(key, value.clone(), header.remaining());
+                            let written = self.fingerprint(&bytes);
+                            l1.insert(key, value.clone(), header.remaining(), written);
                         }
                         return LockOutcome::ValueArrived(value);
                     }
@@ -958,15 +991,23 @@ impl Inner {
         LockOutcome::NotUsed
     }
 
-    /// Tells other instances to drop `keys` from their L1s. Failures are counted, not returned:
-    /// the write itself succeeded, and L1 entries expire within `l1.max_ttl` anyway.
-    async fn publish(&self, keys: Vec<String>) {
+    /// The fingerprint of stored bytes, when an L1 will keep it (see [`codec::fingerprint`]).
+    fn fingerprint(&self, bytes: &[u8]) -> Option<u64> {
+        self.l1.as_ref().map(|_| codec::fingerprint(bytes))
+    }
+
+    /// Tells other instances to drop `keys` from their L1s, unless they hold the value whose
+    /// stored bytes have the fingerprint in `written` at the same index (none: a delete).
+    /// Failures are counted, not returned: the write itself succeeded, and L1 entries expire
+    /// within `l1.max_ttl` anyway.
+    async fn publish(&self, keys: Vec<String>, written: Vec<Option<u64>>) {
         if self.l1.is_none() || !self.config.invalidation || !self.circuits.whole().allows() {
             return;
         }
         let payload = Invalidation {
             origin: self.origin,
             keys,
+            written,
         }
         .encode();
         if let Err(error) = self.backend.publish(&self.channel, &payload).await {
@@ -974,6 +1015,12 @@ impl Inner {
             tracing::debug!(%error, "publishing a cache invalidation failed");
         }
     }
+}
+
+/// A loader's value, and the fingerprint of the bytes stored for it (when it was stored here).
+struct Loaded<T> {
+    value: Option<T>,
+    written: Option<u64>,
 }
 
 /// A key marked as refreshing in the background; dropping this unmarks it.

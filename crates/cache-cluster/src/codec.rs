@@ -167,6 +167,23 @@ fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// An identity of one stored value (header and payload): equal bytes, equal fingerprints.
+///
+/// An invalidation names the fingerprint of the value its write stored, so an instance whose
+/// L1 already holds that very value (it read it from Redis after the write, before the message
+/// came) keeps it. foldhash with a fixed seed: the same on every instance built with the same
+/// foldhash; where two instances compute different ones (another foldhash version during an
+/// upgrade), the entry is dropped, as every invalidation did before. Not a security boundary:
+/// whoever can publish invalidations can already drop every entry.
+pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Any constant: it only has to be the same everywhere.
+    const SEED: u64 = 0x6865_7264_6361_6368; // "herdcach"
+    let mut hasher = foldhash::fast::FixedState::with_seed(SEED).build_hasher();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
 /// Unix milliseconds (coarse: see [`crate::clock`]).
 pub(crate) fn now_ms() -> u64 {
     crate::clock::unix_now_ms()
@@ -238,6 +255,28 @@ mod tests {
             decode_owned::<String>(bytes).unwrap().1.as_deref(),
             Some("text")
         );
+    }
+
+    #[test]
+    fn fingerprints_tell_stored_values_apart() {
+        let header = Header::new(false, Duration::from_secs(60), Duration::ZERO);
+        let one = encode(Some(&1u32), header).unwrap();
+        let two = encode(Some(&2u32), header).unwrap();
+        assert_eq!(fingerprint(&one), fingerprint(&one.clone()));
+        assert_ne!(fingerprint(&one), fingerprint(&two));
+        // The same value written again (a later expiry) is another write.
+        let later = Header {
+            fresh_until_ms: header.fresh_until_ms + 1,
+            ..header
+        };
+        assert_ne!(
+            fingerprint(&one),
+            fingerprint(&encode(Some(&1u32), later).unwrap())
+        );
+        // The same in every process and run (pinned for this foldhash version: instances
+        // built with another compute other fingerprints, and drop entries on each other's
+        // invalidations as before).
+        assert_eq!(fingerprint(b"herd"), 8_001_203_175_419_703_135);
     }
 
     #[test]

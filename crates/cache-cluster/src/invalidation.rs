@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, PubSubEvent};
 use crate::error::Error;
 use crate::l1::L1;
-use crate::metrics::{ERRORS_TOTAL, INVALIDATIONS_RECEIVED_TOTAL};
+use crate::metrics::{ERRORS_TOTAL, INVALIDATIONS_KEPT_TOTAL, INVALIDATIONS_RECEIVED_TOTAL};
 use crate::task::AbortOnDrop;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -16,16 +16,44 @@ pub(crate) struct Invalidation {
     /// The publishing instance, which already updated its own L1.
     pub(crate) origin: u64,
     pub(crate) keys: Vec<String>,
+    /// Per key, the [fingerprint](crate::codec::fingerprint) of the value the write stored;
+    /// `None` (or missing) for a delete. An instance whose L1 entry already holds that value
+    /// (it read it from Redis before this message came) keeps it, instead of dropping the
+    /// value it has just loaded. Last, so that a reader without this field (postcard ignores
+    /// trailing bytes) still reads `origin` and `keys`.
+    pub(crate) written: Vec<Option<u64>>,
+}
+
+/// A message from an instance that sends no fingerprints (every entry is dropped).
+#[derive(Deserialize)]
+struct KeysOnly {
+    origin: u64,
+    keys: Vec<String>,
 }
 
 impl Invalidation {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        // Serializing owned strings and an integer cannot fail; an empty payload would be ignored.
+        // Serializing owned strings and integers cannot fail; an empty payload would be ignored.
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        postcard::from_bytes(bytes).ok()
+        postcard::from_bytes(bytes).ok().or_else(|| {
+            let KeysOnly { origin, keys } = postcard::from_bytes(bytes).ok()?;
+            Some(Self {
+                origin,
+                keys,
+                written: Vec::new(),
+            })
+        })
+    }
+
+    /// The keys, each with the fingerprint of its written value when the message has one.
+    fn entries(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (key.as_str(), self.written.get(i).copied().flatten()))
     }
 }
 
@@ -47,10 +75,14 @@ pub(crate) async fn start(
                 event = next(&mut events) => match event {
                     Some(PubSubEvent::Message(bytes)) => match Invalidation::decode(&bytes) {
                         Some(msg) if msg.origin != origin => {
-                            for key in &msg.keys {
-                                l1.invalidate(key);
-                            }
+                            let kept = msg
+                                .entries()
+                                .filter(|&(key, written)| l1.invalidate_unless_written(key, written))
+                                .count();
                             metrics::counter!(INVALIDATIONS_RECEIVED_TOTAL).increment(1);
+                            if kept > 0 {
+                                metrics::counter!(INVALIDATIONS_KEPT_TOTAL).increment(kept as u64);
+                            }
                         }
                         Some(_) => {}
                         None => metrics::counter!(ERRORS_TOTAL, "kind" => "invalidation_decode").increment(1),
@@ -89,8 +121,43 @@ mod tests {
         let msg = Invalidation {
             origin: 42,
             keys: vec!["a".into(), "b".into()],
+            written: vec![Some(7), None],
         };
-        assert_eq!(Invalidation::decode(&msg.encode()), Some(msg));
+        let decoded = Invalidation::decode(&msg.encode()).unwrap();
+        assert_eq!(
+            decoded.entries().collect::<Vec<_>>(),
+            [("a", Some(7)), ("b", None)]
+        );
+        assert_eq!(decoded, msg);
         assert_eq!(Invalidation::decode(b"\xff\xff\xff"), None);
+    }
+
+    #[test]
+    fn messages_without_fingerprints_drop_every_key() {
+        #[derive(Serialize)]
+        struct KeysOnly<'a> {
+            origin: u64,
+            keys: &'a [&'a str],
+        }
+        let old = postcard::to_stdvec(&KeysOnly {
+            origin: 42,
+            keys: &["a", "b"],
+        })
+        .unwrap();
+        let decoded = Invalidation::decode(&old).unwrap();
+        assert_eq!(decoded.origin, 42);
+        assert_eq!(
+            decoded.entries().collect::<Vec<_>>(),
+            [("a", None), ("b", None)]
+        );
+        // And a reader that knows no fingerprints reads a new message.
+        let new = Invalidation {
+            origin: 1,
+            keys: vec!["k".into()],
+            written: vec![Some(3)],
+        }
+        .encode();
+        let read: (u64, Vec<String>) = postcard::from_bytes(&new).unwrap();
+        assert_eq!(read, (1, vec!["k".to_owned()]));
     }
 }

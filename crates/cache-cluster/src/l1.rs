@@ -29,6 +29,9 @@ struct Slot {
     expires_ms: u64,
     /// Which insert this is, so the eviction of an older one does not remove it.
     generation: u64,
+    /// [`codec::fingerprint`](crate::codec::fingerprint) of the stored bytes the value came
+    /// from, when known: an invalidation for the write that stored those bytes leaves it.
+    written: Option<u64>,
 }
 
 /// What moka holds per key: the generation of the indexed value and its TTL.
@@ -131,11 +134,13 @@ impl L1 {
     }
 
     /// Stores `value` for at most `remaining` (the value's time left in Redis) and `max_ttl`.
+    /// `written` is the fingerprint of the stored bytes it was decoded from or encoded to.
     pub(crate) fn insert<T: Send + Sync + 'static>(
         &self,
         key: &str,
         value: Option<T>,
         remaining: Duration,
+        written: Option<u64>,
     ) {
         let ttl = remaining.min(self.max_ttl);
         if ttl.is_zero() {
@@ -147,6 +152,7 @@ impl L1 {
             value: Arc::new(value),
             expires_ms: clock::now_ms().saturating_add(ttl_ms),
             generation,
+            written,
         };
         self.index.insert(key.to_owned(), slot);
         self.policy
@@ -156,6 +162,20 @@ impl L1 {
     pub(crate) fn invalidate(&self, key: &str) {
         self.index.remove(key);
         self.policy.invalidate(key);
+    }
+
+    /// Drops `key` unless its entry holds the value whose stored bytes have the fingerprint
+    /// `written` (the write being announced is the one the entry already has). `None` always
+    /// drops. Returns whether the entry was kept.
+    pub(crate) fn invalidate_unless_written(&self, key: &str, written: Option<u64>) -> bool {
+        let removed = self
+            .index
+            .remove_if(key, |_, slot| written.is_none() || slot.written != written);
+        if removed.is_some() {
+            self.policy.invalidate(key);
+            return false;
+        }
+        written.is_some() && self.index.contains_key(key)
     }
 
     pub(crate) fn invalidate_all(&self) {
@@ -180,7 +200,7 @@ mod tests {
             max_ttl: Duration::from_secs(60),
         });
         for i in 0..500 {
-            l1.insert(&format!("k{i}"), Some(i), Duration::from_secs(60));
+            l1.insert(&format!("k{i}"), Some(i), Duration::from_secs(60), None);
         }
         assert!(l1.entry_count() <= 60, "{}", l1.entry_count());
 
@@ -189,22 +209,44 @@ mod tests {
             max_entries: 50,
             max_ttl: Duration::from_secs(60),
         });
-        l1.insert("short", Some(1u8), Duration::from_millis(20));
+        l1.insert("short", Some(1u8), Duration::from_millis(20), None);
         assert_eq!(l1.get::<u8>("short"), Some(Some(1)));
         assert_eq!(l1.get::<u16>("short"), None, "another type is a miss");
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(l1.get::<u8>("short"), None);
 
-        l1.insert("neg", None::<u8>, Duration::from_secs(1));
+        l1.insert("neg", None::<u8>, Duration::from_secs(1), None);
         assert_eq!(l1.get::<u8>("neg"), Some(None));
         l1.invalidate("neg");
         assert_eq!(l1.get::<u8>("neg"), None);
         // Replacing a key keeps the new value even when moka drops the old one.
-        l1.insert("r", Some(1u8), Duration::from_secs(60));
-        l1.insert("r", Some(2u8), Duration::from_secs(60));
+        l1.insert("r", Some(1u8), Duration::from_secs(60), None);
+        l1.insert("r", Some(2u8), Duration::from_secs(60), None);
         l1.policy.run_pending_tasks();
         assert_eq!(l1.get::<u8>("r"), Some(Some(2)));
         l1.invalidate_all();
         assert_eq!(l1.get::<u8>("r"), None);
+    }
+
+    #[test]
+    fn an_invalidation_for_the_held_value_keeps_it() {
+        let l1 = L1::new(&L1Config::default());
+        let ttl = Duration::from_secs(60);
+        l1.insert("k", Some(1u8), ttl, Some(11));
+        // The write that stored these bytes: the entry is that write's value.
+        assert!(l1.invalidate_unless_written("k", Some(11)));
+        assert_eq!(l1.get::<u8>("k"), Some(Some(1)));
+        // Another write, or a delete: dropped.
+        assert!(!l1.invalidate_unless_written("k", Some(12)));
+        assert_eq!(l1.get::<u8>("k"), None);
+        l1.insert("k", Some(1u8), ttl, Some(11));
+        assert!(!l1.invalidate_unless_written("k", None));
+        assert_eq!(l1.get::<u8>("k"), None);
+        // An entry of unknown origin is dropped by any invalidation.
+        l1.insert("k", Some(1u8), ttl, None);
+        assert!(!l1.invalidate_unless_written("k", Some(11)));
+        assert_eq!(l1.get::<u8>("k"), None);
+        // Nothing held: nothing kept.
+        assert!(!l1.invalidate_unless_written("absent", Some(11)));
     }
 }

@@ -23,6 +23,9 @@ pub const EARLY_REFRESHES_TOTAL: &str = "herd_cache_early_refreshes_total";
 pub const LOCK_WAIT_EXPIRED_TOTAL: &str = "herd_cache_lock_wait_expired_total";
 /// Counter: invalidation messages from other instances applied to the L1.
 pub const INVALIDATIONS_RECEIVED_TOTAL: &str = "herd_cache_invalidations_received_total";
+/// Counter: keys an invalidation named that the L1 kept, because its entry already held the
+/// value that write stored (read from Redis after the write, before the message came).
+pub const INVALIDATIONS_KEPT_TOTAL: &str = "herd_cache_invalidations_kept_total";
 /// Counter: times a fail-open circuit opened after consecutive backend failures.
 pub const CIRCUIT_OPENED_TOTAL: &str = "herd_cache_circuit_opened_total";
 /// Counter: Redis Cluster slot map changes that rebuilt the connections (failover, resharding).

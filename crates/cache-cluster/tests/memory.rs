@@ -102,6 +102,61 @@ async fn l1_serves_repeated_reads_and_is_invalidated_by_other_instances() {
     assert_eq!(seen, Some(2));
 }
 
+/// The race behind a flaky cluster test (issue #19): `b` reads a's new value from the backend
+/// before a's invalidation for that very write reaches it. The late message must not evict the
+/// value `b` has just loaded; a later write's message must.
+#[tokio::test(flavor = "current_thread")]
+async fn a_late_invalidation_keeps_the_value_its_write_stored() {
+    let memory = MemoryBackend::new();
+    let a = Cache::new(Backend::Memory(memory.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let b = Cache::new(Backend::Memory(memory.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    // Let the message of each write reach `b` (its subscriber tasks run on this thread).
+    let deliver = || tokio::time::sleep(Duration::from_millis(20));
+
+    a.set("k", &1u32, ttl).await.unwrap();
+    // Nothing has yielded since the write: its message is still on its way to `b`.
+    assert_eq!(b.get::<u32>("k").await, Some(1));
+    assert_eq!(b.stats().l2_hits, 1);
+    deliver().await;
+    assert_eq!(b.get::<u32>("k").await, Some(1));
+    assert_eq!(
+        b.stats().l1_hits,
+        1,
+        "the late invalidation evicted b's entry"
+    );
+
+    // Another write of the same value is another write: b drops its entry.
+    a.set("k", &1u32, ttl).await.unwrap();
+    deliver().await;
+    assert_eq!(b.get::<u32>("k").await, Some(1));
+    assert_eq!(b.stats().l1_hits, 1);
+    assert_eq!(b.stats().l2_hits, 2);
+
+    // A write b has not read, and a delete, evict.
+    a.set("k", &2u32, ttl).await.unwrap();
+    deliver().await;
+    assert_eq!(b.get::<u32>("k").await, Some(2));
+    assert_eq!(b.stats().l2_hits, 3);
+    a.delete("k").await.unwrap();
+    deliver().await;
+    assert_eq!(b.get::<u32>("k").await, None);
+
+    // An entry b stored from its own load is dropped by another instance's write.
+    let loaded = b
+        .get_or_load("l", ttl, || async { Ok::<_, std::io::Error>(Some(5u32)) })
+        .await
+        .unwrap();
+    assert_eq!(loaded, Some(5));
+    a.set("l", &6u32, ttl).await.unwrap();
+    deliver().await;
+    assert_eq!(b.get::<u32>("l").await, Some(6));
+}
+
 #[tokio::test]
 async fn l1_entries_do_not_outlive_the_value() {
     let config = CacheConfig {
