@@ -1,5 +1,5 @@
 //! Metric names and the calls that record them (through the `metrics` facade; the
-//! application installs the exporter).
+//! application installs the exporter). Every name the crate records is one of these constants.
 
 use std::sync::Arc;
 
@@ -7,7 +7,8 @@ use metrics::{Key, Label, Level, Metadata};
 
 use crate::classify::{Reason, Route};
 
-/// Counter: statements run through automatic routing, by `node` and classified `route`.
+/// Counter: statements run through automatic routing, by `node` and classified `route`
+/// (`replica`, `primary`).
 pub const QUERIES_TOTAL: &str = "herd_db_queries_total";
 /// Gauge: bytes of WAL a replica is behind the primary, by `node`.
 pub const REPLICA_LAG_BYTES: &str = "herd_db_replica_lag_bytes";

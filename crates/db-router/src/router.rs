@@ -315,7 +315,7 @@ impl DbRouter {
     /// share one query, and a flood of bad tokens runs at most one at a time. When the primary
     /// cannot be asked, or does not answer within `read_your_writes.max_wait` (at least
     /// 250 ms), the token is kept: reads then wait at most `max_wait` for it.
-    /// [`ReadYourWritesLayer`](crate::ReadYourWritesLayer) checks every token it reads; call
+    /// `ReadYourWritesLayer` (feature `tower`) checks every token it reads; call
     /// this for tokens you carry yourself before [`Consistency::after`].
     pub async fn check_token(&self, token: Lsn) -> Option<Lsn> {
         let shared = &*self.shared;
