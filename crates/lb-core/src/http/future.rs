@@ -1,5 +1,5 @@
 //! The response futures of [`HttpUpstream`](super::HttpUpstream) and
-//! [`HttpEndpoint`](super::HttpEndpoint).
+//! [`HttpEndpoint`].
 
 use std::convert::Infallible;
 use std::fmt;
@@ -14,10 +14,10 @@ use super::body::{ProxyBody, UpstreamBody};
 use super::pool::PooledBody;
 use super::upstream::{HttpEndpoint, UpstreamError, error_response, respond};
 
-/// What an attempt on an [`HttpEndpoint`](super::HttpEndpoint) resolves to.
+/// What an attempt on an [`HttpEndpoint`] resolves to.
 type Exchange = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
 
-/// Response future of [`HttpEndpoint`](super::HttpEndpoint): one HTTP/1.1 exchange with the
+/// Response future of [`HttpEndpoint`]: one HTTP/1.1 exchange with the
 /// endpoint, on a pooled connection.
 ///
 /// Boxed: the exchange is the connection pool's `async fn`, whose future type has no name on
