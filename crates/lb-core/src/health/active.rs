@@ -198,7 +198,7 @@ where
             let jitter = config
                 .interval
                 .mul_f64(config.jitter.clamp(0.0, 1.0) * rng.unit_f64());
-            tokio::time::sleep(config.interval + jitter).await;
+            tokio::time::sleep(config.interval.saturating_add(jitter)).await;
         }
     });
     ActiveHealth { task }

@@ -153,10 +153,23 @@ impl OutlierDetector {
         self.ejected.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// `base` plus the random extra of [`jitter`](OutlierDetection::jitter).
+    /// `base` plus the random extra of [`jitter`](OutlierDetection::jitter) (none when the
+    /// jitter is not a number; at most `Duration::MAX`).
     fn jittered(&self, base: Duration, rng: &SharedRng) -> Duration {
-        let jitter = self.rules.jitter.clamp(0.0, 10.0);
-        base.mul_f64(1.0 + jitter * rng.unit_f64())
+        let jitter = match self.rules.jitter {
+            j if j.is_nan() => 0.0,
+            j => j.clamp(0.0, 10.0),
+        };
+        let factor = 1.0 + jitter * rng.unit_f64();
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+    }
+
+    /// The end of an ejection of `duration` from `now`; one past what `Instant` holds ends in
+    /// 30 years (as `tokio::time::timeout` treats such a deadline).
+    fn ends(now: Instant, duration: Duration) -> Instant {
+        now.checked_add(duration)
+            .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+            .unwrap_or(now)
     }
 }
 
@@ -261,7 +274,8 @@ impl Ejection {
             state.probe_in_flight = false;
             if endpoint.flags() & EJECTED != 0 {
                 state.ejections = state.ejections.saturating_add(1);
-                let until = now + detector.jittered(rules.ejection_time(state.ejections), rng);
+                let duration = detector.jittered(rules.ejection_time(state.ejections), rng);
+                let until = OutlierDetector::ends(now, duration);
                 state.ejected_until = Some(until);
                 endpoint.metrics().ejections.increment(1);
                 tracing::warn!(endpoint = %endpoint.label(), ejections = state.ejections, "probe failed; endpoint ejected again");
@@ -301,7 +315,7 @@ impl Ejection {
         }
         state.ejections = state.ejections.saturating_add(1);
         let duration = detector.jittered(rules.ejection_time(state.ejections), rng);
-        state.ejected_until = Some(now + duration);
+        state.ejected_until = Some(OutlierDetector::ends(now, duration));
         state.window_failures = 0;
         state.window_start = None;
         self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -422,6 +436,25 @@ mod tests {
         assert_eq!(od.ejection_time(4), Duration::from_secs(240));
         assert_eq!(od.ejection_time(5), Duration::from_secs(300));
         assert_eq!(od.ejection_time(60), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn jitter_and_ejection_ends_never_panic() {
+        let rng = SharedRng::seeded(3);
+        for jitter in [f64::NAN, f64::INFINITY, -1.0, 0.1] {
+            let detector = OutlierDetector::new(OutlierDetection {
+                jitter,
+                ..OutlierDetection::default()
+            });
+            let d = detector.jittered(Duration::from_secs(30), &rng);
+            assert!(
+                d >= Duration::from_secs(30) && d <= Duration::from_secs(330),
+                "{d:?}"
+            );
+            assert_eq!(detector.jittered(Duration::MAX, &rng), Duration::MAX);
+        }
+        let now = Instant::now();
+        assert!(OutlierDetector::ends(now, Duration::MAX) > now);
     }
 
     #[test]
