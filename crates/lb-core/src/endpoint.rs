@@ -87,7 +87,10 @@ pub enum EndpointStatus {
 ///
 /// Created by an [`EndpointSet`](crate::EndpointSet) and kept in an `Arc` that every snapshot
 /// containing the endpoint shares, so counters survive inserts, removals and weight changes of
-/// other endpoints. Reads are lock-free except [`ewma`](Self::ewma) and
+/// other endpoints. Reads are lock-free, except that those of an ejected endpoint's state
+/// ([`status`](Self::status), [`is_healthy`](Self::is_healthy),
+/// [`ejected_until`](Self::ejected_until)) and of a ramping endpoint's
+/// [`effective_weight`](Self::effective_weight) take a short lock.
 // `repr(C)` keeps the fields in this order and `align(64)` starts them on a cache line: the
 // first line holds everything a request touches on its endpoint (in-flight and completed counts,
 // cap, flags, the EWMA, the run of failures that starts `ejection`), the third the set's settings
