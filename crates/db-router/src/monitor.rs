@@ -258,9 +258,20 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
     }
     let next = best.map_or(usize::MAX, |(i, _)| i);
     if next != current {
-        match shared.nodes.get(next) {
-            Some(node) => tracing::warn!(node = %node.name, "write node is now `{}`", node.name),
-            None => tracing::error!("no writable primary reachable: writes fail until one is"),
+        match (shared.nodes.get(current), shared.nodes.get(next)) {
+            // A change of write node (a promotion) is worth a warning; finding the first one at
+            // start-up, or one again after none was reachable (already an error), is not.
+            (Some(old), Some(node)) => tracing::warn!(
+                node = %node.name,
+                previous = %old.name,
+                "write node is now `{}` (was `{}`)",
+                node.name,
+                old.name
+            ),
+            (None, Some(node)) => {
+                tracing::info!(node = %node.name, "write node is `{}`", node.name)
+            }
+            (_, None) => tracing::error!("no writable primary reachable: writes fail until one is"),
         }
         shared.writer.store(next, Ordering::Release);
         if let Some(old) = shared.nodes.get(current) {
