@@ -115,6 +115,18 @@ pub async fn migrate(db: &DbRouter) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Applies the schema on the primary at `url` over one connection of its own (idempotent), so a
+/// start-up can do it once before the instances start.
+///
+/// # Errors
+/// When the primary cannot be reached or refuses the DDL.
+pub async fn apply_schema(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql(SCHEMA).execute(&mut conn).await?;
+    conn.close().await
+}
+
 /// Connects to the back ends and builds the instance's router.
 ///
 /// # Errors

@@ -9,7 +9,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum_app::gateway::{GatewayConfig, Policy};
 use axum_app::instance::{self, InstanceConfig};
@@ -36,10 +36,10 @@ struct Cli {
 enum Command {
     /// Everything on this machine (the default).
     All {
-        /// Gateway port.
+        /// Gateway port (0: any free port).
         #[arg(long, default_value_t = 8080)]
         gateway_port: u16,
-        /// First instance port; the 3 instances use it and the next two.
+        /// First instance port; the 3 instances use it and the next two (0: any free ports).
         #[arg(long, default_value_t = 3001)]
         first_instance_port: u16,
         /// Balancing policy of the gateway.
@@ -139,17 +139,40 @@ fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
+/// Start-up progress: one line per step, with the seconds since the start.
+struct Progress(Instant);
+
+impl Progress {
+    fn step(&self, what: impl std::fmt::Display) {
+        println!("  {:>5.1}s  {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
 async fn run_all(gateway_port: u16, first: u16, policy: Policy) -> Result<(), String> {
-    println!(
-        "starting PostgreSQL primary + replica and a 6-node Redis Cluster (or using the environment)..."
-    );
-    let topology = Topology::from_env_or_start(1)
+    let progress = Progress(Instant::now());
+    println!("herd demo: starting (Ctrl-C stops it and removes what it started)");
+    if std::env::var_os("DATABASE_URL").is_none() {
+        println!(
+            "  a PostgreSQL primary + replica and a 6-node Redis Cluster from this machine's binaries, on free ports..."
+        );
+    }
+    let topology = Topology::from_env_or_start(1, &|line| progress.step(line))
         .await
         .map_err(|e| e.to_string())?;
+    instance::apply_schema(&topology.database_url)
+        .await
+        .map_err(|e| format!("schema on {}: {e}", topology.database_url))?;
+    progress.step("schema applied");
     let keys = SigningKeys::generate().map_err(|e| e.to_string())?;
     let mut instances = Vec::new();
     for i in 0..3u16 {
-        let port = first + i;
+        // 0 asks for any free port, for each instance (the tests' choice).
+        let port = match first {
+            0 => 0,
+            _ => first
+                .checked_add(i)
+                .ok_or_else(|| format!("--first-instance-port {first}: no room for 3 ports"))?,
+        };
         let config = InstanceConfig {
             name: format!("instance-{}", i + 1),
             database_url: topology.database_url.clone(),
@@ -160,7 +183,13 @@ async fn run_all(gateway_port: u16, first: u16, policy: Policy) -> Result<(), St
             // come back from curl or a test client there.
             secure_cookies: false,
         };
-        instances.push(instance::spawn(config, localhost(port)).await?);
+        let running = instance::spawn(config, localhost(port)).await?;
+        progress.step(format_args!(
+            "{:<20} {}",
+            running.server.name(),
+            running.server.url()
+        ));
+        instances.push(running);
     }
     let backends: Vec<String> = instances.iter().map(|i| i.server.url()).collect();
     let gateway = axum_app::gateway::spawn(
@@ -168,6 +197,7 @@ async fn run_all(gateway_port: u16, first: u16, policy: Policy) -> Result<(), St
         localhost(gateway_port),
     )
     .await?;
+    progress.step(format_args!("{:<20} {}", "gateway", gateway.server.url()));
     print_banner(&topology, &backends, &gateway.server.url(), policy);
 
     shutdown_signal().await;
@@ -185,10 +215,12 @@ async fn run_all(gateway_port: u16, first: u16, policy: Policy) -> Result<(), St
     Ok(())
 }
 
+/// What the README shows under "The demo: what you will see" (`tests/banner.rs` keeps the two
+/// alike).
 fn print_banner(topology: &Topology, backends: &[String], gateway: &str, policy: Policy) {
     println!();
     println!("herd demo is up (gateway policy: {policy:?})");
-    println!("  gateway     {gateway}        (admin page {gateway}/admin, {gateway}/lb-health)");
+    println!("  gateway     {gateway}   (admin page {gateway}/admin, {gateway}/lb-health)");
     for (i, b) in backends.iter().enumerate() {
         println!(
             "  instance-{}  {b}   (health {b}/health, metrics {b}/metrics)",
@@ -229,7 +261,7 @@ async fn run_instance(
     key: Option<String>,
     secure_cookies: bool,
 ) -> Result<(), String> {
-    let topology = Topology::from_env_or_start(1)
+    let topology = Topology::from_env_or_start(1, &|line| println!("{line}"))
         .await
         .map_err(|e| e.to_string())?;
     let keys = match key {

@@ -53,11 +53,14 @@ fn list(v: &str) -> Vec<String> {
 impl Topology {
     /// Reads `DATABASE_URL`, `REPLICA_URLS` and `REDIS_CLUSTER_NODES` (or `REDIS_URL`) when set;
     /// otherwise starts a PostgreSQL primary with `replicas` streaming replicas and a 6-node Redis
-    /// Cluster on free loopback ports.
+    /// Cluster on free loopback ports, calling `progress` as each part is up.
     ///
     /// # Errors
     /// A half-set environment, or a local start failure (e.g. PostgreSQL not installed).
-    pub async fn from_env_or_start(replicas: usize) -> Result<Topology, TopologyError> {
+    pub async fn from_env_or_start(
+        replicas: usize,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<Topology, TopologyError> {
         let redis = env("REDIS_CLUSTER_NODES")
             .map(|v| RedisTarget::Cluster(list(&v)))
             .or_else(|| env("REDIS_URL").map(RedisTarget::Standalone));
@@ -69,7 +72,7 @@ impl Topology {
                 local_pg: None,
                 local_redis: None,
             }),
-            (None, None) => Self::start_local(replicas).await,
+            (None, None) => Self::start_local_with(replicas, progress).await,
             (Some(_), None) => Err(TopologyError::Incomplete(
                 "DATABASE_URL is set but neither REDIS_CLUSTER_NODES nor REDIS_URL is: set both, or neither to start a local topology",
             )),
@@ -84,9 +87,37 @@ impl Topology {
     /// # Errors
     /// When the servers cannot be started (the error names what to install).
     pub async fn start_local(replicas: usize) -> Result<Topology, TopologyError> {
-        // The first failure (e.g. PostgreSQL not installed) ends both starts at once; whatever the
-        // other had started is stopped when its future is dropped.
-        let (pg, redis) = tokio::try_join!(PgCluster::start(replicas), RedisCluster::start())?;
+        Self::start_local_with(replicas, &|_| {}).await
+    }
+
+    /// [`start_local`](Self::start_local), calling `progress` with a line as each part is up.
+    ///
+    /// # Errors
+    /// When the servers cannot be started (the error names what to install).
+    pub async fn start_local_with(
+        replicas: usize,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<Topology, TopologyError> {
+        // Both start at once. The first failure (e.g. PostgreSQL not installed) ends both;
+        // whatever the other had started is stopped when its future is dropped.
+        let pg = async {
+            let pg = PgCluster::start(replicas).await?;
+            progress(format!("PostgreSQL primary   {}", pg.primary_url()));
+            for url in pg.replica_urls() {
+                progress(format!("PostgreSQL replica   {url} (streaming)"));
+            }
+            Ok::<_, herd_testkit::Error>(pg)
+        };
+        let redis = async {
+            let redis = RedisCluster::start().await?;
+            progress(format!(
+                "Redis Cluster        {} nodes from {}",
+                redis.nodes().len(),
+                redis.urls().first().map_or("", String::as_str)
+            ));
+            Ok::<_, herd_testkit::Error>(redis)
+        };
+        let (pg, redis) = tokio::try_join!(pg, redis)?;
         Ok(Topology {
             database_url: pg.primary_url(),
             replica_urls: pg.replica_urls(),
