@@ -77,6 +77,17 @@ impl Backend {
             Backend::Cookie(_) => None,
         }
     }
+
+    /// The session under `key`, read in place when the store is the `MemoryStore`; `None`
+    /// when the store has to be awaited.
+    fn load_in_place(&self, key: &StoreKey) -> Option<Option<Stored>> {
+        #[cfg(feature = "memory")]
+        if let Some(memory) = self.in_place() {
+            return Some(memory.load_entry(key));
+        }
+        let _ = key; // used only with the `memory` feature
+        None
+    }
 }
 
 /// What a load found: the session (with its id and key when it came from a store), nothing,
@@ -343,17 +354,13 @@ impl Session {
     fn load_now(&self) -> bool {
         let shared = self.shared();
         let loaded = match (&self.inner.presented, &shared.backend) {
-            #[cfg(feature = "memory")]
-            (Presented::Id { id, .. }, backend @ Backend::Store(_)) => match backend.in_place() {
-                Some(memory) => {
-                    let key = id.store_key();
-                    let stored = memory.load_entry(&key);
-                    Some((id, key, stored))
+            (Presented::Id { id, .. }, backend @ Backend::Store(_)) => {
+                let key = id.store_key();
+                match backend.load_in_place(&key) {
+                    Some(stored) => Some((id, key, stored)),
+                    None => return false,
                 }
-                None => return false,
-            },
-            #[cfg(not(feature = "memory"))]
-            (Presented::Id { .. }, Backend::Store(_)) => return false,
+            }
             #[cfg(feature = "cookie-store")]
             (Presented::Sealed(_), Backend::Cookie(_)) => return false,
             _ => None,
