@@ -1,25 +1,4 @@
 //! Per-field merge rules: how a field changed on both sides of a concurrent save is settled.
-//!
-//! When a save meets a concurrent change, the layer re-applies this request's changes on top
-//! of what the other request stored. Fields changed on one side only merge by themselves; a
-//! field changed on both sides asks the [`MergeRule`] set for it with
-//! [`SessionLayerBuilder::merge_rule`](crate::SessionLayerBuilder::merge_rule), and without
-//! one (or when the rule has no opinion) the layer's [`ConflictRule`] decides.
-//!
-//! ```
-//! use herd_session::{Keep, MemoryStore, SessionLayer, SigningKeys};
-//!
-//! // A high score only goes up, whichever request saves last.
-//! let higher = |ours: Option<&str>, stored: Option<&str>| {
-//!     let ours: u64 = ours?.parse().ok()?;
-//!     let stored: u64 = stored?.parse().ok()?;
-//!     Some(if ours >= stored { Keep::Ours } else { Keep::Stored })
-//! };
-//! let layer = SessionLayer::builder(MemoryStore::new(), SigningKeys::generate()?)
-//!     .merge_rule("high_score", higher)
-//!     .build()?;
-//! # Ok::<(), herd_session::ConfigError>(())
-//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,10 +16,30 @@ pub enum Keep {
 
 /// Settles one field changed both by this request and by another request that saved first.
 ///
+/// When a save meets a concurrent change, the layer re-applies this request's changes on top
+/// of what the other request stored. Fields changed on one side only merge by themselves; a
+/// field changed on both sides asks the rule set for it with
+/// [`SessionLayerBuilder::merge_rule`](crate::SessionLayerBuilder::merge_rule), and without
+/// one (or when the rule has no opinion) the layer's [`ConflictRule`] decides.
+///
 /// Closures `Fn(Option<&str>, Option<&str>) -> Option<Keep>` are rules, and so is a
-/// [`ConflictRule`] (a per-field override of the layer's). Set with
-/// [`SessionLayerBuilder::merge_rule`](crate::SessionLayerBuilder::merge_rule); see the
-/// [module docs](self).
+/// [`ConflictRule`] (a per-field override of the layer's):
+///
+/// ```
+/// use herd_session::{ConflictRule, Keep, MemoryStore, SessionLayer, SigningKeys};
+///
+/// // A high score only goes up, whichever request saves last.
+/// let higher = |ours: Option<&str>, stored: Option<&str>| {
+///     let ours: u64 = ours?.parse().ok()?;
+///     let stored: u64 = stored?.parse().ok()?;
+///     Some(if ours >= stored { Keep::Ours } else { Keep::Stored })
+/// };
+/// let layer = SessionLayer::builder(MemoryStore::new(), SigningKeys::generate()?)
+///     .merge_rule("high_score", higher)
+///     .merge_rule("theme", ConflictRule::FirstWriteWins)
+///     .build()?;
+/// # Ok::<(), herd_session::ConfigError>(())
+/// ```
 pub trait MergeRule: Send + Sync + 'static {
     /// `ours` is this request's new value and `stored` the other request's, as JSON text
     /// (`None`: that side removed the field). Returns the side that keeps the field, or `None`
