@@ -14,7 +14,6 @@ use herd_cache_cluster::{Backend, Cache, RedisConfig};
 use herd_db_router::health::RouterCheck;
 use herd_db_router::{DbRouter, ErrorClass, NodeConfig, ReadYourWritesLayer, RouterConfig, sqlx};
 use herd_health::{CheckOptions, Health, HealthConfig, HttpMetricsLayer, PrometheusMetrics};
-use herd_session::health::StoreCheck;
 use herd_session::{Key, RedisStore, Session, SessionLayer, SigningKeys};
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .check_with(RouterCheck::new(db.clone()), shared.clone())
         .check_with(cache.health_check(), shared.clone())
-        .check_with(StoreCheck::new(store), shared)
+        .check_with(herd_session::health::StoreCheck::new(store), shared)
         .metrics(metrics)
         .build()?;
 
