@@ -185,7 +185,10 @@ pub struct RedisConfig {
     /// node). One connection already pipelines every concurrent request; more can pay when
     /// many tasks wait on the same node on an otherwise idle machine (in the `cache`
     /// benchmark 4 were 1.22-1.45x one on the idle machine, 0.80-0.99x under load).
-    /// Default `1`; 0 is refused.
+    /// Round robin rather than a connection pool: a pool (deadpool) hands a connection to one
+    /// request at a time, so 4 carried 4 requests in flight where round robin carried all 64
+    /// (3.44x the throughput in `cache_connections`, benches/README.md). Default `1`; 0 is
+    /// refused.
     pub connections: usize,
 }
 
