@@ -281,11 +281,16 @@ impl SessionLayerBuilder {
             ));
         }
         if !self.config.cookie.secure {
-            tracing::warn!(
-                cookie = self.config.cookie.effective_name(),
-                "session cookies are not Secure: browsers send them over plain HTTP; use this \
-                 only for local development"
-            );
+            // Secure is the default and turning it off is an explicit choice (local plain-HTTP
+            // development), so this is said once per process, not warned per layer.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    cookie = self.config.cookie.effective_name(),
+                    "session cookies are not Secure: browsers send them over plain HTTP; use \
+                     this only for local development"
+                );
+            });
         }
         let store_name = self.backend.name();
         Ok(SessionLayer {
