@@ -64,7 +64,11 @@ fn browser_available() -> bool {
         std::env::var("HERD_REQUIRE_BROWSER").as_deref() != Ok("1"),
         "HERD_REQUIRE_BROWSER=1 but {missing} is not installed (apt-get install -y chromium chromium-driver)"
     );
-    eprintln!(
+    // Straight to the process's stderr: libtest captures `eprintln!`, and a skip that only
+    // `--nocapture` shows is not loud.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "\n*** SKIPPED the browser test: {missing} not installed \
          (apt-get install -y chromium chromium-driver; HERD_REQUIRE_BROWSER=1 makes this a failure) ***\n"
     );
