@@ -177,15 +177,17 @@ impl OutlierDetector {
 /// the ejection, and the single probe let through when its time is over. It sets and clears the
 /// endpoint's `EJECTED` flag (in the flags byte that picks read) and records its ejection
 /// metrics; the endpoint feeds it each request's outcome.
-// `repr(C)`: the run of failures, read by every successful request, comes first, so that it sits
-// on the endpoint's first cache line (see `EndpointState`); the rest is cold.
+// `repr(C)` and the state behind a pointer: the run of failures, read by every successful request,
+// comes first and the whole is 16 bytes, so that it sits on the endpoint's first cache line
+// without pushing the set's settings and the metric handles out of the next one (see
+// `EndpointState`). The state is read only while an ejection is on or a request fails.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Ejection {
     consecutive_failures: AtomicU32,
     /// Still a member of its set: only a member's ejection holds a slot of the set's budget.
     member: AtomicBool,
-    state: Mutex<EjectionState>,
+    state: Box<Mutex<EjectionState>>,
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +206,7 @@ impl Ejection {
         Self {
             consecutive_failures: AtomicU32::new(0),
             member: AtomicBool::new(true),
-            state: Mutex::new(EjectionState::default()),
+            state: Box::new(Mutex::new(EjectionState::default())),
         }
     }
 
