@@ -9,6 +9,7 @@ const README: &str = include_str!("../../../README.md");
 const MAIN: &str = include_str!("../src/main.rs");
 const MANIFEST: &str = include_str!("../Cargo.toml");
 const WORKSPACE: &str = include_str!("../../../Cargo.toml");
+const UPSTREAM: &str = include_str!("../../../crates/lb-core/src/http/upstream.rs");
 const HEADING: &str = "### Adding each crate to your own axum app\n";
 
 /// The section: from its heading to the next `## ` heading.
@@ -129,5 +130,34 @@ fn the_readme_cargo_lines_are_the_quickstarts_dependencies() {
     assert!(
         section().contains(&format!("sqlx **{sqlx}**")),
         "the section names sqlx {sqlx}, the version &DbRouter implements"
+    );
+}
+
+/// The README's gateway block is `HttpUpstream`'s doctest (compiled by `cargo test --doc`), its
+/// hidden lines aside.
+#[test]
+fn the_readme_gateway_block_is_the_compiled_upstream_example() {
+    let at = README
+        .find("Balance over instances (a gateway)")
+        .expect("the README has the gateway paragraph");
+    let shown = blocks(&README[at..], "rust")
+        .into_iter()
+        .next()
+        .expect("a rust block after it");
+    let start = UPSTREAM
+        .find("/// ```no_run\n/// use axum::{Router, body::Body, extract::Request};")
+        .expect("HttpUpstream's doc example");
+    let doc: Vec<&str> = UPSTREAM[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.trim() != "/// ```")
+        .map(|l| l.trim_start().strip_prefix("///").unwrap_or(l))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .filter(|l| !l.starts_with("# ") && *l != "#")
+        .collect();
+    assert_eq!(
+        shown,
+        doc.join("\n").trim_end(),
+        "README.md's gateway block differs from HttpUpstream's doc example"
     );
 }
