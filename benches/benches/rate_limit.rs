@@ -1,4 +1,4 @@
-//! herd-lb-core's per-client rate limiter (`RateLimitLayer`: its own GCRA over a sharded, bounded
+//! herd-gateway's per-client rate limiter (`RateLimitLayer`: its own GCRA over a sharded, bounded
 //! table) against what users would pick instead, tower_governor 0.8 (a tower layer over
 //! governor 0.10's keyed GCRA in a `DashMap`, keyed by `PeerIpKeyExtractor`). One request through
 //! each layer to an always-ready endpoint, called and polled in process on one thread. Both read
@@ -44,7 +44,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use herd_lb_core::rate_limit::{QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer};
+use herd_gateway::rate_limit::{QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 use tower_governor::GovernorLayer;

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 use herd_cache_cluster::http::{HttpCacheConfig, HttpCacheLayer};
 use herd_cache_cluster::{Backend, Cache, CacheConfig};
 use herd_db_router::RouterConfig;
+use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
+use herd_gateway::rate_limit::{RateLimitConfig, RateLimitLayer};
 use herd_lb_core::BalancerConfig;
-use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
-use herd_lb_core::rate_limit::{RateLimitConfig, RateLimitLayer};
 use herd_session::{CookieConfig, Key, MemoryStore, SessionConfig, SessionLayer, SigningKeys};
 use libfuzzer_sys::fuzz_target;
 

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::Arbitrary;
-use herd_lb_core::http::fuzzing;
+use herd_gateway::http::fuzzing;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;

@@ -3,7 +3,7 @@
 //! Input: one flag byte (bit 0: the request was `HEAD`; bits 4..8: how many cut bytes follow),
 //! the cut bytes (lengths of the pieces the answer arrives in), then the answer. Reading it in
 //! pieces must give what reading it whole gives, and the head and trailers must keep nothing
-//! the proxy drops (see `herd_lb_core::http::fuzzing::response`).
+//! the proxy drops (see `herd_gateway::http::fuzzing::response`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let head_request = flags & 1 == 1;
     let cut_count = usize::from(flags >> 4).min(rest.len());
     let (cuts, input) = rest.split_at(cut_count);
-    if let Err(violation) = herd_lb_core::http::fuzzing::response(input, cuts, head_request) {
+    if let Err(violation) = herd_gateway::http::fuzzing::response(input, cuts, head_request) {
         panic!("{violation}");
     }
 });

@@ -1,6 +1,6 @@
 //! Run with: `cargo run --release -p herd-benches --bin gateway-vs-nginx`
 //!
-//! The same 3 backends behind herd's gateway (examples/axum-app's, built on herd-lb-core's HTTP
+//! The same 3 backends behind herd's gateway (examples/axum-app's, built on herd-gateway's HTTP
 //! upstream) and behind nginx, configured alike: least outstanding requests (`least_conn`), 32 idle
 //! keep-alive connections per backend (`keepalive 32`), herd's retry rule (a failed attempt, and
 //! for idempotent requests a 502/503/504, retried on another backend, at most 3 tries:

@@ -1,9 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[macro_use]
-mod macros;
-
 mod balancer;
 mod config;
 mod endpoint;
@@ -11,18 +8,12 @@ pub mod error;
 mod ewma;
 pub mod future {
     //! The response future of [`Balancer`](crate::Balancer) (the HTTP upstream's and the rate
-    //! limiter's are in `http::future` and `rate_limit::future`).
+    //! limiter's are in herd-gateway).
     pub use crate::balancer::ResponseFuture;
 }
 pub mod health;
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub mod http;
 pub mod metrics;
 pub mod policy;
-#[cfg(feature = "rate-limit")]
-#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
-pub mod rate_limit;
 mod rng;
 mod set;
 mod snapshot;

@@ -16,18 +16,6 @@ pub const LATENCY_SECONDS: &str = "herd_lb_latency_seconds";
 pub const EJECTIONS_TOTAL: &str = "herd_lb_ejections_total";
 /// Gauge: 1 when an endpoint is neither ejected nor failing active checks, else 0, by `endpoint`.
 pub const ENDPOINT_HEALTHY: &str = "herd_lb_endpoint_healthy";
-/// Counter: requests answered 429 by the rate limiter (no labels).
-pub const RATE_LIMITED_TOTAL: &str = "herd_lb_rate_limited_total";
-/// Counter: client states the rate limiter dropped while their client was still paying off a
-/// burst, to stay within `max_tracked_clients` (no labels).
-pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "herd_lb_rate_limit_evictions_total";
-/// Counter (feature `http`): requests the HTTP upstream answered itself for the client's fault,
-/// by `reason` (`body_invalid`, `body_too_large`, `body_timeout`, `host_missing`,
-/// `host_repeated`, `host_invalid`).
-pub const CLIENT_ERRORS_TOTAL: &str = "herd_lb_client_errors_total";
-/// Counter (feature `http`): endpoint answers saying a dependency every endpoint shares is
-/// unavailable, by `dependency` (the token the endpoint named, or `other`).
-pub const DEPENDENCY_UNAVAILABLE_TOTAL: &str = "herd_lb_dependency_unavailable_total";
 
 /// The handles one endpoint records to, registered once when it joins its set. Those every
 /// request records to come first.

@@ -1,4 +1,4 @@
-//! The gateway: herd-lb-core's HTTP upstream in front of the instances, with active health checks
+//! The gateway: herd-gateway's HTTP upstream in front of the instances, with active health checks
 //! on `/health/ready`, retries, per-IP rate limits, a response cache for the cacheable route,
 //! `/lb-health` and an admin page.
 
@@ -20,14 +20,14 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use herd_cache_cluster::http::HttpCacheLayer;
 use herd_cache_cluster::{Backend, Cache};
-use herd_lb_core::health::ActiveHealthConfig;
-use herd_lb_core::http::future::ResponseFuture as ProxyFuture;
-use herd_lb_core::http::{
+use herd_gateway::http::future::ResponseFuture as ProxyFuture;
+use herd_gateway::http::{
     HttpActiveHealth, HttpUpstream, HttpUpstreamConfig, ProxyBody, TrustedProxies,
 };
-use herd_lb_core::rate_limit::{
+use herd_gateway::rate_limit::{
     QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer, RouteLimit,
 };
+use herd_lb_core::health::ActiveHealthConfig;
 use herd_lb_core::{EndpointConfig, PolicyConfig};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;

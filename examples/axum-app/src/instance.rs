@@ -15,10 +15,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use herd_cache_cluster::{Backend, Cache, RedisConfig};
 use herd_db_router::{Consistency, DbRouter, ErrorClass, NodeConfig, RouterConfig};
+use herd_gateway::http::X_HERD_DEPENDENCY_UNAVAILABLE as DEPENDENCY_UNAVAILABLE;
 use herd_health::{
     CheckOptions, Health, HealthConfig, HttpMetricsLayer, PrometheusMetrics, ShowDetails,
 };
-use herd_lb_core::http::X_HERD_DEPENDENCY_UNAVAILABLE as DEPENDENCY_UNAVAILABLE;
 use herd_session::{
     RedisStore, RedisStoreConfig, Session, SessionError, SessionLayer, SigningKeys,
 };

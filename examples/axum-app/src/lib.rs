@@ -5,7 +5,7 @@
 //!
 //! - [`instance`]: the notes app (sign-up, login, notes, a cached endpoint, health, metrics),
 //!   built from herd-session, herd-db-router, herd-cache-cluster and herd-health.
-//! - [`gateway`]: the balancer in front, built from herd-lb-core's HTTP upstream, with per-IP rate
+//! - [`gateway`]: the balancer in front, built from herd-gateway's HTTP upstream, with per-IP rate
 //!   limits and a response cache.
 //! - [`topology`]: the back ends, from the environment or started locally with herd-testkit.
 

@@ -9,7 +9,7 @@ const README: &str = include_str!("../../../README.md");
 const MAIN: &str = include_str!("../src/main.rs");
 const MANIFEST: &str = include_str!("../Cargo.toml");
 const WORKSPACE: &str = include_str!("../../../Cargo.toml");
-const UPSTREAM: &str = include_str!("../../../crates/lb-core/src/http/upstream.rs");
+const UPSTREAM: &str = include_str!("../../../crates/gateway/src/http/upstream.rs");
 const HEADING: &str = "### Adding each crate to your own axum app\n";
 
 /// The section: from its heading to the next `## ` heading.

@@ -3,7 +3,6 @@
 //! validated host, and trailers without the fields a trailer may not carry. A real hyper front
 //! server on 127.0.0.1 with raw TCP clients (so absolute-form targets and trailers go on the
 //! wire as an attacker writes them) and an axum backend that echoes what it received.
-#![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -12,8 +11,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
+use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
 use herd_lb_core::EndpointConfig;
-use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;

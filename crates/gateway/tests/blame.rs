@@ -4,7 +4,6 @@
 //! bodies never carry an endpoint's address. Real axum backends and a real hyper front server
 //! on 127.0.0.1, raw TCP clients for malformed bodies; metrics read from a recorder installed
 //! for this test binary.
-#![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -20,7 +19,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use herd_lb_core::http::{ClientAddr, HttpActiveHealth, HttpUpstream, HttpUpstreamConfig};
+use herd_gateway::http::{ClientAddr, HttpActiveHealth, HttpUpstream, HttpUpstreamConfig};
 use herd_lb_core::{EndpointConfig, EndpointInfo, EndpointStatus, OutlierDetection};
 use http::uri::Authority;
 use http_body::Frame;
@@ -271,7 +270,7 @@ fn get_request(path: &str) -> Request<Body> {
     req
 }
 
-async fn text(res: http::Response<herd_lb_core::http::ProxyBody>) -> (StatusCode, String) {
+async fn text(res: http::Response<herd_gateway::http::ProxyBody>) -> (StatusCode, String) {
     let status = res.status();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(bytes.to_vec()).unwrap())

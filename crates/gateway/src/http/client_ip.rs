@@ -3,10 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use herd_lb_core::Error;
 use http::{HeaderMap, Request};
 use serde::Deserialize;
-
-use crate::error::Error;
 
 /// The connection's remote address, as a request extension. Insert it in the server's accept
 /// loop (hyper) or enable feature `axum` to read axum's `ConnectInfo<SocketAddr>` instead.
@@ -16,7 +15,7 @@ pub struct ClientAddr(pub SocketAddr);
 /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
 ///
 /// ```
-/// # use herd_lb_core::http::TrustedProxies;
+/// # use herd_gateway::http::TrustedProxies;
 /// let t = TrustedProxies::new(["10.0.0.0/8", "192.168.1.7"]).unwrap();
 /// assert!(t.contains("10.1.2.3".parse().unwrap()));
 /// assert!(!t.contains("11.0.0.1".parse().unwrap()));

@@ -18,7 +18,7 @@ pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 ///
 /// An instance sets it on its 503 (any 5xx counts), best with `Retry-After`. On such a response
 /// [`HttpUpstream`](super::HttpUpstream):
-/// - records [`Outcome::DependencyUnavailable`](crate::Outcome::DependencyUnavailable) for the
+/// - records [`Outcome::DependencyUnavailable`](herd_lb_core::Outcome::DependencyUnavailable) for the
 ///   endpoint, not a failure: `consecutive_failures` and `max_fails` do not move, so the
 ///   endpoint is not ejected (and its latency is not sampled);
 /// - counts it in `herd_lb_requests_total{endpoint, outcome="dependency_unavailable"}` and in

@@ -9,6 +9,7 @@
 //! drops its least recently used state when the zone is full. Every request costs O(1); no
 //! request ever scans the table.
 
+mod clock;
 pub mod future;
 
 use std::collections::{HashMap, VecDeque};
@@ -18,14 +19,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use herd_lb_core::Error;
 use http::{Request, Response};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::Error;
-use crate::ewma::clock;
 use crate::http::{TrustedProxies, client_ip};
 use future::ResponseFuture;
 
@@ -108,7 +108,7 @@ pub struct RouteLimit {
 /// Rate limits keyed by client address prefix.
 ///
 /// ```
-/// # use herd_lb_core::rate_limit::RateLimitConfig;
+/// # use herd_gateway::rate_limit::RateLimitConfig;
 /// let c: RateLimitConfig = toml::from_str(r#"
 ///     default = { requests = 100, per = "1s", burst = 200 }
 ///     routes = [{ path_prefix = "/login", requests = 5, per = "1m" }]

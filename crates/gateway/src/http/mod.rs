@@ -3,13 +3,13 @@
 //! # Blame where the fault is
 //!
 //! [`HttpUpstream`] counts an attempt against its endpoint (an
-//! [`Outcome::Failure`](crate::Outcome::Failure), which drives `consecutive_failures`,
+//! [`Outcome::Failure`](herd_lb_core::Outcome::Failure), which drives `consecutive_failures`,
 //! `max_fails` and ejection) only when the endpoint is at fault, the way Envoy separates
 //! local-origin errors from the upstream's and ejects on consecutive 5xx:
 //! - **The client's fault.** A request body that breaks off (the client went away), does not
 //!   parse (malformed chunked framing), goes past a size limit (`http_body_util::Limited`) or
 //!   arrives too slowly is answered by the upstream itself: 400, 413 or 408. It is recorded as
-//!   [`Outcome::ClientError`](crate::Outcome::ClientError) and in
+//!   [`Outcome::ClientError`](herd_lb_core::Outcome::ClientError) and in
 //!   `herd_lb_client_errors_total{reason}`, and never retried. It is told apart where the body is
 //!   read, not from an error's text: the body's error is wrapped in a [`ClientBodyError`] as it
 //!   comes out, the source of an [`UpstreamError`] of kind [`UpstreamErrorKind::ClientBody`]
@@ -19,7 +19,7 @@
 //! - **A dependency every endpoint shares.** An instance that fails because a shared dependency
 //!   is down (PostgreSQL failing over, a Redis Cluster failover) says so with
 //!   [`X_HERD_DEPENDENCY_UNAVAILABLE`] on its 5xx: recorded as
-//!   [`Outcome::DependencyUnavailable`](crate::Outcome::DependencyUnavailable), counted apart,
+//!   [`Outcome::DependencyUnavailable`](herd_lb_core::Outcome::DependencyUnavailable), counted apart,
 //!   not retried elsewhere, and removed before the client sees the response. Every instance
 //!   fails alike then, and ejecting them in turn would only shift their load onto the others.
 //!   An explicit signal rather than relative detection: Envoy's success-rate ejection compares

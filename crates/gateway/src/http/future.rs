@@ -67,7 +67,7 @@ pin_project! {
     enum Kind {
         Balanced {
             #[pin]
-            fut: crate::balancer::ResponseFuture<HttpEndpoint, Request<UpstreamBody>>,
+            fut: herd_lb_core::future::ResponseFuture<HttpEndpoint, Request<UpstreamBody>>,
         },
         Answered {
             res: Option<Response<ProxyBody>>,
@@ -80,7 +80,7 @@ pin_project! {
 
 impl ResponseFuture {
     pub(super) fn balanced(
-        fut: crate::balancer::ResponseFuture<HttpEndpoint, Request<UpstreamBody>>,
+        fut: herd_lb_core::future::ResponseFuture<HttpEndpoint, Request<UpstreamBody>>,
     ) -> Self {
         Self {
             kind: Kind::Balanced { fut },

@@ -1,10 +1,10 @@
 //! Request keys for consistent hashing of HTTP requests.
 
+use herd_lb_core::RequestKey;
 use http::Request;
 use http::header::{COOKIE, HeaderName};
 
 use super::client_ip::{TrustedProxies, client_ip};
-use crate::snapshot::RequestKey;
 
 /// Key = the client's IP (nginx `ip_hash`), believing `X-Forwarded-For` only from `trusted`.
 pub fn by_client_ip<B>(

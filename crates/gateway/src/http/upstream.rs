@@ -9,6 +9,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use herd_lb_core::health::{ActiveHealth, ActiveHealthConfig, TcpProbe};
+use herd_lb_core::{
+    Balancer, BalancerConfig, EndpointInfo, Error, Outcome, PickError, RetryPolicy,
+};
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -30,12 +34,7 @@ use super::headers::{
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
 use crate::BoxError;
-use crate::balancer::{Balancer, RetryPolicy};
-use crate::config::BalancerConfig;
-use crate::endpoint::Outcome;
-use crate::error::{Error, PickError};
-use crate::health::{ActiveHealth, ActiveHealthConfig, HttpProbe, TcpProbe};
-use crate::snapshot::EndpointInfo;
+use crate::health::HttpProbe;
 
 /// What went wrong in one attempt to one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +308,7 @@ pub struct HttpActiveHealth {
 /// default.
 ///
 /// ```
-/// use herd_lb_core::http::HttpUpstreamConfig;
+/// use herd_gateway::http::HttpUpstreamConfig;
 ///
 /// let config: HttpUpstreamConfig = toml::from_str(r#"
 ///     policy = "p2c"
@@ -437,7 +436,7 @@ type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
 ///
 /// ```no_run
 /// use axum::{Router, body::Body, extract::Request};
-/// use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
+/// use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
 /// use tower::ServiceExt;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -604,7 +603,7 @@ impl HttpUpstream {
     /// without it forwards as from plain TCP. A clone shares everything else.
     ///
     /// ```
-    /// # use herd_lb_core::http::{HttpUpstream, HttpUpstreamConfig};
+    /// # use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
     /// # let upstream = HttpUpstream::from_config(&HttpUpstreamConfig::default()).unwrap();
     /// # let peer = "127.0.0.1:50000".parse().unwrap();
     /// // In the accept loop of a TLS listener, once per connection:

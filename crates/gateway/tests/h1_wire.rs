@@ -1,7 +1,6 @@
 //! The HTTP upstream's own HTTP/1.1 exchange against scripted endpoints on 127.0.0.1: each
 //! answers with exact bytes, so framing, interim responses, connection reuse and broken
 //! answers are checked on the wire.
-#![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -10,8 +9,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use herd_gateway::http::{ClientAddr, HttpUpstream, HttpUpstreamConfig};
 use herd_lb_core::EndpointConfig;
-use herd_lb_core::http::{ClientAddr, HttpUpstream, HttpUpstreamConfig};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -444,7 +443,7 @@ async fn a_request_sent_to_an_endpoint_directly_gets_its_host_and_forwarding_hea
         .header("host", "client.example")
         .header("x-forwarded-proto", "spoofed")
         .header("content-length", "99")
-        .body(herd_lb_core::http::UpstreamBody::full("abc".into()))
+        .body(herd_gateway::http::UpstreamBody::full("abc".into()))
         .unwrap();
     *req.version_mut() = http::Version::HTTP_10;
     let res = upstream.balancer().clone().oneshot(req).await.unwrap();

@@ -1,5 +1,4 @@
 //! The HTTP upstream and active health checks against real axum servers on 127.0.0.1.
-#![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -12,9 +11,10 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use herd_gateway::health::HttpProbe;
+use herd_gateway::http::{ClientAddr, HttpUpstream, HttpUpstreamConfig};
 use herd_lb_core::EndpointStatus;
-use herd_lb_core::health::{ActiveHealthConfig, HttpProbe, TcpProbe};
-use herd_lb_core::http::{ClientAddr, HttpUpstream, HttpUpstreamConfig};
+use herd_lb_core::health::{ActiveHealthConfig, TcpProbe};
 use herd_lb_core::{EndpointConfig, EndpointSet};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -132,7 +132,7 @@ fn request(method: &str, path: &str, body: &'static str) -> Request<Body> {
     req
 }
 
-async fn text(res: axum::http::Response<herd_lb_core::http::ProxyBody>) -> (StatusCode, String) {
+async fn text(res: axum::http::Response<herd_gateway::http::ProxyBody>) -> (StatusCode, String) {
     let status = res.status();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(bytes.to_vec()).unwrap())
@@ -174,7 +174,7 @@ async fn forwards_with_proxy_headers_and_body() {
     // A trusted proxy's X-Forwarded-For is kept and extended; a configured scheme is sent (TLS
     // ended in front of the upstream).
     let mut trusted = config(&[server.addr]);
-    trusted.trusted_proxies = herd_lb_core::http::TrustedProxies::new(["198.51.100.0/24"]).unwrap();
+    trusted.trusted_proxies = herd_gateway::http::TrustedProxies::new(["198.51.100.0/24"]).unwrap();
     trusted.forwarded_proto = Some("https".into());
     let upstream = HttpUpstream::from_config(&trusted).unwrap();
     let (_, body) = text(
@@ -216,7 +216,7 @@ async fn the_peer_can_come_from_the_connection_instead_of_the_request() {
     );
     // Behind a trusted proxy the client is still found in X-Forwarded-For.
     let mut trusted = config(&[server.addr]);
-    trusted.trusted_proxies = herd_lb_core::http::TrustedProxies::new(["203.0.113.0/24"]).unwrap();
+    trusted.trusted_proxies = herd_gateway::http::TrustedProxies::new(["203.0.113.0/24"]).unwrap();
     let upstream = HttpUpstream::from_config(&trusted).unwrap().with_peer(peer);
     let body = echo(upstream, bare()).await;
     assert!(
@@ -277,7 +277,7 @@ async fn client_ip_hashing_keeps_each_client_on_one_endpoint() {
     config.balancer.policy = herd_lb_core::PolicyConfig::ConsistentHash {
         balance_factor: 1.25,
     };
-    config.hash_key = Some(herd_lb_core::http::HashKeyConfig::ClientIp);
+    config.hash_key = Some(herd_gateway::http::HashKeyConfig::ClientIp);
     let upstream = HttpUpstream::from_config(&config).unwrap();
     let mut seen = std::collections::HashSet::new();
     for client in 0..40 {

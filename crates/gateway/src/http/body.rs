@@ -240,7 +240,7 @@ impl fmt::Display for ClientBodyErrorKind {
 /// [`ClientBody`](super::UpstreamErrorKind::ClientBody) (see
 /// [`UpstreamError::client_body`](super::UpstreamError::client_body)), and
 /// [`HttpUpstream`](super::HttpUpstream) answers it with [`status`](Self::status) itself,
-/// records [`Outcome::ClientError`](crate::Outcome::ClientError) for the endpoint and never
+/// records [`Outcome::ClientError`](herd_lb_core::Outcome::ClientError) for the endpoint and never
 /// retries it.
 #[derive(Debug, thiserror::Error)]
 #[error("client request body {kind}")]

@@ -2,7 +2,6 @@
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware whose wrapped service of type `S` is
 /// its `inner` field (tower-http's accessors). Use inside `impl<S> Middleware<S> { ... }`.
-#[cfg_attr(not(feature = "rate-limit"), allow(unused_macros))]
 macro_rules! define_inner_service_accessors {
     () => {
         /// The wrapped service.

@@ -1,16 +1,16 @@
-//! HTTP GET health probe.
+//! Active health checks over HTTP: [`HttpProbe`], a [`Probe`] for herd-lb-core's
+//! `spawn_active_health`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use herd_lb_core::EndpointKey;
+use herd_lb_core::health::{Probe, ProbeError, ProbeFuture};
 use http::{Request, Uri};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-
-use super::active::{Probe, ProbeError, ProbeFuture};
-use crate::set::EndpointKey;
 
 /// Healthy when `GET http://{key}{path}` answers 2xx (nginx Plus `health_check uri=...`).
 ///
