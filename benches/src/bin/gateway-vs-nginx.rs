@@ -36,7 +36,7 @@ use herd_benches::floor::FloorProxy;
 /// The allocator the demo's binary uses (see examples/axum-app/src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use axum_app::server::ServerThread;
+use herd_gateway::server::ServerThread;
 
 /// What wrk measured.
 #[derive(Debug, Clone, Copy)]

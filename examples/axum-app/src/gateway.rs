@@ -33,7 +33,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tower::{Layer as _, Service, ServiceExt as _};
 
-use crate::server::{App, ServerLimits, ServerThread, Threads, WithConnectInfo};
+use herd_gateway::server::{App, ServerLimits, ServerThread, Threads, WithConnectInfo};
 
 /// The gateway's balancing policy (`--policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -298,7 +298,9 @@ impl Service<Request<Incoming>> for GatewayService {
 }
 
 /// What a gateway serves: [`GatewayService`], behind the rate limits when they are on.
-pub type GatewayApp = tower::util::Either<RateLimit<GatewayService>, GatewayService>;
+/// (A struct of the demo's own: `App` is herd-gateway's trait and `Either` tower's type.)
+#[derive(Debug, Clone)]
+pub struct GatewayApp(tower::util::Either<RateLimit<GatewayService>, GatewayService>);
 
 /// Each connection gets its own [`GatewayService`] that knows the client. The rate limits read
 /// the client from the request, so with them on every request carries it as `ConnectInfo`.
@@ -307,7 +309,7 @@ impl App for GatewayApp {
     type Body = ProxyBody;
 
     fn connection(&self, peer: SocketAddr) -> Self::Service {
-        match self {
+        match &self.0 {
             tower::util::Either::Left(limited) => {
                 let mut limited = limited.clone();
                 *limited.get_mut() = limited.get_ref().connection(peer);
@@ -358,7 +360,7 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
         admin: false,
     };
     if !config.rate_limits {
-        return Ok(tower::util::Either::Right(gateway));
+        return Ok(GatewayApp(tower::util::Either::Right(gateway)));
     }
     // The guides' nginx `limit_req` zones: 100 r/s per IP on the API (bursts served at once),
     // 5 r/min per IP on the login route; everything else unlimited.
@@ -383,7 +385,7 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, String> {
         ..RateLimitConfig::default()
     };
     let layer = RateLimitLayer::new(&limits).map_err(|e| format!("rate limits: {e}"))?;
-    Ok(tower::util::Either::Left(layer.layer(gateway)))
+    Ok(GatewayApp(tower::util::Either::Left(layer.layer(gateway))))
 }
 
 fn trusted_proxies(list: &[String]) -> Result<TrustedProxies, String> {

@@ -640,11 +640,11 @@ async fn stats(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// A running instance on its own thread and runtime (see [`crate::server`]).
+/// A running instance on its own thread and runtime (see [`herd_gateway::server`]).
 #[derive(Debug)]
 pub struct RunningInstance {
     /// The server thread (address, kill, stop).
-    pub server: crate::server::ServerThread,
+    pub server: herd_gateway::server::ServerThread,
     /// Its health registry: `drain()` before stopping, so balancers stop sending first.
     pub health: Health,
     /// Its database router (status, lag).
@@ -661,7 +661,7 @@ pub async fn spawn(
 ) -> Result<RunningInstance, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let name = config.name.clone();
-    let server = crate::server::ServerThread::start(&name, bind, move || async move {
+    let server = herd_gateway::server::ServerThread::start(&name, bind, move || async move {
         let instance = build(config).await.map_err(|e| e.to_string())?;
         let _ = tx.send((instance.health, instance.db));
         Ok(instance.router)

@@ -12,5 +12,4 @@
 pub mod auth;
 pub mod gateway;
 pub mod instance;
-pub mod server;
 pub mod topology;

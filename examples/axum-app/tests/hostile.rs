@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use axum_app::gateway::{self, GatewayConfig};
-use axum_app::server::ServerLimits;
 use common::{backends, client, client_ip, demo};
+use herd_gateway::server::ServerLimits;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -1,9 +1,12 @@
-//! Running a server on its own thread and tokio runtime, like a separate process.
+//! Running a server on its own threads and tokio runtimes, like a separate process: the
+//! gateway's harness (one single-threaded runtime per core accepting on one `SO_REUSEPORT` port,
+//! as nginx runs one worker per core), with bounds on what clients may hold open
+//! ([`ServerLimits`]) and a graceful stop that drains open connections.
 //!
-//! Each instance owns its database pools, cache connections and background tasks, which belong to
-//! the runtime that created them. Giving every server its own runtime makes instances as
-//! independent as separate processes, and lets [`ServerThread::kill`] end one abruptly (every
-//! task and connection dropped at once, keep-alive connections included), as a crash would.
+//! A server's state (pools, connections, background tasks) belongs to the runtime that created
+//! it. Giving every server its own runtime makes servers in one process as independent as
+//! separate processes, and lets [`ServerThread::kill`] end one abruptly (every task and
+//! connection dropped at once, keep-alive connections included), as a crash would.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+#[cfg(feature = "axum")]
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -25,16 +29,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
+use serde::Deserialize;
 use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, watch};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt as _};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
-/// What a server serves: an axum [`Router`](axum::Router), or the gateway's
-/// [`GatewayApp`](crate::gateway::GatewayApp). It makes the service of each connection, which
-/// knows the client's address.
+/// What a server serves: an axum `Router` (feature `axum`), or any service that a function of
+/// the client's address makes for each connection (a reverse proxy's
+/// [`HttpUpstream::with_peer`](crate::http::HttpUpstream::with_peer)).
 pub trait App: Clone + Send + 'static {
     /// The service of one connection.
     type Service: Service<
@@ -55,6 +60,8 @@ pub trait App: Clone + Send + 'static {
 
 /// A router's requests carry the client's address as `ConnectInfo<SocketAddr>`, as
 /// `axum::serve` puts it.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl App for axum::Router {
     type Service = WithConnectInfo<axum::Router>;
     type Body = axum::body::Body;
@@ -65,12 +72,15 @@ impl App for axum::Router {
 }
 
 /// `inner`, with the connection's peer put in each request as `ConnectInfo<SocketAddr>`.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 #[derive(Debug, Clone)]
 pub struct WithConnectInfo<S> {
     inner: S,
     peer: SocketAddr,
 }
 
+#[cfg(feature = "axum")]
 impl<S> WithConnectInfo<S> {
     /// `inner` for requests from `peer`.
     pub fn new(inner: S, peer: SocketAddr) -> Self {
@@ -78,6 +88,7 @@ impl<S> WithConnectInfo<S> {
     }
 }
 
+#[cfg(feature = "axum")]
 impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithConnectInfo<S> {
     type Response = S::Response;
     type Error = S::Error;
@@ -130,11 +141,22 @@ where
 
 /// Bounds on what clients can hold open, so that slow or idle clients cannot exhaust a server
 /// (a slowloris sending one header byte a second, or thousands of idle connections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// ```
+/// # use herd_gateway::server::ServerLimits;
+/// let limits: ServerLimits = toml::from_str(r#"
+///     header_read_timeout = "10s"
+///     max_connections = 4096
+/// "#).unwrap();
+/// assert_eq!(limits.max_head_bytes, 64 * 1024);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerLimits {
     /// Longest wait for a whole request head, idle keep-alive time before it included (default
     /// 20 s; nginx's `client_header_timeout` and `keepalive_timeout` in one). A connection that
     /// has not sent a complete head by then is closed.
+    #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Most connections open at once on one accepting thread (default 10 000; nginx's
     /// `worker_connections`). Past it a new connection is answered `503` with `Retry-After`
@@ -215,9 +237,13 @@ fn listen(bind: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tcp
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // `SO_REUSEPORT` is a unix option; elsewhere `Threads::PerCore(n)` with n > 1 fails to bind.
+    #[cfg(unix)]
     if reuse_port {
         socket.set_reuseport(true)?;
     }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
     socket.set_nodelay(true)?;
     socket.bind(bind)?;
     socket.listen(1024)
@@ -469,7 +495,7 @@ fn shut_down(rt: tokio::runtime::Runtime, how: Stop) {
 }
 
 impl ServerThread {
-    /// Binds `bind` (port 0 for any free port), builds the app (an axum [`Router`](axum::Router), or any
+    /// Binds `bind` (port 0 for any free port), builds the app (an axum `Router`, or any
     /// [`App`]) with `build` inside a new runtime with two work-stealing workers, and serves it with the client's address available
     /// as `ConnectInfo<SocketAddr>`. Returns once it accepts connections.
     ///
@@ -659,7 +685,7 @@ impl Drop for ServerThread {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "axum"))]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
