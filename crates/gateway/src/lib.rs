@@ -4,11 +4,22 @@
 #[macro_use]
 mod macros;
 
+#[cfg(feature = "proxy-cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy-cache")))]
+pub mod cache;
 pub mod health;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "axum")]
+mod pages;
 pub mod rate_limit;
 pub mod server;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod service;
+
+#[cfg(feature = "axum")]
+pub use service::{AdminConfig, GatewayConfig, RunningGateway, app, spawn};
 
 /// A boxed error: what the upstream's bodies and layers that add a failure mode return (tower's).
 pub use herd_lb_core::BoxError;
