@@ -1,11 +1,15 @@
 //! Run with: `cargo run --release -p herd-benches --bin gateway-vs-nginx`
 //!
-//! The same 3 backends behind herd's gateway (examples/axum-app's, built on herd-gateway's HTTP
-//! upstream) and behind nginx, configured alike: least outstanding requests (`least_conn`), 32 idle
+//! The same 3 backends behind herd's gateway (herd-gateway's `spawn`, as the demo runs it), nginx
+//! and HAProxy, configured alike: least outstanding requests (`least_conn`), 32 idle
 //! keep-alive connections per backend (`keepalive 32`), herd's retry rule (a failed attempt, and
 //! for idempotent requests a 502/503/504, retried on another backend, at most 3 tries:
 //! `proxy_next_upstream error timeout http_502 http_503 http_504; proxy_next_upstream_tries 3`)
 //! and herd's request headers (`Host`, `X-Real-IP`, `X-Forwarded-For`, `-Proto`, `-Host`).
+//! HAProxy gets the same: `balance leastconn`, `pool-max-conn 32` per server with
+//! `http-reuse always`, `retries 2` with `retry-on conn-failure empty-response response-timeout
+//! 502 503 504` and `option redispatch 1`, and the same headers; 2 threads, as nginx has 2
+//! workers and herd 2 runtimes.
 //!
 //! A third proxy gives the floor: [`herd_benches::floor`], a bare hyper proxy on the same
 //! threads, with none of a gateway's work per request (no balancing decision, header rewriting,
@@ -18,9 +22,9 @@
 //! the ratios. The machine's cores are shared by wrk, the backends and the proxy, so throughput
 //! follows the proxy's CPU time per request.
 //!
-//! Needs `nginx` and `wrk` (`apt-get install -y nginx wrk`). Options: `--duration 10s`,
+//! Needs `nginx`, `haproxy` and `wrk` (`apt-get install -y nginx haproxy wrk`). Options: `--duration 10s`,
 //! `--connections 64`, `--rounds 1` (each round runs both, alternating which goes first),
-//! `--only herd|nginx|floor` (load just one, e.g. under a profiler), `--serve-backends` (only run the
+//! `--only herd|nginx|haproxy|floor` (load just one, e.g. under a profiler), `--serve-backends` (only run the
 //! backends and print their addresses) and `--backends A,B,C` (use backends running elsewhere).
 #![allow(clippy::print_stdout)]
 
@@ -30,8 +34,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use axum_app::gateway::{GatewayConfig, Policy};
 use herd_benches::floor::FloorProxy;
+use herd_gateway::GatewayConfig;
 
 /// The allocator the demo's binary uses (see examples/axum-app/src/main.rs).
 #[global_allocator]
@@ -151,7 +155,7 @@ fn find(program: &str) -> Result<(), String> {
         .ok()
         .filter(|s| s.success())
         .map(|_| ())
-        .ok_or_else(|| format!("`{program}` not found: apt-get install -y nginx wrk"))
+        .ok_or_else(|| format!("`{program}` not found: apt-get install -y nginx haproxy wrk"))
 }
 
 /// A backend like an app instance's cheapest endpoint: a small JSON body naming the instance.
@@ -168,16 +172,16 @@ async fn backend(name: &'static str) -> Result<ServerThread, String> {
     .await
 }
 
-/// nginx in the foreground with its own prefix dir; stopped by its pid on drop.
-struct Nginx {
+/// nginx or HAProxy in the foreground with its own directory; stopped by its pid on drop.
+struct Proxy {
     child: Child,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Nginx {
+impl Drop for Proxy {
     fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits. (SIGKILL on
-        // the master alone would orphan the workers.)
+        // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits (SIGKILL on
+        // the master alone would orphan the workers); HAProxy, one process, stops at once.
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         for _ in 0..100 {
@@ -191,7 +195,7 @@ impl Drop for Nginx {
     }
 }
 
-fn start_nginx(port: u16, backends: &[SocketAddr]) -> Result<Nginx, String> {
+fn start_nginx(port: u16, backends: &[SocketAddr]) -> Result<Proxy, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let p = dir.path().display().to_string();
     let servers: String = backends
@@ -249,7 +253,54 @@ http {{
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("start nginx: {e}"))?;
-    Ok(Nginx { child, _dir: dir })
+    Ok(Proxy { child, _dir: dir })
+}
+
+/// HAProxy configured as nginx is above (see the module's documentation).
+fn start_haproxy(port: u16, backends: &[SocketAddr]) -> Result<Proxy, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("    server s{i} {b} pool-max-conn 32\n"))
+        .collect();
+    let conf = format!(
+        "global
+    nbthread 2
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 10s
+    timeout http-keep-alive 30s
+    option http-keep-alive
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    balance leastconn
+    http-reuse always
+    retries 2
+    retry-on conn-failure empty-response response-timeout 502 503 504
+    option redispatch 1
+    option forwardfor
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+{servers}"
+    );
+    let conf_path = dir.path().join("haproxy.cfg");
+    std::fs::write(&conf_path, conf).map_err(|e| format!("write haproxy.cfg: {e}"))?;
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start haproxy: {e}"))?;
+    Ok(Proxy { child, _dir: dir })
 }
 
 fn nix_is_root() -> bool {
@@ -394,7 +445,7 @@ struct Options {
     duration: String,
     connections: u32,
     rounds: u32,
-    /// Load only one of them (`herd`, `nginx` or `floor`), e.g. to profile it.
+    /// Load only one of them (`herd`, `nginx`, `haproxy` or `floor`), e.g. to profile it.
     only: Option<String>,
     /// Only start the 3 backends, print their addresses and wait (to be killed).
     serve_backends: bool,
@@ -432,8 +483,12 @@ fn options() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?
             }
             "--only" => match value()?.as_str() {
-                which @ ("herd" | "nginx" | "floor") => o.only = Some(which.to_owned()),
-                other => return Err(format!("--only: herd, nginx or floor, not {other}")),
+                which @ ("herd" | "nginx" | "haproxy" | "floor") => o.only = Some(which.to_owned()),
+                other => {
+                    return Err(format!(
+                        "--only: herd, nginx, haproxy or floor, not {other}"
+                    ));
+                }
             },
             "--bench" => {} // passed by `cargo bench`; this program is run with `cargo run`
             other => return Err(format!("unknown option {other}")),
@@ -445,6 +500,7 @@ fn options() -> Result<Options, String> {
 async fn run() -> Result<(), String> {
     let o = options()?;
     find("nginx")?;
+    find("haproxy")?;
     find("wrk")?;
     let mut backends = Vec::new();
     let addrs: Vec<SocketAddr> = if o.backends.is_empty() {
@@ -466,20 +522,17 @@ async fn run() -> Result<(), String> {
         );
         std::future::pending::<()>().await;
     }
-    let gateway = axum_app::gateway::spawn(
-        GatewayConfig::new(addrs.iter().map(|a| format!("http://{a}")).collect())
-            .policy(Policy::LeastOutstanding)
-            .rate_limits(false)
-            .response_cache(false),
-        any_port(),
-    )
-    .await?;
+    let gateway = herd_gateway::spawn(herd_config(&addrs)?, any_port()).await?;
     let nginx_port = free_port()?;
     let nginx = start_nginx(nginx_port, &addrs)?;
+    let haproxy_port = free_port()?;
+    let haproxy = start_haproxy(haproxy_port, &addrs)?;
     let herd_url = gateway.server.url();
     let nginx_url = format!("http://127.0.0.1:{nginx_port}");
+    let haproxy_url = format!("http://127.0.0.1:{haproxy_port}");
     wait_until_serving(&herd_url).await?;
     wait_until_serving(&nginx_url).await?;
+    wait_until_serving(&haproxy_url).await?;
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let floor = FloorProxy::start(addrs.clone(), cores)?;
     let floor_url = floor.url();
@@ -487,6 +540,11 @@ async fn run() -> Result<(), String> {
     let proxies = [
         ("herd", herd_url.as_str(), Cpu::Threads("gateway")),
         ("nginx", nginx_url.as_str(), Cpu::Process(nginx.child.id())),
+        (
+            "haproxy",
+            haproxy_url.as_str(),
+            Cpu::Process(haproxy.child.id()),
+        ),
         ("floor", floor_url.as_str(), Cpu::Threads("floor")),
     ];
     let selected = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
@@ -501,7 +559,7 @@ async fn run() -> Result<(), String> {
         "wrk -t2 -c{} -d{} --latency on loopback, 3 backends, least outstanding, keepalive 32",
         o.connections, o.duration
     );
-    let mut loads: [Vec<Load>; 3] = Default::default();
+    let mut loads: [Vec<Load>; 4] = Default::default();
     for round in 0..o.rounds as usize {
         // Each round starts with the next proxy, so none is always first or last.
         for i in (0..proxies.len()).map(|i| (i + round) % proxies.len()) {
@@ -511,7 +569,7 @@ async fn run() -> Result<(), String> {
             }
             let load = wrk(url, &o.duration, o.connections, cpu)?;
             println!(
-                "  round {} {name:<5} {:>8.0} req/s  p99 {:>6.2} ms  CPU us/request: proxy {:>4.1} (user {:.1}), backends {:.1}, wrk {:.1}; machine idle {:.0}%  errors {}",
+                "  round {} {name:<7} {:>8.0} req/s  p99 {:>6.2} ms  CPU us/request: proxy {:>4.1} (user {:.1}), backends {:.1}, wrk {:.1}; machine idle {:.0}%  errors {}",
                 round + 1,
                 load.requests_per_sec,
                 load.p99_ms,
@@ -539,6 +597,7 @@ async fn run() -> Result<(), String> {
     for (i, label) in [
         "herd gateway",
         "nginx (2 workers)",
+        "HAProxy (2 threads)",
         "floor: bare hyper proxy (2 threads)",
     ]
     .iter()
@@ -556,13 +615,44 @@ async fn run() -> Result<(), String> {
         cpu[0] / cpu[1]
     );
     println!(
-        "floor/nginx: throughput {:.2}x, CPU per request {:.2}x; herd/floor: throughput {:.2}x, CPU per request {:.2}x",
-        rps[2] / rps[1],
-        cpu[2] / cpu[1],
+        "throughput herd/haproxy = {:.2}x; p99 herd/haproxy = {:.2}x; CPU per request herd/haproxy = {:.2}x",
         rps[0] / rps[2],
+        p99[0] / p99[2],
         cpu[0] / cpu[2]
     );
+    println!(
+        "floor/nginx: throughput {:.2}x, CPU per request {:.2}x; herd/floor: throughput {:.2}x, CPU per request {:.2}x",
+        rps[3] / rps[1],
+        cpu[3] / cpu[1],
+        rps[0] / rps[3],
+        cpu[0] / cpu[3]
+    );
     Ok(())
+}
+
+/// herd's gateway as the demo runs it, on these backends, with least outstanding requests and no
+/// rate limits or proxy cache: the upstream's default keep-alive pool (32 idle per backend) and
+/// retries (3 tries, 502/503/504 for idempotent requests), the demo's timeouts and its active
+/// checks of `/health/ready` every 500 ms.
+fn herd_config(backends: &[SocketAddr]) -> Result<GatewayConfig, String> {
+    let endpoints: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    toml::from_str(&format!(
+        "[upstream]
+policy = \"least_outstanding\"
+endpoints = [{}]
+connect_timeout = \"1s\"
+request_timeout = \"10s\"
+[upstream.active_health]
+path = \"/health/ready\"
+interval = \"500ms\"
+timeout = \"1s\"
+",
+        endpoints.join(", ")
+    ))
+    .map_err(|e| format!("herd's gateway configuration: {e}"))
 }
 
 #[tokio::main]
