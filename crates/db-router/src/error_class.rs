@@ -110,7 +110,7 @@ impl ErrorClass {
     }
 
     /// Whether the failure is the shared database's, not this instance's: a balancer in front
-    /// should not eject the instance for it (herd-lb-core's HTTP upstream honours a response
+    /// should not eject the instance for it (herd-gateway's HTTP upstream honours a response
     /// header saying so).
     pub fn is_dependency_failure(self) -> bool {
         matches!(self, ErrorClass::Retryable | ErrorClass::Unavailable)
