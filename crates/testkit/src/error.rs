@@ -89,6 +89,15 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// The machine or the process cannot do what was asked, e.g. network namespaces without root
+    /// or without `ip` (tests skip on this, unless told the machine must support it).
+    #[error("{what} are not available here: {reason}")]
+    Unsupported {
+        /// What is missing, e.g. `network namespaces`.
+        what: &'static str,
+        /// Why, and what to install or change.
+        reason: String,
+    },
     /// A fault operation was asked of a node in a state that does not allow it.
     #[error("{node}: cannot {op}: {reason}")]
     InvalidState {

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+#[cfg(target_os = "linux")]
+pub mod net;
 mod postgres;
 mod process;
 mod redis;

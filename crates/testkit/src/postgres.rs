@@ -1,6 +1,7 @@
 //! A PostgreSQL primary with streaming replicas, started from the machine's own binaries.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use nix::sys::signal::Signal;
 use sqlx::Connection;
 
 use crate::error::{Error, Result};
-use crate::process::{self, RunAs, Server, Workspace};
+use crate::process::{self, Placement, RunAs, Server, Workspace};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -51,8 +52,10 @@ struct NodeInner {
     run_as: Option<RunAs>,
     server: Server,
     ws: Arc<Workspace>,
-    /// `Some(primary port)` for a node started as a replica.
-    upstream_port: Option<u16>,
+    /// Its address and network namespace.
+    place: Placement,
+    /// `Some((primary address, primary port))` for a node started as a replica.
+    upstream: Option<(Ipv4Addr, u16)>,
 }
 
 impl fmt::Debug for PgNode {
@@ -73,13 +76,29 @@ impl PgCluster {
     /// [`Error::MissingBinary`] when PostgreSQL is not installed, [`Error::Startup`] with the server's
     /// log when a node does not come up.
     pub async fn start(replicas: usize) -> Result<PgCluster> {
+        PgCluster::start_placed(Placement::local(), vec![Placement::local(); replicas]).await
+    }
+
+    /// [`PgCluster::start`] with the primary and each replica at a given place (a `Net` host).
+    pub(crate) async fn start_placed(
+        primary_place: Placement,
+        replica_places: Vec<Placement>,
+    ) -> Result<PgCluster> {
         let bindir = process::postgres_bindir()?;
         let run_as = RunAs::for_postgres()?;
         let ws = Arc::new(Workspace::new("herd-pg-")?);
         let socket_dir = ws.path().join("sockets");
         RunAs::private_dir(run_as, &socket_dir)?;
 
-        let primary = PgNode::new(&ws, "primary", &bindir, run_as, &socket_dir, None)?;
+        let primary = PgNode::new(
+            &ws,
+            "primary",
+            &bindir,
+            run_as,
+            &socket_dir,
+            primary_place,
+            None,
+        )?;
         RunAs::private_dir(run_as, &primary.inner.data_dir)?;
         let data = primary.inner.data_dir.to_string_lossy().into_owned();
         process::run(
@@ -100,23 +119,39 @@ impl PgCluster {
             "primary",
         )
         .await?;
+        if !primary.inner.place.ip.is_loopback() {
+            // Clients and replicas on other hosts of the subnet (replicas copy this file).
+            let hba = primary.inner.data_dir.join("pg_hba.conf");
+            let mut f = std::fs::File::options()
+                .append(true)
+                .open(&hba)
+                .map_err(|e| Error::io(format!("open {}", hba.display()), e))?;
+            std::io::Write::write_all(
+                &mut f,
+                b"host all all samenet trust\nhost replication all samenet trust\n",
+            )
+            .map_err(|e| Error::io(format!("write {}", hba.display()), e))?;
+        }
         primary.launch().await?;
 
-        let mut nodes = Vec::with_capacity(replicas);
-        for i in 1..=replicas {
+        let mut nodes = Vec::with_capacity(replica_places.len());
+        for (i, place) in (1..).zip(replica_places) {
             let node = PgNode::new(
                 &ws,
                 &format!("replica{i}"),
                 &bindir,
                 run_as,
                 &socket_dir,
-                Some(primary.port()),
+                place,
+                Some((primary.inner.place.ip, primary.port())),
             )?;
             RunAs::private_dir(run_as, &node.inner.data_dir)?;
             nodes.push(node);
         }
         // Base backups run concurrently; each is a small, fresh cluster.
-        let backups = nodes.iter().map(|n| n.base_backup(primary.port()));
+        let backups = nodes
+            .iter()
+            .map(|n| n.base_backup(primary.inner.place.ip, primary.port()));
         for r in futures::future::join_all(backups).await {
             r?;
         }
@@ -281,7 +316,8 @@ impl PgNode {
         bindir: &std::path::Path,
         run_as: Option<RunAs>,
         socket_dir: &std::path::Path,
-        upstream_port: Option<u16>,
+        place: Placement,
+        upstream: Option<(Ipv4Addr, u16)>,
     ) -> Result<PgNode> {
         Ok(PgNode {
             inner: Arc::new(NodeInner {
@@ -293,18 +329,19 @@ impl PgNode {
                 run_as,
                 server: Server::new(name),
                 ws: Arc::clone(ws),
-                upstream_port,
+                place,
+                upstream,
             }),
         })
     }
 
-    async fn base_backup(&self, primary_port: u16) -> Result<()> {
+    async fn base_backup(&self, primary_ip: Ipv4Addr, primary_port: u16) -> Result<()> {
         let i = &self.inner;
         process::run(
             &i.bindir.join("pg_basebackup"),
             &[
                 "-h",
-                "127.0.0.1",
+                &primary_ip.to_string(),
                 "-p",
                 &primary_port.to_string(),
                 "-U",
@@ -332,7 +369,7 @@ impl PgNode {
         let mut set = |kv: String| {
             cmd.arg("-c").arg(kv);
         };
-        set("listen_addresses=127.0.0.1".into());
+        set(format!("listen_addresses={}", i.place.ip));
         set(format!(
             "unix_socket_directories={}",
             i.socket_dir.display()
@@ -353,10 +390,10 @@ impl PgNode {
         set("max_connections=200".into());
         set("shared_buffers=32MB".into());
         set("logging_collector=off".into());
-        if let Some(up) = i.upstream_port {
+        if let Some((up_ip, up_port)) = i.upstream {
             // Name the replica in pg_stat_replication; -R wrote the rest of the conninfo.
             set(format!(
-                "primary_conninfo=host=127.0.0.1 port={up} user=postgres application_name={}",
+                "primary_conninfo=host={up_ip} port={up_port} user=postgres application_name={}",
                 i.name
             ));
         }
@@ -371,7 +408,8 @@ impl PgNode {
     /// Spawns the postmaster and waits until it accepts connections.
     async fn launch(&self) -> Result<()> {
         let i = &self.inner;
-        i.server.spawn(&i.ws, self.command())?;
+        i.server
+            .spawn(&i.ws, self.command(), i.place.netns.as_deref())?;
         let started = Instant::now();
         loop {
             if let Some(status) = i.server.exited() {
@@ -455,14 +493,22 @@ impl PgNode {
         self.inner.server.name()
     }
 
-    /// Its loopback port.
+    /// Its port.
     pub fn port(&self) -> u16 {
         self.inner.port
     }
 
-    /// Its connection URL (`postgres://postgres@127.0.0.1:PORT/postgres`).
+    /// The address it listens on: 127.0.0.1, or its host's address on a [`Net`](crate::net::Net).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.inner.place.ip
+    }
+
+    /// Its connection URL (`postgres://postgres@127.0.0.1:PORT/postgres`, or the host's address).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.inner.port)
+        format!(
+            "postgres://postgres@{}:{}/postgres",
+            self.inner.place.ip, self.inner.port
+        )
     }
 
     /// The postmaster's pid while it runs.

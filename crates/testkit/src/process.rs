@@ -17,6 +17,35 @@ use nix::unistd::{Pid, User};
 
 use crate::error::{Error, Result};
 
+/// Where a server runs: the address it listens on and, for a host of a `Net`, the network
+/// namespace it is started in (a path under /run/netns).
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) netns: Option<PathBuf>,
+}
+
+impl Placement {
+    /// 127.0.0.1 in the test process's own namespace.
+    pub(crate) fn local() -> Placement {
+        Placement {
+            ip: Ipv4Addr::LOCALHOST,
+            netns: None,
+        }
+    }
+}
+
+/// Spawns `cmd`, inside the network namespace `netns` when given.
+fn spawn_placed(cmd: &mut Command, netns: Option<&Path>) -> std::io::Result<Child> {
+    match netns {
+        None => cmd.spawn(),
+        #[cfg(target_os = "linux")]
+        Some(ns) => crate::net::in_netns(ns, || cmd.spawn())?,
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => Err(std::io::Error::other("network namespaces need Linux")),
+    }
+}
+
 /// The user server programs run as: `None` means the current user.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunAs {
@@ -292,8 +321,14 @@ impl Server {
         &self.name
     }
 
-    /// Spawns `cmd` with its output appended to the node's log, and registers its pid with the watchdog.
-    pub(crate) fn spawn(&self, ws: &Workspace, mut cmd: Command) -> Result<()> {
+    /// Spawns `cmd` with its output appended to the node's log, and registers its pid with the watchdog;
+    /// inside the network namespace `netns` when given.
+    pub(crate) fn spawn(
+        &self,
+        ws: &Workspace,
+        mut cmd: Command,
+        netns: Option<&Path>,
+    ) -> Result<()> {
         let mut slot = lock(&self.child);
         if let Some(child) = slot.as_mut()
             && matches!(child.try_wait(), Ok(None))
@@ -312,14 +347,13 @@ impl Server {
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io(format!("open the log of {}", self.name), e))?;
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             // Own process group: Ctrl-C in a terminal running herd-dev must not kill the servers
             // before herd-dev stops them in order.
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        let child = spawn_placed(&mut cmd, netns)
             .map_err(|e| Error::io(format!("spawn {}", self.name), e))?;
         fs::write(ws.pid_path(&self.name), child.id().to_string())
             .map_err(|e| Error::io(format!("write the pid file of {}", self.name), e))?;

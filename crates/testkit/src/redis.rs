@@ -1,6 +1,7 @@
 //! Redis: a standalone server and a 6-node Redis Cluster (3 masters + 3 replicas).
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
-use crate::process::{self, Server, Workspace};
+use crate::process::{self, Placement, Server, Workspace};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -26,6 +27,8 @@ struct NodeInner {
     dir: PathBuf,
     server: Server,
     ws: Arc<Workspace>,
+    /// Its address and network namespace.
+    place: Placement,
 }
 
 impl fmt::Debug for RedisNode {
@@ -38,7 +41,11 @@ impl fmt::Debug for RedisNode {
 }
 
 impl RedisNode {
-    fn new(ws: &Arc<Workspace>, cluster_node_timeout: Option<Duration>) -> Result<RedisNode> {
+    fn new(
+        ws: &Arc<Workspace>,
+        cluster_node_timeout: Option<Duration>,
+        place: Placement,
+    ) -> Result<RedisNode> {
         let program = process::redis_program("redis-server")?;
         let port = process::free_port(cluster_node_timeout.is_some())?;
         let name = format!("redis-{port}");
@@ -52,6 +59,7 @@ impl RedisNode {
                 dir,
                 server: Server::new(name),
                 ws: Arc::clone(ws),
+                place,
             }),
         })
     }
@@ -60,7 +68,7 @@ impl RedisNode {
         let i = &self.inner;
         let mut cmd = Command::new(&i.program);
         cmd.args(["--port", &i.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            .args(["--bind", &i.place.ip.to_string()])
             .args(["--protected-mode", "no"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -79,7 +87,8 @@ impl RedisNode {
 
     async fn launch(&self) -> Result<()> {
         let i = &self.inner;
-        i.server.spawn(&i.ws, self.command())?;
+        i.server
+            .spawn(&i.ws, self.command(), i.place.netns.as_deref())?;
         let started = Instant::now();
         loop {
             if let Some(status) = i.server.exited() {
@@ -160,19 +169,24 @@ impl RedisNode {
         self.inner.server.name()
     }
 
-    /// Its loopback port.
+    /// Its port.
     pub fn port(&self) -> u16 {
         self.inner.port
     }
 
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.inner.port)
+    /// The address it listens on: 127.0.0.1, or its host's address on a [`Net`](crate::net::Net).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.inner.place.ip
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or the host's address).
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.inner.place.ip, self.inner.port)
+    }
+
+    /// `redis://127.0.0.1:PORT` (or the host's address).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.inner.port)
+        format!("redis://{}:{}", self.inner.place.ip, self.inner.port)
     }
 
     /// The server's pid while it runs.
@@ -234,8 +248,13 @@ impl RedisServer {
     /// # Errors
     /// [`Error::MissingBinary`] without `redis-server`, [`Error::Startup`] when it does not come up.
     pub async fn start() -> Result<RedisServer> {
+        RedisServer::start_placed(Placement::local()).await
+    }
+
+    /// [`RedisServer::start`] at a given place (a `Net` host).
+    pub(crate) async fn start_placed(place: Placement) -> Result<RedisServer> {
         let ws = Arc::new(Workspace::new("herd-redis-")?);
-        let node = RedisNode::new(&ws, None)?;
+        let node = RedisNode::new(&ws, None, place)?;
         node.launch().await?;
         Ok(RedisServer { node, ws })
     }
@@ -333,6 +352,11 @@ impl RedisClusterBuilder {
     /// [`Error::MissingBinary`] without `redis-server`/`redis-cli`, [`Error::Startup`],
     /// [`Error::Command`] when `redis-cli` fails, [`Error::Timeout`] when the cluster does not settle.
     pub async fn start(self) -> Result<RedisCluster> {
+        self.start_placed(vec![Placement::local()]).await
+    }
+
+    /// [`RedisClusterBuilder::start`] with node `i` at `places[i % places.len()]` (`Net` hosts).
+    pub(crate) async fn start_placed(self, places: Vec<Placement>) -> Result<RedisCluster> {
         if self.masters < 3 {
             return Err(Error::InvalidState {
                 node: "redis cluster".to_owned(),
@@ -344,8 +368,8 @@ impl RedisClusterBuilder {
         let ws = Arc::new(Workspace::new("herd-redis-cluster-")?);
         let count = self.masters * (1 + self.replicas_per_master);
         let mut nodes = Vec::with_capacity(count);
-        for _ in 0..count {
-            nodes.push(RedisNode::new(&ws, Some(self.node_timeout))?);
+        for place in places.iter().cycle().take(count) {
+            nodes.push(RedisNode::new(&ws, Some(self.node_timeout), place.clone())?);
         }
         let cluster = RedisCluster {
             nodes,
