@@ -1,7 +1,11 @@
 //! The gateway as one HTTP service: its own pages (`/lb-health`, `/admin`, and the cached paths
-//! when the proxy cache is on) from an axum router, and every other request straight to the
-//! [`HttpUpstream`], without a routing table between: a proxy's requests are nearly all of the
-//! second kind. [`spawn`] serves it with one single-threaded runtime per core.
+//! when the proxy cache is on) from an axum router, and every other request to an
+//! [`HttpUpstream`]: with [`GatewayConfig`] straight to its one upstream, and with a
+//! [`config`](crate::config) file to the upstream group of the route whose path prefix matches
+//! (the longest), after that route's header rules and body size limit. A proxy's requests are
+//! nearly all of the second kind: a request whose route has no rules goes to the upstream with
+//! no allocation and one prefix comparison per route. [`spawn`] serves it with one
+//! single-threaded runtime per core.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -106,7 +110,103 @@ pub struct RunningGateway {
     pub server: ServerThread,
 }
 
-/// The gateway as one HTTP service (see the [module](self)). Make one with [`app`].
+/// Header rules of a route (nginx `proxy_set_header`, `add_header`, `proxy_hide_header`):
+/// names removed, then values set (replacing any), then values added (beside any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HeaderRules {
+    pub(crate) remove: Vec<http::HeaderName>,
+    pub(crate) set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub(crate) add: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl HeaderRules {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A fixed answer (nginx `return`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FixedResponse {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: bytes::Bytes,
+}
+
+impl FixedResponse {
+    fn response(&self) -> Response<ProxyBody> {
+        let mut res = Response::new(ProxyBody::full(self.body.clone()));
+        *res.status_mut() = self.status;
+        *res.headers_mut() = self.headers.clone();
+        res
+    }
+}
+
+/// What a route does with its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RouteAction {
+    /// Proxy to the upstream group of this index.
+    Proxy(usize),
+    /// Answer this.
+    Respond(FixedResponse),
+}
+
+/// A path prefix and what its requests get.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    /// Matched as a plain string prefix of the raw path, as nginx's prefix `location`s are.
+    pub(crate) prefix: Box<str>,
+    pub(crate) action: RouteAction,
+    /// Largest request body, in bytes (nginx `client_max_body_size`): a longer declared
+    /// `Content-Length` is answered 413 before any instance is picked, a longer streamed body
+    /// ends the exchange with 413.
+    pub(crate) max_body: Option<u64>,
+    pub(crate) request_headers: Option<HeaderRules>,
+    pub(crate) response_headers: Option<Arc<HeaderRules>>,
+}
+
+impl Route {
+    /// Everything to its group, untouched.
+    pub(crate) fn catch_all(group: usize) -> Self {
+        Self {
+            prefix: "".into(),
+            action: RouteAction::Proxy(group),
+            max_body: None,
+            request_headers: None,
+            response_headers: None,
+        }
+    }
+
+    /// Whether a proxied request goes straight to the upstream.
+    fn is_plain(&self) -> bool {
+        self.max_body.is_none() && self.request_headers.is_none()
+    }
+}
+
+/// Per listener: how its connections' requests are served beyond the config's routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ListenerMode {
+    /// The connection came over TLS (`X-Forwarded-Proto: https`).
+    pub(crate) tls: bool,
+    /// Answer every request with a 301 to `https://` on this port (nginx `return 301
+    /// https://$host$request_uri`); the pages and admin paths too.
+    pub(crate) redirect_https: Option<u16>,
+}
+
+/// The gateway as one HTTP service (see the [module](self)). Make one with [`app`] or from a
+/// [`config`](crate::config) file.
 #[derive(Clone)]
 pub struct GatewayService {
     pages: Router,
@@ -114,13 +214,26 @@ pub struct GatewayService {
     page_paths: Arc<[String]>,
     /// The path prefixes only admin networks reach (the pages' paths among them).
     admin_paths: Arc<[String]>,
+    /// Upstream group 0, the only one of a [`GatewayConfig`].
     upstream: HttpUpstream,
+    /// Groups 1.. (empty for one group: no allocation per connection then).
+    more_upstreams: Box<[HttpUpstream]>,
+    /// Longest prefix first; never empty.
+    routes: Arc<[Route]>,
     /// Who may reach the operators' paths.
     admin_networks: TrustedProxies,
     /// The client, when this copy serves one connection (see [`GatewayService::connection`]).
     peer: Option<SocketAddr>,
     /// Whether that client is on an admin network (decided once per connection).
     admin: bool,
+    /// Redirect every request to HTTPS on this port.
+    redirect_https: Option<u16>,
+}
+
+/// The route of `path`: the first (longest) whose prefix it starts with.
+#[inline]
+fn find_route<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
+    routes.iter().find(|r| path.starts_with(&*r.prefix))
 }
 
 /// Whether `path` is `prefix` or below it, by whole segments.
@@ -133,24 +246,42 @@ impl GatewayService {
     /// This service for the requests of one connection from `peer`: the upstream takes the
     /// client from here, and only page requests get it as `ConnectInfo<SocketAddr>`.
     pub fn connection(&self, peer: SocketAddr) -> Self {
+        self.connection_on(peer, ListenerMode::default())
+    }
+
+    /// [`connection`](Self::connection) on a listener with its own mode.
+    pub(crate) fn connection_on(&self, peer: SocketAddr, mode: ListenerMode) -> Self {
+        let per_peer =
+            |upstream: &HttpUpstream| upstream.clone().with_peer(peer).with_tls(mode.tls);
         Self {
             pages: self.pages.clone(),
             page_paths: Arc::clone(&self.page_paths),
             admin_paths: Arc::clone(&self.admin_paths),
-            upstream: self.upstream.clone().with_peer(peer),
+            upstream: per_peer(&self.upstream),
+            more_upstreams: self.more_upstreams.iter().map(per_peer).collect(),
+            routes: Arc::clone(&self.routes),
             admin: self.admin_networks.contains(peer.ip()),
             admin_networks: self.admin_networks.clone(),
             peer: Some(peer),
+            redirect_https: mode.redirect_https,
         }
     }
 
-    /// The upstream every request but the pages' goes to.
+    /// The upstream every request but the pages' goes to (with a config file's several
+    /// groups: the first, by name).
     pub fn upstream(&self) -> &HttpUpstream {
         &self.upstream
     }
 
     fn is_admin_path(&self, path: &str) -> bool {
         self.admin_paths.iter().any(|p| under(path, p))
+    }
+
+    fn group(&mut self, index: usize) -> Option<&mut HttpUpstream> {
+        match index.checked_sub(1) {
+            None => Some(&mut self.upstream),
+            Some(i) => self.more_upstreams.get_mut(i),
+        }
     }
 }
 
@@ -159,6 +290,7 @@ impl fmt::Debug for GatewayService {
         f.debug_struct("GatewayService")
             .field("pages", &self.page_paths)
             .field("upstream", &self.upstream)
+            .field("routes", &self.routes.len())
             .finish_non_exhaustive()
     }
 }
@@ -168,8 +300,131 @@ impl fmt::Debug for GatewayService {
 /// proxied ones, whose future ([`ProxyFuture`]) is not boxed.
 pub type PageFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-/// Future of [`GatewayService`]: the upstream's for proxied requests, else a [`PageFuture`].
-pub type GatewayFuture = futures_util::future::Either<ProxyFuture, PageFuture>;
+pin_project_lite::pin_project! {
+    /// Future of [`GatewayService`]: the upstream's for proxied requests (with the route's
+    /// response header rules applied to its head, when it has some), a ready answer (a route's
+    /// `return`, a 413, a redirect), else a [`PageFuture`].
+    pub struct GatewayFuture {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Proxy {
+            #[pin]
+            inner: ProxyFuture,
+            headers: Option<Arc<HeaderRules>>,
+        },
+        Ready {
+            response: Option<Response<ProxyBody>>,
+        },
+        Page {
+            inner: PageFuture,
+        },
+    }
+}
+
+impl fmt::Debug for GatewayFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Proxy { .. } => "GatewayFuture::Proxy",
+            Kind::Ready { .. } => "GatewayFuture::Ready",
+            Kind::Page { .. } => "GatewayFuture::Page",
+        })
+    }
+}
+
+impl GatewayFuture {
+    fn proxy(inner: ProxyFuture, headers: Option<Arc<HeaderRules>>) -> Self {
+        Self {
+            kind: Kind::Proxy { inner, headers },
+        }
+    }
+
+    fn ready(response: Response<ProxyBody>) -> Self {
+        Self {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn page(inner: PageFuture) -> Self {
+        Self {
+            kind: Kind::Page { inner },
+        }
+    }
+}
+
+impl Future for GatewayFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Proxy { inner, headers } => {
+                let Ok(mut res) = std::task::ready!(inner.poll(cx));
+                if let Some(rules) = headers {
+                    rules.apply(res.headers_mut());
+                }
+                Poll::Ready(Ok(res))
+            }
+            KindProj::Ready { response } => match response.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Ready(Ok(status_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "polled after completion\n",
+                ))),
+            },
+            KindProj::Page { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
+
+fn status_response(status: http::StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(body.as_bytes()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// `301` to the same host and target over HTTPS on `port`; `400` without a usable host.
+fn https_redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return status_response(http::StatusCode::BAD_REQUEST, "missing or invalid Host\n");
+    };
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = if port == 443 {
+        format!("https://{}{target}", host.host())
+    } else {
+        format!("https://{}:{port}{target}", host.host())
+    };
+    match http::HeaderValue::from_str(&location) {
+        Ok(value) => {
+            let mut res = status_response(http::StatusCode::MOVED_PERMANENTLY, "");
+            res.headers_mut().insert(http::header::LOCATION, value);
+            res
+        }
+        Err(_) => status_response(http::StatusCode::BAD_REQUEST, "invalid request target\n"),
+    }
+}
 
 impl Service<Request<Incoming>> for GatewayService {
     type Response = Response<ProxyBody>;
@@ -177,33 +432,78 @@ impl Service<Request<Incoming>> for GatewayService {
     type Future = GatewayFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The pages' router is always ready (a clone serves each page request).
+        // The pages' router is always ready (a clone serves each page request), and so is every
+        // upstream (its balancer picks when called).
         Service::<Request<Incoming>>::poll_ready(&mut self.upstream, cx)
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        use futures_util::future::Either;
+        if let Some(port) = self.redirect_https {
+            return GatewayFuture::ready(https_redirect(&req, port));
+        }
         if !self.admin && self.is_admin_path(req.uri().path()) {
-            return Either::Right(Box::pin(async {
-                let body = ProxyBody::full(&b"{\"error\":\"no such endpoint\"}"[..]);
-                let mut res = Response::new(body);
-                *res.status_mut() = http::StatusCode::NOT_FOUND;
-                res.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                Ok(res)
-            }));
+            let mut res = Response::new(ProxyBody::full(&b"{\"error\":\"no such endpoint\"}"[..]));
+            *res.status_mut() = http::StatusCode::NOT_FOUND;
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return GatewayFuture::ready(res);
         }
         let path = req.uri().path();
         if !self.page_paths.iter().any(|p| p == path) {
-            return Either::Left(self.upstream.call(req));
+            let Some(route) = find_route(&self.routes, path) else {
+                return GatewayFuture::ready(status_response(
+                    http::StatusCode::NOT_FOUND,
+                    "no route\n",
+                ));
+            };
+            let group = match &route.action {
+                RouteAction::Proxy(group) => *group,
+                RouteAction::Respond(fixed) => return GatewayFuture::ready(fixed.response()),
+            };
+            if route.is_plain() && route.response_headers.is_none() && group == 0 {
+                // The common case: one route, no rules.
+                return GatewayFuture::proxy(self.upstream.call(req), None);
+            }
+            let max_body = route.max_body;
+            let response_headers = route.response_headers.clone();
+            if let Some(rules) = &route.request_headers {
+                rules.apply(req.headers_mut());
+            }
+            if let Some(limit) = max_body {
+                let declared = req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|len| len > limit) {
+                    return GatewayFuture::ready(status_response(
+                        http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large\n",
+                    ));
+                }
+            }
+            let Some(upstream) = self.group(group) else {
+                return GatewayFuture::ready(status_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "route without upstream\n",
+                ));
+            };
+            let inner = match max_body {
+                None => upstream.call(req),
+                Some(limit) => {
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                    upstream.call(req.map(|body| http_body_util::Limited::new(body, limit)))
+                }
+            };
+            return GatewayFuture::proxy(inner, response_headers);
         }
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
         let pages = self.pages.clone();
-        Either::Right(Box::pin(async move {
+        GatewayFuture::page(Box::pin(async move {
             let Ok(res) = pages.oneshot(req).await;
             // The pages are small: read them whole rather than box an unsynchronised stream.
             let (mut parts, body) = res.into_parts();
@@ -222,29 +522,42 @@ impl Service<Request<Incoming>> for GatewayService {
 /// What a gateway serves: [`GatewayService`], behind the rate limits when they are on.
 pub type GatewayApp = tower::util::Either<RateLimit<GatewayService>, GatewayService>;
 
+/// The service of one connection to a [`GatewayApp`].
+pub type GatewayConnection =
+    tower::util::Either<WithConnectInfo<RateLimit<GatewayService>>, GatewayService>;
+
+/// `app`'s service for one connection from `peer` on a listener of `mode`.
+pub(crate) fn connection_on(
+    app: &GatewayApp,
+    peer: SocketAddr,
+    mode: ListenerMode,
+) -> GatewayConnection {
+    match app {
+        tower::util::Either::Left(limited) => {
+            let mut limited = limited.clone();
+            *limited.get_mut() = limited.get_ref().connection_on(peer, mode);
+            tower::util::Either::Left(WithConnectInfo::new(limited, peer))
+        }
+        tower::util::Either::Right(gateway) => {
+            tower::util::Either::Right(gateway.connection_on(peer, mode))
+        }
+    }
+}
+
 /// Each connection gets its own [`GatewayService`] that knows the client. The rate limits read
 /// the client from the request, so with them on every request carries it as `ConnectInfo`.
 impl App for GatewayApp {
-    type Service = tower::util::Either<WithConnectInfo<RateLimit<GatewayService>>, GatewayService>;
+    type Service = GatewayConnection;
     type Body = ProxyBody;
 
     fn connection(&self, peer: SocketAddr) -> Self::Service {
-        match self {
-            tower::util::Either::Left(limited) => {
-                let mut limited = limited.clone();
-                *limited.get_mut() = limited.get_ref().connection(peer);
-                tower::util::Either::Left(WithConnectInfo::new(limited, peer))
-            }
-            tower::util::Either::Right(gateway) => {
-                tower::util::Either::Right(gateway.connection(peer))
-            }
-        }
+        connection_on(self, peer, ListenerMode::default())
     }
 }
 
 /// A page or cached path as the pages' router takes it: absolute, and without the characters
 /// axum reads as captures or wildcards.
-fn check_path(field: &'static str, path: &str) -> Result<(), Error> {
+pub(crate) fn check_path(field: &'static str, path: &str) -> Result<(), Error> {
     let reason = if !path.starts_with('/') {
         "must start with `/`"
     } else if path.contains(['{', '}', '*', '?', '#']) {
@@ -258,13 +571,43 @@ fn check_path(field: &'static str, path: &str) -> Result<(), Error> {
     })
 }
 
+/// Everything [`build`] puts together.
+pub(crate) struct Parts<'a> {
+    pub(crate) admin: &'a AdminConfig,
+    /// At least one.
+    pub(crate) upstreams: Vec<HttpUpstream>,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) rate_limits: Option<&'a RateLimitConfig>,
+    /// Cached paths and the group they go to.
+    #[cfg(feature = "proxy-cache")]
+    pub(crate) caches: Vec<(usize, ProxyCacheConfig)>,
+}
+
 /// Builds the gateway's service (call it inside the runtime that will serve it: the upstream's
 /// connection pool and health checks run there).
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] naming the field at fault.
 pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
-    let admin = &config.admin;
+    let upstream = HttpUpstream::from_config(&config.upstream)?;
+    build(Parts {
+        admin: &config.admin,
+        upstreams: vec![upstream],
+        routes: vec![Route::catch_all(0)],
+        rate_limits: config.rate_limits.as_ref(),
+        #[cfg(feature = "proxy-cache")]
+        caches: config
+            .proxy_cache
+            .iter()
+            .map(|cache| (0, cache.clone()))
+            .collect(),
+    })
+    .await
+}
+
+/// The gateway of `parts`.
+pub(crate) async fn build(parts: Parts<'_>) -> Result<GatewayApp, Error> {
+    let admin = parts.admin;
     check_path("admin.health_path", &admin.health_path)?;
     check_path("admin.page_path", &admin.page_path)?;
     if admin.health_path == admin.page_path {
@@ -273,13 +616,36 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
             reason: format!("{} is also admin.health_path", admin.page_path),
         });
     }
-    let upstream = HttpUpstream::from_config(&config.upstream)?;
+    let mut upstreams = parts.upstreams.into_iter();
+    let Some(upstream) = upstreams.next() else {
+        return Err(Error::InvalidConfig {
+            field: "upstreams",
+            reason: "no upstream group".into(),
+        });
+    };
+    let more_upstreams: Box<[HttpUpstream]> = upstreams.collect();
+    let mut routes = parts.routes;
+    if routes.is_empty() {
+        routes.push(Route::catch_all(0));
+    }
+    for route in &routes {
+        if let RouteAction::Proxy(group) = route.action
+            && group > more_upstreams.len()
+        {
+            return Err(Error::InvalidConfig {
+                field: "routes.upstream",
+                reason: format!("route {}: no upstream group {group}", route.prefix),
+            });
+        }
+    }
+    // Longest prefix first: the first match is the longest.
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     #[allow(unused_mut)]
     let mut pages = crate::pages::router(upstream.clone(), &admin.health_path, &admin.page_path);
     #[allow(unused_mut)]
     let mut page_paths = vec![admin.health_path.clone(), admin.page_path.clone()];
     #[cfg(feature = "proxy-cache")]
-    if let Some(cache) = &config.proxy_cache {
+    for (group, cache) in &parts.caches {
         for path in &cache.paths {
             check_path("proxy_cache.paths", path)?;
             if page_paths.contains(path) {
@@ -290,7 +656,14 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
             }
             page_paths.push(path.clone());
         }
-        pages = pages.merge(crate::cache::routes(&upstream, cache).await?);
+        let target = match group.checked_sub(1) {
+            None => &upstream,
+            Some(i) => more_upstreams.get(i).ok_or_else(|| Error::InvalidConfig {
+                field: "proxy_cache",
+                reason: format!("no upstream group {group}"),
+            })?,
+        };
+        pages = pages.merge(crate::cache::routes(target, cache).await?);
     }
     let mut admin_paths = vec![admin.health_path.clone(), admin.page_path.clone()];
     admin_paths.extend(admin.paths.iter().cloned());
@@ -299,11 +672,14 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
         page_paths: page_paths.into(),
         admin_paths: admin_paths.into(),
         upstream,
+        more_upstreams,
+        routes: routes.into(),
         admin_networks: admin.networks.clone(),
         peer: None,
         admin: false,
+        redirect_https: None,
     };
-    match &config.rate_limits {
+    match parts.rate_limits {
         None => Ok(tower::util::Either::Right(gateway)),
         Some(limits) => Ok(tower::util::Either::Left(
             RateLimitLayer::new(limits)?.layer(gateway),

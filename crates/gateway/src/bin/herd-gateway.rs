@@ -1,0 +1,124 @@
+//! `herd-gateway --config FILE [--check]`: the gateway from one TOML file (see
+//! `herd_gateway::config` and the crate's README). SIGHUP reloads the file: new connections get
+//! the new configuration, connections in flight finish on the old one, and a file with an error
+//! keeps the old one (the error is logged with its key and problem). SIGTERM or Ctrl-C stop it
+//! gracefully.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use herd_gateway::config::{FileConfig, Gateway};
+
+/// The herd gateway: a reverse proxy from one TOML file.
+#[derive(Debug, Parser)]
+#[command(name = "herd-gateway", version)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, short = 'c', env = "HERD_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Check the file (parse it and build everything but the listeners), print a summary and
+    /// exit: 0 when it is valid, 1 when not.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herd-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let path = args.config;
+    let config = match FileConfig::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herd-gateway: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        return match Gateway::check(&config).await {
+            Ok(()) => {
+                print!("{}", config.summary());
+                println!("{}: configuration OK", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("herd-gateway: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut gateway = match Gateway::start(config).await {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            eprintln!("herd-gateway: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in gateway.addrs() {
+        // One line per listener on stdout: scripts and tests read the bound port from it.
+        println!("herd-gateway listening on {addr}");
+    }
+    if let Err(e) = signals(&gateway, &path).await {
+        eprintln!("herd-gateway: signal handling: {e}");
+        gateway.stop();
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("stopping: finishing requests in flight");
+    tokio::task::block_in_place(|| gateway.stop());
+    ExitCode::SUCCESS
+}
+
+/// Reloads on SIGHUP until SIGTERM or SIGINT.
+async fn signals(gateway: &Gateway, path: &std::path::Path) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match gateway.reload_file(path).await {
+                Ok(report) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        kept = ?report.kept,
+                        rebuilt = ?report.rebuilt,
+                        "configuration reloaded"
+                    );
+                    if !report.need_restart.is_empty() {
+                        tracing::warn!(
+                            changed = ?report.need_restart,
+                            "these settings changed but take a restart; the running ones stay"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(
+                    file = %path.display(),
+                    "reload refused, the running configuration stays: {e}"
+                ),
+            },
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Building the gateway of a [`FileConfig`], serving it on its listeners, and reloading it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{ConfigError, FileConfig};
+use crate::http::{HttpUpstream, HttpUpstreamConfig};
+use crate::server::{App, ServerThread, Threads};
+use crate::service::{self, GatewayApp, GatewayConnection, ListenerMode, Parts};
+
+/// The built upstream groups by name, with the settings each was built from: a reload keeps
+/// a group whose settings did not change (its endpoints' health, ejections and pools).
+type Groups = BTreeMap<String, (HttpUpstreamConfig, HttpUpstream)>;
+
+/// A gateway whose configuration can be swapped while it serves: each new connection takes
+/// the configuration current when it is accepted, and keeps it to its end (connections in
+/// flight during a reload finish on the old one).
+#[derive(Clone)]
+pub struct Reloadable {
+    current: Arc<ArcSwap<GatewayApp>>,
+    mode: ListenerMode,
+}
+
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App for Reloadable {
+    type Service = GatewayConnection;
+    type Body = crate::http::ProxyBody;
+
+    fn connection(&self, peer: SocketAddr) -> Self::Service {
+        service::connection_on(&self.current.load(), peer, self.mode)
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Groups kept as they were (same settings): their endpoints' state goes on.
+    pub kept: Vec<String>,
+    /// Groups built anew (new, or with changed settings).
+    pub rebuilt: Vec<String>,
+    /// Settings that changed but take a restart (listeners, workers, server limits).
+    pub need_restart: Vec<String>,
+}
+
+struct State {
+    config: FileConfig,
+    groups: Groups,
+}
+
+/// The gateway of a [`FileConfig`], serving on every listener.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use herd_gateway::config::{FileConfig, Gateway};
+/// let config = FileConfig::load("gateway.toml".as_ref())?;
+/// let gateway = Gateway::start(config).await?;
+/// // on SIGHUP:
+/// gateway.reload_file("gateway.toml".as_ref()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Gateway {
+    current: Arc<ArcSwap<GatewayApp>>,
+    state: tokio::sync::Mutex<State>,
+    servers: Vec<ServerThread>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the service of `config`, reusing the groups of `previous` whose settings are the same.
+/// Also returns the names of the groups kept from `previous`.
+async fn build(
+    config: &FileConfig,
+    previous: &Groups,
+) -> Result<(GatewayApp, Groups, Vec<String>), ConfigError> {
+    let order = config.group_order();
+    let mut groups = Groups::new();
+    let mut kept = Vec::new();
+    let mut upstreams = Vec::with_capacity(order.len());
+    for name in &order {
+        let Some(group) = config.upstreams.get(*name) else {
+            return Err(ConfigError::invalid(
+                "upstreams",
+                format!("no group {name:?}"),
+            ));
+        };
+        let settings = group.to_upstream_config(name)?;
+        let upstream = match previous.get(*name) {
+            Some((old, upstream)) if *old == settings => {
+                kept.push((*name).to_owned());
+                upstream.clone()
+            }
+            _ => HttpUpstream::from_config(&settings).map_err(|e| match e {
+                herd_lb_core::Error::InvalidConfig { field, reason } => {
+                    ConfigError::invalid(format!("upstreams.{name}.{field}"), reason)
+                }
+                other => ConfigError::invalid(format!("upstreams.{name}"), other.to_string()),
+            })?,
+        };
+        upstreams.push(upstream.clone());
+        groups.insert((*name).to_owned(), (settings, upstream));
+    }
+    let admin = config.admin.to_admin();
+    let rate_limits = config.rate_limits()?;
+    let app = service::build(Parts {
+        admin: &admin,
+        upstreams,
+        routes: config.service_routes(&order)?,
+        rate_limits: rate_limits.as_ref(),
+        #[cfg(feature = "proxy-cache")]
+        caches: config.caches(&order)?,
+    })
+    .await?;
+    Ok((app, groups, kept))
+}
+
+impl Gateway {
+    /// Builds everything `config` describes without serving it (what `herd-gateway --check`
+    /// does after parsing): upstream groups, routes, rate limits, caches. Needs a tokio runtime
+    /// (active health checks are started, then stopped when this returns).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the problem.
+    pub async fn check(config: &FileConfig) -> Result<(), ConfigError> {
+        build(config, &Groups::new()).await.map(drop)
+    }
+
+    /// Builds the gateway (in the calling runtime: health checks and caches run there, so it
+    /// must outlive the gateway) and serves it on every listener, each with
+    /// [`workers`](FileConfig::workers) accepting threads.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the problem; a listener that cannot be bound is
+    /// named by its `listen[i].address`.
+    pub async fn start(config: FileConfig) -> Result<Self, ConfigError> {
+        let (app, groups, _) = build(&config, &Groups::new()).await?;
+        let current = Arc::new(ArcSwap::from_pointee(app));
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        };
+        let mut servers = Vec::with_capacity(config.listen.len());
+        for (i, listen) in config.listen.iter().enumerate() {
+            let app = Reloadable {
+                current: Arc::clone(&current),
+                mode: ListenerMode {
+                    tls: false,
+                    redirect_https: listen.redirect_https,
+                },
+            };
+            let server = ServerThread::start_with_limits(
+                "gateway",
+                listen.address,
+                Threads::PerCore(workers),
+                config.server,
+                move || async move { Ok::<_, String>(app) },
+            )
+            .await
+            .map_err(|e| ConfigError::invalid(format!("listen[{i}].address"), e))?;
+            servers.push(server);
+        }
+        Ok(Self {
+            current,
+            state: tokio::sync::Mutex::new(State { config, groups }),
+            servers,
+        })
+    }
+
+    /// Where each listener listens (the bound port when the file said port 0), in file order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(ServerThread::addr).collect()
+    }
+
+    /// Swaps in `config`: new connections get it, connections open now finish on the old one.
+    /// Groups with unchanged settings are kept with their state. Listeners, workers and server
+    /// limits are not changed (they take a restart; the report lists such changes). On an
+    /// error the running configuration stays.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the problem.
+    pub async fn reload(&self, config: FileConfig) -> Result<ReloadReport, ConfigError> {
+        let mut state = self.state.lock().await;
+        let (app, groups, kept) = build(&config, &state.groups).await?;
+        let mut report = ReloadReport {
+            rebuilt: groups
+                .keys()
+                .filter(|n| !kept.contains(n))
+                .cloned()
+                .collect(),
+            kept,
+            need_restart: Vec::new(),
+        };
+        if config.listen != state.config.listen {
+            report.need_restart.push("listen".into());
+        }
+        if config.workers != state.config.workers {
+            report.need_restart.push("workers".into());
+        }
+        if config.server != state.config.server {
+            report.need_restart.push("server".into());
+        }
+        self.current.store(Arc::new(app));
+        state.config = config;
+        state.groups = groups;
+        Ok(report)
+    }
+
+    /// [`reload`](Self::reload) from a file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the problem, or the file's read error.
+    pub async fn reload_file(&self, path: &Path) -> Result<ReloadReport, ConfigError> {
+        self.reload(FileConfig::load(path)?).await
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), then ends every listener.
+    pub fn stop(&mut self) {
+        for server in &mut self.servers {
+            server.stop();
+        }
+    }
+}
