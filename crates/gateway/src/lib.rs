@@ -17,6 +17,7 @@ pub mod server;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod service;
+pub mod tls;
 
 #[cfg(feature = "axum")]
 pub use service::{AdminConfig, GatewayConfig, RunningGateway, app, spawn};

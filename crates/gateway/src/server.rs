@@ -1,7 +1,8 @@
 //! Running a server on its own threads and tokio runtimes, like a separate process: the
 //! gateway's harness (one single-threaded runtime per core accepting on one `SO_REUSEPORT` port,
 //! as nginx runs one worker per core), with bounds on what clients may hold open
-//! ([`ServerLimits`]) and a graceful stop that drains open connections.
+//! ([`ServerLimits`]) and a graceful stop that drains open connections. With a
+//! [`TlsTerminator`] ([`ServerThread::start_tls`]) it terminates TLS too.
 //!
 //! A server's state (pools, connections, background tasks) belongs to the runtime that created
 //! it. Giving every server its own runtime makes servers in one process as independent as
@@ -36,6 +37,8 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt as _};
 
 use crate::BoxError;
+use crate::tls::stream::Rewound;
+use crate::tls::{TLS_HANDSHAKE_FAILURES_TOTAL, TlsTerminator};
 
 /// What a server serves: an axum `Router` (feature `axum`), or any service that a function of
 /// the client's address makes for each connection (a reverse proxy's
@@ -56,6 +59,31 @@ pub trait App: Clone + Send + 'static {
 
     /// The service for the requests of one connection from `peer`.
     fn connection(&self, peer: SocketAddr) -> Self::Service;
+
+    /// The service for the requests of one connection from `peer` that came over TLS, which
+    /// this server terminated ([`ServerThread::start_tls`]). By default the same as
+    /// [`connection`](Self::connection); an app that tells the client's scheme to others
+    /// overrides it (a proxy's `X-Forwarded-Proto: https`, as
+    /// [`HttpUpstream`](crate::http::HttpUpstream)'s does).
+    fn tls_connection(&self, peer: SocketAddr) -> Self::Service {
+        self.connection(peer)
+    }
+}
+
+/// The upstream alone, per connection told the client
+/// ([`with_peer`](crate::http::HttpUpstream::with_peer)) and whether it came over TLS
+/// ([`with_tls`](crate::http::HttpUpstream::with_tls), so `X-Forwarded-Proto` says `https`).
+impl App for crate::http::HttpUpstream {
+    type Service = crate::http::HttpUpstream;
+    type Body = crate::http::ProxyBody;
+
+    fn connection(&self, peer: SocketAddr) -> Self::Service {
+        self.clone().with_peer(peer)
+    }
+
+    fn tls_connection(&self, peer: SocketAddr) -> Self::Service {
+        self.clone().with_peer(peer).with_tls(true)
+    }
 }
 
 /// A router's requests carry the client's address as `ConnectInfo<SocketAddr>`, as
@@ -214,6 +242,7 @@ impl Default for Threads {
 pub struct ServerThread {
     name: String,
     addr: SocketAddr,
+    tls: bool,
     stop: Option<watch::Sender<Option<Stop>>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -378,13 +407,14 @@ async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
     tokio::time::timeout(within, decided).await.unwrap_or(false)
 }
 
-/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, with upgrades) until told to stop; returns
-/// how it was stopped. A graceful stop closes the listener and lets open connections finish their
-/// requests, for up to 10 s.
+/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, with upgrades; over TLS with `tls`) until
+/// told to stop; returns how it was stopped. A graceful stop closes the listener and lets open
+/// connections finish their requests, for up to 10 s.
 async fn serve<A: App>(
     listener: tokio::net::TcpListener,
     app: A,
     limits: ServerLimits,
+    tls: Option<TlsTerminator>,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Stop {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -404,6 +434,15 @@ async fn serve<A: App>(
                     // close: an overloaded server spends nothing more on it.
                     let _ = stream.try_write(OVERLOADED);
                     tracing::debug!("connection refused: max_connections reached");
+                }
+                Ok((stream, peer)) if let Some(tls) = &tls => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = connections.open();
+                    let accepted = Accepted { stream, peer, slot };
+                    let service = app.tls_connection(peer);
+                    let (acceptor, builder) = (tls.acceptor(), builder.clone());
+                    let within = limits.header_read_timeout;
+                    tokio::spawn(serve_tls(accepted, acceptor, within, builder, service));
                 }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
@@ -443,6 +482,69 @@ async fn serve<A: App>(
         let _ = tokio::time::timeout(Duration::from_secs(10), connections.drain()).await;
     }
     how
+}
+
+/// A connection just accepted, counted as open.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: OpenSlot,
+}
+
+/// Serves one connection over TLS: the handshake and the first bytes after it within `within`
+/// (the header read timeout; hyper's own starts once it knows the protocol, which the client's
+/// ALPN choice and first bytes tell it), then HTTP/1.1 or HTTP/2 as on a plain connection.
+/// Failed handshakes are counted and logged at debug: they are the client's business.
+async fn serve_tls<S, B>(
+    accepted: Accepted,
+    acceptor: tokio_rustls::TlsAcceptor,
+    within: Duration,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    let Accepted { stream, peer, slot } = accepted;
+    let deadline = tokio::time::Instant::now() + within;
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let reason = match error.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => "closed",
+                // rustls reports what it refused as invalid data.
+                std::io::ErrorKind::InvalidData => "protocol",
+                _ => "io",
+            };
+            metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason).increment(1);
+            tracing::debug!(%error, %peer, reason, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => "timeout").increment(1);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let Some(stream) = Rewound::first_bytes(stream, left).await else {
+        tracing::debug!(%peer, "no request after the TLS handshake");
+        return;
+    };
+    let service = PerConnection {
+        service: RefCell::new(service.clone()),
+        spare: service,
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(error) = Connections::watch(connection, slot).await {
+        tracing::debug!(%error, %peer, "TLS connection ended with an error");
+    }
 }
 
 /// Starts a thread named after `name` with its own runtime (`workers` work-stealing workers, or
@@ -548,6 +650,50 @@ impl ServerThread {
         Fut: Future<Output = Result<A, String>>,
         A: App,
     {
+        Self::start_inner(name, bind, threads, limits, None, build).await
+    }
+
+    /// [`start_with_limits`](Self::start_with_limits) over TLS: every connection is a TLS
+    /// handshake with `tls`'s certificate at the time (ALPN choosing HTTP/2 or HTTP/1.1), under
+    /// the [header read timeout](ServerLimits::header_read_timeout), and its requests are served
+    /// by [`App::tls_connection`]. A failed handshake closes the connection, counted in
+    /// [`TLS_HANDSHAKE_FAILURES_TOTAL`] and logged
+    /// at debug. When [`reload_interval`](crate::tls::TlsConfig::reload_interval) is not zero
+    /// the server polls the certificate's files and reloads them on a change, for as long as it
+    /// runs; keep a clone of `tls` to [`reload`](TlsTerminator::reload) it yourself (on
+    /// `SIGHUP`).
+    ///
+    /// # Errors
+    /// As [`start_with_limits`](Self::start_with_limits).
+    pub async fn start_tls<F, Fut, A>(
+        name: &str,
+        bind: SocketAddr,
+        threads: Threads,
+        limits: ServerLimits,
+        tls: TlsTerminator,
+        build: F,
+    ) -> Result<ServerThread, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<A, String>>,
+        A: App,
+    {
+        Self::start_inner(name, bind, threads, limits, Some(tls), build).await
+    }
+
+    async fn start_inner<F, Fut, A>(
+        name: &str,
+        bind: SocketAddr,
+        threads: Threads,
+        limits: ServerLimits,
+        tls: Option<TlsTerminator>,
+        build: F,
+    ) -> Result<ServerThread, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<A, String>>,
+        A: App,
+    {
         let (workers, per_core) = match threads {
             Threads::WorkStealing(n) => (n.max(1), false),
             Threads::PerCore(n) => (n.max(1), true),
@@ -556,6 +702,7 @@ impl ServerThread {
         let (stop_tx, stop_rx) = watch::channel::<Option<Stop>>(None);
         let label = name.to_owned();
         let first_stop = stop_rx.clone();
+        let first_tls = tls.clone();
         let first = spawn_thread(
             name,
             name.to_owned(),
@@ -584,12 +731,15 @@ impl ServerThread {
                     }
                 };
                 let _ = ready_tx.send(Ok((addr, app.clone())));
-                serve(listener, app, limits, first_stop).await
+                // Polls for as long as this runtime runs, which is as long as the server.
+                let _poller = first_tls.as_ref().and_then(TlsTerminator::spawn_poller);
+                serve(listener, app, limits, first_tls, first_stop).await
             },
         )?;
         let mut server = ServerThread {
             name: name.to_owned(),
             addr: bind,
+            tls: tls.is_some(),
             stop: Some(stop_tx),
             threads: vec![first],
         };
@@ -609,6 +759,7 @@ impl ServerThread {
             for i in 1..workers {
                 let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
                 let (app, stop, addr) = (app.clone(), stop_rx.clone(), server.addr);
+                let tls = tls.clone();
                 let label = format!("{name} thread {i}");
                 let thread = spawn_thread(
                     name,
@@ -619,7 +770,7 @@ impl ServerThread {
                         match listen(addr, true) {
                             Ok(listener) => {
                                 let _ = ready_tx.send(Ok(()));
-                                serve(listener, app, limits, stop).await
+                                serve(listener, app, limits, tls, stop).await
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(format!("{label}: bind {addr}: {e}")));
@@ -649,9 +800,10 @@ impl ServerThread {
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://ADDR` when it terminates TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Ends the server abruptly, as a crash: open connections are dropped, nothing is finished.
