@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use herd_testkit::Error;
 use herd_testkit::net::{self, Host, Net};
+use herd_testkit::{Error, RedisCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -74,17 +74,29 @@ async fn echo_on(host: &Host) -> SocketAddr {
     addr
 }
 
-/// Connects from `host` (or from the test process with `None`); `Err(())` when the connect is
-/// still pending after [`CONNECT_TIMEOUT`], panics when it fails in any other way.
-async fn connect(from: Option<&Host>, to: SocketAddr) -> Result<TcpStream, ()> {
-    let socket = match from {
+fn socket_on(from: Option<&Host>) -> TcpSocket {
+    match from {
         Some(h) => h.run(TcpSocket::new_v4).unwrap().unwrap(),
         None => TcpSocket::new_v4().unwrap(),
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to)).await {
-        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// Connects from `from` (a host, or the test process with `None`); panics unless that works
+/// within 5 s.
+async fn connect(from: Option<&Host>, to: SocketAddr) -> TcpStream {
+    tokio::time::timeout(Duration::from_secs(5), socket_on(from).connect(to))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {to} pending after 5 s"))
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"))
+}
+
+/// Whether a connect from `from` to `to` is still pending after [`CONNECT_TIMEOUT`]; panics
+/// when it fails in any other way (refused, unreachable: not silent).
+async fn connect_times_out(from: Option<&Host>, to: SocketAddr) -> bool {
+    match tokio::time::timeout(CONNECT_TIMEOUT, socket_on(from).connect(to)).await {
+        Ok(Ok(_)) => false,
         Ok(Err(e)) => panic!("connect to {to} failed at once ({e}) instead of timing out"),
-        Err(_) => Err(()),
+        Err(_) => true,
     }
 }
 
@@ -152,12 +164,12 @@ async fn hosts_reach_each_other_and_the_test_process_reaches_them() {
     }
     let (echo_a, echo_b) = (echo_on(a).await, echo_on(b).await);
 
-    round_trip(&mut connect(Some(a), echo_b).await.unwrap(), b"a to b").await;
-    round_trip(&mut connect(Some(b), echo_a).await.unwrap(), b"b to a").await;
-    let mut from_test = connect(None, echo_a).await.unwrap();
+    round_trip(&mut connect(Some(a), echo_b).await, b"a to b").await;
+    round_trip(&mut connect(Some(b), echo_a).await, b"b to a").await;
+    let mut from_test = connect(None, echo_a).await;
     round_trip(&mut from_test, b"test to a").await;
     assert_eq!(from_test.local_addr().unwrap().ip(), net.test_ip());
-    round_trip(&mut connect(None, echo_b).await.unwrap(), b"test to b").await;
+    round_trip(&mut connect(None, echo_b).await, b"test to b").await;
     assert!(net.host("c").is_err());
 }
 
@@ -172,16 +184,16 @@ async fn a_partition_drops_packets_silently_both_ways_and_heal_restores_them() {
         net.host("c").unwrap(),
     );
     let (echo_a, echo_b, echo_c) = (echo_on(a).await, echo_on(b).await, echo_on(c).await);
-    let mut established = connect(Some(a), echo_b).await.unwrap();
+    let mut established = connect(Some(a), echo_b).await;
     round_trip(&mut established, b"before").await;
 
     net.partition("a", "b").unwrap();
     assert!(
-        connect(Some(a), echo_b).await.is_err(),
+        connect_times_out(Some(a), echo_b).await,
         "a new connect a -> b times out"
     );
     assert!(
-        connect(Some(b), echo_a).await.is_err(),
+        connect_times_out(Some(b), echo_a).await,
         "a new connect b -> a times out"
     );
     // The established connection: the write is accepted locally, then nothing: no reply, no
@@ -194,10 +206,10 @@ async fn a_partition_drops_packets_silently_both_ways_and_heal_restores_them() {
         "no reply, reset or EOF across a partition: {read:?}"
     );
     // Everyone else is unaffected.
-    round_trip(&mut connect(Some(a), echo_c).await.unwrap(), b"a to c").await;
-    round_trip(&mut connect(Some(c), echo_b).await.unwrap(), b"c to b").await;
-    round_trip(&mut connect(None, echo_a).await.unwrap(), b"test to a").await;
-    round_trip(&mut connect(None, echo_b).await.unwrap(), b"test to b").await;
+    round_trip(&mut connect(Some(a), echo_c).await, b"a to c").await;
+    round_trip(&mut connect(Some(c), echo_b).await, b"c to b").await;
+    round_trip(&mut connect(None, echo_a).await, b"test to a").await;
+    round_trip(&mut connect(None, echo_b).await, b"test to b").await;
 
     net.heal().unwrap();
     // The stalled write arrives with TCP's next retransmission, and its echo comes back.
@@ -207,8 +219,8 @@ async fn a_partition_drops_packets_silently_both_ways_and_heal_restores_them() {
         .unwrap();
     assert_eq!(&buf, b"during");
     round_trip(&mut established, b"after").await;
-    round_trip(&mut connect(Some(a), echo_b).await.unwrap(), b"new a to b").await;
-    round_trip(&mut connect(Some(b), echo_a).await.unwrap(), b"new b to a").await;
+    round_trip(&mut connect(Some(a), echo_b).await, b"new a to b").await;
+    round_trip(&mut connect(Some(b), echo_a).await, b"new b to a").await;
 }
 
 #[tokio::test]
@@ -222,13 +234,13 @@ async fn an_isolated_host_reaches_nobody_and_nobody_reaches_it_until_heal() {
         net.host("c").unwrap(),
     );
     let (echo_a, echo_b, echo_c) = (echo_on(a).await, echo_on(b).await, echo_on(c).await);
-    let mut established = connect(None, echo_a).await.unwrap();
+    let mut established = connect(None, echo_a).await;
     round_trip(&mut established, b"before").await;
 
     net.isolate("a").unwrap();
-    assert!(connect(None, echo_a).await.is_err(), "test -> a times out");
-    assert!(connect(Some(b), echo_a).await.is_err(), "b -> a times out");
-    assert!(connect(Some(a), echo_c).await.is_err(), "a -> c times out");
+    assert!(connect_times_out(None, echo_a).await, "test -> a times out");
+    assert!(connect_times_out(Some(b), echo_a).await, "b -> a times out");
+    assert!(connect_times_out(Some(a), echo_c).await, "a -> c times out");
     established.write_all(b"during").await.unwrap();
     let mut buf = [0u8; 6];
     let read = tokio::time::timeout(CONNECT_TIMEOUT, established.read(&mut buf)).await;
@@ -236,12 +248,12 @@ async fn an_isolated_host_reaches_nobody_and_nobody_reaches_it_until_heal() {
         read.is_err(),
         "no reply, reset or EOF from an isolated host: {read:?}"
     );
-    round_trip(&mut connect(Some(b), echo_c).await.unwrap(), b"b to c").await;
-    round_trip(&mut connect(None, echo_b).await.unwrap(), b"test to b").await;
+    round_trip(&mut connect(Some(b), echo_c).await, b"b to c").await;
+    round_trip(&mut connect(None, echo_b).await, b"test to b").await;
 
     net.heal().unwrap();
-    round_trip(&mut connect(None, echo_a).await.unwrap(), b"test to a").await;
-    round_trip(&mut connect(Some(a), echo_c).await.unwrap(), b"a to c").await;
+    round_trip(&mut connect(None, echo_a).await, b"test to a").await;
+    round_trip(&mut connect(Some(a), echo_c).await, b"a to c").await;
     tokio::time::timeout(Duration::from_secs(10), established.read_exact(&mut buf))
         .await
         .expect("the stalled data is echoed within 10 s of heal")
@@ -283,7 +295,7 @@ async fn added_latency_delays_each_direction() {
     assert_eq!(latency.target(), SocketAddr::from((a.ip(), port)));
     assert_eq!(latency.each_way(), each_way);
     assert_eq!(latency.addr().ip(), a.ip());
-    let mut s = connect(None, latency.addr()).await.unwrap();
+    let mut s = connect(None, latency.addr()).await;
     s.set_nodelay(true).unwrap();
     for _ in 0..5 {
         let sent = Instant::now();
@@ -373,6 +385,55 @@ async fn postgresql_and_redis_run_on_hosts_and_the_test_reaches_them() {
 }
 
 #[tokio::test]
+async fn a_redis_cluster_spreads_over_hosts_and_fails_over_when_a_master_is_isolated() {
+    let Some(net) = net_or_skip("redis cluster on hosts", &["r1", "r2", "r3"]) else {
+        return;
+    };
+    let rc = net
+        .redis_cluster(
+            RedisCluster::builder().node_timeout(Duration::from_millis(1000)),
+            &["r1", "r2", "r3"],
+        )
+        .await
+        .unwrap();
+    let ips: Vec<_> = net.hosts().iter().map(Host::ip).collect();
+    for (i, node) in rc.nodes().iter().enumerate() {
+        assert_eq!(node.ip(), ips[i % 3], "node {i} on host r{}", i % 3 + 1);
+    }
+    let client = redis::cluster::ClusterClient::new(rc.urls()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for i in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // A master cut off from everyone (not killed): the cluster bus across the bridge notices
+    // and its replica, on another host, takes over.
+    let master = rc.masters().await.unwrap()[0];
+    let host = net
+        .hosts()
+        .iter()
+        .find(|h| h.ip() == master.ip())
+        .unwrap()
+        .name()
+        .to_owned();
+    net.isolate(&host).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let masters = rc.masters().await.unwrap_or_default();
+        if masters.len() == 3 && masters.iter().all(|m| m.ip() != master.ip()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failover away from {host}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    net.heal().unwrap();
+}
+
+#[tokio::test]
 async fn drop_removes_every_namespace_link_and_process_also_after_a_panic() {
     let Some(net) = net_or_skip("drop", &["a", "b"]) else {
         return;
@@ -445,7 +506,7 @@ async fn the_sweep_removes_what_dead_runs_left_and_nothing_of_live_ones() {
     let (ns, link) = names_of(&net);
     assert!(ns.iter().all(|n| netns_exists(n)) && link_exists(&link));
     let echo = echo_on(net.host("a").unwrap()).await;
-    round_trip(&mut connect(None, echo).await.unwrap(), b"still up").await;
+    round_trip(&mut connect(None, echo).await, b"still up").await;
 }
 
 /// Run by `a_killed_test_process_leaves_nothing_behind` in a child process.

@@ -146,7 +146,7 @@ impl Host {
 ///
 /// let net = Net::new(&["db", "app1", "app2"])?;
 /// let pg = net.pg_cluster("db", &[]).await?; // listens on db's address
-/// let app = net.host("app1")?.command("my-app").arg("--db").arg(pg.primary_url()).spawn();
+/// let _app = net.host("app1")?.command("my-app").arg("--db").arg(pg.primary_url()).spawn();
 ///
 /// net.partition("app1", "db")?; // app1's packets to db (and back) vanish
 /// net.isolate("app2")?; // app2 reaches nobody, nobody reaches app2 (the test process neither)
@@ -219,7 +219,17 @@ impl Net {
         let br = net.bridge_ns.clone();
         let link = net.root_link.clone();
         let test_cidr = format!("{}/24", net.test_ip());
-        net.ip(&["netns", "add", &br])?;
+        // The first namespace tells whether this machine allows them at all (a container
+        // without CAP_SYS_ADMIN cannot mount /run/netns even as root).
+        match net.ip(&["netns", "add", &br]) {
+            Err(Error::Command { output, .. }) => {
+                return Err(Error::Unsupported {
+                    what: "network namespaces",
+                    reason: format!("`ip netns add` failed: {output}"),
+                });
+            }
+            other => other?,
+        }
         net.ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         net.ip(&["-n", &br, "link", "set", "br0", "up"])?;
         let veth = ["type", "veth", "peer", "name", "test", "netns", &br];
