@@ -148,7 +148,7 @@ fn read_response(input: &[u8], cuts: &[u8], head_request: bool) -> Result<Read, 
                 },
             }
         },
-        Framing::Close | Framing::Done => {
+        Framing::Close | Framing::Done | Framing::Upgraded | Framing::Foreign => {
             body.extend_from_slice(&buf);
             for piece in pieces {
                 body.extend_from_slice(piece);
@@ -192,7 +192,9 @@ fn decode_available(
 fn check_head(head: &Head) -> Result<(), String> {
     let mut lengths = 0;
     for (name, value) in &head.headers {
-        if is_hop_by_hop(name) {
+        // A `101` keeps the protocol it switches to, for the client's own `101`.
+        let switched = *name == http::header::UPGRADE && head.status == 101;
+        if is_hop_by_hop(name) && !switched {
             return Err(format!("hop-by-hop {name} kept"));
         }
         if is_dependency_signal(name) && !head.status.is_server_error() {
@@ -246,7 +248,7 @@ pub fn request_head(
     if let Some(peer) = peer {
         upstream = upstream.with_peer(peer);
     }
-    let prefix = upstream.prefix(req).map_err(|e| e.describe().0)?;
+    let prefix = upstream.prefix(req).map_err(|e| e.describe())?;
     let mut out = prefix.bytes.to_vec();
     if !prefix.has_host {
         write_line(&mut out, b"host", ENDPOINT.as_bytes());

@@ -16,6 +16,7 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Bytes, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{Method, StatusCode, Uri, Version};
 use http_body::Frame;
@@ -77,6 +78,8 @@ impl From<ProtocolError> for io::Error {
 pub(crate) struct Conn {
     io: TcpStream,
     read: BytesMut,
+    /// An upgrade was asked on this connection: a `101` is the final answer (never pooled).
+    upgrade: bool,
 }
 
 impl Conn {
@@ -84,7 +87,19 @@ impl Conn {
         Self {
             io,
             read: BytesMut::new(),
+            upgrade: false,
         }
+    }
+
+    /// Takes a `101 Switching Protocols` as the final answer: the request asks an upgrade. Set
+    /// only on a connection of its own, which never goes back to the pool.
+    pub(crate) fn expect_upgrade(&mut self) {
+        self.upgrade = true;
+    }
+
+    /// The socket and the bytes read past the response head (the upgraded protocol's first).
+    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.io, self.read)
     }
 
     /// Whether an idle connection can take a request: nothing unread, and not closed by the
@@ -170,7 +185,8 @@ impl Conn {
     }
 
     /// A final response head from the bytes read so far, if complete. Interim ones are skipped
-    /// (noted in `interim`); a `101` is refused, as no upgrade is ever asked for.
+    /// (noted in `interim`); a `101` is refused unless the request asked an upgrade
+    /// ([`Conn::expect_upgrade`]).
     fn buffered_head(
         &mut self,
         head_request: bool,
@@ -179,6 +195,9 @@ impl Conn {
         while !self.read.is_empty() {
             match parse_head(&mut self.read, head_request)? {
                 Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    if self.upgrade {
+                        return Ok(Some(head));
+                    }
                     return Err(ProtocolError::Upgrade.into());
                 }
                 Some(head) if head.status.is_informational() => *interim = true,
@@ -242,7 +261,9 @@ impl Conn {
     ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             match framing {
-                Framing::Length(0) | Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) | Framing::Done | Framing::Upgraded | Framing::Foreign => {
+                    return Poll::Ready(None);
+                }
                 Framing::Length(left) => {
                     if !self.read.is_empty() {
                         let n = self
@@ -317,6 +338,10 @@ pub(crate) enum Framing {
     Close,
     /// Ended.
     Done,
+    /// None: the connection switched protocols (`101`) and is the upgraded stream's now.
+    Upgraded,
+    /// Not on this connection: a body from hyper's client (an HTTPS or HTTP/2 endpoint).
+    Foreign,
 }
 
 /// A response head.
@@ -397,7 +422,10 @@ pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<O
             }
             continue;
         } else if is_hop_by_hop(&name) || (!server_error && is_dependency_signal(&name)) {
-            continue;
+            // A `101` keeps the protocol it switches to, for the client's own `101`.
+            if !(name == UPGRADE && status == StatusCode::SWITCHING_PROTOCOLS) {
+                continue;
+            }
         }
         let start = h.value.as_ptr() as usize - base;
         found.push((name, start, start + h.value.len()));
@@ -424,7 +452,11 @@ pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<O
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        Framing::Length(0)
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            Framing::Upgraded
+        } else {
+            Framing::Length(0)
+        }
     } else if chunked {
         Framing::Chunked(ChunkedDecoder::default())
     } else if encoded {

@@ -334,6 +334,16 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Whether a `Connection` header of `headers` lists `token` (ASCII case-insensitive), as
+/// `Connection: upgrade` does.
+pub(crate) fn connection_lists(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 thread_local! {
     /// The address this thread formatted last, and its value.
     static LAST_IP: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };

@@ -36,6 +36,7 @@
 //! endpoint and the error's chain go to the log (`tracing`) and the metrics.
 
 mod body;
+mod client;
 mod client_ip;
 pub mod future;
 #[cfg(feature = "fuzzing")]
@@ -45,9 +46,11 @@ mod h1;
 mod headers;
 pub mod key;
 mod pool;
+mod upgrade;
 mod upstream;
 
 pub use body::{ClientBodyError, ClientBodyErrorKind, ProxyBody, UpstreamBody};
+pub use client::{UpstreamProtocol, UpstreamScheme, UpstreamTlsConfig};
 pub use client_ip::{ClientAddr, TrustedProxies, client_ip, peer_addr};
 pub use headers::X_HERD_DEPENDENCY_UNAVAILABLE;
 pub use pool::PooledBody;

@@ -29,6 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::body::{ClientBodyError, UpstreamBody};
+use super::client::ForeignBody;
 use super::h1::{
     Conn, Framing, Head, LAST_CHUNK, ProtocolError, RequestFraming, write_chunk, write_last_chunk,
 };
@@ -256,6 +257,47 @@ impl EndpointPool {
         }
     }
 
+    /// Sends an upgrade request (`bytes`: its whole head, and its body if it has a small one)
+    /// on a connection of its own, which never goes back to the pool, and reads the answer
+    /// within `timeout`. A `101` comes with its connection in the body, for
+    /// [`PooledBody::take_upgraded`]; anything else is an ordinary response, its connection
+    /// closed at its end. Never sent again: a failure before anything went out is a
+    /// [`UpstreamErrorKind::Connect`] (the caller may try another endpoint), any later one is
+    /// final.
+    pub(crate) async fn send_upgrade(
+        self: Arc<Self>,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let started = Instant::now();
+        let failed = |kind, source| UpstreamError::new(&self.authority, kind, source);
+        let mut conn = self
+            .connect()
+            .await
+            .map_err(|e| failed(UpstreamErrorKind::Connect, Some(e)))?;
+        conn.expect_upgrade();
+        let exchange = async {
+            let mut written = 0;
+            match conn
+                .write_watching(&bytes, &mut written, false, false)
+                .await
+            {
+                Ok(Some(head)) => Ok(head),
+                Ok(None) => conn.read_head(false).await.map_err(|e| (written, e)),
+                Err(e) => Err((written, e)),
+            }
+        };
+        let head = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(head)) => head,
+            Ok(Err((0, e))) => return Err(failed(UpstreamErrorKind::Connect, Some(e.into()))),
+            Ok(Err((_, e))) => return Err(failed(UpstreamErrorKind::Request, Some(e.into()))),
+            Err(_) => return Err(failed(UpstreamErrorKind::Timeout, None)),
+        };
+        let mut head = head;
+        head.keep_alive = false;
+        Ok(self.response(conn, head, started, None, timeout))
+    }
+
     /// The response to hand on. A body already read whole (the common case) is taken out now,
     /// and the connection goes back to the pool before the response is on its way.
     fn response(
@@ -288,6 +330,7 @@ impl EndpointPool {
                 read_timeout,
                 waiting: false,
             }),
+            foreign: None,
         };
         if matches!(body.framing, Framing::Done) {
             body.release();
@@ -503,6 +546,8 @@ pub struct PooledBody {
     /// The endpoint keeps the connection open after this response.
     keep_alive: bool,
     connection: Option<Connection>,
+    /// A body from hyper's client (HTTPS and HTTP/2 endpoints), read once `connection` is none.
+    foreign: Option<Box<ForeignBody>>,
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -514,6 +559,28 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
+    /// A body hyper's client reads (an HTTPS or HTTP/2 endpoint's).
+    pub(crate) fn foreign(body: ForeignBody) -> Self {
+        Self {
+            data: None,
+            framing: Framing::Foreign,
+            keep_alive: false,
+            connection: None,
+            foreign: Some(Box::new(body)),
+        }
+    }
+
+    /// The connection of a `101 Switching Protocols` from the pooled path, for the upgraded
+    /// stream: its socket and the bytes already read past the head. `None` for any other
+    /// response.
+    pub(crate) fn take_upgraded(&mut self) -> Option<(tokio::net::TcpStream, bytes::BytesMut)> {
+        if !matches!(self.framing, Framing::Upgraded) {
+            return None;
+        }
+        self.framing = Framing::Done;
+        self.connection.take().map(|c| c.conn.into_parts())
+    }
+
     /// The exchange is over: the connection goes back to the pool if it can carry another.
     fn release(&mut self) {
         if let Some(c) = self.connection.take()
@@ -538,7 +605,10 @@ impl Body for PooledBody {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         let Some(c) = this.connection.as_mut() else {
-            return Poll::Ready(None);
+            return match this.foreign.as_mut() {
+                Some(foreign) => Pin::new(&mut **foreign).poll_frame(cx),
+                None => Poll::Ready(None),
+            };
         };
         let polled = match c.conn.poll_body(cx, &mut this.framing) {
             Poll::Ready(polled) => {
@@ -599,6 +669,10 @@ impl Body for PooledBody {
         match self.framing {
             Framing::Length(n) => SizeHint::with_exact(read + n),
             Framing::Done => SizeHint::with_exact(read),
+            Framing::Foreign => self
+                .foreign
+                .as_ref()
+                .map_or_else(SizeHint::default, |f| f.size_hint()),
             _ => {
                 let mut hint = SizeHint::new();
                 hint.set_lower(read);

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use herd_lb_core::health::{ActiveHealth, ActiveHealthConfig, TcpProbe};
 use herd_lb_core::{
-    Balancer, BalancerConfig, EndpointInfo, Error, Outcome, PickError, RetryPolicy,
+    Balancer, BalancerConfig, EndpointInfo, Error, Outcome, PickContext, PickError, Picked,
+    RequestKey, RetryPolicy,
 };
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, RETRY_AFTER, UPGRADE};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -22,17 +24,21 @@ use serde::Deserialize;
 use tower_service::Service;
 
 use super::body::{ClientBodyError, ClientBodyErrorKind, ProxyBody, UpstreamBody};
+use super::client::{
+    Timeouts, Transport, TransportSettings, UpstreamProtocol, UpstreamScheme, UpstreamTlsConfig,
+};
 use super::client_ip::{TrustedProxies, client_behind, peer_addr};
 use super::future::{EndpointFuture, ResponseFuture};
 use super::h1::{
     Forwarding, Prefix, RequestFraming, end_head, write_head, write_line, write_request_line,
 };
 use super::headers::{
-    HostError, X_FORWARDED_FOR, X_HERD_DEPENDENCY_UNAVAILABLE, X_REAL_IP, connection_named,
-    ip_header_value, is_hop_by_hop, valid_host,
+    HostError, X_FORWARDED_FOR, X_HERD_DEPENDENCY_UNAVAILABLE, X_REAL_IP, connection_lists,
+    connection_named, ip_header_value, is_hop_by_hop, valid_host,
 };
 use super::key::{by_cookie, by_header};
 use super::pool::{EndpointPool, Message, PooledBody};
+use super::upgrade::{UpstreamSide, tunnel};
 use crate::BoxError;
 use crate::health::HttpProbe;
 
@@ -42,6 +48,11 @@ use crate::health::HttpProbe;
 pub enum UpstreamErrorKind {
     /// No connection: the request was not sent (safe to retry anything).
     Connect,
+    /// The TLS handshake with the endpoint failed (its certificate is not trusted, does not
+    /// name it, or the two sides share no protocol): the request was not sent. The
+    /// endpoint's side (or the upstream's `tls` settings), never the client's: 502, retried
+    /// on another endpoint as a connect failure is.
+    Tls,
     /// No response head within the attempt timeout.
     Timeout,
     /// The request failed after it may have been sent.
@@ -57,6 +68,7 @@ impl fmt::Display for UpstreamErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Connect => "connect failed",
+            Self::Tls => "TLS handshake failed",
             Self::Timeout => "timed out",
             Self::Request => "request failed",
             Self::ClientBody => "client request body failed",
@@ -116,6 +128,9 @@ pub struct HttpEndpoint {
 
 struct EndpointInner {
     pool: Arc<EndpointPool>,
+    /// hyper's client, when the endpoints speak HTTPS or HTTP/2 (else the pool's own HTTP/1.1).
+    client: Option<Arc<Transport>>,
+    client_body_timeout: Duration,
     /// `Host` sent upstream (the authority), or none to keep the client's.
     host: Option<HeaderValue>,
     /// `X-Forwarded-Proto` as configured; none: `http` (a request sent to the endpoint directly
@@ -148,6 +163,9 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
     /// request's header map: the copy a retry keeps holds fewer entries, and no map is changed.
     fn call(&mut self, req: Request<UpstreamBody>) -> Self::Future {
         let inner = &*self.inner;
+        if let Some(client) = &inner.client {
+            return self.call_client(req, client);
+        }
         let (parts, body) = req.into_parts();
         let full = body.full_bytes();
         let len = full.map_or_else(|| body.size_hint().exact(), |b| Some(b.len() as u64));
@@ -188,6 +206,67 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
 }
 
 impl HttpEndpoint {
+    /// The request's head for this endpoint, all but its framing and final empty line: the
+    /// one written before the pick with this endpoint's `Host`, or one written now.
+    fn head(&self, parts: &http::request::Parts, body: &UpstreamBody) -> Vec<u8> {
+        let inner = &*self.inner;
+        let mut bytes = Vec::with_capacity(320);
+        match body.prefix() {
+            Some(prefix) => {
+                bytes.extend_from_slice(&prefix.bytes);
+                if !prefix.has_host {
+                    let host = inner.host.as_ref().map_or_else(
+                        || inner.pool.authority().as_str().as_bytes(),
+                        HeaderValue::as_bytes,
+                    );
+                    write_line(&mut bytes, b"host", host);
+                }
+            }
+            None => self.write_head(&mut bytes, parts),
+        }
+        bytes
+    }
+
+    /// An exchange through hyper's client (HTTPS, HTTP/2): out of line, so that the plain
+    /// HTTP/1.1 call pays one branch for it.
+    #[inline(never)]
+    fn call_client(&self, req: Request<UpstreamBody>, client: &Arc<Transport>) -> EndpointFuture {
+        let (parts, body) = req.into_parts();
+        let head = self.head(&parts, &body);
+        let timeouts = Timeouts {
+            request: self.inner.timeout,
+            client_body: self.inner.client_body_timeout,
+        };
+        let authority = self.inner.pool.authority().clone();
+        EndpointFuture::new(Box::pin(
+            Arc::clone(client).send(authority, head, body, timeouts),
+        ))
+    }
+
+    /// Sends an upgrade request (its head asks for it, its body is buffered), never again once
+    /// sent: on a connection of its own on the HTTP/1.1 path, through hyper's client over TLS.
+    fn upgrade(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>> {
+        let inner = &*self.inner;
+        let (parts, body) = req.into_parts();
+        let mut head = self.head(&parts, &body);
+        if let Some(client) = &inner.client {
+            let timeouts = Timeouts {
+                request: inner.timeout,
+                client_body: inner.client_body_timeout,
+            };
+            let authority = inner.pool.authority().clone();
+            return Box::pin(Arc::clone(client).send(authority, head, body, timeouts));
+        }
+        let data = body.full_bytes().unwrap_or_default();
+        let framing = RequestFraming::new(&parts.method, Some(data.len() as u64));
+        end_head(&mut head, framing);
+        head.extend_from_slice(data);
+        Box::pin(Arc::clone(&inner.pool).send_upgrade(head, inner.timeout))
+    }
+
     /// The head of a request that came without one written before the pick (one sent to this
     /// endpoint directly): its own headers, `Host` pointed here unless the client's is kept,
     /// and the forwarding headers the endpoint sets. Nothing here can answer the client, so a
@@ -269,7 +348,7 @@ impl RetryPolicy<Request<UpstreamBody>, Response<PooledBody>, UpstreamError> for
         result: Result<&Response<PooledBody>, &UpstreamError>,
     ) -> bool {
         match result {
-            Err(e) if e.kind == UpstreamErrorKind::Connect => true,
+            Err(e) if matches!(e.kind, UpstreamErrorKind::Connect | UpstreamErrorKind::Tls) => true,
             Err(e) if e.kind == UpstreamErrorKind::ClientBody => false,
             Err(_) => is_idempotent(req.method()),
             Ok(res) => {
@@ -378,6 +457,21 @@ pub struct HttpUpstreamConfig {
     pub hash_key: Option<HashKeyConfig>,
     /// Active health checks. Default off.
     pub active_health: Option<HttpActiveHealth>,
+    /// `http` (default) or `https` to the instances (nginx's `proxy_pass https://`), with
+    /// [`tls`](Self::tls). Plain HTTP/1.1 is the gateway's own pooled exchange; HTTPS and
+    /// HTTP/2 go through hyper's pooled client (hyper-rustls).
+    pub scheme: UpstreamScheme,
+    /// `http1` (default), `h2` (ALPN `h2` over TLS, or h2c by prior knowledge over plain TCP),
+    /// or `auto` (ALPN picks; `https` only).
+    pub protocol: UpstreamProtocol,
+    /// The instances' CA, the name their certificates carry (and SNI), the gateway's client
+    /// certificate. Default: the system's roots, the endpoint's host, none.
+    pub tls: UpstreamTlsConfig,
+    /// How long an upgraded connection (a WebSocket) may carry nothing either way before the
+    /// gateway closes it (nginx's `proxy_read_timeout` on an upgraded connection, HAProxy's
+    /// `timeout tunnel`). Default 60 s, nginx's: a WebSocket that pings more often stays open.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl Default for HttpUpstreamConfig {
@@ -396,6 +490,10 @@ impl Default for HttpUpstreamConfig {
             forwarded_proto: None,
             hash_key: None,
             active_health: None,
+            scheme: UpstreamScheme::Http,
+            protocol: UpstreamProtocol::Http1,
+            tls: UpstreamTlsConfig::default(),
+            upgrade_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -474,7 +572,19 @@ struct Settings {
     /// `hash_key = "client_ip"`: the pick reads `X-Real-IP` from the request's headers.
     hash_client_ip: bool,
     active_health: Option<ActiveHealth>,
+    /// hyper's client for HTTPS or HTTP/2 endpoints; none for plain HTTP/1.1.
+    transport: Option<Arc<Transport>>,
+    /// Upgrades can pass (not to HTTP/2-only endpoints).
+    upgrades: bool,
+    upgrade_idle_timeout: Duration,
+    /// The balancer's request key, for upgrades (picked outside the balancer's call).
+    key: Option<RequestKeyFn>,
+    /// Attempts at an upgrade whose connection fails (`retries.max_attempts`).
+    upgrade_attempts: usize,
 }
+
+/// A request's key for consistent hashing.
+type RequestKeyFn = Arc<dyn Fn(&Request<UpstreamBody>) -> Option<RequestKey> + Send + Sync>;
 
 impl Drop for Settings {
     fn drop(&mut self) {
@@ -521,21 +631,46 @@ impl HttpUpstream {
             .builder::<Authority, HttpEndpoint, Request<UpstreamBody>>()?
             .classify(classify)
             .retry(config.balancer.retries.clone(), HttpRetry::new(statuses));
-        builder = match &config.hash_key {
-            None => builder,
+        let key: Option<RequestKeyFn> = match &config.hash_key {
+            None => None,
             // The client as `rewrite` found it (behind trusted proxies too): it sets `X-Real-IP`
             // on every request before the pick, and never passes on the client's own.
-            Some(HashKeyConfig::ClientIp) => builder.key(by_header(X_REAL_IP)),
+            Some(HashKeyConfig::ClientIp) => Some(Arc::new(by_header(X_REAL_IP))),
             Some(HashKeyConfig::Header(name)) => {
                 let name =
                     HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::InvalidConfig {
                         field: "hash_key.header",
                         reason: format!("{name} is not a header name"),
                     })?;
-                builder.key(by_header(name))
+                Some(Arc::new(by_header(name)))
             }
-            Some(HashKeyConfig::Cookie(name)) => builder.key(by_cookie(name.clone())),
+            Some(HashKeyConfig::Cookie(name)) => Some(Arc::new(by_cookie(name.clone()))),
         };
+        if let Some(key) = &key {
+            let key = Arc::clone(key);
+            builder = builder.key(move |req: &Request<UpstreamBody>| key(req));
+        }
+        let transport = Transport::new(&TransportSettings {
+            scheme: config.scheme,
+            protocol: config.protocol,
+            tls: &config.tls,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_host: config.pool_max_idle_per_host,
+        })?;
+        if config.scheme == UpstreamScheme::Https
+            && config
+                .active_health
+                .as_ref()
+                .is_some_and(|a| a.path.is_some())
+        {
+            return Err(Error::InvalidConfig {
+                field: "active_health.path",
+                reason: "the HTTP probe speaks plain HTTP/1.1; with scheme = \"https\" use a TCP \
+                         check (no path)"
+                    .into(),
+            });
+        }
         let balancer = builder.build()?;
         let forwarded_proto = config
             .forwarded_proto
@@ -558,6 +693,13 @@ impl HttpUpstream {
             forwarded_proto,
             hash_client_ip: config.hash_key == Some(HashKeyConfig::ClientIp),
             active_health: None,
+            upgrades: transport.as_ref().is_none_or(|t| t.upgrades()),
+            transport,
+            upgrade_idle_timeout: config.upgrade_idle_timeout,
+            key,
+            upgrade_attempts: usize::try_from(config.balancer.retries.max_attempts)
+                .unwrap_or(usize::MAX)
+                .max(1),
         };
         config
             .balancer
@@ -637,8 +779,10 @@ impl HttpUpstream {
     /// incoming value is kept only from a trusted proxy); `X-Real-IP`; `X-Forwarded-Proto`;
     /// `X-Forwarded-Host`; and the client's `Host` when it is kept. With `hash_key =
     /// "client_ip"` the `X-Real-IP` value also goes into the request's headers, for the pick.
-    /// A request whose `Host` RFC 9112 §3.2 refuses is an error (answered 400).
-    pub(crate) fn prefix<B>(&self, req: &mut Request<B>) -> Result<Prefix, HostError> {
+    /// A request whose `Host` RFC 9112 §3.2 refuses is an error (answered 400). An upgrade
+    /// that can pass (`Connection: upgrade` and `Upgrade` on HTTP/1.1, from a server that can
+    /// hand over the connection) keeps both, and takes its own way ([`Detour::Upgrade`]).
+    pub(crate) fn prefix<B>(&self, req: &mut Request<B>) -> Result<Prefix, Detour> {
         let settings = &self.settings;
         let peer = self.peer.or_else(|| peer_addr(req)).map(|a| a.ip());
         let headers = req.headers();
@@ -672,7 +816,66 @@ impl HttpUpstream {
                     }
                 }
             }
+            if self.upgrade_asked(req) {
+                // Kept for the endpoint: the protocol asked, and the hop that asks for it.
+                write_line(&mut out, b"connection", b"upgrade");
+                for value in headers.get_all(UPGRADE) {
+                    write_line(&mut out, b"upgrade", value.as_bytes());
+                }
+                let (prefix, real_ip) = self
+                    .prefix_rest(req, out, host_header, repeated_host, peer, client)
+                    .map_err(Detour::Host)?;
+                if self.settings.hash_client_ip {
+                    match real_ip {
+                        Some(value) => req.headers_mut().insert(X_REAL_IP, value),
+                        None => req.headers_mut().remove(X_REAL_IP),
+                    };
+                }
+                return Err(Detour::Upgrade(prefix));
+            }
         }
+        let (prefix, real_ip) = self
+            .prefix_rest(req, out, host_header, repeated_host, peer, client)
+            .map_err(Detour::Host)?;
+        if settings.hash_client_ip {
+            match real_ip {
+                Some(value) => req.headers_mut().insert(X_REAL_IP, value),
+                None => req.headers_mut().remove(X_REAL_IP),
+            };
+        }
+        Ok(prefix)
+    }
+
+    /// Whether `req` asks for an upgrade that can pass: HTTP/1.1 with `Connection: upgrade`
+    /// and `Upgrade`, from a server that hands over the connection after a `101` (hyper's
+    /// `OnUpgrade`), to endpoints not spoken to over HTTP/2 only. Any other keeps the
+    /// hop-by-hop headers out, as always.
+    #[cold]
+    fn upgrade_asked<B>(&self, req: &Request<B>) -> bool {
+        self.settings.upgrades
+            && req.version() == Version::HTTP_11
+            && req.headers().contains_key(UPGRADE)
+            && connection_lists(req.headers(), b"upgrade")
+            && req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some()
+    }
+
+    /// The rest of [`prefix`](Self::prefix) once the client's own headers are written: `Host`
+    /// checked, and the forwarding headers; the `X-Real-IP` value with it.
+    #[inline(always)]
+    fn prefix_rest<B>(
+        &self,
+        req: &Request<B>,
+        mut out: Vec<u8>,
+        host_header: Option<&[u8]>,
+        repeated_host: bool,
+        peer: Option<std::net::IpAddr>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(Prefix, Option<HeaderValue>), HostError> {
+        let settings = &self.settings;
+        let headers = req.headers();
         let client_host = checked_host(req.version(), req.uri(), host_header, repeated_host)?;
         let has_host = settings.preserve_host && client_host.is_some();
         if let Some(host) = client_host.filter(|_| has_host) {
@@ -716,16 +919,32 @@ impl HttpUpstream {
         if let Some(host) = client_host {
             write_line(&mut out, b"x-forwarded-host", host);
         }
-        if settings.hash_client_ip {
-            match real_ip {
-                Some(value) => req.headers_mut().insert(X_REAL_IP, value),
-                None => req.headers_mut().remove(X_REAL_IP),
-            };
-        }
-        Ok(Prefix {
+        let prefix = Prefix {
             bytes: Bytes::from(out),
             has_host,
-        })
+        };
+        Ok((prefix, real_ip))
+    }
+}
+
+/// Why a request does not go straight to the balancer from [`HttpUpstream::prefix`].
+#[derive(Debug)]
+pub(crate) enum Detour {
+    /// Its `Host` is refused: 400.
+    Host(HostError),
+    /// It asks for an upgrade that can pass: its head, with `Connection: upgrade` and
+    /// `Upgrade` kept.
+    Upgrade(Prefix),
+}
+
+impl Detour {
+    /// A short name of the detour (the metric reason of a refused `Host`).
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            Self::Host(e) => e.describe().0,
+            Self::Upgrade(_) => "upgrade",
+        }
     }
 }
 
@@ -853,6 +1072,8 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
                 settings.max_idle_per_host,
                 settings.client_body_timeout,
             )),
+            client: settings.transport.clone(),
+            client_body_timeout: settings.client_body_timeout,
             host,
             forwarded_proto: settings.forwarded_proto.clone(),
             timeout: settings.request_timeout,
@@ -967,6 +1188,7 @@ fn failure_response(error: &BoxError) -> Response<ProxyBody> {
         let (status, message) = match upstream.kind() {
             UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
             UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "upstream connect failed\n"),
+            UpstreamErrorKind::Tls => (StatusCode::BAD_GATEWAY, "upstream TLS handshake failed\n"),
             _ => (StatusCode::BAD_GATEWAY, "upstream request failed\n"),
         };
         return error_response(status, message);
@@ -1041,14 +1263,16 @@ impl HttpUpstream {
         &self,
         req: Request<B>,
         prefix: Prefix,
-        refused: Option<HostError>,
+        refused: Option<Detour>,
     ) -> ResponseFuture
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        if let Some(e) = refused {
-            return ResponseFuture::answered(host_error_response(e));
+        match refused {
+            Some(Detour::Host(e)) => return ResponseFuture::answered(host_error_response(e)),
+            Some(Detour::Upgrade(prefix)) => return self.upgrade(req, prefix),
+            None => {}
         }
         let (parts, body) = req.into_parts();
         let mut balancer = self.balancer.clone();
@@ -1066,6 +1290,100 @@ impl HttpUpstream {
                 return failure_response(&e);
             }
             respond(balancer.call(Request::from_parts(parts, body)).await)
+        });
+        ResponseFuture::with_body(fut)
+    }
+
+    /// An upgrade (a WebSocket): its endpoint picked here rather than by the balancer's call,
+    /// so that its in-flight slot stays taken while the upgraded connection is open. Sent again
+    /// on another endpoint only when no connection could be made (nothing was sent); a `101`
+    /// is answered `101` and the two connections are spliced in a task of their own
+    /// ([`tunnel`]) until either side closes or nothing passes for `upgrade_idle_timeout`; any
+    /// other answer is relayed as a response is, and recorded as the balancer records one.
+    #[cold]
+    fn upgrade<B>(&self, req: Request<B>, prefix: Prefix) -> ResponseFuture
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let Some(on_client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return ResponseFuture::answered(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "upgrade not possible on this connection\n",
+            ));
+        };
+        let balancer = self.balancer.clone();
+        let settings = Arc::clone(&self.settings);
+        let fut = Box::pin(async move {
+            let limit = settings.retry_buffer_limit;
+            let body = match prepare_body(body, limit, settings.client_body_timeout).await {
+                Ok(body) if body.full_bytes().is_some() => body.with_prefix(prefix),
+                Ok(_) => {
+                    return error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "upgrade request body too large\n",
+                    );
+                }
+                Err(e) => return client_error_response(&e),
+            };
+            let req = Request::from_parts(parts, body);
+            let key = settings.key.as_ref().and_then(|key| key(&req));
+            let mut tried: Vec<usize> = Vec::new();
+            loop {
+                let ctx = PickContext::new().with_key(key).excluding(&tried);
+                let Picked { guard, service } = match balancer.set().pick(balancer.policy(), &ctx) {
+                    Ok(picked) => picked,
+                    Err(e) => return failure_response(&(Box::new(e) as BoxError)),
+                };
+                let Some(copy) = HttpRetry::new(Vec::new()).clone_request(&req) else {
+                    return error_response(StatusCode::INTERNAL_SERVER_ERROR, "upgrade failed\n");
+                };
+                match service.upgrade(copy).await {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            UpstreamErrorKind::Connect | UpstreamErrorKind::Tls
+                        ) && tried.len() + 1 < settings.upgrade_attempts =>
+                    {
+                        tracing::debug!(endpoint = e.endpoint(), error = %Chain(&e), "upgrade: no connection, trying another endpoint");
+                        tried.push(guard.index());
+                        guard.record(Outcome::Failure);
+                    }
+                    Err(e) => {
+                        let outcome = if e.kind() == UpstreamErrorKind::ClientBody {
+                            Outcome::ClientError
+                        } else {
+                            Outcome::Failure
+                        };
+                        guard.record(outcome);
+                        return failure_response(&(Box::new(e) as BoxError));
+                    }
+                    Ok(mut res) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let upstream = match res.body_mut().take_upgraded() {
+                            Some((stream, read)) => UpstreamSide::Raw(stream, read),
+                            None => UpstreamSide::Hyper(hyper::upgrade::on(&mut res)),
+                        };
+                        let idle = settings.upgrade_idle_timeout;
+                        tokio::spawn(tunnel(on_client, upstream, guard, idle));
+                        let (mut head, _) = res.into_parts();
+                        head.headers
+                            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                        return Response::from_parts(head, ProxyBody::default());
+                    }
+                    Ok(res) => {
+                        let outcome = if !res.status().is_server_error() {
+                            Outcome::Success
+                        } else if res.headers().contains_key(X_HERD_DEPENDENCY_UNAVAILABLE) {
+                            Outcome::DependencyUnavailable
+                        } else {
+                            Outcome::Failure
+                        };
+                        guard.record(outcome);
+                        return respond(Ok(res));
+                    }
+                }
+            }
         });
         ResponseFuture::with_body(fut)
     }
