@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::ewma::{EwmaConfig, EwmaEstimate, clock};
 use crate::health::passive::{Ejection, OutlierDetector};
 use crate::health::{OutlierDetection, SlowStart};
+use crate::latency::{LatencyCounts, LatencyHistogram};
 use crate::metrics::EndpointMetrics;
 use crate::rng::SharedRng;
 
@@ -117,6 +118,8 @@ pub struct EndpointState {
     pub(crate) swrr_current: AtomicI64,
     slow_start_since: Mutex<Option<Instant>>,
     idle: Notify,
+    /// The timed requests' latencies (cold: one add per timed request, after the EWMA's).
+    latency: LatencyHistogram,
 }
 
 impl fmt::Debug for EndpointState {
@@ -164,6 +167,7 @@ impl EndpointState {
             completed_half_turns: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             metrics,
+            latency: LatencyHistogram::new(),
         }
     }
 
@@ -268,6 +272,12 @@ impl EndpointState {
         let half_turns = half_turns + ((half_turns ^ (low >> 31)) & 1);
         let requests = ((half_turns >> 1) << 32) | low;
         (requests, self.failures.load(Ordering::Relaxed))
+    }
+
+    /// The timed requests' latencies so far, bucketed (see [`LatencyCounts`]): two readings'
+    /// [`since`](LatencyCounts::since) give a p99 over the time between them.
+    pub fn latency(&self) -> LatencyCounts {
+        self.latency.counts()
     }
 
     /// Where the endpoint stands now. An ejection counts only until its time ends, read from
@@ -658,6 +668,7 @@ impl InFlightGuard {
             n => self.state.metrics.latency.record_many(seconds, n as usize),
         }
         self.state.ewma.observe(latency_ns, now);
+        self.state.latency.record(latency_ns, self.latency_weight);
     }
 
     /// Same as `record(Outcome::Success)`.

@@ -12,6 +12,7 @@ pub mod future {
     pub use crate::balancer::ResponseFuture;
 }
 pub mod health;
+mod latency;
 pub mod metrics;
 pub mod policy;
 mod rng;
@@ -27,6 +28,7 @@ pub use endpoint::{EndpointState, EndpointStatus, InFlightGuard, Outcome};
 pub use error::{Error, PickError};
 pub use ewma::EwmaConfig;
 pub use health::{OutlierDetection, SlowStart};
+pub use latency::{LATENCY_BUCKETS, LatencyCounts};
 pub use policy::{
     ConsistentHash, LeastOutstanding, P2c, PeakEwma, Pick, Policy, PolicyConfig, RoundRobin,
     WeightedRandom,

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::endpoint::{Availability, EndpointState, EndpointStatus};
+use crate::latency::LatencyCounts;
 use crate::rng::SharedRng;
 
 /// A hashed request key for consistent hashing (client IP, header, cookie ...).
@@ -546,6 +547,9 @@ pub struct EndpointInfo<K> {
     pub requests: u64,
     /// Of those, failures.
     pub failures: u64,
+    /// The timed requests' latencies since the endpoint joined, bucketed: the difference of two
+    /// readings ([`LatencyCounts::since`]) gives the p99 between them.
+    pub latency: LatencyCounts,
 }
 
 impl<K: Clone> EndpointInfo<K> {
@@ -563,6 +567,7 @@ impl<K: Clone> EndpointInfo<K> {
             ewma: s.ewma(),
             requests,
             failures,
+            latency: s.latency(),
         }
     }
 }
