@@ -25,10 +25,12 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // `--check` prints its summary; only warnings and errors go to the log then.
+    let level = if args.check { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -114,11 +116,22 @@ async fn signals(gateway: &Gateway, path: &std::path::Path) -> std::io::Result<(
                 }
                 Err(e) => tracing::error!(
                     file = %path.display(),
-                    "reload refused, the running configuration stays: {e}"
+                    "reload refused, the running configuration stays: {}",
+                    one_line(&e.to_string())
                 ),
             },
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
         }
     }
+}
+
+/// A multi-line message (toml's, with the line quoted) as one log line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
 }

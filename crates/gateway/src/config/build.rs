@@ -45,9 +45,9 @@ impl App for Reloadable {
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Groups kept as they were (same settings): their endpoints' state goes on.
+    /// Groups kept as they were (same settings): their endpoints' state goes on. By name.
     pub kept: Vec<String>,
-    /// Groups built anew (new, or with changed settings).
+    /// Groups built anew (new, or with changed settings). By name.
     pub rebuilt: Vec<String>,
     /// Settings that changed but take a restart (listeners, workers, server limits).
     pub need_restart: Vec<String>,
@@ -196,7 +196,8 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem.
     pub async fn reload(&self, config: FileConfig) -> Result<ReloadReport, ConfigError> {
         let mut state = self.state.lock().await;
-        let (app, groups, kept) = build(&config, &state.groups).await?;
+        let (app, groups, mut kept) = build(&config, &state.groups).await?;
+        kept.sort();
         let mut report = ReloadReport {
             rebuilt: groups
                 .keys()
