@@ -454,6 +454,16 @@ async fn drop_removes_every_namespace_link_and_process_also_after_a_panic() {
     for n in &ns {
         assert!(!netns_exists(n), "{n} removed");
     }
+    // Nothing by the Net's prefixes either (the bridge's ports went with its namespace).
+    let ns_prefix = link.replacen("herd", "herd-net-", 1);
+    assert!(
+        !ip_out(&["netns", "list"])
+            .lines()
+            .any(|l| l.starts_with(&format!("{ns_prefix}-"))
+                || l.starts_with(&format!("{ns_prefix}."))),
+        "a namespace named {ns_prefix}-* or {ns_prefix}.* is left"
+    );
+    assert!(!ip_out(&["-o", "link", "show"]).contains(&format!(": {link}")));
     let status = sleeper.wait().unwrap();
     assert!(!status.success(), "the process on host a was killed");
     assert!(!std::path::Path::new(&format!("/proc/{watchdog}")).exists());

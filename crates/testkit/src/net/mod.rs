@@ -568,8 +568,12 @@ fn sweep_with(ip_program: &Path) -> Result<Vec<String>> {
             && !pid_alive(pid)
         {
             kill_processes_in(ip_program, &name);
-            run_ip(ip_program, &["netns", "del", &name])?;
-            removed.push(name);
+            match run_ip(ip_program, &["netns", "del", &name]) {
+                Ok(()) => removed.push(name),
+                // Another process's sweep removed it first.
+                Err(_) if !netns_path(&name).exists() => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(removed)
