@@ -171,6 +171,13 @@ async fn hosts_reach_each_other_and_the_test_process_reaches_them() {
     assert_eq!(from_test.local_addr().unwrap().ip(), net.test_ip());
     round_trip(&mut connect(None, echo_b).await, b"test to b").await;
     assert!(net.host("c").is_err());
+
+    // A server of the test process itself, on its address in the subnet, is reached by hosts.
+    let listener = TcpListener::bind((net.test_ip(), 0)).await.unwrap();
+    let at_test = listener.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await.unwrap().1 });
+    let _from_a = connect(Some(a), at_test).await;
+    assert_eq!(accepted.await.unwrap().ip(), a.ip());
 }
 
 #[tokio::test]
@@ -211,7 +218,17 @@ async fn a_partition_drops_packets_silently_both_ways_and_heal_restores_them() {
     round_trip(&mut connect(None, echo_a).await, b"test to a").await;
     round_trip(&mut connect(None, echo_b).await, b"test to b").await;
 
+    // Between a host and the test process only.
+    net.partition_test("c").unwrap();
+    assert!(connect_times_out(None, echo_c).await, "test -> c times out");
+    round_trip(
+        &mut connect(Some(a), echo_c).await,
+        b"a to c, cut from test",
+    )
+    .await;
+
     net.heal().unwrap();
+    round_trip(&mut connect(None, echo_c).await, b"test to c again").await;
     // The stalled write arrives with TCP's next retransmission, and its echo comes back.
     tokio::time::timeout(Duration::from_secs(10), established.read_exact(&mut buf))
         .await

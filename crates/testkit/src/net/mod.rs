@@ -324,7 +324,8 @@ impl Net {
     }
 
     /// The test process's own address on the subnet (`10.77.X.254`): what servers on the hosts
-    /// see as the peer address of the test's connections.
+    /// see as the peer address of the test's connections, and where hosts reach servers the test
+    /// process runs itself (bound to it or to `0.0.0.0`).
     pub fn test_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(SUBNET[0], SUBNET[1], self.index, TEST_OCTET)
     }
@@ -361,6 +362,18 @@ impl Net {
         }
         self.blackhole(Some(&ha.netns), "eth0", hb.ip)?;
         self.blackhole(Some(&hb.netns), "eth0", ha.ip)
+    }
+
+    /// Drops every packet between host `a` and the test process (its clients, and servers it runs
+    /// on [`Net::test_ip`]), both ways, silently; `a` still reaches the other hosts. Undone by
+    /// [`Net::heal`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] for an unknown host; [`Error::Command`] when `ip` fails.
+    pub fn partition_test(&self, a: &str) -> Result<()> {
+        let ha = self.host(a)?;
+        self.blackhole(Some(&ha.netns), "eth0", self.test_ip())?;
+        self.blackhole(None, &self.root_link, ha.ip)
     }
 
     /// Drops every packet between host `a` and everyone else (the other hosts and the test
