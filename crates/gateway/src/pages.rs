@@ -1,23 +1,44 @@
-//! The gateway's own pages: `/lb-health` (its health, from its backends') and `/admin` (a page
-//! listing the backends and their state).
+//! The gateway's own pages: `/lb-health` (its health, from its backends') and `/admin`, the
+//! operators' dashboard: live plots of each endpoint's requests/s, p99 latency and errors/s with
+//! ejections marked on the timeline, the endpoints' state, and what the instances report about
+//! themselves (see [`dashboard`]). Everything it needs is served from the one page path, told
+//! apart by the query: `?data=series[&since=CURSOR]` (the JSON the page polls) and
+//! `?asset=app.js` / `?asset=app.css`; no CDN.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 
 use crate::http::HttpUpstream;
 
-/// The pages' router, `health_path` and `admin_path` over `upstream`'s backends.
+#[path = "dashboard/mod.rs"]
+mod dashboard;
+
+use dashboard::Dashboard;
+
+/// The pages' router, `health_path` and `admin_path` over `upstream`'s backends. Starts the
+/// dashboard's sampler on the current runtime (it ends when the router and its clones are gone).
 pub(crate) fn router(upstream: HttpUpstream, health_path: &str, admin_path: &str) -> Router {
+    let pages = Pages {
+        dashboard: Dashboard::start(upstream),
+        health_path: health_path.into(),
+    };
     Router::new()
         .route(health_path, get(lb_health))
         .route(admin_path, get(admin))
-        .with_state(upstream)
+        .with_state(pages)
+}
+
+#[derive(Clone)]
+struct Pages {
+    dashboard: Arc<Dashboard>,
+    health_path: Arc<str>,
 }
 
 #[derive(serde::Serialize)]
@@ -30,6 +51,9 @@ struct BackendState {
     requests: u64,
     failures: u64,
     ejected_for_ms: Option<u128>,
+    /// The status as the dashboard names it.
+    #[serde(skip)]
+    state: &'static str,
 }
 
 fn backends(upstream: &HttpUpstream) -> Vec<BackendState> {
@@ -48,13 +72,14 @@ fn backends(upstream: &HttpUpstream) -> Vec<BackendState> {
             ejected_for_ms: e
                 .ejected_until
                 .map(|t| t.saturating_duration_since(now).as_millis()),
+            state: dashboard::status_name(e.status),
         })
         .collect()
 }
 
 /// The gateway's own health: 200 while at least one backend is healthy, else 503.
-async fn lb_health(State(upstream): State<HttpUpstream>) -> Response {
-    let list = backends(&upstream);
+async fn lb_health(State(pages): State<Pages>) -> Response {
+    let list = backends(pages.dashboard.upstream());
     let healthy = list.iter().filter(|b| b.healthy).count();
     let status = if healthy > 0 {
         StatusCode::OK
@@ -69,27 +94,121 @@ async fn lb_health(State(upstream): State<HttpUpstream>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A page listing the backends and their state.
-async fn admin(State(upstream): State<HttpUpstream>) -> Html<String> {
+/// What the admin page's query asks for.
+#[derive(Debug, serde::Deserialize)]
+struct AdminQuery {
+    /// `series`: the dashboard's data as JSON.
+    data: Option<String>,
+    /// Only what was sampled after this cursor (from an earlier answer).
+    since: Option<u64>,
+    /// `app.js` or `app.css`.
+    asset: Option<String>,
+}
+
+/// The page may load only its own script, style sheet and data, and be framed by no one.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn text(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("no such {what}") })),
+    )
+        .into_response()
+}
+
+/// The dashboard, its assets (`?asset=`) and its data (`?data=series`).
+async fn admin(State(pages): State<Pages>, Query(query): Query<AdminQuery>) -> Response {
+    if let Some(asset) = &query.asset {
+        return match asset.as_str() {
+            "app.js" => text("text/javascript; charset=utf-8", dashboard::APP_JS),
+            "app.css" => text("text/css; charset=utf-8", dashboard::APP_CSS),
+            _ => not_found("asset"),
+        };
+    }
+    if let Some(data) = &query.data {
+        if data != "series" {
+            return not_found("data");
+        }
+        let body = pages.dashboard.data(query.since.unwrap_or(0));
+        return (
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            Json(body),
+        )
+            .into_response();
+    }
+    // The state table is filled in here too: it reads without the script, and the script
+    // replaces it on its first update.
     let mut rows = String::new();
-    for b in backends(&upstream) {
+    for b in backends(pages.dashboard.upstream()) {
+        let status = b.state;
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
-            b.address,
-            if b.healthy { "healthy" } else { "unhealthy" },
-            b.status,
+            "<tr data-endpoint=\"{address}\"><td></td><td>{address}</td>\
+             <td><span class=\"badge s-{status}\">{status}</span></td><td>–</td><td>–</td>\
+             <td>–</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td></td></tr>",
             b.in_flight,
             b.ewma_ms,
             b.requests,
-            b.failures
+            b.failures,
+            address = escape(&b.address),
         );
     }
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>herd gateway</title>\
-         <meta http-equiv=refresh content=2>\
-         <h1>Backends</h1><table border=1 cellpadding=4>\
-         <tr><th>address</th><th>health</th><th>state</th><th>in flight</th><th>EWMA ms</th>\
-         <th>requests</th><th>failures</th></tr>{rows}</table>"
-    ))
+    let health_path = escape(&pages.health_path);
+    let page = dashboard::PAGE_HTML
+        .replace("{{HEALTH_PATH}}", &health_path)
+        .replace("{{ROWS}}", &rows);
+    (
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Html(page),
+    )
+        .into_response()
+}
+
+/// `s` safe inside HTML text and double-quoted attributes.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn addresses_are_escaped_for_html() {
+        assert_eq!(escape("a<b>\"&'"), "a&lt;b&gt;&quot;&amp;&#39;");
+        assert_eq!(escape("127.0.0.1:3001"), "127.0.0.1:3001");
+    }
 }

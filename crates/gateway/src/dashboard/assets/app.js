@@ -1,0 +1,490 @@
+// The gateway's dashboard: reads `?data=series&since=CURSOR` every second and draws the plots on
+// <canvas>. No libraries: everything here is served by the gateway itself.
+'use strict';
+(() => {
+  const PALETTE = ['#4e9cf5', '#f5a524', '#3ec28f', '#e5484d', '#a78bfa', '#22c3d6', '#f472b6',
+    '#a3e635', '#fb923c', '#94a3b8', '#2dd4bf', '#facc15', '#c084fc', '#60a5fa', '#f87171',
+    '#4ade80', '#e879f9', '#fbbf24', '#38bdf8', '#d4d4d8'];
+  const STATE_COLORS = {
+    healthy: '#34b36b', slow_start: '#8bc34a', ejected: '#e5484d', unhealthy: '#e0a526',
+    draining: '#9575cd', removed: '#6b7785', unknown: '#3a4556',
+  };
+  const ROLE_COLORS = { primary: '#4e9cf5', replica: '#4fb3bf' };
+  const REFRESH_MS = 1000;
+
+  let cursor = 0;
+  let windowMs = 600000;
+  let lastT = 0;
+  let highlight = null;
+  const endpoints = new Map(); // address -> endpoint state and points
+  const colorOf = new Map(); // address -> colour, stable while the page is open
+  let events = [];
+  const instances = new Map(); // address -> latest report and series
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, attrs, ...children) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === 'class') e.className = v; else if (k === 'text') e.textContent = v;
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c != null) e.append(c);
+    return e;
+  };
+  const color = (address) => {
+    if (!colorOf.has(address)) colorOf.set(address, PALETTE[colorOf.size % PALETTE.length]);
+    return colorOf.get(address);
+  };
+  const fmt = (v, digits) => (v == null || !isFinite(v)) ? '–'
+    : v >= 1000 ? Math.round(v).toLocaleString('en') : v.toFixed(digits);
+  const clock = (t) => new Date(t).toLocaleTimeString('en-GB', { hour12: false });
+  const last = (a) => a.length ? a[a.length - 1] : null;
+  const lastValue = (a) => { for (let i = a.length - 1; i >= 0; i--) if (a[i] != null) return a[i]; return null; };
+
+  // ---- data ----
+
+  function trim(t, ...columns) {
+    let n = 0;
+    const from = lastT - windowMs;
+    while (n < t.length && t[n] < from) n++;
+    if (n > 0) { t.splice(0, n); for (const c of columns) c.splice(0, n); }
+  }
+
+  function merge(d) {
+    cursor = d.cursor;
+    windowMs = (d.window_s || 600) * 1000;
+    lastT = Math.max(lastT, d.cursor);
+    const seen = new Set();
+    for (const e of d.endpoints) {
+      seen.add(e.address);
+      let s = endpoints.get(e.address);
+      if (!s) {
+        s = { t: [], rps: [], p99: [], errors: [] };
+        endpoints.set(e.address, s);
+      }
+      Object.assign(s, {
+        address: e.address, status: e.status, healthy: e.healthy, in_flight: e.in_flight,
+        ewma_ms: e.ewma_ms, requests: e.requests, failures: e.failures, metrics_url: e.metrics_url,
+      });
+      s.t.push(...e.t); s.rps.push(...e.rps); s.p99.push(...e.p99_ms); s.errors.push(...e.errors);
+      trim(s.t, s.rps, s.p99, s.errors);
+    }
+    for (const a of [...endpoints.keys()]) if (!seen.has(a)) endpoints.delete(a);
+    events.push(...d.events);
+    events = events.filter((e) => e.t >= lastT - windowMs).slice(-1000);
+
+    const seenInstances = new Set();
+    for (const i of d.instances) {
+      seenInstances.add(i.address);
+      let s = instances.get(i.address);
+      if (!s) { s = { numbers: {}, texts: {} }; instances.set(i.address, s); }
+      Object.assign(s, {
+        address: i.address, status: i.status, error: i.error, checks: i.checks || {},
+        polled_at: i.polled_at, metrics_url: i.metrics_url, health_path: d.health_path,
+      });
+      for (const [kind, columns] of [['numbers', 'v'], ['texts', 'v']]) {
+        for (const [key, series] of Object.entries(i[kind] || {})) {
+          const mine = s[kind][key] || (s[kind][key] = { unit: series.unit, t: [], v: [] });
+          mine.t.push(...series.t); mine[columns].push(...series.v);
+          trim(mine.t, mine.v);
+        }
+      }
+    }
+    for (const a of [...instances.keys()]) if (!seenInstances.has(a)) instances.delete(a);
+  }
+
+  // ---- plots ----
+
+  function sizeCanvas(canvas, cssHeight) {
+    const ratio = window.devicePixelRatio || 1;
+    if (cssHeight) canvas.style.height = cssHeight + 'px';
+    const w = Math.max(50, canvas.clientWidth), h = Math.max(20, canvas.clientHeight);
+    if (canvas.width !== Math.round(w * ratio) || canvas.height !== Math.round(h * ratio)) {
+      canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio);
+    }
+    const ctx = canvas.getContext('2d');
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    return { ctx, w, h };
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+    return 10 * p;
+  }
+
+  const PAD = { l: 44, r: 8, t: 4, b: 14 };
+
+  function axes(ctx, w, h, t0, t1, yMax, yFmt) {
+    ctx.strokeStyle = '#273241'; ctx.fillStyle = '#8392a6'; ctx.lineWidth = 1;
+    ctx.font = '10px system-ui, sans-serif';
+    ctx.textAlign = 'right'; ctx.textBaseline = 'middle';
+    for (let i = 0; i <= 4; i++) {
+      const y = PAD.t + (h - PAD.t - PAD.b) * (1 - i / 4);
+      ctx.beginPath(); ctx.moveTo(PAD.l, Math.round(y) + 0.5); ctx.lineTo(w - PAD.r, Math.round(y) + 0.5); ctx.stroke();
+      ctx.fillText(yFmt(yMax * i / 4), PAD.l - 4, y);
+    }
+    ctx.textAlign = 'center'; ctx.textBaseline = 'top';
+    const minutes = (t1 - t0) / 60000;
+    const step = minutes > 6 ? 2 : 1;
+    for (let m = 0; m <= minutes; m += step) {
+      const x = PAD.l + (w - PAD.l - PAD.r) * (1 - m / minutes);
+      ctx.fillText(m === 0 ? 'now' : `-${m}m`, x, h - PAD.b + 2);
+    }
+  }
+
+  function eventMarks(ctx, w, h, t0, t1) {
+    const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (t - t0) / (t1 - t0);
+    for (const e of events) {
+      if (e.t < t0 || e.to === 'healthy' && e.from == null) continue;
+      const x = Math.round(xOf(e.t)) + 0.5;
+      ctx.strokeStyle = STATE_COLORS[e.to] || '#888';
+      ctx.globalAlpha = e.to === 'ejected' || e.to === 'unhealthy' ? 0.9 : 0.5;
+      ctx.setLineDash([3, 3]);
+      ctx.beginPath(); ctx.moveTo(x, PAD.t); ctx.lineTo(x, h - PAD.b); ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.globalAlpha = 1;
+    }
+  }
+
+  // One line per endpoint; `null` values leave a gap. Returns the points drawn per endpoint.
+  function linePlot(canvas, column, yFmt) {
+    const { ctx, w, h } = sizeCanvas(canvas);
+    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    let max = 0;
+    for (const s of endpoints.values()) for (const v of s[column]) if (v != null && v > max) max = v;
+    const yMax = niceMax(max);
+    axes(ctx, w, h, t0, t1, yMax, yFmt);
+    eventMarks(ctx, w, h, t0, t1);
+    const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (t - t0) / (t1 - t0);
+    const yOf = (v) => PAD.t + (h - PAD.t - PAD.b) * (1 - Math.min(v, yMax) / yMax);
+    const drawn = {};
+    const order = [...endpoints.values()].sort((a, b) => (a.address === highlight) - (b.address === highlight));
+    for (const s of order) {
+      let n = 0, open = false;
+      ctx.strokeStyle = color(s.address);
+      ctx.lineWidth = s.address === highlight ? 2.5 : 1.4;
+      ctx.globalAlpha = highlight && s.address !== highlight ? 0.35 : 1;
+      ctx.beginPath();
+      for (let i = 0; i < s.t.length; i++) {
+        const v = s[column][i];
+        if (v == null || s.t[i] < t0) { open = false; continue; }
+        const x = xOf(s.t[i]), y = yOf(v);
+        if (open) ctx.lineTo(x, y); else { ctx.moveTo(x, y); open = true; }
+        n++;
+      }
+      ctx.stroke();
+      // A lone point (a gap on both sides) would not show as a line.
+      if (n === 1) {
+        const i = s[column].findIndex((v) => v != null);
+        ctx.fillStyle = color(s.address);
+        ctx.fillRect(xOf(s.t[i]) - 1.5, yOf(s[column][i]) - 1.5, 3, 3);
+      }
+      ctx.globalAlpha = 1;
+      drawn[s.address] = n;
+    }
+    canvas.dataset.points = JSON.stringify(drawn);
+    canvas.dataset.max = String(yMax);
+  }
+
+  // Each endpoint's state over time, as a coloured band per endpoint.
+  function timeline(canvas) {
+    const list = [...endpoints.values()];
+    const rowH = Math.max(5, Math.min(14, Math.floor(200 / Math.max(1, list.length))));
+    const { ctx, w, h } = sizeCanvas(canvas, list.length * rowH + PAD.b + 2);
+    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (Math.max(t, t0) - t0) / (t1 - t0);
+    const drawnEvents = [];
+    ctx.font = '9px system-ui, sans-serif'; ctx.textBaseline = 'middle'; ctx.textAlign = 'right';
+    list.forEach((s, row) => {
+      const mine = events.filter((e) => e.endpoint === s.address);
+      const y = row * rowH + 1;
+      let state = mine.length ? (mine[0].from || 'unknown') : s.status;
+      let from = t0;
+      const first = s.t.length ? s.t[0] : t1;
+      if (!mine.length || mine[0].t > first) {
+        // Before the first sample the page knows nothing.
+        ctx.fillStyle = STATE_COLORS.unknown;
+        ctx.fillRect(xOf(t0), y, xOf(first) - xOf(t0), rowH - 2);
+        from = first;
+      }
+      for (const e of mine) {
+        ctx.fillStyle = STATE_COLORS[state] || '#888';
+        ctx.fillRect(xOf(from), y, Math.max(0, xOf(e.t) - xOf(from)), rowH - 2);
+        drawnEvents.push({ endpoint: e.endpoint, from: e.from, to: e.to, t: e.t });
+        state = e.to; from = e.t;
+      }
+      ctx.fillStyle = STATE_COLORS[state] || '#888';
+      ctx.fillRect(xOf(from), y, Math.max(0, xOf(t1) - xOf(from)), rowH - 2);
+      for (const e of mine) {
+        if (e.to === 'ejected' || e.to === 'unhealthy' || e.to === 'draining') {
+          ctx.fillStyle = '#fff';
+          ctx.fillRect(Math.round(xOf(e.t)), y - 1, 2, rowH);
+        }
+      }
+      ctx.fillStyle = color(s.address);
+      ctx.fillRect(PAD.l - 8, y, 5, rowH - 2);
+      if (rowH >= 9) { ctx.fillStyle = '#8392a6'; ctx.fillText(s.address.split(':').pop(), PAD.l - 10, y + rowH / 2); }
+    });
+    canvas.dataset.events = JSON.stringify(drawnEvents);
+  }
+
+  // A small multi-line plot for an instance card. `series`: [{label, t, v}].
+  function sparkline(canvas, series, unitFmt) {
+    const { ctx, w, h } = sizeCanvas(canvas);
+    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    let max = 0;
+    for (const s of series) for (const v of s.v) if (v > max) max = v;
+    const yMax = niceMax(max);
+    const l = 34;
+    const xOf = (t) => l + (w - l - 2) * (t - t0) / (t1 - t0);
+    const yOf = (v) => 2 + (h - 4) * (1 - v / yMax);
+    ctx.strokeStyle = '#273241'; ctx.beginPath(); ctx.moveTo(l, h - 1.5); ctx.lineTo(w, h - 1.5); ctx.stroke();
+    ctx.fillStyle = '#8392a6'; ctx.font = '9px system-ui, sans-serif'; ctx.textAlign = 'right';
+    ctx.textBaseline = 'top'; ctx.fillText(unitFmt(yMax), l - 3, 0);
+    let points = 0;
+    series.forEach((s, i) => {
+      ctx.strokeStyle = PALETTE[(i + 5) % PALETTE.length]; ctx.lineWidth = 1.3; ctx.beginPath();
+      s.t.forEach((t, j) => { if (t >= t0) { const x = xOf(t), y = yOf(s.v[j]); j ? ctx.lineTo(x, y) : ctx.moveTo(x, y); points++; } });
+      ctx.stroke();
+    });
+    canvas.dataset.points = String(points);
+  }
+
+  // ---- page ----
+
+  function renderPlots() {
+    linePlot($('plot-rps'), 'rps', (v) => fmt(v, v < 10 ? 1 : 0));
+    linePlot($('plot-p99'), 'p99', (v) => fmt(v, v < 10 ? 1 : 0));
+    linePlot($('plot-errors'), 'errors', (v) => fmt(v, v < 10 ? 1 : 0));
+    timeline($('timeline'));
+  }
+
+  function render() {
+    const list = [...endpoints.values()];
+    for (const s of list) color(s.address);
+    renderPlots();
+    renderTable(list);
+    renderEvents();
+    renderInstances();
+    const healthy = list.filter((s) => s.healthy).length;
+    const rps = list.reduce((a, s) => a + (last(s.rps) || 0), 0);
+    const errors = list.reduce((a, s) => a + (last(s.errors) || 0), 0);
+    $('summary').innerHTML = '';
+    $('summary').append(
+      el('span', {}, el('b', { text: `${healthy}/${list.length}` }), ' endpoints healthy · '),
+      el('b', { text: fmt(rps, 1) }), ' req/s · ', el('b', { text: fmt(errors, 1) }), ' err/s');
+  }
+
+  function renderTable(list) {
+    const body = $('endpoints').tBodies[0];
+    const rows = list.map((s) => {
+      const tr = el('tr', { 'data-endpoint': s.address, 'data-points': String(s.t.length) },
+        el('td', {}, el('span', { class: 'swatch' })),
+        el('td', { text: s.address }),
+        el('td', {}, el('span', { class: `badge s-${s.status}`, text: s.status.replace('_', ' ') })),
+        el('td', { text: fmt(last(s.rps), 1) }),
+        el('td', { text: fmt(lastValue(s.p99), 2) }),
+        el('td', { text: fmt(last(s.errors), 1) }),
+        el('td', { text: String(s.in_flight) }),
+        el('td', { text: fmt(s.ewma_ms, 2) }),
+        el('td', { text: s.requests.toLocaleString('en') }),
+        el('td', { text: s.failures.toLocaleString('en') }),
+        el('td', {}, el('a', { href: s.metrics_url, target: '_blank', rel: 'noopener', text: 'metrics' })));
+      tr.firstChild.firstChild.style.background = color(s.address);
+      if (s.address === highlight) tr.classList.add('hl');
+      // Hovering a row brings its endpoint's lines forward.
+      tr.addEventListener('mouseenter', () => { highlight = s.address; tr.classList.add('hl'); renderPlots(); });
+      tr.addEventListener('mouseleave', () => { highlight = null; tr.classList.remove('hl'); renderPlots(); });
+      return tr;
+    });
+    body.replaceChildren(...rows);
+  }
+
+  function renderEvents() {
+    const ol = $('events');
+    const shown = events.slice(-30).reverse();
+    ol.replaceChildren(...shown.map((e) => el('li', { 'data-to': e.to },
+      `${clock(e.t)} `, el('b', { text: e.endpoint }), ` ${e.from || 'joined'} → `,
+      el('span', { class: `badge s-${e.to}`, text: e.to.replace('_', ' ') }))));
+    if (!shown.length) ol.replaceChildren(el('li', { text: 'none in the last 10 minutes' }));
+  }
+
+  // What the instances report: database roles and lag, cache, Redis nodes, session store.
+  function renderInstances() {
+    const section = $('instances');
+    if (!instances.size) return;
+    section.replaceChildren(...[...instances.values()].map(instanceCard));
+  }
+
+  const statusBadge = (status) => el('span', { class: `badge s-${status || 'unknown'}`, text: status || '?' });
+  const checkName = (key) => key.slice(0, key.lastIndexOf(':'));
+  const measurementOf = (key) => key.slice(key.lastIndexOf(':') + 1);
+
+  function instanceCard(i) {
+    const card = el('div', { class: 'card', 'data-instance': i.address });
+    const status = i.error ? 'unreachable' : i.status;
+    card.append(el('header', {}, el('h3', { text: i.address }), statusBadge(status),
+      el('span', { class: 'spacer' }),
+      el('a', { href: i.metrics_url, target: '_blank', rel: 'noopener', text: '/metrics' }),
+      el('a', { href: `http://${i.address}${i.health_path}`, target: '_blank', rel: 'noopener', text: i.health_path })));
+    if (i.error) card.append(el('div', { class: 'row error', text: i.error }));
+    const checks = i.checks || {};
+    const keys = Object.keys(checks);
+    const used = new Set();
+
+    // Databases: the checks that report node roles.
+    for (const roleKey of keys.filter((k) => measurementOf(k) === 'role')) {
+      const name = checkName(roleKey);
+      keys.filter((k) => checkName(k) === name).forEach((k) => used.add(k));
+      const row = el('div', { class: 'row' }, el('span', { class: 'label', text: name }));
+      for (const node of checks[roleKey]) {
+        const lag = (checks[`${name}:lagTime`] || []).find((e) => e.componentId === node.componentId);
+        row.append(el('span', { title: node.output || '' }, statusBadge(node.status), ' ',
+          `${node.componentId}: ${node.observedValue}`, lag ? ` (lag ${fmt(lag.observedValue, 2)} s)` : ''));
+      }
+      card.append(row);
+      // Roles over time: one band per node.
+      const roles = Object.entries(i.texts).filter(([k]) => k.startsWith(`${name}:role@`));
+      if (roles.length) {
+        const canvas = el('canvas', { class: 'roles', 'data-nodes': String(roles.length) });
+        card.append(el('div', { class: 'row' }, el('span', { class: 'label', text: 'roles' }), el('span', { text: roles.map(([k]) => k.split('@')[1]).join(', ') })), canvas);
+        requestAnimationFrame(() => roleBands(canvas, roles));
+      }
+      const lags = Object.entries(i.numbers).filter(([k]) => k.startsWith(`${name}:lagTime@`))
+        .map(([k, s]) => ({ label: k.split('@')[1], t: s.t, v: s.v }));
+      if (lags.length) {
+        const canvas = el('canvas', { class: 'lag' });
+        card.append(el('div', { class: 'row' }, el('span', { class: 'label', text: 'replica lag' }),
+          el('span', { text: lags.map((l) => `${l.label} ${fmt(last(l.v), 2)} s`).join(' · ') })), canvas);
+        requestAnimationFrame(() => sparkline(canvas, lags, (v) => `${fmt(v, 1)}s`));
+      }
+    }
+
+    // Caches: the checks that report a cluster state or a hit ratio, or say so by name; their
+    // nodes are Redis'.
+    const caches = new Set(keys.filter((k) => ['clusterState', 'hitRatio', 'circuit'].includes(measurementOf(k))
+      || /cache|redis/i.test(checkName(k))).map(checkName));
+    for (const name of caches) {
+      keys.filter((k) => checkName(k) === name).forEach((k) => used.add(k));
+      const ratioKey = Object.keys(i.numbers).find((k) => k === `${name}:hitRatio`);
+      const ratio = ratioKey ? i.numbers[ratioKey] : null;
+      const row = el('div', { class: 'row' }, el('span', { class: 'label', text: `${name} hit ratio` }),
+        el('span', { class: 'hit-ratio', text: ratio && ratio.v.length ? `${fmt(last(ratio.v), 1)} %` : 'not reported yet (no lookups)' }));
+      card.append(row);
+      if (ratio && ratio.v.length) {
+        const canvas = el('canvas', { class: 'hit-ratio' });
+        card.append(canvas);
+        requestAnimationFrame(() => sparkline(canvas, [{ label: 'hit ratio', t: ratio.t, v: ratio.v }], (v) => `${fmt(v, 0)}%`));
+      }
+      const cluster = (checks[`${name}:clusterState`] || [])[0];
+      const nodes = (checks[`${name}:responseTime`] || []).filter((e) => e.componentId);
+      const nodeRow = el('div', { class: 'row redis-nodes', 'data-nodes': String(nodes.length) },
+        el('span', { class: 'label', text: 'Redis nodes' }));
+      if (cluster) nodeRow.append(el('span', {}, 'cluster ', statusBadge(cluster.observedValue === 'ok' ? 'pass' : 'fail'), ' '));
+      for (const n of nodes) {
+        const dot = el('span', { class: `dot s-${n.status}` });
+        nodeRow.append(el('span', { title: n.output || '' }, dot, `${n.componentId} ${n.observedValue != null ? fmt(n.observedValue, 1) + ' ms' : n.status}`));
+      }
+      card.append(nodeRow);
+    }
+
+    // Session stores.
+    for (const name of new Set(keys.filter((k) => /session/i.test(k)).map(checkName))) {
+      if (keys.some((k) => used.has(k) && checkName(k) === name)) continue;
+      keys.filter((k) => checkName(k) === name).forEach((k) => used.add(k));
+      const entry = (checks[`${name}:responseTime`] || [])[0] || {};
+      card.append(el('div', { class: 'row session' }, el('span', { class: 'label', text: name }),
+        statusBadge(entry.status), ` ${entry.observedValue != null ? fmt(entry.observedValue, 1) + ' ms' : ''}`,
+        entry.output ? el('span', { class: 'error', text: ` ${entry.output}` }) : null));
+    }
+
+    // Everything else, so that nothing an instance reports is hidden.
+    const rest = [...new Set(keys.filter((k) => !used.has(k)).map(checkName))];
+    if (rest.length) {
+      const row = el('div', { class: 'row' }, el('span', { class: 'label', text: 'other' }));
+      for (const name of rest) {
+        const entry = (checks[`${name}:responseTime`] || checks[name] || [])[0] || {};
+        row.append(el('span', { title: entry.output || '' }, el('span', { class: `dot s-${entry.status || 'unknown'}` }),
+          name, entry.observedValue != null && typeof entry.observedValue !== 'object' ? ` ${fmt(+entry.observedValue, 0)}${entry.observedUnit ? ' ' + entry.observedUnit : ''}` : ''));
+      }
+      card.append(row);
+    }
+    if (i.polled_at) card.append(el('div', { class: 'row muted', text: `polled ${clock(i.polled_at)}` }));
+    return card;
+  }
+
+  function roleBands(canvas, roles) {
+    const rowH = 7;
+    const { ctx, w } = sizeCanvas(canvas, roles.length * rowH + 2);
+    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    const l = 34;
+    const xOf = (t) => l + (w - l - 2) * (Math.max(t, t0) - t0) / (t1 - t0);
+    roles.forEach(([, s], row) => {
+      for (let j = 0; j < s.t.length; j++) {
+        const end = j + 1 < s.t.length ? s.t[j + 1] : t1;
+        ctx.fillStyle = ROLE_COLORS[s.v[j]] || STATE_COLORS.ejected;
+        ctx.fillRect(xOf(s.t[j]), row * rowH + 1, Math.max(1, xOf(end) - xOf(s.t[j])), rowH - 2);
+      }
+    });
+  }
+
+  // Hovering a plot shows every endpoint's value at that time.
+  function hover(canvas, column, unit) {
+    const tip = $('tooltip');
+    canvas.addEventListener('mousemove', (ev) => {
+      const r = canvas.getBoundingClientRect();
+      const t1 = lastT, t0 = t1 - windowMs;
+      const t = t0 + (t1 - t0) * (ev.clientX - r.left - PAD.l) / (r.width - PAD.l - PAD.r);
+      const lines = [];
+      for (const s of endpoints.values()) {
+        let best = -1, dist = Infinity;
+        s.t.forEach((x, j) => { const d = Math.abs(x - t); if (d < dist) { dist = d; best = j; } });
+        if (best >= 0 && dist < 5000) lines.push([s.address, s[column][best]]);
+      }
+      if (!lines.length) { tip.hidden = true; return; }
+      tip.replaceChildren(el('div', { class: 'muted', text: clock(t) }), ...lines.map(([a, v]) => {
+        const sw = el('span', { class: 'swatch' }); sw.style.background = color(a);
+        return el('div', {}, sw, `${a}  ${fmt(v, 2)} ${unit}`);
+      }));
+      tip.hidden = false;
+      tip.style.left = `${Math.min(ev.clientX + 12, window.innerWidth - tip.offsetWidth - 4)}px`;
+      tip.style.top = `${ev.clientY + 12}px`;
+    });
+    canvas.addEventListener('mouseleave', () => { tip.hidden = true; });
+  }
+
+  function legend() {
+    const l = $('state-legend');
+    for (const s of ['healthy', 'slow_start', 'ejected', 'unhealthy', 'draining']) {
+      const i = el('i'); i.style.background = STATE_COLORS[s];
+      l.append(el('span', {}, i, s.replace('_', ' ')));
+    }
+  }
+
+  async function refresh() {
+    try {
+      const res = await fetch(`?data=series&since=${cursor}`, { cache: 'no-store' });
+      if (!res.ok) throw new Error(`status ${res.status}`);
+      const d = await res.json();
+      merge(d);
+      render();
+      $('status').textContent = d.sampling ? `updated ${clock(d.cursor)}` : 'no sampler running';
+      document.body.dataset.updates = String((+document.body.dataset.updates || 0) + 1);
+    } catch (e) {
+      $('status').textContent = `update failed: ${e.message}`;
+    }
+    setTimeout(refresh, REFRESH_MS);
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    legend();
+    hover($('plot-rps'), 'rps', 'req/s');
+    hover($('plot-p99'), 'p99', 'ms');
+    hover($('plot-errors'), 'errors', 'err/s');
+    window.addEventListener('resize', () => render());
+    refresh();
+  });
+})();
