@@ -29,7 +29,8 @@
 //! running in its namespaces are killed, the namespaces and the root veth deleted. A watchdog
 //! process does the same if the test process dies without dropping it, and [`sweep`] (also run
 //! by [`Net::new`]) removes what crashed runs left: every name carries the creating pid, and only
-//! names whose process is gone are touched.
+//! names whose process is gone are touched. (The empty lock file `/run/herd-testkit-net.lock`,
+//! taken while a `Net` claims its subnet, is kept.)
 //!
 //! Needs root (or `CAP_NET_ADMIN` + `CAP_SYS_ADMIN`) and `ip` from iproute2; otherwise
 //! [`Net::new`] fails with [`Error::Unsupported`], which tests turn into a loud skip unless
@@ -69,6 +70,8 @@ const TEST_OCTET: u8 = 254;
 const MAX_HOSTS: usize = 200;
 /// Where faults send frames: a locally administered address no interface has.
 const NOWHERE_MAC: &str = "02:00:00:00:00:00";
+/// The lock taken while a `Net` claims its subnet.
+const LOCK_FILE: &str = "/run/herd-testkit-net.lock";
 /// Where `ip netns` keeps its named namespaces.
 const NETNS_DIR: &str = "/run/netns";
 
@@ -195,12 +198,13 @@ impl Net {
         let pid = std::process::id();
         // The subnet is claimed by creating the root veth whose name carries it, under a file
         // lock shared by every process on the machine: two `Net`s never get the same subnet.
-        let lock_path = std::env::temp_dir().join("herd-testkit-net.lock");
+        // In /run, not $TMPDIR: every process of the machine must see the same file.
+        let lock_path = Path::new(LOCK_FILE);
         let lock_file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
+            .open(lock_path)
             .map_err(|e| Error::io(format!("open {}", lock_path.display()), e))?;
         lock_file
             .lock()
