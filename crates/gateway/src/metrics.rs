@@ -4,8 +4,11 @@
 //! The names keep their `herd_lb_` prefix from when this code was part of herd-lb-core, so
 //! dashboards and alerts keep working.
 
-/// Counter: requests answered 429 by the rate limiter (no labels).
+/// Counter: requests answered 429 by the rate limiter, by `zone` (the quota's name).
 pub const RATE_LIMITED_TOTAL: &str = "herd_lb_rate_limited_total";
+/// Counter: rate-limit decisions taken locally because the shared limits' Redis Cluster was
+/// unreachable, too slow or not yet connected, by `zone`.
+pub const RATE_LIMIT_FALLBACKS_TOTAL: &str = "herd_lb_rate_limit_fallbacks_total";
 /// Counter: client states the rate limiter dropped while their client was still paying off a
 /// burst, to stay within `max_tracked_clients` (no labels).
 pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "herd_lb_rate_limit_evictions_total";

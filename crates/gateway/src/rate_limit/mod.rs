@@ -8,18 +8,30 @@
 //! and when its shard is still full the oldest state is dropped, as nginx's `limit_req_zone`
 //! drops its least recently used state when the zone is full. Every request costs O(1); no
 //! request ever scans the table.
+//!
+//! Quotas may be named (nginx's `limit_req_zone ... zone=login_limit`); the name is the policy's
+//! in the response fields and the `zone` label of the metrics. Responses on limited paths carry
+//! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10, see
+//! [`RateLimitConfig::headers`]) whether admitted or answered 429 (with `Retry-After`).
+//!
+//! With [`RateLimitConfig::shared`], the gateways in front of the same instances share their
+//! clients' states in a Redis Cluster, one round trip per decision, and fall back to these local
+//! limits while it is unreachable (see [`SharedLimitConfig`]).
 
 mod clock;
 pub mod future;
+mod headers;
+mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use herd_lb_core::Error;
+use http::header::HeaderValue;
 use http::{Request, Response};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -27,7 +39,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::http::{TrustedProxies, client_ip};
-use future::ResponseFuture;
+use future::{Outcome, ResponseFuture};
+use headers::{RateHeaders, ceil_secs};
+use shared::SharedLimiter;
+pub use shared::{SharedLimitConfig, SharedStatus};
 
 /// A rate: `requests` per `per`, with bursts of up to `burst` requests served without delay
 /// (nginx `rate=100r/s burst=N nodelay`).
@@ -41,6 +56,11 @@ pub struct QuotaConfig {
     /// Requests allowed at once from a rested client. Default: `requests`.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// The zone's name (nginx `limit_req_zone ... zone=NAME`): the policy's name in the
+    /// `RateLimit` fields, the `zone` label of the metrics, and part of the shared keys. Printable
+    /// ASCII. Default: the route's path prefix (`default` for the default quota).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 fn one_second() -> Duration {
@@ -54,6 +74,7 @@ impl QuotaConfig {
             requests,
             per: Duration::from_secs(1),
             burst: None,
+            name: None,
         }
     }
 
@@ -63,12 +84,19 @@ impl QuotaConfig {
             requests,
             per: Duration::from_secs(60),
             burst: None,
+            name: None,
         }
     }
 
     /// Sets the burst.
     pub fn with_burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);
+        self
+    }
+
+    /// Names the zone.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -144,6 +172,13 @@ pub struct RateLimitConfig {
     /// `herd_lb_rate_limit_evictions_total`. Set it above the number of clients active within
     /// one burst refill time. Default 100 000 (about 8 MB). At least 1.
     pub max_tracked_clients: usize,
+    /// Put `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10) on the
+    /// responses of limited paths, admitted or 429. Default true. Each costs one small allocation
+    /// per response (the `RateLimit` value); false keeps the limiter allocation-free.
+    pub headers: bool,
+    /// Share the clients' states with the other gateways through a Redis Cluster (see
+    /// [`SharedLimitConfig`]); `None` (the default): each gateway limits on its own.
+    pub shared: Option<SharedLimitConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -155,6 +190,8 @@ impl Default for RateLimitConfig {
             ipv4_prefix_len: 32,
             ipv6_prefix_len: 64,
             max_tracked_clients: 100_000,
+            headers: true,
+            shared: None,
         }
     }
 }
@@ -299,9 +336,10 @@ impl Table {
         }
     }
 
-    /// Applies `gcra` to `key`'s state: `Err(nanoseconds to wait)` when over quota.
+    /// Applies `gcra` to `key`'s state: `Ok(nanoseconds until the client is back to a full
+    /// burst)`, or `Err(nanoseconds to wait)` when over quota.
     #[inline]
-    fn check(&self, gcra: Gcra, key: ClientKey) -> Result<(), u64> {
+    fn check(&self, gcra: Gcra, key: ClientKey) -> Result<u64, u64> {
         let hashed = Hashed {
             // Every bit of the key goes in: a fold first would let clients pick collisions.
             hash: self.hasher.hash_one((key.hi, key.lo, key.quota)),
@@ -310,20 +348,20 @@ impl Table {
         // Middle bits: the map uses the low bits for the bucket and the top seven as tags.
         let index = (hashed.hash >> 32) as usize % SHARDS;
         let Some(shard) = self.shards.get(index) else {
-            return Ok(());
+            return Ok(0);
         };
         let now = clock::ns_between(self.start, clock::raw());
         let mut shard = shard.0.lock();
         if let Some(tat) = shard.tats.get_mut(&hashed) {
             *tat = gcra.check(Some(*tat), now)?;
-            return Ok(());
+            return Ok(tat.saturating_sub(now));
         }
         // A new (or forgotten) client is always within its quota: burst >= 1.
         let tat = gcra.check(None, now)?;
         shard.make_room(now, self.per_shard);
         shard.tats.insert(hashed, tat);
         shard.order.push_back(hashed);
-        Ok(())
+        Ok(tat.saturating_sub(now))
     }
 
     fn len(&self) -> usize {
@@ -331,19 +369,115 @@ impl Table {
     }
 }
 
+/// One quota with its name and its response fields.
+struct Zone {
+    gcra: Gcra,
+    /// The quota index its client states are kept under: that of the first zone of its name
+    /// (routes naming one zone share it, as nginx's locations share a `limit_req_zone`).
+    state: u32,
+    /// The name: the `zone` label of the metrics, part of the shared keys.
+    name: Arc<str>,
+    /// `name` as a structured-field string.
+    sf_name: Box<str>,
+    /// The `RateLimit-Policy` value; `None`: no fields on responses.
+    policy: Option<HeaderValue>,
+}
+
+impl Zone {
+    fn new(
+        quota: &QuotaConfig,
+        implicit_name: &str,
+        field: &'static str,
+        headers: bool,
+    ) -> Result<Self, Error> {
+        let gcra = quota.gcra(field)?;
+        let (name, sf_name) = match &quota.name {
+            Some(name) => match headers::sf_string(name) {
+                Some(sf) if !name.is_empty() => (name.clone(), sf),
+                _ => {
+                    return Err(Error::InvalidConfig {
+                        field,
+                        reason: format!("zone name {name:?} must be printable ASCII, not empty"),
+                    });
+                }
+            },
+            None => {
+                let sf = headers::sf_string(implicit_name).unwrap_or_else(|| "\"route\"".into());
+                (implicit_name.to_owned(), sf)
+            }
+        };
+        let burst = quota.burst.unwrap_or(quota.requests);
+        let policy = if headers {
+            headers::policy(&sf_name, burst, gcra.period)
+        } else {
+            None
+        };
+        Ok(Self {
+            gcra,
+            state: 0,
+            name: name.into(),
+            sf_name: sf_name.into(),
+            policy,
+        })
+    }
+
+    /// The response fields, when on.
+    #[inline]
+    fn fields(&self, remaining: u64, reset_ns: u64) -> Option<RateHeaders> {
+        let policy = self.policy.as_ref()?;
+        RateHeaders::new(policy, &self.sf_name, remaining, ceil_secs(reset_ns))
+    }
+
+    /// What to answer: `decision` is `Ok(nanoseconds until back to a full burst)` or
+    /// `Err(nanoseconds to wait)`.
+    #[inline]
+    fn outcome(&self, decision: Result<u64, u64>) -> Outcome {
+        match decision {
+            Ok(ahead) => {
+                let fields = match self.policy {
+                    None => None,
+                    Some(_) => {
+                        // Requests still allowed now: those whose arrival time stays within
+                        // the tolerance (`period` > 0: checked when the quota was built).
+                        let room = self
+                            .gcra
+                            .tolerance
+                            .saturating_add(self.gcra.period)
+                            .saturating_sub(ahead);
+                        let remaining = room.checked_div(self.gcra.period).unwrap_or(0);
+                        self.fields(remaining, ahead)
+                    }
+                };
+                Outcome::Admitted(fields)
+            }
+            Err(wait) => {
+                metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL, "zone" => Arc::clone(&self.name))
+                    .increment(1);
+                Outcome::Limited {
+                    retry_after: ceil_secs(wait).max(1),
+                    headers: self.fields(0, wait.saturating_add(self.gcra.tolerance)),
+                }
+            }
+        }
+    }
+}
+
 struct Limits {
-    default: Option<Gcra>,
+    default: Option<Zone>,
     /// Path prefix, quota; a quota's index in the table is its position here plus one.
-    routes: Vec<(String, Gcra)>,
+    routes: Vec<(String, Zone)>,
     trusted: TrustedProxies,
+    ipv4_prefix_len: u8,
+    ipv6_prefix_len: u8,
     ipv4_mask: u32,
     ipv6_mask: u128,
     table: Table,
+    shared: Option<Arc<SharedLimiter>>,
 }
 
 impl Limits {
     /// The quota for `path` and its index (0 for the default).
-    fn quota_for(&self, path: &str) -> Option<(u32, Gcra)> {
+    fn quota_for(&self, path: &str) -> Option<(u32, &Zone)> {
         let route = self
             .routes
             .iter()
@@ -351,8 +485,16 @@ impl Limits {
             .filter(|(_, (prefix, _))| path.starts_with(prefix.as_str()))
             .max_by_key(|(_, (prefix, _))| prefix.len());
         match route {
-            Some((index, (_, gcra))) => Some((u32::try_from(index + 1).ok()?, *gcra)),
-            None => self.default.map(|gcra| (0, gcra)),
+            Some((_, (_, zone))) => Some((zone.state, zone)),
+            None => self.default.as_ref().map(|zone| (zone.state, zone)),
+        }
+    }
+
+    /// The zone of quota `index`.
+    fn zone(&self, index: u32) -> Option<&Zone> {
+        match index.checked_sub(1) {
+            None => self.default.as_ref(),
+            Some(route) => self.routes.get(route as usize).map(|(_, zone)| zone),
         }
     }
 
@@ -374,6 +516,66 @@ impl Limits {
                 }
             }
         }
+    }
+
+    /// The shared key of `key` in `zone`: `<prefix>{<zone>|<client>}`, the client as its
+    /// network (`198.51.100.7`, `2001:db8:1:2::/64`).
+    fn shared_key(&self, prefix: &str, zone: &Zone, key: ClientKey) -> String {
+        if key.quota & IPV6_FLAG == 0 {
+            let addr = Ipv4Addr::from(key.lo as u32);
+            match self.ipv4_prefix_len {
+                32 => format!("{prefix}{{{}|{addr}}}", zone.name),
+                len => format!("{prefix}{{{}|{addr}/{len}}}", zone.name),
+            }
+        } else {
+            let addr = Ipv6Addr::from((u128::from(key.hi) << 64) | u128::from(key.lo));
+            let len = self.ipv6_prefix_len;
+            format!("{prefix}{{{}|{addr}/{len}}}", zone.name)
+        }
+    }
+
+    /// Decides with the local table.
+    #[inline]
+    fn decide_locally(&self, zone: &Zone, key: ClientKey) -> Outcome {
+        zone.outcome(self.table.check(zone.gcra, key))
+    }
+
+    /// Decides in the cluster; locally when it fails or is too slow.
+    async fn decide_shared(
+        self: Arc<Self>,
+        shared: Arc<SharedLimiter>,
+        conn: redis::cluster_async::ClusterConnection,
+        generation: u64,
+        key: ClientKey,
+    ) -> Outcome {
+        let quota = key.quota & !IPV6_FLAG;
+        let Some(zone) = self.zone(quota) else {
+            return Outcome::Admitted(None);
+        };
+        let redis_key = self.shared_key(shared.key_prefix(), zone, key);
+        let verdict = Arc::clone(&shared)
+            .decide(
+                conn,
+                generation,
+                redis_key,
+                zone.gcra.period,
+                zone.gcra.tolerance,
+            )
+            .await;
+        match verdict {
+            Some(v) if v.admitted => zone.outcome(Ok(v.ahead_ns)),
+            Some(v) => zone.outcome(Err(v.wait_ns)),
+            None => {
+                self.count_fallback(&shared, zone);
+                self.decide_locally(zone, key)
+            }
+        }
+    }
+
+    fn count_fallback(&self, shared: &SharedLimiter, zone: &Zone) {
+        shared.count_fallback();
+        metrics::counter!(crate::metrics::RATE_LIMIT_FALLBACKS_TOTAL, "zone" => Arc::clone(&zone.name))
+            .increment(1);
     }
 }
 
@@ -410,24 +612,34 @@ impl std::fmt::Debug for RateLimitLayer {
                     .collect::<Vec<_>>(),
             )
             .field("tracked_clients", &self.limits.table.len())
+            .field("shared", &self.limits.shared)
             .finish_non_exhaustive()
     }
 }
 
 impl RateLimitLayer {
-    /// Builds the limiters; zero rates or bursts, prefix lengths past the address and a zero
-    /// client bound are refused with the field named.
+    /// Builds the limiters; zero rates or bursts, prefix lengths past the address, a zero
+    /// client bound, zone names that are not printable ASCII or are used twice, and a shared
+    /// section without nodes or with unparsable ones are refused with the field named. With
+    /// [`shared`](RateLimitConfig::shared), the connection is started in the background when
+    /// called inside a tokio runtime (else on the first request); decisions are local until it
+    /// is up.
     pub fn new(config: &RateLimitConfig) -> Result<Self, Error> {
         let default = config
             .default
             .as_ref()
-            .map(|q| q.gcra("rate_limit.default"))
+            .map(|q| Zone::new(q, "default", "rate_limit.default", config.headers))
             .transpose()?;
         let mut routes = Vec::new();
         for route in &config.routes {
             routes.push((
                 route.path_prefix.clone(),
-                route.quota.gcra("rate_limit.routes")?,
+                Zone::new(
+                    &route.quota,
+                    &route.path_prefix,
+                    "rate_limit.routes",
+                    config.headers,
+                )?,
             ));
         }
         // A quota's index shares its `u32` with the address-family flag.
@@ -436,6 +648,29 @@ impl RateLimitLayer {
                 field: "rate_limit.routes",
                 reason: "too many routes".into(),
             });
+        }
+        // Routes naming one zone share its states (nginx's locations sharing a
+        // `limit_req_zone`), so one name must mean one quota.
+        let mut default = default;
+        let mut seen: HashMap<Arc<str>, (u32, Gcra)> = HashMap::new();
+        let zones = default
+            .iter_mut()
+            .map(|z| (0, z))
+            .chain(routes.iter_mut().zip(1_u32..).map(|((_, z), i)| (i, z)));
+        for (index, zone) in zones {
+            match seen.get(&zone.name) {
+                Some(&(state, gcra)) if gcra == zone.gcra => zone.state = state,
+                Some(_) => {
+                    return Err(Error::InvalidConfig {
+                        field: "rate_limit.routes",
+                        reason: format!("zone {:?} is given two different quotas", zone.name),
+                    });
+                }
+                None => {
+                    zone.state = index;
+                    seen.insert(Arc::clone(&zone.name), (index, zone.gcra));
+                }
+            }
         }
         if config.ipv4_prefix_len > 32 {
             return Err(Error::InvalidConfig {
@@ -461,14 +696,18 @@ impl RateLimitLayer {
                 reason: "must be at least 1".into(),
             });
         }
+        let shared = config.shared.as_ref().map(SharedLimiter::new).transpose()?;
         Ok(Self {
             limits: Arc::new(Limits {
                 default,
                 routes,
                 trusted: config.trusted_proxies.clone(),
+                ipv4_prefix_len: config.ipv4_prefix_len,
+                ipv6_prefix_len: config.ipv6_prefix_len,
                 ipv4_mask: prefix_mask_v4(config.ipv4_prefix_len),
                 ipv6_mask: prefix_mask_v6(config.ipv6_prefix_len),
                 table: Table::new(config.max_tracked_clients),
+                shared,
             }),
         })
     }
@@ -476,6 +715,18 @@ impl RateLimitLayer {
     /// Client states currently kept over all quotas (for tests and metrics).
     pub fn tracked_clients(&self) -> usize {
         self.limits.table.len()
+    }
+
+    /// Where the shared limits decide now; `None` without [`shared`](RateLimitConfig::shared).
+    pub fn shared_status(&self) -> Option<SharedStatus> {
+        self.limits.shared.as_ref().map(|s| s.status())
+    }
+
+    /// Decisions taken locally because the shared limits' cluster was not reachable (or not
+    /// yet connected), since the layer was built: what `herd_lb_rate_limit_fallbacks_total`
+    /// counts. 0 without shared limits.
+    pub fn fallback_decisions(&self) -> u64 {
+        self.limits.shared.as_ref().map_or(0, |s| s.fallbacks())
     }
 }
 
@@ -507,11 +758,21 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 
 impl<S> RateLimit<S> {
     define_inner_service_accessors!();
+
+    /// The layer this service came from (its limits, states and counters).
+    pub fn layer(&self) -> RateLimitLayer {
+        RateLimitLayer {
+            limits: Arc::clone(&self.limits),
+        }
+    }
 }
 
+/// The inner service is cloned only for requests decided by the shared limits (tower's way to
+/// call it after an asynchronous step); local decisions call it in place.
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Default,
 {
     type Response = Response<ResBody>;
@@ -524,20 +785,36 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let limits = &self.limits;
-        if let Some((quota, gcra)) = limits.quota_for(req.uri().path()) {
-            // Without a known peer all such requests share one bucket (fail closed, not open).
-            let ip = client_ip(&req, &limits.trusted).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            if let Err(wait_ns) = limits.table.check(gcra, limits.key(quota, ip)) {
-                let wait = Duration::from_nanos(wait_ns);
-                let secs = wait
-                    .as_secs()
-                    .saturating_add(u64::from(wait.subsec_nanos() > 0));
-                metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
-                tracing::debug!(client = %ip, path = req.uri().path(), ?wait, "rate limited");
-                return ResponseFuture::limited(secs.max(1));
+        let Some((quota, zone)) = limits.quota_for(req.uri().path()) else {
+            return ResponseFuture::admitted(self.inner.call(req), None);
+        };
+        // Without a known peer all such requests share one bucket (fail closed, not open).
+        let ip = client_ip(&req, &limits.trusted).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let key = limits.key(quota, ip);
+        if let Some(shared) = &limits.shared {
+            if let Some((conn, generation)) = shared.connection() {
+                let decision =
+                    Arc::clone(limits).decide_shared(Arc::clone(shared), conn, generation, key);
+                // The one that was made ready is the one called; the clone stays for the next.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                return ResponseFuture::deciding(
+                    Box::pin(decision),
+                    Box::new(move || inner.call(req)),
+                );
+            }
+            limits.count_fallback(shared, zone);
+        }
+        match limits.decide_locally(zone, key) {
+            Outcome::Admitted(fields) => ResponseFuture::admitted(self.inner.call(req), fields),
+            Outcome::Limited {
+                retry_after,
+                headers,
+            } => {
+                tracing::debug!(client = %ip, path = req.uri().path(), zone = &*zone.name, retry_after, "rate limited");
+                ResponseFuture::limited(retry_after, headers)
             }
         }
-        ResponseFuture::admitted(self.inner.call(req))
     }
 }
 
@@ -562,7 +839,9 @@ mod tests {
         Response = Response<String>,
         Error = Infallible,
         Future: Send + 'static,
-    > + Clone {
+    > + Clone
+    + Send
+    + 'static {
         tower::service_fn(|_: Request<()>| async {
             Ok::<_, Infallible>(Response::new("ok".to_string()))
         })
@@ -635,7 +914,9 @@ mod tests {
                 Response = Response<String>,
                 Error = Infallible,
                 Future: Send + 'static,
-            > + Clone,
+            > + Clone
+            + Send
+            + 'static,
         >,
         ip: &str,
         path: &str,
@@ -806,6 +1087,7 @@ mod tests {
             requests: 1,
             per: Duration::MAX,
             burst: Some(u32::MAX),
+            name: None,
         }
         .gcra("t")
         .unwrap();
@@ -854,5 +1136,189 @@ mod tests {
         };
         let err = RateLimitLayer::new(&config).unwrap_err();
         assert!(err.to_string().contains("rate_limit.default"), "{err}");
+    }
+
+    fn named_login(requests: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            default: None,
+            routes: vec![
+                RouteLimit {
+                    path_prefix: "/login".into(),
+                    quota: QuotaConfig::per_minute(requests).with_name("login_limit"),
+                },
+                // nginx's locations sharing one `limit_req_zone`.
+                RouteLimit {
+                    path_prefix: "/signin".into(),
+                    quota: QuotaConfig::per_minute(requests).with_name("login_limit"),
+                },
+            ],
+            ..RateLimitConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_carry_the_draft_fields_admitted_or_refused() {
+        let svc = RateLimitLayer::new(&named_login(3))
+            .unwrap()
+            .layer(ok_service());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // 3 a minute: one every 20 s, a full burst refills in 60 s. Both routes name one zone,
+        // so they draw on one state.
+        for (n, path) in [(1, "/login"), (2, "/signin"), (3, "/login")] {
+            let res = svc.clone().oneshot(req(ip, path)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(
+                res.headers()["ratelimit-policy"],
+                "\"login_limit\";q=3;w=60"
+            );
+            assert_eq!(
+                res.headers()["ratelimit"],
+                format!("\"login_limit\";r={};t={}", 3 - n, 20 * n).as_str()
+            );
+        }
+        let res = svc.clone().oneshot(req(ip, "/signin")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[RETRY_AFTER], "20");
+        assert_eq!(res.headers()["ratelimit"], "\"login_limit\";r=0;t=60");
+        assert_eq!(
+            res.headers()["ratelimit-policy"],
+            "\"login_limit\";q=3;w=60"
+        );
+        // Unlimited paths get no fields; with `headers = false` no path does.
+        let res = svc.clone().oneshot(req(ip, "/other")).await.unwrap();
+        assert!(res.headers().get("ratelimit").is_none());
+        let quiet = RateLimitLayer::new(&RateLimitConfig {
+            headers: false,
+            ..named_login(3)
+        })
+        .unwrap()
+        .layer(ok_service());
+        let res = quiet.clone().oneshot(req(ip, "/login")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get("ratelimit").is_none());
+        assert!(res.headers().get("ratelimit-policy").is_none());
+    }
+
+    #[test]
+    fn zone_names_are_checked() {
+        let mut config = named_login(3);
+        config.routes[1].quota = QuotaConfig::per_minute(4).with_name("login_limit");
+        let err = RateLimitLayer::new(&config).unwrap_err();
+        assert!(err.to_string().contains("two different quotas"), "{err}");
+        let mut config = named_login(3);
+        config.routes[0].quota.name = Some("caf\u{e9}".into());
+        let err = RateLimitLayer::new(&config).unwrap_err();
+        assert!(err.to_string().contains("rate_limit.routes"), "{err}");
+        // Unnamed quotas are named by their path prefix, or `default`.
+        let config: RateLimitConfig = toml::from_str(
+            r#"routes = [{ path_prefix = "/api", requests = 5 }, { path_prefix = "/login", name = "login_limit", requests = 1 }]"#,
+        )
+        .unwrap();
+        let layer = RateLimitLayer::new(&config).unwrap();
+        let names: Vec<&str> = layer
+            .limits
+            .default
+            .iter()
+            .chain(layer.limits.routes.iter().map(|(_, z)| z))
+            .map(|z| &*z.name)
+            .collect();
+        assert_eq!(names, ["default", "/api", "login_limit"]);
+    }
+
+    #[test]
+    fn shared_sections_are_checked() {
+        for (shared, field) in [
+            (
+                SharedLimitConfig::new(Vec::<String>::new()),
+                "rate_limit.shared.nodes",
+            ),
+            (
+                SharedLimitConfig::new(["not a url"]),
+                "rate_limit.shared.nodes",
+            ),
+            (
+                SharedLimitConfig {
+                    timeout: Duration::ZERO,
+                    ..SharedLimitConfig::new(["redis://127.0.0.1:1"])
+                },
+                "rate_limit.shared.timeout",
+            ),
+        ] {
+            let config = RateLimitConfig {
+                shared: Some(shared),
+                ..RateLimitConfig::default()
+            };
+            let err = RateLimitLayer::new(&config).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        // Outside a runtime nothing is started; the layer is still built.
+        let config = RateLimitConfig {
+            shared: Some(SharedLimitConfig::new(["redis://127.0.0.1:1"])),
+            ..RateLimitConfig::default()
+        };
+        let layer = RateLimitLayer::new(&config).unwrap();
+        assert_eq!(layer.shared_status(), Some(SharedStatus::Connecting));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_leaves_the_decisions_to_the_local_limits() {
+        // A loopback port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = RateLimitConfig {
+            shared: Some(SharedLimitConfig::new([format!(
+                "redis://127.0.0.1:{port}"
+            )])),
+            ..named_login(3)
+        };
+        let layer = RateLimitLayer::new(&config).unwrap();
+        let svc = layer.layer(ok_service());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while layer.shared_status() != Some(SharedStatus::Local) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                layer.shared_status()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(status(&svc, "192.0.2.1", "/login").await);
+        }
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+        assert_eq!(layer.fallback_decisions(), 4);
+    }
+
+    #[test]
+    fn shared_keys_name_the_zone_and_the_network() {
+        let layer = RateLimitLayer::new(&RateLimitConfig {
+            ipv4_prefix_len: 24,
+            ..named_login(3)
+        })
+        .unwrap();
+        let limits = &layer.limits;
+        let (quota, zone) = limits.quota_for("/signin").unwrap();
+        let v4 = limits.key(quota, "198.51.100.77".parse().unwrap());
+        assert_eq!(
+            limits.shared_key("p:", zone, v4),
+            "p:{login_limit|198.51.100.0/24}"
+        );
+        let v6 = limits.key(quota, "2001:db8:1:2:3:4:5:6".parse().unwrap());
+        assert_eq!(
+            limits.shared_key("p:", zone, v6),
+            "p:{login_limit|2001:db8:1:2::/64}"
+        );
     }
 }
