@@ -553,6 +553,14 @@ impl App for GatewayApp {
     fn connection(&self, peer: SocketAddr) -> Self::Service {
         connection_on(self, peer, ListenerMode::default())
     }
+
+    fn tls_connection(&self, peer: SocketAddr) -> Self::Service {
+        let mode = ListenerMode {
+            tls: true,
+            redirect_https: None,
+        };
+        connection_on(self, peer, mode)
+    }
 }
 
 /// A page or cached path as the pages' router takes it: absolute, and without the characters

@@ -1,7 +1,8 @@
 //! The gateway from one TOML file: every file in `examples/configs/` loads (library parse and
 //! `herd-gateway --check`), two of them run against real axum instances (addresses given as
 //! `${VAR}`s), errors name the key and the problem, routes go to the right group, header rules
-//! and the body size limit apply (a 413 reaches no instance).
+//! and the body size limit apply (a 413 reaches no instance), TLS listeners terminate with the
+//! file's certificate and a plain listener can redirect to them.
 #![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,7 +42,10 @@ impl Instance {
                 }
                 let mut out = format!("{name} {}\n", req.uri().path());
                 for (header, value) in req.headers() {
-                    if header.as_str().starts_with("x-echo-") || header == "x-drop-me" {
+                    if header.as_str().starts_with("x-echo-")
+                        || header == "x-drop-me"
+                        || header == "x-forwarded-proto"
+                    {
                         out.push_str(&format!("{header}: {}\n", value.to_str().unwrap()));
                     }
                 }
@@ -504,4 +508,109 @@ async fn seed_configs_run_against_real_instances() {
     }
     assert_eq!(ec2.iter().map(Instance::hits).sum::<usize>(), 3);
     gateway.stop();
+}
+
+/// A test CA and a `localhost` certificate it signed: (CA DER, chain PEM, key PEM).
+fn test_pki() -> (rustls_pki_types::CertificateDer<'static>, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (
+        ca.der().clone(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        key.serialize_pem(),
+    )
+}
+
+#[expect(deprecated, reason = "the workspace's rustls provider is ring")]
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS listener from the file's `tls` key, and a plain one redirecting to HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_terminate_and_plain_ones_redirect() {
+    let api = Instance::start("api").await;
+    let dir = std::env::temp_dir().join(format!("herd-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = RemoveDir(dir.clone());
+    let (ca, chain, key) = test_pki();
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let text = format!(
+        r#"
+workers = 1
+[[listen]]
+address = "127.0.0.1:0"
+tls = {{ cert = "{dir}/chain.pem", key = "{dir}/key.pem", reload_interval = "0s" }}
+[[listen]]
+address = "127.0.0.1:0"
+redirect_https = 8443
+[upstreams.api]
+servers = [{{ address = "{api}" }}]
+"#,
+        dir = dir.display(),
+        api = api.addr()
+    );
+    let mut gateway = Gateway::start(parse(&text, &HashMap::new())).await.unwrap();
+    let (tls_addr, plain_addr) = (gateway.addrs()[0], gateway.addrs()[1]);
+
+    // HTTPS reaches the instance, which is told the client used https.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let res = sender
+        .send_request(
+            http::Request::get("/secure")
+                .header("host", "localhost")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("api /secure"), "{body}");
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+
+    // The plain listener sends clients to HTTPS, reaching no instance.
+    let (status, headers, _) = Client::connect(plain_addr).await.get("/a/b?c=1").await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "https://test.local:8443/a/b?c=1");
+    assert_eq!(api.hits(), 1);
+    gateway.stop();
+
+    // A missing certificate file is named with its listener.
+    let missing = text.replace("chain.pem", "nope.pem");
+    let err = Gateway::check(&parse(&missing, &HashMap::new()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("listen[0].tls.cert") && err.contains("nope.pem"),
+        "{err}"
+    );
 }

@@ -107,6 +107,9 @@ async fn signals(gateway: &Gateway, path: &std::path::Path) -> std::io::Result<(
                         rebuilt = ?report.rebuilt,
                         "configuration reloaded"
                     );
+                    for failure in &report.tls_failures {
+                        tracing::error!("certificate reload refused, the old one stays: {failure}");
+                    }
                     if !report.need_restart.is_empty() {
                         tracing::warn!(
                             changed = ?report.need_restart,

@@ -11,6 +11,7 @@ use super::{ConfigError, FileConfig};
 use crate::http::{HttpUpstream, HttpUpstreamConfig};
 use crate::server::{App, ServerThread, Threads};
 use crate::service::{self, GatewayApp, GatewayConnection, ListenerMode, Parts};
+use crate::tls::TlsTerminator;
 
 /// The built upstream groups by name, with the settings each was built from: a reload keeps
 /// a group whose settings did not change (its endpoints' health, ejections and pools).
@@ -40,6 +41,14 @@ impl App for Reloadable {
     fn connection(&self, peer: SocketAddr) -> Self::Service {
         service::connection_on(&self.current.load(), peer, self.mode)
     }
+
+    fn tls_connection(&self, peer: SocketAddr) -> Self::Service {
+        let mode = ListenerMode {
+            tls: true,
+            ..self.mode
+        };
+        service::connection_on(&self.current.load(), peer, mode)
+    }
 }
 
 /// What a reload did.
@@ -51,6 +60,9 @@ pub struct ReloadReport {
     pub rebuilt: Vec<String>,
     /// Settings that changed but take a restart (listeners, workers, server limits).
     pub need_restart: Vec<String>,
+    /// TLS listeners whose certificate files could not be reloaded (they keep the old ones):
+    /// `listen[i].tls: why`.
+    pub tls_failures: Vec<String>,
 }
 
 struct State {
@@ -73,6 +85,8 @@ pub struct Gateway {
     current: Arc<ArcSwap<GatewayApp>>,
     state: tokio::sync::Mutex<State>,
     servers: Vec<ServerThread>,
+    /// The TLS listeners' certificates, by listener index: reloaded with the configuration.
+    tls: Vec<(usize, TlsTerminator)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -81,6 +95,23 @@ impl std::fmt::Debug for Gateway {
             .field("servers", &self.servers)
             .finish_non_exhaustive()
     }
+}
+
+/// The TLS listeners' terminators (their files read and checked), by listener index.
+fn terminators(config: &FileConfig) -> Result<Vec<(usize, TlsTerminator)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, listen) in config.listen.iter().enumerate() {
+        if let Some(tls) = &listen.tls {
+            let terminator = TlsTerminator::from_config(tls).map_err(|e| match e {
+                herd_lb_core::Error::InvalidConfig { field, reason } => {
+                    ConfigError::invalid(format!("listen[{i}].{field}"), reason)
+                }
+                other => ConfigError::invalid(format!("listen[{i}].tls"), other.to_string()),
+            })?;
+            out.push((i, terminator));
+        }
+    }
+    Ok(out)
 }
 
 /// Builds the service of `config`, reusing the groups of `previous` whose settings are the same.
@@ -138,6 +169,7 @@ impl Gateway {
     /// # Errors
     /// [`ConfigError`] naming the key and the problem.
     pub async fn check(config: &FileConfig) -> Result<(), ConfigError> {
+        terminators(config)?;
         build(config, &Groups::new()).await.map(drop)
     }
 
@@ -149,6 +181,7 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem; a listener that cannot be bound is
     /// named by its `listen[i].address`.
     pub async fn start(config: FileConfig) -> Result<Self, ConfigError> {
+        let tls = terminators(&config)?;
         let (app, groups, _) = build(&config, &Groups::new()).await?;
         let current = Arc::new(ArcSwap::from_pointee(app));
         let workers = match config.workers {
@@ -164,21 +197,40 @@ impl Gateway {
                     redirect_https: listen.redirect_https,
                 },
             };
-            let server = ServerThread::start_with_limits(
-                "gateway",
-                listen.address,
-                Threads::PerCore(workers),
-                config.server,
-                move || async move { Ok::<_, String>(app) },
-            )
-            .await
-            .map_err(|e| ConfigError::invalid(format!("listen[{i}].address"), e))?;
+            let build = move || async move { Ok::<_, String>(app) };
+            let threads = Threads::PerCore(workers);
+            let started = match tls.iter().find(|(at, _)| *at == i) {
+                Some((_, terminator)) => {
+                    ServerThread::start_tls(
+                        "gateway",
+                        listen.address,
+                        threads,
+                        config.server,
+                        terminator.clone(),
+                        build,
+                    )
+                    .await
+                }
+                None => {
+                    ServerThread::start_with_limits(
+                        "gateway",
+                        listen.address,
+                        threads,
+                        config.server,
+                        build,
+                    )
+                    .await
+                }
+            };
+            let server =
+                started.map_err(|e| ConfigError::invalid(format!("listen[{i}].address"), e))?;
             servers.push(server);
         }
         Ok(Self {
             current,
             state: tokio::sync::Mutex::new(State { config, groups }),
             servers,
+            tls,
         })
     }
 
@@ -190,7 +242,9 @@ impl Gateway {
     /// Swaps in `config`: new connections get it, connections open now finish on the old one.
     /// Groups with unchanged settings are kept with their state. Listeners, workers and server
     /// limits are not changed (they take a restart; the report lists such changes). On an
-    /// error the running configuration stays.
+    /// error the running configuration stays. The TLS listeners' certificate files are read
+    /// again too (as nginx does on `SIGHUP`); one that fails keeps its old certificate and is
+    /// listed in the report.
     ///
     /// # Errors
     /// [`ConfigError`] naming the key and the problem.
@@ -206,7 +260,13 @@ impl Gateway {
                 .collect(),
             kept,
             need_restart: Vec::new(),
+            tls_failures: Vec::new(),
         };
+        for (i, terminator) in &self.tls {
+            if let Err(e) = terminator.reload() {
+                report.tls_failures.push(format!("listen[{i}].{e}"));
+            }
+        }
         if config.listen != state.config.listen {
             report.need_restart.push("listen".into());
         }

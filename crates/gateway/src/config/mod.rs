@@ -57,7 +57,7 @@ mod schema;
 pub use build::{Gateway, ReloadReport, Reloadable};
 pub use schema::{
     AdminSection, CacheZone, FileConfig, GroupPolicy, HeaderRulesConfig, HealthCheckConfig,
-    LimitZone, ListenConfig, RateLimitSection, ReturnConfig, RouteConfig, ServerEntry, TlsSlot,
+    LimitZone, ListenConfig, RateLimitSection, ReturnConfig, RouteConfig, ServerEntry,
     UpstreamGroup,
 };
 
@@ -157,8 +157,8 @@ impl FileConfig {
         let mut out = String::new();
         for listen in &self.listen {
             let _ = write!(out, "listen {}", listen.address);
-            if listen.tls.is_some() {
-                out.push_str(" tls");
+            if let Some(tls) = &listen.tls {
+                let _ = write!(out, " tls ({})", tls.cert.display());
             }
             if let Some(port) = listen.redirect_https {
                 let _ = write!(out, " (301 to https port {port})");

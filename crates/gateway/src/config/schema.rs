@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::http::{HashKeyConfig, HttpActiveHealth, HttpUpstreamConfig, TrustedPr
 use crate::rate_limit::{QuotaConfig, RateLimitConfig, RouteLimit};
 use crate::server::ServerLimits;
 use crate::service::{AdminConfig, FixedResponse, HeaderRules, Route, RouteAction};
+use crate::tls::TlsConfig;
 
 /// The proxy cache settings of a `[proxy_cache_zones.NAME]` table (herd-cache-cluster's HTTP
 /// cache: TTLs, size bounds, key headers).
@@ -57,23 +57,15 @@ pub struct ListenConfig {
     /// `ip:port` to bind (`0.0.0.0:80`, `[::]:443`).
     pub address: SocketAddr,
     /// TLS termination on this listener (nginx `listen 443 ssl` with `ssl_certificate`,
-    /// `ssl_certificate_key`).
+    /// `ssl_certificate_key`): `tls = { cert = "fullchain.pem", key = "privkey.pem" }`, see
+    /// [`TlsConfig`] (client certificates, ALPN, reload on file change). Requests that came
+    /// over it are forwarded with `X-Forwarded-Proto: https`.
     #[serde(default)]
-    pub tls: Option<TlsSlot>,
+    pub tls: Option<TlsConfig>,
     /// Answer every request with `301` to `https://HOST[:port]/same/target` (nginx `return 301
     /// https://$host$request_uri`); the value is the HTTPS port (443 is left out of the URL).
     #[serde(default)]
     pub redirect_https: Option<u16>,
-}
-
-/// A listener's certificate and key (PEM files).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSlot {
-    /// The certificate chain (nginx `ssl_certificate`).
-    pub certificate: PathBuf,
-    /// Its private key (nginx `ssl_certificate_key`).
-    pub key: PathBuf,
 }
 
 /// `[admin]` (see [`AdminConfig`]; every key has its default).
@@ -737,17 +729,17 @@ impl FileConfig {
         }
         let mut addresses = BTreeSet::new();
         for (i, listen) in self.listen.iter().enumerate() {
-            if !addresses.insert(listen.address) {
+            // Port 0 (any free port) may come twice.
+            if listen.address.port() != 0 && !addresses.insert(listen.address) {
                 return Err(ConfigError::invalid(
                     format!("listen[{i}].address"),
                     format!("{} is listed twice", listen.address),
                 ));
             }
-            if listen.tls.is_some() {
+            if listen.tls.is_some() && listen.redirect_https.is_some() {
                 return Err(ConfigError::invalid(
-                    format!("listen[{i}].tls"),
-                    "TLS termination is not wired into the gateway's config yet: end TLS in \
-                     front of herd and set forwarded_proto = \"https\" on the groups",
+                    format!("listen[{i}].redirect_https"),
+                    "a TLS listener redirecting to HTTPS would loop: redirect on the plain one",
                 ));
             }
             if listen.redirect_https == Some(0) {
