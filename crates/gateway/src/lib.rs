@@ -10,6 +10,7 @@ pub mod cache;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 #[cfg(feature = "axum")]
 mod pages;
 pub mod rate_limit;
