@@ -7,6 +7,9 @@ mod macros;
 #[cfg(feature = "proxy-cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy-cache")))]
 pub mod cache;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
