@@ -26,9 +26,21 @@
 //!   200). herd keys the /64 as one client, so after its burst it answers 429; governor keys each
 //!   address and admits them all, one state each.
 //!
+//! * `rate_limit_shared`: one client within the unusable quota, one request after another on a
+//!   current-thread tokio runtime (the driving is the same for each side, unlike the groups above,
+//!   which poll once in place). `herd_local`: the local layer; `herd_shared`: the same layer with
+//!   `shared` on, every decision one `EVALSHA` round trip to a Redis Cluster started by
+//!   herd-testkit (3 masters on loopback); `redis_get_floor`: a bare `GET` on a cluster
+//!   connection to the same nodes, the least any shared decision costs.
+//!
+//! herd's layer is built with `headers = false` in every group but `rate_limit_one_client`'s
+//! `herd_headers` side: tower_governor adds no headers unless asked (`use_headers`), and the
+//! figures stay comparable with earlier runs.
+//!
 //! After each side the bench prints its answers in the timed runs, the client states it keeps
 //! (`tracked_clients()`, governor's `len()`) and the growth of the process's resident memory;
-//! after governor's side, the time of one `retain_recent()` and the states left after it.
+//! after governor's side, the time of one `retain_recent()` and the states left after it; after
+//! `herd_shared`, the decisions taken locally because the cluster did not answer in time.
 //!
 //! Run with: `cargo bench -p herd-benches --bench rate_limit`
 
@@ -44,7 +56,10 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use herd_gateway::rate_limit::{QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer};
+use herd_gateway::rate_limit::{
+    QuotaConfig, RateLimit, RateLimitConfig, RateLimitLayer, SharedLimitConfig, SharedStatus,
+};
+use herd_testkit::RedisCluster;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 use tower_governor::GovernorLayer;
@@ -86,18 +101,27 @@ const ONE_PER_MINUTE: Quota = Quota {
     burst: 200,
 };
 
-/// herd's layer with `quota` for every path and the default bound of 100,000 client states.
+/// herd's layer with `quota` for every path and the default bound of 100,000 client states,
+/// without the `RateLimit` response fields.
 fn herd_layer(quota: Quota) -> RateLimitLayer {
-    RateLimitLayer::new(&RateLimitConfig {
+    herd_layer_with(quota, |_| {})
+}
+
+/// [`herd_layer`], then `configure`.
+fn herd_layer_with(quota: Quota, configure: impl FnOnce(&mut RateLimitConfig)) -> RateLimitLayer {
+    let mut config = RateLimitConfig {
         default: Some(QuotaConfig {
             requests: 1,
             per: quota.period,
             burst: Some(quota.burst),
+            name: None,
         }),
         max_tracked_clients: 100_000,
+        headers: false,
         ..RateLimitConfig::default()
-    })
-    .expect("valid quota")
+    };
+    configure(&mut config);
+    RateLimitLayer::new(&config).expect("valid quota")
 }
 
 /// The endpoint behind both layers: always ready; it keeps each request it is given, so that
@@ -105,6 +129,14 @@ fn herd_layer(quota: Quota) -> RateLimitLayer {
 #[derive(Debug)]
 struct Endpoint {
     kept: Vec<Request<()>>,
+}
+
+/// A clone keeps requests of its own: herd's layer clones the endpoint only for a shared
+/// decision (which calls the clone afterwards), so those requests are dropped with it.
+impl Clone for Endpoint {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
 }
 
 impl Endpoint {
@@ -260,8 +292,19 @@ fn bench_herd(
     clients: &dyn Fn(u64) -> IpAddr,
     prefill: u64,
 ) {
+    bench_herd_with(group, name, id, herd_layer(quota), clients, prefill);
+}
+
+/// Benchmarks `layer` under `id` in `group`.
+fn bench_herd_with(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    id: &str,
+    layer: RateLimitLayer,
+    clients: &dyn Fn(u64) -> IpAddr,
+    prefill: u64,
+) {
     let before = resident_kib();
-    let layer = herd_layer(quota);
     let mut herd = layer.layer(Endpoint::new());
     let answers = bench_side(group, id, &mut herd, RateLimit::get_mut, clients, prefill);
     print_side(name, id, answers, layer.tracked_clients(), before);
@@ -316,6 +359,9 @@ fn one_client(c: &mut Criterion) {
     let name = "rate_limit_one_client";
     let mut group = c.benchmark_group(name);
     compare(&mut group, name, UNUSABLE, &|_| ipv4(1), 0);
+    // The default configuration: `RateLimit-Policy` and `RateLimit` on every response.
+    let layer = herd_layer_with(UNUSABLE, |c| c.headers = true);
+    bench_herd_with(&mut group, name, "herd_headers", layer, &|_| ipv4(1), 0);
     group.finish();
 }
 
@@ -368,12 +414,157 @@ fn ipv6_one_64(c: &mut Criterion) {
     group.finish();
 }
 
+/// Sends `iters` requests from one client, one after another on `rt`, and returns the time
+/// spent sending them (requests built and responses dropped outside it).
+fn run_on<S>(
+    rt: &tokio::runtime::Runtime,
+    svc: &mut S,
+    endpoint: &impl Fn(&mut S) -> &mut Endpoint,
+    iters: u64,
+    answers: &mut Answers,
+) -> Duration
+where
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible>,
+{
+    let mut requests = Vec::with_capacity(CHUNK);
+    let mut responses = Vec::with_capacity(CHUNK);
+    let mut elapsed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK as u64);
+        requests.extend((0..n).map(|_| request(ipv4(1))));
+        let start = Instant::now();
+        rt.block_on(async {
+            for req in requests.drain(..) {
+                let Ok(()) = std::future::poll_fn(|cx| svc.poll_ready(cx)).await;
+                let Ok(res) = svc.call(req).await;
+                responses.push(res);
+            }
+        });
+        elapsed += start.elapsed();
+        for res in responses.drain(..) {
+            match res.status() {
+                StatusCode::OK => answers.ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => answers.limited += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        endpoint(svc).kept.clear();
+        left -= n;
+    }
+    elapsed
+}
+
+/// The cluster and a runtime, started by the first side that runs.
+struct SharedBench {
+    rt: tokio::runtime::Runtime,
+    cluster: RedisCluster,
+}
+
+impl SharedBench {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let cluster = rt
+            .block_on(
+                RedisCluster::builder()
+                    .masters(3)
+                    .replicas_per_master(0)
+                    .start(),
+            )
+            .expect("redis cluster (redis-server and redis-cli on PATH)");
+        Self { rt, cluster }
+    }
+}
+
+fn shared(c: &mut Criterion) {
+    let name = "rate_limit_shared";
+    let mut group = c.benchmark_group(name);
+    let mut bench: Option<SharedBench> = None;
+
+    let before = resident_kib();
+    let mut local = herd_layer(UNUSABLE).layer(Endpoint::new());
+    let mut answers = None;
+    group.bench_function("herd_local", |b| {
+        let bench = bench.get_or_insert_with(SharedBench::start);
+        let answers = answers.get_or_insert_with(Answers::default);
+        b.iter_custom(|iters| run_on(&bench.rt, &mut local, &RateLimit::get_mut, iters, answers));
+    });
+    print_side(name, "herd_local", answers, 1, before);
+
+    let before = resident_kib();
+    let mut answers = None;
+    let mut layer = None;
+    group.bench_function("herd_shared", |b| {
+        let bench = bench.get_or_insert_with(SharedBench::start);
+        let layer = layer.get_or_insert_with(|| {
+            let _runtime = bench.rt.enter();
+            let layer = herd_layer_with(UNUSABLE, |c| {
+                c.shared = Some(SharedLimitConfig {
+                    timeout: Duration::from_millis(250),
+                    key_prefix: format!("herd:bench:{}:", std::process::id()),
+                    ..SharedLimitConfig::new(bench.cluster.urls())
+                });
+            });
+            bench.rt.block_on(async {
+                while layer.shared_status() != Some(SharedStatus::Shared) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            layer
+        });
+        let mut svc = layer.layer(Endpoint::new());
+        let answers = answers.get_or_insert_with(Answers::default);
+        b.iter_custom(|iters| run_on(&bench.rt, &mut svc, &RateLimit::get_mut, iters, answers));
+    });
+    if let Some(layer) = &layer {
+        print_side(
+            name,
+            "herd_shared",
+            answers,
+            layer.tracked_clients(),
+            before,
+        );
+        println!(
+            "{name}/herd_shared: {} decisions taken locally (the cluster did not answer in time)",
+            layer.fallback_decisions()
+        );
+    }
+
+    group.bench_function("redis_get_floor", |b| {
+        let bench = bench.get_or_insert_with(SharedBench::start);
+        let client =
+            redis::cluster::ClusterClient::new(bench.cluster.urls()).expect("cluster urls");
+        let mut conn = bench
+            .rt
+            .block_on(client.get_async_connection())
+            .expect("connect");
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            bench.rt.block_on(async {
+                for _ in 0..iters {
+                    let _: Option<String> = redis::cmd("GET")
+                        .arg("herd:bench:floor")
+                        .query_async(&mut conn)
+                        .await
+                        .expect("GET");
+                }
+            });
+            start.elapsed()
+        });
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     one_client,
     over_quota,
     ten_thousand_clients,
     churn,
-    ipv6_one_64
+    ipv6_one_64,
+    shared
 );
 criterion_main!(benches);
