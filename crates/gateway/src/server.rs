@@ -511,9 +511,11 @@ async fn serve_tls<S, B>(
 {
     let Accepted { stream, peer, slot } = accepted;
     let deadline = tokio::time::Instant::now() + within;
-    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    // Counted before the socket closes: whoever sees the close sees the count.
+    let mut handshake = std::pin::pin!(acceptor.accept(stream).into_fallible());
+    let stream = match tokio::time::timeout_at(deadline, handshake.as_mut()).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+        Ok(Err((error, _socket))) => {
             let reason = match error.kind() {
                 std::io::ErrorKind::UnexpectedEof
                 | std::io::ErrorKind::ConnectionReset

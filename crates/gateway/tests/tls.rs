@@ -16,7 +16,9 @@ use axum::routing::any;
 use bytes::Bytes;
 use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
 use herd_gateway::server::{ServerLimits, ServerThread, Threads};
-use herd_gateway::tls::{HttpsRedirect, RedirectConfig, TlsConfig, TlsTerminator};
+use herd_gateway::tls::{
+    HttpsRedirect, RedirectConfig, TLS_HANDSHAKE_FAILURES_TOTAL, TlsConfig, TlsTerminator,
+};
 use herd_lb_core::{EndpointConfig, Error};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -456,6 +458,89 @@ async fn a_bad_replacement_keeps_the_old_certificate_with_an_error_naming_the_fi
     assert_refused(start, "tls.key", &config.key, "does not match");
 }
 
+/// The counters recorded in this test binary, by `name{label=value,...}`: a recorder of the
+/// `metrics` facade, as an application's exporter would be, installed once.
+#[derive(Debug, Default)]
+struct Counters(std::sync::Mutex<std::collections::HashMap<String, Arc<Count>>>);
+
+#[derive(Debug, Default)]
+struct Count(std::sync::atomic::AtomicU64);
+
+impl metrics::CounterFn for Count {
+    fn increment(&self, value: u64) {
+        self.0
+            .fetch_add(value, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0
+            .fetch_max(value, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn counter_key(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
+        let mut map = self.0.lock().unwrap();
+        let count = map.entry(counter_key(key.name(), &labels)).or_default();
+        metrics::Counter::from_arc(Arc::clone(count))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+static COUNTERS: std::sync::OnceLock<&'static Counters> = std::sync::OnceLock::new();
+
+/// The value of counter `name` with `labels` so far (0 if never incremented); the first call
+/// installs the recorder.
+fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
+    let counters = COUNTERS.get_or_init(|| {
+        let counters: &'static Counters = Box::leak(Box::default());
+        metrics::set_global_recorder(counters).expect("the only recorder of this test binary");
+        counters
+    });
+    let map = counters.0.lock().unwrap();
+    map.get(&counter_key(name, labels))
+        .map_or(0, |c| c.0.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Reads until the server closes the connection (or 10 s pass); what it sent.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut got = Vec::new();
@@ -473,6 +558,8 @@ async fn a_silent_client_is_closed_within_the_header_timeout() {
         ..ServerLimits::default()
     };
     let gw = gateway(&backend, limits, Some(tls)).await;
+    let failures = |reason| counter(TLS_HANDSHAKE_FAILURES_TOTAL, &[("reason", reason)]);
+    let (timeouts, refused) = (failures("timeout"), failures("protocol"));
 
     // TCP open, no ClientHello: closed without a byte.
     let mut silent = TcpStream::connect(gw.addr()).await.unwrap();
@@ -497,6 +584,13 @@ async fn a_silent_client_is_closed_within_the_header_timeout() {
         "{:?}",
         started.elapsed()
     );
+    // Both counted as timed-out handshakes (other tests of this binary may add more).
+    assert!(failures("timeout") >= timeouts + 2);
+
+    // Plain HTTP on the TLS port: refused, counted as a protocol failure.
+    let answer = raw(gw.addr(), "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer:?}");
+    assert!(failures("protocol") > refused);
 
     // A complete handshake, then no request: closed too.
     let mut quiet = handshake(gw.addr(), client_config(&pki, &[b"h2"], None))
