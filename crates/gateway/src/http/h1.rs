@@ -416,7 +416,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<O
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
-                } else if !token.is_empty() {
+                } else if !token.is_empty() && !switches_to(status, token) {
                     named = true;
                 }
             }
@@ -478,6 +478,12 @@ pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<O
         framing,
         keep_alive,
     }))
+}
+
+/// Whether `token` of a `Connection` header is the `upgrade` of a `101`, whose `Upgrade` stays
+/// (the protocol switched to, for the client's own `101`).
+fn switches_to(status: StatusCode, token: &[u8]) -> bool {
+    status == StatusCode::SWITCHING_PROTOCOLS && token.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// Removes the headers a `Connection` header of `head` names (rare: parsed again).

@@ -64,8 +64,11 @@ pub(crate) async fn tunnel(
         },
     };
     match result {
-        Ok(Closed::Ended(to_endpoint, to_client)) => {
-            tracing::debug!(%endpoint, to_endpoint, to_client, "upgraded connection closed");
+        Ok(Closed::ByClient(to_endpoint)) => {
+            tracing::debug!(%endpoint, to_endpoint, "upgraded connection closed by the client");
+        }
+        Ok(Closed::ByEndpoint(to_client)) => {
+            tracing::debug!(%endpoint, to_client, "upgraded connection closed by the endpoint");
         }
         Ok(Closed::Idle) => {
             tracing::debug!(%endpoint, ?idle_timeout, "upgraded connection closed: idle");
@@ -78,14 +81,18 @@ pub(crate) async fn tunnel(
 /// How a tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Closed {
-    /// Both sides closed: bytes sent to the endpoint, and to the client.
-    Ended(u64, u64),
+    /// The client closed its side, after this many bytes to the endpoint.
+    ByClient(u64),
+    /// The endpoint closed its side, after this many bytes to the client.
+    ByEndpoint(u64),
     /// Nothing passed for the idle timeout.
     Idle,
 }
 
 /// Copies both ways between `client` and `endpoint` (`read`: the endpoint's bytes already read,
-/// sent to the client first) until both directions end, or until nothing passes for `idle`.
+/// sent to the client first) until either side closes (what it sent is passed on and the other
+/// side's writing is shut, then both are closed, as nginx ends an upgraded connection), or
+/// until nothing passes for `idle`.
 async fn splice<C, E>(
     mut client: C,
     endpoint: E,
@@ -108,10 +115,21 @@ where
         io: endpoint,
         activity: &activity,
     };
+    let (mut client_read, mut client_write) = tokio::io::split(&mut client);
+    let (mut endpoint_read, mut endpoint_write) = tokio::io::split(&mut endpoint);
+    let up = async {
+        let sent = tokio::io::copy(&mut client_read, &mut endpoint_write).await?;
+        endpoint_write.shutdown().await?;
+        Ok::<_, io::Error>(sent)
+    };
+    let down = async {
+        let sent = tokio::io::copy(&mut endpoint_read, &mut client_write).await?;
+        client_write.shutdown().await?;
+        Ok::<_, io::Error>(sent)
+    };
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut endpoint) => {
-            copied.map(|(to_endpoint, to_client)| Closed::Ended(to_endpoint, to_client))
-        }
+        sent = up => sent.map(Closed::ByClient),
+        sent = down => sent.map(Closed::ByEndpoint),
         () = activity.idle_for(idle) => Ok(Closed::Idle),
     }
 }
@@ -216,9 +234,12 @@ mod tests {
         let mut got = [0_u8; 5];
         client_peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"pong!");
-        drop(client_peer);
+        // The endpoint closes: the client reads to the end, and the tunnel is over.
         drop(endpoint_peer);
-        assert_eq!(spliced.await.unwrap().unwrap(), Closed::Ended(4, 5));
+        let mut rest = Vec::new();
+        client_peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(spliced.await.unwrap().unwrap(), Closed::ByEndpoint(5));
     }
 
     #[tokio::test(start_paused = true)]
