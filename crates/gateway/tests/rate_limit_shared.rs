@@ -3,7 +3,9 @@
 //! Redis Cluster (herd-testkit, 3 masters on loopback ports). Together they admit the configured
 //! quota, not twice it; with every node of the cluster killed both fall back to their local
 //! limits (each admitting the quota on its own) without a 5xx, counting the fallback decisions;
-//! once the nodes are back, decisions are shared again. Every response on a limited path carries
+//! once the nodes are back, decisions are shared again. Frozen nodes (SIGSTOP: connections open,
+//! no answers) make decisions wait out the timeout once, then go local until the nodes answer
+//! again. Every response on a limited path carries
 //! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), 429s with
 //! `Retry-After` too.
 #![cfg(feature = "axum")]
@@ -66,9 +68,10 @@ fn config(backend: SocketAddr, nodes: &[String]) -> GatewayConfig {
             {{ path_prefix = "/login", name = "login_limit", requests = {QUOTA}, per = "{hour}s" }},
             {{ path_prefix = "/signup", name = "signup_limit", requests = {QUOTA}, per = "{hour}s" }},
         ]
+        # A generous timeout: a slow answer on a busy test machine would be decided locally.
         [rate_limits.shared]
         nodes = {nodes:?}
-        timeout = "250ms"
+        timeout = "2s"
         reconnect_after = "200ms"
         "#,
         hour = QUOTA * PERIOD_SECS,
@@ -260,4 +263,69 @@ async fn two_gateways_share_one_quota_and_fall_back_to_local_limits_while_the_cl
         (a.limits.fallback_decisions(), b.limits.fallback_decisions()),
         fallbacks
     );
+}
+
+/// Sends `signal` (`STOP` or `CONT`) to every node of `cluster` (processes this test started).
+fn signal_nodes(cluster: &RedisCluster, signal: &str) {
+    for node in cluster.nodes() {
+        let pid = node.pid().expect("the node runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_slower_than_the_timeout_is_decided_locally() {
+    let cluster = RedisCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let backend = ServerThread::start("backend", "127.0.0.1:0".parse().unwrap(), || async {
+        Ok(Router::new().fallback(|| async { "ok" }))
+    })
+    .await
+    .unwrap();
+    let mut config = config(backend.addr(), &cluster.urls());
+    let shared = config
+        .rate_limits
+        .as_mut()
+        .and_then(|r| r.shared.as_mut())
+        .unwrap();
+    shared.timeout = Duration::from_millis(300);
+    let gw = gateway(config).await;
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    wait_until(&[&gw], Duration::from_secs(30), |g| {
+        g.limits.shared_status() == Some(SharedStatus::Shared)
+    })
+    .await;
+    check(&get(&client, &gw, "/login").await, "login_limit", 1);
+
+    // Frozen nodes accept connections and never answer: the first decision waits out the
+    // timeout, then it and the next ones are local (a fresh local state: r counts from 9).
+    signal_nodes(&cluster, "STOP");
+    for admitted in 1..=3 {
+        let answer = get(&client, &gw, "/login").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        check(&answer, "login_limit", admitted);
+    }
+    assert_eq!(gw.limits.shared_status(), Some(SharedStatus::Local));
+    assert_eq!(gw.limits.fallback_decisions(), 3);
+
+    // Thawed: decisions are shared again. (The script sent before the timeout may run once the
+    // node reads it: a decision that timed out can still count in the cluster, so `/login`'s
+    // shared count is 2 or 3 now; a fresh zone shows the decision is the cluster's.)
+    signal_nodes(&cluster, "CONT");
+    wait_until(&[&gw], Duration::from_secs(30), |g| {
+        g.limits.shared_status() == Some(SharedStatus::Shared)
+    })
+    .await;
+    check(&get(&client, &gw, "/signup").await, "signup_limit", 1);
+    assert_eq!(gw.limits.fallback_decisions(), 3);
 }

@@ -10,7 +10,9 @@
 //! each gateway admits the configured rate, so the fleet admits up to N times it). The outage is
 //! logged once (a warning when it starts, an info line when the cluster is back), each local
 //! decision is counted in `herd_lb_rate_limit_fallbacks_total`, and a new connection is tried in
-//! the background every [`SharedLimitConfig::reconnect_after`]; requests never wait for it.
+//! the background every [`SharedLimitConfig::reconnect_after`]; requests never wait for it. A
+//! script that timed out may still run once a slow node reads it: that request then counts in
+//! the cluster too (erring toward limiting).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
