@@ -117,6 +117,18 @@ fn instance() -> Router {
             }),
         )
         .route(
+            "/seen",
+            get(|headers: axum::http::HeaderMap| async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .map(|v| v.to_str().unwrap_or("?").to_owned())
+                        .unwrap_or_default()
+                };
+                format!("upgrade={}|connection={}", h("upgrade"), h("connection"))
+            }),
+        )
+        .route(
             "/plain",
             get(|| async { (StatusCode::BAD_REQUEST, "no upgrades here\n") }),
         )
@@ -349,6 +361,29 @@ async fn an_upgrade_to_a_dead_endpoint_is_retried_elsewhere_before_it_is_sent() 
         upstream.endpoints().iter().all(|e| e.in_flight == 0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_tunnelled_but_forwarded_as_a_plain_request() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let instance = serve(instance()).await;
+    let (gateway, _upstream) = gateway(&config(instance.addr)).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /seen HTTP/1.1\r\nhost: gateway.example\r\n\
+              connection: Upgrade, HTTP2-Settings, close\r\nupgrade: h2c\r\n\
+              http2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("upgrade=|connection="), "{answer}");
 }
 
 /// A file removed when dropped (also when the test fails).

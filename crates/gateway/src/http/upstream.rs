@@ -848,14 +848,20 @@ impl HttpUpstream {
 
     /// Whether `req` asks for an upgrade that can pass: HTTP/1.1 with `Connection: upgrade`
     /// and `Upgrade`, from a server that hands over the connection after a `101` (hyper's
-    /// `OnUpgrade`), to endpoints not spoken to over HTTP/2 only. Any other keeps the
-    /// hop-by-hop headers out, as always.
+    /// `OnUpgrade`), to endpoints not spoken to over HTTP/2 only. Not `Upgrade: h2c` (RFC 9113
+    /// drops it): each HTTP/2 request is balanced on its own, not tunnelled to one instance.
+    /// Any other keeps the hop-by-hop headers out, as always.
     #[cold]
     fn upgrade_asked<B>(&self, req: &Request<B>) -> bool {
+        let headers = req.headers();
         self.settings.upgrades
             && req.version() == Version::HTTP_11
-            && req.headers().contains_key(UPGRADE)
-            && connection_lists(req.headers(), b"upgrade")
+            && headers.get(UPGRADE).is_some_and(|v| {
+                !v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+            })
+            && connection_lists(headers, b"upgrade")
             && req
                 .extensions()
                 .get::<hyper::upgrade::OnUpgrade>()
