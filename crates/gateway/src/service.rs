@@ -120,6 +120,7 @@ pub(crate) struct HeaderRules {
 }
 
 impl HeaderRules {
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
@@ -160,6 +161,7 @@ pub(crate) enum RouteAction {
     /// Proxy to the upstream group of this index.
     Proxy(usize),
     /// Answer this.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
     Respond(FixedResponse),
 }
 
