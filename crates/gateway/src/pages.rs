@@ -161,7 +161,7 @@ async fn admin(State(pages): State<Pages>, Query(query): Query<AdminQuery>) -> R
             rows,
             "<tr data-endpoint=\"{address}\"><td></td><td>{address}</td>\
              <td><span class=\"badge s-{status}\">{status}</span></td><td>–</td><td>–</td>\
-             <td>–</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td></td></tr>",
+             <td>–</td><td>{}</td><td>{:.2}</td><td>{} / {}</td><td></td></tr>",
             b.in_flight,
             b.ewma_ms,
             b.requests,

@@ -15,6 +15,7 @@
   let cursor = 0;
   let windowMs = 600000;
   let lastT = 0;
+  let firstT = 0; // the oldest point kept
   let highlight = null;
   const endpoints = new Map(); // address -> endpoint state and points
   const colorOf = new Map(); // address -> colour, stable while the page is open
@@ -91,7 +92,12 @@
       }
     }
     for (const a of [...instances.keys()]) if (!seenInstances.has(a)) instances.delete(a);
+    firstT = Math.min(...[...endpoints.values()].map((s) => s.t.length ? s.t[0] : lastT), lastT);
   }
+
+  // The time shown: the whole window once it is full, else what there is (at least a minute),
+  // so that a fresh page does not squeeze its first points against the right edge.
+  const span = () => Math.min(windowMs, Math.max(60000, lastT - firstT));
 
   // ---- plots ----
 
@@ -111,7 +117,7 @@
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+    for (const m of [1, 2, 4, 8, 10]) if (v <= m * p) return m * p;
     return 10 * p;
   }
 
@@ -127,11 +133,12 @@
       ctx.fillText(yFmt(yMax * i / 4), PAD.l - 4, y);
     }
     ctx.textAlign = 'center'; ctx.textBaseline = 'top';
-    const minutes = (t1 - t0) / 60000;
-    const step = minutes > 6 ? 2 : 1;
-    for (let m = 0; m <= minutes; m += step) {
-      const x = PAD.l + (w - PAD.l - PAD.r) * (1 - m / minutes);
-      ctx.fillText(m === 0 ? 'now' : `-${m}m`, x, h - PAD.b + 2);
+    const seconds = (t1 - t0) / 1000;
+    const step = [10, 15, 30, 60, 120, 300].find((st) => seconds / st <= 6) || 600;
+    for (let sec = 0; sec <= seconds; sec += step) {
+      const x = PAD.l + (w - PAD.l - PAD.r) * (1 - sec / seconds);
+      const label = sec === 0 ? 'now' : sec % 60 === 0 ? `-${sec / 60}m` : `-${sec}s`;
+      ctx.fillText(label, x, h - PAD.b + 2);
     }
   }
 
@@ -152,7 +159,7 @@
   // One line per endpoint; `null` values leave a gap. Returns the points drawn per endpoint.
   function linePlot(canvas, column, yFmt) {
     const { ctx, w, h } = sizeCanvas(canvas);
-    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    const t1 = lastT || Date.now(), t0 = t1 - span();
     let max = 0;
     for (const s of endpoints.values()) for (const v of s[column]) if (v != null && v > max) max = v;
     const yMax = niceMax(max);
@@ -194,7 +201,7 @@
     const list = [...endpoints.values()];
     const rowH = Math.max(5, Math.min(14, Math.floor(200 / Math.max(1, list.length))));
     const { ctx, w, h } = sizeCanvas(canvas, list.length * rowH + PAD.b + 2);
-    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    const t1 = lastT || Date.now(), t0 = t1 - span();
     const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (Math.max(t, t0) - t0) / (t1 - t0);
     const drawnEvents = [];
     ctx.font = '9px system-ui, sans-serif'; ctx.textBaseline = 'middle'; ctx.textAlign = 'right';
@@ -234,7 +241,7 @@
   // A small multi-line plot for an instance card. `series`: [{label, t, v}].
   function sparkline(canvas, series, unitFmt) {
     const { ctx, w, h } = sizeCanvas(canvas);
-    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    const t1 = lastT || Date.now(), t0 = t1 - span();
     let max = 0;
     for (const s of series) for (const v of s.v) if (v > max) max = v;
     const yMax = niceMax(max);
@@ -290,8 +297,7 @@
         el('td', { text: fmt(last(s.errors), 1) }),
         el('td', { text: String(s.in_flight) }),
         el('td', { text: fmt(s.ewma_ms, 2) }),
-        el('td', { text: s.requests.toLocaleString('en') }),
-        el('td', { text: s.failures.toLocaleString('en') }),
+        el('td', { text: `${s.requests.toLocaleString('en')} / ${s.failures.toLocaleString('en')}` }),
         el('td', {}, el('a', { href: s.metrics_url, target: '_blank', rel: 'noopener', text: 'metrics' })));
       tr.firstChild.firstChild.style.background = color(s.address);
       if (s.address === highlight) tr.classList.add('hl');
@@ -326,6 +332,7 @@
   function instanceCard(i) {
     const card = el('div', { class: 'card', 'data-instance': i.address });
     const status = i.error ? 'unreachable' : i.status;
+    card.title = i.polled_at ? `health read at ${clock(i.polled_at)}` : 'not read yet';
     card.append(el('header', {}, el('h3', { text: i.address }), statusBadge(status),
       el('span', { class: 'spacer' }),
       el('a', { href: i.metrics_url, target: '_blank', rel: 'noopener', text: '/metrics' }),
@@ -335,30 +342,32 @@
     const keys = Object.keys(checks);
     const used = new Set();
 
-    // Databases: the checks that report node roles.
+    // Databases: the checks that report node roles. Each node's role and lag now, the roles
+    // over time (a band per node) and the replicas' lag over time.
     for (const roleKey of keys.filter((k) => measurementOf(k) === 'role')) {
       const name = checkName(roleKey);
       keys.filter((k) => checkName(k) === name).forEach((k) => used.add(k));
-      const row = el('div', { class: 'row' }, el('span', { class: 'label', text: name }));
+      const nodes = el('span', { class: 'nodes' });
       for (const node of checks[roleKey]) {
-        const lag = (checks[`${name}:lagTime`] || []).find((e) => e.componentId === node.componentId);
-        row.append(el('span', { title: node.output || '' }, statusBadge(node.status), ' ',
-          `${node.componentId}: ${node.observedValue}`, lag ? ` (lag ${fmt(lag.observedValue, 2)} s)` : ''));
+        nodes.append(el('span', { title: node.output || '' }, statusBadge(node.status), ` ${node.componentId}: `,
+          el('b', { text: String(node.observedValue) })));
       }
-      card.append(row);
-      // Roles over time: one band per node.
+      card.append(kv(name, nodes));
       const roles = Object.entries(i.texts).filter(([k]) => k.startsWith(`${name}:role@`));
       if (roles.length) {
-        const canvas = el('canvas', { class: 'roles', 'data-nodes': String(roles.length) });
-        card.append(el('div', { class: 'row' }, el('span', { class: 'label', text: 'roles' }), el('span', { text: roles.map(([k]) => k.split('@')[1]).join(', ') })), canvas);
-        requestAnimationFrame(() => roleBands(canvas, roles));
+        const bands = el('canvas', { class: 'roles', 'data-nodes': String(roles.length) });
+        const legend = el('span', { class: 'nodes' }, ...Object.entries(ROLE_COLORS).map(([role, c]) => {
+          const sw = el('span', { class: 'swatch' }); sw.style.background = c;
+          return el('span', {}, sw, role);
+        }));
+        card.append(kv('roles', legend, bands));
+        requestAnimationFrame(() => roleBands(bands, roles));
       }
       const lags = Object.entries(i.numbers).filter(([k]) => k.startsWith(`${name}:lagTime@`))
         .map(([k, s]) => ({ label: k.split('@')[1], t: s.t, v: s.v }));
       if (lags.length) {
         const canvas = el('canvas', { class: 'lag' });
-        card.append(el('div', { class: 'row' }, el('span', { class: 'label', text: 'replica lag' }),
-          el('span', { text: lags.map((l) => `${l.label} ${fmt(last(l.v), 2)} s`).join(' · ') })), canvas);
+        card.append(kv('replica lag', el('span', { text: lags.map((l) => `${l.label} ${fmt(last(l.v), 2)} s`).join(' · ') }), canvas));
         requestAnimationFrame(() => sparkline(canvas, lags, (v) => `${fmt(v, 1)}s`));
       }
     }
@@ -369,26 +378,24 @@
       || /cache|redis/i.test(checkName(k))).map(checkName));
     for (const name of caches) {
       keys.filter((k) => checkName(k) === name).forEach((k) => used.add(k));
-      const ratioKey = Object.keys(i.numbers).find((k) => k === `${name}:hitRatio`);
-      const ratio = ratioKey ? i.numbers[ratioKey] : null;
-      const row = el('div', { class: 'row' }, el('span', { class: 'label', text: `${name} hit ratio` }),
-        el('span', { class: 'hit-ratio', text: ratio && ratio.v.length ? `${fmt(last(ratio.v), 1)} %` : 'not reported yet (no lookups)' }));
-      card.append(row);
-      if (ratio && ratio.v.length) {
-        const canvas = el('canvas', { class: 'hit-ratio' });
-        card.append(canvas);
-        requestAnimationFrame(() => sparkline(canvas, [{ label: 'hit ratio', t: ratio.t, v: ratio.v }], (v) => `${fmt(v, 0)}%`));
-      }
+      const ratio = i.numbers[`${name}:hitRatio`];
+      const reported = ratio && ratio.v.length;
+      const canvas = reported ? el('canvas', { class: 'hit-ratio' }) : null;
+      card.append(kv(`${name} hit ratio`, el('span', { class: 'hit-ratio',
+        text: reported ? `${fmt(last(ratio.v), 1)} %` : 'not reported yet (no lookups)' }), canvas));
+      if (canvas) requestAnimationFrame(() => sparkline(canvas, [{ label: 'hit ratio', t: ratio.t, v: ratio.v }], (v) => `${fmt(v, 0)}%`));
       const cluster = (checks[`${name}:clusterState`] || [])[0];
       const nodes = (checks[`${name}:responseTime`] || []).filter((e) => e.componentId);
-      const nodeRow = el('div', { class: 'row redis-nodes', 'data-nodes': String(nodes.length) },
-        el('span', { class: 'label', text: 'Redis nodes' }));
-      if (cluster) nodeRow.append(el('span', {}, 'cluster ', statusBadge(cluster.observedValue === 'ok' ? 'pass' : 'fail'), ' '));
+      const list = el('span', { class: 'nodes' });
+      if (cluster) list.append(el('span', {}, 'cluster ', statusBadge(cluster.observedValue === 'ok' ? 'pass' : 'fail')));
       for (const n of nodes) {
         const dot = el('span', { class: `dot s-${n.status}` });
-        nodeRow.append(el('span', { title: n.output || '' }, dot, `${n.componentId} ${n.observedValue != null ? fmt(n.observedValue, 1) + ' ms' : n.status}`));
+        list.append(el('span', { title: n.output || '' }, dot, `${n.componentId} ${n.observedValue != null ? fmt(n.observedValue, 1) + ' ms' : n.status}`));
       }
-      card.append(nodeRow);
+      const row = kv('Redis nodes', list);
+      row.classList.add('redis-nodes');
+      row.dataset.nodes = String(nodes.length);
+      card.append(row);
     }
 
     // Session stores.
@@ -396,30 +403,36 @@
       if (keys.some((k) => used.has(k) && checkName(k) === name)) continue;
       keys.filter((k) => checkName(k) === name).forEach((k) => used.add(k));
       const entry = (checks[`${name}:responseTime`] || [])[0] || {};
-      card.append(el('div', { class: 'row session' }, el('span', { class: 'label', text: name }),
-        statusBadge(entry.status), ` ${entry.observedValue != null ? fmt(entry.observedValue, 1) + ' ms' : ''}`,
-        entry.output ? el('span', { class: 'error', text: ` ${entry.output}` }) : null));
+      card.append(kv(name, el('span', { class: 'session' }, statusBadge(entry.status),
+        ` ${entry.observedValue != null ? fmt(entry.observedValue, 1) + ' ms' : ''}`,
+        entry.output ? el('span', { class: 'error', text: ` ${entry.output}` }) : null)));
     }
 
     // Everything else, so that nothing an instance reports is hidden.
     const rest = [...new Set(keys.filter((k) => !used.has(k)).map(checkName))];
     if (rest.length) {
-      const row = el('div', { class: 'row' }, el('span', { class: 'label', text: 'other' }));
+      const row = el('span', { class: 'nodes' });
       for (const name of rest) {
         const entry = (checks[`${name}:responseTime`] || checks[name] || [])[0] || {};
         row.append(el('span', { title: entry.output || '' }, el('span', { class: `dot s-${entry.status || 'unknown'}` }),
           name, entry.observedValue != null && typeof entry.observedValue !== 'object' ? ` ${fmt(+entry.observedValue, 0)}${entry.observedUnit ? ' ' + entry.observedUnit : ''}` : ''));
       }
-      card.append(row);
+      card.append(kv('other', row));
     }
-    if (i.polled_at) card.append(el('div', { class: 'row muted', text: `polled ${clock(i.polled_at)}` }));
     return card;
+  }
+
+  // One line of a card: a label, what it says now, and optionally a plot of it over time.
+  function kv(label, value, canvas) {
+    const row = el('div', { class: 'kv' }, el('span', { class: 'label', text: label, title: label }), value, canvas);
+    if (!canvas) value.style.gridColumn = '2 / 4';
+    return row;
   }
 
   function roleBands(canvas, roles) {
     const rowH = 7;
     const { ctx, w } = sizeCanvas(canvas, roles.length * rowH + 2);
-    const t1 = lastT || Date.now(), t0 = t1 - windowMs;
+    const t1 = lastT || Date.now(), t0 = t1 - span();
     const l = 34;
     const xOf = (t) => l + (w - l - 2) * (Math.max(t, t0) - t0) / (t1 - t0);
     roles.forEach(([, s], row) => {
@@ -436,7 +449,7 @@
     const tip = $('tooltip');
     canvas.addEventListener('mousemove', (ev) => {
       const r = canvas.getBoundingClientRect();
-      const t1 = lastT, t0 = t1 - windowMs;
+      const t1 = lastT, t0 = t1 - span();
       const t = t0 + (t1 - t0) * (ev.clientX - r.left - PAD.l) / (r.width - PAD.l - PAD.r);
       const lines = [];
       for (const s of endpoints.values()) {
