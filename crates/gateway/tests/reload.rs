@@ -263,3 +263,85 @@ async fn sighup_reloads_the_binary_without_dropping_connections() {
     );
     assert_eq!(open.get("/").await, "instance-a");
 }
+
+/// The `/lb-health` page's view of `dead`: whether it is ejected now.
+async fn ejected(addr: SocketAddr, dead: &str) -> bool {
+    let mut client = Client::connect(addr).await;
+    client.sender.ready().await.unwrap();
+    let req = http::Request::get("/lb-health")
+        .header("host", "test.local")
+        .body(Empty::new())
+        .unwrap();
+    let res = client.sender.send_request(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let backend = page["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == dead)
+        .unwrap_or_else(|| panic!("{dead} not on {page}"))
+        .clone();
+    !backend["ejected_for_ms"].is_null()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_group_keeps_its_endpoints_state_across_a_reload() {
+    let live = instance("instance-live").await;
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let text = |extra_route: &str, keepalive: u32| {
+        format!(
+            r#"
+workers = 1
+[[listen]]
+address = "127.0.0.1:0"
+[upstreams.a]
+policy = "round_robin"
+servers = [{{ address = "{live}" }}, {{ address = "{dead}" }}]
+max_fails = 1
+fail_timeout = "60s"
+keepalive = {keepalive}
+[[routes]]
+prefix = "/"
+upstream = "a"
+{extra_route}
+"#,
+            live = live.addr()
+        )
+    };
+    let mut gateway = Gateway::start(FileConfig::parse(&text("", 32)).unwrap())
+        .await
+        .unwrap();
+    let addr = gateway.addrs()[0];
+    let mut client = Client::connect(addr).await;
+    // The dead server's connect failure is retried on the live one, and takes it out.
+    let mut tries = 0;
+    while !ejected(addr, &dead).await {
+        assert_eq!(client.get("/").await, "instance-live");
+        tries += 1;
+        assert!(tries < 20, "{dead} never ejected");
+    }
+
+    // A reload that changes the routes only keeps the group, and its ejection.
+    let more = "[[routes]]\nprefix = \"/other\"\nupstream = \"a\"";
+    let report = gateway
+        .reload(FileConfig::parse(&text(more, 32)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.kept, ["a"]);
+    assert!(ejected(addr, &dead).await);
+
+    // A change to the group's settings builds it anew: nothing is ejected then.
+    let report = gateway
+        .reload(FileConfig::parse(&text(more, 8)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.rebuilt, ["a"]);
+    assert!(!ejected(addr, &dead).await);
+    gateway.stop();
+}
