@@ -3,17 +3,32 @@
 use super::ConfigError;
 
 /// `text` with every `${NAME}` replaced by `vars(NAME)`, or by `default` in `${NAME:-default}`
-/// when `vars` has none. `$` not followed by `{` stays as it is.
+/// when `vars` has none. `$` not followed by `{` stays as it is, and so do comment lines (those
+/// whose first non-blank character is `#`).
 pub(super) fn substitute(
     text: &str,
     vars: impl Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            substitute_line(line, number + 1, &vars, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn substitute_line(
+    text: &str,
+    line: usize,
+    vars: &impl Fn(&str) -> Option<String>,
+    out: &mut String,
+) -> Result<(), ConfigError> {
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
-        let line = text.len() - rest.len() + start;
-        let line = text[..line].matches('\n').count() + 1;
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
             return Err(ConfigError::Env {
@@ -48,7 +63,7 @@ pub(super) fn substitute(
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -75,6 +90,11 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("line 2") && text.contains("NOPE"), "{text}");
         assert!(substitute("y = \"${A\"", vars).is_err());
+        // Comment lines are left alone.
+        assert_eq!(
+            substitute("  # see ${NOPE}\nx = \"${A}\"\n", vars).unwrap(),
+            "  # see ${NOPE}\nx = \"1.2.3.4:5\"\n"
+        );
         assert!(substitute("y = \"${A B}\"", vars).is_err());
     }
 }
