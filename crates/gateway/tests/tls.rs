@@ -366,6 +366,54 @@ async fn reload_serves_the_new_certificate_to_new_handshakes_and_keeps_open_conn
     assert_eq!(get_h1(&mut h1(before).await, "/").await.0, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_during_handshakes_and_requests_fail_none_of_them() {
+    let (pki, _dir, config, first) = setup(Duration::ZERO);
+    let pki = Arc::new(pki);
+    let backend = Backend::start().await;
+    let tls = TlsTerminator::from_config(&config).unwrap();
+    let gw = gateway(&backend, ServerLimits::default(), Some(tls.clone())).await;
+    let second = pki.leaf("second");
+    let known = [first.der.clone(), second.der.clone()];
+
+    // Four clients, each handshaking and asking 25 times in a row, while the certificate is
+    // swapped back and forth under them.
+    let addr = gw.addr();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (pki, known) = (Arc::clone(&pki), known.clone());
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let alpn: &[&[u8]] = if i % 2 == 0 { &[b"h2"] } else { &[b"http/1.1"] };
+                    let stream = handshake(addr, client_config(&pki, alpn, None))
+                        .await
+                        .expect("handshake during reloads");
+                    assert!(known.contains(&seen_cert(&stream)));
+                    if i % 2 == 1 {
+                        let (status, _, body) = get_h1(&mut h1(stream).await, "/").await;
+                        assert_eq!((status, body.as_str()), (200, "https HTTP/1.1"));
+                    }
+                }
+            })
+        })
+        .collect();
+    let reloads = {
+        let (tls, config) = (tls.clone(), config.clone());
+        let leaves = [first, second];
+        let pki = Arc::clone(&pki);
+        tokio::task::spawn_blocking(move || {
+            for i in 0..40 {
+                install(&config, &leaves[i % 2], &pki);
+                tls.reload().expect("a whole pair of files");
+            }
+        })
+    };
+    for client in clients {
+        client.await.unwrap();
+    }
+    reloads.await.unwrap();
+}
+
 #[tokio::test]
 async fn the_poller_reloads_a_changed_certificate() {
     let (pki, _dir, config, first) = setup(Duration::from_millis(50));
