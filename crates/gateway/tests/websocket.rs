@@ -117,6 +117,33 @@ fn instance() -> Router {
             }),
         )
         .route(
+            "/ws-headers",
+            get(
+                |ws: WebSocketUpgrade, headers: axum::http::HeaderMap| async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .map(|v| v.to_str().unwrap_or("?").to_owned())
+                            .unwrap_or_default()
+                    };
+                    let seen = format!(
+                        "host={}|xff={}|real={}|proto={}|fhost={}|secret={}",
+                        h("host"),
+                        h("x-forwarded-for"),
+                        h("x-real-ip"),
+                        h("x-forwarded-proto"),
+                        h("x-forwarded-host"),
+                        h("x-secret"),
+                    );
+                    ws.on_upgrade(move |mut socket: WebSocket| async move {
+                        if socket.send(WsMessage::Text(seen.into())).await.is_ok() {
+                            echo(socket).await;
+                        }
+                    })
+                },
+            ),
+        )
+        .route(
             "/seen",
             get(|headers: axum::http::HeaderMap| async move {
                 let h = |n: &str| {
@@ -277,6 +304,32 @@ async fn websockets_pass_to_https_instances() {
     config.tls.ca_file = Some(ca_file.0.clone());
     let (gateway, upstream) = gateway(&config).await;
     echo_through(gateway.addr, &upstream).await;
+}
+
+#[tokio::test]
+async fn the_upgrade_request_carries_the_forwarding_headers_and_not_the_clients_hop_by_hop_ones() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let instance = serve(instance()).await;
+    let (gateway, _upstream) = gateway(&config(instance.addr)).await;
+    let mut req = format!("ws://{}/ws-headers", gateway.addr)
+        .into_client_request()
+        .unwrap();
+    let headers = req.headers_mut();
+    headers.insert("x-forwarded-proto", "forged".parse().unwrap());
+    headers.insert("x-secret", "hop".parse().unwrap());
+    // `Connection` names x-secret too: a hop-by-hop header of the client's hop.
+    headers.insert("connection", "Upgrade, x-secret".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let seen = ws.next().await.unwrap().unwrap();
+    assert_eq!(
+        seen,
+        Message::text(format!(
+            "host={}|xff=127.0.0.1|real=127.0.0.1|proto=http|fhost={}|secret=",
+            instance.addr, gateway.addr
+        ))
+    );
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
 }
 
 #[tokio::test]
