@@ -532,6 +532,18 @@ type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
 /// (`Set-Cookie`, `Authorization`, `Host`, framing, hop-by-hop: RFC 9110 §6.5.1), and so do
 /// the endpoint's response trailers.
 ///
+/// Instances that speak HTTPS or HTTP/2 ([`scheme`](HttpUpstreamConfig::scheme),
+/// [`protocol`](HttpUpstreamConfig::protocol), [`tls`](HttpUpstreamConfig::tls)) are reached
+/// through hyper's pooled client, with all of the above alike; a failed TLS handshake is
+/// [`UpstreamErrorKind::Tls`] (502). An HTTP/1.1 upgrade (a WebSocket: `Connection: upgrade`
+/// and `Upgrade`, on a server that hands over the connection, as axum's `serve` and
+/// [`ServerThread`](crate::server::ServerThread) do) keeps both headers; an endpoint's `101` is
+/// answered `101` and the two connections are spliced until either side closes or nothing
+/// passes for [`upgrade_idle_timeout`](HttpUpstreamConfig::upgrade_idle_timeout). The open
+/// connection holds its endpoint's in-flight slot (so it counts in least-outstanding picks and
+/// `max_in_flight`, and a drain waits for it); an upgrade is sent to another endpoint only
+/// when no connection could be made.
+///
 /// ```no_run
 /// use axum::{Router, body::Body, extract::Request};
 /// use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
