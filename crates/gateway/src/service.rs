@@ -591,6 +591,17 @@ pub(crate) struct Parts<'a> {
     /// Cached paths and the group they go to.
     #[cfg(feature = "proxy-cache")]
     pub(crate) caches: Vec<(usize, ProxyCacheConfig)>,
+    /// The operators' pages of an earlier build with the same admin settings and group 0, to
+    /// keep (the dashboard's history goes on across a reload). Made anew when `None`.
+    pub(crate) pages: Option<Router>,
+}
+
+/// What [`build`] made: the app, and its operators' pages without the cached paths (to hand
+/// to the next build as [`Parts::pages`]).
+pub(crate) struct Built {
+    pub(crate) app: GatewayApp,
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
+    pub(crate) pages: Router,
 }
 
 /// Builds the gateway's service (call it inside the runtime that will serve it: the upstream's
@@ -611,12 +622,14 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
             .iter()
             .map(|cache| (0, cache.clone()))
             .collect(),
+        pages: None,
     })
     .await
+    .map(|built| built.app)
 }
 
 /// The gateway of `parts`.
-pub(crate) async fn build(parts: Parts<'_>) -> Result<GatewayApp, Error> {
+pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
     let admin = parts.admin;
     check_path("admin.health_path", &admin.health_path)?;
     check_path("admin.page_path", &admin.page_path)?;
@@ -651,7 +664,11 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<GatewayApp, Error> {
     // Longest prefix first: the first match is the longest.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     #[allow(unused_mut)]
-    let mut pages = crate::pages::router(upstream.clone(), &admin.health_path, &admin.page_path);
+    let base_pages = parts.pages.unwrap_or_else(|| {
+        crate::pages::router(upstream.clone(), &admin.health_path, &admin.page_path)
+    });
+    #[allow(unused_mut)]
+    let mut pages = base_pages.clone();
     #[allow(unused_mut)]
     let mut page_paths = vec![admin.health_path.clone(), admin.page_path.clone()];
     #[cfg(feature = "proxy-cache")]
@@ -689,12 +706,14 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<GatewayApp, Error> {
         admin: false,
         redirect_https: None,
     };
-    match parts.rate_limits {
-        None => Ok(tower::util::Either::Right(gateway)),
-        Some(limits) => Ok(tower::util::Either::Left(
-            RateLimitLayer::new(limits)?.layer(gateway),
-        )),
-    }
+    let app = match parts.rate_limits {
+        None => tower::util::Either::Right(gateway),
+        Some(limits) => tower::util::Either::Left(RateLimitLayer::new(limits)?.layer(gateway)),
+    };
+    Ok(Built {
+        app,
+        pages: base_pages,
+    })
 }
 
 /// Builds the gateway and serves it on `bind` with [`workers`](GatewayConfig::workers)

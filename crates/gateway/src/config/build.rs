@@ -54,7 +54,8 @@ impl App for Reloadable {
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Groups kept as they were (same settings): their endpoints' state goes on. By name.
+    /// Groups kept as they were (same settings): their endpoints' state goes on (and with the
+    /// first group and `[admin]` unchanged, the dashboard's history). By name.
     pub kept: Vec<String>,
     /// Groups built anew (new, or with changed settings). By name.
     pub rebuilt: Vec<String>,
@@ -68,6 +69,7 @@ pub struct ReloadReport {
 struct State {
     config: FileConfig,
     groups: Groups,
+    pages: Pages,
 }
 
 /// The gateway of a [`FileConfig`], serving on every listener.
@@ -115,11 +117,21 @@ fn terminators(config: &FileConfig) -> Result<Vec<(usize, TlsTerminator)>, Confi
 }
 
 /// Builds the service of `config`, reusing the groups of `previous` whose settings are the same.
-/// Also returns the names of the groups kept from `previous`.
+/// The operators' pages of a build, with what they depend on.
+struct Pages {
+    router: axum::Router,
+    admin: super::AdminSection,
+    /// Group 0's name.
+    main: String,
+}
+
+/// Also returns the names of the groups kept from `previous`, and the pages to hand to the next
+/// build. `previous_pages` are kept when the admin settings and group 0 (kept) are the same.
 async fn build(
     config: &FileConfig,
     previous: &Groups,
-) -> Result<(GatewayApp, Groups, Vec<String>), ConfigError> {
+    previous_pages: Option<&Pages>,
+) -> Result<(GatewayApp, Groups, Vec<String>, Pages), ConfigError> {
     let order = config.group_order();
     let mut groups = Groups::new();
     let mut kept = Vec::new();
@@ -149,16 +161,29 @@ async fn build(
     }
     let admin = config.admin.to_admin();
     let rate_limits = config.rate_limits()?;
-    let app = service::build(Parts {
+    let main = order
+        .first()
+        .map(|name| (*name).to_owned())
+        .unwrap_or_default();
+    let pages = previous_pages
+        .filter(|p| p.admin == config.admin && p.main == main && kept.contains(&main))
+        .map(|p| p.router.clone());
+    let built = service::build(Parts {
         admin: &admin,
         upstreams,
         routes: config.service_routes(&order)?,
         rate_limits: rate_limits.as_ref(),
         #[cfg(feature = "proxy-cache")]
         caches: config.caches(&order)?,
+        pages,
     })
     .await?;
-    Ok((app, groups, kept))
+    let pages = Pages {
+        router: built.pages,
+        admin: config.admin.clone(),
+        main,
+    };
+    Ok((built.app, groups, kept, pages))
 }
 
 impl Gateway {
@@ -170,7 +195,7 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem.
     pub async fn check(config: &FileConfig) -> Result<(), ConfigError> {
         terminators(config)?;
-        build(config, &Groups::new()).await.map(drop)
+        build(config, &Groups::new(), None).await.map(drop)
     }
 
     /// Builds the gateway (in the calling runtime: health checks and caches run there, so it
@@ -182,7 +207,7 @@ impl Gateway {
     /// named by its `listen[i].address`.
     pub async fn start(config: FileConfig) -> Result<Self, ConfigError> {
         let tls = terminators(&config)?;
-        let (app, groups, _) = build(&config, &Groups::new()).await?;
+        let (app, groups, _, pages) = build(&config, &Groups::new(), None).await?;
         let current = Arc::new(ArcSwap::from_pointee(app));
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
@@ -228,7 +253,11 @@ impl Gateway {
         }
         Ok(Self {
             current,
-            state: tokio::sync::Mutex::new(State { config, groups }),
+            state: tokio::sync::Mutex::new(State {
+                config,
+                groups,
+                pages,
+            }),
             servers,
             tls,
         })
@@ -250,7 +279,8 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem.
     pub async fn reload(&self, config: FileConfig) -> Result<ReloadReport, ConfigError> {
         let mut state = self.state.lock().await;
-        let (app, groups, mut kept) = build(&config, &state.groups).await?;
+        let (app, groups, mut kept, pages) =
+            build(&config, &state.groups, Some(&state.pages)).await?;
         kept.sort();
         let mut report = ReloadReport {
             rebuilt: groups
@@ -279,6 +309,7 @@ impl Gateway {
         self.current.store(Arc::new(app));
         state.config = config;
         state.groups = groups;
+        state.pages = pages;
         Ok(report)
     }
 
