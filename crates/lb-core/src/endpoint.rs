@@ -838,6 +838,11 @@ mod tests {
             24,
             "each sample counts 8 times"
         );
+        assert_eq!(
+            s.latency().total(),
+            24,
+            "the endpoint's own histogram weighs each sample alike"
+        );
 
         // Concurrent requests are numbered by their start, so the count does not bunch up.
         let held: Vec<_> = (0..16)
