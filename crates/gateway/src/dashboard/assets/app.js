@@ -199,7 +199,7 @@
   // Each endpoint's state over time, as a coloured band per endpoint.
   function timeline(canvas) {
     const list = [...endpoints.values()];
-    const rowH = Math.max(5, Math.min(14, Math.floor(200 / Math.max(1, list.length))));
+    const rowH = Math.max(5, Math.min(14, Math.floor(140 / Math.max(1, list.length))));
     const { ctx, w, h } = sizeCanvas(canvas, list.length * rowH + PAD.b + 2);
     const t1 = lastT || Date.now(), t0 = t1 - span();
     const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (Math.max(t, t0) - t0) / (t1 - t0);
