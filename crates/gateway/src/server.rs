@@ -510,10 +510,10 @@ async fn serve_tls<S, B>(
     B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     let Accepted { stream, peer, slot } = accepted;
-    let deadline = tokio::time::Instant::now() + within;
+    let started = tokio::time::Instant::now();
     // Counted before the socket closes: whoever sees the close sees the count.
     let mut handshake = std::pin::pin!(acceptor.accept(stream).into_fallible());
-    let stream = match tokio::time::timeout_at(deadline, handshake.as_mut()).await {
+    let stream = match tokio::time::timeout(within, handshake.as_mut()).await {
         Ok(Ok(stream)) => stream,
         Ok(Err((error, _socket))) => {
             let reason = match error.kind() {
@@ -534,7 +534,7 @@ async fn serve_tls<S, B>(
             return;
         }
     };
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let left = within.saturating_sub(started.elapsed());
     let Some(stream) = Rewound::first_bytes(stream, left).await else {
         tracing::debug!(%peer, "no request after the TLS handshake");
         return;

@@ -157,7 +157,8 @@ impl TlsTerminator {
 
     /// Re-reads the files (what a `SIGHUP` handler calls, and the poller on a change). On
     /// success new handshakes use them; handshakes in flight and open connections keep what
-    /// they started with. On failure nothing changes.
+    /// they started with. On failure nothing changes. It reads files, briefly blocking: on a
+    /// busy runtime call it through `spawn_blocking`.
     ///
     /// # Errors
     /// As [`from_config`](Self::from_config); the old certificate stays in use. The caller
@@ -215,11 +216,9 @@ impl TlsTerminator {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
             loop {
-                ticks.tick().await;
+                // `sleep` takes any duration (an `Instant` sum could overflow).
+                tokio::time::sleep(interval).await;
                 let check = this.clone();
                 // Reading files blocks: off the runtime's (maybe only) thread.
                 match tokio::task::spawn_blocking(move || check.reload_if_changed()).await {
