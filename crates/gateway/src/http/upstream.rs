@@ -843,7 +843,7 @@ impl HttpUpstream {
                         None => req.headers_mut().remove(X_REAL_IP),
                     };
                 }
-                return Err(Detour::Upgrade(prefix));
+                return Err(Detour::Upgrade(Box::new(prefix)));
             }
         }
         let (prefix, real_ip) = self
@@ -951,8 +951,8 @@ pub(crate) enum Detour {
     /// Its `Host` is refused: 400.
     Host(HostError),
     /// It asks for an upgrade that can pass: its head, with `Connection: upgrade` and
-    /// `Upgrade` kept.
-    Upgrade(Prefix),
+    /// `Upgrade` kept. Boxed: the detour's size is what every request's `prefix` result carries.
+    Upgrade(Box<Prefix>),
 }
 
 impl Detour {
@@ -1289,7 +1289,7 @@ impl HttpUpstream {
     {
         match refused {
             Some(Detour::Host(e)) => return ResponseFuture::answered(host_error_response(e)),
-            Some(Detour::Upgrade(prefix)) => return self.upgrade(req, prefix),
+            Some(Detour::Upgrade(prefix)) => return self.upgrade(req, *prefix),
             None => {}
         }
         let (parts, body) = req.into_parts();
