@@ -501,6 +501,19 @@ impl Service<Request<Incoming>> for GatewayService {
             };
             return GatewayFuture::proxy(inner, response_headers);
         }
+        // A cached path (after the gateway's two pages) gets its route's header rules too.
+        let mut response_rules = None;
+        let mut request_rules = None;
+        if self.page_paths.iter().skip(2).any(|p| p == path)
+            && let Some(route) = find_route(&self.routes, path)
+            && matches!(route.action, RouteAction::Proxy(_))
+        {
+            response_rules = route.response_headers.clone();
+            request_rules = route.request_headers.as_ref();
+        }
+        if let Some(rules) = request_rules {
+            rules.apply(req.headers_mut());
+        }
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
@@ -509,6 +522,9 @@ impl Service<Request<Incoming>> for GatewayService {
             let Ok(res) = pages.oneshot(req).await;
             // The pages are small: read them whole rather than box an unsynchronised stream.
             let (mut parts, body) = res.into_parts();
+            if let Some(rules) = response_rules {
+                rules.apply(&mut parts.headers);
+            }
             let body = match body.collect().await {
                 Ok(collected) => ProxyBody::full(collected.to_bytes()),
                 Err(e) => {

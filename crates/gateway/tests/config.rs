@@ -361,6 +361,15 @@ response_headers = {{ set = {{ "X-Frame-Options" = "DENY" }}, remove = ["X-Insta
 [[routes]]
 prefix = "/api/ping"
 return = {{ status = 200, body = "pong\n" }}
+
+[proxy_cache_zones.pages]
+default_ttl = "1m"
+
+[[routes]]
+prefix = "/stats"
+upstream = "web"
+proxy_cache = "pages"
+response_headers = {{ set = {{ "X-Route" = "stats" }} }}
 "#,
         api = api.addr(),
         web = web.addr()
@@ -402,6 +411,15 @@ return = {{ status = 200, body = "pong\n" }}
     assert!(body.contains("x-echo-add: client\n") && body.contains("x-echo-add: added\n"));
     assert!(!body.contains("x-drop-me"), "{body}");
     assert_eq!(api.hits(), 2);
+
+    // A cached route: the instance is asked once, and the route's header rules apply to both.
+    for _ in 0..2 {
+        let (status, headers, body) = client.get("/stats").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("web /stats"), "{body}");
+        assert_eq!(headers["x-route"], "stats");
+    }
+    assert_eq!(web.hits(), 2, "the second /stats comes from the cache");
 
     // Body limit: within it passes; a declared length over it is 413 with no instance asked.
     let post = |len: usize| {
