@@ -220,6 +220,16 @@ async fn gateway(
     limits: ServerLimits,
     tls: Option<TlsTerminator>,
 ) -> ServerThread {
+    gateway_on(Threads::WorkStealing(1), backend, limits, tls).await
+}
+
+/// [`gateway`] on `threads`.
+async fn gateway_on(
+    threads: Threads,
+    backend: &Backend,
+    limits: ServerLimits,
+    tls: Option<TlsTerminator>,
+) -> ServerThread {
     let mut config = HttpUpstreamConfig::default();
     config.balancer.endpoints = vec![EndpointConfig {
         address: backend.addr.to_string(),
@@ -229,7 +239,6 @@ async fn gateway(
     let build =
         move || async move { HttpUpstream::from_config(&config).map_err(|e| e.to_string()) };
     let bind = "127.0.0.1:0".parse().unwrap();
-    let threads = Threads::WorkStealing(1);
     match tls {
         Some(tls) => ServerThread::start_tls("tls-gw", bind, threads, limits, tls, build).await,
         None => ServerThread::start_with_limits("plain-gw", bind, threads, limits, build).await,
@@ -419,7 +428,9 @@ async fn the_poller_reloads_a_changed_certificate() {
     let (pki, _dir, config, first) = setup(Duration::from_millis(50));
     let backend = Backend::start().await;
     let tls = TlsTerminator::from_config(&config).unwrap();
-    let gw = gateway(&backend, ServerLimits::default(), Some(tls)).await;
+    // Two accepting threads on one port: the first polls, and both serve what it loaded.
+    let limits = ServerLimits::default();
+    let gw = gateway_on(Threads::PerCore(2), &backend, limits, Some(tls)).await;
     let stream = handshake(gw.addr(), client_config(&pki, &[b"http/1.1"], None))
         .await
         .unwrap();
@@ -430,6 +441,13 @@ async fn the_poller_reloads_a_changed_certificate() {
     let second = pki.leaf("second");
     install(&config, &second, &pki);
     until_served(gw.addr(), &pki, &second.der).await;
+    // Every new connection, whichever thread the kernel gives it to.
+    for _ in 0..10 {
+        let stream = handshake(gw.addr(), client_config(&pki, &[b"http/1.1"], None))
+            .await
+            .unwrap();
+        assert_eq!(seen_cert(&stream), second.der);
+    }
     assert_eq!(get_h1(&mut open, "/still").await.2, "https HTTP/1.1");
 
     // Replaced again (a renewal): picked up again.
