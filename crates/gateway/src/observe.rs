@@ -53,7 +53,7 @@ use tower_service::Service;
 use tracing::Span;
 
 use crate::BoxError;
-use crate::http::ProxyBody;
+use crate::http::{AnsweredBy, ProxyBody};
 use herd_lb_core::Error;
 
 /// The W3C trace context header.
@@ -76,7 +76,8 @@ pub struct ObserveConfig {
     /// missing or invalid (dropping `tracestate` with an invalid one). Default on.
     pub traceparent: bool,
     /// One log line per request at INFO, target `herd_gateway::access`: method, path (never the
-    /// query), status, upstream, latency, response bytes (its `Content-Length`; `-` when
+    /// query), status, upstream (the endpoint that answered, when the upstream's
+    /// `record_endpoint` is on, as the gateway sets it with this), latency, response bytes (its `Content-Length`; `-` when
     /// streamed), request id and trace id. Credentials (`Authorization`, `Proxy-Authorization`,
     /// `Cookie`, `Set-Cookie`) are marked sensitive and never logged. Default off (it costs a
     /// span and a formatted line per request).
@@ -277,7 +278,8 @@ impl<B> OnResponse<B> for AccessLine {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        let upstream = "-";
+        let upstream = res.extensions().get::<AnsweredBy>();
+        let upstream = upstream.map_or("-", |a| a.0.as_str());
         tracing::info!(
             target: "herd_gateway::access",
             parent: span,

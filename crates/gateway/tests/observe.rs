@@ -107,6 +107,8 @@ async fn gateway(backend: SocketAddr, config: &ObserveConfig) -> Server {
         weight: 1.0,
         max_in_flight: None,
     }];
+    // The access log names the endpoint that answered (as the gateway sets it).
+    upstream.record_endpoint = config.access_log;
     let upstream = HttpUpstream::from_config(&upstream).unwrap();
     let layer = ObserveLayer::new(config).unwrap();
     serve(move |peer| TowerToHyperService::new(layer.layer(upstream.clone().with_peer(peer)))).await
@@ -309,6 +311,7 @@ async fn the_access_log_has_a_line_per_request_without_credentials_or_queries() 
         &format!("bytes={length}"),
         "latency_ms=",
         "trace_id=",
+        &format!("upstream={}", backend.addr),
     ] {
         assert!(line.contains(field), "{field} missing in: {line}");
     }

@@ -7,12 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use super::body::{ProxyBody, UpstreamBody};
 use super::pool::PooledBody;
-use super::upstream::{HttpEndpoint, UpstreamError, error_response, respond};
+use super::upstream::{AnsweredBy, HttpEndpoint, UpstreamError, error_response, respond};
 
 /// What an attempt on an [`HttpEndpoint`] resolves to.
 type Exchange = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
@@ -26,11 +27,16 @@ type Exchange = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, Upstrea
 /// allocation per attempt, next to the exchange's system calls.
 pub struct EndpointFuture {
     exchange: Exchange,
+    /// Put in the response's extensions ([`AnsweredBy`]) when recorded.
+    answered_by: Option<Authority>,
 }
 
 impl EndpointFuture {
-    pub(super) fn new(exchange: Exchange) -> Self {
-        Self { exchange }
+    pub(super) fn new(exchange: Exchange, answered_by: Option<Authority>) -> Self {
+        Self {
+            exchange,
+            answered_by,
+        }
     }
 }
 
@@ -44,7 +50,11 @@ impl Future for EndpointFuture {
     type Output = Result<Response<PooledBody>, UpstreamError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.exchange.as_mut().poll(cx)
+        let mut result = ready!(self.exchange.as_mut().poll(cx));
+        if let (Ok(res), Some(authority)) = (&mut result, self.answered_by.take()) {
+            res.extensions_mut().insert(AnsweredBy(authority));
+        }
+        Poll::Ready(result)
     }
 }
 

@@ -55,6 +55,6 @@ pub use client_ip::{ClientAddr, TrustedProxies, client_ip, peer_addr};
 pub use headers::X_HERD_DEPENDENCY_UNAVAILABLE;
 pub use pool::PooledBody;
 pub use upstream::{
-    HashKeyConfig, HttpActiveHealth, HttpEndpoint, HttpRetry, HttpUpstream, HttpUpstreamConfig,
-    UpstreamError, UpstreamErrorKind,
+    AnsweredBy, HashKeyConfig, HttpActiveHealth, HttpEndpoint, HttpRetry, HttpUpstream,
+    HttpUpstreamConfig, UpstreamError, UpstreamErrorKind,
 };

@@ -137,6 +137,8 @@ struct EndpointInner {
     /// says nothing of its connection, and its URI's scheme is the client's claim).
     forwarded_proto: Option<HeaderValue>,
     timeout: Duration,
+    /// The endpoint's authority to put in its responses ([`HttpUpstreamConfig::record_endpoint`]).
+    answered_by: Option<Authority>,
 }
 
 impl fmt::Debug for HttpEndpoint {
@@ -201,7 +203,10 @@ impl Service<Request<UpstreamBody>> for HttpEndpoint {
             head_request: parts.method == Method::HEAD,
             resendable,
         };
-        EndpointFuture::new(Box::pin(Arc::clone(&inner.pool).send(msg, inner.timeout)))
+        EndpointFuture::new(
+            Box::pin(Arc::clone(&inner.pool).send(msg, inner.timeout)),
+            inner.answered_by.clone(),
+        )
     }
 }
 
@@ -238,9 +243,10 @@ impl HttpEndpoint {
             client_body: self.inner.client_body_timeout,
         };
         let authority = self.inner.pool.authority().clone();
-        EndpointFuture::new(Box::pin(
-            Arc::clone(client).send(authority, head, body, timeouts),
-        ))
+        EndpointFuture::new(
+            Box::pin(Arc::clone(client).send(authority, head, body, timeouts)),
+            self.inner.answered_by.clone(),
+        )
     }
 
     /// Sends an upgrade request (its head asks for it, its body is buffered), never again once
@@ -472,6 +478,10 @@ pub struct HttpUpstreamConfig {
     /// `timeout tunnel`). Default 60 s, nginx's: a WebSocket that pings more often stays open.
     #[serde(with = "humantime_serde")]
     pub upgrade_idle_timeout: Duration,
+    /// Put the endpoint that answered in each response's extensions as [`AnsweredBy`], for an
+    /// access log (nginx's `$upstream_addr`; the gateway's `observe.access_log` turns it on).
+    /// Default off: it costs an allocation per response.
+    pub record_endpoint: bool,
 }
 
 impl Default for HttpUpstreamConfig {
@@ -494,9 +504,15 @@ impl Default for HttpUpstreamConfig {
             protocol: UpstreamProtocol::Http1,
             tls: UpstreamTlsConfig::default(),
             upgrade_idle_timeout: Duration::from_secs(60),
+            record_endpoint: false,
         }
     }
 }
+
+/// Which endpoint answered a response, in its extensions when
+/// [`HttpUpstreamConfig::record_endpoint`] is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnsweredBy(pub Authority);
 
 type Inner = Balancer<Authority, HttpEndpoint, Request<UpstreamBody>>;
 
@@ -593,6 +609,8 @@ struct Settings {
     key: Option<RequestKeyFn>,
     /// Attempts at an upgrade whose connection fails (`retries.max_attempts`).
     upgrade_attempts: usize,
+    /// Responses say which endpoint answered ([`HttpUpstreamConfig::record_endpoint`]).
+    record_endpoint: bool,
 }
 
 /// A request's key for consistent hashing.
@@ -712,6 +730,7 @@ impl HttpUpstream {
             upgrade_attempts: usize::try_from(config.balancer.retries.max_attempts)
                 .unwrap_or(usize::MAX)
                 .max(1),
+            record_endpoint: config.record_endpoint,
         };
         config
             .balancer
@@ -1081,6 +1100,7 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
     } else {
         HeaderValue::from_str(authority.as_str()).ok()
     };
+    let answered_by = settings.record_endpoint.then(|| authority.clone());
     HttpEndpoint {
         inner: Arc::new(EndpointInner {
             pool: Arc::new(EndpointPool::new(
@@ -1095,6 +1115,7 @@ fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
             host,
             forwarded_proto: settings.forwarded_proto.clone(),
             timeout: settings.request_timeout,
+            answered_by,
         }),
     }
 }
