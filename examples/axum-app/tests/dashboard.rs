@@ -177,8 +177,11 @@ async fn the_dashboard_plots_each_endpoint_and_marks_a_stopped_instances_ejectio
     }
 
     let driver = start_chromedriver();
-    let b = connect(&driver).await;
-    let result = async {
+    let browser = connect(&driver).await;
+    // The checks run as a task of their own, so that a failed one still lets the browser be
+    // closed below before the failure is reported.
+    let b = browser.clone();
+    let checks = tokio::spawn(async move {
         b.goto(&format!("{gw}/admin")).await?;
 
         // Every endpoint's line has points on the requests/s and the p99 plots.
@@ -274,8 +277,11 @@ async fn the_dashboard_plots_each_endpoint_and_marks_a_stopped_instances_ejectio
             std::fs::write(path, b.screenshot().await?).unwrap();
         }
         Ok::<_, fantoccini::error::CmdError>(())
+    });
+    let result = checks.await;
+    let _ = browser.close().await;
+    match result {
+        Ok(checked) => checked.unwrap(),
+        Err(failed) => std::panic::resume_unwind(failed.into_panic()),
     }
-    .await;
-    let _ = b.close().await;
-    result.unwrap();
 }
