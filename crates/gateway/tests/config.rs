@@ -323,6 +323,20 @@ fn errors_name_the_key_and_the_problem() {
     assert!(parse_err("[[listen]]\naddress = \"127.0.0.1:0\"").contains("upstreams"));
     let two = format!("{BASE}[upstreams.b]\nservers = [{{ address = \"127.0.0.1:9\" }}]\n");
     assert!(parse_err(&two).contains("routes: none given"));
+    // Shared limits without nodes are refused when built.
+    let text = format!(
+        "{BASE}[limit_req_zones.z]\nrate = \"1r/s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\nlimit_req = \"z\"\n[rate_limit]\nshared = {{ nodes = [] }}\n"
+    );
+    let config = FileConfig::parse_with_vars(&text, |_| None).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = runtime
+        .block_on(Gateway::check(&config))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rate_limit.shared"), "{err}");
     // A missing environment variable names itself and its line.
     let err = parse_err("[[listen]]\naddress = \"${NO_SUCH_LISTEN}\"");
     assert!(
@@ -481,6 +495,9 @@ async fn seed_configs_run_against_real_instances() {
         assert_eq!(status, 200);
         assert!(body.starts_with("backend-"), "{body}");
         assert_eq!(headers["x-content-type-options"], "nosniff");
+        // The zone's name is the policy's in the IETF RateLimit headers.
+        let policy = headers["ratelimit-policy"].to_str().unwrap();
+        assert!(policy.contains("api_limit"), "{policy}");
     }
     let (status, _, body) = client.get("/dashboard").await;
     assert_eq!(status, 200);

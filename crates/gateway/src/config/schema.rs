@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use crate::http::{HashKeyConfig, HttpActiveHealth, HttpUpstreamConfig, TrustedProxies};
-use crate::rate_limit::{QuotaConfig, RateLimitConfig, RouteLimit};
+use crate::rate_limit::{QuotaConfig, RateLimitConfig, RouteLimit, SharedLimitConfig};
 use crate::server::ServerLimits;
 use crate::service::{AdminConfig, FixedResponse, HeaderRules, Route, RouteAction};
 use crate::tls::TlsConfig;
@@ -348,6 +348,12 @@ pub struct RateLimitSection {
     pub ipv6_prefix_len: u8,
     /// Most client states kept (nginx's zone size). Default 100 000.
     pub max_tracked_clients: usize,
+    /// `RateLimit-Policy` and `RateLimit` headers on limited paths' responses. Default true.
+    pub headers: bool,
+    /// Share the zones' states with the other gateways through a Redis Cluster:
+    /// `shared = { nodes = ["redis://10.0.0.5:7000"] }` (see [`SharedLimitConfig`]). Default:
+    /// each gateway limits on its own (nginx's `limit_req`, per process).
+    pub shared: Option<SharedLimitConfig>,
 }
 
 impl Default for RateLimitSection {
@@ -359,6 +365,8 @@ impl Default for RateLimitSection {
             ipv4_prefix_len: d.ipv4_prefix_len,
             ipv6_prefix_len: d.ipv6_prefix_len,
             max_tracked_clients: d.max_tracked_clients,
+            headers: d.headers,
+            shared: None,
         }
     }
 }
@@ -978,6 +986,8 @@ impl FileConfig {
             ipv4_prefix_len: section.ipv4_prefix_len,
             ipv6_prefix_len: section.ipv6_prefix_len,
             max_tracked_clients: section.max_tracked_clients,
+            headers: section.headers,
+            shared: section.shared.clone(),
             ..RateLimitConfig::default()
         }))
     }
