@@ -431,8 +431,11 @@ async fn serve<A: App>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) if connections.open.load(Ordering::Acquire) >= limits.max_connections => {
                     // One non-blocking write into the fresh socket's empty send buffer, then
-                    // close: an overloaded server spends nothing more on it.
-                    let _ = stream.try_write(OVERLOADED);
+                    // close: an overloaded server spends nothing more on it. A TLS client
+                    // could not read it (it waits for a ServerHello): closed at once.
+                    if tls.is_none() {
+                        let _ = stream.try_write(OVERLOADED);
+                    }
                     tracing::debug!("connection refused: max_connections reached");
                 }
                 Ok((stream, peer)) if let Some(tls) = &tls => {

@@ -681,6 +681,34 @@ async fn a_silent_client_is_closed_within_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn past_max_connections_a_tls_client_is_closed_without_a_plaintext_answer() {
+    let (pki, _dir, config, _first) = setup(Duration::ZERO);
+    let backend = Backend::start().await;
+    let tls = TlsTerminator::from_config(&config).unwrap();
+    let limits = ServerLimits {
+        max_connections: 1,
+        ..ServerLimits::default()
+    };
+    let gw = gateway(&backend, limits, Some(tls)).await;
+    let stream = handshake(gw.addr(), client_config(&pki, &[b"http/1.1"], None))
+        .await
+        .unwrap();
+    let mut held = h1(stream).await;
+    assert_eq!(get_h1(&mut held, "/").await.0, 200);
+
+    // The plain listener's 503 would be garbage to a TLS client: nothing is written.
+    let mut extra = TcpStream::connect(gw.addr()).await.unwrap();
+    assert_eq!(read_to_close(&mut extra).await, "");
+    assert!(
+        handshake(gw.addr(), client_config(&pki, &[b"http/1.1"], None))
+            .await
+            .is_err()
+    );
+    // The connection in place is still served.
+    assert_eq!(get_h1(&mut held, "/again").await.0, 200);
+}
+
+#[tokio::test]
 async fn client_certificates_from_the_client_ca_are_required_when_it_is_set() {
     let (pki, dir, mut config, _first) = setup(Duration::ZERO);
     let ca_path = dir.path("clients-ca.pem");

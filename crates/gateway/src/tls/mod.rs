@@ -123,12 +123,20 @@ type Stamps = [Option<(SystemTime, u64)>; 3];
 /// [`reload`](Self::reload). Clones share it; hand one to
 /// [`ServerThread::start_tls`](crate::server::ServerThread::start_tls) and keep one to reload
 /// (see the [module](self) docs).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TlsTerminator {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+/// The settings only: rustls' configuration holds the key.
+impl std::fmt::Debug for TlsTerminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTerminator")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     config: TlsConfig,
     current: ArcSwap<ServerConfig>,
