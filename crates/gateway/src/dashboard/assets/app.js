@@ -331,13 +331,16 @@
 
   function instanceCard(i) {
     const card = el('div', { class: 'card', 'data-instance': i.address });
+    // An answer that is not a health report (a 404: no herd-health there) is not an outage.
+    const noReport = i.error && /status \d{3}/.test(i.error);
     const status = i.error ? 'unreachable' : i.status;
     card.title = i.polled_at ? `health read at ${clock(i.polled_at)}` : 'not read yet';
-    card.append(el('header', {}, el('h3', { text: i.address }), statusBadge(status),
+    card.append(el('header', {}, el('h3', { text: i.address }),
+      noReport ? el('span', { class: 'badge s-warn', text: 'no health report' }) : statusBadge(status),
       el('span', { class: 'spacer' }),
       el('a', { href: i.metrics_url, target: '_blank', rel: 'noopener', text: '/metrics' }),
       el('a', { href: `http://${i.address}${i.health_path}`, target: '_blank', rel: 'noopener', text: i.health_path })));
-    if (i.error) card.append(el('div', { class: 'row error', text: i.error }));
+    if (i.error) card.append(el('div', { class: noReport ? 'row muted' : 'row error', text: i.error }));
     const checks = i.checks || {};
     const keys = Object.keys(checks);
     const used = new Set();
