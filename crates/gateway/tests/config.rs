@@ -379,6 +379,9 @@ return = {{ status = 200, body = "pong\n" }}
 [proxy_cache_zones.pages]
 default_ttl = "1m"
 
+[observe]
+request_id_header = "x-request-id"
+
 [[routes]]
 prefix = "/stats"
 upstream = "web"
@@ -398,6 +401,8 @@ response_headers = {{ set = {{ "X-Route" = "stats" }} }}
     assert_eq!(status, 200);
     assert!(body.starts_with("web /index.html"), "{body}");
     assert_eq!(headers["x-instance-secret"], "yes");
+    // [observe]: every answer carries a request id.
+    assert!(!headers["x-request-id"].is_empty());
     let (status, headers, body) = client.get("/api/users").await;
     assert_eq!(status, 200);
     assert!(body.starts_with("api /api/users"), "{body}");

@@ -9,8 +9,20 @@ use arc_swap::ArcSwap;
 
 use super::{ConfigError, FileConfig};
 use crate::http::{HttpUpstream, HttpUpstreamConfig};
+use crate::observe::{Observe, ObserveLayer};
 use crate::server::{App, ServerThread, Threads};
 use crate::service::{self, GatewayApp, GatewayConnection, ListenerMode, Parts};
+use tower::Layer as _;
+
+/// What new connections are served with: the gateway and, when `[observe]` is set, the
+/// observation layers around it.
+struct Current {
+    app: GatewayApp,
+    observe: Option<ObserveLayer>,
+}
+
+/// The service of one connection to a [`Reloadable`] gateway.
+pub type Connection = tower::util::Either<Observe<GatewayConnection>, GatewayConnection>;
 use crate::tls::TlsTerminator;
 
 /// The built upstream groups by name, with the settings each was built from: a reload keeps
@@ -22,7 +34,7 @@ type Groups = BTreeMap<String, (HttpUpstreamConfig, HttpUpstream)>;
 /// flight during a reload finish on the old one).
 #[derive(Clone)]
 pub struct Reloadable {
-    current: Arc<ArcSwap<GatewayApp>>,
+    current: Arc<ArcSwap<Current>>,
     mode: ListenerMode,
 }
 
@@ -34,12 +46,23 @@ impl std::fmt::Debug for Reloadable {
     }
 }
 
+impl Reloadable {
+    fn serve(&self, peer: SocketAddr, mode: ListenerMode) -> Connection {
+        let current = self.current.load();
+        let connection = service::connection_on(&current.app, peer, mode);
+        match &current.observe {
+            Some(layer) => tower::util::Either::Left(layer.layer(connection)),
+            None => tower::util::Either::Right(connection),
+        }
+    }
+}
+
 impl App for Reloadable {
-    type Service = GatewayConnection;
+    type Service = Connection;
     type Body = crate::http::ProxyBody;
 
     fn connection(&self, peer: SocketAddr) -> Self::Service {
-        service::connection_on(&self.current.load(), peer, self.mode)
+        self.serve(peer, self.mode)
     }
 
     fn tls_connection(&self, peer: SocketAddr) -> Self::Service {
@@ -47,7 +70,7 @@ impl App for Reloadable {
             tls: true,
             ..self.mode
         };
-        service::connection_on(&self.current.load(), peer, mode)
+        self.serve(peer, mode)
     }
 }
 
@@ -84,7 +107,7 @@ struct State {
 /// # Ok(()) }
 /// ```
 pub struct Gateway {
-    current: Arc<ArcSwap<GatewayApp>>,
+    current: Arc<ArcSwap<Current>>,
     state: tokio::sync::Mutex<State>,
     servers: Vec<ServerThread>,
     /// The TLS listeners' certificates, by listener index: reloaded with the configuration.
@@ -131,7 +154,7 @@ async fn build(
     config: &FileConfig,
     previous: &Groups,
     previous_pages: Option<&Pages>,
-) -> Result<(GatewayApp, Groups, Vec<String>, Pages), ConfigError> {
+) -> Result<(Current, Groups, Vec<String>, Pages), ConfigError> {
     let order = config.group_order();
     let mut groups = Groups::new();
     let mut kept = Vec::new();
@@ -183,7 +206,12 @@ async fn build(
         admin: config.admin.clone(),
         main,
     };
-    Ok((built.app, groups, kept, pages))
+    let observe = config.observe.as_ref().map(ObserveLayer::new).transpose()?;
+    let current = Current {
+        app: built.app,
+        observe,
+    };
+    Ok((current, groups, kept, pages))
 }
 
 impl Gateway {

@@ -1,6 +1,7 @@
-//! The gateway from one TOML file: listeners, upstream groups by name, routes (path prefix ->
-//! group, with rate-limit zones, proxy cache, header rules and a body size limit), named
-//! rate-limit zones, the admin side, server limits and workers. What the `herd-gateway` binary
+//! The gateway from one TOML file: listeners (TLS, HTTPS redirect), upstream groups by name,
+//! routes (path prefix -> group, with rate-limit zones, proxy cache, header rules and a body
+//! size limit), named rate-limit zones (local or shared), the admin side, request ids, access
+//! log and compression, server limits and workers. What the `herd-gateway` binary
 //! runs, and what SIGHUP reloads (see [`Reloadable`]).
 //!
 //! Every table refuses keys it does not know, so a typo is an error, not a silent default; a
@@ -54,7 +55,7 @@ mod build;
 mod env;
 mod schema;
 
-pub use build::{Gateway, ReloadReport, Reloadable};
+pub use build::{Connection, Gateway, ReloadReport, Reloadable};
 pub use schema::{
     AdminSection, CacheZone, FileConfig, GroupPolicy, HeaderRulesConfig, HealthCheckConfig,
     LimitZone, ListenConfig, RateLimitSection, ReturnConfig, RouteConfig, ServerEntry,

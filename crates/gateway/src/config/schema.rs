@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use crate::http::{HashKeyConfig, HttpActiveHealth, HttpUpstreamConfig, TrustedProxies};
+use crate::observe::ObserveConfig;
 use crate::rate_limit::{QuotaConfig, RateLimitConfig, RouteLimit, SharedLimitConfig};
 use crate::server::ServerLimits;
 use crate::service::{AdminConfig, FixedResponse, HeaderRules, Route, RouteAction};
@@ -48,6 +49,9 @@ pub struct FileConfig {
     pub rate_limit: RateLimitSection,
     /// `[proxy_cache_zones.NAME]`: cache settings routes refer to (nginx `proxy_cache_path`).
     pub proxy_cache_zones: BTreeMap<String, CacheZone>,
+    /// `[observe]`: request ids, `traceparent`, access log lines (nginx `access_log`), response
+    /// compression (nginx `gzip`); see [`ObserveConfig`]. Default: none of them.
+    pub observe: Option<ObserveConfig>,
 }
 
 /// One listener.
