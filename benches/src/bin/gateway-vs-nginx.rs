@@ -22,6 +22,11 @@
 //! the ratios. The machine's cores are shared by wrk, the backends and the proxy, so throughput
 //! follows the proxy's CPU time per request.
 //!
+//! `--tls` terminates TLS in all three (the same ECDSA P-256 certificate from a test CA made at
+//! start, TLS 1.2 and 1.3, wrk's keep-alive connections: a handshake per connection, not per
+//! request); the floor is left out there. `--observe ids|log` measures herd with its request ids
+//! and `traceparent` on, or those plus the access log (written to a discarding writer).
+//!
 //! Needs `nginx`, `haproxy` and `wrk` (`apt-get install -y nginx haproxy wrk`). Options: `--duration 10s`,
 //! `--connections 64`, `--rounds 1` (each round runs both, alternating which goes first),
 //! `--only herd|nginx|haproxy|floor` (load just one, e.g. under a profiler), `--serve-backends` (only run the
@@ -35,7 +40,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use herd_benches::floor::FloorProxy;
-use herd_gateway::GatewayConfig;
+use herd_gateway::config::{FileConfig, Gateway};
 
 /// The allocator the demo's binary uses (see examples/axum-app/src/main.rs).
 #[global_allocator]
@@ -195,7 +200,7 @@ impl Drop for Proxy {
     }
 }
 
-fn start_nginx(port: u16, backends: &[SocketAddr]) -> Result<Proxy, String> {
+fn start_nginx(port: u16, backends: &[SocketAddr], tls: Option<&Certs>) -> Result<Proxy, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let p = dir.path().display().to_string();
     let servers: String = backends
@@ -203,6 +208,14 @@ fn start_nginx(port: u16, backends: &[SocketAddr]) -> Result<Proxy, String> {
         .map(|b| format!("        server {b} max_fails=1 fail_timeout=10s;\n"))
         .collect();
     let user = if nix_is_root() { "user root;\n" } else { "" };
+    let ssl = if tls.is_some() { " ssl" } else { "" };
+    let ssl_files = tls.map_or_else(String::new, |c| {
+        format!(
+            "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n",
+            c.cert.display(),
+            c.key.display()
+        )
+    });
     let conf = format!(
         "{user}worker_processes 2;
 pid {p}/nginx.pid;
@@ -220,8 +233,8 @@ http {{
 {servers}        keepalive 32;
     }}
     server {{
-        listen 127.0.0.1:{port};
-        location / {{
+        listen 127.0.0.1:{port}{ssl};
+{ssl_files}        location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
@@ -257,13 +270,21 @@ http {{
 }
 
 /// HAProxy configured as nginx is above (see the module's documentation).
-fn start_haproxy(port: u16, backends: &[SocketAddr]) -> Result<Proxy, String> {
+fn start_haproxy(port: u16, backends: &[SocketAddr], tls: Option<&Certs>) -> Result<Proxy, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let servers: String = backends
         .iter()
         .enumerate()
         .map(|(i, b)| format!("    server s{i} {b} pool-max-conn 32\n"))
         .collect();
+    // HAProxy reads the certificate and its key from one file.
+    let ssl = tls.map_or_else(String::new, |c| {
+        format!(
+            " ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.2",
+            c.combined.display()
+        )
+    });
+    let proto = if tls.is_some() { "https" } else { "http" };
     let conf = format!(
         "global
     nbthread 2
@@ -276,7 +297,7 @@ defaults
     timeout http-keep-alive 30s
     option http-keep-alive
 frontend web
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{ssl}
     default_backend app
 backend app
     balance leastconn
@@ -286,7 +307,7 @@ backend app
     option redispatch 1
     option forwardfor
     http-request set-header X-Real-IP %[src]
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto {proto}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
 {servers}"
     );
@@ -303,6 +324,44 @@ backend app
     Ok(Proxy { child, _dir: dir })
 }
 
+/// A test CA's certificate for `127.0.0.1` and `localhost`, in the files each proxy reads.
+struct Certs {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    /// Certificate then key, for HAProxy.
+    combined: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn make_certs() -> Result<Certs, String> {
+    let err = |e: rcgen::Error| format!("test certificate: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let chain = format!("{}{}", cert.pem(), ca.pem());
+    let files = Certs {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+        combined: dir.path().join("combined.pem"),
+        _dir: dir,
+    };
+    let write = |path: &std::path::Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))
+    };
+    write(&files.cert, &chain)?;
+    write(&files.key, &key.serialize_pem())?;
+    write(&files.combined, &format!("{chain}{}", key.serialize_pem()))?;
+    Ok(files)
+}
+
 fn nix_is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -312,10 +371,10 @@ fn nix_is_root() -> bool {
 
 async fn wait_until_serving(url: &str) -> Result<(), String> {
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
-            .await
-            .is_ok()
-        {
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -451,6 +510,10 @@ struct Options {
     serve_backends: bool,
     /// Backends started elsewhere (`--serve-backends`), so a profiler sees only the gateway.
     backends: Vec<SocketAddr>,
+    /// Terminate TLS in the proxies.
+    tls: bool,
+    /// herd's `[observe]`: none, `ids` (request ids, traceparent) or `log` (and the access log).
+    observe: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -461,6 +524,8 @@ fn options() -> Result<Options, String> {
         only: None,
         serve_backends: false,
         backends: Vec::new(),
+        tls: false,
+        observe: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -472,6 +537,11 @@ fn options() -> Result<Options, String> {
             }
             "--rounds" => o.rounds = value()?.parse().map_err(|_| "--rounds: a number")?,
             "--serve-backends" => o.serve_backends = true,
+            "--tls" => o.tls = true,
+            "--observe" => match value()?.as_str() {
+                which @ ("ids" | "log") => o.observe = Some(which.to_owned()),
+                other => return Err(format!("--observe: ids or log, not {other}")),
+            },
             "--backends" => {
                 o.backends = value()?
                     .split(',')
@@ -522,14 +592,31 @@ async fn run() -> Result<(), String> {
         );
         std::future::pending::<()>().await;
     }
-    let gateway = herd_gateway::spawn(herd_config(&addrs)?, any_port()).await?;
+    let certs = if o.tls { Some(make_certs()?) } else { None };
+    if o.observe.as_deref() == Some("log") {
+        // The access log's lines formatted as in production, written nowhere.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    }
+    let gateway = Gateway::start(herd_config(&addrs, certs.as_ref(), o.observe.as_deref())?)
+        .await
+        .map_err(|e| format!("herd's gateway: {e}"))?;
+    let scheme = if o.tls { "https" } else { "http" };
     let nginx_port = free_port()?;
-    let nginx = start_nginx(nginx_port, &addrs)?;
+    let nginx = start_nginx(nginx_port, &addrs, certs.as_ref())?;
     let haproxy_port = free_port()?;
-    let haproxy = start_haproxy(haproxy_port, &addrs)?;
-    let herd_url = gateway.server.url();
-    let nginx_url = format!("http://127.0.0.1:{nginx_port}");
-    let haproxy_url = format!("http://127.0.0.1:{haproxy_port}");
+    let haproxy = start_haproxy(haproxy_port, &addrs, certs.as_ref())?;
+    let herd_url = format!(
+        "{scheme}://{}",
+        gateway
+            .addrs()
+            .first()
+            .ok_or("herd's gateway has no listener")?
+    );
+    let nginx_url = format!("{scheme}://127.0.0.1:{nginx_port}");
+    let haproxy_url = format!("{scheme}://127.0.0.1:{haproxy_port}");
     wait_until_serving(&herd_url).await?;
     wait_until_serving(&nginx_url).await?;
     wait_until_serving(&haproxy_url).await?;
@@ -547,7 +634,9 @@ async fn run() -> Result<(), String> {
         ),
         ("floor", floor_url.as_str(), Cpu::Threads("floor")),
     ];
-    let selected = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
+    let tls = o.tls;
+    let selected =
+        |name: &str| o.only.as_deref().is_none_or(|only| only == name) && !(tls && name == "floor");
     // Warm them up (connection pools, caches) before measuring.
     for (name, url, cpu) in proxies {
         if selected(name) {
@@ -556,8 +645,13 @@ async fn run() -> Result<(), String> {
     }
 
     println!(
-        "wrk -t2 -c{} -d{} --latency on loopback, 3 backends, least outstanding, keepalive 32",
-        o.connections, o.duration
+        "wrk -t2 -c{} -d{} --latency on loopback, 3 backends, least outstanding, keepalive 32{}{}",
+        o.connections,
+        o.duration,
+        if o.tls { ", TLS terminated" } else { "" },
+        o.observe
+            .as_deref()
+            .map_or(String::new(), |w| format!(", herd observe: {w}"))
     );
     let mut loads: [Vec<Load>; 4] = Default::default();
     for round in 0..o.rounds as usize {
@@ -602,6 +696,7 @@ async fn run() -> Result<(), String> {
     ]
     .iter()
     .enumerate()
+    .filter(|(i, _)| !loads[*i].is_empty())
     {
         println!(
             "| {label} | {:.0} | {:.2} ms | {:.1} us | {:.1} us |",
@@ -620,6 +715,9 @@ async fn run() -> Result<(), String> {
         p99[0] / p99[2],
         cpu[0] / cpu[2]
     );
+    if o.tls {
+        return Ok(());
+    }
     println!(
         "floor/nginx: throughput {:.2}x, CPU per request {:.2}x; herd/floor: throughput {:.2}x, CPU per request {:.2}x",
         rps[3] / rps[1],
@@ -630,29 +728,49 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// herd's gateway as the demo runs it, on these backends, with least outstanding requests and no
-/// rate limits or proxy cache: the upstream's default keep-alive pool (32 idle per backend) and
-/// retries (3 tries, 502/503/504 for idempotent requests), the demo's timeouts and its active
-/// checks of `/health/ready` every 500 ms.
-fn herd_config(backends: &[SocketAddr]) -> Result<GatewayConfig, String> {
-    let endpoints: Vec<String> = backends
+/// herd's gateway from a config file as the `herd-gateway` binary reads it, on these backends:
+/// least outstanding requests (`least_conn`), 32 idle keep-alive connections per backend, the
+/// same retry rule, the demo's timeouts and its active checks of `/health/ready` every 500 ms;
+/// no rate limits or proxy cache; 2 accepting threads, as nginx has 2 workers.
+fn herd_config(
+    backends: &[SocketAddr],
+    tls: Option<&Certs>,
+    observe: Option<&str>,
+) -> Result<FileConfig, String> {
+    let servers: Vec<String> = backends
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
         .collect();
-    toml::from_str(&format!(
-        "[upstream]
-policy = \"least_outstanding\"
-endpoints = [{}]
+    let tls = tls.map_or_else(String::new, |c| {
+        format!(
+            "tls = {{ cert = {:?}, key = {:?}, reload_interval = \"0s\" }}\n",
+            c.cert.display().to_string(),
+            c.key.display().to_string()
+        )
+    });
+    let observe = match observe {
+        None => "",
+        Some("ids") => "[observe]\n",
+        Some(_) => "[observe]\naccess_log = true\n",
+    };
+    let text = format!(
+        "workers = 2
+[[listen]]
+address = \"127.0.0.1:0\"
+{tls}
+[upstreams.app]
+policy = \"least_conn\"
+servers = [{}]
+keepalive = 32
+next_upstream = [\"error\", \"timeout\", \"http_502\", \"http_503\", \"http_504\"]
+next_upstream_tries = 3
 connect_timeout = \"1s\"
-request_timeout = \"10s\"
-[upstream.active_health]
-path = \"/health/ready\"
-interval = \"500ms\"
-timeout = \"1s\"
-",
-        endpoints.join(", ")
-    ))
-    .map_err(|e| format!("herd's gateway configuration: {e}"))
+read_timeout = \"10s\"
+health_check = {{ path = \"/health/ready\", interval = \"500ms\", timeout = \"1s\" }}
+{observe}",
+        servers.join(", ")
+    );
+    FileConfig::parse(&text).map_err(|e| format!("herd's gateway configuration: {e}"))
 }
 
 #[tokio::main]
