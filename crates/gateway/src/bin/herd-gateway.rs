@@ -70,6 +70,15 @@ async fn run(args: Args) -> ExitCode {
             }
         };
     }
+    // Handlers first: a SIGHUP that comes once the listeners are announced must reload, not
+    // end the process (SIGHUP's default action).
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("herd-gateway: signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut gateway = match Gateway::start(config).await {
         Ok(gateway) => gateway,
         Err(e) => {
@@ -81,51 +90,65 @@ async fn run(args: Args) -> ExitCode {
         // One line per listener on stdout: scripts and tests read the bound port from it.
         println!("herd-gateway listening on {addr}");
     }
-    if let Err(e) = signals(&gateway, &path).await {
-        eprintln!("herd-gateway: signal handling: {e}");
-        gateway.stop();
-        return ExitCode::FAILURE;
-    }
+    signals.serve(&gateway, &path).await;
     tracing::info!("stopping: finishing requests in flight");
     tokio::task::block_in_place(|| gateway.stop());
     ExitCode::SUCCESS
 }
 
-/// Reloads on SIGHUP until SIGTERM or SIGINT.
-async fn signals(gateway: &Gateway, path: &std::path::Path) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => match gateway.reload_file(path).await {
-                Ok(report) => {
-                    tracing::info!(
-                        file = %path.display(),
-                        kept = ?report.kept,
-                        rebuilt = ?report.rebuilt,
-                        "configuration reloaded"
-                    );
-                    for failure in &report.tls_failures {
-                        tracing::error!("certificate reload refused, the old one stays: {failure}");
-                    }
-                    if !report.need_restart.is_empty() {
-                        tracing::warn!(
-                            changed = ?report.need_restart,
-                            "these settings changed but take a restart; the running ones stay"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(
-                    file = %path.display(),
-                    "reload refused, the running configuration stays: {}",
-                    one_line(&e.to_string())
-                ),
-            },
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+/// The signals the gateway answers.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on SIGHUP until SIGTERM or SIGINT.
+    async fn serve(&mut self, gateway: &Gateway, path: &std::path::Path) {
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => reload(gateway, path).await,
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+            }
         }
+    }
+}
+
+async fn reload(gateway: &Gateway, path: &std::path::Path) {
+    match gateway.reload_file(path).await {
+        Ok(report) => {
+            tracing::info!(
+                file = %path.display(),
+                kept = ?report.kept,
+                rebuilt = ?report.rebuilt,
+                "configuration reloaded"
+            );
+            for failure in &report.tls_failures {
+                tracing::error!("certificate reload refused, the old one stays: {failure}");
+            }
+            if !report.need_restart.is_empty() {
+                tracing::warn!(
+                    changed = ?report.need_restart,
+                    "these settings changed but take a restart; the running ones stay"
+                );
+            }
+        }
+        Err(e) => tracing::error!(
+            file = %path.display(),
+            "reload refused, the running configuration stays: {}",
+            one_line(&e.to_string())
+        ),
     }
 }
 
