@@ -278,6 +278,14 @@ fn errors_name_the_key_and_the_problem() {
             "[upstreams.b]\nservers = [{ address = \"127.0.0.1:9\", backup = true }]",
             &["upstreams.b.servers[0].backup", "not supported"],
         ),
+        // nginx's per-server max_fails, which herd keeps per group, disagreeing
+        (
+            "[upstreams.b]\nservers = [{ address = \"127.0.0.1:8\", max_fails = 3 }, { address = \"127.0.0.1:9\", max_fails = 2 }]",
+            &[
+                "upstreams.b.servers[1].max_fails",
+                "one max_fails per group",
+            ],
+        ),
         // an address without a port
         (
             "[upstreams.b]\nservers = [{ address = \"backend\" }]",

@@ -151,6 +151,13 @@ pub struct ServerEntry {
     /// nginx `backup`: refused (see the README's directive table).
     #[serde(default)]
     pub backup: bool,
+    /// nginx's per-server `max_fails`: herd keeps one per group, so every server that gives it
+    /// must give the same (and the group's own `max_fails`, if set, too).
+    #[serde(default)]
+    pub max_fails: Option<u32>,
+    /// nginx's per-server `fail_timeout`, one per group as `max_fails`.
+    #[serde(default, with = "humantime_serde")]
+    pub fail_timeout: Option<Duration>,
 }
 
 fn one() -> f64 {
@@ -595,8 +602,20 @@ impl UpstreamGroup {
             }
             (_, None) => None,
         };
+        let max_fails = one_per_group(
+            name,
+            "max_fails",
+            self.max_fails,
+            self.servers.iter().map(|s| s.max_fails),
+        )?;
+        let fail_timeout = one_per_group(
+            name,
+            "fail_timeout",
+            self.fail_timeout,
+            self.servers.iter().map(|s| s.fail_timeout),
+        )?;
         let outlier = &mut c.balancer.outlier_detection;
-        match self.max_fails {
+        match max_fails {
             Some(0) => {
                 outlier.max_fails = None;
                 outlier.consecutive_failures = None;
@@ -607,7 +626,7 @@ impl UpstreamGroup {
             }
             None => {}
         }
-        if let Some(t) = self.fail_timeout {
+        if let Some(t) = fail_timeout {
             if t.is_zero() {
                 return Err(ConfigError::invalid(key("fail_timeout"), "must be above 0"));
             }
@@ -713,6 +732,33 @@ impl UpstreamGroup {
         }
         Ok(c)
     }
+}
+
+/// The one value of a per-group setting that nginx lets each server give: the group's, or the
+/// servers' when they all agree.
+fn one_per_group<T: PartialEq + Copy + std::fmt::Debug>(
+    group: &str,
+    field: &str,
+    own: Option<T>,
+    servers: impl Iterator<Item = Option<T>>,
+) -> Result<Option<T>, ConfigError> {
+    let mut value = own;
+    for (i, server) in servers.enumerate() {
+        let Some(v) = server else { continue };
+        match value {
+            Some(seen) if seen != v => {
+                return Err(ConfigError::invalid(
+                    format!("upstreams.{group}.servers[{i}].{field}"),
+                    format!(
+                        "{v:?} differs from {seen:?} given before: herd keeps one {field} per \
+                         group"
+                    ),
+                ));
+            }
+            _ => value = Some(v),
+        }
+    }
+    Ok(value)
 }
 
 /// A route's prefix: absolute, no query or fragment, no whitespace.
