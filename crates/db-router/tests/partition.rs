@@ -452,6 +452,56 @@ async fn replica_cut_from_its_primary_leaves_the_read_set_and_reads_stay_fresh()
     replica.close().await;
 }
 
+/// A write already sent when the primary is black-holed: the server's `statement_timeout`
+/// cancels it there, but that answer never arrives, and the router never abandons a statement
+/// it sent (it may commit), so the call waits on TCP (retransmissions give up after about
+/// 15 minutes) or the heal. Issue #22 asks that no request hang past the configured bound:
+/// this reproduces the gap (measured: still pending 20 s after the partition, with
+/// `statement_timeout` and `acquire_timeout` at 2 s). Run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap (issue #22): a statement in flight when its connection goes silent waits on TCP, not on statement_timeout"]
+async fn a_write_in_flight_when_the_primary_is_black_holed_ends_within_the_bound() {
+    let _one_at_a_time = DRILLS.lock().await;
+    let Some(net) = net_or_skip("db-router write in flight", &["db1", "db2"]) else {
+        return;
+    };
+    let pg = net.pg_cluster("db1", &["db2"]).await.unwrap();
+    let router = DbRouter::connect(config(&pg)).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE drill (id bigint)")
+        .execute(&router)
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let write = tokio::spawn({
+        let router = router.clone();
+        async move {
+            let outcome = sqlx::query("INSERT INTO drill SELECT 1 FROM pg_sleep(0.5)")
+                .execute(&router)
+                .await;
+            (sent.elapsed(), outcome.map(drop))
+        }
+    });
+    sleep(Duration::from_millis(200)).await;
+    net.partition_test("db1").unwrap();
+    let bound = STATEMENT + RouterConfig::default().check_timeout + SLACK;
+    let ended = tokio::time::timeout(bound + Duration::from_secs(5), write).await;
+    net.heal().unwrap();
+    let (took, outcome) = ended
+        .unwrap_or_else(|_| {
+            panic!(
+                "the write sent before the partition was still pending {:?} after it was sent \
+                 (bound {bound:?})",
+                sent.elapsed()
+            )
+        })
+        .unwrap();
+    eprintln!("write in flight: ended after {took:?}: {outcome:?}");
+    assert!(took <= bound, "{took:?}");
+    if let Err(e) = outcome {
+        assert_eq!(ErrorClass::of(&e), ErrorClass::Unavailable, "{e}");
+    }
+}
+
 /// Polls `cond` every 20 ms for up to `limit`; returns how long it took.
 async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
