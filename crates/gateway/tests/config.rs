@@ -286,6 +286,11 @@ fn errors_name_the_key_and_the_problem() {
                 "one max_fails per group",
             ],
         ),
+        // a scheme the upstream does not speak
+        (
+            "[upstreams.b]\nservers = [{ address = \"127.0.0.1:9\" }]\nscheme = \"ftp\"",
+            &["unknown variant `ftp`", "https"],
+        ),
         // an address without a port
         (
             "[upstreams.b]\nservers = [{ address = \"backend\" }]",

@@ -166,7 +166,11 @@ async fn build(
                 format!("no group {name:?}"),
             ));
         };
-        let settings = group.to_upstream_config(name)?;
+        let mut settings = group.to_upstream_config(name)?;
+        // The access log names the endpoint that answered.
+        if config.observe.as_ref().is_some_and(|o| o.access_log) {
+            settings.record_endpoint = true;
+        }
         let upstream = match previous.get(*name) {
             Some((old, upstream)) if *old == settings => {
                 kept.push((*name).to_owned());

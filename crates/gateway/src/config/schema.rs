@@ -11,7 +11,10 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::http::{HashKeyConfig, HttpActiveHealth, HttpUpstreamConfig, TrustedProxies};
+use crate::http::{
+    HashKeyConfig, HttpActiveHealth, HttpUpstreamConfig, TrustedProxies, UpstreamProtocol,
+    UpstreamScheme, UpstreamTlsConfig,
+};
 use crate::observe::ObserveConfig;
 use crate::rate_limit::{QuotaConfig, RateLimitConfig, RouteLimit, SharedLimitConfig};
 use crate::server::ServerLimits;
@@ -259,6 +262,18 @@ pub struct UpstreamGroup {
     /// Ramp a new or recovered server up over this time (nginx Plus `slow_start`). Default off.
     #[serde(with = "humantime_serde")]
     pub slow_start: Option<Duration>,
+    /// `"http"` (default) or `"https"` to the servers (nginx `proxy_pass https://`).
+    pub scheme: UpstreamScheme,
+    /// `"http1"` (default), `"h2"` or `"auto"` (by ALPN over https) to the servers (nginx
+    /// `proxy_http_version`, `grpc_pass`).
+    pub protocol: UpstreamProtocol,
+    /// TLS to the servers with `scheme = "https"`: `ca_file`, `server_name`, `client_cert_file`,
+    /// `client_key_file` (nginx `proxy_ssl_trusted_certificate`, `proxy_ssl_name`,
+    /// `proxy_ssl_certificate`, `proxy_ssl_certificate_key`).
+    pub tls: UpstreamTlsConfig,
+    /// How long an upgraded connection (a WebSocket) may stay silent both ways. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_idle_timeout: Option<Duration>,
 }
 
 /// A route (nginx `location /prefix { ... }`): exactly one of `upstream` and `return`.
@@ -720,6 +735,12 @@ impl UpstreamGroup {
                 path: check.path.clone(),
                 check: active,
             });
+        }
+        c.scheme = self.scheme;
+        c.protocol = self.protocol;
+        c.tls = self.tls.clone();
+        if let Some(t) = self.upgrade_idle_timeout {
+            c.upgrade_idle_timeout = t;
         }
         c.trusted_proxies = self.trusted_proxies.clone();
         c.preserve_host = self.preserve_host;
