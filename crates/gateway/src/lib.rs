@@ -10,6 +10,8 @@ pub mod cache;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+#[cfg(feature = "axum")]
+mod dashboard;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -1,9 +1,10 @@
-//! The gateway's own pages: `/lb-health` (its health, from its backends') and `/admin`, the
-//! operators' dashboard: live plots of each endpoint's requests/s, p99 latency and errors/s with
-//! ejections marked on the timeline, the endpoints' state, and what the instances report about
-//! themselves (see [`dashboard`]). Everything it needs is served from the one page path, told
-//! apart by the query: `?data=series[&since=CURSOR]` (the JSON the page polls) and
-//! `?asset=app.js` / `?asset=app.css`; no CDN.
+//! The gateway's own pages, over every upstream group: `/lb-health` (its health, from its
+//! backends': 200 while some group can serve, with each group's state by name) and `/admin`, the
+//! operators' dashboard: per group, live plots of each endpoint's requests/s, p99 latency and
+//! errors/s with ejections marked on the timeline and the endpoints' state; then what the
+//! instances report about themselves (see [`dashboard`](crate::dashboard)). Everything it needs
+//! is served from the one page path, told apart by the query: `?data=series[&since=CURSOR]` (the
+//! JSON the page polls) and `?asset=app.js` / `?asset=app.css`; no CDN.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,18 +16,14 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 
-use crate::http::HttpUpstream;
+use crate::dashboard::{self, Dashboard, Group};
 
-#[path = "dashboard/mod.rs"]
-mod dashboard;
-
-use dashboard::Dashboard;
-
-/// The pages' router, `health_path` and `admin_path` over `upstream`'s backends. Starts the
-/// dashboard's sampler on the current runtime (it ends when the router and its clones are gone).
-pub(crate) fn router(upstream: HttpUpstream, health_path: &str, admin_path: &str) -> Router {
+/// The pages' router, `health_path` and `admin_path` over the `groups`' backends (at least one;
+/// the first is the main one). Starts the dashboard's sampler on the current runtime (it ends
+/// when the router and its clones are gone).
+pub(crate) fn router(groups: Vec<Group>, health_path: &str, admin_path: &str) -> Router {
     let pages = Pages {
-        dashboard: Dashboard::start(upstream),
+        dashboard: Dashboard::start(groups),
         health_path: health_path.into(),
     };
     Router::new()
@@ -43,6 +40,8 @@ struct Pages {
 
 #[derive(serde::Serialize)]
 struct BackendState {
+    /// The upstream group's name.
+    group: String,
     address: String,
     healthy: bool,
     status: String,
@@ -56,12 +55,14 @@ struct BackendState {
     state: &'static str,
 }
 
-fn backends(upstream: &HttpUpstream) -> Vec<BackendState> {
+/// Every group's backends, group by group.
+fn backends(groups: &[Group]) -> Vec<BackendState> {
     let now = Instant::now();
-    upstream
-        .endpoints()
-        .into_iter()
-        .map(|e| BackendState {
+    groups
+        .iter()
+        .flat_map(|g| g.upstream.endpoints().into_iter().map(|e| (&g.name, e)))
+        .map(|(group, e)| BackendState {
+            group: group.clone(),
             address: e.key.to_string(),
             healthy: e.healthy,
             status: format!("{:?}", e.status),
@@ -77,18 +78,55 @@ fn backends(upstream: &HttpUpstream) -> Vec<BackendState> {
         .collect()
 }
 
-/// The gateway's own health: 200 while at least one backend is healthy, else 503.
+/// One group's health in `/lb-health`.
+#[derive(serde::Serialize)]
+struct GroupHealth<'a> {
+    name: &'a str,
+    /// `pass` while one of its backends is healthy, else `fail`.
+    status: &'static str,
+    healthy: usize,
+    backends: usize,
+}
+
+/// The gateway's own health, as a load balancer in front of it reads it: 200 while at least one
+/// group has a healthy backend (the gateway can still serve part of the site: taking it out of
+/// rotation would not help, as its peers see the same backends), else 503. The JSON says
+/// `pass` when every group has a healthy backend, `warn` when only some have, `fail` when none
+/// has, and lists each group's state by name and every backend with its group.
 async fn lb_health(State(pages): State<Pages>) -> Response {
-    let list = backends(pages.dashboard.upstream());
-    let healthy = list.iter().filter(|b| b.healthy).count();
-    let status = if healthy > 0 {
-        StatusCode::OK
+    let groups = pages.dashboard.groups();
+    let list = backends(groups);
+    let per_group: Vec<GroupHealth<'_>> = groups
+        .iter()
+        .map(|g| {
+            let mine = list.iter().filter(|b| b.group == g.name);
+            let (healthy, backends) = mine.fold((0usize, 0usize), |(h, n), b| {
+                (
+                    h.saturating_add(usize::from(b.healthy)),
+                    n.saturating_add(1),
+                )
+            });
+            GroupHealth {
+                name: &g.name,
+                status: if healthy > 0 { "pass" } else { "fail" },
+                healthy,
+                backends,
+            }
+        })
+        .collect();
+    let serving = per_group.iter().filter(|g| g.healthy > 0).count();
+    let (status, word) = if serving == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "fail")
+    } else if serving < per_group.len() {
+        (StatusCode::OK, "warn")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "pass")
     };
+    let healthy = list.iter().filter(|b| b.healthy).count();
     let body = serde_json::json!({
-        "status": if healthy > 0 { "pass" } else { "fail" },
+        "status": word,
         "healthy": healthy,
+        "groups": per_group,
         "backends": list,
     });
     (status, Json(body)).into_response()
@@ -154,8 +192,19 @@ async fn admin(State(pages): State<Pages>, Query(query): Query<AdminQuery>) -> R
     }
     // The state table is filled in here too: it reads without the script, and the script
     // replaces it on its first update.
+    // With several groups, each group's rows follow a row naming it.
+    let groups = pages.dashboard.groups();
     let mut rows = String::new();
-    for b in backends(pages.dashboard.upstream()) {
+    let mut group: Option<String> = None;
+    for b in backends(groups) {
+        if groups.len() > 1 && group.as_deref() != Some(b.group.as_str()) {
+            let _ = write!(
+                rows,
+                "<tr class=\"group\" data-group=\"{name}\"><th colspan=\"10\">{name}</th></tr>",
+                name = escape(&b.group),
+            );
+            group = Some(b.group.clone());
+        }
         let status = b.state;
         let _ = write!(
             rows,

@@ -81,7 +81,8 @@ pub struct AdminConfig {
     /// path (no percent-decoding, case-sensitive, as the instances' routers match), so
     /// `/%68ealth` reaches no health endpoint either. Default `/metrics`, `/health`.
     pub paths: Vec<String>,
-    /// The gateway's own health (200 while a backend is healthy). Default `/lb-health`.
+    /// The gateway's own health (200 while some upstream group has a healthy backend, with each
+    /// group's state in the JSON). Default `/lb-health`.
     pub health_path: String,
     /// The page listing the backends and their state. Default `/admin`.
     pub page_path: String,
@@ -602,13 +603,17 @@ pub(crate) struct Parts<'a> {
     pub(crate) admin: &'a AdminConfig,
     /// At least one.
     pub(crate) upstreams: Vec<HttpUpstream>,
+    /// The groups' names, in the order of `upstreams` (the operators' pages show them; a
+    /// group without one is named by its index).
+    pub(crate) group_names: Vec<String>,
     pub(crate) routes: Vec<Route>,
     pub(crate) rate_limits: Option<&'a RateLimitConfig>,
     /// Cached paths and the group they go to.
     #[cfg(feature = "proxy-cache")]
     pub(crate) caches: Vec<(usize, ProxyCacheConfig)>,
-    /// The operators' pages of an earlier build with the same admin settings and group 0, to
-    /// keep (the dashboard's history goes on across a reload). Made anew when `None`.
+    /// The operators' pages of an earlier build with the same admin settings and the same
+    /// groups (names, order and upstreams), to keep (the dashboard's history goes on across a
+    /// reload). Made anew when `None`.
     pub(crate) pages: Option<Router>,
 }
 
@@ -630,6 +635,7 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
     build(Parts {
         admin: &config.admin,
         upstreams: vec![upstream],
+        group_names: vec!["upstream".to_owned()],
         routes: vec![Route::catch_all(0)],
         rate_limits: config.rate_limits.as_ref(),
         #[cfg(feature = "proxy-cache")]
@@ -655,6 +661,20 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
             reason: format!("{} is also admin.health_path", admin.page_path),
         });
     }
+    // The pages show every group by name.
+    let groups: Vec<crate::dashboard::Group> = parts
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, upstream)| crate::dashboard::Group {
+            name: parts
+                .group_names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("group {i}")),
+            upstream: upstream.clone(),
+        })
+        .collect();
     let mut upstreams = parts.upstreams.into_iter();
     let Some(upstream) = upstreams.next() else {
         return Err(Error::InvalidConfig {
@@ -680,9 +700,9 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
     // Longest prefix first: the first match is the longest.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     #[allow(unused_mut)]
-    let base_pages = parts.pages.unwrap_or_else(|| {
-        crate::pages::router(upstream.clone(), &admin.health_path, &admin.page_path)
-    });
+    let base_pages = parts
+        .pages
+        .unwrap_or_else(|| crate::pages::router(groups, &admin.health_path, &admin.page_path));
     #[allow(unused_mut)]
     let mut pages = base_pages.clone();
     #[allow(unused_mut)]

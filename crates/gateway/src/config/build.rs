@@ -78,7 +78,7 @@ impl App for Reloadable {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
     /// Groups kept as they were (same settings): their endpoints' state goes on (and with the
-    /// first group and `[admin]` unchanged, the dashboard's history). By name.
+    /// groups all kept and `[admin]` unchanged, the dashboard's history). By name.
     pub kept: Vec<String>,
     /// Groups built anew (new, or with changed settings). By name.
     pub rebuilt: Vec<String>,
@@ -144,12 +144,12 @@ fn terminators(config: &FileConfig) -> Result<Vec<(usize, TlsTerminator)>, Confi
 struct Pages {
     router: axum::Router,
     admin: super::AdminSection,
-    /// Group 0's name.
-    main: String,
+    /// The groups' names, in order.
+    groups: Vec<String>,
 }
 
 /// Also returns the names of the groups kept from `previous`, and the pages to hand to the next
-/// build. `previous_pages` are kept when the admin settings and group 0 (kept) are the same.
+/// build. `previous_pages` are kept when the admin settings and the groups (all kept) are the same.
 async fn build(
     config: &FileConfig,
     previous: &Groups,
@@ -188,16 +188,15 @@ async fn build(
     }
     let admin = config.admin.to_admin();
     let rate_limits = config.rate_limits()?;
-    let main = order
-        .first()
-        .map(|name| (*name).to_owned())
-        .unwrap_or_default();
+    let names: Vec<String> = order.iter().map(|name| (*name).to_owned()).collect();
     let pages = previous_pages
-        .filter(|p| p.admin == config.admin && p.main == main && kept.contains(&main))
+        .filter(|p| p.admin == config.admin && p.groups == names)
+        .filter(|_| names.iter().all(|name| kept.contains(name)))
         .map(|p| p.router.clone());
     let built = service::build(Parts {
         admin: &admin,
         upstreams,
+        group_names: names.clone(),
         routes: config.service_routes(&order)?,
         rate_limits: rate_limits.as_ref(),
         #[cfg(feature = "proxy-cache")]
@@ -208,7 +207,7 @@ async fn build(
     let pages = Pages {
         router: built.pages,
         admin: config.admin.clone(),
-        main,
+        groups: names,
     };
     let observe = config.observe.as_ref().map(ObserveLayer::new).transpose()?;
     let current = Current {

@@ -1,6 +1,7 @@
 //! The admin dashboard's data: a sampler that reads every endpoint's counters once a second into
 //! bounded time series (requests/s, p99, errors/s, state changes), and a poller that reads each
-//! instance's deep health every few seconds. Both are background tasks on the runtime that built
+//! instance's deep health every few seconds, for every upstream group (one clock for all of them,
+//! so one cursor serves the whole page). Both are background tasks on the runtime that built
 //! the pages; they hold the dashboard only weakly and end once the gateway's service is gone
 //! (or its runtime stops). The page itself and its assets are in `assets/`, compiled in.
 
@@ -20,9 +21,9 @@ use series::Series;
 pub(crate) use series::status_name;
 
 /// The page, its script and its style sheet.
-pub(super) const PAGE_HTML: &str = include_str!("assets/index.html");
-pub(super) const APP_JS: &str = include_str!("assets/app.js");
-pub(super) const APP_CSS: &str = include_str!("assets/app.css");
+pub(crate) const PAGE_HTML: &str = include_str!("assets/index.html");
+pub(crate) const APP_JS: &str = include_str!("assets/app.js");
+pub(crate) const APP_CSS: &str = include_str!("assets/app.css");
 
 /// How often the endpoints are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -36,10 +37,18 @@ const POLLS: usize = 200;
 const HEALTH_PATH: &str = "/health";
 const METRICS_PATH: &str = "/metrics";
 
+/// One upstream group shown on the pages: its name (the config file's `[upstreams.NAME]`) and
+/// its upstream.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) name: String,
+    pub(crate) upstream: HttpUpstream,
+}
+
 /// The dashboard's state, shared by the page handler and the background tasks.
 #[derive(Debug)]
-pub(super) struct Dashboard {
-    upstream: HttpUpstream,
+pub(crate) struct Dashboard {
+    groups: Vec<Group>,
     state: Mutex<State>,
 }
 
@@ -48,8 +57,10 @@ struct State {
     /// The last time stamp handed out (ms since the epoch), so stamps only go up and a reader's
     /// cursor never skips a point written after it read.
     last_stamp: u64,
-    series: Series,
-    instances: Instances,
+    /// Per group, in the order of [`Dashboard::groups`].
+    series: Vec<Series>,
+    /// Per group, likewise.
+    instances: Vec<Instances>,
     /// Whether the background tasks run (not without a runtime).
     sampling: bool,
 }
@@ -65,18 +76,18 @@ impl State {
 }
 
 impl Dashboard {
-    /// The dashboard over `upstream`'s endpoints, its sampler and poller started on the current
+    /// The dashboard over the `groups`' endpoints, its sampler and poller started on the current
     /// runtime (without one, the page shows the endpoints' state but no series).
-    pub(super) fn start(upstream: HttpUpstream) -> Arc<Self> {
+    pub(crate) fn start(groups: Vec<Group>) -> Arc<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let dashboard = Arc::new(Dashboard {
-            upstream,
             state: Mutex::new(State {
                 last_stamp: 0,
-                series: Series::new(SAMPLES),
-                instances: Instances::new(POLLS),
+                series: groups.iter().map(|_| Series::new(SAMPLES)).collect(),
+                instances: groups.iter().map(|_| Instances::new(POLLS)).collect(),
                 sampling: runtime.is_some(),
             }),
+            groups,
         });
         if let Some(runtime) = runtime {
             runtime.spawn(sample(Arc::downgrade(&dashboard)));
@@ -85,16 +96,34 @@ impl Dashboard {
         dashboard
     }
 
-    /// The upstream whose endpoints are shown.
-    pub(super) fn upstream(&self) -> &HttpUpstream {
-        &self.upstream
+    /// The groups whose endpoints are shown, in the gateway's order (the first is the one a
+    /// [`GatewayConfig`](crate::GatewayConfig)'s or a config file's main route goes to).
+    pub(crate) fn groups(&self) -> &[Group] {
+        &self.groups
     }
 
     /// Everything after `since` (a `cursor` of an earlier answer; 0: everything kept), with the
-    /// cursor to ask from next time.
-    pub(super) fn data(&self, since: u64) -> Value {
+    /// cursor to ask from next time. Every endpoint, event and instance names its `group`;
+    /// `groups` lists the groups in order with their endpoints counted.
+    pub(crate) fn data(&self, since: u64) -> Value {
         let state = self.state.lock();
-        let (endpoints, events) = state.series.view(since, METRICS_PATH);
+        let mut endpoints = Vec::new();
+        let mut events = Vec::new();
+        let mut instances = Vec::new();
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for ((group, series), polled) in self.groups.iter().zip(&state.series).zip(&state.instances)
+        {
+            let (group_endpoints, group_events) = series.view(since, METRICS_PATH);
+            let healthy = group_endpoints.iter().filter(|e| e.healthy()).count();
+            groups.push(serde_json::json!({
+                "name": group.name,
+                "endpoints": group_endpoints.len(),
+                "healthy": healthy,
+            }));
+            endpoints.extend(tagged(group_endpoints, &group.name));
+            events.extend(tagged(group_events, &group.name));
+            instances.extend(tagged(polled.view(since, METRICS_PATH), &group.name));
+        }
         serde_json::json!({
             "cursor": state.last_stamp,
             "sampling": state.sampling,
@@ -102,11 +131,27 @@ impl Dashboard {
             "window_s": (SAMPLE_EVERY * SAMPLES as u32).as_secs(),
             "poll_ms": POLL_EVERY.as_millis() as u64,
             "health_path": HEALTH_PATH,
+            "groups": groups,
             "endpoints": endpoints,
             "events": events,
-            "instances": state.instances.view(since, METRICS_PATH),
+            "instances": instances,
         })
     }
+}
+
+/// `items` as JSON objects, each with `"group": group` added.
+fn tagged<T: serde::Serialize>(items: Vec<T>, group: &str) -> Vec<Value> {
+    items
+        .into_iter()
+        .filter_map(|item| {
+            // These are structs of plain fields: serializing them cannot fail.
+            let mut value = serde_json::to_value(item).ok()?;
+            if let Value::Object(map) = &mut value {
+                map.insert("group".to_owned(), Value::String(group.to_owned()));
+            }
+            Some(value)
+        })
+        .collect()
 }
 
 /// Samples the endpoints every [`SAMPLE_EVERY`] until the dashboard is gone.
@@ -119,13 +164,19 @@ async fn sample(dashboard: Weak<Dashboard>) {
         let Some(dashboard) = dashboard.upgrade() else {
             return;
         };
-        let infos = dashboard.upstream.endpoints();
+        let infos: Vec<_> = dashboard
+            .groups
+            .iter()
+            .map(|g| g.upstream.endpoints())
+            .collect();
         let now = tokio::time::Instant::now();
         let elapsed = now.saturating_duration_since(last).as_secs_f64();
         last = now;
         let mut state = dashboard.state.lock();
         let t = state.stamp();
-        state.series.sample(t, elapsed, &infos);
+        for (series, infos) in state.series.iter_mut().zip(&infos) {
+            series.sample(t, elapsed, infos);
+        }
     }
 }
 
@@ -137,22 +188,34 @@ async fn poll(dashboard: Weak<Dashboard>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let addresses: Vec<String> = match dashboard.upgrade() {
+        // Per group, its instances' addresses.
+        let addresses: Vec<Vec<String>> = match dashboard.upgrade() {
             Some(d) => {
-                let addresses: Vec<String> = d
-                    .upstream
-                    .endpoints()
-                    .into_iter()
-                    .map(|e| e.key.to_string())
+                let addresses: Vec<Vec<String>> = d
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        g.upstream
+                            .endpoints()
+                            .into_iter()
+                            .map(|e| e.key.to_string())
+                            .collect()
+                    })
                     .collect();
-                d.state.lock().instances.retain(&addresses);
+                let mut state = d.state.lock();
+                for (instances, addresses) in state.instances.iter_mut().zip(&addresses) {
+                    instances.retain(addresses);
+                }
                 addresses
             }
             None => return,
         };
-        let polls = addresses.iter().map(|address| {
-            let poller = poller.clone();
-            async move { (address, poller.poll(address, HEALTH_PATH).await) }
+        let poller = &poller;
+        let polls = addresses.iter().enumerate().flat_map(|(group, addresses)| {
+            addresses.iter().map(move |address| {
+                let poller = poller.clone();
+                async move { (group, address, poller.poll(address, HEALTH_PATH).await) }
+            })
         });
         let results = futures_util::future::join_all(polls).await;
         let Some(dashboard) = dashboard.upgrade() else {
@@ -160,8 +223,10 @@ async fn poll(dashboard: Weak<Dashboard>) {
         };
         let mut state = dashboard.state.lock();
         let t = state.stamp();
-        for (address, polled) in results {
-            state.instances.record(address, t, polled);
+        for (group, address, polled) in results {
+            if let Some(instances) = state.instances.get_mut(group) {
+                instances.record(address, t, polled);
+            }
         }
     }
 }

@@ -269,6 +269,13 @@ pub(super) struct EndpointView {
     in_flight_points: Vec<u64>,
 }
 
+impl EndpointView {
+    /// Whether the endpoint takes requests now.
+    pub(super) fn healthy(&self) -> bool {
+        self.healthy
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
