@@ -383,16 +383,33 @@ impl Net {
     /// Drops every packet between host `a` and everyone else (the other hosts and the test
     /// process), both ways, silently. Undone by [`Net::heal`].
     ///
+    /// The cut is made as nearly at once as neighbour entries allow, in this order:
+    /// 1. the test process's link to `a` (one entry in the root namespace): requests from the
+    ///    test's clients stop reaching `a`;
+    /// 2. everything `a` sends, to the test process and to every other host, in one `ip -batch`
+    ///    run in `a`'s namespace (one process, one netlink message per peer, microseconds
+    ///    apart): `a` stops answering its clients and stops replicating at the same moment, so a
+    ///    Redis master or PostgreSQL primary cannot acknowledge a write its replicas no longer
+    ///    receive (cutting peer by peer, milliseconds apart, could);
+    /// 3. what the other hosts send to `a`, host by host.
+    ///
+    /// Between steps, `a` may still receive packets it can no longer answer.
+    ///
     /// # Errors
-    /// [`Error::InvalidState`] for an unknown host; [`Error::Command`] when `ip` fails.
+    /// [`Error::InvalidState`] for an unknown host; [`Error::Command`] when `ip` fails (entries
+    /// already installed stay until [`Net::heal`]).
     pub fn isolate(&self, a: &str) -> Result<()> {
         let ha = self.host(a)?;
-        for other in self.hosts.iter().filter(|h| h.name != a) {
-            self.blackhole(Some(&ha.netns), "eth0", other.ip)?;
+        let others: Vec<&Host> = self.hosts.iter().filter(|h| h.name != a).collect();
+        self.blackhole(None, &self.root_link, ha.ip)?;
+        let outbound: Vec<Ipv4Addr> = std::iter::once(self.test_ip())
+            .chain(others.iter().map(|h| h.ip))
+            .collect();
+        self.blackhole_all(&ha.netns, "eth0", &outbound)?;
+        for other in others {
             self.blackhole(Some(&other.netns), "eth0", ha.ip)?;
         }
-        self.blackhole(Some(&ha.netns), "eth0", self.test_ip())?;
-        self.blackhole(None, &self.root_link, ha.ip)
+        Ok(())
     }
 
     /// Undoes every [`partition`](Net::partition) and [`isolate`](Net::isolate): the static
@@ -408,6 +425,16 @@ impl Net {
             self.ip(&["-n", &h.netns, "neigh", "flush", "nud", "permanent"])?;
         }
         self.ip(&["neigh", "flush", "dev", &self.root_link, "nud", "permanent"])
+    }
+
+    /// Frames from namespace `netns` via `dev` to each of `ips` go to a MAC nobody has: one
+    /// `ip -n NETNS -batch -` run, so the entries take effect microseconds apart.
+    fn blackhole_all(&self, netns: &str, dev: &str, ips: &[Ipv4Addr]) -> Result<()> {
+        let script: String = ips
+            .iter()
+            .map(|ip| format!("neigh replace {ip} lladdr {NOWHERE_MAC} dev {dev} nud permanent\n"))
+            .collect();
+        ip_batch(&self.ip_program, netns, &script)
     }
 
     /// Frames from `netns` (None: the root namespace) via `dev` to `ip` go to a MAC nobody has.
@@ -716,6 +743,37 @@ fn ip_output(ip_program: &Path, args: &[&str]) -> Result<String> {
     }
     Err(Error::Command {
         program: format!("ip {}", args.join(" ")),
+        node: "net".to_owned(),
+        status: out.status.to_string(),
+        output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
+/// Runs the `ip` commands in `script` (one a line) in namespace `netns` with one `ip -batch -`.
+fn ip_batch(ip_program: &Path, netns: &str, script: &str) -> Result<()> {
+    use std::io::Write as _;
+    let program = format!("ip -n {netns} -batch -");
+    let mut child = Command::new(ip_program)
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(format!("run {program}"), e))?;
+    let written = match child.stdin.take() {
+        // Dropped at the end of the arm: `ip` sees end of input and exits.
+        Some(mut stdin) => stdin.write_all(script.as_bytes()),
+        None => Err(std::io::Error::other("no stdin pipe")),
+    };
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("run {program}"), e))?;
+    written.map_err(|e| Error::io(format!("write the commands of {program}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Command {
+        program,
         node: "net".to_owned(),
         status: out.status.to_string(),
         output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
