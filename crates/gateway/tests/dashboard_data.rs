@@ -2,7 +2,10 @@
 //! gateway in front of two real axum backends under load: each endpoint gets one point a second
 //! with its requests/s and p99, a stopped backend's ejection shows as an event on the timeline,
 //! the cursor returns only what is new, each instance's health report is polled into series,
-//! and the page's assets are served from the binary.
+//! and the page's assets are served from the binary. With two upstream groups (a config file's
+//! `[upstreams.NAME]`), every endpoint, event and instance names its group, and `/lb-health`
+//! reports each group by name: 200 `pass`, then 200 `warn` once one group has no healthy
+//! backend, then 503 `fail` once neither has.
 #![cfg(feature = "axum")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -46,6 +49,7 @@ impl Backend {
         .to_string();
         let app = Router::new()
             .route("/", get(move || async move { name }))
+            .fallback(move || async move { name })
             .route(
                 "/health",
                 get(move || async move {
@@ -76,6 +80,25 @@ impl Drop for Backend {
 
 /// Stops the load on drop (also when an assertion fails).
 struct Load(Arc<AtomicBool>);
+
+impl Load {
+    /// Requests to each of `urls` in a loop, one client each, until dropped.
+    fn start(c: &HttpClient, urls: &[String]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        for url in urls {
+            let (c, url, stop) = (c.clone(), url.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(res) = c.get(url.parse().unwrap()).await {
+                        let _ = res.into_body().collect().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+        Self(stop)
+    }
+}
 
 impl Drop for Load {
     fn drop(&mut self) {
@@ -162,19 +185,7 @@ async fn the_series_show_rates_p99_and_the_ejection_of_a_stopped_backend() {
     let c = client();
 
     // Steady load from two clients until the test ends.
-    let stop = Arc::new(AtomicBool::new(false));
-    let _load = Load(Arc::clone(&stop));
-    for _ in 0..2 {
-        let (c, url, stop) = (c.clone(), format!("{gw}/"), Arc::clone(&stop));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(res) = c.get(url.parse().unwrap()).await {
-                    let _ = res.into_body().collect().await;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-    }
+    let _load = Load::start(&c, &[format!("{gw}/"), format!("{gw}/")]);
 
     // Both endpoints get points with traffic and a p99; the instances' reports are read.
     let has_points = |data: &Value, address: &str| {
@@ -298,10 +309,204 @@ async fn the_series_show_rates_p99_and_the_ejection_of_a_stopped_backend() {
     assert!(js.contains("data=series"));
     let (status, _, css) = get_text(&c, &format!("{gw}/admin?asset=app.css")).await;
     assert_eq!(status, 200);
-    assert!(css.contains("#plots"));
+    assert!(css.contains(".plots"));
     for bad in ["?asset=../Cargo.toml", "?data=everything"] {
         let (status, _, _) = get_text(&c, &format!("{gw}/admin{bad}")).await;
         assert_eq!(status, 404, "{bad}");
     }
     drop(a);
+}
+
+/// `/lb-health`: its status code and JSON.
+async fn lb_health(c: &HttpClient, gw: &str) -> (http::StatusCode, Value) {
+    let (status, _, body) = get_text(c, &format!("{gw}/lb-health")).await;
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// Polls `/lb-health` until it answers `want` with `status` (at most 30 s); returns the JSON.
+async fn wait_for_health(c: &HttpClient, gw: &str, want: u16, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, page) = lb_health(c, gw).await;
+        if code == want && page["status"] == status {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/lb-health {want} {status} within 30 s; last answer: {code} {page:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `page["groups"]` as `(name, status, healthy, backends)`.
+fn groups_of(page: &Value) -> Vec<(String, String, u64, u64)> {
+    page["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().to_owned(),
+                g["status"].as_str().unwrap().to_owned(),
+                g["healthy"].as_u64().unwrap(),
+                g["backends"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(feature = "config")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_group_has_its_series_and_its_health_by_name() {
+    use herd_gateway::config::{FileConfig, Gateway};
+
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let api = Backend::start("api").await;
+    let (a_addr, b_addr, api_addr) = (a.addr.to_string(), b.addr.to_string(), api.addr.to_string());
+    // Fast active checks, so that a stopped backend is out within a second.
+    let check = "health_check = { path = \"/health\", interval = \"200ms\", timeout = \"500ms\", \
+                 rise = 1, fall = 1 }";
+    let config = FileConfig::parse(&format!(
+        r#"
+workers = 1
+[[listen]]
+address = "127.0.0.1:0"
+[upstreams.web]
+servers = [{{ address = "{a_addr}" }}, {{ address = "{b_addr}" }}]
+{check}
+[upstreams.api]
+servers = [{{ address = "{api_addr}" }}]
+{check}
+[[routes]]
+prefix = "/"
+upstream = "web"
+[[routes]]
+prefix = "/api/"
+upstream = "api"
+"#
+    ))
+    .unwrap();
+    let mut gateway = Gateway::start(config).await.unwrap();
+    let gw = format!("http://{}", gateway.addrs()[0]);
+    let c = client();
+    let _load = Load::start(&c, &[format!("{gw}/"), format!("{gw}/api/items")]);
+
+    // Each group's endpoints get busy points with a p99, and name their group; so do the
+    // instances' reports.
+    let busy = |data: &Value, address: &str, group: &str| {
+        endpoint(data, address).is_some_and(|e| {
+            let rps = e["rps"].as_array().unwrap();
+            let p99 = e["p99_ms"].as_array().unwrap();
+            e["group"] == group
+                && rps.iter().filter(|v| v.as_f64() > Some(0.0)).count() >= 3
+                && p99.iter().filter(|v| v.is_number()).count() >= 3
+        })
+    };
+    let reported = |data: &Value, address: &str, group: &str| {
+        data["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["address"] == address && i["group"] == group && i["status"] == "pass")
+    };
+    let data = wait_for(
+        &c,
+        &gw,
+        30,
+        "busy samples and reports in both groups",
+        |d| {
+            busy(d, &a_addr, "web")
+                && busy(d, &b_addr, "web")
+                && busy(d, &api_addr, "api")
+                && reported(d, &a_addr, "web")
+                && reported(d, &api_addr, "api")
+        },
+    )
+    .await;
+    let names: Vec<&str> = data["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "api"], "the main route's group first");
+    assert_eq!(data["groups"][0]["endpoints"], 2);
+    assert_eq!(data["groups"][1]["endpoints"], 1);
+    assert_eq!(data["endpoints"].as_array().unwrap().len(), 3);
+
+    // Every group serves: 200 pass, each group by name, each backend with its group.
+    let (status, page) = lb_health(&c, &gw).await;
+    assert_eq!(status, 200, "{page:#}");
+    assert_eq!(page["status"], "pass");
+    assert_eq!(page["healthy"], 3);
+    assert_eq!(
+        groups_of(&page),
+        [
+            ("web".to_owned(), "pass".to_owned(), 2, 2),
+            ("api".to_owned(), "pass".to_owned(), 1, 1)
+        ]
+    );
+    let group_of = |page: &Value, address: &str| {
+        page["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == address)
+            .map(|b| b["group"].clone())
+    };
+    assert_eq!(group_of(&page, &a_addr), Some("web".into()));
+    assert_eq!(group_of(&page, &api_addr), Some("api".into()));
+
+    // The page's table names both groups and lists every endpoint.
+    let (status, _, html) = get_text(&c, &format!("{gw}/admin")).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "data-group=\"web\"",
+        "data-group=\"api\"",
+        &a_addr,
+        &b_addr,
+        &api_addr,
+    ] {
+        assert!(html.contains(needle), "{needle} in {html}");
+    }
+
+    // The api group's only backend stops: the gateway still serves the web group, so it stays
+    // in rotation (200) but says `warn`, and the api group `fail`. The state change is on the
+    // api group's timeline.
+    api.kill();
+    let page = wait_for_health(&c, &gw, 200, "warn").await;
+    assert_eq!(
+        groups_of(&page),
+        [
+            ("web".to_owned(), "pass".to_owned(), 2, 2),
+            ("api".to_owned(), "fail".to_owned(), 0, 1)
+        ]
+    );
+    let data = wait_for(&c, &gw, 30, "the api backend's state change", |d| {
+        d["events"].as_array().unwrap().iter().any(|e| {
+            e["endpoint"] == api_addr.as_str() && e["from"] == "healthy" && e["group"] == "api"
+        })
+    })
+    .await;
+    assert_eq!(data["groups"][1]["healthy"], 0);
+    assert_eq!(data["groups"][0]["healthy"], 2);
+    assert!(
+        data["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["endpoint"] == api_addr.as_str()),
+        "the web group had no state change: {:#}",
+        data["events"]
+    );
+
+    // Neither group can serve: 503 fail.
+    a.kill();
+    b.kill();
+    let page = wait_for_health(&c, &gw, 503, "fail").await;
+    assert_eq!(page["healthy"], 0);
+    assert!(groups_of(&page).iter().all(|g| g.1 == "fail" && g.2 == 0));
+    gateway.stop();
 }

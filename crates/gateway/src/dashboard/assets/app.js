@@ -1,5 +1,7 @@
 // The gateway's dashboard: reads `?data=series&since=CURSOR` every second and draws the plots on
-// <canvas>. No libraries: everything here is served by the gateway itself.
+// <canvas>, one section (plots, endpoints' table, state changes) per upstream group: the page's
+// own for the first, copies of it for the others, each titled with its group's name when there
+// are several. No libraries: everything here is served by the gateway itself.
 'use strict';
 (() => {
   const PALETTE = ['#4e9cf5', '#f5a524', '#3ec28f', '#e5484d', '#a78bfa', '#22c3d6', '#f472b6',
@@ -16,11 +18,10 @@
   let windowMs = 600000;
   let lastT = 0;
   let firstT = 0; // the oldest point kept
-  let highlight = null;
-  const endpoints = new Map(); // address -> endpoint state and points
+  // name -> { name, endpoints: Map(address -> state and points), events, highlight, dom }
+  const groups = new Map();
   const colorOf = new Map(); // address -> colour, stable while the page is open
-  let events = [];
-  const instances = new Map(); // address -> latest report and series
+  const instances = new Map(); // address -> latest report and series (once across groups)
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs, ...children) => {
@@ -51,17 +52,66 @@
     if (n > 0) { t.splice(0, n); for (const c of columns) c.splice(0, n); }
   }
 
+  // The section of the group at `index`: the page's own for the first, a copy for the others
+  // (its ids suffixed), before the instances.
+  function groupDom(index) {
+    const ids = ['plots', 'side', 'plot-rps', 'plot-p99', 'plot-errors', 'timeline', 'endpoints', 'events'];
+    const dom = { title: null, parts: [] };
+    if (index === 0) {
+      for (const id of ids) dom[id] = $(id);
+    } else {
+      for (const id of ['plots', 'side']) {
+        const copy = $(id).cloneNode(true);
+        for (const e of [copy, ...copy.querySelectorAll('[id]')]) {
+          if (ids.includes(e.id)) dom[e.id] = e;
+          e.id = `${e.id}-${index}`;
+        }
+        $('instances').before(copy);
+        dom.parts.push(copy);
+      }
+    }
+    return dom;
+  }
+
+  // Makes the page's sections those of `names`, in order (anew when the list changed).
+  function setGroups(names) {
+    const now = [...groups.keys()];
+    if (now.length === names.length && now.every((n, i) => n === names[i])) return;
+    for (const g of groups.values()) {
+      for (const e of g.dom.parts) e.remove();
+      if (g.dom.title) g.dom.title.remove();
+    }
+    groups.clear();
+    const several = names.length > 1;
+    document.querySelector('main').classList.toggle('groups', several);
+    names.forEach((name, index) => {
+      const g = { name, endpoints: new Map(), events: [], highlight: null, dom: groupDom(index) };
+      if (several) {
+        g.dom.title = el('h2', { class: 'group-title', 'data-group': name, text: name });
+        g.dom.plots.before(g.dom.title);
+      }
+      for (const e of [g.dom.plots, g.dom.side]) e.dataset.group = name;
+      hover(g, g.dom['plot-rps'], 'rps', 'req/s');
+      hover(g, g.dom['plot-p99'], 'p99', 'ms');
+      hover(g, g.dom['plot-errors'], 'errors', 'err/s');
+      groups.set(name, g);
+    });
+  }
+
   function merge(d) {
     cursor = d.cursor;
     windowMs = (d.window_s || 600) * 1000;
     lastT = Math.max(lastT, d.cursor);
+    setGroups((d.groups || [{ name: '' }]).map((g) => g.name));
+    const groupOf = (item) => groups.get(item.group ?? '') || groups.values().next().value;
     const seen = new Set();
     for (const e of d.endpoints) {
-      seen.add(e.address);
-      let s = endpoints.get(e.address);
+      const g = groupOf(e);
+      seen.add(g.name + '\n' + e.address);
+      let s = g.endpoints.get(e.address);
       if (!s) {
         s = { t: [], rps: [], p99: [], errors: [] };
-        endpoints.set(e.address, s);
+        g.endpoints.set(e.address, s);
       }
       Object.assign(s, {
         address: e.address, status: e.status, healthy: e.healthy, in_flight: e.in_flight,
@@ -70,9 +120,11 @@
       s.t.push(...e.t); s.rps.push(...e.rps); s.p99.push(...e.p99_ms); s.errors.push(...e.errors);
       trim(s.t, s.rps, s.p99, s.errors);
     }
-    for (const a of [...endpoints.keys()]) if (!seen.has(a)) endpoints.delete(a);
-    events.push(...d.events);
-    events = events.filter((e) => e.t >= lastT - windowMs).slice(-1000);
+    for (const g of groups.values()) {
+      for (const a of [...g.endpoints.keys()]) if (!seen.has(g.name + '\n' + a)) g.endpoints.delete(a);
+    }
+    for (const e of d.events) groupOf(e).events.push(e);
+    for (const g of groups.values()) g.events = g.events.filter((e) => e.t >= lastT - windowMs).slice(-1000);
 
     const seenInstances = new Set();
     for (const i of d.instances) {
@@ -92,8 +144,10 @@
       }
     }
     for (const a of [...instances.keys()]) if (!seenInstances.has(a)) instances.delete(a);
-    firstT = Math.min(...[...endpoints.values()].map((s) => s.t.length ? s.t[0] : lastT), lastT);
+    firstT = Math.min(...allEndpoints().map((s) => s.t.length ? s.t[0] : lastT), lastT);
   }
+
+  const allEndpoints = () => [...groups.values()].flatMap((g) => [...g.endpoints.values()]);
 
   // The time shown: the whole window once it is full, else what there is (at least a minute),
   // so that a fresh page does not squeeze its first points against the right edge.
@@ -142,9 +196,9 @@
     }
   }
 
-  function eventMarks(ctx, w, h, t0, t1) {
+  function eventMarks(g, ctx, w, h, t0, t1) {
     const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (t - t0) / (t1 - t0);
-    for (const e of events) {
+    for (const e of g.events) {
       if (e.t < t0 || e.to === 'healthy' && e.from == null) continue;
       const x = Math.round(xOf(e.t)) + 0.5;
       ctx.strokeStyle = STATE_COLORS[e.to] || '#888';
@@ -157,14 +211,15 @@
   }
 
   // One line per endpoint; `null` values leave a gap. Returns the points drawn per endpoint.
-  function linePlot(canvas, column, yFmt) {
+  function linePlot(g, canvas, column, yFmt) {
+    const { endpoints, highlight } = g;
     const { ctx, w, h } = sizeCanvas(canvas);
     const t1 = lastT || Date.now(), t0 = t1 - span();
     let max = 0;
     for (const s of endpoints.values()) for (const v of s[column]) if (v != null && v > max) max = v;
     const yMax = niceMax(max);
     axes(ctx, w, h, t0, t1, yMax, yFmt);
-    eventMarks(ctx, w, h, t0, t1);
+    eventMarks(g, ctx, w, h, t0, t1);
     const xOf = (t) => PAD.l + (w - PAD.l - PAD.r) * (t - t0) / (t1 - t0);
     const yOf = (v) => PAD.t + (h - PAD.t - PAD.b) * (1 - Math.min(v, yMax) / yMax);
     const drawn = {};
@@ -197,8 +252,8 @@
   }
 
   // Each endpoint's state over time, as a coloured band per endpoint.
-  function timeline(canvas) {
-    const list = [...endpoints.values()];
+  function timeline(g, canvas) {
+    const list = [...g.endpoints.values()];
     const rowH = Math.max(5, Math.min(14, Math.floor(140 / Math.max(1, list.length))));
     const { ctx, w, h } = sizeCanvas(canvas, list.length * rowH + PAD.b + 2);
     const t1 = lastT || Date.now(), t0 = t1 - span();
@@ -206,7 +261,7 @@
     const drawnEvents = [];
     ctx.font = '9px system-ui, sans-serif'; ctx.textBaseline = 'middle'; ctx.textAlign = 'right';
     list.forEach((s, row) => {
-      const mine = events.filter((e) => e.endpoint === s.address);
+      const mine = g.events.filter((e) => e.endpoint === s.address);
       const y = row * rowH + 1;
       let state = mine.length ? (mine[0].from || 'unknown') : s.status;
       let from = t0;
@@ -262,31 +317,36 @@
 
   // ---- page ----
 
-  function renderPlots() {
-    linePlot($('plot-rps'), 'rps', (v) => fmt(v, v < 10 ? 1 : 0));
-    linePlot($('plot-p99'), 'p99', (v) => fmt(v, v < 10 ? 1 : 0));
-    linePlot($('plot-errors'), 'errors', (v) => fmt(v, v < 10 ? 1 : 0));
-    timeline($('timeline'));
+  function renderPlots(g) {
+    linePlot(g, g.dom['plot-rps'], 'rps', (v) => fmt(v, v < 10 ? 1 : 0));
+    linePlot(g, g.dom['plot-p99'], 'p99', (v) => fmt(v, v < 10 ? 1 : 0));
+    linePlot(g, g.dom['plot-errors'], 'errors', (v) => fmt(v, v < 10 ? 1 : 0));
+    timeline(g, g.dom.timeline);
   }
 
   function render() {
-    const list = [...endpoints.values()];
-    for (const s of list) color(s.address);
-    renderPlots();
-    renderTable(list);
-    renderEvents();
+    for (const g of groups.values()) {
+      const list = [...g.endpoints.values()];
+      for (const s of list) color(s.address);
+      renderPlots(g);
+      renderTable(g, list);
+      renderEvents(g);
+    }
     renderInstances();
+    const list = allEndpoints();
     const healthy = list.filter((s) => s.healthy).length;
     const rps = list.reduce((a, s) => a + (last(s.rps) || 0), 0);
     const errors = list.reduce((a, s) => a + (last(s.errors) || 0), 0);
+    const serving = [...groups.values()].filter((g) => [...g.endpoints.values()].some((s) => s.healthy)).length;
     $('summary').innerHTML = '';
     $('summary').append(
       el('span', {}, el('b', { text: `${healthy}/${list.length}` }), ' endpoints healthy · '),
+      groups.size > 1 ? el('span', {}, el('b', { text: `${serving}/${groups.size}` }), ' groups serving · ') : null,
       el('b', { text: fmt(rps, 1) }), ' req/s · ', el('b', { text: fmt(errors, 1) }), ' err/s');
   }
 
-  function renderTable(list) {
-    const body = $('endpoints').tBodies[0];
+  function renderTable(g, list) {
+    const body = g.dom.endpoints.tBodies[0];
     const rows = list.map((s) => {
       const tr = el('tr', { 'data-endpoint': s.address, 'data-points': String(s.t.length) },
         el('td', {}, el('span', { class: 'swatch' })),
@@ -300,18 +360,18 @@
         el('td', { text: `${s.requests.toLocaleString('en')} / ${s.failures.toLocaleString('en')}` }),
         el('td', {}, el('a', { href: s.metrics_url, target: '_blank', rel: 'noopener', text: 'metrics' })));
       tr.firstChild.firstChild.style.background = color(s.address);
-      if (s.address === highlight) tr.classList.add('hl');
+      if (s.address === g.highlight) tr.classList.add('hl');
       // Hovering a row brings its endpoint's lines forward.
-      tr.addEventListener('mouseenter', () => { highlight = s.address; tr.classList.add('hl'); renderPlots(); });
-      tr.addEventListener('mouseleave', () => { highlight = null; tr.classList.remove('hl'); renderPlots(); });
+      tr.addEventListener('mouseenter', () => { g.highlight = s.address; tr.classList.add('hl'); renderPlots(g); });
+      tr.addEventListener('mouseleave', () => { g.highlight = null; tr.classList.remove('hl'); renderPlots(g); });
       return tr;
     });
     body.replaceChildren(...rows);
   }
 
-  function renderEvents() {
-    const ol = $('events');
-    const shown = events.slice(-30).reverse();
+  function renderEvents(g) {
+    const ol = g.dom.events;
+    const shown = g.events.slice(-30).reverse();
     ol.replaceChildren(...shown.map((e) => el('li', { 'data-to': e.to },
       `${clock(e.t)} `, el('b', { text: e.endpoint }), ` ${e.from || 'joined'} → `,
       el('span', { class: `badge s-${e.to}`, text: e.to.replace('_', ' ') }))));
@@ -448,14 +508,20 @@
   }
 
   // Hovering a plot shows every endpoint's value at that time.
-  function hover(canvas, column, unit) {
+  // (Bound once per canvas: a new list of groups hands the first section's canvases to the new
+  // first group.)
+  function hover(g, canvas, column, unit) {
     const tip = $('tooltip');
+    const bound = canvas.hoverGroup !== undefined;
+    canvas.hoverGroup = g;
+    if (bound) return;
     canvas.addEventListener('mousemove', (ev) => {
+      const g = canvas.hoverGroup;
       const r = canvas.getBoundingClientRect();
       const t1 = lastT, t0 = t1 - span();
       const t = t0 + (t1 - t0) * (ev.clientX - r.left - PAD.l) / (r.width - PAD.l - PAD.r);
       const lines = [];
-      for (const s of endpoints.values()) {
+      for (const s of g.endpoints.values()) {
         let best = -1, dist = Infinity;
         s.t.forEach((x, j) => { const d = Math.abs(x - t); if (d < dist) { dist = d; best = j; } });
         if (best >= 0 && dist < 5000) lines.push([s.address, s[column][best]]);
@@ -497,9 +563,6 @@
 
   document.addEventListener('DOMContentLoaded', () => {
     legend();
-    hover($('plot-rps'), 'rps', 'req/s');
-    hover($('plot-p99'), 'p99', 'ms');
-    hover($('plot-errors'), 'errors', 'err/s');
     window.addEventListener('resize', () => render());
     refresh();
   });
