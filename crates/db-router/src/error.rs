@@ -1,6 +1,7 @@
 //! The crate's error type.
 
 use std::io;
+use std::time::Duration;
 
 /// Errors of herd-db-router. Each names the node, field or operation that failed.
 ///
@@ -43,6 +44,25 @@ pub enum Error {
         node: String,
         /// The operation.
         operation: &'static str,
+    },
+    /// A statement was sent to `node` and no answer came within `waited` (the node's
+    /// `statement_timeout` plus `check_timeout`): the node or the way to it went silent. The
+    /// router closed that connection (it never returns to the pool) and cannot tell what
+    /// happened: **a write may or may not have committed**. Classified as
+    /// [`ErrorClass::Unavailable`](crate::ErrorClass::Unavailable) (503); do not blindly retry
+    /// a write that is not idempotent, check first whether it took effect.
+    #[error(
+        "no answer from node `{node}` to a {operation} within {waited:?} (statement_timeout + \
+         check_timeout): its connection was closed and the outcome is unknown (a write may or \
+         may not have committed)"
+    )]
+    OutcomeUnknown {
+        /// The node the statement was sent to.
+        node: String,
+        /// The operation.
+        operation: &'static str,
+        /// How long the router waited for the answer.
+        waited: Duration,
     },
     /// A query the router itself runs (monitor, read-your-writes, transaction start) failed.
     #[error("{operation} on node `{node}` failed: {source}")]
@@ -101,6 +121,7 @@ impl Error {
             Error::NoPrimary { .. } | Error::NoEligibleReplica { .. } | Error::NodeDown { .. } => {
                 io::ErrorKind::NotConnected
             }
+            Error::OutcomeUnknown { .. } => io::ErrorKind::TimedOut,
             Error::InvalidConfig { .. } | Error::Parse { .. } => io::ErrorKind::InvalidInput,
         };
         sqlx::Error::Io(io::Error::new(kind, self))
@@ -131,6 +152,23 @@ mod tests {
         .into_sqlx();
         assert!(matches!(passthrough, sqlx::Error::RowNotFound));
         assert!(Error::from_sqlx(&sqlx::Error::PoolTimedOut).is_none());
+        let unknown = Error::OutcomeUnknown {
+            node: "primary".into(),
+            operation: "query",
+            waited: Duration::from_secs(3),
+        }
+        .into_sqlx();
+        assert!(matches!(
+            Error::from_sqlx(&unknown),
+            Some(Error::OutcomeUnknown { waited, .. }) if *waited == Duration::from_secs(3)
+        ));
+        assert!(matches!(&unknown, sqlx::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut));
+        assert_eq!(
+            unknown.to_string(),
+            "error communicating with database: no answer from node `primary` to a query within \
+             3s (statement_timeout + check_timeout): its connection was closed and the outcome \
+             is unknown (a write may or may not have committed)"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::error::Error;
 /// | [`InvalidData`](ErrorClass::InvalidData) | `22xxx` data exceptions (bad encoding, out of range, invalid text) | 400 |
 /// | [`Conflict`](ErrorClass::Conflict) | `23xxx` integrity constraint violations (unique, foreign key, check, not null) | 409 |
 /// | [`Retryable`](ErrorClass::Retryable) | `40001` serialization failure, `40P01` deadlock | retry the transaction; 503 with `Retry-After` if out of retries |
-/// | [`Unavailable`](ErrorClass::Unavailable) | connection errors, `08xxx`, `57P01`–`57P03`, `57014` (statement timeout), `53xxx`, no writable primary, a full pool | 503 with `Retry-After`, marked as a shared dependency's failure |
+/// | [`Unavailable`](ErrorClass::Unavailable) | connection errors, `08xxx`, `57P01`–`57P03`, `57014` (statement timeout), `53xxx`, no writable primary, a full pool, a sent statement with no answer ([`OutcomeUnknown`](Error::OutcomeUnknown)) | 503 with `Retry-After`, marked as a shared dependency's failure |
 /// | [`Internal`](ErrorClass::Internal) | everything else: syntax errors, missing columns, decoding bugs | 500 |
 ///
 /// ```
@@ -51,7 +51,8 @@ impl ErrorClass {
             return match router {
                 Error::NoPrimary { .. }
                 | Error::NoEligibleReplica { .. }
-                | Error::NodeDown { .. } => ErrorClass::Unavailable,
+                | Error::NodeDown { .. }
+                | Error::OutcomeUnknown { .. } => ErrorClass::Unavailable,
                 Error::Query { source, .. } => ErrorClass::of(source),
                 _ => ErrorClass::Internal,
             };
@@ -150,6 +151,13 @@ mod tests {
         }
         .into_sqlx();
         assert_eq!(ErrorClass::of(&no_primary), ErrorClass::Unavailable);
+        let unknown = Error::OutcomeUnknown {
+            node: "primary".into(),
+            operation: "query",
+            waited: Duration::from_secs(3),
+        }
+        .into_sqlx();
+        assert_eq!(ErrorClass::of(&unknown), ErrorClass::Unavailable);
         assert_eq!(
             ErrorClass::of(&sqlx::Error::PoolTimedOut),
             ErrorClass::Unavailable

@@ -9,8 +9,15 @@
 //!
 //! Only the wait for that connection races the node's down signal: a statement that was sent
 //! is never abandoned because the monitor found the node down (a failed or slow check, a
-//! failover), since it may commit anyway and the caller would be told it failed. It finishes
-//! or fails on its own, bounded by the server's `statement_timeout` and the connection.
+//! failover), since it may commit anyway and the caller would be told it failed.
+//!
+//! A sent statement is bounded by time instead (issue #22): the server cancels it at
+//! `statement_timeout`, but on a connection that went silent (packets dropped, no RST or FIN)
+//! that answer never arrives and TCP would keep the caller waiting for minutes. So when the
+//! node has a `statement_timeout`, the wait for the statement's first answer is bounded by
+//! `statement_timeout + check_timeout`; past it the connection is closed (never returned to
+//! the pool) and the caller gets [`Error::OutcomeUnknown`]: the statement may or may not have
+//! taken effect. The rows of a stream after its first one are not bounded.
 
 use std::future;
 
@@ -20,7 +27,9 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use herd_lb_core::Outcome;
 use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgStatement, PgTypeInfo, Postgres};
+use sqlx::postgres::{
+    PgArguments, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo, Postgres,
+};
 use sqlx::{Describe, Either, Execute, Executor, SqlStr};
 
 use crate::classify::{Reason, Route};
@@ -316,18 +325,61 @@ enum ReadNext<T> {
 
 /// One of the connection's executor methods, run on a pooled connection it owns.
 pub(crate) trait Op<T>:
-    Fn(PoolConnection<Postgres>, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>
+    Fn(Sent, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>
 {
 }
 
-impl<T, F> Op<T> for F where
-    F: Fn(PoolConnection<Postgres>, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>>
-{
+impl<T, F> Op<T> for F where F: Fn(Sent, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>> {}
+
+/// The pooled connection a statement is sent on. Dropped before the statement's first answer
+/// (its wait timed out, or the caller dropped the future), it closes the connection instead of
+/// returning it to the pool, where sqlx would first wait for that answer on a connection that
+/// may never give one.
+pub(crate) struct Sent {
+    connection: PoolConnection<Postgres>,
+    answered: bool,
+}
+
+impl Sent {
+    fn new(connection: PoolConnection<Postgres>) -> Self {
+        Self {
+            connection,
+            answered: false,
+        }
+    }
+
+    /// The connection, and the flag to raise once the server has answered.
+    fn parts(&mut self) -> (&mut PgConnection, &mut bool) {
+        (&mut self.connection, &mut self.answered)
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.connection.close_on_drop();
+        }
+    }
+}
+
+/// Runs one of the connection's executor methods on `sent`, marking it answered when it returns.
+macro_rules! answered {
+    ($sent:ident, $query:ident, $method:ident) => {{
+        let mut sent = $sent;
+        async move {
+            let (connection, answered) = sent.parts();
+            let result = connection.$method($query).await;
+            *answered = true;
+            result
+        }
+        .boxed()
+    }};
 }
 
 /// One attempt of a statement on `node`: a connection from its pool, given up as soon as the
 /// node is found down (nothing was sent yet, so any statement may go elsewhere or fail
-/// cleanly), then the statement on that connection, which nothing here interrupts.
+/// cleanly), then the statement on that connection, which only the node's in-flight bound
+/// interrupts (see the module documentation).
 async fn attempt<T>(node: &Node, op: &impl Op<T>, query: RoutedQuery) -> Result<T, sqlx::Error> {
     let connection = match race_down(node, "query", node.pool.acquire()).await {
         Ok(connection) => connection,
@@ -338,7 +390,26 @@ async fn attempt<T>(node: &Node, op: &impl Op<T>, query: RoutedQuery) -> Result<
             return Err(e);
         }
     };
-    op(connection, query).await
+    let sent = op(Sent::new(connection), query);
+    match node.in_flight_timeout {
+        None => sent.await,
+        Some(bound) => match tokio::time::timeout(bound, sent).await {
+            Ok(result) => result,
+            // The statement's future, and with it the connection, was dropped unanswered.
+            Err(_elapsed) => Err(outcome_unknown(node, bound)),
+        },
+    }
+}
+
+#[cold]
+fn outcome_unknown(node: &Node, waited: std::time::Duration) -> sqlx::Error {
+    let error = Error::OutcomeUnknown {
+        node: node.name.to_string(),
+        operation: "query",
+        waited,
+    };
+    tracing::warn!(node = %node.name, %error, "a sent statement got no answer: connection closed");
+    error.into_sqlx()
 }
 
 type Item = Either<PgQueryResult, PgRow>;
@@ -357,13 +428,20 @@ impl<'c> Executor<'c> for &'c DbRouter {
         // first item, and only then hand the rest to the caller.
         let opened = async move {
             shared
-                .run(parts?, |mut connection, q| {
-                    // The rest of the rows stream from the connection the stream owns.
+                .run(parts?, |mut sent, q| {
+                    // The rest of the rows stream from the connection the stream owns; it is
+                    // answered once the first item (or the end, or an error) arrives.
                     let mut rest: BoxStream<'static, Result<Item, sqlx::Error>> =
                         Box::pin(async_stream::try_stream! {
+                            let (connection, answered) = sent.parts();
                             let mut rows = connection.fetch_many(q);
-                            while let Some(item) = rows.try_next().await? {
-                                yield item;
+                            loop {
+                                let item = rows.try_next().await;
+                                *answered = true;
+                                match item? {
+                                    Some(item) => yield item,
+                                    None => break,
+                                }
                             }
                         });
                     async move {
@@ -393,9 +471,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
         E: 'q + Execute<'q, Postgres>,
     {
         match QueryParts::take(query) {
-            Ok(parts) => Box::pin(self.shared.run(parts, |mut c, q| {
-                async move { c.fetch_optional(q).await }.boxed()
-            })),
+            Ok(parts) => Box::pin(
+                self.shared
+                    .run(parts, |sent, q| answered!(sent, q, fetch_optional)),
+            ),
             Err(e) => Box::pin(future::ready(Err(e))),
         }
     }
@@ -412,9 +491,7 @@ impl<'c> Executor<'c> for &'c DbRouter {
                 let shared = &*self.shared;
                 Box::pin(async move {
                     shared
-                        .run(parts, |mut c, q| {
-                            async move { c.fetch_optional(q).await }.boxed()
-                        })
+                        .run(parts, |sent, q| answered!(sent, q, fetch_optional))
                         .await?
                         .ok_or(sqlx::Error::RowNotFound)
                 })
@@ -431,7 +508,7 @@ impl<'c> Executor<'c> for &'c DbRouter {
         match QueryParts::take(query) {
             Ok(parts) => Box::pin(
                 self.shared
-                    .run(parts, |mut c, q| async move { c.execute(q).await }.boxed()),
+                    .run(parts, |sent, q| answered!(sent, q, execute)),
             ),
             Err(e) => Box::pin(future::ready(Err(e))),
         }
@@ -443,9 +520,10 @@ impl<'c> Executor<'c> for &'c DbRouter {
         E: 'q + Execute<'q, Postgres>,
     {
         match QueryParts::take(query) {
-            Ok(parts) => Box::pin(self.shared.run(parts, |mut c, q| {
-                async move { c.fetch_all(q).await }.boxed()
-            })),
+            Ok(parts) => Box::pin(
+                self.shared
+                    .run(parts, |sent, q| answered!(sent, q, fetch_all)),
+            ),
             Err(e) => Box::pin(future::ready(Err(e))),
         }
     }

@@ -34,6 +34,10 @@ pub(crate) struct Node {
     pub(crate) down: DownSignal,
     /// Request-path counter keys with this node's label.
     pub(crate) metric_keys: NodeKeys,
+    /// How long a statement sent on this node may go unanswered before the router closes its
+    /// connection and reports the outcome unknown: `statement_timeout + check_timeout`, none
+    /// without a `statement_timeout`.
+    pub(crate) in_flight_timeout: Option<Duration>,
 }
 
 /// Lock-free view of a node, written by the monitor (and by passive marking).

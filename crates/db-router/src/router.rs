@@ -146,7 +146,13 @@ impl DbRouterBuilder {
                 .iter()
                 .position(|(n, _)| *n == spec.name)
                 .map(|i| self.pools.swap_remove(i).1);
-            nodes.push(node_from_spec(spec, name, read_slot, given));
+            nodes.push(node_from_spec(
+                spec,
+                name,
+                read_slot,
+                given,
+                self.config.check_timeout,
+            ));
         }
         let shared = Arc::new(Shared::new(nodes, reads, policy, self.config));
         let mut connections = monitor::Connections::new(shared.nodes.len());
@@ -167,8 +173,15 @@ fn node_from_spec(
     name: Arc<str>,
     read_slot: Option<usize>,
     given: Option<PgPool>,
+    check_timeout: Duration,
 ) -> Node {
     let pool_config = &spec.pool;
+    // The server cancels a statement at `statement_timeout`; its answer gets `check_timeout`
+    // (the bound on a round trip to the node) to arrive. Past that the node or the way to it
+    // is gone, not the statement slow.
+    let in_flight_timeout = pool_config
+        .statement_timeout
+        .and_then(|statement| statement.checked_add(check_timeout));
     let (pool, max_connections) = match given {
         Some(pool) => {
             let max = pool.options().get_max_connections();
@@ -203,6 +216,7 @@ fn node_from_spec(
         read_slot,
         state: NodeState::default(),
         down: DownSignal::default(),
+        in_flight_timeout,
     }
 }
 

@@ -452,14 +452,13 @@ async fn replica_cut_from_its_primary_leaves_the_read_set_and_reads_stay_fresh()
     replica.close().await;
 }
 
-/// A write already sent when the primary is black-holed: the server's `statement_timeout`
-/// cancels it there, but that answer never arrives, and the router never abandons a statement
-/// it sent (it may commit), so the call waits on TCP (retransmissions give up after about
-/// 15 minutes) or the heal. Issue #22 asks that no request hang past the configured bound:
-/// this reproduces the gap (measured: still pending 20 s after the partition, with
-/// `statement_timeout` and `acquire_timeout` at 2 s). Run with `--ignored`.
+/// A write already sent when the primary is black-holed: the server finishes it (here it
+/// commits; a slower one `statement_timeout` would cancel), but that answer never arrives, and
+/// TCP would keep the call waiting for minutes. The router bounds the wait for a sent
+/// statement's answer at `statement_timeout + check_timeout`, then closes the connection (it
+/// leaves the pool) and returns `Error::OutcomeUnknown` (a 503). The write did commit: the
+/// error says the outcome is unknown, not that it failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap (issue #22): a statement in flight when its connection goes silent waits on TCP, not on statement_timeout"]
 async fn a_write_in_flight_when_the_primary_is_black_holed_ends_within_the_bound() {
     let _one_at_a_time = DRILLS.lock().await;
     let Some(net) = net_or_skip("db-router write in flight", &["db1", "db2"]) else {
@@ -471,35 +470,165 @@ async fn a_write_in_flight_when_the_primary_is_black_holed_ends_within_the_bound
         .execute(&router)
         .await
         .unwrap();
-    let sent = Instant::now();
+    let bound = STATEMENT + RouterConfig::default().check_timeout;
     let write = tokio::spawn({
         let router = router.clone();
         async move {
-            let outcome = sqlx::query("INSERT INTO drill SELECT 1 FROM pg_sleep(0.5)")
+            let sent = Instant::now();
+            let outcome = sqlx::query("INSERT INTO drill SELECT 1 FROM pg_sleep(1)")
                 .execute(&router)
                 .await;
             (sent.elapsed(), outcome.map(drop))
         }
     });
-    sleep(Duration::from_millis(200)).await;
-    net.partition_test("db1").unwrap();
-    let bound = STATEMENT + RouterConfig::default().check_timeout + SLACK;
-    let ended = tokio::time::timeout(bound + Duration::from_secs(5), write).await;
-    net.heal().unwrap();
-    let (took, outcome) = ended
-        .unwrap_or_else(|_| {
-            panic!(
-                "the write sent before the partition was still pending {:?} after it was sent \
-                 (bound {bound:?})",
-                sent.elapsed()
-            )
-        })
+    // The partition starts once the server is running the statement (it was sent).
+    let direct = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND query LIKE 'INSERT INTO drill%'",
+        )
+        .fetch_one(&direct)
+        .await
         .unwrap();
-    eprintln!("write in flight: ended after {took:?}: {outcome:?}");
-    assert!(took <= bound, "{took:?}");
-    if let Err(e) = outcome {
-        assert_eq!(ErrorClass::of(&e), ErrorClass::Unavailable, "{e}");
+        if running == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the write never started"
+        );
+        sleep(Duration::from_millis(10)).await;
     }
+    direct.close().await;
+    let size_before = router.status().node("primary").unwrap().pool_size;
+    net.partition_test("db1").unwrap();
+    let ended = tokio::time::timeout(HUNG, write).await;
+    let (took, outcome) = match ended {
+        Ok(joined) => joined.unwrap(),
+        Err(_) => {
+            net.heal().unwrap();
+            panic!("the write sent before the partition was still pending after {HUNG:?}");
+        }
+    };
+    eprintln!("write in flight: ended after {took:?} (bound {bound:?}): {outcome:?}");
+    // Still partitioned: the abandoned connection leaves the pool (closed, not kept for later;
+    // the pool's other connections are idle).
+    let left = wait_for(
+        "the connection of the unanswered write leaves the pool",
+        Duration::from_secs(6),
+        || {
+            let status = router.status();
+            let primary = status.node("primary").unwrap();
+            (primary.pool_size, primary.pool_in_use) == (size_before - 1, 0)
+        },
+    )
+    .await;
+    net.heal().unwrap();
+    eprintln!("write in flight: its connection left the pool {left:?} later");
+    let e = outcome.expect_err("no answer can arrive during the partition");
+    assert!(
+        took >= bound,
+        "gave up after {took:?}, before the bound {bound:?}"
+    );
+    assert!(
+        took <= bound + SLACK,
+        "ended after {took:?}, past the bound {bound:?}"
+    );
+    let class = ErrorClass::of(&e);
+    assert_eq!(class, ErrorClass::Unavailable, "{e}");
+    assert_eq!(class.status(), 503);
+    assert!(
+        matches!(
+            Error::from_sqlx(&e),
+            Some(Error::OutcomeUnknown { node, waited, .. }) if node == "primary" && *waited == bound
+        ),
+        "a typed error saying the outcome is unknown: {e}"
+    );
+    assert!(
+        e.to_string().contains("may or may not have committed"),
+        "{e}"
+    );
+
+    // After heal, writes are back, and the unanswered write turns out to have committed.
+    let healed = Instant::now();
+    loop {
+        match sqlx::query("INSERT INTO drill VALUES (2)")
+            .execute(&router)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert_eq!(ErrorClass::of(&e), ErrorClass::Unavailable, "{e}"),
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(10),
+            "no write within 10 s of heal"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let direct = sqlx::PgPool::connect(&pg.primary_url()).await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM drill ORDER BY id")
+        .fetch_all(&direct)
+        .await
+        .unwrap();
+    assert_eq!(ids, [1, 2], "the write reported as unknown did commit");
+    direct.close().await;
+}
+
+/// The bound never pre-empts the server's own answer: a statement past `statement_timeout` on a
+/// healthy connection gets PostgreSQL's cancel (57014), and its connection stays in the pool.
+/// Needs no network namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_statement_timeout_gets_the_servers_answer_within_the_bound() {
+    let pg = PgCluster::start(0).await.unwrap();
+    let router = DbRouter::connect(RouterConfig {
+        primary: Some(NodeConfig::new(pg.primary_url()).pool(pool())),
+        check_interval: INTERVAL,
+        ..RouterConfig::default()
+    })
+    .await
+    .unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&router)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let size_before = router.status().node("primary").unwrap().pool_size;
+    let sent = Instant::now();
+    let e = sqlx::query("SELECT pg_sleep(30)")
+        .execute(&router)
+        .await
+        .expect_err("statement_timeout cancels it");
+    let took = sent.elapsed();
+    eprintln!("statement past statement_timeout: {took:?}: {e}");
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("57014"), "the server's cancel: {e}");
+    assert!(took >= STATEMENT, "{took:?}");
+    // Released by a task sqlx spawns once the connection answers its ping.
+    wait_for(
+        "the connection back in the pool",
+        Duration::from_secs(5),
+        || {
+            let status = router.status();
+            let primary = status.node("primary").unwrap();
+            (primary.pool_size, primary.pool_in_use) == (size_before, 0)
+        },
+    )
+    .await;
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&router)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    assert_eq!(
+        router.status().node("primary").unwrap().pool_size,
+        size_before
+    );
+    router.close().await;
 }
 
 /// Polls `cond` every 20 ms for up to `limit`; returns how long it took.
