@@ -158,7 +158,11 @@ pub struct PoolConfig {
     pub max_lifetime: Option<Duration>,
     /// Ping a pooled connection before handing it out (default true, as in sqlx).
     pub test_before_acquire: bool,
-    /// Server-side `statement_timeout` for every connection (default none).
+    /// Server-side `statement_timeout` for every connection (default none). It also bounds a
+    /// statement the router sent on the node: with no answer within `statement_timeout +
+    /// check_timeout`, the connection is closed and the call ends with
+    /// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown). For a pool given to
+    /// [`DbRouterBuilder::pool`](crate::DbRouterBuilder::pool) only that client-side bound applies.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
     /// `application_name` reported to the server (default `herd-db-router`).
