@@ -341,7 +341,7 @@
     $('summary').innerHTML = '';
     $('summary').append(
       el('span', {}, el('b', { text: `${healthy}/${list.length}` }), ' endpoints healthy · '),
-      groups.size > 1 ? el('span', {}, el('b', { text: `${serving}/${groups.size}` }), ' groups serving · ') : null,
+      ...(groups.size > 1 ? [el('span', {}, el('b', { text: `${serving}/${groups.size}` }), ' groups serving · ')] : []),
       el('b', { text: fmt(rps, 1) }), ' req/s · ', el('b', { text: fmt(errors, 1) }), ' err/s');
   }
 
