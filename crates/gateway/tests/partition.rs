@@ -417,6 +417,7 @@ fall = {FALL}"#,
     let ok_before = load.ok();
     let isolated_at = Instant::now();
     net.isolate(isolated.name).unwrap();
+    let isolate_took = isolated_at.elapsed();
     let marked_down = wait_until(
         "the gateway marks the isolated instance down",
         Duration::from_secs(10),
@@ -478,7 +479,7 @@ fall = {FALL}"#,
          {CONNECT_TIMEOUT:?}, read_timeout {READ_TIMEOUT:?}, health every {INTERVAL:?} \
          timeout {CHECK_TIMEOUT:?} rise {RISE} fall {FALL}): {} GETs ok, {} failed, slowest \
          {:?}; marked down {marked_down:?} after isolate; {ok_isolated} GETs ok during {:?} \
-         of isolation; answered a client again {back:?} after heal (bound {bound:?}; it had \
+         of isolation (isolate() itself took {isolate_took:?}); answered a client again {back:?} after heal (bound {bound:?}; it had \
          received {received_by_then} requests since heal by then, retransmissions of requests \
          the gateway had given up on included); answers by instance {answered:?}, requests \
          received by instance {:?}",
