@@ -18,22 +18,46 @@ use tokio::time::Instant;
 
 use crate::dashboard::{self, Dashboard, Group};
 
-/// The pages' router, `health_path` and `admin_path` over the `groups`' backends (at least one;
-/// the first is the main one). Starts the dashboard's sampler on the current runtime (it ends
-/// when the router and its clones are gone).
-pub(crate) fn router(groups: Vec<Group>, health_path: &str, admin_path: &str) -> Router {
-    let pages = Pages {
-        dashboard: Dashboard::start(groups),
-        health_path: health_path.into(),
-    };
-    Router::new()
-        .route(health_path, get(lb_health))
-        .route(admin_path, get(admin))
-        .with_state(pages)
+/// The operators' pages of one build of the gateway: their router, and their dashboard (to
+/// carry its history into the next build's).
+#[derive(Clone)]
+pub(crate) struct Pages {
+    router: Router,
+    dashboard: Arc<Dashboard>,
+}
+
+impl Pages {
+    /// The pages, `health_path` and `admin_path`, over the `groups`' backends (at least one; the
+    /// first is the main one). Starts the dashboard's sampler on the current runtime (it ends
+    /// when the router and its clones are gone). With `previous` pages and the names of the
+    /// groups kept from them (same upstream), the dashboard starts with those groups' history.
+    pub(crate) fn new(
+        groups: Vec<Group>,
+        health_path: &str,
+        admin_path: &str,
+        previous: Option<(&Pages, &[String])>,
+    ) -> Self {
+        let previous = previous.map(|(pages, kept)| (&*pages.dashboard, kept));
+        let dashboard = Dashboard::start(groups, previous);
+        let state = PageState {
+            dashboard: Arc::clone(&dashboard),
+            health_path: health_path.into(),
+        };
+        let router = Router::new()
+            .route(health_path, get(lb_health))
+            .route(admin_path, get(admin))
+            .with_state(state);
+        Self { router, dashboard }
+    }
+
+    /// The router serving the pages.
+    pub(crate) fn router(&self) -> Router {
+        self.router.clone()
+    }
 }
 
 #[derive(Clone)]
-struct Pages {
+struct PageState {
     dashboard: Arc<Dashboard>,
     health_path: Arc<str>,
 }
@@ -93,7 +117,7 @@ struct GroupHealth<'a> {
 /// rotation would not help, as its peers see the same backends), else 503. The JSON says
 /// `pass` when every group has a healthy backend, `warn` when only some have, `fail` when none
 /// has, and lists each group's state by name and every backend with its group.
-async fn lb_health(State(pages): State<Pages>) -> Response {
+async fn lb_health(State(pages): State<PageState>) -> Response {
     let groups = pages.dashboard.groups();
     let list = backends(groups);
     let per_group: Vec<GroupHealth<'_>> = groups
@@ -171,7 +195,7 @@ fn not_found(what: &str) -> Response {
 }
 
 /// The dashboard, its assets (`?asset=`) and its data (`?data=series`).
-async fn admin(State(pages): State<Pages>, Query(query): Query<AdminQuery>) -> Response {
+async fn admin(State(pages): State<PageState>, Query(query): Query<AdminQuery>) -> Response {
     if let Some(asset) = &query.asset {
         return match asset.as_str() {
             "app.js" => text("text/javascript; charset=utf-8", dashboard::APP_JS),

@@ -611,10 +611,10 @@ pub(crate) struct Parts<'a> {
     /// Cached paths and the group they go to.
     #[cfg(feature = "proxy-cache")]
     pub(crate) caches: Vec<(usize, ProxyCacheConfig)>,
-    /// The operators' pages of an earlier build with the same admin settings and the same
-    /// groups (names, order and upstreams), to keep (the dashboard's history goes on across a
-    /// reload). Made anew when `None`.
-    pub(crate) pages: Option<Router>,
+    /// The operators' pages of an earlier build and the names of the groups kept from it (same
+    /// settings, same upstream): the new pages' dashboard starts with their history, so it goes
+    /// on across a reload. `None`: no history.
+    pub(crate) pages: Option<(crate::pages::Pages, Vec<String>)>,
 }
 
 /// What [`build`] made: the app, and its operators' pages without the cached paths (to hand
@@ -622,7 +622,7 @@ pub(crate) struct Parts<'a> {
 pub(crate) struct Built {
     pub(crate) app: GatewayApp,
     #[cfg_attr(not(feature = "config"), allow(dead_code))]
-    pub(crate) pages: Router,
+    pub(crate) pages: crate::pages::Pages,
 }
 
 /// Builds the gateway's service (call it inside the runtime that will serve it: the upstream's
@@ -700,11 +700,14 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
     // Longest prefix first: the first match is the longest.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     #[allow(unused_mut)]
-    let base_pages = parts
+    let previous = parts
         .pages
-        .unwrap_or_else(|| crate::pages::router(groups, &admin.health_path, &admin.page_path));
+        .as_ref()
+        .map(|(pages, kept)| (pages, kept.as_slice()));
+    let base_pages =
+        crate::pages::Pages::new(groups, &admin.health_path, &admin.page_path, previous);
     #[allow(unused_mut)]
-    let mut pages = base_pages.clone();
+    let mut pages = base_pages.router();
     #[allow(unused_mut)]
     let mut page_paths = vec![admin.health_path.clone(), admin.page_path.clone()];
     #[cfg(feature = "proxy-cache")]

@@ -368,8 +368,9 @@ async fn every_upstream_group_has_its_series_and_its_health_by_name() {
     // Fast active checks, so that a stopped backend is out within a second.
     let check = "health_check = { path = \"/health\", interval = \"200ms\", timeout = \"500ms\", \
                  rise = 1, fall = 1 }";
-    let config = FileConfig::parse(&format!(
-        r#"
+    let text = |api_keepalive: u32| {
+        format!(
+            r#"
 workers = 1
 [[listen]]
 address = "127.0.0.1:0"
@@ -378,6 +379,7 @@ servers = [{{ address = "{a_addr}" }}, {{ address = "{b_addr}" }}]
 {check}
 [upstreams.api]
 servers = [{{ address = "{api_addr}" }}]
+keepalive = {api_keepalive}
 {check}
 [[routes]]
 prefix = "/"
@@ -386,8 +388,9 @@ upstream = "web"
 prefix = "/api/"
 upstream = "api"
 "#
-    ))
-    .unwrap();
+        )
+    };
+    let config = FileConfig::parse(&text(32)).unwrap();
     let mut gateway = Gateway::start(config).await.unwrap();
     let gw = format!("http://{}", gateway.addrs()[0]);
     let c = client();
@@ -471,6 +474,40 @@ upstream = "api"
     ] {
         assert!(html.contains(needle), "{needle} in {html}");
     }
+
+    // A reload that rebuilds only the api group: the web group's history goes on, the api
+    // group's starts anew, and the page's cursor stays valid. (A new client: the old one's
+    // connections keep the old configuration.)
+    let cursor = data["cursor"].as_u64().unwrap();
+    let first_t = |data: &Value, address: &str| endpoint(data, address).unwrap()["t"][0].clone();
+    let web_since = first_t(&data, &a_addr);
+    let report = gateway
+        .reload(FileConfig::parse(&text(8)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.kept, report.rebuilt),
+        (vec!["web".to_owned()], vec!["api".to_owned()])
+    );
+    let c = client();
+    let data = wait_for(&c, &gw, 10, "the new pages' first sample", |d| {
+        endpoint(d, &api_addr).is_some()
+    })
+    .await;
+    assert_eq!(
+        first_t(&data, &a_addr),
+        web_since,
+        "the web group's history is kept"
+    );
+    assert!(data["cursor"].as_u64().unwrap() >= cursor);
+    let api_points = endpoint(&data, &api_addr).unwrap()["t"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        api_points.iter().all(|t| t.as_u64().unwrap() > cursor),
+        "the rebuilt api group starts anew: {api_points:?} after {cursor}"
+    );
 
     // The api group's only backend stops: the gateway still serves the web group, so it stays
     // in rotation (200) but says `warn`, and the api group `fail`. The state change is on the

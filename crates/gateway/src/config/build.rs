@@ -77,8 +77,8 @@ impl App for Reloadable {
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Groups kept as they were (same settings): their endpoints' state goes on (and with the
-    /// groups all kept and `[admin]` unchanged, the dashboard's history). By name.
+    /// Groups kept as they were (same settings): their endpoints' state and their dashboard
+    /// history go on. By name.
     pub kept: Vec<String>,
     /// Groups built anew (new, or with changed settings). By name.
     pub rebuilt: Vec<String>,
@@ -139,17 +139,13 @@ fn terminators(config: &FileConfig) -> Result<Vec<(usize, TlsTerminator)>, Confi
     Ok(out)
 }
 
-/// Builds the service of `config`, reusing the groups of `previous` whose settings are the same.
-/// The operators' pages of a build, with what they depend on.
-struct Pages {
-    router: axum::Router,
-    admin: super::AdminSection,
-    /// The groups' names, in order.
-    groups: Vec<String>,
-}
+// The operators' pages of a build: the next build's go on with their history for the groups
+// it keeps.
+use crate::pages::Pages;
 
+/// Builds the service of `config`, reusing the groups of `previous` whose settings are the same.
 /// Also returns the names of the groups kept from `previous`, and the pages to hand to the next
-/// build. `previous_pages` are kept when the admin settings and the groups (all kept) are the same.
+/// build.
 async fn build(
     config: &FileConfig,
     previous: &Groups,
@@ -189,14 +185,11 @@ async fn build(
     let admin = config.admin.to_admin();
     let rate_limits = config.rate_limits()?;
     let names: Vec<String> = order.iter().map(|name| (*name).to_owned()).collect();
-    let pages = previous_pages
-        .filter(|p| p.admin == config.admin && p.groups == names)
-        .filter(|_| names.iter().all(|name| kept.contains(name)))
-        .map(|p| p.router.clone());
+    let pages = previous_pages.map(|p| (p.clone(), kept.clone()));
     let built = service::build(Parts {
         admin: &admin,
         upstreams,
-        group_names: names.clone(),
+        group_names: names,
         routes: config.service_routes(&order)?,
         rate_limits: rate_limits.as_ref(),
         #[cfg(feature = "proxy-cache")]
@@ -204,11 +197,7 @@ async fn build(
         pages,
     })
     .await?;
-    let pages = Pages {
-        router: built.pages,
-        admin: config.admin.clone(),
-        groups: names,
-    };
+    let pages = built.pages;
     let observe = config.observe.as_ref().map(ObserveLayer::new).transpose()?;
     let current = Current {
         app: built.app,

@@ -85,7 +85,7 @@ impl Poller {
 }
 
 /// One numeric measurement over time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct NumberSeries {
     unit: Option<String>,
     t: VecDeque<u64>,
@@ -93,13 +93,13 @@ struct NumberSeries {
 }
 
 /// One text measurement (a role) over time.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct TextSeries {
     t: VecDeque<u64>,
     v: VecDeque<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Instance {
     address: String,
     polled_at: Option<u64>,
@@ -111,7 +111,7 @@ struct Instance {
 }
 
 /// Every instance's latest report and series over the last `window` polls.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Instances {
     window: usize,
     list: Vec<Instance>,

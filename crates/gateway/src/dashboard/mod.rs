@@ -63,6 +63,9 @@ struct State {
     instances: Vec<Instances>,
     /// Whether the background tasks run (not without a runtime).
     sampling: bool,
+    /// When the endpoints were last sampled (the rates of the next sample are over the time
+    /// since).
+    last_sample: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -77,16 +80,45 @@ impl State {
 
 impl Dashboard {
     /// The dashboard over the `groups`' endpoints, its sampler and poller started on the current
-    /// runtime (without one, the page shows the endpoints' state but no series).
-    pub(crate) fn start(groups: Vec<Group>) -> Arc<Self> {
+    /// runtime (without one, the page shows the endpoints' state but no series). With a
+    /// `previous` dashboard and the names of the groups kept from it (the same upstream), those
+    /// groups start with its series and instances' reports (copied: the previous one goes on
+    /// unchanged while it serves), and its cursors stay valid.
+    pub(crate) fn start(
+        groups: Vec<Group>,
+        previous: Option<(&Dashboard, &[String])>,
+    ) -> Arc<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut state = State {
+            last_stamp: 0,
+            series: groups.iter().map(|_| Series::new(SAMPLES)).collect(),
+            instances: groups.iter().map(|_| Instances::new(POLLS)).collect(),
+            sampling: runtime.is_some(),
+            last_sample: None,
+        };
+        if let Some((previous, kept)) = previous {
+            let old = previous.state.lock();
+            state.last_stamp = old.last_stamp;
+            state.last_sample = old.last_sample;
+            for (i, group) in groups.iter().enumerate() {
+                let at = previous.groups.iter().position(|g| g.name == group.name);
+                let Some(at) = at.filter(|_| kept.contains(&group.name)) else {
+                    continue;
+                };
+                if let (Some(series), Some(old_series)) =
+                    (state.series.get_mut(i), old.series.get(at))
+                {
+                    *series = old_series.clone();
+                }
+                if let (Some(instances), Some(old_instances)) =
+                    (state.instances.get_mut(i), old.instances.get(at))
+                {
+                    *instances = old_instances.clone();
+                }
+            }
+        }
         let dashboard = Arc::new(Dashboard {
-            state: Mutex::new(State {
-                last_stamp: 0,
-                series: groups.iter().map(|_| Series::new(SAMPLES)).collect(),
-                instances: groups.iter().map(|_| Instances::new(POLLS)).collect(),
-                sampling: runtime.is_some(),
-            }),
+            state: Mutex::new(state),
             groups,
         });
         if let Some(runtime) = runtime {
@@ -158,7 +190,6 @@ fn tagged<T: serde::Serialize>(items: Vec<T>, group: &str) -> Vec<Value> {
 async fn sample(dashboard: Weak<Dashboard>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(dashboard) = dashboard.upgrade() else {
@@ -170,9 +201,11 @@ async fn sample(dashboard: Weak<Dashboard>) {
             .map(|g| g.upstream.endpoints())
             .collect();
         let now = tokio::time::Instant::now();
-        let elapsed = now.saturating_duration_since(last).as_secs_f64();
-        last = now;
         let mut state = dashboard.state.lock();
+        let elapsed = state.last_sample.map_or(0.0, |last| {
+            now.saturating_duration_since(last).as_secs_f64()
+        });
+        state.last_sample = Some(now);
         let t = state.stamp();
         for (series, infos) in state.series.iter_mut().zip(&infos) {
             series.sample(t, elapsed, infos);

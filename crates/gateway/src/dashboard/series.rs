@@ -34,7 +34,7 @@ struct Point {
 }
 
 /// What the previous sample read, to turn counters into rates.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Last {
     requests: u64,
     failures: u64,
@@ -42,7 +42,7 @@ struct Last {
     status: &'static str,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct EndpointSeries {
     address: String,
     last: Last,
@@ -64,7 +64,7 @@ pub(super) struct Event {
 }
 
 /// Every endpoint's series and the state changes, over the last `window` samples.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Series {
     window: usize,
     endpoints: Vec<EndpointSeries>,
