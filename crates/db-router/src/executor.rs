@@ -14,12 +14,15 @@
 //! A sent statement is bounded by time instead (issue #22): the server cancels it at
 //! `statement_timeout`, but on a connection that went silent (packets dropped, no RST or FIN)
 //! that answer never arrives and TCP would keep the caller waiting for minutes. So when the
-//! node has a `statement_timeout`, the wait for the statement's first answer is bounded by
-//! `statement_timeout + check_timeout`; past it the connection is closed (never returned to
-//! the pool) and the caller gets [`Error::OutcomeUnknown`]: the statement may or may not have
-//! taken effect. The rows of a stream after its first one are not bounded.
+//! node has a `statement_timeout`, the wait for the statement's answer (a stream's first item)
+//! is bounded by `statement_timeout + check_timeout`; past it the connection is closed (never
+//! returned to the pool) and the caller gets [`Error::OutcomeUnknown`]: the statement may or
+//! may not have taken effect. The rows of a stream after its first one are not bounded. A
+//! statement the caller drops before the bound is left to sqlx as before (it waits for the
+//! answer before pooling the connection again).
 
 use std::future;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
@@ -31,6 +34,7 @@ use sqlx::postgres::{
     PgArguments, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo, Postgres,
 };
 use sqlx::{Describe, Either, Execute, Executor, SqlStr};
+use tokio::time::{Instant, timeout_at};
 
 use crate::classify::{Reason, Route};
 use crate::error::Error;
@@ -331,20 +335,21 @@ pub(crate) trait Op<T>:
 
 impl<T, F> Op<T> for F where F: Fn(Sent, RoutedQuery) -> BoxFuture<'static, Result<T, sqlx::Error>> {}
 
-/// The pooled connection a statement is sent on. Dropped before the statement's first answer
-/// (its wait timed out, or the caller dropped the future), it closes the connection instead of
-/// returning it to the pool, where sqlx would first wait for that answer on a connection that
-/// may never give one.
+/// The pooled connection a statement is sent on. Dropped unanswered past its deadline (the
+/// node's in-flight bound), it closes the connection instead of returning it to the pool, where
+/// sqlx would first wait for that answer on a connection that may never give one.
 pub(crate) struct Sent {
     connection: PoolConnection<Postgres>,
     answered: bool,
+    deadline: Option<Instant>,
 }
 
 impl Sent {
-    fn new(connection: PoolConnection<Postgres>) -> Self {
+    fn new(connection: PoolConnection<Postgres>, deadline: Option<Instant>) -> Self {
         Self {
             connection,
             answered: false,
+            deadline,
         }
     }
 
@@ -356,7 +361,11 @@ impl Sent {
 
 impl Drop for Sent {
     fn drop(&mut self) {
-        if !self.answered {
+        if !self.answered
+            && self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+        {
             self.connection.close_on_drop();
         }
     }
@@ -390,19 +399,21 @@ async fn attempt<T>(node: &Node, op: &impl Op<T>, query: RoutedQuery) -> Result<
             return Err(e);
         }
     };
-    let sent = op(Sent::new(connection), query);
-    match node.in_flight_timeout {
-        None => sent.await,
-        Some(bound) => match tokio::time::timeout(bound, sent).await {
-            Ok(result) => result,
-            // The statement's future, and with it the connection, was dropped unanswered.
-            Err(_elapsed) => Err(outcome_unknown(node, bound)),
-        },
+    let Some((bound, deadline)) = node
+        .in_flight_timeout
+        .and_then(|bound| Some((bound, Instant::now().checked_add(bound)?)))
+    else {
+        return op(Sent::new(connection, None), query).await;
+    };
+    match timeout_at(deadline, op(Sent::new(connection, Some(deadline)), query)).await {
+        Ok(result) => result,
+        // The statement's future, and with it the connection, was dropped unanswered.
+        Err(_elapsed) => Err(outcome_unknown(node, bound)),
     }
 }
 
 #[cold]
-fn outcome_unknown(node: &Node, waited: std::time::Duration) -> sqlx::Error {
+fn outcome_unknown(node: &Node, waited: Duration) -> sqlx::Error {
     let error = Error::OutcomeUnknown {
         node: node.name.to_string(),
         operation: "query",

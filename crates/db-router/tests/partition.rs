@@ -577,8 +577,9 @@ async fn a_write_in_flight_when_the_primary_is_black_holed_ends_within_the_bound
 }
 
 /// The bound never pre-empts the server's own answer: a statement past `statement_timeout` on a
-/// healthy connection gets PostgreSQL's cancel (57014), and its connection stays in the pool.
-/// Needs no network namespace.
+/// healthy connection gets PostgreSQL's cancel (57014), and its connection stays in the pool, as
+/// does the connection of a statement its caller dropped before the bound. Needs no network
+/// namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_past_statement_timeout_gets_the_servers_answer_within_the_bound() {
     let pg = PgCluster::start(0).await.unwrap();
@@ -612,6 +613,19 @@ async fn a_statement_past_statement_timeout_gets_the_servers_answer_within_the_b
         backend().await.unwrap(),
         before,
         "the connection that answered is kept in the pool"
+    );
+    // A statement the caller gives up on before the bound leaves its connection to sqlx, which
+    // pools it again once the answer arrives.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("SELECT pg_sleep(1)").execute(&router),
+    )
+    .await;
+    assert!(dropped.is_err(), "the caller stopped waiting");
+    assert_eq!(
+        backend().await.unwrap(),
+        before,
+        "a statement dropped by its caller keeps its connection"
     );
     router.close().await;
 }
