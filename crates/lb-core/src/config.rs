@@ -60,6 +60,10 @@ pub struct BalancerConfig {
     pub seed: Option<u64>,
     /// The static endpoint list.
     pub endpoints: Vec<EndpointConfig>,
+    /// Backup endpoints (nginx `server ... backup`): they get requests only when no endpoint of
+    /// `endpoints` can take them (see [`EndpointSet::insert_backup`](crate::EndpointSet::insert_backup)).
+    /// Not allowed with the `consistent_hash` policy. Default none.
+    pub backups: Vec<EndpointConfig>,
     /// Passive health. Default: eject after 5 consecutive failures for 30 s, doubling.
     pub outlier_detection: OutlierDetection,
     /// Slow start of new and recovered endpoints. Default: off.
@@ -82,6 +86,7 @@ impl Default for BalancerConfig {
             policy: PolicyConfig::default(),
             seed: None,
             endpoints: Vec::new(),
+            backups: Vec::new(),
             outlier_detection: OutlierDetection::default(),
             slow_start: None,
             ewma: EwmaConfig::default(),
@@ -100,6 +105,14 @@ impl BalancerConfig {
         K: EndpointKey,
         S: Service<Req>,
     {
+        if !self.backups.is_empty() && matches!(self.policy, PolicyConfig::ConsistentHash { .. }) {
+            return Err(Error::InvalidConfig {
+                field: "backups",
+                reason: "backup endpoints cannot be used with the consistent_hash policy (nginx \
+                         refuses backup with hash and ip_hash)"
+                    .into(),
+            });
+        }
         let mut builder = Balancer::<K, S, Req>::builder()
             .policy(self.policy.build(self.seed)?)
             .outlier_detection(self.outlier_detection.clone())
@@ -113,8 +126,9 @@ impl BalancerConfig {
         Ok(builder)
     }
 
-    /// Parses every endpoint address into a key and makes its service, inserting them into
-    /// `balancer`. Errors name the endpoint (bad address, bad weight).
+    /// Parses every endpoint address (of `endpoints`, then of `backups`) into a key and makes its
+    /// service, inserting them into `balancer`. Errors name the endpoint (bad address, bad
+    /// weight, a backup with consistent hashing).
     pub fn insert_endpoints<K, S, Req>(
         &self,
         balancer: &Balancer<K, S, Req>,
@@ -125,14 +139,23 @@ impl BalancerConfig {
         K::Err: fmt::Display,
         S: Service<Req> + Clone,
     {
-        for endpoint in &self.endpoints {
+        let all = self.endpoints.iter().map(|e| (e, false));
+        for (endpoint, backup) in all.chain(self.backups.iter().map(|e| (e, true))) {
             check_weight(&endpoint.address, endpoint.weight)?;
             let key = K::from_str(&endpoint.address).map_err(|e| Error::InvalidConfig {
-                field: "endpoints.address",
+                field: if backup {
+                    "backups.address"
+                } else {
+                    "endpoints.address"
+                },
                 reason: format!("{}: {e}", endpoint.address),
             })?;
             let service = make_service(&key);
-            balancer.insert(key.clone(), service, endpoint.weight)?;
+            if backup {
+                balancer.insert_backup(key.clone(), service, endpoint.weight)?;
+            } else {
+                balancer.insert(key.clone(), service, endpoint.weight)?;
+            }
             if endpoint.max_in_flight.is_some() {
                 balancer
                     .set()

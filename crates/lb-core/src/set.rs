@@ -17,7 +17,7 @@ use crate::ewma::EwmaConfig;
 use crate::health::{ActiveHealth, ActiveHealthConfig, OutlierDetection, Probe, SlowStart};
 use crate::policy::Pick;
 use crate::rng::SharedRng;
-use crate::snapshot::{Endpoint, EndpointInfo, PickContext, Snapshot};
+use crate::snapshot::{Candidates, Endpoint, EndpointInfo, PickContext, Snapshot};
 
 /// What a key needs to be: cloneable, comparable, hashable (maps keyed by endpoint) and
 /// printable (metrics labels, errors, and the consistent-hash ring, which hashes the printed
@@ -253,7 +253,34 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
 
     /// Adds an endpoint, or replaces the service and weight of an existing one (keeping its state).
     /// A weight that is not finite and > 0 is refused with an error naming the endpoint.
+    /// An existing backup endpoint becomes a primary one.
     pub fn insert(&self, key: K, service: S, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        self.insert_as(key, service, weight, false)
+    }
+
+    /// Adds a backup endpoint (nginx `server ... backup`), or makes an existing endpoint a
+    /// backup with this service and weight (keeping its state).
+    ///
+    /// Backups get requests only when no primary endpoint can take them: every primary ejected,
+    /// failing active checks, draining or at its concurrency cap (or already tried by the
+    /// request, for a retry). As soon as a primary can take a request again, new requests go to
+    /// the primaries. The policy picks among the backups as it does among the primaries; their
+    /// health, caps, weights and slow start work alike. Panic mode (health ignored) starts only
+    /// when no endpoint, primary or backup, is healthy.
+    ///
+    /// The set does not know the policy: [`Balancer::insert_backup`](crate::Balancer::insert_backup)
+    /// refuses backups with consistent hashing, as nginx does with `hash` and `ip_hash`.
+    pub fn insert_backup(&self, key: K, service: S, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        self.insert_as(key, service, weight, true)
+    }
+
+    fn insert_as(&self, key: K, service: S, weight: f64, backup: bool) -> Result<(), Error>
     where
         S: Clone,
     {
@@ -264,7 +291,7 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
             let mut next: Vec<Endpoint<K, S>> = entries.to_vec();
             if let Some(existing) = next.iter_mut().find(|e| e.key() == &key) {
                 existing.state().set_weight(weight);
-                *existing = existing.with_service(service);
+                *existing = existing.with_service(service, backup);
             } else {
                 let state = Arc::new(EndpointState::new(
                     key.to_string().into(),
@@ -275,8 +302,8 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
                 if !entries.is_empty() {
                     state.begin_slow_start();
                 }
-                tracing::info!(endpoint = %key, weight, "endpoint added");
-                next.push(Endpoint::new(key, service, state));
+                tracing::info!(endpoint = %key, weight, backup, "endpoint added");
+                next.push(Endpoint::new(key, service, state, backup));
             }
             Ok(next)
         })
@@ -512,9 +539,11 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     }
 }
 
-/// Runs the policy; then without the caller's exclusions (a retry may reuse a tried endpoint
-/// rather than fail); then, only when no endpoint is healthy at all, in panic mode (health
-/// ignored). A set that is merely full never falls back to unhealthy endpoints.
+/// Runs the policy over the primary endpoints; then over the backups (nginx: a request goes to
+/// the backups once no primary can take it, tried ones included); then both without the
+/// caller's exclusions (a retry may reuse a tried endpoint rather than fail); then, only when no
+/// endpoint is healthy at all, in panic mode (health ignored). A set that is merely full never
+/// falls back to unhealthy endpoints. Indices returned are snapshot positions.
 #[inline]
 fn choose<K, S, P: Pick + ?Sized>(
     snapshot: &Snapshot<K, S>,
@@ -525,27 +554,52 @@ fn choose<K, S, P: Pick + ?Sized>(
     if let Some(i) = policy.pick(c, ctx) {
         return Some((i, ctx.ignore_health()));
     }
-    if c.is_empty() {
+    let backups = snapshot.backups();
+    if c.is_empty() && backups.is_none() {
         return None;
+    }
+    let among_backups = |ctx: &PickContext<'_>| {
+        let backups = backups?;
+        let offset = snapshot.primaries();
+        let excluded;
+        let local = if ctx.has_exclusions() {
+            excluded = ctx.exclusions_from(offset);
+            ctx.excluding(&excluded)
+        } else {
+            *ctx
+        };
+        policy
+            .pick(backups, &local)
+            .and_then(|i| i.checked_add(offset))
+    };
+    if let Some(i) = among_backups(ctx) {
+        return Some((i, ctx.ignore_health()));
     }
     let unrestricted = PickContext::new()
         .with_key(ctx.key())
         .ignoring_health(ctx.ignore_health());
     if ctx.has_exclusions()
-        && let Some(i) = policy.pick(c, &unrestricted)
+        && let Some(i) = policy
+            .pick(c, &unrestricted)
+            .or_else(|| among_backups(&unrestricted))
     {
         return Some((i, ctx.ignore_health()));
     }
     let any_healthy = c
         .states()
+        .chain(backups.into_iter().flat_map(Candidates::states))
         .any(|s| s.unflagged() && s.status() != crate::EndpointStatus::Draining);
     if ctx.ignore_health() || any_healthy {
         return None;
     }
     tracing::debug!("no healthy endpoint: ignoring health (panic mode)");
+    let panicking = ctx.ignoring_health(true);
+    let unrestricted = unrestricted.ignoring_health(true);
     policy
-        .pick(c, &ctx.ignoring_health(true))
-        .or_else(|| policy.pick(c, &unrestricted.ignoring_health(true)))
+        .pick(c, &panicking)
+        .or_else(|| policy.pick(c, &unrestricted))
+        .or_else(|| among_backups(&panicking))
+        .or_else(|| among_backups(&unrestricted))
         .map(|i| (i, true))
 }
 

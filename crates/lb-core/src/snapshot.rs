@@ -141,10 +141,22 @@ impl<'a> PickContext<'a> {
     pub fn is_excluded(&self, index: usize) -> bool {
         !self.exclude.is_empty() && self.exclude.contains(&index)
     }
+
+    /// The exclusions at or after snapshot position `offset`, counted from it: the backups'
+    /// own indices for a pick among [`Snapshot::backups`].
+    pub(crate) fn exclusions_from(&self, offset: usize) -> Vec<usize> {
+        self.exclude
+            .iter()
+            .filter_map(|&i| i.checked_sub(offset))
+            .collect()
+    }
 }
 
 /// The endpoints of one snapshot as policies see them: shared state, weights at snapshot time,
-/// and helpers for weighted sampling. Indices are positions in the snapshot.
+/// and helpers for weighted sampling. For the primary endpoints
+/// ([`Snapshot::candidates`]) indices are positions in the snapshot; for the backups
+/// ([`Snapshot::backups`]) they count from the first backup, at position
+/// [`Snapshot::primaries`].
 pub struct Candidates {
     states: Vec<Arc<EndpointState>>,
     weights: Vec<f64>,
@@ -402,6 +414,7 @@ pub struct Endpoint<K, S = ()> {
     key: K,
     service: S,
     state: Arc<EndpointState>,
+    backup: bool,
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
@@ -409,6 +422,7 @@ impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
         f.debug_struct("Endpoint")
             .field("key", &self.key)
             .field("state", &self.state)
+            .field("backup", &self.backup)
             .finish_non_exhaustive()
     }
 }
@@ -419,17 +433,25 @@ impl<K: Clone, S: Clone> Clone for Endpoint<K, S> {
             key: self.key.clone(),
             service: self.service.clone(),
             state: Arc::clone(&self.state),
+            backup: self.backup,
         }
     }
 }
 
 impl<K, S> Endpoint<K, S> {
-    pub(crate) fn new(key: K, service: S, state: Arc<EndpointState>) -> Self {
+    pub(crate) fn new(key: K, service: S, state: Arc<EndpointState>, backup: bool) -> Self {
         Self {
             key,
             service,
             state,
+            backup,
         }
+    }
+
+    /// Whether the endpoint is a backup (nginx `server ... backup`): it gets requests only when
+    /// no primary endpoint can take them.
+    pub fn is_backup(&self) -> bool {
+        self.backup
     }
 
     /// The endpoint's key.
@@ -447,7 +469,7 @@ impl<K, S> Endpoint<K, S> {
         &self.state
     }
 
-    pub(crate) fn with_service(&self, service: S) -> Self
+    pub(crate) fn with_service(&self, service: S, backup: bool) -> Self
     where
         K: Clone,
     {
@@ -455,14 +477,20 @@ impl<K, S> Endpoint<K, S> {
             key: self.key.clone(),
             service,
             state: Arc::clone(&self.state),
+            backup,
         }
     }
 }
 
 /// An immutable set of endpoints; membership changes build a new one and swap it in atomically.
+///
+/// The primary endpoints come first (positions `0..primaries()`), the backups after them.
 pub struct Snapshot<K, S = ()> {
     entries: Vec<Endpoint<K, S>>,
     candidates: Candidates,
+    /// The backups' candidates, `None` when there is no backup.
+    backups: Option<Box<Candidates>>,
+    primaries: usize,
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Snapshot<K, S> {
@@ -474,10 +502,17 @@ impl<K: fmt::Debug, S> fmt::Debug for Snapshot<K, S> {
 }
 
 impl<K, S> Snapshot<K, S> {
-    pub(crate) fn new(entries: Vec<Endpoint<K, S>>) -> Self {
-        let states = entries.iter().map(|e| Arc::clone(&e.state)).collect();
+    /// A snapshot of `entries`, reordered (stably) to put the primaries before the backups.
+    pub(crate) fn new(mut entries: Vec<Endpoint<K, S>>) -> Self {
+        entries.sort_by_key(|e| e.backup);
+        let primaries = entries.iter().take_while(|e| !e.backup).count();
+        let (primary, backup) = entries.split_at(primaries);
+        let states = |es: &[Endpoint<K, S>]| es.iter().map(|e| Arc::clone(&e.state)).collect();
+        let backups = (!backup.is_empty()).then(|| Box::new(Candidates::new(states(backup))));
         Self {
-            candidates: Candidates::new(states),
+            candidates: Candidates::new(states(primary)),
+            backups,
+            primaries,
             entries,
         }
     }
@@ -502,9 +537,22 @@ impl<K, S> Snapshot<K, S> {
         self.entries.iter()
     }
 
-    /// The policy-facing view.
+    /// The policy-facing view of the primary endpoints (every endpoint when there is no
+    /// backup).
+    #[inline]
     pub fn candidates(&self) -> &Candidates {
         &self.candidates
+    }
+
+    /// The policy-facing view of the backup endpoints, `None` when there is none. Their indices
+    /// count from the first backup: backup `i` is at position [`primaries`](Self::primaries)` + i`.
+    pub fn backups(&self) -> Option<&Candidates> {
+        self.backups.as_deref()
+    }
+
+    /// Number of primary endpoints, the position of the first backup.
+    pub fn primaries(&self) -> usize {
+        self.primaries
     }
 
     /// Index of the endpoint with `key`.
@@ -536,6 +584,9 @@ pub struct EndpointInfo<K> {
     pub status: EndpointStatus,
     /// Neither ejected nor failing active checks.
     pub healthy: bool,
+    /// A backup endpoint (nginx `server ... backup`): it gets requests only when no primary
+    /// endpoint can take them.
+    pub backup: bool,
     /// When the current ejection ends.
     pub ejected_until: Option<Instant>,
     /// Requests in flight.
@@ -562,6 +613,7 @@ impl<K: Clone> EndpointInfo<K> {
             effective_weight: s.effective_weight(),
             status: s.status(),
             healthy: s.is_healthy(),
+            backup: endpoint.backup,
             ejected_until: s.ejected_until(),
             in_flight: s.in_flight(),
             ewma: s.ewma(),

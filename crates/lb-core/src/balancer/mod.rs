@@ -307,6 +307,28 @@ where
         self.inner.set.insert(key, service, weight)
     }
 
+    /// Adds a backup endpoint (nginx `server ... backup`) or makes an existing one a backup;
+    /// see [`EndpointSet::insert_backup`]. Refused with [`Error::InvalidConfig`] when the
+    /// policy is [`ConsistentHash`](crate::ConsistentHash), as nginx refuses `backup` with
+    /// `hash` and `ip_hash`: the ring already sends an unavailable endpoint's keys to the next
+    /// endpoint, and a backup would take keys only while every primary is out, then hand them
+    /// all back at once.
+    pub fn insert_backup(&self, key: K, service: S, weight: f64) -> Result<(), Error>
+    where
+        S: Clone,
+    {
+        if matches!(self.inner.policy, Policy::ConsistentHash(_)) {
+            return Err(Error::InvalidConfig {
+                field: "backups",
+                reason: format!(
+                    "{key}: backup endpoints cannot be used with consistent hashing (nginx \
+                     refuses backup with hash and ip_hash)"
+                ),
+            });
+        }
+        self.inner.set.insert_backup(key, service, weight)
+    }
+
     /// Removes an endpoint at once; see [`drain`](Self::drain) for a graceful removal.
     pub fn remove(&self, key: &K) -> bool
     where
