@@ -273,10 +273,10 @@ fn errors_name_the_key_and_the_problem() {
             "[limit_req_zones.login]\nrate = \"5r/m\"\nnodelay = false",
             &["limit_req_zones.login.nodelay", "not supported"],
         ),
-        // a backup server
+        // a backup server with hashing (nginx refuses it too)
         (
-            "[upstreams.b]\nservers = [{ address = \"127.0.0.1:9\", backup = true }]",
-            &["upstreams.b.servers[0].backup", "not supported"],
+            "[upstreams.b]\nservers = [{ address = \"127.0.0.1:8\" }, { address = \"127.0.0.1:9\", backup = true }]\npolicy = \"ip_hash\"",
+            &["upstreams.b.servers[1].backup", "ip_hash"],
         ),
         // nginx's per-server max_fails, which herd keeps per group, disagreeing
         (

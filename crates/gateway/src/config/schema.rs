@@ -151,7 +151,9 @@ pub struct ServerEntry {
     /// Most requests in flight on it (nginx `max_conns`). Default unlimited.
     #[serde(default)]
     pub max_conns: Option<usize>,
-    /// nginx `backup`: refused (see the README's directive table).
+    /// nginx `backup`: the server gets requests only when no other server of the group can take
+    /// them (all down, draining or at `max_conns`), and loses them as soon as one can again.
+    /// Not allowed with `policy = "hash"` or `"ip_hash"` (as in nginx). Default false.
     #[serde(default)]
     pub backup: bool,
     /// nginx's per-server `max_fails`: herd keeps one per group, so every server that gives it
@@ -556,11 +558,12 @@ impl UpstreamGroup {
         let mut seen = BTreeSet::new();
         for (i, server) in self.servers.iter().enumerate() {
             let at = key(&format!("servers[{i}]"));
-            if server.backup {
+            if server.backup && matches!(self.policy, GroupPolicy::Hash | GroupPolicy::IpHash) {
                 return Err(ConfigError::invalid(
                     format!("{at}.backup"),
-                    "backup servers are not supported: herd balances over every server and \
-                     takes failing ones out (max_fails, health_check)",
+                    "backup servers cannot be used with policy = \"hash\" or \"ip_hash\" \
+                     (as in nginx): hashing already moves a down server's clients to the next \
+                     server",
                 ));
             }
             if server.address.parse::<http::uri::Authority>().is_err()
@@ -583,11 +586,16 @@ impl UpstreamGroup {
                     format!("{} must be a number above 0", server.weight),
                 ));
             }
-            c.balancer.endpoints.push(EndpointConfig {
+            let endpoint = EndpointConfig {
                 address: server.address.clone(),
                 weight: server.weight,
                 max_in_flight: server.max_conns,
-            });
+            };
+            if server.backup {
+                c.balancer.backups.push(endpoint);
+            } else {
+                c.balancer.endpoints.push(endpoint);
+            }
         }
         c.balancer.policy = match self.policy {
             GroupPolicy::RoundRobin => PolicyConfig::RoundRobin,
