@@ -1,5 +1,6 @@
-//! Configuration parsing: TOML text into herd's public configuration types (the HTTP upstream
-//! and its balancer, rate limits, sessions and their cookies, the database router, the cache
+//! Configuration parsing: TOML text into herd's public configuration types (the gateway's
+//! config file with its `${NAME}` substitution, the HTTP upstream and its balancer, rate limits,
+//! request observation, sessions and their cookies, the database router, the cache
 //! and its HTTP layer), then into the services they configure where that needs no network.
 //! Whatever the text, parsing and building may refuse it with an error and must never panic.
 #![no_main]
@@ -9,7 +10,9 @@ use std::sync::OnceLock;
 use herd_cache_cluster::http::{HttpCacheConfig, HttpCacheLayer};
 use herd_cache_cluster::{Backend, Cache, CacheConfig};
 use herd_db_router::RouterConfig;
+use herd_gateway::config::FileConfig;
 use herd_gateway::http::{HttpUpstream, HttpUpstreamConfig};
+use herd_gateway::observe::{ObserveConfig, ObserveLayer};
 use herd_gateway::rate_limit::{RateLimitConfig, RateLimitLayer};
 use herd_lb_core::BalancerConfig;
 use herd_session::{CookieConfig, Key, MemoryStore, SessionConfig, SessionLayer, SigningKeys};
@@ -55,6 +58,17 @@ fuzz_target!(|data: &[u8]| {
             let _ = config
                 .builder::<String, Endpoint, ()>()
                 .and_then(|b| b.build());
+        }
+    }
+    // The gateway's whole file, `${NAME}` substitution included (names read back as values,
+    // unset ones refused), and the summary `--check` prints.
+    let vars = |name: &str| (name.len() % 2 == 0).then(|| format!("v{name}"));
+    if let Ok(config) = FileConfig::parse_with_vars(text, vars) {
+        let _ = config.summary();
+    }
+    for text in texts("observe") {
+        if let Ok(config) = toml::from_str::<ObserveConfig>(&text) {
+            let _ = ObserveLayer::new(&config);
         }
     }
     for text in texts("rate_limit") {
