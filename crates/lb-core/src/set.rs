@@ -388,7 +388,8 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
 
     /// Picks an endpoint with `policy` and takes an in-flight slot on it.
     ///
-    /// Falls back to ignoring health (panic mode) when no healthy endpoint is available, and to
+    /// Picks among the primary endpoints, and among the backups only when no primary can take
+    /// the request (see [`insert_backup`](Self::insert_backup)). Falls back to ignoring health (panic mode) when no healthy endpoint is available, and to
     /// ignoring `ctx`'s exclusions when they rule out everything. Fails with
     /// [`PickError::NoEndpoints`] or [`PickError::Overloaded`] (without waiting; see
     /// [`pick_wait`](Self::pick_wait)).
