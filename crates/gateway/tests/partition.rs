@@ -11,10 +11,10 @@
 //!    testkit's latency relay): with `p2c` and with `peak_ewma` its share of requests falls
 //!    below 15 % over 3 s of steady load; a `round_robin` control run (blind to latency) shows
 //!    the measurement sees the slow instance (about a third). Shares are counted where the
-//!    answers arrive (the clients), by the instance named in the body. Note that lb-core's two
-//!    draws may coincide (weights give the expected shares), so both policies still pick the
-//!    slow instance whenever both draws land on it: with three equal servers a floor of 1/9
-//!    (11.1 %), close under the 15 % bound; the drills measure 10 to 13 %.
+//!    answers arrive (the clients), by the instance named in the body. With equal weights
+//!    lb-core's two draws are two different servers, so the slow one is picked only where it is
+//!    the better of its pair (drawn with replacement it kept a floor of 1/9, 11.1 %, whatever
+//!    its latency: the drills measured 10 to 13 % then).
 //!
 //! Needs root and `ip`: without them each drill prints a loud notice and passes, unless
 //! `HERD_REQUIRE_NETNS=1` (CI) makes that a failure. Figures are printed:

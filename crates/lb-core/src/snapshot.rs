@@ -270,18 +270,23 @@ impl Candidates {
         self.available_from(self.sample(rng), rng, ctx)
     }
 
-    /// Two independent draws of [`sample`](Self::sample); with equal weights both come from one
-    /// 64-bit random number (32 bits each, plenty below 2^32 endpoints).
+    /// Two draws for the power of two choices. With equal weights they are two different
+    /// endpoints (when there are two), both from one 64-bit random number (32 bits each, plenty
+    /// below 2^32 endpoints): drawn with replacement, a slow endpoint among three would keep the
+    /// 1/9 of picks where both draws land on it, however slow it gets. With weights they are two
+    /// independent draws of [`sample`](Self::sample), so the weights give the expected shares.
     #[inline(always)]
     pub(crate) fn sample_two(&self, rng: &SharedRng) -> (usize, usize) {
         match (&self.sampler, u32::try_from(self.states.len())) {
-            (None, Ok(n)) => {
+            (None, Ok(n)) if n >= 2 => {
                 let r = rng.next_u64();
-                let n = u64::from(n);
-                let first = ((r & u64::from(u32::MAX)) * n) >> 32;
-                let second = ((r >> 32) * n) >> 32;
+                let first = ((r & u64::from(u32::MAX)) * u64::from(n)) >> 32;
+                // One of the n - 1 others: drawn below n - 1, shifted past `first`.
+                let other = ((r >> 32) * u64::from(n - 1)) >> 32;
+                let second = other + u64::from(other >= first);
                 (first as usize, second as usize)
             }
+            (None, Ok(_)) => (0, 0),
             _ => (self.sample(rng), self.sample(rng)),
         }
     }

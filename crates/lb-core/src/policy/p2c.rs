@@ -2,12 +2,13 @@ use super::Pick;
 use crate::rng::SharedRng;
 use crate::snapshot::{Candidates, PickContext};
 
-/// Power of two choices over least outstanding requests: draw two endpoints by weight, take the
-/// one with fewer requests in flight (the first on a tie).
+/// Power of two choices over least outstanding requests: draw two endpoints, take the one with
+/// fewer requests in flight (the first on a tie).
 ///
-/// Unlike `tower::balance::p2c`, the two draws follow the weights and may coincide, so weights
-/// give the expected shares (0.99/0.005/0.005 sends about 99 % to the first endpoint), and
-/// picking takes `&self`.
+/// With equal weights the two draws are two different endpoints, as in `tower::balance::p2c`, so
+/// a slow endpoint loses all but the picks where it is the better of two. With weights the draws
+/// follow the weights and may coincide, so weights give the expected shares (0.99/0.005/0.005
+/// sends about 99 % to the first endpoint). Picking takes `&self`.
 #[derive(Debug, Default)]
 pub struct P2c {
     rng: SharedRng,
