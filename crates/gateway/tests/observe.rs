@@ -155,8 +155,7 @@ async fn request_ids_are_set_kept_or_replaced_and_returned() {
     assert_eq!(headers["x-request-id"], id.as_str());
 
     // A client's valid id is kept.
-    let (_, headers, body) =
-        get_with(proxy.addr, "/echo", &[("x-request-id", "req-42.a:b")]).await;
+    let (_, headers, body) = get_with(proxy.addr, "/echo", &[("x-request-id", "req-42.a:b")]).await;
     assert!(String::from_utf8_lossy(&body).starts_with("req-42.a:b "));
     assert_eq!(headers["x-request-id"], "req-42.a:b");
 
