@@ -1,6 +1,7 @@
 //! Shared helpers for herd's criterion benchmarks (`cargo bench -p herd-benches`).
 
 pub mod floor;
+pub mod proc;
 
 /// A multi-threaded tokio runtime for benchmarks that need real servers or async work.
 ///

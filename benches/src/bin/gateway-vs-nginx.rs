@@ -34,12 +34,12 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitCode, Stdio};
 
 use axum::Router;
 use axum::routing::get;
 use herd_benches::floor::FloorProxy;
+use herd_benches::proc::{Cpu, Proxy, clock_ticks, free_port, is_root, wait_until_serving};
 use herd_gateway::config::{FileConfig, Gateway};
 
 /// The allocator the demo's binary uses (see examples/axum-app/src/main.rs).
@@ -66,90 +66,8 @@ struct Load {
     idle: f64,
 }
 
-/// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`, 100 on Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// CPU time in clock ticks: user and system.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Ticks {
-    user: u64,
-    system: u64,
-}
-
-impl std::iter::Sum for Ticks {
-    fn sum<I: Iterator<Item = Ticks>>(iter: I) -> Ticks {
-        iter.fold(Ticks::default(), |a, b| Ticks {
-            user: a.user + b.user,
-            system: a.system + b.system,
-        })
-    }
-}
-
-/// utime and stime (ticks) from a `/proc/.../stat` line; the command name may hold spaces, so
-/// fields are counted after its closing parenthesis.
-fn stat_ticks(stat: &str) -> Option<Ticks> {
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After `(comm)`: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-    Some(Ticks {
-        user: fields.get(11)?.parse().ok()?,
-        system: fields.get(12)?.parse().ok()?,
-    })
-}
-
-/// Where a proxy's CPU time is read from.
-#[derive(Clone, Copy)]
-enum Cpu {
-    /// Threads of this process whose name starts with the prefix (the gateway's runtime).
-    Threads(&'static str),
-    /// A process and its children (nginx's master and workers).
-    Process(u32),
-}
-
-impl Cpu {
-    fn ticks(self) -> Ticks {
-        match self {
-            Cpu::Threads(prefix) => std::fs::read_dir("/proc/self/task")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with(prefix))
-                })
-                .filter_map(|t| stat_ticks(&std::fs::read_to_string(t.path().join("stat")).ok()?))
-                .sum(),
-            Cpu::Process(master) => {
-                let children =
-                    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-                        .unwrap_or_default();
-                std::iter::once(master)
-                    .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
-                    .filter_map(|pid| {
-                        stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-                    })
-                    .sum()
-            }
-        }
-    }
-}
-
 fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("find a free port: {e}"))
 }
 
 fn find(program: &str) -> Result<(), String> {
@@ -177,29 +95,6 @@ async fn backend(name: &'static str) -> Result<ServerThread, String> {
     .await
 }
 
-/// nginx or HAProxy in the foreground with its own directory; stopped by its pid on drop.
-struct Proxy {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits (SIGKILL on
-        // the master alone would orphan the workers); HAProxy, one process, stops at once.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_nginx(port: u16, backends: &[SocketAddr], tls: Option<&Certs>) -> Result<Proxy, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let p = dir.path().display().to_string();
@@ -207,7 +102,7 @@ fn start_nginx(port: u16, backends: &[SocketAddr], tls: Option<&Certs>) -> Resul
         .iter()
         .map(|b| format!("        server {b} max_fails=1 fail_timeout=10s;\n"))
         .collect();
-    let user = if nix_is_root() { "user root;\n" } else { "" };
+    let user = if is_root() { "user root;\n" } else { "" };
     let ssl = if tls.is_some() { " ssl" } else { "" };
     let ssl_files = tls.map_or_else(String::new, |c| {
         format!(
@@ -266,7 +161,7 @@ http {{
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("start nginx: {e}"))?;
-    Ok(Proxy { child, _dir: dir })
+    Ok(Proxy { child, dir })
 }
 
 /// HAProxy configured as nginx is above (see the module's documentation).
@@ -321,7 +216,7 @@ backend app
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("start haproxy: {e}"))?;
-    Ok(Proxy { child, _dir: dir })
+    Ok(Proxy { child, dir })
 }
 
 /// A test CA's certificate for `127.0.0.1` and `localhost`, in the files each proxy reads.
@@ -360,26 +255,6 @@ fn make_certs() -> Result<Certs, String> {
     write(&files.key, &key.serialize_pem())?;
     write(&files.combined, &format!("{chain}{}", key.serialize_pem()))?;
     Ok(files)
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-async fn wait_until_serving(url: &str) -> Result<(), String> {
-    for _ in 0..100 {
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_start_matches("https://");
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{url} never accepted connections"))
 }
 
 /// (idle, all) ticks of the whole machine, from the `cpu` line of `/proc/stat`.
@@ -807,13 +682,6 @@ Transfer/sec:      2.00MB";
         assert!((l.p99_ms - 4.53).abs() < 1e-9);
         assert_eq!(l.errors, 6);
         assert_eq!(l.requests, 120000);
-        assert_eq!(
-            stat_ticks("42 (tokio w) S 1 1 1 0 -1 4194560 10 0 0 0 250 75 0 0 20 0"),
-            Some(Ticks {
-                user: 250,
-                system: 75
-            })
-        );
         assert_eq!(parse_duration_ms("850.00us"), Some(0.85));
         assert_eq!(parse_duration_ms("1.20s"), Some(1200.0));
         assert!(parse_wrk("garbage").is_none());

@@ -16,13 +16,14 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use futures_util::{SinkExt as _, StreamExt as _};
+use herd_benches::proc::{Cpu, Proxy, clock_ticks, free_port, is_root, wait_until_serving};
 use herd_gateway::GatewayConfig;
 use herd_gateway::server::ServerThread;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,93 +42,6 @@ struct Load {
     open_ms: f64,
     /// The proxy's CPU time (user + system) per round trip, in microseconds.
     cpu_us_per_round_trip: f64,
-}
-
-/// CPU time in clock ticks: user and system.
-#[derive(Debug, Clone, Copy, Default)]
-struct Ticks {
-    user: u64,
-    system: u64,
-}
-
-impl std::iter::Sum for Ticks {
-    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
-        iter.fold(Self::default(), |a, b| Self {
-            user: a.user + b.user,
-            system: a.system + b.system,
-        })
-    }
-}
-
-/// utime and stime of a `/proc/.../stat` line.
-fn stat_ticks(stat: &str) -> Option<Ticks> {
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Ticks {
-        user: fields.get(11)?.parse().ok()?,
-        system: fields.get(12)?.parse().ok()?,
-    })
-}
-
-/// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`, 100 on Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// Where a proxy's CPU time is read from.
-#[derive(Clone, Copy)]
-enum Cpu {
-    /// Threads of this process whose name starts with the prefix (the gateway's runtimes).
-    Threads(&'static str),
-    /// A process and its children (nginx's master and workers).
-    Process(u32),
-}
-
-impl Cpu {
-    fn ticks(self) -> Ticks {
-        match self {
-            Cpu::Threads(prefix) => std::fs::read_dir("/proc/self/task")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with(prefix))
-                })
-                .filter_map(|t| stat_ticks(&std::fs::read_to_string(t.path().join("stat")).ok()?))
-                .sum(),
-            Cpu::Process(master) => {
-                let children =
-                    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-                        .unwrap_or_default();
-                std::iter::once(master)
-                    .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
-                    .filter_map(|pid| {
-                        stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-                    })
-                    .sum()
-            }
-        }
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("find a free port: {e}"))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// The echo backend: `/ws` sends back every message it gets.
@@ -160,30 +74,8 @@ async fn echo(mut socket: WebSocket) {
     }
 }
 
-/// nginx in the foreground with its own directory; stopped by its pid on drop.
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers, then exits.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// nginx as its WebSocket proxying guide has it, with herd's forwarding headers.
-fn start_nginx(port: u16, backend: SocketAddr) -> Result<Nginx, String> {
+fn start_nginx(port: u16, backend: SocketAddr) -> Result<Proxy, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let p = dir.path().display().to_string();
     let user = if is_root() { "user root;\n" } else { "" };
@@ -235,7 +127,7 @@ http {{
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("start nginx (apt-get install -y nginx): {e}"))?;
-    Ok(Nginx { child, _dir: dir })
+    Ok(Proxy { child, dir })
 }
 
 /// herd's gateway as the demo runs it, in front of `backend`, idle WebSockets kept 60 s as
@@ -251,16 +143,6 @@ upgrade_idle_timeout = \"60s\"
 "
     ))
     .map_err(|e| format!("herd's gateway configuration: {e}"))
-}
-
-async fn wait_until_serving(addr: &str) -> Result<(), String> {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{addr} never accepted connections"))
 }
 
 /// Opens `connections` WebSockets to `ws://addr/ws` and echoes `size`-byte messages on each,
