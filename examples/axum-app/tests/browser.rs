@@ -10,104 +10,20 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::browser::{browser_available, connect, start_chromedriver};
 use common::{demo, unique};
-use fantoccini::{ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
-
-/// chromedriver on a free port, stopped (by its pid) on drop.
-struct Driver(Child, u16);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_chromedriver() -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian package chromium-driver) is needed for the browser test");
-    Driver(child, port)
-}
-
-/// Whether chromium and chromedriver are installed; without them, a loud notice (or a failure
-/// when `HERD_REQUIRE_BROWSER=1`).
-fn browser_available() -> bool {
-    let chromedriver = Command::new("chromedriver")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let chromium = std::path::Path::new("/usr/bin/chromium").exists();
-    if chromedriver && chromium {
-        return true;
-    }
-    let missing = match (chromium, chromedriver) {
-        (false, false) => "chromium and chromedriver",
-        (false, true) => "chromium",
-        _ => "chromedriver",
-    };
-    assert!(
-        std::env::var("HERD_REQUIRE_BROWSER").as_deref() != Ok("1"),
-        "HERD_REQUIRE_BROWSER=1 but {missing} is not installed (apt-get install -y chromium chromium-driver)"
-    );
-    // Straight to the process's stderr: libtest captures `eprintln!`, and a skip that only
-    // `--nocapture` shows is not loud.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED the browser test: {missing} not installed \
-         (apt-get install -y chromium chromium-driver; HERD_REQUIRE_BROWSER=1 makes this a failure) ***\n"
-    );
-    false
-}
+use fantoccini::Locator;
 
 #[tokio::test]
 async fn a_browser_signs_up_logs_in_and_sees_its_notes_through_the_gateway() {
-    if !browser_available() {
+    if !browser_available("browser test") {
         return;
     }
     let d = demo().await;
     let driver = start_chromedriver();
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-        }),
-    );
-    let url = format!("http://127.0.0.1:{}", driver.1);
-    let mut browser = None;
-    for _ in 0..50 {
-        match ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&url)
-            .await
-        {
-            Ok(c) => {
-                browser = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let b = browser.expect("a WebDriver session with headless Chromium");
+    let b = connect(&driver, &[]).await;
     let result = async {
         let gw = d.gateway.server.url();
         let user = unique("browser");

@@ -12,97 +12,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::browser::{browser_available, connect, start_chromedriver};
 use common::{client, client_ip, demo};
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use fantoccini::{Client, Locator};
 use serde_json::Value;
-
-/// chromedriver on a free port, stopped (by its pid) on drop.
-struct Driver(Child, u16);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_chromedriver() -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian package chromium-driver) is needed for the dashboard test");
-    Driver(child, port)
-}
-
-/// Whether chromium and chromedriver are installed; without them, a loud notice (or a failure
-/// when `HERD_REQUIRE_BROWSER=1`).
-fn browser_available() -> bool {
-    let chromedriver = Command::new("chromedriver")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let chromium = std::path::Path::new("/usr/bin/chromium").exists();
-    if chromedriver && chromium {
-        return true;
-    }
-    let missing = match (chromium, chromedriver) {
-        (false, false) => "chromium and chromedriver",
-        (false, true) => "chromium",
-        _ => "chromedriver",
-    };
-    assert!(
-        std::env::var("HERD_REQUIRE_BROWSER").as_deref() != Ok("1"),
-        "HERD_REQUIRE_BROWSER=1 but {missing} is not installed (apt-get install -y chromium chromium-driver)"
-    );
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED the dashboard browser test: {missing} not installed \
-         (apt-get install -y chromium chromium-driver; HERD_REQUIRE_BROWSER=1 makes this a failure) ***\n"
-    );
-    false
-}
-
-async fn connect(driver: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": "/usr/bin/chromium",
-            // A laptop's screen: the dashboard must be readable without scrolling.
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--window-size=1440,900",
-                     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-        }),
-    );
-    let url = format!("http://127.0.0.1:{}", driver.1);
-    for _ in 0..50 {
-        if let Ok(c) = ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&url)
-            .await
-        {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no WebDriver session with headless Chromium");
-}
 
 /// Stops the load on drop (also when an assertion fails).
 struct Load(Arc<AtomicBool>);
@@ -149,7 +66,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_plots_each_endpoint_and_marks_a_stopped_instances_ejection() {
-    if !browser_available() {
+    if !browser_available("dashboard browser test") {
         return;
     }
     let d = demo().await;
@@ -177,7 +94,8 @@ async fn the_dashboard_plots_each_endpoint_and_marks_a_stopped_instances_ejectio
     }
 
     let driver = start_chromedriver();
-    let browser = connect(&driver).await;
+    // A laptop's screen: the dashboard must be readable without scrolling.
+    let browser = connect(&driver, &["--window-size=1440,900"]).await;
     // The checks run as a task of their own, so that a failed one still lets the browser be
     // closed below before the failure is reported.
     let b = browser.clone();

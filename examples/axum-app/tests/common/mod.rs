@@ -109,6 +109,7 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
 ) -> T {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
+pub(crate) mod browser;
 pub(crate) mod procs;
 
 /// Per backend address: (healthy, failures) as the gateway reports them.
