@@ -7,6 +7,7 @@ mod postgres;
 mod process;
 mod redis;
 pub mod shared;
+pub mod tls;
 
 pub use crate::error::{Error, Result};
 pub use crate::postgres::{PgCluster, PgNode};

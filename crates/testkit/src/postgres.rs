@@ -12,6 +12,7 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result};
 use crate::process::{self, Placement, RunAs, Server, Workspace};
+use crate::tls::{ClientAuth, ServerTls};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -56,6 +57,18 @@ struct NodeInner {
     place: Placement,
     /// `Some((primary address, primary port))` for a node started as a replica.
     upstream: Option<(Ipv4Addr, u16)>,
+    /// TLS settings and the server's own copies of its certificate files, when it runs with
+    /// `ssl=on`.
+    tls: Option<Arc<PgTls>>,
+}
+
+/// A TLS cluster's settings and where its server reads its certificate, key and CA.
+#[derive(Debug)]
+struct PgTls {
+    settings: ServerTls,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    ca_file: PathBuf,
 }
 
 impl fmt::Debug for PgNode {
@@ -79,16 +92,50 @@ impl PgCluster {
         PgCluster::start_placed(Placement::local(), vec![Placement::local(); replicas]).await
     }
 
+    /// [`PgCluster::start`] with `ssl=on`, presenting `tls`'s certificate and checking client
+    /// certificates against its CA. Connections other than replication must use TLS
+    /// (`hostnossl ... reject`); with [`ClientAuth::Required`] they must also present a client
+    /// certificate whose common name is the user name (`hostssl ... clientcert=verify-full`).
+    /// Replication connections (base backups, streaming) keep libpq's default `sslmode=prefer`.
+    ///
+    /// The URLs ([`PgNode::url`], [`PgCluster::primary_url`]) then carry `sslmode=verify-full`,
+    /// `sslrootcert` and, with [`ClientAuth::Required`], `sslcert` and `sslkey`; the kit's own
+    /// connections check the chain only (`verify-ca`), so a server presenting
+    /// [`TestCa::server_for_hostname`](crate::tls::TestCa::server_for_hostname) starts too.
+    ///
+    /// # Errors
+    /// As [`PgCluster::start`].
+    pub async fn start_tls(replicas: usize, tls: ServerTls) -> Result<PgCluster> {
+        PgCluster::start_placed_tls(
+            Placement::local(),
+            vec![Placement::local(); replicas],
+            Some(tls),
+        )
+        .await
+    }
+
     /// [`PgCluster::start`] with the primary and each replica at a given place (a `Net` host).
     pub(crate) async fn start_placed(
         primary_place: Placement,
         replica_places: Vec<Placement>,
+    ) -> Result<PgCluster> {
+        PgCluster::start_placed_tls(primary_place, replica_places, None).await
+    }
+
+    async fn start_placed_tls(
+        primary_place: Placement,
+        replica_places: Vec<Placement>,
+        tls: Option<ServerTls>,
     ) -> Result<PgCluster> {
         let bindir = process::postgres_bindir()?;
         let run_as = RunAs::for_postgres()?;
         let ws = Arc::new(Workspace::new("herd-pg-")?);
         let socket_dir = ws.path().join("sockets");
         RunAs::private_dir(run_as, &socket_dir)?;
+        let tls = tls
+            .map(|settings| PgTls::install(settings, &ws, run_as))
+            .transpose()?
+            .map(Arc::new);
 
         let primary = PgNode::new(
             &ws,
@@ -98,6 +145,7 @@ impl PgCluster {
             &socket_dir,
             primary_place,
             None,
+            tls.clone(),
         )?;
         RunAs::private_dir(run_as, &primary.inner.data_dir)?;
         let data = primary.inner.data_dir.to_string_lossy().into_owned();
@@ -132,6 +180,10 @@ impl PgCluster {
             )
             .map_err(|e| Error::io(format!("write {}", hba.display()), e))?;
         }
+        if let Some(tls) = &tls {
+            // Replicas copy this file with their base backup.
+            tls.require_tls(&primary.inner.data_dir)?;
+        }
         primary.launch().await?;
 
         let mut nodes = Vec::with_capacity(replica_places.len());
@@ -144,6 +196,7 @@ impl PgCluster {
                 &socket_dir,
                 place,
                 Some((primary.inner.place.ip, primary.port())),
+                tls.clone(),
             )?;
             RunAs::private_dir(run_as, &node.inner.data_dir)?;
             nodes.push(node);
@@ -318,6 +371,7 @@ impl PgNode {
         socket_dir: &std::path::Path,
         place: Placement,
         upstream: Option<(Ipv4Addr, u16)>,
+        tls: Option<Arc<PgTls>>,
     ) -> Result<PgNode> {
         Ok(PgNode {
             inner: Arc::new(NodeInner {
@@ -331,6 +385,7 @@ impl PgNode {
                 ws: Arc::clone(ws),
                 place,
                 upstream,
+                tls,
             }),
         })
     }
@@ -390,6 +445,12 @@ impl PgNode {
         set("max_connections=200".into());
         set("shared_buffers=32MB".into());
         set("logging_collector=off".into());
+        if let Some(tls) = &i.tls {
+            set("ssl=on".into());
+            set(format!("ssl_cert_file={}", tls.cert_file.display()));
+            set(format!("ssl_key_file={}", tls.key_file.display()));
+            set(format!("ssl_ca_file={}", tls.ca_file.display()));
+        }
         if let Some((up_ip, up_port)) = i.upstream {
             // Name the replica in pg_stat_replication; -R wrote the rest of the conninfo.
             set(format!(
@@ -436,7 +497,7 @@ impl PgNode {
     }
 
     async fn connect(&self) -> Result<sqlx::PgConnection> {
-        sqlx::PgConnection::connect(&self.url())
+        sqlx::PgConnection::connect(&self.kit_url())
             .await
             .map_err(|source| Error::Sql {
                 node: self.inner.name.clone(),
@@ -504,11 +565,50 @@ impl PgNode {
     }
 
     /// Its connection URL (`postgres://postgres@127.0.0.1:PORT/postgres`, or the host's address).
+    ///
+    /// On a TLS cluster ([`PgCluster::start_tls`]) it adds `sslmode=verify-full` and
+    /// `sslrootcert` (the test CA), and `sslcert`/`sslkey` (the test client certificate) when the
+    /// server requires one.
     pub fn url(&self) -> String {
+        let base = self.plain_url();
+        match &self.inner.tls {
+            None => base,
+            Some(tls) => {
+                let s = &tls.settings;
+                let mut url = format!(
+                    "{base}?sslmode=verify-full&sslrootcert={}",
+                    s.ca_file().display()
+                );
+                if s.client_auth() == ClientAuth::Required {
+                    url.push_str(&client_params(s));
+                }
+                url
+            }
+        }
+    }
+
+    /// The URL without any TLS parameter: `postgres://postgres@127.0.0.1:PORT/postgres`, for
+    /// tests that choose `sslmode` and certificates themselves.
+    pub fn plain_url(&self) -> String {
         format!(
             "postgres://postgres@{}:{}/postgres",
             self.inner.place.ip, self.inner.port
         )
+    }
+
+    /// The URL the kit connects with: on a TLS cluster the chain is checked but not the host
+    /// name (the server may present a certificate for another name on purpose), and the client
+    /// certificate is always presented.
+    fn kit_url(&self) -> String {
+        let base = self.plain_url();
+        match &self.inner.tls {
+            None => base,
+            Some(tls) => format!(
+                "{base}?sslmode=verify-ca&sslrootcert={}{}",
+                tls.settings.ca_file().display(),
+                client_params(&tls.settings)
+            ),
+        }
     }
 
     /// The postmaster's pid while it runs.
@@ -601,5 +701,67 @@ impl PgNode {
     pub async fn start(&self) -> Result<()> {
         // After a SIGKILL the old backends may hold the port for a moment; launch() waits it out.
         self.launch().await
+    }
+}
+
+/// `&sslcert=...&sslkey=...` with the kit's client certificate.
+fn client_params(tls: &ServerTls) -> String {
+    format!(
+        "&sslcert={}&sslkey={}",
+        tls.client_cert_file().display(),
+        tls.client_key_file().display()
+    )
+}
+
+impl PgTls {
+    /// Copies the certificate, key and CA into `<workspace>/tls`, owned by the user PostgreSQL
+    /// runs as: the server refuses a key file that others can read or that it does not own
+    /// (unless root owns it), and it cannot read the test CA's key (mode 0600, our user's).
+    fn install(settings: ServerTls, ws: &Workspace, run_as: Option<RunAs>) -> Result<PgTls> {
+        let dir = ws.path().join("tls");
+        RunAs::private_dir(run_as, &dir)?;
+        let owner = match run_as {
+            Some(_) => match nix::unistd::User::from_name("postgres") {
+                Ok(Some(user)) => Some((user.uid, user.gid)),
+                _ => return Err(Error::NoPostgresUser),
+            },
+            None => None,
+        };
+        let copy = |from: &std::path::Path, name: &str| -> Result<PathBuf> {
+            let to = dir.join(name);
+            let what = || format!("copy {} to {}", from.display(), to.display());
+            std::fs::copy(from, &to).map_err(|e| Error::io(what(), e))?;
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| Error::io(what(), e))?;
+            if let Some((uid, gid)) = owner {
+                nix::unistd::chown(&to, Some(uid), Some(gid))
+                    .map_err(|e| Error::io(what(), e.into()))?;
+            }
+            Ok(to)
+        };
+        Ok(PgTls {
+            cert_file: copy(settings.cert_file(), "server.crt")?,
+            key_file: copy(settings.key_file(), "server.key")?,
+            ca_file: copy(settings.ca_file(), "ca.crt")?,
+            settings,
+        })
+    }
+
+    /// Puts the TLS rules first in `pg_hba.conf` (the first matching line decides): no plain
+    /// connection except replication, and a client certificate when required.
+    fn require_tls(&self, data_dir: &std::path::Path) -> Result<()> {
+        let hba = data_dir.join("pg_hba.conf");
+        let what = || format!("rewrite {}", hba.display());
+        let old = std::fs::read_to_string(&hba).map_err(|e| Error::io(what(), e))?;
+        let cert = match self.settings.client_auth() {
+            ClientAuth::Optional => "",
+            ClientAuth::Required => " clientcert=verify-full",
+        };
+        let rules = format!(
+            "# herd-testkit: TLS only (replication keeps the rules below)\n\
+             hostnossl all all all reject\n\
+             hostssl all all all trust{cert}\n"
+        );
+        std::fs::write(&hba, format!("{rules}{old}")).map_err(|e| Error::io(what(), e))
     }
 }

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 use crate::process::{self, Placement, Server, Workspace};
+use crate::tls::{ClientAuth, ServerTls};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -29,6 +30,8 @@ struct NodeInner {
     ws: Arc<Workspace>,
     /// Its address and network namespace.
     place: Placement,
+    /// TLS settings when it serves TLS only (`--port 0 --tls-port PORT`).
+    tls: Option<ServerTls>,
 }
 
 impl fmt::Debug for RedisNode {
@@ -45,6 +48,7 @@ impl RedisNode {
         ws: &Arc<Workspace>,
         cluster_node_timeout: Option<Duration>,
         place: Placement,
+        tls: Option<ServerTls>,
     ) -> Result<RedisNode> {
         let program = process::redis_program("redis-server")?;
         let port = process::free_port(cluster_node_timeout.is_some())?;
@@ -60,6 +64,7 @@ impl RedisNode {
                 server: Server::new(name),
                 ws: Arc::clone(ws),
                 place,
+                tls,
             }),
         })
     }
@@ -67,8 +72,33 @@ impl RedisNode {
     fn command(&self) -> Command {
         let i = &self.inner;
         let mut cmd = Command::new(&i.program);
-        cmd.args(["--port", &i.port.to_string()])
-            .args(["--bind", &i.place.ip.to_string()])
+        match &i.tls {
+            None => {
+                cmd.args(["--port", &i.port.to_string()]);
+            }
+            Some(tls) => {
+                // TLS only: no plain port; replication and (below) the cluster bus over TLS.
+                let auth = match tls.client_auth() {
+                    ClientAuth::Optional => "optional",
+                    ClientAuth::Required => "yes",
+                };
+                cmd.args(["--port", "0", "--tls-port", &i.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(tls.cert_file())
+                    .arg("--tls-key-file")
+                    .arg(tls.key_file())
+                    .arg("--tls-ca-cert-file")
+                    .arg(tls.ca_file())
+                    .args(["--tls-auth-clients", auth])
+                    .args(["--tls-replication", "yes"]);
+                if i.cluster_node_timeout.is_some() {
+                    // The bus port is the client port + 10000, as `free_port` reserved it.
+                    cmd.args(["--tls-cluster", "yes"])
+                        .args(["--cluster-port", &(u32::from(i.port) + 10_000).to_string()]);
+                }
+            }
+        }
+        cmd.args(["--bind", &i.place.ip.to_string()])
             .args(["--protected-mode", "no"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -92,9 +122,21 @@ impl RedisNode {
         let started = Instant::now();
         loop {
             if let Some(status) = i.server.exited() {
+                if i.tls.is_some() {
+                    let log = process::log_tail(&i.ws.log_path(self.name()), 30);
+                    if log.contains("tls-port") || log.contains("TLS support") {
+                        return Err(Error::Unsupported {
+                            what: "TLS servers of this redis-server",
+                            reason: format!(
+                                "it was built without TLS (exit {status}); install a build with \
+                                 TLS, e.g. Debian's redis-server 7.0 or later:\n{log}"
+                            ),
+                        });
+                    }
+                }
                 return Err(self.startup_error(format!("the server exited ({status})")));
             }
-            if self.ping().await.is_ok() {
+            if self.ready().await {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
@@ -113,13 +155,32 @@ impl RedisNode {
         }
     }
 
+    /// Whether it answers PING; for a server whose certificate does not name its address (which
+    /// the `redis` client refuses), whether its port accepts connections.
+    async fn ready(&self) -> bool {
+        match &self.inner.tls {
+            Some(tls) if !tls.names_loopback() => {
+                tokio::net::TcpStream::connect((self.inner.place.ip, self.inner.port))
+                    .await
+                    .is_ok()
+            }
+            _ => self.ping().await.is_ok(),
+        }
+    }
+
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
         let err = |source| Error::Redis {
             node: self.name().to_owned(),
             op: "connect",
             source,
         };
-        let client = redis::Client::open(self.url()).map_err(err)?;
+        let client = match &self.inner.tls {
+            None => redis::Client::open(self.url()).map_err(err)?,
+            Some(tls) => {
+                crate::tls::install_crypto_provider();
+                redis::Client::build_with_tls(self.url(), tls.redis_certificates()?).map_err(err)?
+            }
+        };
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)));
@@ -184,9 +245,19 @@ impl RedisNode {
         format!("{}:{}", self.inner.place.ip, self.inner.port)
     }
 
-    /// `redis://127.0.0.1:PORT` (or the host's address).
+    /// `redis://127.0.0.1:PORT` (or the host's address); `rediss://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("redis://{}:{}", self.inner.place.ip, self.inner.port)
+        let scheme = if self.inner.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}:{}", self.inner.place.ip, self.inner.port)
+    }
+
+    /// Its TLS settings, when it serves TLS.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.inner.tls.as_ref()
     }
 
     /// The server's pid while it runs.
@@ -251,10 +322,25 @@ impl RedisServer {
         RedisServer::start_placed(Placement::local()).await
     }
 
+    /// [`RedisServer::start`] serving TLS only (`--port 0 --tls-port PORT`) with `tls`'s
+    /// certificate, checking client certificates against its CA (`--tls-auth-clients optional`
+    /// or `yes`). [`url`](Self::url) is then `rediss://127.0.0.1:PORT`.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`]; [`Error::Unsupported`] when `redis-server` was built without
+    /// TLS.
+    pub async fn start_tls(tls: ServerTls) -> Result<RedisServer> {
+        RedisServer::start_placed_tls(Placement::local(), Some(tls)).await
+    }
+
     /// [`RedisServer::start`] at a given place (a `Net` host).
     pub(crate) async fn start_placed(place: Placement) -> Result<RedisServer> {
+        RedisServer::start_placed_tls(place, None).await
+    }
+
+    async fn start_placed_tls(place: Placement, tls: Option<ServerTls>) -> Result<RedisServer> {
         let ws = Arc::new(Workspace::new("herd-redis-")?);
-        let node = RedisNode::new(&ws, None, place)?;
+        let node = RedisNode::new(&ws, None, place, tls)?;
         node.launch().await?;
         Ok(RedisServer { node, ws })
     }
@@ -264,7 +350,7 @@ impl RedisServer {
         &self.node
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (`rediss://` when it serves TLS).
     pub fn url(&self) -> String {
         self.node.url()
     }
@@ -313,6 +399,7 @@ pub struct RedisClusterBuilder {
     masters: usize,
     replicas_per_master: usize,
     node_timeout: Duration,
+    tls: Option<ServerTls>,
 }
 
 impl Default for RedisClusterBuilder {
@@ -321,6 +408,7 @@ impl Default for RedisClusterBuilder {
             masters: 3,
             replicas_per_master: 1,
             node_timeout: Duration::from_millis(2000),
+            tls: None,
         }
     }
 }
@@ -342,6 +430,18 @@ impl RedisClusterBuilder {
     /// takes over.
     pub fn node_timeout(mut self, t: Duration) -> Self {
         self.node_timeout = t;
+        self
+    }
+
+    /// Serves TLS only with `tls`'s certificate: clients on `--tls-port` (the plain port is 0),
+    /// the cluster bus (`--tls-cluster yes`) and replication (`--tls-replication yes`) too, and
+    /// client certificates checked against its CA (`--tls-auth-clients optional` or `yes`).
+    /// [`RedisCluster::urls`] are then `rediss://` URLs. Use [`TestCa::server`] (the nodes
+    /// announce 127.0.0.1, which clients check the certificate against).
+    ///
+    /// [`TestCa::server`]: crate::tls::TestCa::server
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -369,7 +469,12 @@ impl RedisClusterBuilder {
         let count = self.masters * (1 + self.replicas_per_master);
         let mut nodes = Vec::with_capacity(count);
         for place in places.iter().cycle().take(count) {
-            nodes.push(RedisNode::new(&ws, Some(self.node_timeout), place.clone())?);
+            nodes.push(RedisNode::new(
+                &ws,
+                Some(self.node_timeout),
+                place.clone(),
+                self.tls.clone(),
+            )?);
         }
         let cluster = RedisCluster {
             nodes,
@@ -384,6 +489,18 @@ impl RedisClusterBuilder {
         let mut args: Vec<&str> = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
+        let tls_args: Vec<String> = self.tls.as_ref().map_or_else(Vec::new, |tls| {
+            vec![
+                "--tls".to_owned(),
+                "--cacert".to_owned(),
+                tls.ca_file().display().to_string(),
+                "--cert".to_owned(),
+                tls.client_cert_file().display().to_string(),
+                "--key".to_owned(),
+                tls.client_key_file().display().to_string(),
+            ]
+        });
+        args.extend(tls_args.iter().map(String::as_str));
         process::run(&cli, &args, None, "redis cluster").await?;
         cluster.wait_settled(START_TIMEOUT).await?;
         Ok(cluster)
@@ -431,7 +548,8 @@ impl RedisCluster {
         &self.nodes
     }
 
-    /// `redis://127.0.0.1:PORT` for every node (seed list for a cluster client).
+    /// `redis://127.0.0.1:PORT` for every node (seed list for a cluster client); `rediss://` when
+    /// the cluster serves TLS.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisNode::url).collect()
     }
