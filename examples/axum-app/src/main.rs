@@ -7,7 +7,7 @@
 //! pieces as separate processes, as the deployment guides do.
 #![allow(clippy::print_stdout)]
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,15 @@ enum Command {
     },
     /// One app instance; back ends from DATABASE_URL, REPLICA_URLS, REDIS_CLUSTER_NODES or REDIS_URL.
     Instance {
-        /// Port on 127.0.0.1.
-        #[arg(long)]
+        /// Port to listen on.
+        #[arg(long, env = "INSTANCE_PORT")]
         port: u16,
+        /// Address to listen on: loopback by default; `0.0.0.0` in a container, where the
+        /// gateway and Prometheus connect from other hosts.
+        #[arg(long, env = "INSTANCE_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+        host: IpAddr,
         /// Name shown by /api/whoami (default instance-PORT).
-        #[arg(long)]
+        #[arg(long, env = "INSTANCE_NAME")]
         name: Option<String>,
         /// Session signing key shared by all instances (base64, at least 32 bytes);
         /// without one, a fresh key is used and sessions work on this instance only.
@@ -106,10 +110,19 @@ async fn main() -> ExitCode {
         } => run_all(gateway_port, first_instance_port, policy).await,
         Command::Instance {
             port,
+            host,
             name,
             session_key,
             insecure_cookies,
-        } => run_instance(port, name, session_key, !insecure_cookies).await,
+        } => {
+            run_instance(
+                SocketAddr::new(host, port),
+                name,
+                session_key,
+                !insecure_cookies,
+            )
+            .await
+        }
         Command::Gateway {
             listen,
             backends,
@@ -256,7 +269,7 @@ fn print_banner(topology: &Topology, backends: &[String], gateway: &str, policy:
 }
 
 async fn run_instance(
-    port: u16,
+    bind: SocketAddr,
     name: Option<String>,
     key: Option<String>,
     secure_cookies: bool,
@@ -276,14 +289,14 @@ async fn run_instance(
         }
     };
     let config = InstanceConfig {
-        name: name.unwrap_or_else(|| format!("instance-{port}")),
+        name: name.unwrap_or_else(|| format!("instance-{}", bind.port())),
         database_url: topology.database_url.clone(),
         replica_urls: topology.replica_urls.clone(),
         redis: topology.redis.clone(),
         session_keys: keys,
         secure_cookies,
     };
-    let mut running = instance::spawn(config, localhost(port)).await?;
+    let mut running = instance::spawn(config, bind).await?;
     println!(
         "{} listening on {}",
         running.server.name(),
