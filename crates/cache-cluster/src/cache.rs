@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::{Instrument, Span};
 
 use crate::backend::Backend;
 use crate::circuit::{Circuit, Circuits};
@@ -21,7 +22,10 @@ use crate::error::{BoxError, Error};
 use crate::flight::Flights;
 use crate::invalidation::{self, Invalidation};
 use crate::l1::L1;
-use crate::metrics::{EARLY_REFRESHES_TOTAL, ERRORS_TOTAL, LOAD_SECONDS, LOCK_WAIT_EXPIRED_TOTAL};
+use crate::metrics::{
+    EARLY_REFRESHES_TOTAL, ERRORS_TOTAL, LOAD_SECONDS, LOCK_WAIT_EXPIRED_TOTAL, LOCK_WAIT_SECONDS,
+    op_span, traced, traced_error, traced_node,
+};
 use crate::stats::{CacheStats, Counters, Outcome, Tier};
 use crate::task::AbortOnDrop;
 
@@ -102,6 +106,7 @@ impl CacheBuilder {
     /// [`Error::InvalidConfig`] for an unusable namespace or L1 size, [`Error::Backend`] when the
     /// invalidation subscription cannot be made.
     pub async fn build(self) -> Result<Cache, Error> {
+        crate::metrics::describe();
         let Self {
             backend,
             config,
@@ -214,6 +219,14 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
+        let span = op_span!("herd.cache.get", "get", "GET", key);
+        traced(span, self.get_untraced(key)).await
+    }
+
+    async fn get_untraced<T>(&self, key: &str) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
         if let Some(value) = self.inner.l1_get::<T>(key) {
             return value;
         }
@@ -308,6 +321,25 @@ impl Cache {
         T: Serialize + Clone + Send + Sync + 'static,
         S: AsRef<str>,
     {
+        let span = op_span!("herd.cache.set", "set", "SET", key);
+        let result = traced(span.clone(), self.set_untraced(key, value, ttl, tags)).await;
+        if let Err(error) = &result {
+            traced_error(&span, error);
+        }
+        result
+    }
+
+    async fn set_untraced<T, S>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        tags: &[S],
+    ) -> Result<(), Error>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+        S: AsRef<str>,
+    {
         let inner = &self.inner;
         let bytes = codec::encode(Some(value), Header::new(false, ttl, Duration::ZERO)).map_err(
             |source| Error::Encode {
@@ -387,6 +419,15 @@ impl Cache {
     /// # Errors
     /// [`Error::Backend`] or [`Error::CircuitOpen`]; the local L1 entry is removed regardless.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        let span = op_span!("herd.cache.delete", "delete", "DEL", key);
+        let result = traced(span.clone(), self.delete_untraced(key)).await;
+        if let Err(error) = &result {
+            traced_error(&span, error);
+        }
+        result
+    }
+
+    async fn delete_untraced(&self, key: &str) -> Result<(), Error> {
         let inner = &self.inner;
         if let Some(l1) = &inner.l1 {
             l1.invalidate(key);
@@ -484,6 +525,32 @@ impl Cache {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
+        let span = op_span!("herd.cache.get_or_load", "get_or_load", "GET", key);
+        let result = traced(
+            span.clone(),
+            self.get_or_load_untraced(key, ttl, loader, &span),
+        )
+        .await;
+        if let Err(error) = &result {
+            traced_error(&span, error);
+        }
+        result
+    }
+
+    /// [`get_or_load`](Self::get_or_load) in `span`, which a load this call starts runs in too.
+    async fn get_or_load_untraced<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+        span: &Span,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
         if let Some(value) = self.inner.l1_get::<T>(key) {
             return Ok(value);
         }
@@ -502,6 +569,7 @@ impl Cache {
                 let value = inner.resolve::<T, _, _, _>(owned_key, ttl, loader).await?;
                 Ok(Arc::new(value) as Arc<dyn Any + Send + Sync>)
             }
+            .instrument(span.clone())
             .boxed()
         });
         let shared = flight.await?;
@@ -687,6 +755,9 @@ impl Inner {
     {
         let full = self.data_key(key);
         let slot = self.backend.slot_of(&full);
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            traced_node(self.backend.node_of_slot(slot));
+        }
         let circuit = self.circuits.for_shard(self.backend.shard_of_slot(slot));
         if !circuit.allows() {
             self.skipped(1);
@@ -966,9 +1037,15 @@ impl Inner {
         let deadline = now
             .checked_add(lock.wait)
             .unwrap_or(now + Duration::from_secs(86_400));
+        let waited = |outcome: &'static str| {
+            metrics::histogram!(LOCK_WAIT_SECONDS, "outcome" => outcome)
+                .record(now.elapsed().as_secs_f64());
+        };
+        let mut outcome = "expired";
         while Instant::now() < deadline {
             tokio::time::sleep(lock.poll_interval).await;
             if !circuit.allows() {
+                outcome = "gave_up";
                 break;
             }
             match self.backend.get(&full).await {
@@ -980,13 +1057,18 @@ impl Inner {
                             let written = self.fingerprint(&bytes);
                             l1.insert(key, value.clone(), header.remaining(), written);
                         }
+                        waited("value_arrived");
                         return LockOutcome::ValueArrived(value);
                     }
                 }
                 Ok(None) => {}
-                Err(_) => break,
+                Err(_) => {
+                    outcome = "gave_up";
+                    break;
+                }
             }
         }
+        waited(outcome);
         metrics::counter!(LOCK_WAIT_EXPIRED_TOTAL).increment(1);
         LockOutcome::NotUsed
     }

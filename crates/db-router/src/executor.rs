@@ -35,6 +35,7 @@ use sqlx::postgres::{
 };
 use sqlx::{Describe, Either, Execute, Executor, SqlStr};
 use tokio::time::{Instant, timeout_at};
+use tracing::Instrument;
 
 use crate::classify::{Reason, Route};
 use crate::error::Error;
@@ -148,8 +149,7 @@ impl Shared {
             return Box::pin(self.read_from_replicas(route, parts, &op, required, Vec::new()))
                 .await;
         };
-        metrics::query(&node.metric_keys, route);
-        let result = attempt(node, &op, parts.attempt()).await;
+        let result = attempt(node, route, &op, parts.attempt()).await;
         match self.after_read(result, lease, node, &parts) {
             ReadNext::Done(result) => result,
             ReadNext::Elsewhere => {
@@ -173,8 +173,7 @@ impl Shared {
         F: Op<T>,
     {
         let node = self.writer_or_err("query").map_err(Error::into_sqlx)?;
-        metrics::query(&node.metric_keys, route);
-        let result = attempt(node, op, query).await;
+        let result = attempt(node, route, op, query).await;
         match &result {
             Ok(_) if is_write => {
                 if let Some(client) = Consistency::current() {
@@ -302,8 +301,7 @@ impl Shared {
                     .run_on_writer(route, parts.into_query(), op, false)
                     .await;
             };
-            metrics::query(&node.metric_keys, route);
-            let result = attempt(node, op, parts.attempt()).await;
+            let result = attempt(node, route, op, parts.attempt()).await;
             match self.after_read(result, lease, node, &parts) {
                 ReadNext::Done(result) => return result,
                 ReadNext::Elsewhere => tried.extend(node.read_slot),
@@ -379,17 +377,38 @@ macro_rules! answered {
             let (connection, answered) = sent.parts();
             let result = connection.$method($query).await;
             *answered = true;
+            metrics::answered(&result);
             result
         }
         .boxed()
     }};
 }
 
+/// One attempt of a statement on `node`, counted and, when DEBUG spans are wanted, in its own
+/// `herd.db.query` span (see [`metrics::query_span`]).
+async fn attempt<T>(
+    node: &Node,
+    route: Route,
+    op: &impl Op<T>,
+    query: RoutedQuery,
+) -> Result<T, sqlx::Error> {
+    metrics::query(&node.metric_keys, route);
+    let span = metrics::query_span(node, route, query.sql.as_str());
+    if span.is_disabled() {
+        return attempt_on(node, op, query).await;
+    }
+    let result = attempt_on(node, op, query).instrument(span.clone()).await;
+    if let Err(error) = &result {
+        metrics::query_failed(&span, error);
+    }
+    result
+}
+
 /// One attempt of a statement on `node`: a connection from its pool, given up as soon as the
 /// node is found down (nothing was sent yet, so any statement may go elsewhere or fail
 /// cleanly), then the statement on that connection, which only the node's in-flight bound
 /// interrupts (see the module documentation).
-async fn attempt<T>(node: &Node, op: &impl Op<T>, query: RoutedQuery) -> Result<T, sqlx::Error> {
+async fn attempt_on<T>(node: &Node, op: &impl Op<T>, query: RoutedQuery) -> Result<T, sqlx::Error> {
     let connection = match race_down(node, "query", node.pool.acquire()).await {
         Ok(connection) => connection,
         Err(e) => {

@@ -279,12 +279,14 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
             old.down.raise();
         }
     }
-    for (i, node) in shared.nodes.iter().enumerate() {
-        metrics::gauge(
-            metrics::NODE_PRIMARY,
-            &node.name,
-            if i == next { 1.0 } else { 0.0 },
-        );
+    for (i, (node, observation)) in shared.nodes.iter().zip(observations).enumerate() {
+        let role = match observation {
+            _ if i == next => "primary",
+            Err(_) => "unreachable",
+            Ok(o) if o.in_recovery => "replica",
+            Ok(_) => "writable",
+        };
+        metrics::node_role(&node.name, role);
     }
     if let Some(Ok(Observation {
         current_lsn: Some(lsn),

@@ -107,6 +107,7 @@ impl DbRouterBuilder {
     /// Fails only on invalid configuration ([`Error::InvalidConfig`]); unreachable nodes are
     /// reported by [`DbRouter::status`] and retried every `check_interval`.
     pub async fn build(mut self) -> Result<DbRouter, Error> {
+        crate::metrics::describe();
         let specs = self.config.node_specs()?;
         if let Some((unknown, _)) = self
             .pools

@@ -652,6 +652,7 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
 
 /// The gateway of `parts`.
 pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
+    crate::metrics::describe();
     let admin = parts.admin;
     check_path("admin.health_path", &admin.health_path)?;
     check_path("admin.page_path", &admin.page_path)?;

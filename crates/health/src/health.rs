@@ -143,6 +143,7 @@ impl HealthBuilder {
     /// path that does not start with `/` or a group that shadows a built-in endpoint, and
     /// [`Error::ZeroDuration`] for a zero `check_timeout` or `refresh_interval`.
     pub fn build(self) -> Result<Health, Error> {
+        crate::metrics::describe();
         let config = self.config;
         validate(&config)?;
         let mut checks: Vec<Arc<Registered>> = Vec::with_capacity(self.checks.len());

@@ -34,6 +34,6 @@ pub use layer::{HealthLayer, WithHealth};
 pub use options::{CheckOptions, tags};
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
-pub use prometheus::{MetricsConfig, PrometheusMetrics};
+pub use prometheus::{HERD_BUCKETS, MetricsConfig, PrometheusMetrics};
 pub use registry::Outcome;
 pub use report::{CheckEntry, HEALTH_JSON, HealthReport};

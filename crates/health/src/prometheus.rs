@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -24,8 +26,14 @@ pub struct MetricsConfig {
     /// Upper bounds (seconds) of the histogram buckets. Every histogram is rendered as a true
     /// Prometheus histogram with these buckets, never as a summary, so it can be aggregated
     /// across instances. Default: 1 ms to 10 s, the Prometheus client defaults plus 1 ms and
-    /// 2.5 ms, fit for request and query latencies.
+    /// 2.5 ms, fit for request and query latencies. herd's histograms whose range differs
+    /// (waits for a failover, for another instance's load) get their own buckets from
+    /// [`HERD_BUCKETS`] instead.
     pub buckets: Vec<f64>,
+    /// Buckets for single histograms by full name, e.g.
+    /// `metric_buckets = { herd_cache_load_seconds = [0.01, 0.1, 1.0] }`. They replace
+    /// [`HERD_BUCKETS`]' entry of the same name and [`buckets`](Self::buckets). Default: none.
+    pub metric_buckets: BTreeMap<String, Vec<f64>>,
     /// How often the upkeep task drains histogram data and prunes idle metrics. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub upkeep_interval: Duration,
@@ -43,10 +51,56 @@ impl Default for MetricsConfig {
             buckets: vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
             ],
+            metric_buckets: BTreeMap::new(),
             upkeep_interval: Duration::from_secs(5),
             idle_timeout: None,
             global_labels: BTreeMap::new(),
         }
+    }
+}
+
+/// Waits for a Redis failover: 50 ms (a retry that found the new master at once) to 60 s
+/// (cluster-node-timeout plus the election, with room for a slow one).
+const FAILOVER_WAIT_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
+];
+
+/// Waits for another instance's load, polled every `lock.poll_interval` (20 ms by default) for
+/// up to `lock.wait` (2 s): 500 µs to 5 s.
+const LOCK_WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 2.0, 5.0,
+];
+
+/// A loader's call (often one query, sometimes a remote call): 250 µs to 10 s, finer than the
+/// default below 1 ms, where a primary-key query on a near database lands.
+const LOAD_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// herd's histograms that get their own buckets instead of [`MetricsConfig::buckets`], by full
+/// name (the other herd histograms are request, query and check latencies, which the default
+/// buckets fit). `docs/metrics.md` lists every histogram with its buckets.
+pub const HERD_BUCKETS: &[(&str, &[f64])] = &[
+    ("herd_cache_failover_wait_seconds", FAILOVER_WAIT_BUCKETS),
+    (
+        "herd_session_store_failover_wait_seconds",
+        FAILOVER_WAIT_BUCKETS,
+    ),
+    ("herd_cache_lock_wait_seconds", LOCK_WAIT_BUCKETS),
+    ("herd_cache_load_seconds", LOAD_BUCKETS),
+];
+
+impl MetricsConfig {
+    /// The bucket bounds a histogram named `name` gets: [`metric_buckets`](Self::metric_buckets),
+    /// else [`HERD_BUCKETS`], else [`buckets`](Self::buckets).
+    pub fn buckets_for(&self, name: &str) -> &[f64] {
+        if let Some(buckets) = self.metric_buckets.get(name) {
+            return buckets;
+        }
+        HERD_BUCKETS
+            .iter()
+            .find(|(herd, _)| *herd == name)
+            .map_or(&self.buckets, |(_, buckets)| buckets)
     }
 }
 
@@ -79,8 +133,8 @@ impl PrometheusMetrics {
     ///
     /// # Errors
     ///
-    /// [`Error::NoRuntime`] outside a Tokio runtime, [`Error::InvalidConfig`] when the buckets
-    /// are empty, [`Error::Prometheus`] when a global recorder is already installed,
+    /// [`Error::NoRuntime`] outside a Tokio runtime, [`Error::InvalidConfig`] when a bucket list
+    /// is empty, [`Error::Prometheus`] when a global recorder is already installed,
     /// [`Error::ZeroDuration`] for a zero upkeep interval.
     pub fn install(config: &MetricsConfig) -> Result<Self, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
@@ -88,7 +142,7 @@ impl PrometheusMetrics {
         })?;
         let (metrics, recorder) = Self::build(config)?;
         metrics::set_global_recorder(recorder).map_err(|error| Error::Prometheus(error.into()))?;
-        describe();
+        crate::metrics::describe();
         let upkeep = metrics.clone();
         let interval = config.upkeep_interval;
         runtime.spawn(async move { upkeep.run_upkeep_every(interval).await });
@@ -101,7 +155,7 @@ impl PrometheusMetrics {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when the buckets are empty, [`Error::ZeroDuration`] for a zero
+    /// [`Error::InvalidConfig`] when a bucket list is empty, [`Error::ZeroDuration`] for a zero
     /// upkeep interval.
     pub fn build(config: &MetricsConfig) -> Result<(Self, PrometheusRecorder), Error> {
         if config.buckets.is_empty() {
@@ -116,9 +170,26 @@ impl PrometheusMetrics {
                 value: config.upkeep_interval,
             });
         }
+        if let Some((name, _)) = config.metric_buckets.iter().find(|(_, b)| b.is_empty()) {
+            return Err(Error::InvalidConfig {
+                field: "metric_buckets",
+                reason: format!("{name} needs at least one bucket bound"),
+            });
+        }
         let mut builder = PrometheusBuilder::new()
             .set_buckets(&config.buckets)?
             .upkeep_timeout(config.upkeep_interval);
+        let herd = HERD_BUCKETS
+            .iter()
+            .filter(|(name, _)| !config.metric_buckets.contains_key(*name))
+            .map(|(name, buckets)| (*name, *buckets));
+        let configured = config
+            .metric_buckets
+            .iter()
+            .map(|(name, buckets)| (name.as_str(), buckets.as_slice()));
+        for (name, buckets) in herd.chain(configured) {
+            builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
+        }
         if let Some(idle) = config.idle_timeout {
             builder = builder.idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle));
         }
@@ -158,40 +229,6 @@ impl PrometheusMetrics {
             self.handle.run_upkeep();
         }
     }
-}
-
-/// Describes herd-health's own metrics, so `/metrics` carries HELP lines and units.
-fn describe() {
-    use metrics::Unit;
-
-    use crate::metrics::{
-        CHECK_DURATION_SECONDS, CHECK_RUNS_TOTAL, CHECK_STATUS, DRAINING,
-        HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
-    };
-
-    metrics::describe_counter!(
-        HTTP_REQUESTS_TOTAL,
-        "HTTP requests by method, matched route and status."
-    );
-    metrics::describe_histogram!(
-        HTTP_REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "HTTP request duration by method, matched route and status."
-    );
-    metrics::describe_histogram!(
-        CHECK_DURATION_SECONDS,
-        Unit::Seconds,
-        "Duration of each health check run."
-    );
-    metrics::describe_counter!(CHECK_RUNS_TOTAL, "Health check runs by check and status.");
-    metrics::describe_gauge!(
-        CHECK_STATUS,
-        "Last status of each health check: 0 pass, 1 warn, 2 fail."
-    );
-    metrics::describe_gauge!(
-        DRAINING,
-        "1 once the instance is draining (readiness fails)."
-    );
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use arc_swap::ArcSwapOption;
 use tracing::Instrument;
 
 use crate::check::{CheckResult, ComponentType, HealthCheck, Status};
-use crate::metrics::{CHECK_DURATION_SECONDS, CHECK_RUNS_TOTAL, CHECK_STATUS};
+use crate::metrics::{CHECK_DURATION_SECONDS, CHECK_RUNS_TOTAL, CHECK_STATE};
 use crate::options::CheckOptions;
 
 /// One run of a check: its result, how long it took and when it ran.
@@ -174,7 +174,7 @@ impl Registered {
         let started = Instant::now();
         let time = SystemTime::now();
         let this = Arc::clone(self);
-        let span = tracing::debug_span!("health_check", check = %self.name);
+        let span = tracing::debug_span!("herd.health.check", check = %self.name);
         let task = tokio::spawn(
             async move {
                 let result = match tokio::time::timeout(this.timeout, this.check.check()).await {
@@ -250,12 +250,12 @@ impl Registered {
             "status" => status.as_str()
         )
         .increment(1);
-        // 0 pass, 1 warn, 2 fail: alert on `> 0` or `== 2`.
-        metrics::gauge!(CHECK_STATUS, "check" => name).set(match status {
-            Status::Pass => 0.0,
-            Status::Warn => 1.0,
-            Status::Fail => 2.0,
-        });
+        // One series per status, exactly one of them 1: every state is present, so a query
+        // never has to tell a 0 from a missing series.
+        for state in [Status::Pass, Status::Warn, Status::Fail] {
+            metrics::gauge!(CHECK_STATE, "check" => name.clone(), "state" => state.as_str())
+                .set(if state == status { 1.0 } else { 0.0 });
+        }
         let outcome = Arc::new(Outcome {
             result,
             duration,

@@ -1,5 +1,5 @@
 //! Metric names, and the per-endpoint handles that record them (through the `metrics` facade;
-//! the application installs the exporter).
+//! the application installs the exporter). Every metric is listed in `docs/metrics.md`.
 
 use std::sync::Arc;
 
@@ -16,6 +16,37 @@ pub const LATENCY_SECONDS: &str = "herd_lb_latency_seconds";
 pub const EJECTIONS_TOTAL: &str = "herd_lb_ejections_total";
 /// Gauge: 1 when an endpoint is neither ejected nor failing active checks, else 0, by `endpoint`.
 pub const ENDPOINT_HEALTHY: &str = "herd_lb_endpoint_healthy";
+
+/// Describes every metric above (HELP text and unit) to the recorder in force.
+///
+/// Building an [`EndpointSet`](crate::EndpointSet) (and so a [`Balancer`](crate::Balancer))
+/// calls it, so an application that installs its recorder first, as it should, needs nothing
+/// more; one that installs its recorder later calls this once after installing it. Calling it
+/// again is harmless: a recorder keeps one description per name.
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests completed on an endpoint, by endpoint and outcome (success, failure, client_error, dependency_unavailable)."
+    );
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Requests in flight on an endpoint.");
+    describe_histogram!(
+        LATENCY_SECONDS,
+        Unit::Seconds,
+        "Time from taking an endpoint's slot to the end of its answer (sampled unless the policy ranks by latency)."
+    );
+    describe_counter!(
+        EJECTIONS_TOTAL,
+        Unit::Count,
+        "Ejections of an endpoint by outlier detection (a failed probe's re-ejection counts)."
+    );
+    describe_gauge!(
+        ENDPOINT_HEALTHY,
+        "1 when an endpoint is neither ejected nor failing active checks, else 0."
+    );
+}
 
 /// The handles one endpoint records to, registered once when it joins its set. Those every
 /// request records to come first.

@@ -134,6 +134,7 @@ impl EndpointSetBuilder {
 
     /// Builds an empty set.
     pub fn build<K: EndpointKey, S>(self) -> EndpointSet<K, S> {
+        crate::metrics::describe();
         let rng = self.seed.map_or_else(SharedRng::new, SharedRng::seeded);
         let shared = SetShared::new(self.outlier, self.slow_start, self.ewma, rng);
         EndpointSet {

@@ -4,8 +4,9 @@
 //!
 //! Keys are built once per layer and the recorder is looked up at every event, so counting
 //! allocates nothing and works whether the exporter was installed before or after the layer.
+//! `docs/metrics.md` lists every herd metric.
 
-use metrics::{Key, Label, Level, Metadata};
+use metrics::{Key, Label, Level, Metadata, Unit, describe_counter, describe_histogram};
 
 /// Counter: session reads, by `store` and `outcome` (`hit`, `miss`, `expired`, `error`).
 pub const LOADS_TOTAL: &str = "herd_session_loads_total";
@@ -32,6 +33,60 @@ pub const STORE_FAILOVER_WAIT_SECONDS: &str = "herd_session_store_failover_wait_
 /// Counter: new cluster connections (fresh slot maps) the Redis store made while waiting out a
 /// failover, by `store`.
 pub const STORE_TOPOLOGY_REFRESHES_TOTAL: &str = "herd_session_store_topology_refreshes_total";
+
+/// Describes every metric above (HELP text and unit) to the recorder in force.
+///
+/// Building a [`SessionLayer`](crate::SessionLayer) calls it, so an application that installs
+/// its recorder first, as it should, needs nothing more; one that installs its recorder later
+/// calls this once after installing it. Calling it again is harmless: a recorder keeps one
+/// description per name.
+pub fn describe() {
+    describe_counter!(
+        LOADS_TOTAL,
+        Unit::Count,
+        "Session reads, by store and outcome (hit, miss, expired, error)."
+    );
+    describe_counter!(
+        SAVES_TOTAL,
+        Unit::Count,
+        "Session writes, by store and outcome (created, saved, touched, gone, too_large, gave_up)."
+    );
+    describe_counter!(
+        CONFLICTS_TOTAL,
+        Unit::Count,
+        "Concurrent changes met by saves, by store and kind (merged, same_field)."
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed session store operations, by store and operation."
+    );
+    describe_counter!(
+        COOKIES_REJECTED_TOTAL,
+        Unit::Count,
+        "Session cookies or bearer tokens that did not lead to a session, by store and reason (forged, unknown, ambiguous)."
+    );
+    describe_counter!(
+        STORE_FAILOVER_RETRIES_TOTAL,
+        Unit::Count,
+        "Redis session store attempts repeated after an error a failover explains, by store and operation."
+    );
+    describe_counter!(
+        STORE_FAILOVER_WAITS_TOTAL,
+        Unit::Count,
+        "Redis session store operations that waited out a failover, by store, operation and outcome (recovered, gave_up)."
+    );
+    describe_histogram!(
+        STORE_FAILOVER_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a Redis session store operation waited out a failover, by store and operation."
+    );
+    describe_counter!(
+        STORE_TOPOLOGY_REFRESHES_TOTAL,
+        Unit::Count,
+        "New cluster connections (fresh slot maps) the Redis session store made while waiting out a failover."
+    );
+}
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -60,6 +115,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(store: &'static str) -> Self {
+        describe();
         let keys = |name: &'static str, label: &'static str, values: &[&'static str]| {
             values
                 .iter()

@@ -275,7 +275,7 @@ impl Session {
             .ttl(config.idle_timeout)
             .unwrap_or(config.idle_timeout);
         let record = Arc::new(record);
-        let span = store_span!("session.create", store);
+        let span = store_span!("herd.session.create", store);
         let mut created = None;
         for _ in 0..CREATE_ATTEMPTS {
             let id = shared.ids.generate()?;
@@ -331,7 +331,7 @@ impl Session {
         state: &mut State,
     ) -> Result<(), SessionError> {
         let config = &self.shared().config;
-        let span = store_span!("session.save", store);
+        let span = store_span!("herd.session.save", store);
         // The record this request loaded, kept once a conflict needs it for the clash rule.
         let mut loaded: Option<Arc<SessionRecord>> = None;
         // Built at the first clash: a hasher costs on every save, clashes are rare.
@@ -406,7 +406,7 @@ impl Session {
             }
             state.changes.fields.extend(newer.fields);
         };
-        let span = store_span!("session.save", store);
+        let span = store_span!("herd.session.save", store);
         let loaded = Arc::clone(&current.record);
         // Built at the first clash: a hasher costs on every save, clashes are rare.
         let mut same_field_counted = None;
@@ -577,7 +577,7 @@ impl Session {
         key: StoreKey,
         ttl: Duration,
     ) -> Result<(), SessionError> {
-        let span = store_span!("session.touch", store);
+        let span = store_span!("herd.session.touch", store);
         let touched = in_span(store.touch(&key, ttl), &span)
             .await
             .map_err(|error| store_failure(self, error))?;

@@ -192,6 +192,11 @@ impl ClusterBackend {
         self.inner.topology.load().master_hash_for(slot)
     }
 
+    /// The master serving `slot` (`host:port`), when the topology is known.
+    pub(super) fn node_of_slot(&self, slot: u16) -> Option<Arc<str>> {
+        self.inner.topology.load().master_for(slot).cloned()
+    }
+
     fn conn(&self) -> ClusterConnection {
         self.inner.conn()
     }

@@ -110,6 +110,14 @@ impl Backend {
         }
     }
 
+    /// The node (`host:port`) serving `slot` in a cluster, when the topology is known; for spans.
+    pub(crate) fn node_of_slot(&self, slot: Option<u16>) -> Option<std::sync::Arc<str>> {
+        match (self, slot) {
+            (Self::Cluster(b), Some(slot)) => b.node_of_slot(slot),
+            _ => None,
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.get_in_slot(key, self.slot_of(key)).await
     }

@@ -47,14 +47,8 @@ use serde::Deserialize;
 
 pub use redirect::{HttpsRedirect, RedirectConfig};
 
-/// Counter: TLS handshakes that did not complete, by `reason` (`timeout`: no complete
-/// handshake within the header read timeout; `closed`: the client hung up; `protocol`: the
-/// client sent something rustls refused, no shared version, cipher or ALPN protocol, or a
-/// client certificate that does not verify; `io`: another socket error).
-pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "herd_gateway_tls_handshake_failures_total";
-/// Counter: certificate reloads, by `result` (`ok`, or `error` when the old certificate was
-/// kept).
-pub const TLS_RELOADS_TOTAL: &str = "herd_gateway_tls_reloads_total";
+// The names live with the crate's other metric names (and in docs/metrics.md).
+pub use crate::metrics::{TLS_HANDSHAKE_FAILURES_TOTAL, TLS_RELOADS_TOTAL};
 
 /// A listener's TLS settings (the gateway TOML's `tls` table).
 ///

@@ -464,7 +464,7 @@ where
     }
 }
 
-/// The per-request span (`herd_lb`, DEBUG, with the endpoint and the attempt number).
+/// The per-request span (`herd.lb.request`, DEBUG, with the endpoint and the attempt number).
 ///
 /// Built only when a subscriber may want DEBUG spans: otherwise tracing still returns a disabled
 /// span that carries its metadata, and with tracing's `log` feature (which a dependency may turn
@@ -473,7 +473,7 @@ where
 #[inline]
 fn request_span(endpoint: &str, attempt: u32) -> Option<tracing::Span> {
     tracing::level_enabled!(tracing::Level::DEBUG)
-        .then(|| tracing::debug_span!("herd_lb", endpoint, attempt))
+        .then(|| tracing::debug_span!("herd.lb.request", endpoint, attempt))
 }
 
 impl<K, S, Req> Inner<K, S, Req>
