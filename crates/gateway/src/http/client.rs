@@ -33,12 +33,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
-use tokio::time::Sleep;
 
 use super::body::{ClientBodyError, UpstreamBody};
 use super::headers::{
     connection_named, forbidden_in_trailers, is_dependency_signal, is_hop_by_hop,
 };
+use super::idle::IdleTimer;
 use super::pool::PooledBody;
 use super::upstream::{UpstreamError, UpstreamErrorKind};
 use crate::BoxError;
@@ -218,9 +218,7 @@ impl Transport {
             let shared = body.full_bytes().is_none().then(|| Arc::new(Shared::new()));
             let body = ClientSide {
                 body,
-                timeout: timeouts.client_body,
-                timer: None,
-                waiting: false,
+                idle: IdleTimer::new(timeouts.client_body, None),
                 shared: shared.clone(),
             };
             let req = request_from_head(&head, &self.scheme, &authority, body)
@@ -408,9 +406,7 @@ fn into_pooled(
     let body = ForeignBody {
         body,
         authority: authority.clone(),
-        timeout,
-        timer: None,
-        waiting: false,
+        idle: IdleTimer::new(timeout, None),
     };
     Response::from_parts(parts, PooledBody::foreign(body))
 }
@@ -500,9 +496,7 @@ async fn bounded<F: Future>(
 /// client body timeout (408), its errors kept as the client's (see [`Shared`]).
 pub(crate) struct ClientSide {
     body: UpstreamBody,
-    timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    idle: IdleTimer,
     shared: Option<Arc<Shared>>,
 }
 
@@ -533,7 +527,7 @@ impl Body for ClientSide {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.waiting = false;
+                this.idle.progress();
                 if let Some(shared) = &this.shared {
                     shared.taken();
                 }
@@ -549,17 +543,7 @@ impl Body for ClientSide {
             Poll::Ready(Some(Err(e))) => this.fail(ClientBodyError::from_body_error(e)),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if !this.waiting {
-                    this.waiting = true;
-                    if let Some(at) = tokio::time::Instant::now().checked_add(timeout) {
-                        timer.as_mut().reset(at);
-                    }
-                }
-                ready!(timer.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 this.fail(ClientBodyError::timeout())
             }
         }
@@ -591,9 +575,7 @@ fn strip_trailers(trailers: &mut HeaderMap) {
 pub(crate) struct ForeignBody {
     body: Incoming,
     authority: Authority,
-    timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    idle: IdleTimer,
 }
 
 impl Body for ForeignBody {
@@ -607,7 +589,7 @@ impl Body for ForeignBody {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.waiting = false;
+                this.idle.progress();
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
                         strip_trailers(&mut trailers);
@@ -625,17 +607,7 @@ impl Body for ForeignBody {
             )))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if !this.waiting {
-                    this.waiting = true;
-                    if let Some(at) = tokio::time::Instant::now().checked_add(timeout) {
-                        timer.as_mut().reset(at);
-                    }
-                }
-                ready!(timer.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 Poll::Ready(Some(Err(UpstreamError::new(
                     &this.authority,
                     UpstreamErrorKind::Timeout,
@@ -713,9 +685,7 @@ mod tests {
         let head = b"POST /a?b=1 HTTP/1.1\r\nx-one: 1\r\nx-one: 2\r\nhost: api.example\r\n";
         let body = ClientSide {
             body: UpstreamBody::full(Bytes::new()),
-            timeout: Duration::from_secs(1),
-            timer: None,
-            waiting: false,
+            idle: IdleTimer::new(Duration::from_secs(1), None),
             shared: None,
         };
         let authority = Authority::from_static("127.0.0.1:8443");

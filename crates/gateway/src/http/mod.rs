@@ -44,6 +44,7 @@ pub mod future;
 pub mod fuzzing;
 mod h1;
 mod headers;
+mod idle;
 pub mod key;
 mod pool;
 mod upgrade;

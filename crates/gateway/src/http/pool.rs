@@ -26,7 +26,6 @@ use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 
 use super::body::{ClientBodyError, UpstreamBody};
 use super::client::ForeignBody;
@@ -36,8 +35,7 @@ use super::h1::{
 use super::upstream::{UpstreamError, UpstreamErrorKind};
 use crate::BoxError;
 
-/// A connection's request timer (boxed: it is pinned and moves with the connection).
-type Timer = Pin<Box<Sleep>>;
+use super::idle::{IdleTimer, Timer};
 
 /// Where and how to connect to one endpoint.
 #[derive(Debug)]
@@ -326,9 +324,7 @@ impl EndpointPool {
                 conn,
                 pool: self,
                 since,
-                timer,
-                read_timeout,
-                waiting: false,
+                idle: IdleTimer::new(read_timeout, timer),
             }),
             foreign: None,
         };
@@ -460,7 +456,7 @@ fn after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
 }
 
 /// `timeout` from now.
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+pub(super) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     after(tokio::time::Instant::now(), timeout)
 }
 
@@ -530,11 +526,8 @@ struct Connection {
     pool: Arc<EndpointPool>,
     /// When its exchange started.
     since: Instant,
-    timer: Option<Timer>,
-    /// The longest wait for more of the body (`proxy_read_timeout`).
-    read_timeout: Duration,
-    /// The body is waiting for the endpoint, since the timer's deadline less `read_timeout`.
-    waiting: bool,
+    /// Each wait for more of the body (`proxy_read_timeout`), on the connection's timer.
+    idle: IdleTimer,
 }
 
 /// Body of an endpoint's response: read from its connection, which goes back to the pool as
@@ -587,7 +580,7 @@ impl PooledBody {
             && self.keep_alive
             && !c.conn.has_unread()
         {
-            c.pool.checkin(c.conn, c.since, c.timer);
+            c.pool.checkin(c.conn, c.since, c.idle.into_timer());
         }
     }
 }
@@ -612,21 +605,11 @@ impl Body for PooledBody {
         };
         let polled = match c.conn.poll_body(cx, &mut this.framing) {
             Poll::Ready(polled) => {
-                c.waiting = false;
+                c.idle.progress();
                 polled
             }
             Poll::Pending => {
-                // As nginx's `proxy_read_timeout`: each wait for more of the body is bounded
-                // too. The timer is set when a wait starts; a body read whole never sets it.
-                let timeout = c.read_timeout;
-                let timer = c
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if !c.waiting {
-                    c.waiting = true;
-                    timer.as_mut().reset(deadline_after(timeout));
-                }
-                ready!(timer.as_mut().poll(cx));
+                ready!(c.idle.poll_expired(cx));
                 this.framing = Framing::Done;
                 let authority = c.pool.authority().clone();
                 this.connection = None;
