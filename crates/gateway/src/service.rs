@@ -203,7 +203,8 @@ impl Route {
 pub(crate) struct ListenerMode {
     /// The connection came over TLS (`X-Forwarded-Proto: https`).
     pub(crate) tls: bool,
-    /// Answer every request with a 301 to `https://` on this port (nginx `return 301
+    /// Answer every request with a 308 to `https://` on this port, as
+    /// [`HttpsRedirect`](crate::tls::HttpsRedirect) does (nginx `return 308
     /// https://$host$request_uri`); the pages and admin paths too.
     pub(crate) redirect_https: Option<u16>,
 }
@@ -396,39 +397,6 @@ fn status_response(status: http::StatusCode, body: &'static str) -> Response<Pro
     res
 }
 
-/// `301` to the same host and target over HTTPS on `port`; `400` without a usable host.
-fn https_redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
-    let host = req
-        .uri()
-        .host()
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return status_response(http::StatusCode::BAD_REQUEST, "missing or invalid Host\n");
-    };
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let location = if port == 443 {
-        format!("https://{}{target}", host.host())
-    } else {
-        format!("https://{}:{port}{target}", host.host())
-    };
-    match http::HeaderValue::from_str(&location) {
-        Ok(value) => {
-            let mut res = status_response(http::StatusCode::MOVED_PERMANENTLY, "");
-            res.headers_mut().insert(http::header::LOCATION, value);
-            res
-        }
-        Err(_) => status_response(http::StatusCode::BAD_REQUEST, "invalid request target\n"),
-    }
-}
-
 impl Service<Request<Incoming>> for GatewayService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -442,7 +410,8 @@ impl Service<Request<Incoming>> for GatewayService {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if let Some(port) = self.redirect_https {
-            return GatewayFuture::ready(https_redirect(&req, port));
+            let res = crate::tls::HttpsRedirect::to_port(port).respond(&req);
+            return GatewayFuture::ready(res.map(ProxyBody::new));
         }
         if !self.admin && self.is_admin_path(req.uri().path()) {
             let mut res = Response::new(ProxyBody::full(&b"{\"error\":\"no such endpoint\"}"[..]));

@@ -651,8 +651,22 @@ servers = [{{ address = "{api}" }}]
 
     // The plain listener sends clients to HTTPS, reaching no instance.
     let (status, headers, _) = Client::connect(plain_addr).await.get("/a/b?c=1").await;
-    assert_eq!(status, 301);
+    assert_eq!(status, 308);
     assert_eq!(headers["location"], "https://test.local:8443/a/b?c=1");
+    // 308, not 301: a POST stays a POST. A host that is not one is refused, never echoed.
+    let mut client = Client::connect(plain_addr).await;
+    let post = |host: &str| {
+        http::Request::post("/login")
+            .header("host", host)
+            .body(Full::from("user=a"))
+            .unwrap()
+    };
+    let (status, headers, _) = client.send(post("Test.Local:80")).await;
+    assert_eq!(status, 308);
+    assert_eq!(headers["location"], "https://test.local:8443/login");
+    let (status, headers, _) = client.send(post("evil.example@test.local")).await;
+    assert_eq!(status, 400);
+    assert!(headers.get("location").is_none());
     assert_eq!(api.hits(), 1);
     gateway.stop();
 

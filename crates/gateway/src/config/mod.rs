@@ -162,7 +162,7 @@ impl FileConfig {
                 let _ = write!(out, " tls ({})", tls.cert.display());
             }
             if let Some(port) = listen.redirect_https {
-                let _ = write!(out, " (301 to https port {port})");
+                let _ = write!(out, " (308 to https port {port})");
             }
             out.push('\n');
         }

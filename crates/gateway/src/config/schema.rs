@@ -69,8 +69,10 @@ pub struct ListenConfig {
     /// over it are forwarded with `X-Forwarded-Proto: https`.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// Answer every request with `301` to `https://HOST[:port]/same/target` (nginx `return 301
-    /// https://$host$request_uri`); the value is the HTTPS port (443 is left out of the URL).
+    /// Answer every request with `308` to `https://HOST[:port]/same/target` (nginx `return 308
+    /// https://$host$request_uri`; 308 keeps a `POST` a `POST`, where 301 lets clients turn it
+    /// into a `GET`); the value is the HTTPS port (443 is left out of the URL). A missing or
+    /// malformed host is answered `400`.
     #[serde(default)]
     pub redirect_https: Option<u16>,
 }

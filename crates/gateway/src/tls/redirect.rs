@@ -109,6 +109,28 @@ impl HttpsRedirect {
         })
     }
 
+    /// To `port` on the request's own host, whichever it is (a config file's
+    /// `listen[].redirect_https`, checked when the file was).
+    pub(crate) fn to_port(port: u16) -> Self {
+        let port = match port {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        Self {
+            port: port.into(),
+            hosts: Arc::from([]),
+        }
+    }
+
+    /// `308` to the request's HTTPS location, or `400` when its host is missing, malformed or
+    /// not allowed.
+    pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        match self.location(req) {
+            Some(location) => answer(StatusCode::PERMANENT_REDIRECT, Some(location)),
+            None => answer(StatusCode::BAD_REQUEST, None),
+        }
+    }
+
     /// The `Location` for `req`, or `None` when its host is missing, malformed or not allowed.
     fn location<B>(&self, req: &Request<B>) -> Option<String> {
         // An absolute-form target's authority wins over `Host` (RFC 9112 3.2.2); HTTP/2's
@@ -184,11 +206,7 @@ impl<B> Service<Request<B>> for HttpsRedirect {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let res = match self.location(&req) {
-            Some(location) => answer(StatusCode::PERMANENT_REDIRECT, Some(location)),
-            None => answer(StatusCode::BAD_REQUEST, None),
-        };
-        ready(Ok(res))
+        ready(Ok(self.respond(&req)))
     }
 }
 
