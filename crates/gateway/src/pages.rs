@@ -68,6 +68,8 @@ struct BackendState {
     group: String,
     address: String,
     healthy: bool,
+    /// A backup server (nginx `server ... backup`): asked only when no primary one can be.
+    backup: bool,
     status: String,
     in_flight: usize,
     ewma_ms: f64,
@@ -89,6 +91,7 @@ fn backends(groups: &[Group]) -> Vec<BackendState> {
             group: group.clone(),
             address: e.key.to_string(),
             healthy: e.healthy,
+            backup: e.backup,
             status: format!("{:?}", e.status),
             in_flight: e.in_flight,
             ewma_ms: e.ewma.as_secs_f64() * 1000.0,

@@ -49,10 +49,15 @@ impl Instance {
 
 /// `GET /` through the gateway on a new connection: status and body.
 async fn get_root(gateway: SocketAddr) -> (http::StatusCode, String) {
+    get_path(gateway, "/").await
+}
+
+/// `GET path` from the gateway on a new connection: status and body.
+async fn get_path(gateway: SocketAddr, path: &str) -> (http::StatusCode, String) {
     let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     let connection = tokio::spawn(connection);
-    let req = http::Request::get("/")
+    let req = http::Request::get(path)
         .header("host", "test.local")
         .body(Full::<Bytes>::default())
         .unwrap();
@@ -120,6 +125,27 @@ upstream = "app"
         backup.hits(),
         0,
         "no request to the backup while the primary is up"
+    );
+
+    // The operators' page says which server is the backup.
+    let (status, body) = get_path(addr, "/lb-health").await;
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let flags: Vec<(String, bool)> = health["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let address = b["address"].as_str().unwrap().to_owned();
+            (address, b["backup"].as_bool().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (primary_addr.to_string(), false),
+            (backup.server.addr().to_string(), true)
+        ]
     );
 
     // The primary dies: its failures and the health checks take it out; the backup answers.

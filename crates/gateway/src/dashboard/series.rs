@@ -47,6 +47,8 @@ struct EndpointSeries {
     address: String,
     last: Last,
     healthy: bool,
+    /// A backup endpoint (nginx `server ... backup`).
+    backup: bool,
     in_flight: u64,
     ewma_ms: f64,
     weight: f64,
@@ -129,6 +131,7 @@ impl Series {
                         status,
                     },
                     healthy: info.healthy,
+                    backup: info.backup,
                     in_flight: info.in_flight as u64,
                     ewma_ms: info.ewma.as_secs_f64() * 1000.0,
                     weight: info.weight,
@@ -175,6 +178,7 @@ impl Series {
                 status,
             };
             series.healthy = info.healthy;
+            series.backup = info.backup;
             series.in_flight = info.in_flight as u64;
             series.ewma_ms = ewma_ms;
             series.weight = info.weight;
@@ -208,6 +212,7 @@ impl Series {
                     address: s.address.clone(),
                     status: s.last.status,
                     healthy: s.healthy,
+                    backup: s.backup,
                     in_flight: s.in_flight,
                     ewma_ms: s.ewma_ms,
                     weight: s.weight,
@@ -255,6 +260,8 @@ pub(super) struct EndpointView {
     address: String,
     status: &'static str,
     healthy: bool,
+    /// A backup endpoint (nginx `server ... backup`).
+    backup: bool,
     in_flight: u64,
     ewma_ms: f64,
     weight: f64,

@@ -114,7 +114,7 @@
         g.endpoints.set(e.address, s);
       }
       Object.assign(s, {
-        address: e.address, status: e.status, healthy: e.healthy, in_flight: e.in_flight,
+        address: e.address, status: e.status, healthy: e.healthy, backup: e.backup, in_flight: e.in_flight,
         ewma_ms: e.ewma_ms, requests: e.requests, failures: e.failures, metrics_url: e.metrics_url,
       });
       s.t.push(...e.t); s.rps.push(...e.rps); s.p99.push(...e.p99_ms); s.errors.push(...e.errors);
@@ -350,7 +350,7 @@
     const rows = list.map((s) => {
       const tr = el('tr', { 'data-endpoint': s.address, 'data-points': String(s.t.length) },
         el('td', {}, el('span', { class: 'swatch' })),
-        el('td', { text: s.address }),
+        el('td', {}, s.address, ...(s.backup ? [' ', el('span', { class: 'muted', text: 'backup' })] : [])),
         el('td', {}, el('span', { class: `badge s-${s.status}`, text: s.status.replace('_', ' ') })),
         el('td', { text: fmt(last(s.rps), 1) }),
         el('td', { text: fmt(lastValue(s.p99), 2) }),
