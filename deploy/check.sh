@@ -2,7 +2,9 @@
 # Checks deploy/ offline, as CI runs it (.ci/run's "deploy files" step):
 #   - the Kubernetes manifests against the API schemas of one Kubernetes version
 #     (kubernetes-validate, strict: unknown fields fail too)
-#   - the alert rules (promtool check rules) and both Prometheus configs (promtool check config)
+#   - the alert rules (promtool check rules), their unit tests (promtool test rules: which alerts
+#     fire on series shaped as herd exports them) and both Prometheus configs (promtool check
+#     config)
 #   - the compose file (docker compose config, or Debian's docker-compose where the plugin is
 #     missing): schema, interpolation, anchors
 #   - both gateway config files, deploy/gateway.toml and the ConfigMap's copy in
@@ -30,6 +32,7 @@ run() {
 run python3 -m kubernetes_validate --strict --kubernetes-version "$K8S_VERSION" k8s/*.yaml
 
 run promtool check rules prometheus/rules.yml
+run promtool test rules prometheus/rules.test.yml
 run promtool check config prometheus/prometheus.yml prometheus/prometheus-k8s.yml
 
 # SESSION_KEY is required by the file (no default secret); any value does for the check.
