@@ -21,12 +21,35 @@
 //! assert_eq!(config.check_interval, std::time::Duration::from_secs(1));
 //! assert_eq!(config.nodes().unwrap().len(), 2);
 //! ```
+//!
+//! TLS to the nodes (libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`) is set for every
+//! node in `[tls]`, per node in its own `tls` table, or in its URL; the `tls-rustls` feature
+//! makes the connections (rustls, with the system's roots unless a CA file is given):
+//!
+//! ```
+//! use herd_db_router::{RouterConfig, SslMode};
+//!
+//! let config: RouterConfig = toml::from_str(r#"
+//!     [tls]
+//!     mode = "verify-full"
+//!     ca_file = "/etc/herd/db-ca.crt"
+//!
+//!     [primary]
+//!     url = "postgres://app@db-1.internal/app"
+//!     tls = { client_cert = "/etc/herd/app.crt", client_key = "/etc/herd/app.key" }
+//!
+//!     [[replicas]]
+//!     url = "postgres://app@db-2.internal/app?sslmode=require"
+//! "#).unwrap();
+//! assert_eq!(config.tls.mode, Some(SslMode::VerifyFull));
+//! ```
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herd_lb_core::PolicyConfig;
 use serde::Deserialize;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::classify::FunctionPolicy;
 use crate::error::Error;
@@ -95,6 +118,10 @@ pub struct NodeConfig {
     /// Connection pool settings.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// TLS to this node; each field given here wins over the URL's parameter and over the
+    /// router-wide [`RouterConfig::tls`] (default: none given).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl NodeConfig {
@@ -106,6 +133,7 @@ impl NodeConfig {
             role: None,
             weight: default_weight(),
             pool: PoolConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 
@@ -131,6 +159,114 @@ impl NodeConfig {
     pub fn pool(mut self, pool: PoolConfig) -> Self {
         self.pool = pool;
         self
+    }
+
+    /// Sets the node's TLS settings.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// Whether and how the connection to a node is encrypted and its certificate checked: libpq's
+/// `sslmode`, with the same names (`"verify-full"` in TOML and in URLs).
+///
+/// Anything but `disable` and `prefer` needs the crate's `tls-rustls` feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; no certificate check. libpq's and sqlx's
+    /// default, which a man in the middle defeats: use `verify-full` across a network.
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS, and the server's certificate must chain to the CA (`ca_file`, else the system's
+    /// roots); its host name is not checked.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to (the URL's host
+    /// name or IP address).
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq name: `"disable"`, `"prefer"`, `"require"`, `"verify-ca"`, `"verify-full"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn to_sqlx(self) -> PgSslMode {
+        match self {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        }
+    }
+}
+
+/// TLS settings of a node connection (libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`).
+///
+/// Every field defaults to "not given"; a field given in a node's `tls` wins over the same
+/// parameter in its URL, which wins over the router-wide [`RouterConfig::tls`]. With none of
+/// them, `sslmode` is `prefer` (libpq's and sqlx's default). The files are PEM; they are read
+/// when the router is built (a missing or unreadable one is [`Error::InvalidConfig`]) and again
+/// by each new connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `sslmode` (default: the URL's, else `prefer`).
+    pub mode: Option<SslMode>,
+    /// CA certificates the server's certificate must chain to (`sslrootcert`; default: the
+    /// URL's, else the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain presented to the server (`sslcert`), for `hostssl ...
+    /// clientcert=verify-full` or `cert` authentication. Needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (`sslkey`).
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// TLS with the certificate checked against `ca_file` and the host name
+    /// ([`SslMode::VerifyFull`]).
+    pub fn verify_full(ca_file: impl Into<PathBuf>) -> Self {
+        Self {
+            mode: Some(SslMode::VerifyFull),
+            ca_file: Some(ca_file.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Presents a client certificate and its key.
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
+
+    /// Each field of `self`, else of `fallback`.
+    fn or(&self, fallback: &TlsConfig) -> TlsConfig {
+        TlsConfig {
+            mode: self.mode.or(fallback.mode),
+            ca_file: self.ca_file.clone().or_else(|| fallback.ca_file.clone()),
+            client_cert: self
+                .client_cert
+                .clone()
+                .or_else(|| fallback.client_cert.clone()),
+            client_key: self
+                .client_key
+                .clone()
+                .or_else(|| fallback.client_key.clone()),
+        }
     }
 }
 
@@ -258,6 +394,9 @@ pub struct RouterConfig {
     pub catalog_refresh: Option<Duration>,
     /// Read-your-writes settings.
     pub read_your_writes: ReadYourWritesConfig,
+    /// TLS for every node; a node's URL parameters and its own `tls` win over it (default:
+    /// none given, so `sslmode=prefer`).
+    pub tls: TlsConfig,
 }
 
 impl Default for RouterConfig {
@@ -278,6 +417,7 @@ impl Default for RouterConfig {
             function_policy: FunctionPolicy::WriteList,
             catalog_refresh: Some(Duration::from_secs(60)),
             read_your_writes: ReadYourWritesConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -359,7 +499,7 @@ impl RouterConfig {
                     Error::invalid_node_config(node_field!(list, "url"), &name, message)
                 })?;
                 if hosts.len() == 1 {
-                    specs.push(node_spec(node, name, implied, list)?);
+                    specs.push(node_spec(node, name, implied, list, &self.tls)?);
                     continue;
                 }
                 if implied == Some(Role::Primary) {
@@ -378,7 +518,7 @@ impl RouterConfig {
                         Some(given) => format!("{given}-{host}"),
                         None => host,
                     };
-                    specs.push(node_spec(&one, name, implied, list)?);
+                    specs.push(node_spec(&one, name, implied, list, &self.tls)?);
                 }
             }
         }
@@ -494,6 +634,7 @@ fn node_spec(
     name: String,
     implied: Option<Role>,
     list: NodeList,
+    router_tls: &TlsConfig,
 ) -> Result<NodeSpec, Error> {
     if name.trim().is_empty() {
         return Err(Error::invalid_config(
@@ -566,6 +707,7 @@ fn node_spec(
     if let Some(timeout) = pool.statement_timeout {
         connect = connect.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
     }
+    connect = apply_tls(connect, &node.url, &node.tls, router_tls, &name, list)?;
     Ok(NodeSpec {
         name,
         list,
@@ -573,6 +715,109 @@ fn node_spec(
         weight: node.weight,
         connect,
         pool: pool.clone(),
+    })
+}
+
+/// The URL query parameters that set each TLS field, in sqlx's spellings.
+const URL_SSLMODE: &[&str] = &["sslmode", "ssl-mode"];
+const URL_SSLROOTCERT: &[&str] = &["sslrootcert", "ssl-root-cert", "ssl-ca"];
+const URL_SSLCERT: &[&str] = &["sslcert", "ssl-cert"];
+const URL_SSLKEY: &[&str] = &["sslkey", "ssl-key"];
+
+/// Applies the node's TLS settings to `connect` (parsed from `url`): the node's own fields,
+/// then the URL's parameters (already in `connect`), then the router-wide ones. Checks that
+/// the files given in the configuration can be read, that a client certificate comes with its
+/// key, and that a mode needing TLS has the `tls-rustls` feature.
+fn apply_tls(
+    mut connect: PgConnectOptions,
+    url: &str,
+    node_tls: &TlsConfig,
+    router_tls: &TlsConfig,
+    name: &str,
+    list: NodeList,
+) -> Result<PgConnectOptions, Error> {
+    // The URL's parameter, when present, beats the router-wide value: drop the latter.
+    let router_tls = TlsConfig {
+        mode: router_tls.mode.filter(|_| !url_has_param(url, URL_SSLMODE)),
+        ca_file: router_tls
+            .ca_file
+            .clone()
+            .filter(|_| !url_has_param(url, URL_SSLROOTCERT)),
+        client_cert: router_tls
+            .client_cert
+            .clone()
+            .filter(|_| !url_has_param(url, URL_SSLCERT)),
+        client_key: router_tls
+            .client_key
+            .clone()
+            .filter(|_| !url_has_param(url, URL_SSLKEY)),
+    };
+    let tls = node_tls.or(&router_tls);
+    if let Some(mode) = tls.mode {
+        connect = connect.ssl_mode(mode.to_sqlx());
+    }
+    let readable = |field: &'static str, path: &Path| -> Result<(), Error> {
+        match std::fs::read(path) {
+            Ok(pem) if pem.trim_ascii_start().starts_with(b"-----BEGIN") => Ok(()),
+            Ok(_) => Err(Error::invalid_node_config(
+                field,
+                name,
+                format_args!("{} is not a PEM file", path.display()),
+            )),
+            Err(e) => Err(Error::invalid_node_config(
+                field,
+                name,
+                format_args!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    };
+    if let Some(ca) = &tls.ca_file {
+        readable(node_field!(list, "tls.ca_file"), ca)?;
+        connect = connect.ssl_root_cert(ca);
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            readable(node_field!(list, "tls.client_cert"), cert)?;
+            readable(node_field!(list, "tls.client_key"), key)?;
+            connect = connect.ssl_client_cert(cert).ssl_client_key(key);
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid_node_config(
+                node_field!(list, "tls.client_key"),
+                name,
+                "a client certificate needs its key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid_node_config(
+                node_field!(list, "tls.client_cert"),
+                name,
+                "a client key needs its certificate",
+            ));
+        }
+        (None, None) => {}
+    }
+    let needs_tls = matches!(
+        connect.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    if needs_tls && !cfg!(feature = "tls-rustls") {
+        return Err(Error::invalid_node_config(
+            node_field!(list, "tls.mode"),
+            name,
+            "sslmode requires TLS, but herd-db-router was built without its `tls-rustls` feature",
+        ));
+    }
+    Ok(connect)
+}
+
+/// Whether the URL's query string sets one of `names`.
+fn url_has_param(url: &str, names: &[&str]) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split('=').next())
+            .any(|key| names.contains(&key))
     })
 }
 
@@ -727,5 +972,105 @@ mod tests {
         let (field, reason) = refused(&empty);
         assert_eq!(field, "nodes.url");
         assert!(reason.contains("empty host"), "{reason}");
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    fn spec(toml_text: &str) -> Result<NodeSpec, Error> {
+        let config: RouterConfig = toml::from_str(toml_text).unwrap();
+        config.node_specs().map(|mut specs| specs.remove(0))
+    }
+
+    #[test]
+    fn the_node_beats_the_url_which_beats_the_router() {
+        let mode = |toml_text: &str| spec(toml_text).unwrap().connect.get_ssl_mode();
+        assert!(matches!(
+            mode("[primary]\nurl = \"postgres://h/db\""),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(
+            mode("tls = { mode = \"disable\" }\n[primary]\nurl = \"postgres://h/db\""),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode(
+                "tls = { mode = \"disable\" }\n[primary]\nurl = \"postgres://h/db?sslmode=allow\""
+            ),
+            PgSslMode::Allow
+        ));
+        assert!(matches!(
+            mode(
+                "tls = { mode = \"disable\" }\n[primary]\nurl = \"postgres://h/db?sslmode=allow\"\ntls = { mode = \"prefer\" }"
+            ),
+            PgSslMode::Prefer
+        ));
+    }
+
+    #[test]
+    fn unreadable_files_and_a_lone_certificate_are_refused_naming_the_node() {
+        let err = spec(
+            "[primary]\nurl = \"postgres://h/db\"\ntls = { ca_file = \"/nonexistent/ca.crt\" }",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    field: "primary.tls.ca_file",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("node `primary`") && text.contains("/nonexistent/ca.crt"),
+            "{text}"
+        );
+
+        let err = spec(
+            "[[nodes]]\nurl = \"postgres://h/db\"\ntls = { client_cert = \"/nonexistent/c.crt\" }",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    field: "nodes.tls.client_key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mode_needing_tls_needs_the_feature() {
+        let outcome = spec("[primary]\nurl = \"postgres://h/db?sslmode=require\"");
+        if cfg!(feature = "tls-rustls") {
+            assert!(outcome.is_ok());
+        } else {
+            let err = outcome.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidConfig {
+                        field: "primary.tls.mode",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("tls-rustls"), "{err}");
+        }
+        assert_eq!(SslMode::VerifyFull.as_str(), "verify-full");
+        assert!(url_has_param(
+            "postgres://h/db?a=1&sslrootcert=/x",
+            URL_SSLROOTCERT
+        ));
+        assert!(!url_has_param("postgres://h/sslmode", URL_SSLMODE));
     }
 }

@@ -45,6 +45,22 @@ pub enum Error {
         /// The operation.
         operation: &'static str,
     },
+    /// The TLS handshake with `node` failed: its certificate does not chain to the configured
+    /// CA, does not name the host connected to (`sslmode=verify-full`), or the node refused
+    /// the client certificate. [`DbRouterBuilder::build`](crate::DbRouterBuilder::build)
+    /// returns it when its first check of a node meets it: a certificate that does not match
+    /// is a configuration error, which waiting does not heal. Later, the monitor reports it as
+    /// the node's [`last_error`](crate::NodeStatus::last_error).
+    #[error(
+        "TLS to node `{node}` failed: {reason} (its certificate must chain to the configured CA, \
+         `tls.ca_file` or `sslrootcert`, and with sslmode=verify-full name the host connected to)"
+    )]
+    Tls {
+        /// The node.
+        node: String,
+        /// The TLS library's reason, e.g. `invalid peer certificate: UnknownIssuer`.
+        reason: String,
+    },
     /// A statement was sent to `node` and no answer came within `waited` (the node's
     /// `statement_timeout` plus `check_timeout`): the node or the way to it went silent. The
     /// router closed that connection (it never returns to the pool) and cannot tell what
@@ -123,6 +139,7 @@ impl Error {
             }
             Error::OutcomeUnknown { .. } => io::ErrorKind::TimedOut,
             Error::InvalidConfig { .. } | Error::Parse { .. } => io::ErrorKind::InvalidInput,
+            Error::Tls { .. } => io::ErrorKind::ConnectionRefused,
         };
         sqlx::Error::Io(io::Error::new(kind, self))
     }

@@ -33,7 +33,9 @@ pub use classify::{
     Catalog, CatalogFunction, Classifier, FunctionPolicy, Reason, Route, SAFE_VOLATILE, Volatility,
     classify,
 };
-pub use config::{Fallback, NodeConfig, PoolConfig, ReadYourWritesConfig, Role, RouterConfig};
+pub use config::{
+    Fallback, NodeConfig, PoolConfig, ReadYourWritesConfig, Role, RouterConfig, SslMode, TlsConfig,
+};
 pub use error::Error;
 pub use error_class::ErrorClass;
 /// [`tokio::spawn`] carrying the current read-your-writes scope (and [`on_primary`]) into the

@@ -143,11 +143,15 @@ async fn check_node(
 /// Runs the check query on the slot's connection, connecting first when there is none.
 async fn query_node(node: &Node, slot: &mut Option<PgConnection>) -> Result<CheckRow, String> {
     if slot.is_none() {
-        let conn = node
-            .monitor_connect
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let conn = node.monitor_connect.connect().await.map_err(|e| {
+            let tls = crate::node::tls_error(&node.name, &e);
+            *node.state.tls_failure.lock() = match &tls {
+                Some(crate::Error::Tls { reason, .. }) => Some(reason.clone()),
+                _ => None,
+            };
+            tls.map_or_else(|| format!("connect: {e}"), |tls| tls.to_string())
+        })?;
+        *node.state.tls_failure.lock() = None;
         *slot = Some(conn);
     }
     let Some(conn) = slot.as_mut() else {

@@ -56,6 +56,9 @@ pub(crate) struct NodeState {
     pub(crate) lag_micros: AtomicU64,
     pub(crate) eligible: AtomicBool,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// The TLS failure of the monitor's last connect, cleared by a good check: the router's
+    /// build returns it (see [`Error::Tls`]).
+    pub(crate) tls_failure: Mutex<Option<String>>,
 }
 
 impl NodeState {
@@ -83,7 +86,36 @@ impl NodeState {
     }
 }
 
+/// [`Error::Tls`] for `node` when `err` is a TLS failure (a certificate the configured CA does
+/// not sign or that names another host, a refused client certificate).
+pub(crate) fn tls_error(node: &str, err: &sqlx::Error) -> Option<Error> {
+    let reason = match err {
+        // Setting TLS up failed (an unparsable CA or key file, a server without TLS).
+        sqlx::Error::Tls(reason) => reason.to_string(),
+        // The handshake failed: sqlx passes rustls' error on inside an I/O error.
+        #[cfg(feature = "tls-rustls")]
+        sqlx::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?.to_string(),
+        _ => return None,
+    };
+    Some(Error::Tls {
+        node: node.to_owned(),
+        reason,
+    })
+}
+
 impl Node {
+    /// [`Error::Tls`] when the monitor's last connect to the node failed on TLS.
+    pub(crate) fn tls_failure(&self) -> Option<Error> {
+        self.state
+            .tls_failure
+            .lock()
+            .clone()
+            .map(|reason| Error::Tls {
+                node: self.name.to_string(),
+                reason,
+            })
+    }
+
     /// Marks the node down after a connection error on the request path; the monitor
     /// brings it back after its next good check.
     pub(crate) fn mark_down(&self, error: &sqlx::Error) {

@@ -104,8 +104,10 @@ impl DbRouterBuilder {
     /// Validates the configuration, creates the pools (lazily: no connection is needed
     /// yet), runs one check of every node so roles are known, and starts the monitor.
     ///
-    /// Fails only on invalid configuration ([`Error::InvalidConfig`]); unreachable nodes are
-    /// reported by [`DbRouter::status`] and retried every `check_interval`.
+    /// Fails only on invalid configuration ([`Error::InvalidConfig`]) and on a node whose TLS
+    /// handshake fails ([`Error::Tls`]: a certificate the configured CA does not sign or that
+    /// names another host); unreachable nodes are reported by [`DbRouter::status`] and retried
+    /// every `check_interval`.
     pub async fn build(mut self) -> Result<DbRouter, Error> {
         crate::metrics::describe();
         let specs = self.config.node_specs()?;
@@ -158,6 +160,11 @@ impl DbRouterBuilder {
         let shared = Arc::new(Shared::new(nodes, reads, policy, self.config));
         let mut connections = monitor::Connections::new(shared.nodes.len());
         monitor::check_all(&shared, &mut connections).await;
+        // A certificate that does not match is a configuration error: say so now, naming the
+        // node, rather than report the node unreachable for ever.
+        if let Some(tls) = shared.nodes.iter().find_map(Node::tls_failure) {
+            return Err(tls);
+        }
         monitor::first_catalog_read(&shared).await;
         let task = tokio::spawn(monitor::run(
             Arc::downgrade(&shared),

@@ -103,9 +103,16 @@ impl TestCa {
         let ca_key = KeyPair::generate().map_err(|e| cert_error("generate the CA key", e))?;
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(|e| cert_error("make the CA's parameters", e))?;
+        // A name of its own: two test CAs with one name would make a certificate from the other
+        // look like a bad signature of this one, where a real wrong CA is an unknown issuer.
+        let unique = dir.path().file_name().map_or_else(String::new, |n| {
+            n.to_string_lossy()
+                .trim_start_matches("herd-tls-")
+                .to_owned()
+        });
         params
             .distinguished_name
-            .push(DnType::CommonName, "herd test CA");
+            .push(DnType::CommonName, format!("herd test CA {unique}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let issuer = CertifiedIssuer::self_signed(params, ca_key)
             .map_err(|e| cert_error("self-sign the CA", e))?;
