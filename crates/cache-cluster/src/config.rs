@@ -1,5 +1,6 @@
 //! Serde-deserializable configuration with documented defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -139,6 +140,16 @@ impl Default for CircuitConfig {
 /// assert_eq!(config.retries, 2);
 /// assert_eq!(config.failover_timeout, None); // the cluster's node timeout decides
 /// ```
+///
+/// TLS (`tls-rustls` feature): `rediss://` URLs, with the CA and a client certificate in `tls`:
+///
+/// ```
+/// let config: herd_cache_cluster::RedisConfig = serde_json::from_str(r#"{
+///     "urls": ["rediss://10.0.0.1:6379", "rediss://10.0.0.2:6379"],
+///     "tls": { "ca_file": "/etc/herd/redis-ca.crt" }
+/// }"#).unwrap();
+/// assert!(config.tls.client_cert.is_none());
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
@@ -190,6 +201,24 @@ pub struct RedisConfig {
     /// (3.44x the throughput in `cache_connections`, benches/README.md). Default `1`; 0 is
     /// refused.
     pub connections: usize,
+    /// CA and client certificate for `rediss://` URLs (default: the system's roots, no client
+    /// certificate). Files given with `redis://` URLs are refused, as TLS would not be used.
+    pub tls: TlsConfig,
+}
+
+/// Certificates of TLS connections to Redis (`rediss://` URLs, Redis' `tls-port`); a Redis
+/// Cluster's nodes are all reached with them. PEM files, read when the backend connects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificates the servers' certificates must chain to (Redis' `tls-ca-cert-file` on
+    /// the client side). Default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, for servers with `tls-auth-clients yes`. Needs `client_key`.
+    /// Default: none.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key. Default: none.
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -204,6 +233,7 @@ impl Default for RedisConfig {
             topology_refresh_interval: Duration::from_secs(1),
             failover_timeout: None,
             connections: 1,
+            tls: TlsConfig::default(),
         }
     }
 }

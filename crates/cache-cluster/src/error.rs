@@ -52,6 +52,21 @@ pub enum Error {
         #[source]
         source: Arc<redis::RedisError>,
     },
+    /// The TLS handshake with a Redis node failed at connect: its certificate does not chain to
+    /// the configured CA ([`TlsConfig::ca_file`](crate::TlsConfig::ca_file), else the system's
+    /// roots), does not name the host connected to, or the node refused the client certificate.
+    #[error(
+        "{backend} TLS to {node} failed: {reason} (its certificate must chain to the configured \
+         CA, tls.ca_file, and name the host in the rediss:// URL)"
+    )]
+    Tls {
+        /// `"redis-cluster"` or `"redis"`.
+        backend: &'static str,
+        /// The server's address, or the cluster's seed nodes.
+        node: String,
+        /// The TLS library's reason, e.g. `invalid peer certificate: UnknownIssuer`.
+        reason: String,
+    },
     /// The backend was skipped because the circuit is open after consecutive failures.
     #[error("{operation} skipped: cache backend circuit is open after consecutive failures")]
     CircuitOpen {
@@ -86,6 +101,7 @@ impl Error {
             Self::Backend { source, .. } if source.is_timeout() => "timeout",
             Self::Backend { .. } => "backend",
             Self::FailoverTimeout { .. } => "failover_timeout",
+            Self::Tls { .. } => "tls",
             Self::CircuitOpen { .. } => "circuit_open",
             Self::Encode { .. } => "encode",
             Self::Load { .. } => "loader",

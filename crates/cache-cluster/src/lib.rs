@@ -31,6 +31,6 @@ pub mod http;
 
 pub use backend::{Backend, ClusterBackend, MemoryBackend, NodeHealth, RedisBackend};
 pub use cache::{Cache, CacheBuilder};
-pub use config::{CacheConfig, CircuitConfig, L1Config, LockConfig, RedisConfig};
+pub use config::{CacheConfig, CircuitConfig, L1Config, LockConfig, RedisConfig, TlsConfig};
 pub use error::{BoxError, Error};
 pub use stats::CacheStats;

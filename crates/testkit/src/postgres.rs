@@ -363,6 +363,10 @@ impl Drop for PgCluster {
 }
 
 impl PgNode {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a private constructor taking the node's fields, called for the primary and each replica"
+    )]
     fn new(
         ws: &Arc<Workspace>,
         name: &str,

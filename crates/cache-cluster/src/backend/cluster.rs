@@ -113,9 +113,13 @@ impl fmt::Debug for ClusterBackend {
 
 impl ClusterBackend {
     /// Connects to the cluster through the seed nodes in `config.urls` and reads its topology.
+    /// With `rediss://` URLs every node is reached over TLS with the certificates of
+    /// [`RedisConfig::tls`].
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for no or unparsable URLs, [`Error::Backend`] when no seed answers.
+    /// [`Error::InvalidConfig`] for no or unparsable URLs or unreadable certificate files,
+    /// [`Error::Tls`] when the TLS handshake fails (wrong CA, a certificate for another host),
+    /// [`Error::Backend`] when no seed answers.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
         if config.urls.is_empty() {
             return Err(Error::InvalidConfig {
@@ -123,6 +127,9 @@ impl ClusterBackend {
                 reason: "at least one seed node is required".into(),
             });
         }
+        // Certificate files are read up front, so that an unreadable one is a configuration
+        // error rather than a failed connect (`client` reads them again on each reconnect).
+        super::tls::check(&config)?;
         let seeds = config
             .urls
             .iter()
@@ -841,7 +848,7 @@ async fn connect(
 ) -> Result<ClusterConnection, Error> {
     let target = config.urls.join(",");
     let client = client(config, seeds, push)
-        .map_err(|e| Error::backend(NAME, "connect", target.clone(), e))?;
+        .map_err(|e| super::tls::connect_error(NAME, target.clone(), e))?;
     // The client's own connect timeout is per node; this bounds discovery as a whole.
     let bound = config
         .connect_timeout
@@ -849,7 +856,7 @@ async fn connect(
         .max(Duration::from_secs(1));
     match tokio::time::timeout(bound, client.get_async_connection()).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(Error::backend(NAME, "connect", target, e)),
+        Ok(Err(e)) => Err(super::tls::connect_error(NAME, target, e)),
         Err(_) => Err(Error::backend(
             NAME,
             "connect",
@@ -881,6 +888,14 @@ fn client(
         .retry_wait_formula(RETRY_WAIT_MIN_MS, 2);
     if config.read_from_replicas {
         builder = builder.read_routing_strategy(RandomReplicaStrategy);
+    }
+    // `rediss://` seeds alone turn TLS on (with the system's roots); the files add a CA and a
+    // client certificate. `connect` checked them, so an error here is a file changed since.
+    #[cfg(feature = "tls-rustls")]
+    if let Some(certs) = super::tls::certificates(&config.tls)
+        .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?
+    {
+        builder = builder.certs(certs);
     }
     // Pub/sub over a cluster connection needs RESP3 push messages; the data connection stays on
     // the default protocol, like the plain client it is benchmarked against. Dropped node

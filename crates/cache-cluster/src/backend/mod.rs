@@ -10,6 +10,7 @@ use crate::error::Error;
 mod cluster;
 mod memory;
 mod standalone;
+mod tls;
 mod topology;
 
 pub use cluster::ClusterBackend;

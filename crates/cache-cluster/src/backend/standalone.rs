@@ -41,16 +41,19 @@ impl fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to the server at `config.urls[0]`.
+    /// Connects to the server at `config.urls[0]`; over TLS for a `rediss://` URL, with the
+    /// certificates of [`RedisConfig::tls`].
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a missing or unparsable URL, [`Error::Backend`] when the
-    /// server does not answer within the connect timeout.
+    /// [`Error::InvalidConfig`] for a missing or unparsable URL or unreadable certificate files,
+    /// [`Error::Tls`] when the TLS handshake fails (wrong CA, a certificate for another host),
+    /// [`Error::Backend`] when the server does not answer within the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
         let url = config.urls.first().ok_or_else(|| Error::InvalidConfig {
             field: "urls",
             reason: "the server URL is required".into(),
         })?;
+        super::tls::check(&config)?;
         let info = url
             .as_str()
             .into_connection_info()
@@ -59,8 +62,8 @@ impl RedisBackend {
                 reason: format!("{url}: {e}"),
             })?;
         let addr = info.addr().to_string();
-        let client =
-            Client::open(info).map_err(|e| Error::backend(NAME, "connect", addr.clone(), e))?;
+        let client = super::tls::client(info, &config)
+            .map_err(|e| Error::backend(NAME, "connect", addr.clone(), e))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -72,7 +75,7 @@ impl RedisBackend {
         .await
         .map_err(|_| timed_out("connect timed out"))
         .and_then(|r| r)
-        .map_err(|e| Error::backend(NAME, "connect", addr.clone(), e))?;
+        .map_err(|e| super::tls::connect_error(NAME, addr.clone(), e))?;
         let (resets, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
