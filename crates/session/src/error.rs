@@ -110,6 +110,7 @@ pub struct StoreError {
     node: Option<String>,
     timed_out: bool,
     failover: bool,
+    tls: bool,
     message: String,
 }
 
@@ -122,6 +123,7 @@ impl StoreError {
             node: None,
             timed_out: false,
             failover: false,
+            tls: false,
             message: message.into(),
         }
     }
@@ -160,6 +162,23 @@ impl StoreError {
         }
     }
 
+    /// The TLS handshake with the store failed: its certificate does not chain to the
+    /// configured CA, does not name the host connected to, or the server refused the client
+    /// certificate. `reason` is the TLS library's.
+    pub fn tls(store: &'static str, operation: StoreOperation, reason: impl fmt::Display) -> Self {
+        Self {
+            tls: true,
+            ..Self::new(
+                store,
+                operation,
+                format!(
+                    "TLS handshake failed: {reason} (the server's certificate must chain to the \
+                     configured CA, tls.ca_file, and name the host in the rediss:// URL)"
+                ),
+            )
+        }
+    }
+
     /// Names the node (address) the operation went to.
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
@@ -191,6 +210,12 @@ impl StoreError {
     /// cluster still had no master for the key (see [`failover_timeout`](Self::failover_timeout)).
     pub fn is_failover_timeout(&self) -> bool {
         self.failover
+    }
+
+    /// Whether a TLS handshake failed (see [`tls`](Self::tls)): a configuration error,
+    /// which retrying does not heal.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 }
 

@@ -51,4 +51,4 @@ pub use read_your_writes::READ_YOUR_WRITES_FIELD;
 pub use store::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisStore, RedisStoreConfig};
+pub use store::{RedisStore, RedisStoreConfig, RedisTlsConfig};

@@ -26,7 +26,7 @@ mod redis;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{RedisStore, RedisStoreConfig};
+pub use redis::{RedisStore, RedisStoreConfig, RedisTlsConfig};
 
 /// A session as a store holds it.
 #[derive(Debug, Clone)]

@@ -41,6 +41,7 @@
 //! * Touch (`PEXPIRE`) and delete are idempotent; loads and pings read only.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -173,6 +174,31 @@ pub struct RedisStoreConfig {
     /// 25.5 s. On a standalone server, no wait: there is no failover to wait for.
     #[serde(with = "humantime_serde")]
     pub failover_timeout: Option<Duration>,
+    /// CA and client certificate for `rediss://` URLs (default: the system's roots, no client
+    /// certificate). Files given with `redis://` URLs are refused, as TLS would not be used.
+    pub tls: RedisTlsConfig,
+}
+
+/// Certificates of TLS connections to Redis (`rediss://` URLs, Redis' `tls-port`), needing the
+/// `tls-rustls` feature; a Redis Cluster's nodes are all reached with them. PEM files, read
+/// when the store connects.
+///
+/// ```
+/// let config: herd_session::RedisStoreConfig = toml::from_str(r#"
+///     tls = { ca_file = "/etc/herd/redis-ca.crt" }
+/// "#).unwrap();
+/// assert!(config.tls.client_cert.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// CA certificates the servers' certificates must chain to. Default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, for servers with `tls-auth-clients yes`. Needs `client_key`.
+    /// Default: none.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key. Default: none.
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for RedisStoreConfig {
@@ -182,6 +208,7 @@ impl Default for RedisStoreConfig {
             connect_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(1),
             failover_timeout: None,
+            tls: RedisTlsConfig::default(),
         }
     }
 }
@@ -260,7 +287,9 @@ struct Scripts {
 
 impl RedisStore {
     /// Connects to a Redis Cluster through any of its nodes (`redis://host:port` URLs); the
-    /// client discovers the rest and follows slot moves and failovers.
+    /// client discovers the rest and follows slot moves and failovers. With `rediss://` URLs
+    /// every node is reached over TLS with the certificates of [`RedisStoreConfig::tls`]; a
+    /// failed handshake is an error whose [`is_tls`](StoreError::is_tls) says so.
     pub async fn cluster<I, S>(nodes: I, config: RedisStoreConfig) -> Result<Self, StoreError>
     where
         I: IntoIterator<Item = S>,
@@ -268,24 +297,29 @@ impl RedisStore {
     {
         let urls: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
         let described = describe(&urls);
-        let fail = |error: RedisError| {
-            StoreError::new(STORE, StoreOperation::Connect, error.to_string())
-                .with_node(&*described)
-        };
+        let fail = |error: RedisError| connect_error(error).with_node(&*described);
+        let certificates = tls::certificates(&urls, &config.tls)
+            .map_err(|message| config_error(message).with_node(&*described))?;
+        #[cfg(not(feature = "tls-rustls"))]
+        let _: Option<std::convert::Infallible> = certificates;
         // The client's own retries follow redirects and reconnect; waiting out a failover is
         // left to the store (`wait_out_failover`), which bounds it by time. The client's
         // default retry waits (1.28 s and up, 16 retries) would instead sleep through the
         // operation timeout on the first dead-master error.
         let client = |connection_timeout| {
-            ClusterClient::builder(urls.iter().map(String::as_str))
+            let builder = ClusterClient::builder(urls.iter().map(String::as_str))
                 .connection_timeout(connection_timeout)
                 .response_timeout(config.operation_timeout)
                 .retries(CLIENT_RETRIES)
                 .min_retry_wait(CLIENT_RETRY_WAIT_MS.0)
                 .max_retry_wait(CLIENT_RETRY_WAIT_MS.1)
-                .retry_wait_formula(CLIENT_RETRY_WAIT_MS.0, 2)
-                .build()
-                .map_err(fail)
+                .retry_wait_formula(CLIENT_RETRY_WAIT_MS.0, 2);
+            #[cfg(feature = "tls-rustls")]
+            let builder = match certificates.clone() {
+                Some(certs) => builder.certs(certs),
+                None => builder,
+            };
+            builder.build().map_err(fail)
         };
         // A rebuild during a failover must not wait the full connect timeout on a seed node
         // that hangs: it connects to every seed before it reads the slot map.
@@ -323,14 +357,19 @@ impl RedisStore {
     }
 
     /// Connects to a single Redis server (`redis://host:port/db`), reconnecting on its own
-    /// after a connection loss.
+    /// after a connection loss; over TLS for a `rediss://` URL, with the certificates of
+    /// [`RedisStoreConfig::tls`].
     pub async fn standalone(url: &str, config: RedisStoreConfig) -> Result<Self, StoreError> {
         let described = describe(&[url]);
-        let fail = |error: RedisError| {
-            StoreError::new(STORE, StoreOperation::Connect, error.to_string())
-                .with_node(&*described)
-        };
-        let client = Client::open(url).map_err(fail)?;
+        let fail = |error: RedisError| connect_error(error).with_node(&*described);
+        let certificates = tls::certificates(&[url], &config.tls)
+            .map_err(|message| config_error(message).with_node(&*described))?;
+        let client = match certificates {
+            #[cfg(feature = "tls-rustls")]
+            Some(certs) => Client::build_with_tls(url, certs),
+            _ => Client::open(url),
+        }
+        .map_err(fail)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.operation_timeout))
@@ -1049,6 +1088,170 @@ fn text(value: Value) -> Option<String> {
         Value::SimpleString(text) => Some(text),
         Value::Int(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// A failed connect: a TLS error when the handshake failed, else the client's error.
+fn connect_error(error: RedisError) -> StoreError {
+    match tls::failure(&error) {
+        Some(reason) => StoreError::tls(STORE, StoreOperation::Connect, reason),
+        None => StoreError::new(STORE, StoreOperation::Connect, error.to_string()),
+    }
+}
+
+/// Unusable TLS settings, found before connecting.
+fn config_error(message: String) -> StoreError {
+    StoreError::new(STORE, StoreOperation::Connect, message)
+}
+
+/// TLS to Redis: the URLs' scheme, the certificate files, and telling a failed handshake.
+mod tls {
+    use redis::RedisError;
+
+    use super::RedisTlsConfig;
+
+    /// The certificates for `urls`: `None` for plain `redis://` URLs, or for `rediss://` ones
+    /// without files (the system's roots). Refuses mixed schemes, files with plain URLs (the
+    /// operator believes TLS is on, and it is not), `rediss://` without the `tls-rustls`
+    /// feature and unreadable files, with a message naming the field.
+    #[cfg(feature = "tls-rustls")]
+    pub(super) fn certificates<S: AsRef<str>>(
+        urls: &[S],
+        config: &RedisTlsConfig,
+    ) -> Result<Option<redis::TlsCertificates>, String> {
+        if !wanted(urls, config)? || *config == RedisTlsConfig::default() {
+            return Ok(None);
+        }
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| format!("tls.{field}: cannot read {}: {e}", path.display()))
+        };
+        let client_tls = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("client_cert", cert)?,
+                client_key: read("client_key", key)?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("tls.client_key: a client certificate needs its key".into());
+            }
+            (None, Some(_)) => {
+                return Err("tls.client_cert: a client key needs its certificate".into());
+            }
+        };
+        let root_cert = config
+            .ca_file
+            .as_deref()
+            .map(|path| read("ca_file", path))
+            .transpose()?;
+        install_crypto_provider();
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
+    /// Without TLS compiled in: only the checks, and never certificates.
+    #[cfg(not(feature = "tls-rustls"))]
+    pub(super) fn certificates<S: AsRef<str>>(
+        urls: &[S],
+        config: &RedisTlsConfig,
+    ) -> Result<Option<std::convert::Infallible>, String> {
+        wanted(urls, config).map(|_| None)
+    }
+
+    /// Whether the URLs ask for TLS, refusing mixed schemes, certificate files with plain URLs
+    /// and TLS without the feature.
+    fn wanted<S: AsRef<str>>(urls: &[S], config: &RedisTlsConfig) -> Result<bool, String> {
+        let is_tls = |url: &S| {
+            let scheme = url.as_ref().split_once("://").map_or("", |(s, _)| s);
+            scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+        };
+        let tls = urls.iter().filter(|u| is_tls(u)).count();
+        if tls != 0 && tls != urls.len() {
+            return Err(
+                "some URLs are rediss:// (TLS) and some redis:// (plain): use one scheme".into(),
+            );
+        }
+        let tls = tls != 0;
+        if !tls && *config != RedisTlsConfig::default() {
+            return Err(
+                "tls: CA or client certificate files are set, but the URLs are redis:// \
+                        (plain): use rediss:// URLs for TLS"
+                    .into(),
+            );
+        }
+        if tls && !cfg!(feature = "tls-rustls") {
+            return Err("rediss:// (TLS) needs herd-session's `tls-rustls` feature".into());
+        }
+        Ok(tls)
+    }
+
+    /// Makes *ring* rustls' process-wide crypto provider unless the application installed one:
+    /// the `redis` client builds its TLS configuration with the process's provider, which must
+    /// be chosen when more than one is compiled in. *ring* is the workspace's (it builds
+    /// without cmake; rustls 0.23.48 deprecates it for lacking post-quantum key exchange).
+    #[cfg(feature = "tls-rustls")]
+    fn install_crypto_provider() {
+        #[expect(deprecated, reason = "ring is the workspace's provider; see above")]
+        let ring = rustls::crypto::ring::default_provider;
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Another thread may install one first; either will do.
+            let _ = ring().install_default();
+        }
+    }
+
+    /// The TLS library's reason when `error` is a failed handshake: a certificate the CA does
+    /// not sign or that names another host, or a client certificate the server refused.
+    pub(super) fn failure(error: &RedisError) -> Option<String> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = source {
+            #[cfg(feature = "tls-rustls")]
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+            source = e.source();
+        }
+        // The cluster client reports a failed first connection to every seed as text only;
+        // these are the beginnings of rustls' messages for certificate errors and TLS alerts.
+        let text = error.to_string();
+        ["invalid peer certificate", "received fatal alert"]
+            .iter()
+            .any(|m| text.contains(m))
+            .then_some(text)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn schemes_must_agree_and_files_need_tls_urls() {
+            let none = RedisTlsConfig::default();
+            assert!(
+                certificates(&["redis://a:1", "redis://b:1"], &none)
+                    .unwrap()
+                    .is_none()
+            );
+            let mixed = certificates(&["rediss://a:1", "redis://b:1"], &none).unwrap_err();
+            assert!(mixed.contains("one scheme"), "{mixed}");
+            let files = RedisTlsConfig {
+                ca_file: Some("/nonexistent/ca.crt".into()),
+                ..RedisTlsConfig::default()
+            };
+            let plain = certificates(&["redis://a:1"], &files).unwrap_err();
+            assert!(plain.starts_with("tls:"), "{plain}");
+            let tls = certificates(&["rediss://a:1"], &files);
+            if cfg!(feature = "tls-rustls") {
+                let missing = tls.unwrap_err();
+                assert!(
+                    missing.starts_with("tls.ca_file: cannot read /nonexistent/ca.crt"),
+                    "{missing}"
+                );
+            } else {
+                assert!(tls.unwrap_err().contains("tls-rustls"));
+            }
+        }
     }
 }
 
