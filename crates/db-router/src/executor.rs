@@ -461,18 +461,25 @@ impl<'c> Executor<'c> for &'c DbRouter {
                 .run(parts?, |mut sent, q| {
                     // The rest of the rows stream from the connection the stream owns; it is
                     // answered once the first item (or the end, or an error) arrives.
+                    // The attempt's span, kept open until the last row and told their count.
+                    let span = metrics::current_span();
                     let mut rest: BoxStream<'static, Result<Item, sqlx::Error>> =
                         Box::pin(async_stream::try_stream! {
                             let (connection, answered) = sent.parts();
                             let mut rows = connection.fetch_many(q);
+                            let mut returned = 0_u64;
                             loop {
                                 let item = rows.try_next().await;
                                 *answered = true;
                                 match item? {
-                                    Some(item) => yield item,
+                                    Some(item) => {
+                                        returned += u64::from(item.is_right());
+                                        yield item
+                                    }
                                     None => break,
                                 }
                             }
+                            metrics::returned_rows(&span, returned);
                         });
                     async move {
                         match rest.next().await {

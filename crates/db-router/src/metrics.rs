@@ -290,6 +290,22 @@ pub(crate) fn answered<T: Returned>(result: &Result<T, sqlx::Error>) {
     }
 }
 
+/// The current span (the attempt's, inside one) when DEBUG spans are wanted, else none.
+pub(crate) fn current_span() -> Span {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        Span::current()
+    } else {
+        Span::none()
+    }
+}
+
+/// Records the rows a stream returned on its attempt's span, once the stream has ended.
+pub(crate) fn returned_rows(span: &Span, rows: u64) {
+    if !span.is_disabled() {
+        span.record("db.response.returned_rows", rows);
+    }
+}
+
 /// The statement's command (`SELECT`, `INSERT`, ...) for `db.operation.name`, from its first
 /// keyword after comments; `OTHER` for any other word, so nothing from the SQL but a known
 /// keyword ever reaches a span.
