@@ -36,7 +36,11 @@ impl Topology {
             let start = as_slot(parts.next()?)?;
             let end = as_slot(parts.next()?)?;
             let master = node_addr(parts.next()?)?;
-            let replicas = parts.filter_map(node_addr).collect();
+            let mut replicas: Vec<String> = parts.filter_map(node_addr).collect();
+            // Each node lists a master's replicas in its own order: sorted, the same map read
+            // from two nodes compares equal, and is not taken for a topology change (which
+            // reconnects every node and flushes the L1s).
+            replicas.sort_unstable();
             ranges.push(SlotRange {
                 start,
                 end,
@@ -171,6 +175,23 @@ mod tests {
             ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
         );
         assert_eq!(t.nodes().len(), 5);
+    }
+
+    #[test]
+    fn replicas_in_another_order_are_the_same_topology() {
+        let reply = |replicas: [(&str, i64); 2]| {
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(16383),
+                node("10.0.0.1", 7000),
+                node(replicas[0].0, replicas[0].1),
+                node(replicas[1].0, replicas[1].1),
+            ])])
+        };
+        let a = Topology::from_cluster_slots(&reply([("10.0.0.2", 7001), ("10.0.0.3", 7002)]));
+        let b = Topology::from_cluster_slots(&reply([("10.0.0.3", 7002), ("10.0.0.2", 7001)]));
+        assert!(a.is_some());
+        assert_eq!(a, b);
     }
 
     #[test]
