@@ -219,6 +219,8 @@ struct Deployment {
     gateways: Vec<(Proc, Host)>,
     pg: PgCluster,
     redis: RedisCluster,
+    /// Each PostgreSQL node's server log (its stderr), in node order.
+    pg_logs: Vec<PathBuf>,
     net: Net,
     _logs: tempfile::TempDir,
 }
@@ -405,11 +407,26 @@ async fn deploy(o: &Options) -> Result<Deployment, String> {
         relays: Vec::new(),
         instances: Vec::new(),
         gateways: Vec::new(),
+        pg_logs: Vec::new(),
         pg,
         redis,
         net,
         _logs: logs,
     };
+    // Every statement into the servers' logs (`log_min_duration_statement = 0`), to count what
+    // the monitor sends: pg_stat_database leaves it out (a transaction that reads no table and
+    // writes no WAL never flushes its count in PostgreSQL 15).
+    for node in deployment.pg.nodes() {
+        let url = node.url();
+        psql(&url, "ALTER SYSTEM SET log_min_duration_statement = 0")?;
+        psql(&url, "SELECT pg_reload_conf()")?;
+        let pid = node
+            .pid()
+            .ok_or_else(|| format!("{}: not running", node.name()))?;
+        let log = std::fs::read_link(format!("/proc/{pid}/fd/2"))
+            .map_err(|e| format!("{}: its log (stderr of {pid}): {e}", node.name()))?;
+        deployment.pg_logs.push(log);
+    }
     let logs = deployment._logs.path().to_owned();
     for i in 0..o.instances {
         let host = deployment
@@ -549,6 +566,8 @@ struct Backend {
 
 #[derive(Debug, Clone, Default)]
 struct PgNodeSnap {
+    /// Length of the node's server log (every statement is logged during the run).
+    log_len: u64,
     transactions: u64,
     backends: Vec<Backend>,
 }
@@ -591,6 +610,7 @@ fn pg_snapshot(url: &str) -> Result<PgNodeSnap, String> {
     })
     .collect();
     Ok(PgNodeSnap {
+        log_len: 0,
         transactions,
         backends,
     })
@@ -602,6 +622,7 @@ struct RedisNodeSnap {
     calls: BTreeMap<String, (u64, u64)>,
     net_in: u64,
     net_out: u64,
+    connections_received: u64,
     connected_clients: u64,
     used_memory_rss: u64,
     /// `CLIENT LIST`: connections by client address.
@@ -677,6 +698,7 @@ fn redis_snapshot(ip: Ipv4Addr, port: u16) -> Result<RedisNodeSnap, String> {
         calls,
         net_in: num("total_net_input_bytes"),
         net_out: num("total_net_output_bytes"),
+        connections_received: num("total_connections_received"),
         connected_clients: num("connected_clients"),
         used_memory_rss: num("used_memory_rss"),
         clients_by_ip,
@@ -777,11 +799,18 @@ async fn snapshot(d: &Deployment, http: &reqwest::Client) -> Result<Snapshot, St
     let pg_urls: Vec<String> = d.pg.nodes().map(herd_testkit::PgNode::url).collect();
     let redis_addrs: Vec<(Ipv4Addr, u16)> =
         d.redis.nodes().iter().map(|n| (n.ip(), n.port())).collect();
+    let pg_logs = d.pg_logs.clone();
     let (pg, redis) = tokio::task::spawn_blocking(move || {
-        let pg = pg_urls
-            .iter()
-            .map(|u| pg_snapshot(u))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut pg = Vec::new();
+        for (url, log) in pg_urls.iter().zip(&pg_logs) {
+            // The log's length first: the snapshot's own statements then fall after it, and are
+            // told apart by what they read.
+            let log_len = std::fs::metadata(log).map_or(0, |m| m.len());
+            pg.push(PgNodeSnap {
+                log_len,
+                ..pg_snapshot(url)?
+            });
+        }
         let redis = redis_addrs
             .iter()
             .map(|(ip, port)| redis_snapshot(*ip, *port))
@@ -932,6 +961,46 @@ impl Window<'_> {
         (sums.0 / k, sums.1 / k, sums.2 / k, sums.3 / k, n)
     }
 
+    /// Statements node `node` logged in the window: (monitor checks, LSN reads, others), each
+    /// per second. This program's own statements are left out.
+    fn pg_statements(&self, node: usize, log: &Path) -> (f64, f64, f64) {
+        let from = self.a.pg.get(node).map_or(0, |p| p.log_len);
+        let to = self.b.pg.get(node).map_or(0, |p| p.log_len);
+        let text = read_range(log, from, to);
+        let (mut monitor, mut lsn, mut other) = (0_u64, 0_u64, 0_u64);
+        for line in text.lines() {
+            // `duration: .. ms  execute <name>: SQL` (extended protocol) or `statement: SQL`.
+            let Some(sql) = line
+                .split_once("  execute ")
+                .and_then(|(_, r)| r.split_once(": "))
+                .map(|(_, sql)| sql)
+                .or_else(|| line.split_once("  statement: ").map(|(_, sql)| sql))
+            else {
+                continue;
+            };
+            if sql.contains("pg_stat_database")
+                || sql.contains("pg_stat_activity")
+                || sql.contains("pg_reload_conf")
+                || sql.starts_with("SHOW ")
+            {
+                continue;
+            } else if sql.contains("pg_is_in_recovery()") {
+                monitor += 1;
+            } else if sql.trim() == "SELECT pg_current_wal_lsn()::text"
+                || sql.trim() == "SELECT pg_last_wal_replay_lsn()::text"
+            {
+                lsn += 1;
+            } else {
+                other += 1;
+            }
+        }
+        (
+            self.per_sec(0, monitor),
+            self.per_sec(0, lsn),
+            self.per_sec(0, other),
+        )
+    }
+
     fn pg_transactions(&self, node: usize) -> f64 {
         let get = |s: &Snapshot| s.pg.get(node).map_or(0, |p| p.transactions);
         self.per_sec(get(self.a), get(self.b))
@@ -963,6 +1032,20 @@ impl Window<'_> {
             })
             .collect()
     }
+}
+
+/// Bytes `from..to` of `path` as text (empty when unreadable).
+fn read_range(path: &Path, from: u64, to: u64) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.take(to.saturating_sub(from)).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn kib(bytes_per_sec: f64) -> String {
@@ -1044,11 +1127,18 @@ fn report(o: &Options, d: &Deployment, w: &Window<'_>, out: &mut String) -> Meas
     let mut db_per_instance_node = Vec::new();
     for (i, name) in d.pg.nodes().map(|n| n.name().to_owned()).enumerate() {
         let tps = w.pg_transactions(i);
-        db_per_instance_node.push(tps / n_inst);
+        let (monitor, lsn, other) = d
+            .pg_logs
+            .get(i)
+            .map_or((0.0, 0.0, 0.0), |log| w.pg_statements(i, log));
+        db_per_instance_node.push(monitor / n_inst);
         row(
-            format!("PostgreSQL {name}: transactions"),
-            format!("{tps:.1} /s ({:.2} /s per instance)", tps / n_inst),
-            "pg_stat_database xact_commit + xact_rollback",
+            format!("PostgreSQL {name}: statements, monitor / LSN reads / others"),
+            format!(
+                "{monitor:.1} / {lsn:.1} / {other:.1} /s ({:.2} monitor checks /s per instance); transactions counted {tps:.1} /s",
+                monitor / n_inst
+            ),
+            "the server's statement log (log_min_duration_statement = 0); pg_stat_database xact_commit + xact_rollback",
         );
     }
     let (pg_rx, pg_tx, _, _, _) = w.link_rates("pg");
@@ -1179,6 +1269,20 @@ fn report(o: &Options, d: &Deployment, w: &Window<'_>, out: &mut String) -> Meas
             kib(r_tx * redis_hosts as f64 / n_redis)
         ),
         "Redis hosts' eth0 ÷ nodes on each (client and bus traffic)",
+    );
+    let accepted: f64 =
+        w.b.redis
+            .iter()
+            .zip(&w.a.redis)
+            .map(|(b, a)| w.per_sec(a.connections_received, b.connections_received))
+            .sum::<f64>();
+    row(
+        "new Redis connections accepted, all nodes".into(),
+        format!(
+            "{accepted:.2} /s ({:.3} /s per instance)",
+            accepted / n_inst
+        ),
+        "INFO stats total_connections_received",
     );
     let mut redis_conns = 0_u64;
     let mut redis_conns_max_node = 0_u64;
