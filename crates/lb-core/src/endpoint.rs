@@ -496,6 +496,28 @@ impl EndpointState {
         self.flags.fetch_or(DRAINING, Ordering::AcqRel);
     }
 
+    /// Takes requests again (discovery found a draining endpoint back before it went idle).
+    #[cfg(feature = "discover")]
+    pub(crate) fn stop_draining(&self) {
+        self.flags.fetch_and(!DRAINING, Ordering::AcqRel);
+        // Wakes `wait_drained`, whose drain is over.
+        self.idle.notify_waiters();
+    }
+
+    /// Resolves when no request is in flight or the endpoint no longer drains.
+    #[cfg(feature = "discover")]
+    pub(crate) async fn wait_drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 || self.flags() & DRAINING == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Resolves when no request is in flight (used by drain).
     pub(crate) async fn wait_idle(&self) {
         loop {

@@ -3,6 +3,9 @@
 
 mod balancer;
 mod config;
+#[cfg(feature = "discover")]
+#[cfg_attr(docsrs, doc(cfg(feature = "discover")))]
+pub mod discover;
 mod endpoint;
 pub mod error;
 mod ewma;

@@ -413,6 +413,18 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
         pick_from(&self.inner.current.load(), policy, ctx)
     }
 
+    /// A handle that does not keep the set alive (discovery feeds end when the set is dropped).
+    #[cfg(feature = "discover")]
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<SetInner<K, S>> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The set behind a [`downgrade`](Self::downgrade)d handle, while it lives.
+    #[cfg(feature = "discover")]
+    pub(crate) fn upgrade(weak: &std::sync::Weak<SetInner<K, S>>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
     /// A per-handle cache of the current snapshot: loading it is one atomic read while the set
     /// is unchanged (used by `Balancer`, whose `call` has `&mut self`).
     pub(crate) fn snapshot_cache(&self) -> SnapshotCache<K, S> {

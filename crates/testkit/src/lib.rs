@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod dns;
 mod error;
 #[cfg(target_os = "linux")]
 pub mod net;
@@ -9,6 +10,7 @@ mod redis;
 pub mod shared;
 pub mod tls;
 
+pub use crate::dns::DnsServer;
 pub use crate::error::{Error, Result};
 pub use crate::postgres::{PgCluster, PgNode};
 pub use crate::redis::{RedisCluster, RedisClusterBuilder, RedisNode, RedisServer};
