@@ -45,6 +45,7 @@ const WHERE_AM_I: &str =
 /// Read/write split, read-your-writes with the replica's replay paused, and failover to the
 /// promoted replica; every statement checks it went over TLS when `tls` is expected.
 async fn routing_ryw_failover(pg: &PgCluster, tls: TlsConfig, expect_tls: bool) {
+    let started = Instant::now();
     let (primary, replica) = (pg.primary(), pg.replica(0));
     let router = DbRouter::builder(config(pg, tls))
         .seed(3)
@@ -79,6 +80,8 @@ async fn routing_ryw_failover(pg: &PgCluster, tls: TlsConfig, expect_tls: bool) 
         );
     }
 
+    let routed = started.elapsed();
+
     // --- Read-your-writes: with the replica's replay paused, a read in the writer's scope
     // sees the write (from the primary), a read outside it the replica's stale value.
     pg.wait_for_replay().await.unwrap();
@@ -106,6 +109,7 @@ async fn routing_ryw_failover(pg: &PgCluster, tls: TlsConfig, expect_tls: bool) 
     assert_eq!(stale, written - 1, "outside the scope the replica answers");
     replica.resume_replay().await.unwrap();
     pg.wait_for_replay().await.unwrap();
+    let read_your_writes = started.elapsed();
 
     // --- Failover: the primary dies, the replica is promoted, writes follow it over TLS.
     primary.kill().unwrap();
@@ -135,6 +139,14 @@ async fn routing_ryw_failover(pg: &PgCluster, tls: TlsConfig, expect_tls: bool) 
     );
     assert_eq!(router.status().primary.as_deref(), Some("replica1"));
     router.close().await;
+    let done = started.elapsed();
+    eprintln!(
+        "{} steps, without the cluster's start: {done:?} (build and routing {routed:?}, \
+         read-your-writes {:?}, failover {:?})",
+        if expect_tls { "TLS" } else { "plain-text" },
+        read_your_writes - routed,
+        done - read_your_writes,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
