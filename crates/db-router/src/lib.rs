@@ -7,6 +7,9 @@ pub use sqlx;
 
 pub mod classify;
 mod config;
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+mod discover;
 mod error;
 mod error_class;
 mod executor;
@@ -36,11 +39,18 @@ pub use classify::{
 pub use config::{
     Fallback, NodeConfig, PoolConfig, ReadYourWritesConfig, Role, RouterConfig, SslMode, TlsConfig,
 };
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use discover::DnsNodes;
 pub use error::Error;
 pub use error_class::ErrorClass;
 /// [`tokio::spawn`] carrying the current read-your-writes scope (and [`on_primary`]) into the
 /// new task; from herd-context.
 pub use herd_context::spawn;
+/// How [`DnsNodes`] resolves its name (herd-lb-core's).
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use herd_lb_core::discover::DnsConfig;
 pub use lsn::Lsn;
 pub use router::{DbRouter, DbRouterBuilder, PickedPool};
 pub use scope::{Consistency, on_primary};

@@ -84,15 +84,28 @@ pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections
 
 /// Checks every node at once, then recomputes the write node, lag and eligibility.
 pub(crate) async fn check_all(shared: &Shared, connections: &mut Connections) {
+    // Nodes join and leave between rounds, never during one.
+    let _members = shared.membership.lock().await;
+    connections.0.resize_with(shared.nodes.len(), || None);
     let timeout = shared.config.check_timeout;
     let checks = shared
         .nodes
         .iter()
+        .enumerate()
         .zip(connections.0.iter_mut())
-        .map(|(node, slot)| check_node(node, slot, timeout));
+        .map(|((i, node), slot)| async move {
+            if shared.nodes.is_removed(i) {
+                // A removed node is not checked: it takes no work, and may be gone.
+                drop_connection(slot).await;
+                return Err("removed from the router".to_string());
+            }
+            check_node(node, slot, timeout).await
+        });
     let observations = join_all(checks).await;
-    for (node, observation) in shared.nodes.iter().zip(&observations) {
-        record(node, observation);
+    for (i, (node, observation)) in shared.nodes.iter().zip(&observations).enumerate() {
+        if !shared.nodes.is_removed(i) {
+            record(node, observation);
+        }
     }
     choose_writer(shared, &observations);
     update_eligibility(shared, &observations);
@@ -306,9 +319,13 @@ fn choose_writer(shared: &Shared, observations: &[Result<Observation, String>]) 
 fn update_eligibility(shared: &Shared, observations: &[Result<Observation, String>]) {
     let primary_lsn = Lsn::new(shared.primary_lsn.load(Ordering::Acquire));
     let max_lag = shared.config.max_lag.as_secs_f64();
-    let mut excluded = Vec::new();
-    for (node, observation) in shared.nodes.iter().zip(observations) {
+    // The slots of removed nodes not added again take no reads.
+    let mut excluded = shared.vacant_read_slots();
+    for (i, (node, observation)) in shared.nodes.iter().zip(observations).enumerate() {
         let Some(slot) = node.read_slot else { continue };
+        if shared.nodes.is_removed(i) {
+            continue;
+        }
         let s = &node.state;
         let eligible = match observation {
             Ok(o) if o.in_recovery && s.is_up() => {

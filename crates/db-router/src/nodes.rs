@@ -5,8 +5,8 @@
 //! monitor nor the router's public API is imported from this module, so the two meet here
 //! instead of importing each other.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use herd_lb_core::{EndpointSet, InFlightGuard, Outcome, PickContext, Policy};
@@ -23,11 +23,118 @@ use crate::metrics;
 use crate::node::{Node, is_connection_error, race_down};
 
 /// `Shared::writer` when no node takes writes.
-const NO_WRITER: usize = usize::MAX;
+pub(crate) const NO_WRITER: usize = usize::MAX;
+
+/// Nodes in the list's first chunk; chunk `c` holds `FIRST_CHUNK << c`.
+const FIRST_CHUNK: usize = 8;
+/// Chunks: room for `FIRST_CHUNK * (2^CHUNKS - 1)` nodes, two billion, allocated as needed.
+const CHUNKS: usize = 28;
+
+/// The router's nodes, in the order they joined: the configured ones, then those added at run
+/// time ([`DbRouter::add_node`](crate::DbRouter::add_node), DNS discovery).
+///
+/// Append-only, so a node's index (held by leases, the read set and the write slot) and a
+/// `&Node` borrowed from the router stay valid while it lives: a removed node is marked, not
+/// taken out. Its entry (its closed pool and a few hundred bytes) stays until the router is
+/// dropped; a node added again under the same name is a new entry reusing the old one's read
+/// slot, so the list grows by one entry per addition, not per request. Appending takes
+/// `Shared::membership`; reading takes no lock.
+pub(crate) struct NodeList {
+    chunks: [OnceLock<Box<[OnceLock<Member>]>>; CHUNKS],
+    len: AtomicUsize,
+}
+
+struct Member {
+    node: Node,
+    removed: AtomicBool,
+}
+
+impl NodeList {
+    fn new(nodes: Vec<Node>) -> Self {
+        let list = Self {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            len: AtomicUsize::new(0),
+        };
+        for node in nodes {
+            list.push(node);
+        }
+        list
+    }
+
+    /// Chunk and offset of index `i`.
+    fn place(i: usize) -> (usize, usize) {
+        let chunk = (i / FIRST_CHUNK + 1).ilog2() as usize;
+        (chunk, i - FIRST_CHUNK * ((1 << chunk) - 1))
+    }
+
+    fn member(&self, i: usize) -> Option<&Member> {
+        if i >= self.len.load(Ordering::Acquire) {
+            return None;
+        }
+        let (chunk, offset) = Self::place(i);
+        self.chunks.get(chunk)?.get()?.get(offset)?.get()
+    }
+
+    /// Appends `node` and returns its index; callers hold `Shared::membership` (one writer).
+    /// `None` when the list is full.
+    pub(crate) fn push(&self, node: Node) -> Option<usize> {
+        let i = self.len.load(Ordering::Acquire);
+        let (chunk, offset) = Self::place(i);
+        let slots = self
+            .chunks
+            .get(chunk)?
+            .get_or_init(|| (0..FIRST_CHUNK << chunk).map(|_| OnceLock::new()).collect());
+        slots
+            .get(offset)?
+            .set(Member {
+                node,
+                removed: AtomicBool::new(false),
+            })
+            .ok()?;
+        self.len.store(i + 1, Ordering::Release);
+        Some(i)
+    }
+
+    /// Node `i`, removed or not.
+    pub(crate) fn get(&self, i: usize) -> Option<&Node> {
+        self.member(i).map(|m| &m.node)
+    }
+
+    /// Every node in index order, removed ones included (indices line up with `enumerate`).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Node> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// Entries, removed nodes included.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether node `i` was removed (it takes no new work; the monitor no longer checks it).
+    pub(crate) fn is_removed(&self, i: usize) -> bool {
+        self.member(i)
+            .is_some_and(|m| m.removed.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn mark_removed(&self, i: usize) {
+        if let Some(m) = self.member(i) {
+            m.removed.store(true, Ordering::Release);
+        }
+    }
+
+    /// The index of the node in the router called `name`, removed nodes not counted.
+    pub(crate) fn position_live(&self, name: &str) -> Option<usize> {
+        (0..self.len())
+            .find(|&i| !self.is_removed(i) && self.get(i).is_some_and(|n| &*n.name == name))
+    }
+}
 
 /// The router's state, behind the `Arc` every [`DbRouter`](crate::DbRouter) clone holds.
 pub(crate) struct Shared {
-    pub(crate) nodes: Vec<Node>,
+    pub(crate) nodes: NodeList,
+    /// Taken to add or remove a node, and by the monitor for a whole round of checks, so
+    /// that nodes join and leave between rounds, never during one.
+    pub(crate) membership: tokio::sync::Mutex<()>,
     /// The nodes that may take reads, with lb-core's per-endpoint load and health.
     pub(crate) reads: EndpointSet<Arc<str>, usize>,
     pub(crate) policy: Policy,
@@ -54,11 +161,16 @@ pub(crate) struct Shared {
     /// Wakes the monitor for an early check (a connection error on the primary).
     pub(crate) wake: Arc<Notify>,
     pub(crate) monitor: Mutex<Option<JoinHandle<()>>>,
+    /// The DNS discovery task, when the router follows a DNS name.
+    pub(crate) discovery: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         if let Some(task) = self.monitor.lock().take() {
+            task.abort();
+        }
+        if let Some(task) = self.discovery.lock().take() {
             task.abort();
         }
     }
@@ -75,7 +187,8 @@ impl Shared {
     ) -> Self {
         let all_reads: Vec<usize> = (0..reads.len()).collect();
         Self {
-            nodes,
+            nodes: NodeList::new(nodes),
+            membership: tokio::sync::Mutex::new(()),
             reads,
             policy,
             excluded_count: AtomicUsize::new(all_reads.len()),
@@ -91,7 +204,41 @@ impl Shared {
             config,
             wake: Arc::new(Notify::new()),
             monitor: Mutex::new(None),
+            discovery: Mutex::new(None),
         }
+    }
+}
+
+impl Shared {
+    /// Read-set slots that no node in the router holds: those of removed nodes not added
+    /// again. Always excluded from picks (the monitor adds them to its exclusions).
+    pub(crate) fn vacant_read_slots(&self) -> Vec<usize> {
+        let held = |slot: usize| {
+            (0..self.nodes.len()).any(|i| {
+                !self.nodes.is_removed(i)
+                    && self.nodes.get(i).is_some_and(|n| n.read_slot == Some(slot))
+            })
+        };
+        let mut vacant: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes.is_removed(i))
+            .filter_map(|i| self.nodes.get(i).and_then(|n| n.read_slot))
+            .filter(|&slot| !held(slot))
+            .collect();
+        vacant.sort_unstable();
+        vacant.dedup();
+        vacant
+    }
+
+    /// Stops picks of read-set `slot` at once (until the monitor's next round decides).
+    /// Callers hold `membership`, so no round overwrites it meanwhile.
+    pub(crate) fn exclude_slot(&self, slot: usize) {
+        let mut excluded = self.excluded.load().as_ref().clone();
+        if !excluded.contains(&slot) {
+            excluded.push(slot);
+        }
+        let count = excluded.len();
+        self.excluded.store(Arc::new(excluded));
+        self.excluded_count.store(count, Ordering::Release);
     }
 }
 
@@ -128,8 +275,9 @@ impl Shared {
         let seen: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| n.role.may_write())
-            .map(|n| {
+            .enumerate()
+            .filter(|(i, n)| n.role.may_write() && !self.nodes.is_removed(*i))
+            .map(|(_, n)| {
                 let s = &n.state;
                 let what = if !s.is_up() {
                     format!(
@@ -248,9 +396,10 @@ impl Shared {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| {
-                n.read_slot
-                    .is_some_and(|s| !excluded.contains(&s) && !tried.contains(&s))
+            .filter(|(i, n)| {
+                !self.nodes.is_removed(*i)
+                    && n.read_slot
+                        .is_some_and(|s| !excluded.contains(&s) && !tried.contains(&s))
             })
             .max_by_key(|(_, n)| n.state.replay_lsn())
             .map(|(i, _)| i)?;
@@ -344,5 +493,27 @@ impl Shared {
         let lsn: Lsn = text.parse()?;
         self.primary_lsn.fetch_max(lsn.as_u64(), Ordering::AcqRel);
         Ok(lsn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_indices_fill_each_chunk_in_order() {
+        let mut expected = Vec::new();
+        for chunk in 0..4 {
+            for offset in 0..(FIRST_CHUNK << chunk) {
+                expected.push((chunk, offset));
+            }
+        }
+        let placed: Vec<_> = (0..expected.len()).map(NodeList::place).collect();
+        assert_eq!(placed, expected);
+        let last = FIRST_CHUNK * ((1 << CHUNKS) - 1) - 1;
+        assert_eq!(
+            NodeList::place(last),
+            (CHUNKS - 1, (FIRST_CHUNK << (CHUNKS - 1)) - 1)
+        );
     }
 }

@@ -13,12 +13,12 @@ use sqlx::postgres::{PgPoolOptions, Postgres};
 use sqlx::{PgPool, Transaction};
 
 use crate::classify::Route;
-use crate::config::{NodeSpec, RouterConfig, node_field};
+use crate::config::{NodeConfig, NodeSpec, RouterConfig, node_field};
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::monitor;
 use crate::node::{DownSignal, Node, NodeState, race_down};
-use crate::nodes::Shared;
+use crate::nodes::{NO_WRITER, Shared};
 use crate::scope::{self, Consistency};
 use crate::status::{NodeStatus, ObservedRole, RouterStatus};
 
@@ -66,7 +66,9 @@ impl fmt::Debug for DbRouter {
                     .shared
                     .nodes
                     .iter()
-                    .map(|n| &*n.name)
+                    .enumerate()
+                    .filter(|(i, _)| !self.shared.nodes.is_removed(*i))
+                    .map(|(_, n)| &*n.name)
                     .collect::<Vec<_>>(),
             )
             .field("primary", &self.shared.writer().map(|n| &*n.name))
@@ -80,6 +82,8 @@ pub struct DbRouterBuilder {
     config: RouterConfig,
     seed: Option<u64>,
     pools: Vec<(String, PgPool)>,
+    #[cfg(feature = "dns")]
+    dns: Option<crate::discover::DnsNodes>,
 }
 
 impl DbRouterBuilder {
@@ -101,6 +105,17 @@ impl DbRouterBuilder {
         self
     }
 
+    /// Adds the nodes a DNS name lists (a Kubernetes headless Service over the primary and
+    /// its replicas), re-resolved on an interval: new addresses become nodes whose roles the
+    /// monitor finds, vanished ones are removed once their work is done. With it the
+    /// configuration may list no node. See [`DnsNodes`](crate::DnsNodes).
+    #[cfg(feature = "dns")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+    pub fn dns(mut self, nodes: crate::discover::DnsNodes) -> Self {
+        self.dns = Some(nodes);
+        self
+    }
+
     /// Validates the configuration, creates the pools (lazily: no connection is needed
     /// yet), runs one check of every node so roles are known, and starts the monitor.
     ///
@@ -110,7 +125,25 @@ impl DbRouterBuilder {
     /// every `check_interval`.
     pub async fn build(mut self) -> Result<DbRouter, Error> {
         crate::metrics::describe();
-        let specs = self.config.node_specs()?;
+        #[cfg(feature = "dns")]
+        let mut discovery = self
+            .dns
+            .take()
+            .map(|nodes| crate::discover::Discovery::new(nodes, &self.config))
+            .transpose()?;
+        #[cfg(feature = "dns")]
+        let only_discovered = discovery.is_some()
+            && self.config.primary.is_none()
+            && self.config.replicas.is_empty()
+            && self.config.nodes.is_empty();
+        #[cfg(not(feature = "dns"))]
+        let only_discovered = false;
+        // With DNS discovery and no configured node, `Discovery::new` has checked the settings.
+        let specs = if only_discovered {
+            Vec::new()
+        } else {
+            self.config.node_specs()?
+        };
         if let Some((unknown, _)) = self
             .pools
             .iter()
@@ -158,6 +191,11 @@ impl DbRouterBuilder {
             ));
         }
         let shared = Arc::new(Shared::new(nodes, reads, policy, self.config));
+        #[cfg(feature = "dns")]
+        if let Some(discovery) = &mut discovery {
+            // The name's nodes are in place for the first check, as configured ones are.
+            discovery.first_resolution(&shared).await;
+        }
         let mut connections = monitor::Connections::new(shared.nodes.len());
         monitor::check_all(&shared, &mut connections).await;
         // A certificate that does not match is a configuration error: say so now, naming the
@@ -172,6 +210,11 @@ impl DbRouterBuilder {
             connections,
         ));
         *shared.monitor.lock() = Some(task);
+        #[cfg(feature = "dns")]
+        if let Some(discovery) = discovery {
+            let task = tokio::spawn(discovery.run(Arc::downgrade(&shared)));
+            *shared.discovery.lock() = Some(task);
+        }
         Ok(DbRouter { shared })
     }
 }
@@ -228,6 +271,133 @@ fn node_from_spec(
     }
 }
 
+/// The spec of one node added at run time, validated with the router's settings. A node
+/// without a name is called by its URL's `host:port`.
+pub(crate) fn spec_for(config: &RouterConfig, node: NodeConfig) -> Result<NodeSpec, Error> {
+    let unnamed = node.name.is_none();
+    let probe = RouterConfig {
+        primary: None,
+        replicas: Vec::new(),
+        nodes: vec![node],
+        ..config.clone()
+    };
+    let mut specs = probe.node_specs()?;
+    let Some(mut spec) = specs.pop().filter(|_| specs.is_empty()) else {
+        return Err(Error::invalid_config(
+            "nodes.url",
+            "names several hosts: add one node per host",
+        ));
+    };
+    if unnamed {
+        spec.name = format!("{}:{}", spec.connect.get_host(), spec.connect.get_port());
+    }
+    Ok(spec)
+}
+
+/// Adds a node to a running router (see [`DbRouter::add_node`]).
+pub(crate) async fn insert_spec(shared: &Shared, spec: NodeSpec) -> Result<String, Error> {
+    let members = shared.membership.lock().await;
+    if shared.nodes.position_live(&spec.name).is_some() {
+        return Err(Error::invalid_config(
+            "nodes.name",
+            format!("a node called `{}` is already in the router", spec.name),
+        ));
+    }
+    let name: Arc<str> = spec.name.as_str().into();
+    let index = shared.nodes.len();
+    // A node added again under a removed one's name takes its read slot back (and its
+    // selection state); a new name gets the next slot. Either way the slot takes no read
+    // until the monitor has checked the node.
+    let read_slot = spec.role.may_read().then(|| {
+        let snapshot = shared.reads.load();
+        snapshot
+            .iter()
+            .position(|e| e.key() == &name)
+            .unwrap_or(snapshot.len())
+    });
+    if let Some(slot) = read_slot {
+        shared.exclude_slot(slot);
+    }
+    let (list, weight, role) = (spec.list, spec.weight, spec.role);
+    let node = node_from_spec(
+        spec,
+        Arc::clone(&name),
+        read_slot,
+        None,
+        shared.config.check_timeout,
+    );
+    let Some(index) = shared.nodes.push(node).filter(|i| *i == index) else {
+        return Err(Error::invalid_config(
+            "nodes",
+            "the router's node list is full",
+        ));
+    };
+    if read_slot.is_some()
+        && let Err(e) = shared.reads.insert(Arc::clone(&name), index, weight)
+    {
+        shared.nodes.mark_removed(index);
+        return Err(Error::invalid_node_config(
+            node_field!(list, "weight"),
+            &name,
+            e,
+        ));
+    }
+    drop(members);
+    tracing::info!(node = %name, role = role.as_str(), "node added; the monitor checks it now");
+    shared.wake.notify_one();
+    Ok(name.to_string())
+}
+
+/// Removes a node from a running router (see [`DbRouter::remove_node`]).
+pub(crate) async fn remove_named(shared: &Arc<Shared>, name: &str) -> bool {
+    let members = shared.membership.lock().await;
+    let Some((index, node)) = shared
+        .nodes
+        .position_live(name)
+        .and_then(|i| shared.nodes.get(i).map(|n| (i, n)))
+    else {
+        return false;
+    };
+    shared.nodes.mark_removed(index);
+    node.state.eligible.store(false, Ordering::Release);
+    if let Some(slot) = node.read_slot {
+        shared.exclude_slot(slot);
+    }
+    if shared
+        .writer
+        .compare_exchange(index, NO_WRITER, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        tracing::warn!(node = %node.name, "the write node was removed: writes fail until the monitor finds another");
+    }
+    let reads = node.read_slot.and_then(|_| shared.reads.state(&node.name));
+    let pool = node.pool.clone();
+    let name: Arc<str> = Arc::clone(&node.name);
+    drop(members);
+    shared.wake.notify_one();
+    tracing::info!(node = %name, "node removed: no new work; its pool closes when its work is done");
+    let router = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        // A read picked just before the removal may not have taken its connection yet: wait
+        // for the node's picks to end (or for the name to come back, whose picks are the new
+        // node's), then close, which waits for connections in use to be returned.
+        if let Some(reads) = reads {
+            while reads.in_flight() > 0 {
+                let back = router
+                    .upgrade()
+                    .is_none_or(|s| s.nodes.position_live(&name).is_some());
+                if back {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        pool.close().await;
+        tracing::debug!(node = %name, "removed node's pool closed");
+    });
+    true
+}
+
 impl DbRouter {
     /// Starts building a router from `config`.
     pub fn builder(config: RouterConfig) -> DbRouterBuilder {
@@ -235,7 +405,31 @@ impl DbRouter {
             config,
             seed: None,
             pools: Vec::new(),
+            #[cfg(feature = "dns")]
+            dns: None,
         }
+    }
+
+    /// Adds a node to the running router and returns its name (by default its URL's
+    /// `host:port`): the monitor checks it at once and finds its role (configured roles are
+    /// kept); a replica takes reads from its first good check on. New replicas need no
+    /// restart.
+    ///
+    /// The node is validated like a configured one of `nodes` (default role
+    /// [`Role::Auto`](crate::Role::Auto)), with the router's settings; a name already in the
+    /// router, or a URL with several hosts, is refused ([`Error::InvalidConfig`]).
+    pub async fn add_node(&self, node: NodeConfig) -> Result<String, Error> {
+        let spec = spec_for(&self.shared.config, node)?;
+        insert_spec(&self.shared, spec).await
+    }
+
+    /// Removes the node called `name` from the running router: at once it takes no new read
+    /// or write (a removed write node leaves writes failing until the monitor finds another
+    /// writable node), and its pool closes once the reads and statements it has in flight
+    /// are done. Returns whether the router had such a node. A node added again under the
+    /// same name starts afresh, with the read selection state of its name.
+    pub async fn remove_node(&self, name: &str) -> bool {
+        remove_named(&self.shared, name).await
     }
 
     /// Builds a router from `config` with OS entropy for selection; see
@@ -378,6 +572,7 @@ impl DbRouter {
             .nodes
             .iter()
             .enumerate()
+            .filter(|(i, _)| !shared.nodes.is_removed(*i))
             .map(|(i, n)| node_status(shared, i, n, writer))
             .collect();
         RouterStatus {
@@ -405,7 +600,10 @@ impl DbRouter {
         if let Some(task) = self.shared.monitor.lock().take() {
             task.abort();
         }
-        for node in &self.shared.nodes {
+        if let Some(task) = self.shared.discovery.lock().take() {
+            task.abort();
+        }
+        for node in self.shared.nodes.iter() {
             node.pool.close().await;
         }
     }
