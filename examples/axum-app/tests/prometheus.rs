@@ -94,7 +94,7 @@ impl Prometheus {
             rules.display(),
             instances
                 .iter()
-                .map(|i| target(i))
+                .map(|i| target(i.as_str()))
                 .collect::<Vec<_>>()
                 .join(", "),
             target(gateway),
@@ -464,10 +464,11 @@ fn every_name_in_the_rules_and_dashboard_is_a_herd_metric_constant() {
         if let Ok(text) = std::fs::read_to_string(&file) {
             for line in text.lines() {
                 let line = line.trim();
-                if line.starts_with("pub const ") && line.contains(": &str = \"herd_") {
-                    if let Some(name) = line.split('"').nth(1) {
-                        constants.insert(name.to_owned());
-                    }
+                if line.starts_with("pub const ")
+                    && line.contains(": &str = \"herd_")
+                    && let Some(name) = line.split('"').nth(1)
+                {
+                    constants.insert(name.to_owned());
                 }
             }
         }
