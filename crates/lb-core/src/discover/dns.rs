@@ -149,6 +149,20 @@ impl DnsConfig {
     }
 }
 
+/// HELP text and unit of the discovery metrics, for the exporter.
+fn describe() {
+    ::metrics::describe_counter!(
+        DNS_RESOLVE_FAILURES_TOTAL,
+        ::metrics::Unit::Count,
+        "Resolutions of a DNS discovery name that failed or found no address; the last good set of endpoints was kept."
+    );
+    ::metrics::describe_gauge!(
+        DNS_ADDRESSES,
+        ::metrics::Unit::Count,
+        "Addresses of a DNS discovery name in the set in force (its last good answer)."
+    );
+}
+
 /// The outcome of one resolution: the addresses and how long the answer is good for, or why
 /// there is no usable answer.
 type Resolution = Result<(BTreeSet<IpAddr>, Duration), String>;
@@ -248,6 +262,7 @@ impl DnsDiscover {
             field: "dns.nameservers",
             reason: format!("cannot build the resolver: {e}"),
         })?;
+        describe();
         let name: Arc<str> = config.name.as_str().into();
         let label = ::metrics::SharedString::from(Arc::clone(&name));
         Ok(Self {
