@@ -497,7 +497,6 @@ impl EndpointState {
     }
 
     /// Takes requests again (discovery found a draining endpoint back before it went idle).
-    #[cfg(feature = "discover")]
     pub(crate) fn stop_draining(&self) {
         self.flags.fetch_and(!DRAINING, Ordering::AcqRel);
         // Wakes `wait_drained`, whose drain is over.
@@ -505,7 +504,6 @@ impl EndpointState {
     }
 
     /// Resolves when no request is in flight or the endpoint no longer drains.
-    #[cfg(feature = "discover")]
     pub(crate) async fn wait_drained(&self) {
         loop {
             let notified = self.idle.notified();

@@ -3,8 +3,6 @@
 
 mod balancer;
 mod config;
-#[cfg(feature = "discover")]
-#[cfg_attr(docsrs, doc(cfg(feature = "discover")))]
 pub mod discover;
 mod endpoint;
 pub mod error;

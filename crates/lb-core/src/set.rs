@@ -414,13 +414,11 @@ impl<K: EndpointKey, S> EndpointSet<K, S> {
     }
 
     /// A handle that does not keep the set alive (discovery feeds end when the set is dropped).
-    #[cfg(feature = "discover")]
     pub(crate) fn downgrade(&self) -> std::sync::Weak<SetInner<K, S>> {
         Arc::downgrade(&self.inner)
     }
 
     /// The set behind a [`downgrade`](Self::downgrade)d handle, while it lives.
-    #[cfg(feature = "discover")]
     pub(crate) fn upgrade(weak: &std::sync::Weak<SetInner<K, S>>) -> Option<Self> {
         weak.upgrade().map(|inner| Self { inner })
     }

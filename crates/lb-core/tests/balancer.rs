@@ -396,6 +396,7 @@ async fn follows_a_discover_stream() {
     tx.send(Ok(Change::Insert("b", Flaky::new("b")))).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(lb.endpoints().len(), 2);
+    // An idle endpoint's drain is over at once: it leaves the set.
     tx.send(Ok(Change::Remove("a"))).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let keys: Vec<_> = lb.endpoints().into_iter().map(|e| e.key).collect();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::future::poll_fn;
 use tower::BoxError;
-use tower::discover::{Change, Discover};
+use tower::discover::Discover;
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -368,42 +368,21 @@ where
         self.inner.set.spawn_active_health(probe, config)
     }
 
-    /// Follows a `tower::discover::Discover` stream: inserts (weight 1) and removes endpoints as
-    /// it reports them. Spawn the returned future; it ends when the stream ends or fails
-    /// (returning the stream's error), or when the balancer is dropped.
+    /// Follows a `tower::discover::Discover` stream: inserts endpoints (weight 1) and drains the
+    /// ones it removes (no new request; they leave the set once idle), as
+    /// [`DiscoverFeed`](crate::discover::DiscoverFeed) does, which has the other settings. Spawn
+    /// the returned future; it ends when the stream ends or fails (returning the stream's
+    /// error, once the drains it started are over), or when the balancer is dropped.
     pub fn discover<D>(
         &self,
         discover: D,
     ) -> impl Future<Output = Result<(), D::Error>> + Send + 'static
     where
         D: Discover<Key = K, Service = S> + Send + 'static,
+        D::Error: Send,
         S: Clone + Send + Sync + 'static,
-        Req: 'static,
-        S::Response: 'static,
-        S::Error: 'static,
     {
-        let weak = Arc::downgrade(&self.inner);
-        async move {
-            let mut discover = std::pin::pin!(discover);
-            loop {
-                let change = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await;
-                let Some(inner) = weak.upgrade() else {
-                    return Ok(());
-                };
-                match change {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(Change::Insert(key, service))) => {
-                        if let Err(err) = inner.set.insert(key, service, 1.0) {
-                            tracing::warn!(%err, "discovery: insert refused");
-                        }
-                    }
-                    Some(Ok(Change::Remove(key))) => {
-                        inner.set.remove(&key);
-                    }
-                }
-            }
-        }
+        crate::discover::DiscoverFeed::new(&self.inner.set).run(discover)
     }
 }
 

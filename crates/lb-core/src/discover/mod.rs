@@ -1,5 +1,5 @@
 //! Membership from outside: any `tower::discover::Discover` stream feeds an
-//! [`EndpointSet`](crate::EndpointSet) ([`DiscoverFeed`], feature `discover`), and a DNS name
+//! [`EndpointSet`](crate::EndpointSet) ([`DiscoverFeed`]; [`Balancer::discover`](crate::Balancer::discover) runs one), and a DNS name
 //! re-resolved on an interval is such a stream ([`DnsDiscover`], feature `dns`).
 //!
 //! A feed inserts what the stream adds and drains what it removes: the endpoint takes no new
