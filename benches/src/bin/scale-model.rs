@@ -1495,26 +1495,26 @@ fn model(o: &Options, d: &Deployment, idle: &Measured, load: &Measured, out: &mu
             idle.redis_calls_per_instance
         ),
     );
+    let nodes_now = d.redis.nodes().len() as f64;
     row(
-        "Redis Cluster bus messages per node",
+        "Redis Cluster bus messages sent per node",
         format!(
             "≈ {:.0} /s",
-            idle.bus_per_node * rn / d.redis.nodes().len() as f64
+            idle.bus_per_node * (rn - 1.0) / (nodes_now - 1.0).max(1.0)
         ),
         format!(
-            "{:.1}/s measured at {} nodes, × nodes (gossip pings carry a share of the node table)",
-            idle.bus_per_node,
-            d.redis.nodes().len()
+            "{:.1}/s measured at {nodes_now} nodes × (nodes − 1) / ({nodes_now} − 1): with cluster-node-timeout 2 s each node pings every other about once a second",
+            idle.bus_per_node
         ),
     );
     row(
-        "background traffic per instance host (idle)",
+        "instances' background traffic, all instances (idle)",
+        kib(idle.app_bytes_per_instance * n),
         format!(
-            "{} (all instances {})",
-            kib(idle.app_bytes_per_instance * g / d.gateways.len() as f64),
-            kib(idle.app_bytes_per_instance * n)
+            "instances × {} measured per instance at {} gateways (checks, monitor, Redis)",
+            kib(idle.app_bytes_per_instance),
+            d.gateways.len()
         ),
-        "measured per instance, check share scaled to the gateways".into(),
     );
     row(
         "memory, all instances",
