@@ -219,17 +219,28 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        // The L1 answers here, before any future is made: a nested backend read future costs
-        // a copy of its whole size, more than an L1 hit itself. The span goes around the
-        // backend read only when a subscriber wants it (boxed: the common future stays as is).
+        // Spans only when a subscriber may want DEBUG, and then boxed: otherwise an L1 hit
+        // costs one look at the level more than before, and builds no span and no future (a
+        // nested backend read future costs a copy of its whole size, more than the hit).
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            return Box::pin(self.get_traced(key)).await;
+        }
+        if let Some(value) = self.inner.l1_get::<T>(key) {
+            return value;
+        }
+        self.get_from_backend(key).await
+    }
+
+    /// [`get`](Self::get) in its `herd.cache.get` span.
+    async fn get_traced<T>(&self, key: &str) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
         let span = op_span!("herd.cache.get", "get", "GET", key);
         if let Some(value) = span.in_scope(|| self.inner.l1_get::<T>(key)) {
             return value;
         }
-        if span.is_disabled() {
-            return self.get_from_backend(key).await;
-        }
-        Box::pin(self.get_from_backend(key).instrument(span)).await
+        self.get_from_backend(key).instrument(span).await
     }
 
     /// [`get`](Self::get) after an L1 miss.
@@ -532,19 +543,37 @@ impl Cache {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        // As in `get`: the L1 first, and the span around the rest only when it is wanted.
+        // As in `get`: spans only when they may be wanted, boxed; the L1 first.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            return Box::pin(self.get_or_load_traced(key, ttl, loader)).await;
+        }
+        if let Some(value) = self.inner.l1_get::<T>(key) {
+            return Ok(value);
+        }
+        self.load_after_miss(key, ttl, loader, &Span::none()).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) in its `herd.cache.get_or_load` span.
+    async fn get_or_load_traced<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
         let span = op_span!("herd.cache.get_or_load", "get_or_load", "GET", key);
         if let Some(value) = span.in_scope(|| self.inner.l1_get::<T>(key)) {
             return Ok(value);
         }
-        if span.is_disabled() {
-            return self.load_after_miss(key, ttl, loader, &span).await;
-        }
-        let result = Box::pin(
-            self.load_after_miss(key, ttl, loader, &span)
-                .instrument(span.clone()),
-        )
-        .await;
+        let result = self
+            .load_after_miss(key, ttl, loader, &span)
+            .instrument(span.clone())
+            .await;
         if let Err(error) = &result {
             traced_error(&span, error);
         }
