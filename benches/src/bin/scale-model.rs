@@ -1205,7 +1205,8 @@ fn report(o: &Options, d: &Deployment, w: &Window<'_>, out: &mut String) -> Meas
     let by_command = listed
         .iter()
         .take(8)
-        .map(|(k, (c, u))| format!("{k} {c:.1}/s ({u:.0} µs)"))
+        // `cluster|slots`: the bar escaped, since the rows are a Markdown table.
+        .map(|(k, (c, u))| format!("{} {c:.1}/s ({u:.0} µs)", k.replace('|', "\\|")))
         .collect::<Vec<_>>()
         .join(", ");
     row(
