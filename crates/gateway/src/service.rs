@@ -86,6 +86,12 @@ pub struct AdminConfig {
     pub health_path: String,
     /// The page listing the backends and their state. Default `/admin`.
     pub page_path: String,
+    /// The gateway's own metrics in Prometheus' text format (`herd_lb_*`, `herd_gateway_*`),
+    /// served when the gateway is given a way to render them
+    /// ([`Gateway::start_with_metrics`](crate::config::Gateway::start_with_metrics); the
+    /// `herd-gateway` binary always is). Not `/metrics`, which [`paths`](Self::paths) sends
+    /// to the instances. Default `/gateway/metrics`.
+    pub metrics_path: String,
 }
 
 impl Default for AdminConfig {
@@ -95,6 +101,7 @@ impl Default for AdminConfig {
             paths: vec!["/metrics".to_owned(), "/health".to_owned()],
             health_path: "/lb-health".to_owned(),
             page_path: "/admin".to_owned(),
+            metrics_path: "/gateway/metrics".to_owned(),
         }
     }
 }
@@ -214,8 +221,10 @@ pub(crate) struct ListenerMode {
 #[derive(Clone)]
 pub struct GatewayService {
     pages: Router,
-    /// The paths the pages' router serves.
+    /// The paths the pages' router serves: the gateway's own, then the proxy cache's.
     page_paths: Arc<[String]>,
+    /// How many of `page_paths` are the gateway's own pages.
+    own_pages: usize,
     /// The path prefixes only admin networks reach (the pages' paths among them).
     admin_paths: Arc<[String]>,
     /// Upstream group 0, the only one of a [`GatewayConfig`].
@@ -260,6 +269,7 @@ impl GatewayService {
         Self {
             pages: self.pages.clone(),
             page_paths: Arc::clone(&self.page_paths),
+            own_pages: self.own_pages,
             admin_paths: Arc::clone(&self.admin_paths),
             upstream: per_peer(&self.upstream),
             more_upstreams: self.more_upstreams.iter().map(per_peer).collect(),
@@ -471,10 +481,14 @@ impl Service<Request<Incoming>> for GatewayService {
             };
             return GatewayFuture::proxy(inner, response_headers);
         }
-        // A cached path (after the gateway's two pages) gets its route's header rules too.
+        // A cached path (after the gateway's own pages) gets its route's header rules too.
         let mut response_rules = None;
         let mut request_rules = None;
-        if self.page_paths.iter().skip(2).any(|p| p == path)
+        if self
+            .page_paths
+            .iter()
+            .skip(self.own_pages)
+            .any(|p| p == path)
             && let Some(route) = find_route(&self.routes, path)
             && matches!(route.action, RouteAction::Proxy(_))
         {
@@ -567,6 +581,10 @@ pub(crate) fn check_path(field: &'static str, path: &str) -> Result<(), Error> {
     })
 }
 
+/// Renders the gateway's own metrics page in Prometheus' text format, e.g.
+/// `move || handle.render()` with a metrics-exporter-prometheus `PrometheusHandle`.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Everything [`build`] puts together.
 pub(crate) struct Parts<'a> {
     pub(crate) admin: &'a AdminConfig,
@@ -584,6 +602,8 @@ pub(crate) struct Parts<'a> {
     /// settings, same upstream): the new pages' dashboard starts with their history, so it goes
     /// on across a reload. `None`: no history.
     pub(crate) pages: Option<(crate::pages::Pages, Vec<String>)>,
+    /// The gateway's own metrics, served on `admin.metrics_path`. `None`: not served.
+    pub(crate) metrics: Option<RenderMetrics>,
 }
 
 /// What [`build`] made: the app, and its operators' pages without the cached paths (to hand
@@ -614,6 +634,7 @@ pub async fn app(config: &GatewayConfig) -> Result<GatewayApp, Error> {
             .map(|cache| (0, cache.clone()))
             .collect(),
         pages: None,
+        metrics: None,
     })
     .await
     .map(|built| built.app)
@@ -676,10 +697,27 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
         .map(|(pages, kept)| (pages, kept.as_slice()));
     let base_pages =
         crate::pages::Pages::new(groups, &admin.health_path, &admin.page_path, previous);
-    #[allow(unused_mut)]
     let mut pages = base_pages.router();
-    #[allow(unused_mut)]
     let mut page_paths = vec![admin.health_path.clone(), admin.page_path.clone()];
+    if let Some(render) = parts.metrics {
+        check_path("admin.metrics_path", &admin.metrics_path)?;
+        if page_paths.contains(&admin.metrics_path) {
+            return Err(Error::InvalidConfig {
+                field: "admin.metrics_path",
+                reason: format!("{} is also one of the gateway's pages", admin.metrics_path),
+            });
+        }
+        pages = pages.route(
+            &admin.metrics_path,
+            axum::routing::get(move || async move {
+                let content_type = "text/plain; version=0.0.4; charset=utf-8";
+                ([(http::header::CONTENT_TYPE, content_type)], render())
+            }),
+        );
+        page_paths.push(admin.metrics_path.clone());
+    }
+    // The gateway's own pages come first; the proxy cache's paths after them.
+    let own_pages = page_paths.len();
     #[cfg(feature = "proxy-cache")]
     for (group, cache) in &parts.caches {
         for path in &cache.paths {
@@ -701,11 +739,12 @@ pub(crate) async fn build(parts: Parts<'_>) -> Result<Built, Error> {
         };
         pages = pages.merge(crate::cache::routes(target, cache).await?);
     }
-    let mut admin_paths = vec![admin.health_path.clone(), admin.page_path.clone()];
+    let mut admin_paths = page_paths[..own_pages].to_vec();
     admin_paths.extend(admin.paths.iter().cloned());
     let gateway = GatewayService {
         pages,
         page_paths: page_paths.into(),
+        own_pages,
         admin_paths: admin_paths.into(),
         upstream,
         more_upstreams,

@@ -262,6 +262,22 @@ async fn sighup_reloads_the_binary_without_dropping_connections() {
         "instance-b"
     );
     assert_eq!(open.get("/").await, "instance-a");
+
+    // The binary's own metrics, after the reloads: described, with the requests it balanced.
+    let page = Client::connect(binary.addr)
+        .await
+        .get("/gateway/metrics")
+        .await;
+    let requests = page
+        .lines()
+        .filter(|l| l.starts_with("herd_lb_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(requests >= 5.0, "{requests} requests in:\n{page}");
+    assert!(
+        page.contains("# HELP herd_lb_requests_total "),
+        "no HELP line:\n{page}"
+    );
 }
 
 /// The `/lb-health` page's view of `dead`: whether it is ejected now.

@@ -2,7 +2,8 @@
 //! `herd_gateway::config` and the crate's README). SIGHUP reloads the file: new connections get
 //! the new configuration, connections in flight finish on the old one, and a file with an error
 //! keeps the old one (the error is logged with its key and problem). SIGTERM or Ctrl-C stop it
-//! gracefully.
+//! gracefully. Its own metrics are on `[admin] metrics_path` (default `/gateway/metrics`, from
+//! admin networks only).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +80,16 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut gateway = match Gateway::start(config).await {
+    // Before the gateway is built: what it records from then on lands in the recorder.
+    let metrics = match herd_health::PrometheusMetrics::install(&Default::default()) {
+        Ok(metrics) => metrics,
+        Err(e) => {
+            eprintln!("herd-gateway: metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let render = move || metrics.render();
+    let mut gateway = match Gateway::start_with_metrics(config, render).await {
         Ok(gateway) => gateway,
         Err(e) => {
             eprintln!("herd-gateway: {}: {e}", path.display());

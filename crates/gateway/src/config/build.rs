@@ -11,7 +11,7 @@ use super::{ConfigError, FileConfig};
 use crate::http::{HttpUpstream, HttpUpstreamConfig};
 use crate::observe::{Observe, ObserveLayer};
 use crate::server::{App, ServerThread, Threads};
-use crate::service::{self, GatewayApp, GatewayConnection, ListenerMode, Parts};
+use crate::service::{self, GatewayApp, GatewayConnection, ListenerMode, Parts, RenderMetrics};
 use tower::Layer as _;
 
 /// What new connections are served with: the gateway and, when `[observe]` is set, the
@@ -93,6 +93,8 @@ struct State {
     config: FileConfig,
     groups: Groups,
     pages: Pages,
+    /// The gateway's own metrics page, kept across reloads.
+    metrics: Option<RenderMetrics>,
 }
 
 /// The gateway of a [`FileConfig`], serving on every listener.
@@ -150,6 +152,7 @@ async fn build(
     config: &FileConfig,
     previous: &Groups,
     previous_pages: Option<&Pages>,
+    metrics: Option<&RenderMetrics>,
 ) -> Result<(Current, Groups, Vec<String>, Pages), ConfigError> {
     let order = config.group_order();
     let mut groups = Groups::new();
@@ -195,6 +198,7 @@ async fn build(
         #[cfg(feature = "proxy-cache")]
         caches: config.caches(&order)?,
         pages,
+        metrics: metrics.cloned(),
     })
     .await?;
     let pages = built.pages;
@@ -215,7 +219,7 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem.
     pub async fn check(config: &FileConfig) -> Result<(), ConfigError> {
         terminators(config)?;
-        build(config, &Groups::new(), None).await.map(drop)
+        build(config, &Groups::new(), None, None).await.map(drop)
     }
 
     /// Builds the gateway (in the calling runtime: health checks and caches run there, so it
@@ -226,8 +230,31 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem; a listener that cannot be bound is
     /// named by its `listen[i].address`.
     pub async fn start(config: FileConfig) -> Result<Self, ConfigError> {
+        Self::start_inner(config, None).await
+    }
+
+    /// [`start`](Self::start), serving the gateway's own metrics on
+    /// [`admin.metrics_path`](super::AdminSection::metrics_path) (admin networks only):
+    /// the text `render` returns, e.g. `move || handle.render()` with the
+    /// metrics-exporter-prometheus recorder the process installed (herd-health's
+    /// `PrometheusMetrics`, as the `herd-gateway` binary does).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with_metrics(
+        config: FileConfig,
+        render: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Result<Self, ConfigError> {
+        Self::start_inner(config, Some(Arc::new(render))).await
+    }
+
+    async fn start_inner(
+        config: FileConfig,
+        metrics: Option<RenderMetrics>,
+    ) -> Result<Self, ConfigError> {
         let tls = terminators(&config)?;
-        let (app, groups, _, pages) = build(&config, &Groups::new(), None).await?;
+        let (app, groups, _, pages) =
+            build(&config, &Groups::new(), None, metrics.as_ref()).await?;
         let current = Arc::new(ArcSwap::from_pointee(app));
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
@@ -277,6 +304,7 @@ impl Gateway {
                 config,
                 groups,
                 pages,
+                metrics,
             }),
             servers,
             tls,
@@ -299,8 +327,13 @@ impl Gateway {
     /// [`ConfigError`] naming the key and the problem.
     pub async fn reload(&self, config: FileConfig) -> Result<ReloadReport, ConfigError> {
         let mut state = self.state.lock().await;
-        let (app, groups, mut kept, pages) =
-            build(&config, &state.groups, Some(&state.pages)).await?;
+        let (app, groups, mut kept, pages) = build(
+            &config,
+            &state.groups,
+            Some(&state.pages),
+            state.metrics.as_ref(),
+        )
+        .await?;
         kept.sort();
         let mut report = ReloadReport {
             rebuilt: groups

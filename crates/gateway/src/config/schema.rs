@@ -89,6 +89,9 @@ pub struct AdminSection {
     pub health_path: String,
     /// The endpoints' table. Default `/admin`.
     pub page_path: String,
+    /// The gateway's own metrics (Prometheus text: balancing, ejections, retries, rate
+    /// limits, TLS), served by the `herd-gateway` binary. Default `/gateway/metrics`.
+    pub metrics_path: String,
 }
 
 impl Default for AdminSection {
@@ -98,12 +101,14 @@ impl Default for AdminSection {
             paths,
             health_path,
             page_path,
+            metrics_path,
         } = AdminConfig::default();
         Self {
             networks,
             paths,
             health_path,
             page_path,
+            metrics_path,
         }
     }
 }
@@ -115,6 +120,7 @@ impl AdminSection {
             paths: self.paths.clone(),
             health_path: self.health_path.clone(),
             page_path: self.page_path.clone(),
+            metrics_path: self.metrics_path.clone(),
         }
     }
 }
