@@ -168,13 +168,18 @@ impl FileConfig {
         }
         for (name, group) in &self.upstreams {
             let servers: Vec<&str> = group.servers.iter().map(|s| s.address.as_str()).collect();
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "upstream {name}: {:?}, {} server(s): {}",
                 group.policy,
                 servers.len(),
                 servers.join(", ")
             );
+            #[cfg(feature = "dns")]
+            if let Some(dns) = &group.dns {
+                let _ = write!(out, " + every address of {}:{}", dns.name, dns.port);
+            }
+            out.push('\n');
         }
         for route in &self.routes {
             let _ = write!(out, "route {}", route.prefix);

@@ -215,8 +215,16 @@ impl Default for HealthCheckConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamGroup {
-    /// The servers (nginx `server`). At least one.
+    /// The servers (nginx `server`). At least one, unless [`dns`](Self::dns) names them.
     pub servers: Vec<ServerEntry>,
+    /// Servers from a DNS name's A/AAAA records at one port, re-resolved on an interval (nginx
+    /// Plus `server NAME resolve` with `resolver`; a Kubernetes headless Service):
+    /// `dns = { name = "app-headless.default.svc.cluster.local", port = 3000 }`, also
+    /// `interval` (5 s), `min_interval` (1 s), `jitter` (0.1), `timeout` (2 s), `nameservers`
+    /// (default the system's). New addresses join, vanished ones drain, the others keep their
+    /// state; a failed or empty answer keeps the last good set.
+    #[cfg(feature = "dns")]
+    pub dns: Option<herd_lb_core::discover::DnsConfig>,
     /// How a server is picked. Default `round_robin`.
     pub policy: GroupPolicy,
     /// What `policy = "hash"` hashes: `"client_ip"`, `{ header = "X-User" }` or
@@ -560,8 +568,22 @@ impl UpstreamGroup {
     pub fn to_upstream_config(&self, name: &str) -> Result<HttpUpstreamConfig, ConfigError> {
         let key = |field: &str| format!("upstreams.{name}.{field}");
         let mut c = HttpUpstreamConfig::default();
-        if self.servers.is_empty() {
+        #[cfg(feature = "dns")]
+        let named_by_dns = self.dns.is_some();
+        #[cfg(not(feature = "dns"))]
+        let named_by_dns = false;
+        if self.servers.is_empty() && !named_by_dns {
             return Err(ConfigError::invalid(key("servers"), "no server"));
+        }
+        #[cfg(feature = "dns")]
+        if let Some(dns) = &self.dns {
+            if dns.name.is_empty() {
+                return Err(ConfigError::invalid(key("dns.name"), "no name"));
+            }
+            if dns.port == 0 {
+                return Err(ConfigError::invalid(key("dns.port"), "no port"));
+            }
+            c.dns = Some(dns.clone());
         }
         let mut seen = BTreeSet::new();
         for (i, server) in self.servers.iter().enumerate() {

@@ -482,6 +482,13 @@ pub struct HttpUpstreamConfig {
     /// access log (nginx's `$upstream_addr`; the gateway's `observe.access_log` turns it on).
     /// Default off: it costs an allocation per response.
     pub record_endpoint: bool,
+    /// Endpoints from a DNS name's A/AAAA records, re-resolved on an interval (nginx Plus's
+    /// `server NAME resolve`, Envoy's `STRICT_DNS` cluster): every address is an endpoint
+    /// beside those listed, a new one joins, a vanished one drains, and the others keep their
+    /// state; a failed or empty answer keeps the last good set. Default none.
+    #[cfg(feature = "dns")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+    pub dns: Option<herd_lb_core::discover::DnsConfig>,
 }
 
 impl Default for HttpUpstreamConfig {
@@ -505,6 +512,8 @@ impl Default for HttpUpstreamConfig {
             tls: UpstreamTlsConfig::default(),
             upgrade_idle_timeout: Duration::from_secs(60),
             record_endpoint: false,
+            #[cfg(feature = "dns")]
+            dns: None,
         }
     }
 }
@@ -751,9 +760,14 @@ impl HttpUpstream {
             };
             settings.active_health = Some(handle);
         }
+        let settings = Arc::new(settings);
+        #[cfg(feature = "dns")]
+        if let Some(dns) = &config.dns {
+            follow_dns(&balancer, &settings, dns)?;
+        }
         Ok(Self {
             balancer,
-            settings: Arc::new(settings),
+            settings,
             peer: None,
             tls: false,
         })
@@ -1092,6 +1106,53 @@ fn dependency_label(value: &[u8]) -> metrics::SharedString {
     let mut label = String::from_utf8_lossy(token).into_owned();
     label.make_ascii_lowercase();
     metrics::SharedString::from(label)
+}
+
+/// Spawns the task that keeps `balancer`'s endpoints in step with `dns`'s name. It ends when
+/// the upstream is dropped (the settings first: the stream ends; or the set: the feed ends).
+#[cfg(feature = "dns")]
+fn follow_dns(
+    balancer: &Inner,
+    settings: &Arc<Settings>,
+    dns: &herd_lb_core::discover::DnsConfig,
+) -> Result<(), Error> {
+    use futures_util::StreamExt as _;
+    use herd_lb_core::discover::{Change, DnsDiscover};
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Err(Error::InvalidConfig {
+            field: "dns",
+            reason: "following a DNS name needs a tokio runtime".into(),
+        });
+    };
+    let discover = Box::pin(DnsDiscover::new(dns.clone())?);
+    let settings = Arc::downgrade(settings);
+    let authority = |addr: SocketAddr| Authority::try_from(addr.to_string());
+    let changes = futures_util::stream::unfold(discover, move |mut discover| {
+        let settings = settings.clone();
+        async move {
+            loop {
+                let change = match discover.next().await? {
+                    Ok(change) => change,
+                    Err(never) => match never {},
+                };
+                let settings = settings.upgrade()?;
+                // A socket address is always a valid authority; skip one that is not.
+                let change = match change {
+                    Change::Insert(addr, _) => match authority(addr) {
+                        Ok(a) => Change::Insert(a.clone(), endpoint_for(&settings, a)),
+                        Err(_) => continue,
+                    },
+                    Change::Remove(addr) => match authority(addr) {
+                        Ok(a) => Change::Remove(a),
+                        Err(_) => continue,
+                    },
+                };
+                return Some((Ok::<_, Infallible>(change), discover));
+            }
+        }
+    });
+    runtime.spawn(balancer.discover(changes));
+    Ok(())
 }
 
 fn endpoint_for(settings: &Settings, authority: Authority) -> HttpEndpoint {
