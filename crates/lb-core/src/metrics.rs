@@ -16,6 +16,12 @@ pub const LATENCY_SECONDS: &str = "herd_lb_latency_seconds";
 pub const EJECTIONS_TOTAL: &str = "herd_lb_ejections_total";
 /// Gauge: 1 when an endpoint is neither ejected nor failing active checks, else 0, by `endpoint`.
 pub const ENDPOINT_HEALTHY: &str = "herd_lb_endpoint_healthy";
+/// Counter: resolutions of a DNS discovery name that failed or found no address (the last good
+/// set of endpoints was kept), by `name` (feature `dns`).
+pub const DNS_RESOLVE_FAILURES_TOTAL: &str = "herd_lb_dns_resolve_failures_total";
+/// Gauge: addresses of a DNS discovery name in the set in force (the last good answer), by
+/// `name` (feature `dns`).
+pub const DNS_ADDRESSES: &str = "herd_lb_dns_addresses";
 
 /// Describes every metric above (HELP text and unit) to the recorder in force.
 ///
@@ -45,6 +51,16 @@ pub fn describe() {
     describe_gauge!(
         ENDPOINT_HEALTHY,
         "1 when an endpoint is neither ejected nor failing active checks, else 0."
+    );
+    describe_counter!(
+        DNS_RESOLVE_FAILURES_TOTAL,
+        Unit::Count,
+        "Resolutions of a DNS discovery name that failed or found no address; the last good set of endpoints was kept."
+    );
+    describe_gauge!(
+        DNS_ADDRESSES,
+        Unit::Count,
+        "Addresses of a DNS discovery name in the set in force (its last good answer)."
     );
 }
 

@@ -24,11 +24,7 @@ use tower::discover::Change;
 use crate::error::Error;
 use crate::rng::SharedRng;
 
-/// Counter: resolutions of a discovery name that failed or found no address (the last good
-/// set of endpoints was kept), by `name`.
-pub const DNS_RESOLVE_FAILURES_TOTAL: &str = "herd_lb_dns_resolve_failures_total";
-/// Gauge: addresses of a discovery name in the set in force (the last good answer), by `name`.
-pub const DNS_ADDRESSES: &str = "herd_lb_dns_addresses";
+pub use crate::metrics::{DNS_ADDRESSES, DNS_RESOLVE_FAILURES_TOTAL};
 
 /// Where and how often [`DnsDiscover`] resolves. Deserializes with serde (durations as
 /// humantime strings, `"5s"`); every field but `name` and `port` has a default.
@@ -149,20 +145,6 @@ impl DnsConfig {
     }
 }
 
-/// HELP text and unit of the discovery metrics, for the exporter.
-fn describe() {
-    ::metrics::describe_counter!(
-        DNS_RESOLVE_FAILURES_TOTAL,
-        ::metrics::Unit::Count,
-        "Resolutions of a DNS discovery name that failed or found no address; the last good set of endpoints was kept."
-    );
-    ::metrics::describe_gauge!(
-        DNS_ADDRESSES,
-        ::metrics::Unit::Count,
-        "Addresses of a DNS discovery name in the set in force (its last good answer)."
-    );
-}
-
 /// The outcome of one resolution: the addresses and how long the answer is good for, or why
 /// there is no usable answer.
 type Resolution = Result<(BTreeSet<IpAddr>, Duration), String>;
@@ -262,7 +244,7 @@ impl DnsDiscover {
             field: "dns.nameservers",
             reason: format!("cannot build the resolver: {e}"),
         })?;
-        describe();
+        crate::metrics::describe();
         let name: Arc<str> = config.name.as_str().into();
         let label = ::metrics::SharedString::from(Arc::clone(&name));
         Ok(Self {
