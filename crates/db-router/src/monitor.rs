@@ -66,9 +66,13 @@ pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections
     let Some(interval) = shared.upgrade().map(|s| s.config.check_interval) else {
         return;
     };
-    let mut ticker = tokio::time::interval(interval);
+    // The builder already checked once. The first round comes half an interval to one and a
+    // half later, at random, and the rounds keep that phase: instances started together (a
+    // deploy, a node's restart) spread their checks over the interval instead of reaching
+    // every node at once, each round of each instance (docs/scale.md).
+    let first = tokio::time::Instant::now() + interval.mul_f64(0.5 + random_fraction());
+    let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick is immediate; the builder already checked once
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -80,6 +84,14 @@ pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<Notify>, mut connections
         check_all(&shared, &mut connections).await;
         read_catalog_if_due(&shared);
     }
+}
+
+/// A number in `0..1` that differs between processes and calls (std's per-map random keys:
+/// the phase needs spreading, not a cryptographic or reproducible draw).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::process::id());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Checks every node at once, then recomputes the write node, lag and eligibility.
@@ -449,5 +461,18 @@ pub(crate) async fn first_catalog_read(shared: &Shared) {
     state.last_attempt = Some(now);
     if ok {
         state.last_success = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_fraction;
+
+    #[test]
+    fn the_first_round_s_phase_is_spread_over_the_interval() {
+        let draws: Vec<f64> = (0..200).map(|_| random_fraction()).collect();
+        assert!(draws.iter().all(|f| (0.0..1.0).contains(f)), "{draws:?}");
+        // 200 draws from 0..1 all in one half would be a broken source (odds 2^-199).
+        assert!(draws.iter().any(|f| *f < 0.5) && draws.iter().any(|f| *f >= 0.5));
     }
 }
