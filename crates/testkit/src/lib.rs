@@ -8,6 +8,7 @@ mod postgres;
 mod process;
 mod redis;
 pub mod shared;
+pub mod spans;
 pub mod tls;
 
 pub use crate::dns::DnsServer;
