@@ -111,6 +111,7 @@ impl HttpsRedirect {
 
     /// To `port` on the request's own host, whichever it is (a config file's
     /// `listen[].redirect_https`, checked when the file was).
+    #[cfg(feature = "axum")]
     pub(crate) fn to_port(port: u16) -> Self {
         let port = match port {
             443 => String::new(),
