@@ -175,12 +175,19 @@ async fn build(
                 kept.push((*name).to_owned());
                 upstream.clone()
             }
-            _ => HttpUpstream::from_config(&settings).map_err(|e| match e {
-                herd_lb_core::Error::InvalidConfig { field, reason } => {
-                    ConfigError::invalid(format!("upstreams.{name}.{field}"), reason)
+            _ => {
+                let upstream = HttpUpstream::from_config(&settings).map_err(|e| match e {
+                    herd_lb_core::Error::InvalidConfig { field, reason } => {
+                        ConfigError::invalid(format!("upstreams.{name}.{field}"), reason)
+                    }
+                    other => ConfigError::invalid(format!("upstreams.{name}"), other.to_string()),
+                })?;
+                #[cfg(feature = "dns")]
+                if let Some(dns) = &settings.dns {
+                    first_answer(&upstream, dns.timeout).await;
                 }
-                other => ConfigError::invalid(format!("upstreams.{name}"), other.to_string()),
-            })?,
+                upstream
+            }
         };
         upstreams.push(upstream.clone());
         groups.insert((*name).to_owned(), (settings, upstream));
@@ -208,6 +215,18 @@ async fn build(
         observe,
     };
     Ok((current, groups, kept, pages))
+}
+
+/// Waits, at most `timeout` (one resolution's bound), for a group that takes its servers from
+/// DNS to have one, so that a gateway does not start answering 503 for the moment its first
+/// answer takes. A name that does not resolve by then starts the group empty (it fills when
+/// the name resolves).
+#[cfg(feature = "dns")]
+async fn first_answer(upstream: &HttpUpstream, timeout: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while upstream.endpoints().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 impl Gateway {
